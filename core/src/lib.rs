@@ -1,0 +1,27 @@
+//! Huren's pure core: what a summary is, how it is signed and verified, how patients are
+//! pseudonymised, and which certificates the alliance trusts.
+//!
+//! Hub and agent both use exactly this code, so a summary means the same to both. Nothing here
+//! does I/O, spawns tasks or knows about gRPC; every function is a plain function over plain
+//! values and can be tested in microseconds.
+//!
+//! - [`identity`]: institution ids and how certificates carry them.
+//! - [`summary`]: the validated [`summary::Summary`] and its canonical byte encoding.
+//! - [`signing`]: the signed message layout, [`signing::SummarySigner`] and envelope verification.
+//! - [`trust`]: the alliance CA as trust anchor; certifying signing certificates.
+//! - [`pseudonym`]: patient id normalisation and the keyed pseudonym.
+//! - [`pb`]: the generated `huren.summary.v1` messages, the byte format of a signed body.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod identity;
+pub mod pseudonym;
+pub mod signing;
+pub mod summary;
+pub mod trust;
+
+/// Generated `huren.summary.v1` messages (proto/huren/summary/v1/summary.proto).
+#[allow(clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/huren.summary.v1.rs"));
+}

@@ -1,0 +1,119 @@
+//! The hub's configuration file (TOML). See `hub/hub.example.toml`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything the hub needs to run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Address to listen on for members' gRPC calls (mutual TLS). Port 7443 by convention.
+    pub listen: SocketAddr,
+    /// Folder of the hub's store (created if missing). Back it up; it is the alliance's record.
+    pub store: PathBuf,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Certificates and keys, as PEM files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The alliance CA certificate. Client certificates and summary-signing certificates must be
+    /// issued by it.
+    pub ca: PathBuf,
+    /// The hub's server certificate; its names must match the address members dial.
+    pub cert: PathBuf,
+    /// The hub's private key (PKCS#8 PEM). Keep it readable by the hub's user only.
+    pub key: PathBuf,
+}
+
+/// Limits that protect the hub from oversized requests and answers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most results one FindPrior or History answer carries; more sets `truncated`.
+    pub max_results: usize,
+    /// Largest gRPC message the hub accepts, in bytes. A summary is a few hundred bytes.
+    pub max_message_bytes: usize,
+    /// Seconds after which a request is abandoned.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_results: 500,
+            max_message_bytes: 64 * 1024,
+            request_timeout_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid hub configuration: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl HubConfig {
+    /// Reads a configuration file. Relative paths inside it are taken relative to the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: HubConfig =
+            toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        if let Some(base) = path.parent() {
+            for p in [
+                &mut config.store,
+                &mut config.tls.ca,
+                &mut config.tls.cert,
+                &mut config.tls.key,
+            ] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hub.example.toml");
+        let config = HubConfig::load(&path).unwrap();
+        assert_eq!(config.listen.port(), 7443);
+        assert!(config.tls.ca.is_absolute());
+        assert_eq!(config.limits.max_results, 500);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7443\"\nstore = \"s\"\nstoer = \"typo\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap();
+        let err = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("stoer"), "{err}");
+    }
+}

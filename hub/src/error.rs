@@ -1,0 +1,58 @@
+//! The hub's error type and the one place it becomes a gRPC status.
+
+use huren_core::identity::InstitutionId;
+use huren_core::signing::VerifyError;
+use huren_core::trust::TrustError;
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("a client certificate is required")]
+    NoClientCertificate,
+    #[error("the client certificate does not name a member institution: {0}")]
+    CallerCertificate(TrustError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the summary was refused: {0}")]
+    Summary(#[from] VerifyError),
+    #[error(
+        "institution {caller} cannot publish a summary of {publisher}; publish your own results"
+    )]
+    NotPublisher {
+        caller: InstitutionId,
+        publisher: InstitutionId,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl HubError {
+    /// The status code a client sees.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NoClientCertificate | Self::CallerCertificate(_) => Code::Unauthenticated,
+            Self::BadRequest(_) => Code::InvalidArgument,
+            Self::Summary(VerifyError::Certificate(_)) => Code::PermissionDenied,
+            Self::Summary(_) => Code::InvalidArgument,
+            Self::NotPublisher { .. } => Code::PermissionDenied,
+            Self::Store(StoreError::Conflict { .. }) => Code::AlreadyExists,
+            Self::Store(StoreError::OutOfOrder { .. }) => Code::FailedPrecondition,
+            Self::Store(_) => Code::Internal,
+        }
+    }
+
+    /// Logs the error once and turns it into the status the client sees. Internal details stay
+    /// in the log; the client gets a safe message.
+    pub fn into_status(self) -> Status {
+        let code = self.code();
+        if code == Code::Internal {
+            tracing::error!(error = %self, "request failed");
+            Status::internal("the hub could not complete the request; the error is in its log")
+        } else {
+            tracing::warn!(code = ?code, error = %self, "request refused");
+            Status::new(code, self.to_string())
+        }
+    }
+}

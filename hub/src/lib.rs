@@ -1,0 +1,24 @@
+//! The Huren hub.
+//!
+//! It verifies members' signed summaries, stores and indexes them, and answers "what prior
+//! results does this patient have?" with the signed envelopes so the asker verifies them itself.
+//!
+//! Layout, outside in:
+//! - [`server`]: `run(config, listener, shutdown)`: TLS, the service, health, reflection.
+//! - [`grpc`]: the gRPC edge; caller identity from the client certificate; pb ⇄ domain.
+//! - [`service`]: the domain operations ([`service::Hub`]).
+//! - [`store`]: the sled store behind a domain-shaped API; group commit.
+//! - [`error`]: [`error::HubError`] and its one mapping to gRPC status codes.
+//! - [`config`]: the TOML configuration.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::HubConfig;
+pub use server::run;

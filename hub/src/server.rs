@@ -1,0 +1,94 @@
+//! Assembles and runs the hub: TLS, the Hub service, health and reflection.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use huren_core::trust::AllianceCa;
+use huren_proto::hub::hub_server::HubServer;
+
+use crate::config::HubConfig;
+use crate::grpc::HubGrpc;
+use crate::service::Hub;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("alliance CA: {0}")]
+    Ca(#[from] huren_core::trust::TrustError),
+    #[error("cannot open the store at {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: crate::store::StoreError,
+    },
+    #[error("TLS set-up: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server: {0}")]
+    Serve(tonic::transport::Error),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|source| ServerError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs the hub on an already bound listener until `shutdown` completes. In-flight requests
+/// finish before it returns.
+pub async fn run(
+    config: HubConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let ca_pem = read(&config.tls.ca)?;
+    let ca = AllianceCa::from_pem(&String::from_utf8_lossy(&ca_pem))?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&config.tls.cert)?,
+            read(&config.tls.key)?,
+        ))
+        .client_ca_root(Certificate::from_pem(ca_pem));
+    let store = Store::open(&config.store).map_err(|source| ServerError::Store {
+        path: config.store.clone(),
+        source,
+    })?;
+    let hub = Arc::new(Hub::new(store, ca, config.limits.max_results));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<HubServer<HubGrpc>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(huren_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let hub_service = HubServer::new(HubGrpc::new(hub))
+        .max_decoding_message_size(config.limits.max_message_bytes)
+        .max_encoding_message_size(16 * 1024 * 1024);
+
+    tracing::info!(addr = ?listener.local_addr().ok(), store = %config.store.display(), "hub listening");
+    Server::builder()
+        .tls_config(tls)
+        .map_err(ServerError::Tls)?
+        .timeout(Duration::from_secs(config.limits.request_timeout_seconds))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(hub_service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(ServerError::Serve)?;
+    tracing::info!("hub stopped");
+    Ok(())
+}

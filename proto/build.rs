@@ -1,0 +1,18 @@
+//! Compiles the service protocol with a vendored `protoc`, so no system install is needed.
+//! The signed summary messages are compiled by `huren-core` and reused here through
+//! `extern_path`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .extern_path(".huren.summary.v1", "::huren_core::pb")
+        .file_descriptor_set_path(out.join("huren_descriptor.bin"))
+        // The descriptor set includes imports, so reflection also describes the summary messages.
+        .compile_protos(&["huren/hub/v1/hub.proto"], &["."])?;
+    println!("cargo:rerun-if-changed=huren");
+    Ok(())
+}

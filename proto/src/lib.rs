@@ -1,0 +1,19 @@
+//! Huren's gRPC protocol: the generated hub service, its messages, and the file descriptor set
+//! the reflection service publishes. The signed summary messages (`huren.summary.v1`) come from
+//! `huren_core::pb`; this crate only adds the service around them.
+//!
+//! Only the edges use these types: the hub's `grpc` module and the agent's client convert them
+//! to domain types straight away.
+
+#![allow(clippy::all)]
+
+/// `huren.hub.v1`: the hub service, its client and server stubs and request/response messages.
+pub mod hub {
+    tonic::include_proto!("huren.hub.v1");
+}
+
+/// `huren.summary.v1`, re-exported from `huren_core`.
+pub use huren_core::pb as summary;
+
+/// Encoded `FileDescriptorSet` of both packages, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("huren_descriptor");
