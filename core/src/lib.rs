@@ -10,12 +10,14 @@
 //! - [`signing`]: the signed message layout, [`signing::SummarySigner`] and envelope verification.
 //! - [`trust`]: the alliance CA as trust anchor; certifying signing certificates.
 //! - [`pseudonym`]: patient id normalisation and the keyed pseudonym.
+//! - [`receipt`]: the hub's acknowledgement of a stored summary.
 //! - [`pb`]: the generated `huren.summary.v1` messages, the byte format of a signed body.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod identity;
 pub mod pseudonym;
+pub mod receipt;
 pub mod signing;
 pub mod summary;
 pub mod trust;

@@ -28,10 +28,10 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-use huren_core::identity::InstitutionId;
 use huren_core::pseudonym::Pseudonym;
+pub use huren_core::receipt::Receipt;
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, sha256};
-use huren_core::summary::{Summary, SummaryId, UnixMillis};
+use huren_core::summary::{Summary, UnixMillis};
 
 /// First byte of every stored record: the record layout version.
 const RECORD_V1: u8 = 1;
@@ -51,16 +51,6 @@ struct RecordV1 {
     body_sha256: Vec<u8>,
     #[prost(int64, tag = "5")]
     accepted_at_ms: i64,
-}
-
-/// The hub's acknowledgement of a stored summary version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Receipt {
-    pub publisher: InstitutionId,
-    pub summary_id: SummaryId,
-    pub version: u32,
-    pub body_sha256: [u8; 32],
-    pub accepted_at: UnixMillis,
 }
 
 /// A stored summary version: the envelope as published and its receipt.

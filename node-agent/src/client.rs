@@ -1,0 +1,312 @@
+//! The agent: a member's connection to the hub, its signer and its pseudonymisation key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use huren_core::identity::InstitutionId;
+use huren_core::pseudonym::{PatientId, Pseudonym, PseudonymKey};
+use huren_core::receipt::Receipt;
+use huren_core::signing::{SignedEnvelope, SummarySigner, sha256};
+use huren_core::summary::{Summary, UnixMillis};
+use huren_core::trust::AllianceCa;
+use huren_proto::hub as pb;
+use huren_proto::hub::hub_client::HubClient;
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use crate::verify::{Expectation, VerifiedResult, check_receipt, verify_stored};
+
+/// A member's agent, connected to the hub.
+pub struct Agent {
+    institution: InstitutionId,
+    ca: AllianceCa,
+    signer: SummarySigner,
+    pseudonym_key: PseudonymKey,
+    hub: HubClient<Channel>,
+    config: AgentConfig,
+}
+
+/// What Publish answered.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub receipt: Receipt,
+    pub already_stored: bool,
+}
+
+/// The answer to a FindPrior or History call, every result verified.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub results: Vec<VerifiedResult>,
+    /// The hub had more results than it returns in one answer.
+    pub truncated: bool,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
+    std::fs::read(path).map_err(|source| AgentError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, AgentError> {
+    String::from_utf8(read(path)?)
+        .map_err(|_| AgentError::Setup(format!("{} is not text", path.display())))
+}
+
+fn first_cert_der(pem: &str, path: &Path) -> Result<Vec<u8>, AgentError> {
+    use pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|c| c.to_vec())
+        .map_err(|e| {
+            AgentError::Setup(format!(
+                "{}: no PEM certificate found ({e})",
+                path.display()
+            ))
+        })
+}
+
+impl Agent {
+    /// Loads keys and certificates, checks they belong to the configured institution, and
+    /// connects to the hub over mutual TLS.
+    pub async fn connect(config: AgentConfig) -> Result<Self, AgentError> {
+        let institution = InstitutionId::parse(&config.institution)
+            .map_err(|e| AgentError::Setup(format!("institution in the configuration: {e}")))?;
+        let ca_pem = read_text(&config.tls.ca)?;
+        let ca = AllianceCa::from_pem(&ca_pem).map_err(|e| AgentError::Setup(e.to_string()))?;
+        let signing_cert_pem = read_text(&config.signing.cert)?;
+        let signer = SummarySigner::from_pkcs8_pem(
+            &read_text(&config.signing.key)?,
+            first_cert_der(&signing_cert_pem, &config.signing.cert)?,
+        )?;
+        if *signer.institution() != institution {
+            return Err(AgentError::Setup(format!(
+                "the signing certificate {} is for {}, but this agent is configured as {}",
+                config.signing.cert.display(),
+                signer.institution(),
+                institution
+            )));
+        }
+        let pseudonym_key = load_pseudonym_key(&config)?;
+
+        let host = tonic::transport::Uri::try_from(config.hub.as_str())
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned))
+            .ok_or_else(|| {
+                AgentError::Setup(format!(
+                    "hub address {:?} is not a URL such as https://hub.example:7443",
+                    config.hub
+                ))
+            })?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca_pem))
+            .identity(Identity::from_pem(
+                read(&config.tls.cert)?,
+                read(&config.tls.key)?,
+            ))
+            .domain_name(config.hub_tls_name.clone().unwrap_or(host));
+        let channel = Channel::from_shared(config.hub.clone())
+            .map_err(|e| AgentError::Setup(format!("hub address {:?}: {e}", config.hub)))?
+            .tls_config(tls)
+            .map_err(|e| AgentError::Setup(format!("TLS set-up: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| AgentError::Connect {
+                hub: config.hub.clone(),
+                detail: crate::error::chain(&e),
+            })?;
+        Ok(Self {
+            institution,
+            ca,
+            signer,
+            pseudonym_key,
+            hub: HubClient::new(channel),
+            config,
+        })
+    }
+
+    pub fn institution(&self) -> &InstitutionId {
+        &self.institution
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn pseudonym_key(&self) -> &PseudonymKey {
+        &self.pseudonym_key
+    }
+
+    /// The pseudonym of a patient id, computed here; the id itself never leaves the agent.
+    pub fn pseudonymise(&self, id_type: &str, id: &str) -> Result<Pseudonym, AgentError> {
+        Ok(self
+            .pseudonym_key
+            .pseudonymise(&PatientId::new(id_type, id)?))
+    }
+
+    /// Reads and signs every result of a results file (all or nothing).
+    pub fn sign_results_file(
+        &self,
+        path: &Path,
+    ) -> Result<Vec<(Summary, SignedEnvelope)>, AgentError> {
+        let summaries = crate::results::load_results(path, &self.institution, &self.pseudonym_key)?;
+        summaries
+            .into_iter()
+            .map(|s| {
+                let env = self.signer.sign(&s)?;
+                Ok((s, env))
+            })
+            .collect()
+    }
+
+    /// Signs one summary of this member.
+    pub fn sign(&self, summary: &Summary) -> Result<SignedEnvelope, AgentError> {
+        Ok(self.signer.sign(summary)?)
+    }
+
+    /// Publishes one signed summary and checks the receipt names it.
+    pub async fn publish(
+        &self,
+        summary: &Summary,
+        envelope: SignedEnvelope,
+    ) -> Result<Published, AgentError> {
+        let digest = sha256(&envelope.body);
+        let response = self
+            .hub
+            .clone()
+            .publish(pb::PublishRequest {
+                summary: Some(envelope.into()),
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner();
+        let receipt = response
+            .receipt
+            .ok_or_else(|| AgentError::Protocol("the hub answered without a receipt".into()))?;
+        let receipt = check_receipt(receipt, summary, &digest).map_err(AgentError::Protocol)?;
+        Ok(Published {
+            receipt,
+            already_stored: response.already_stored,
+        })
+    }
+
+    /// Prior results of a patient for some items, verified, newest first.
+    pub async fn find_prior(
+        &self,
+        patient: &Pseudonym,
+        items: &[(String, String)],
+        as_of: UnixMillis,
+        lookback: Option<Duration>,
+    ) -> Result<Answer, AgentError> {
+        let lookback_seconds = lookback.map_or(0, |d| d.as_secs());
+        let response = self
+            .hub
+            .clone()
+            .find_prior(pb::FindPriorRequest {
+                patient_pseudonym: patient.as_bytes().to_vec(),
+                items: items
+                    .iter()
+                    .map(|(system, code)| pb::ItemCode {
+                        system: system.clone(),
+                        code: code.clone(),
+                    })
+                    .collect(),
+                as_of_ms: as_of.0,
+                lookback_seconds,
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner();
+        let from = match lookback_seconds {
+            0 => UnixMillis(0),
+            s => UnixMillis(
+                as_of
+                    .0
+                    .saturating_sub(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            ),
+        };
+        let expect = Expectation {
+            patient,
+            items: Some(items),
+            from,
+            until: as_of,
+        };
+        self.verify_all(response.results, &expect, response.truncated)
+    }
+
+    /// All of a patient's results across members since a time, verified, newest first.
+    pub async fn history(
+        &self,
+        patient: &Pseudonym,
+        since: UnixMillis,
+    ) -> Result<Answer, AgentError> {
+        let response = self
+            .hub
+            .clone()
+            .history(pb::HistoryRequest {
+                patient_pseudonym: patient.as_bytes().to_vec(),
+                since_ms: since.0,
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner();
+        let expect = Expectation {
+            patient,
+            items: None,
+            from: since,
+            until: UnixMillis(i64::MAX),
+        };
+        self.verify_all(response.results, &expect, response.truncated)
+    }
+
+    /// Verifies every returned result; one failure rejects the whole answer.
+    fn verify_all(
+        &self,
+        results: Vec<pb::StoredSummary>,
+        expect: &Expectation<'_>,
+        truncated: bool,
+    ) -> Result<Answer, AgentError> {
+        let mut verified = Vec::with_capacity(results.len());
+        for (i, stored) in results.into_iter().enumerate() {
+            let v = verify_stored(stored, &self.ca, expect).map_err(|reason| {
+                AgentError::Untrusted {
+                    position: i + 1,
+                    reason,
+                }
+            })?;
+            verified.push(v);
+        }
+        if verified
+            .windows(2)
+            .any(|w| w[0].summary.performed_at < w[1].summary.performed_at)
+        {
+            return Err(AgentError::Protocol(
+                "the hub's results are not in newest-first order".into(),
+            ));
+        }
+        Ok(Answer {
+            results: verified,
+            truncated,
+        })
+    }
+}
+
+fn load_pseudonym_key(config: &AgentConfig) -> Result<PseudonymKey, AgentError> {
+    let (text, origin): (String, PathBuf) = match &config.pseudonym.key_file {
+        Some(path) => (read_text(path)?, path.clone()),
+        None => match std::env::var(&config.pseudonym.key_env) {
+            Ok(v) => (v, PathBuf::from(format!("${}", config.pseudonym.key_env))),
+            Err(_) => {
+                return Err(AgentError::Setup(format!(
+                    "no pseudonymisation key: set [pseudonym] key_file in the configuration or the environment variable {}",
+                    config.pseudonym.key_env
+                )));
+            }
+        },
+    };
+    PseudonymKey::from_hex(&text)
+        .map_err(|e| AgentError::Setup(format!("{}: {e}", origin.display())))
+}

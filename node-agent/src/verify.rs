@@ -1,0 +1,114 @@
+//! Checks every result the hub returns before anything is shown: the publisher's signature
+//! against the alliance CA, the receipt against the body, and that the result answers the
+//! question asked (this patient, these items, this time window). A hub cannot slip in another
+//! patient's result, alter a body, or serve a summary signed outside the alliance.
+
+use huren_core::identity::InstitutionId;
+use huren_core::pseudonym::Pseudonym;
+use huren_core::receipt::Receipt;
+use huren_core::signing::SignedEnvelope;
+use huren_core::summary::{Summary, SummaryId, UnixMillis};
+use huren_core::trust::AllianceCa;
+use huren_proto::hub as pb;
+
+/// A result whose signature and receipt were verified.
+#[derive(Clone, Debug)]
+pub struct VerifiedResult {
+    pub summary: Summary,
+    pub receipt: Receipt,
+    pub envelope: SignedEnvelope,
+}
+
+/// What the returned results must match.
+pub struct Expectation<'a> {
+    pub patient: &'a Pseudonym,
+    /// (system, code) pairs; `None` means any item (History).
+    pub items: Option<&'a [(String, String)]>,
+    pub from: UnixMillis,
+    pub until: UnixMillis,
+}
+
+/// Verifies one stored summary returned by the hub.
+pub fn verify_stored(
+    stored: pb::StoredSummary,
+    ca: &AllianceCa,
+    expect: &Expectation<'_>,
+) -> Result<VerifiedResult, String> {
+    let receipt = stored.receipt.ok_or("it has no receipt")?;
+    let signed = stored.summary.ok_or("it has no signed summary")?;
+    let envelope = SignedEnvelope::try_from(signed).map_err(|e| e.to_string())?;
+    let accepted_at = UnixMillis(receipt.accepted_at_ms);
+    let verified = envelope
+        .verify(ca, accepted_at)
+        .map_err(|e| e.to_string())?;
+    let s = &verified.summary;
+    if receipt.body_sha256 != verified.body_sha256
+        || receipt.publisher != s.publisher.as_str()
+        || receipt.summary_id != s.id.as_str()
+        || receipt.version != s.version
+    {
+        return Err(format!(
+            "its receipt does not match the signed summary {}",
+            s.result_key()
+        ));
+    }
+    if s.patient != *expect.patient {
+        return Err(format!("{} is about another patient", s.result_key()));
+    }
+    if let Some(items) = expect.items
+        && !items
+            .iter()
+            .any(|(sys, code)| *sys == s.item.system && *code == s.item.code)
+    {
+        return Err(format!(
+            "{} is for item {} which was not asked for",
+            s.result_key(),
+            s.item.code
+        ));
+    }
+    if s.performed_at < expect.from || s.performed_at > expect.until {
+        return Err(format!(
+            "{} was performed outside the time window asked for",
+            s.result_key()
+        ));
+    }
+    Ok(VerifiedResult {
+        receipt: Receipt {
+            publisher: s.publisher.clone(),
+            summary_id: s.id.clone(),
+            version: s.version,
+            body_sha256: verified.body_sha256,
+            accepted_at,
+        },
+        summary: verified.summary,
+        envelope: verified.envelope,
+    })
+}
+
+/// Reads a receipt returned by Publish and checks it names what was sent.
+pub fn check_receipt(
+    r: pb::Receipt,
+    sent: &Summary,
+    body_sha256: &[u8; 32],
+) -> Result<Receipt, String> {
+    let publisher = InstitutionId::parse(&r.publisher).map_err(|e| e.to_string())?;
+    let summary_id = SummaryId::parse(&r.summary_id).map_err(|e| e.to_string())?;
+    if publisher != sent.publisher
+        || summary_id != sent.id
+        || r.version != sent.version
+        || r.body_sha256 != body_sha256
+    {
+        return Err(format!(
+            "the hub's receipt does not name the summary sent ({} version {})",
+            sent.result_key(),
+            sent.version
+        ));
+    }
+    Ok(Receipt {
+        publisher,
+        summary_id,
+        version: r.version,
+        body_sha256: *body_sha256,
+        accepted_at: UnixMillis(r.accepted_at_ms),
+    })
+}

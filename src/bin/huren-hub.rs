@@ -1,0 +1,39 @@
+//! `huren-hub`: runs the alliance hub.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+
+/// The Huren hub: verifies, stores and indexes members' signed exam-result summaries and
+/// answers their queries over gRPC with mutual TLS.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (see hub/hub.example.toml).
+    #[arg(long, short, env = "HUREN_HUB_CONFIG")]
+    config: PathBuf,
+    /// Listen on this address instead of the one in the configuration (port 0 picks a free
+    /// port; the address actually bound is printed on stdout).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: huren::LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    huren::install_crypto_provider();
+    let args = Args::parse();
+    huren::init_tracing(args.log_format);
+    let mut config = huren_hub::HubConfig::load(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    println!("huren-hub listening on {}", listener.local_addr()?);
+    huren_hub::run(config, listener, huren::shutdown_signal()).await?;
+    Ok(())
+}
