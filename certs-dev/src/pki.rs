@@ -91,7 +91,12 @@ impl DevPki {
         let key = KeyPair::generate()?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
-        params.distinguished_name = common_name(CA_COMMON_NAME);
+        // A random suffix keeps two development CAs apart by name: a certificate from another
+        // one is then refused as "unknown CA", not with a confusing signature error.
+        let mut suffix = [0u8; 4];
+        getrandom::fill(&mut suffix).map_err(|e| Error::Random(e.to_string()))?;
+        params.distinguished_name =
+            common_name(&format!("{CA_COMMON_NAME} {}", hex::encode(suffix)));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = now - BACKDATE;

@@ -47,15 +47,16 @@ impl InstitutionId {
         if s.is_empty() {
             return Err(InstitutionIdError::Empty);
         }
-        if s.len() > MAX_INSTITUTION_ID_LEN {
-            return Err(InstitutionIdError::TooLong(s.chars().count()));
-        }
         let ok_first = s.as_bytes()[0].is_ascii_alphanumeric();
         let ok_rest = s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !(ok_first && ok_rest) {
             return Err(InstitutionIdError::BadCharacter(s.to_owned()));
+        }
+        // All ASCII from here on, so bytes are characters.
+        if s.len() > MAX_INSTITUTION_ID_LEN {
+            return Err(InstitutionIdError::TooLong(s.len()));
         }
         Ok(Self(s.to_owned()))
     }
@@ -103,6 +104,14 @@ mod tests {
         check("slash/inside", false);
         check("nul\0inside", false);
         check("县医院", false);
+        assert_eq!(
+            InstitutionId::parse(&"县".repeat(30)),
+            Err(InstitutionIdError::BadCharacter("县".repeat(30)))
+        );
+        assert_eq!(
+            InstitutionId::parse(&"a".repeat(65)),
+            Err(InstitutionIdError::TooLong(65))
+        );
     }
 
     #[test]

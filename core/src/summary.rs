@@ -215,11 +215,15 @@ fn text(
     max_chars: usize,
     multiline: bool,
 ) -> Result<String, BodyError> {
+    if value.is_empty() && !required {
+        return Ok(String::new());
+    }
     if value.trim().is_empty() {
         if required {
             return Err(BodyError::Missing { field });
         }
-        return Ok(String::new());
+        // Keeping it would give the summary two byte forms; dropping it would change the bytes.
+        return Err(BodyError::invalid(field, "must not be only white space"));
     }
     let chars = value.chars().count();
     if chars > max_chars {
@@ -667,6 +671,9 @@ pub(crate) mod tests {
             }),
             ("item.display", |b| {
                 b.item.as_mut().unwrap().display = "a\u{7}b".into()
+            }),
+            ("item.display", |b| {
+                b.item.as_mut().unwrap().display = " ".into()
             }),
             ("report", |b| b.report = None),
             ("report.sha256", |b| {

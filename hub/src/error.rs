@@ -34,6 +34,9 @@ impl HubError {
         match self {
             Self::NoClientCertificate | Self::CallerCertificate(_) => Code::Unauthenticated,
             Self::BadRequest(_) => Code::InvalidArgument,
+            Self::Summary(VerifyError::Certificate(TrustError::Malformed(_))) => {
+                Code::InvalidArgument
+            }
             Self::Summary(VerifyError::Certificate(_)) => Code::PermissionDenied,
             Self::Summary(_) => Code::InvalidArgument,
             Self::NotPublisher { .. } => Code::PermissionDenied,

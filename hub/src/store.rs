@@ -237,7 +237,7 @@ impl Store {
                 let expected = stored.map_or(1, |v| v + 1);
                 if s.version != expected {
                     let reason = match stored {
-                        None => format!("the first version of a result must be 1"),
+                        None => "the first version of a result must be 1".to_owned(),
                         Some(v) => {
                             format!("the stored version is {v}, so the next must be {expected}")
                         }

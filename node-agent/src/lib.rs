@@ -9,7 +9,7 @@
 //! - [`verify`]: checks on everything the hub returns.
 //! - [`table`]: result tables for the terminal.
 //! - [`config`]: the TOML configuration.
-//! - [`error`]: [`error::AgentError`].
+//! - [`error`]: the agent's error type, `AgentError`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

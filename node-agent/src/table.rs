@@ -166,7 +166,7 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         // "血红蛋白" is 8 columns wide, so the Value column starts at column 10 on every line.
         let value_col = |l: &str| {
-            let idx = l.rfind(|c: char| c == ' ').unwrap() + 1;
+            let idx = l.rfind(' ').unwrap() + 1;
             l[..idx].width()
         };
         assert_eq!(value_col(lines[0]), 10);

@@ -1,0 +1,296 @@
+//! The node agent against a real hub: publish a results file, query and list history with
+//! verification, the CLI binary, and detection of a hub that serves altered data.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use huren_agent::{Agent, AgentConfig, AgentError};
+use huren_core::summary::UnixMillis;
+
+use crate::harness::{TestHub, init};
+
+const TERTIARY: &str = "shx-prov-people";
+const COUNTY: &str = "lantian-county";
+/// First patient of node-agent/examples/results.json (five results).
+const PATIENT: &str = "610102196703151235";
+/// Second patient of the example file (two results).
+const OTHER_PATIENT: &str = "610122198807222047";
+const LOINC: &str = "http://loinc.org";
+
+fn example_results() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("node-agent/examples/results.json")
+}
+
+fn config_toml(hub: &TestHub, id: &str) -> anyhow::Result<String> {
+    let files = hub.member_files(id)?;
+    Ok(format!(
+        "institution = \"{id}\"\nhub = \"{}\"\nhub_tls_name = \"localhost\"\n\
+         [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
+         [signing]\ncert = {:?}\nkey = {:?}\n\
+         [pseudonym]\nkey_file = {:?}\n",
+        hub.url(),
+        hub.paths.ca_cert,
+        files.tls_cert,
+        files.tls_key,
+        files.signing_cert,
+        files.signing_key,
+        hub.paths.pseudonym_key,
+    ))
+}
+
+fn write_config(hub: &TestHub, id: &str) -> anyhow::Result<PathBuf> {
+    let path = hub.root().join(format!("agent-{id}.toml"));
+    std::fs::write(&path, config_toml(hub, id)?)?;
+    Ok(path)
+}
+
+async fn agent(hub: &TestHub, id: &str) -> anyhow::Result<Agent> {
+    Ok(Agent::connect(AgentConfig::load(&write_config(hub, id)?)?).await?)
+}
+
+fn as_of() -> UnixMillis {
+    // 2026-11-23T09:00:00+08:00
+    huren_agent::results::parse_time("as_of", "2026-11-23T09:00:00+08:00").unwrap_or(UnixMillis(0))
+}
+
+async fn publish_examples(tertiary: &Agent) -> anyhow::Result<usize> {
+    let signed = tertiary.sign_results_file(&example_results())?;
+    let n = signed.len();
+    for (summary, envelope) in signed {
+        let p = tertiary.publish(&summary, envelope).await?;
+        assert!(!p.already_stored);
+        assert_eq!(p.receipt.summary_id, summary.id);
+    }
+    Ok(n)
+}
+
+#[tokio::test]
+async fn county_finds_and_verifies_what_the_tertiary_hospital_published() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let tertiary = agent(&hub, TERTIARY).await?;
+    let county = agent(&hub, COUNTY).await?;
+    assert_eq!(publish_examples(&tertiary).await?, 7);
+
+    let patient = county.pseudonymise("cn-ric", PATIENT)?;
+    let items = vec![
+        (LOINC.to_owned(), "718-7".to_owned()),
+        (LOINC.to_owned(), "24627-2".to_owned()),
+    ];
+    // Last 30 days: the September haemoglobin is too old to be returned.
+    let answer = county
+        .find_prior(
+            &patient,
+            &items,
+            as_of(),
+            Some(Duration::from_secs(30 * 86_400)),
+        )
+        .await?;
+    let ids: Vec<&str> = answer
+        .results
+        .iter()
+        .map(|r| r.summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["RIS-20261119-00215", "LAB-20261118-00731-HGB"]);
+    assert!(answer.results.iter().all(|r| r.summary.patient == patient));
+
+    // No look-back limit: both haemoglobin results, newest first.
+    let answer = county
+        .find_prior(&patient, &items[..1], as_of(), None)
+        .await?;
+    let ids: Vec<&str> = answer
+        .results
+        .iter()
+        .map(|r| r.summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["LAB-20261118-00731-HGB", "LAB-20260902-01188-HGB"]);
+
+    // History spans all items; the other patient's results stay apart.
+    let history = county.history(&patient, UnixMillis(0)).await?;
+    assert_eq!(history.results.len(), 5);
+    let other = county.pseudonymise("cn-ric", OTHER_PATIENT)?;
+    let history = county.history(&other, UnixMillis(0)).await?;
+    let ids: Vec<&str> = history
+        .results
+        .iter()
+        .map(|r| r.summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["US-20261121-00088", "LAB-20261120-00412-GLU"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let tertiary = agent(&hub, TERTIARY).await?;
+    publish_examples(&tertiary).await?;
+    let first = tertiary
+        .history(&tertiary.pseudonymise("cn-ric", PATIENT)?, UnixMillis(0))
+        .await?;
+    for (summary, envelope) in tertiary.sign_results_file(&example_results())? {
+        let again = tertiary.publish(&summary, envelope).await?;
+        assert!(again.already_stored, "{} was stored twice", summary.id);
+        let original = first
+            .results
+            .iter()
+            .find(|r| r.summary.id == summary.id)
+            .map(|r| r.receipt.clone());
+        if let Some(original) = original {
+            assert_eq!(again.receipt, original);
+        }
+    }
+    let second = tertiary
+        .history(&tertiary.pseudonymise("cn-ric", PATIENT)?, UnixMillis(0))
+        .await?;
+    assert_eq!(second.results.len(), first.results.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_refuses_an_answer_with_a_summary_altered_in_the_hub_store() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start().await?;
+    let tertiary = agent(&hub, TERTIARY).await?;
+    publish_examples(&tertiary).await?;
+    drop(tertiary);
+    hub.stop().await?;
+
+    // Someone with access to the hub's disk changes a haemoglobin value from 128 to 138 g/L.
+    {
+        let db = hub.open_store_db().await?;
+        let summaries = db.open_tree("summaries")?;
+        let mut altered = 0;
+        for entry in summaries.iter() {
+            let (key, value) = entry?;
+            if let Some(pos) = value.windows(4).position(|w| w == b"\x03128") {
+                let mut v = value.to_vec();
+                v[pos + 2] = b'3';
+                summaries.insert(key, v)?;
+                altered += 1;
+            }
+        }
+        assert_eq!(
+            altered, 1,
+            "the test expects exactly one stored value of 128"
+        );
+        db.flush()?;
+    }
+    hub.restart().await?;
+
+    let county = agent(&hub, COUNTY).await?;
+    let patient = county.pseudonymise("cn-ric", PATIENT)?;
+    let err = county
+        .find_prior(
+            &patient,
+            &[(LOINC.to_owned(), "718-7".to_owned())],
+            as_of(),
+            None,
+        )
+        .await
+        .expect_err("an altered summary must not be shown");
+    assert!(matches!(err, AgentError::Untrusted { .. }), "{err}");
+    assert!(
+        err.to_string().contains("signature does not verify"),
+        "{err}"
+    );
+    // Results that were not altered still verify.
+    let ct = county
+        .find_prior(
+            &patient,
+            &[(LOINC.to_owned(), "24627-2".to_owned())],
+            as_of(),
+            None,
+        )
+        .await?;
+    assert_eq!(ct.results.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_will_not_start_with_another_institutions_signing_key() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    hub.member_files(TERTIARY)?;
+    let tertiary_files = hub.member_files(TERTIARY)?;
+    let mut config = AgentConfig::load(&write_config(&hub, COUNTY)?)?;
+    config.signing.cert = tertiary_files.signing_cert;
+    config.signing.key = tertiary_files.signing_key;
+    let err = Agent::connect(config)
+        .await
+        .err()
+        .context("agent started")?;
+    assert!(err.to_string().contains("is for shx-prov-people"), "{err}");
+    Ok(())
+}
+
+/// The `huren-agent` binary, as a hospital IT engineer runs it.
+#[tokio::test]
+async fn cli_publishes_and_queries() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let tertiary = write_config(&hub, TERTIARY)?;
+    let county = write_config(&hub, COUNTY)?;
+    let run = |config: PathBuf, args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-agent"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await?;
+        anyhow::Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+
+    let (ok, out, err) = run(
+        tertiary.clone(),
+        s(&["publish", example_results().to_str().context("path")?]),
+    )
+    .await?;
+    assert!(ok, "publish failed: {err}");
+    assert_eq!(out.matches("stored").count(), 7, "{out}");
+
+    let (ok, out, err) = run(
+        county.clone(),
+        s(&[
+            "query",
+            "--patient-id",
+            PATIENT,
+            "--item",
+            "718-7",
+            "--item",
+            "http://loinc.org|24627-2",
+            "--as-of",
+            "2026-11-23T09:00:00+08:00",
+            "--lookback",
+            "30d",
+        ]),
+    )
+    .await?;
+    assert!(ok, "query failed: {err}");
+    assert!(out.contains("RIS-20261119-00215 v1"), "{out}");
+    assert!(out.contains("128 g/L (L)"), "{out}");
+    assert!(!out.contains("LAB-20260902-01188-HGB"), "{out}");
+    assert!(
+        out.contains("2 result(s); every signature verified"),
+        "{out}"
+    );
+    // The patient's id appears nowhere in what the agent prints or logs.
+    assert!(!out.contains(PATIENT) && !err.contains(PATIENT));
+
+    // A mistyped id card number is caught locally, with a clear message and a failing exit.
+    let (ok, _, err) = run(
+        county,
+        s(&["history", "--patient-id", "610102196703151236"]),
+    )
+    .await?;
+    assert!(!ok);
+    assert!(err.contains("wrong check character"), "{err}");
+    Ok(())
+}

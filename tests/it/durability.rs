@@ -1,0 +1,131 @@
+//! A receipt means the summary is durable: the real `huren-hub` process is killed (SIGKILL) the
+//! moment the last receipt arrives, and a new process on the same store returns every summary
+//! with the same receipt.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+
+use huren_core::pb;
+use huren_core::pseudonym::Pseudonym;
+use huren_proto::hub::{Receipt, StoredSummary};
+
+use crate::harness::*;
+
+const SUMMARIES: usize = 50;
+const PATIENTS: usize = 5;
+
+type Key = (String, String);
+
+fn key_of(r: &Receipt) -> Key {
+    (r.publisher.clone(), r.summary_id.clone())
+}
+
+/// Every stored result of `patient` by key, failing on a result without receipt or summary.
+fn by_key(
+    results: Vec<StoredSummary>,
+) -> anyhow::Result<BTreeMap<Key, (Receipt, pb::SignedSummary)>> {
+    results
+        .into_iter()
+        .map(|r| {
+            let receipt = r.receipt.context("result without receipt")?;
+            let summary = r.summary.context("result without summary")?;
+            Ok((key_of(&receipt), (receipt, summary)))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn receipts_survive_a_kill_right_after_the_last_one() -> anyhow::Result<()> {
+    let mut hub = TestHub::start_process().await?;
+    let members = [hub.member("hosp-a")?, hub.member("hosp-b")?];
+    let clients = [hub.client("hosp-a").await?, hub.client("hosp-b").await?];
+    let patients: Vec<Pseudonym> = (0..PATIENTS)
+        .map(|i| hub.patient(&format!("E3000000{i}")))
+        .collect();
+
+    let mut calls = JoinSet::new();
+    for i in 0..SUMMARIES {
+        let m = i % 2;
+        let publisher = members[m].institution.to_string();
+        let code = if i % 3 == 0 { GLUCOSE } else { HGB };
+        let id = format!("D-{i:03}");
+        let summary = lab_summary(
+            &publisher,
+            &id,
+            patients[i % PATIENTS],
+            code,
+            hours(i as i64),
+        )?;
+        let signed = sign(&members[m], &summary)?;
+        let mut client = clients[m].clone();
+        calls.spawn(async move {
+            let response = publish(&mut client, signed.clone()).await;
+            (id, signed, response)
+        });
+    }
+    let mut acknowledged = BTreeMap::new();
+    while let Some(done) = calls.join_next().await {
+        let (id, signed, response) = done?;
+        let response = response.map_err(|s| anyhow::anyhow!("publishing {id}: {s}"))?;
+        let receipt = response.receipt.context("no receipt")?;
+        acknowledged.insert(key_of(&receipt), (receipt, signed));
+    }
+    // The last receipt is in: crash the hub at once.
+    hub.stop().await?;
+    assert_eq!(acknowledged.len(), SUMMARIES);
+
+    hub.restart().await?;
+    let mut client = hub.client("hosp-c").await?;
+    let mut found = BTreeMap::new();
+    for patient in &patients {
+        let history = client
+            .history(history_request(patient, 0))
+            .await?
+            .into_inner();
+        let prior = client
+            .find_prior(prior_request(patient, &[(LOINC, HGB), (LOINC, GLUCOSE)]))
+            .await?
+            .into_inner();
+        let history = by_key(history.results)?;
+        assert_eq!(
+            history,
+            by_key(prior.results)?,
+            "History and FindPrior disagree"
+        );
+        assert_eq!(history.len(), SUMMARIES / PATIENTS);
+        found.extend(history);
+    }
+    for (key, expected) in &acknowledged {
+        let got = found.get(key);
+        assert_eq!(
+            got,
+            Some(expected),
+            "{key:?} lost or changed after the kill"
+        );
+    }
+    assert_eq!(found.len(), acknowledged.len());
+    Ok(())
+}
+
+/// The in-process hub restarts on the same address and the same store (the harness waits for
+/// the previous run to let go of the store).
+#[tokio::test]
+async fn an_in_process_restart_keeps_the_address_and_the_data() -> anyhow::Result<()> {
+    let mut hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let p = hub.patient("E30000009");
+    let signed = sign(&a, &lab_summary("hosp-a", "R-1", p, HGB, hours(1))?)?;
+    let mut client = hub.client("hosp-a").await?;
+    let first = publish(&mut client, signed.clone()).await?;
+    let addr = hub.addr;
+
+    hub.restart().await?;
+    assert_eq!(hub.addr, addr);
+    // The old channel reconnects by itself.
+    let again = publish(&mut client, signed).await?;
+    assert!(again.already_stored);
+    assert_eq!(again.receipt, first.receipt);
+    Ok(())
+}

@@ -1,0 +1,746 @@
+//! The shared test harness: a real hub on `127.0.0.1:<free port>` with real mutual TLS, a fresh
+//! development PKI and a fresh store in a temporary directory, plus helpers to make, sign and
+//! publish summaries.
+//!
+//! ```ignore
+//! let hub = TestHub::start().await?;            // in-process hub (huren_hub::run)
+//! let mut a = hub.client("hosp-a").await?;       // mTLS client of member hosp-a
+//! let patient = hub.patient("E00000001");        // pseudonym with the alliance key
+//! let summary = lab_summary("hosp-a", "LAB-1", patient, HGB, hours(1))?;
+//! let receipt = publish(&mut a, sign(&hub.member("hosp-a")?, &summary)?).await?;
+//! ```
+//!
+//! The hub runs either in this process ([`TestHub::start`], a tokio task, stopped gracefully
+//! through a oneshot) or as the real `huren-hub` binary ([`TestHub::start_process`], killed with
+//! SIGKILL by [`TestHub::stop`] or when dropped). Either way [`TestHub::restart`] brings it back on
+//! the same address and the same store. Start-up is confirmed with a health check over mTLS,
+//! never by sleeping.
+//!
+//! Files in [`TestHub::root`]:
+//!
+//! ```text
+//! pki/…            the development PKI (ca/ca.pem, hub/hub.pem, members/<id>/…), see huren-certs-dev
+//! hub.toml         the hub configuration
+//! store/           the hub's store
+//! hub-<n>.log      stderr of the n-th hub process (process mode only)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use huren_certs_dev::{DevPki, DevPkiDir, MemberCredentials, MemberFiles, PemPair};
+use huren_core::identity::InstitutionId;
+use huren_core::pb;
+use huren_core::pseudonym::{PatientId, Pseudonym, PseudonymKey};
+use huren_core::signing::{SummarySigner, signing_message};
+use huren_core::summary::{
+    AbnormalFlag, Category, ExamResult, Item, LabResult, Outcome, ReportRef,
+    Status as SummaryStatus, Summary, SummaryId, UnixMillis,
+};
+use huren_hub::config::Limits;
+use huren_hub::server::ServerError;
+use huren_proto::hub::hub_client::HubClient;
+use huren_proto::hub::{
+    FindPriorRequest, HistoryRequest, ItemCode, PublishRequest, PublishResponse,
+};
+
+/// How long a hub may take to come up (or a locked store to be released) before a test fails.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The name the hub's certificate carries and clients check.
+pub const HUB_DOMAIN: &str = "localhost";
+
+/// LOINC, the code system of the lab items below.
+pub const LOINC: &str = "http://loinc.org";
+/// LOINC 718-7, haemoglobin.
+pub const HGB: &str = "718-7";
+/// LOINC 2345-7, glucose.
+pub const GLUCOSE: &str = "2345-7";
+/// Code system of the imaging items below (an alliance catalogue).
+pub const EXAM_CATALOGUE: &str = "urn:huren:catalogue:exam";
+/// Chest CT in [`EXAM_CATALOGUE`].
+pub const CT_CHEST: &str = "CT-CHEST";
+
+/// Member id the harness itself uses for start-up health checks.
+const PROBE_MEMBER: &str = "harness-probe";
+
+/// Installs ring as rustls' process-wide provider (idempotent).
+pub fn init() {
+    huren::install_crypto_provider();
+}
+
+/// A running (or stopped) hub with its PKI, configuration and store in a temporary directory.
+pub struct TestHub {
+    /// Where the hub listens. Kept across [`TestHub::restart`].
+    pub addr: SocketAddr,
+    /// The alliance's development CA; issue more certificates from it at will.
+    pub pki: DevPki,
+    /// The temporary directory holding everything (removed on drop).
+    pub dir: TempDir,
+    /// Paths of the PKI files: `paths.ca_cert`, `paths.hub_cert`, `paths.hub_key`,
+    /// `paths.pseudonym_key`, … (members: see [`TestHub::member_files`]).
+    pub paths: DevPkiDir,
+    /// The hub configuration file.
+    pub config_path: PathBuf,
+    /// The hub's store folder.
+    pub store_path: PathBuf,
+    mode: Mode,
+    running: Running,
+    starts: u32,
+    members: Mutex<BTreeMap<String, (MemberCredentials, MemberFiles)>>,
+    other_pki: OnceLock<DevPki>,
+    other_members: Mutex<BTreeMap<String, MemberCredentials>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    InProcess,
+    Process,
+}
+
+enum Running {
+    Task {
+        shutdown: oneshot::Sender<()>,
+        join: JoinHandle<Result<(), ServerError>>,
+    },
+    Process(ChildGuard),
+    Stopped,
+}
+
+impl TestHub {
+    /// Starts a hub in this process with default limits.
+    pub async fn start() -> anyhow::Result<TestHub> {
+        Self::start_with(Limits::default()).await
+    }
+
+    /// Starts a hub in this process with the given limits.
+    pub async fn start_with(limits: Limits) -> anyhow::Result<TestHub> {
+        let mut hub = Self::prepare(Mode::InProcess, &limits)?;
+        hub.launch().await?;
+        Ok(hub)
+    }
+
+    /// Starts the real `huren-hub` binary as a child process (default limits).
+    pub async fn start_process() -> anyhow::Result<TestHub> {
+        let mut hub = Self::prepare(Mode::Process, &Limits::default())?;
+        hub.launch().await?;
+        Ok(hub)
+    }
+
+    /// Makes the PKI, the configuration and the paths; does not start anything.
+    fn prepare(mode: Mode, limits: &Limits) -> anyhow::Result<TestHub> {
+        init();
+        let dir = tempfile::Builder::new().prefix("huren-it-").tempdir()?;
+        let pki = DevPki::generate()?;
+        let paths = pki.write_to(&dir.path().join("pki"), &[], &[])?;
+        let store_path = dir.path().join("store");
+        let config_path = dir.path().join("hub.toml");
+        let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy());
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\nstore = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n\
+             [limits]\nmax_results = {}\nmax_message_bytes = {}\nrequest_timeout_seconds = {}\n",
+            quote(&store_path)?,
+            quote(&paths.ca_cert)?,
+            quote(&paths.hub_cert)?,
+            quote(&paths.hub_key)?,
+            limits.max_results,
+            limits.max_message_bytes,
+            limits.request_timeout_seconds,
+        );
+        fs::write(&config_path, config)?;
+        Ok(TestHub {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pki,
+            dir,
+            paths,
+            config_path,
+            store_path,
+            mode,
+            running: Running::Stopped,
+            starts: 0,
+            members: Mutex::new(BTreeMap::new()),
+            other_pki: OnceLock::new(),
+            other_members: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The alliance CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.pki.ca_cert_pem()
+    }
+
+    /// `https://127.0.0.1:<port>`, what a client dials (with domain name [`HUB_DOMAIN`]).
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The members' shared pseudonymisation key.
+    pub fn pseudonym_key(&self) -> PseudonymKey {
+        PseudonymKey::new(*self.pki.pseudonym_key())
+    }
+
+    /// The pseudonym of the patient with passport number `passport`.
+    pub fn patient(&self, passport: &str) -> Pseudonym {
+        match PatientId::new("passport", passport) {
+            Ok(id) => self.pseudonym_key().pseudonymise(&id),
+            Err(e) => panic!("test patient id {passport:?}: {e}"),
+        }
+    }
+
+    /// Both certificates of member `id`, issued (and written under `pki/members/<id>/`) on first
+    /// use and cached.
+    pub fn member(&self, id: &str) -> anyhow::Result<MemberCredentials> {
+        Ok(self.member_entry(id)?.0)
+    }
+
+    /// Paths of member `id`'s certificate and key files (issued on first use).
+    pub fn member_files(&self, id: &str) -> anyhow::Result<MemberFiles> {
+        Ok(self.member_entry(id)?.1)
+    }
+
+    fn member_entry(&self, id: &str) -> anyhow::Result<(MemberCredentials, MemberFiles)> {
+        let mut members = self
+            .members
+            .lock()
+            .map_err(|_| anyhow::anyhow!("member cache poisoned"))?;
+        if let Some(entry) = members.get(id) {
+            return Ok(entry.clone());
+        }
+        let institution = InstitutionId::parse(id)?;
+        let written =
+            self.pki
+                .write_to(&self.paths.root, &[], std::slice::from_ref(&institution))?;
+        let files = written
+            .member(&institution)
+            .context("certs-dev wrote no files for the member")?
+            .clone();
+        let read = |p: &Path| fs::read_to_string(p).with_context(|| format!("{}", p.display()));
+        let credentials = MemberCredentials {
+            institution,
+            tls: PemPair {
+                cert_pem: read(&files.tls_cert)?,
+                key_pem: read(&files.tls_key)?,
+            },
+            signing: PemPair {
+                cert_pem: read(&files.signing_cert)?,
+                key_pem: read(&files.signing_key)?,
+            },
+        };
+        members.insert(id.to_owned(), (credentials.clone(), files.clone()));
+        Ok((credentials, files))
+    }
+
+    /// Member `id`'s certificates issued by a second, unrelated development CA (cached).
+    pub fn other_ca_member(&self, id: &str) -> anyhow::Result<MemberCredentials> {
+        let mut members = self
+            .other_members
+            .lock()
+            .map_err(|_| anyhow::anyhow!("member cache poisoned"))?;
+        if let Some(m) = members.get(id) {
+            return Ok(m.clone());
+        }
+        let other = match self.other_pki.get() {
+            Some(p) => p,
+            None => {
+                let _ = self.other_pki.set(DevPki::generate()?);
+                self.other_pki.get().context("other CA")?
+            }
+        };
+        let m = other.issue_member(&InstitutionId::parse(id)?)?;
+        members.insert(id.to_owned(), m.clone());
+        Ok(m)
+    }
+
+    /// An mTLS channel to the hub with member `id`'s TLS certificate.
+    pub async fn channel(&self, id: &str) -> anyhow::Result<Channel> {
+        let m = self.member(id)?;
+        let tls = self
+            .tls()
+            .identity(Identity::from_pem(&m.tls.cert_pem, &m.tls.key_pem));
+        let channel = Channel::from_shared(self.url())?
+            .tls_config(tls)?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the hub at {} as {id}", self.addr))?;
+        Ok(channel)
+    }
+
+    /// A Hub client of member `id` over mutual TLS.
+    pub async fn client(&self, id: &str) -> anyhow::Result<HubClient<Channel>> {
+        Ok(HubClient::new(self.channel(id).await?))
+    }
+
+    /// A client that trusts the hub but presents no certificate. The hub's refusal shows at the
+    /// first call, not here.
+    pub fn client_without_cert(&self) -> anyhow::Result<HubClient<Channel>> {
+        let channel = Channel::from_shared(self.url())?
+            .tls_config(self.tls())?
+            .connect_lazy();
+        Ok(HubClient::new(channel))
+    }
+
+    /// A client that trusts the hub and presents member `id`'s certificate from another CA. The
+    /// hub's refusal shows at the first call.
+    pub fn client_from_other_ca(&self, id: &str) -> anyhow::Result<HubClient<Channel>> {
+        let m = self.other_ca_member(id)?;
+        self.client_with_tls(&m.tls)
+    }
+
+    /// A client that presents any certificate and key (PEM) as its TLS identity, connecting on
+    /// first use: for certificates the hub must refuse.
+    pub fn client_with_tls(&self, identity: &PemPair) -> anyhow::Result<HubClient<Channel>> {
+        let tls = self
+            .tls()
+            .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        let channel = Channel::from_shared(self.url())?
+            .tls_config(tls)?
+            .connect_lazy();
+        Ok(HubClient::new(channel))
+    }
+
+    fn tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca_pem()))
+            .domain_name(HUB_DOMAIN)
+    }
+
+    /// Whether the hub is running (as far as the harness knows).
+    pub fn is_running(&self) -> bool {
+        !matches!(self.running, Running::Stopped)
+    }
+
+    /// Stops the hub. In process: graceful shutdown; fails if `run` returned an error. As a
+    /// process: SIGKILL (a crash, nothing is flushed on the way out), then waits for the exit.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        match std::mem::replace(&mut self.running, Running::Stopped) {
+            Running::Task { shutdown, join } => {
+                let _ = shutdown.send(());
+                join.await
+                    .context("hub task panicked")?
+                    .context("hub stopped with an error")?;
+            }
+            Running::Process(mut child) => {
+                child.kill()?;
+            }
+            Running::Stopped => {}
+        }
+        Ok(())
+    }
+
+    /// Stops the hub (if running) and starts it again, same way, same address, same store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.launch().await
+    }
+
+    /// Number of summary versions in the store, read directly. The hub must be stopped.
+    pub async fn stored_summary_count(&self) -> anyhow::Result<usize> {
+        let store = self
+            .when_store_released(|| Ok(huren_hub::store::Store::open(&self.store_path)?))
+            .await?;
+        Ok(store.summary_count())
+    }
+
+    /// The stopped hub's store opened directly with sled (to inspect or tamper with it). Drop
+    /// the handle before [`TestHub::restart`].
+    pub async fn open_store_db(&self) -> anyhow::Result<sled::Db> {
+        self.when_store_released(|| Ok(sled::open(&self.store_path)?))
+            .await
+    }
+
+    /// Runs `open` until it succeeds: a stopped in-process hub lets go of its store (sled's file
+    /// lock) only when its commit task has noticed, shortly after `run` returns.
+    async fn when_store_released<T>(
+        &self,
+        open: impl Fn() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        ensure!(!self.is_running(), "stop the hub before opening its store");
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            match open() {
+                Ok(opened) => return Ok(opened),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e.context("opening the stopped hub's store")),
+            }
+        }
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        ensure!(!self.is_running(), "the hub is already running");
+        self.starts += 1;
+        match self.mode {
+            Mode::InProcess => self.launch_task().await,
+            Mode::Process => self.launch_process().await,
+        }
+    }
+
+    /// Binds, then spawns `huren_hub::run`, then waits for a health check to pass. A store still
+    /// locked by the previous run (its commit task exits asynchronously) is retried until
+    /// [`STARTUP_DEADLINE`].
+    async fn launch_task(&mut self) -> anyhow::Result<()> {
+        let config = huren_hub::HubConfig::load(&self.config_path)?;
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            let listener = tokio::net::TcpListener::bind(self.addr)
+                .await
+                .with_context(|| format!("binding {}", self.addr))?;
+            self.addr = listener.local_addr()?;
+            let (shutdown, stop) = oneshot::channel::<()>();
+            let mut join = tokio::spawn(huren_hub::run(config.clone(), listener, async {
+                let _ = stop.await;
+            }));
+            let probe = tokio::time::timeout_at(deadline, self.probe());
+            tokio::select! {
+                biased;
+                ended = &mut join => match ended.context("hub task panicked")? {
+                    Err(ServerError::Store { .. }) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e).context("the hub did not start"),
+                    Ok(()) => bail!("the hub stopped right after starting"),
+                },
+                ready = probe => {
+                    let ready = ready.context("the hub did not answer a health check in time");
+                    if let Err(e) = ready.and_then(|r| r) {
+                        join.abort();
+                        return Err(e);
+                    }
+                    self.running = Running::Task { shutdown, join };
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Runs the `huren-hub` binary on this hub's configuration, learns its address from the line
+    /// it prints, then waits for a health check to pass.
+    async fn launch_process(&mut self) -> anyhow::Result<()> {
+        let log_path = self.root().join(format!("hub-{}.log", self.starts));
+        let log = fs::File::create(&log_path)?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_huren-hub"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let (child, line) = ChildGuard::spawn_reading_first_line(command, "huren-hub")?;
+        let log_tail = || {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let lines: Vec<_> = text.lines().rev().take(20).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        let line = match tokio::time::timeout(STARTUP_DEADLINE, line).await {
+            Ok(Ok(Ok(line))) => line,
+            Ok(Ok(Err(e))) => bail!("reading huren-hub's stdout: {e}\n{}", log_tail()),
+            Ok(Err(_)) | Err(_) => bail!("huren-hub printed no address\n{}", log_tail()),
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("huren-hub listening on ")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .with_context(|| format!("unexpected first line {line:?}\n{}", log_tail()))?;
+        self.addr = addr;
+        self.running = Running::Process(child);
+        match tokio::time::timeout(STARTUP_DEADLINE, self.probe()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.context(log_tail())),
+            Err(_) => bail!("huren-hub did not answer a health check\n{}", log_tail()),
+        }
+    }
+
+    /// One health check over mTLS: the hub is up and serving.
+    async fn probe(&self) -> anyhow::Result<()> {
+        let mut health = HealthClient::new(self.channel(PROBE_MEMBER).await?);
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status();
+        ensure!(status == ServingStatus::Serving, "hub health is {status:?}");
+        Ok(())
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        // A test that fails half-way must not leave a hub running, and the hub must be gone
+        // before the temporary directory is removed (fields drop after this).
+        match std::mem::replace(&mut self.running, Running::Stopped) {
+            Running::Task { shutdown, join } => {
+                let _ = shutdown.send(());
+                join.abort();
+            }
+            Running::Process(child) => drop(child),
+            Running::Stopped => {}
+        }
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when the guard is dropped, so a failing
+/// test never leaves it behind.
+pub struct ChildGuard {
+    child: Child,
+    name: String,
+}
+
+impl ChildGuard {
+    pub fn new(child: Child, name: &str) -> ChildGuard {
+        ChildGuard {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Spawns `command` (whose stdout must be piped) and returns the guard and the first line
+    /// the child prints. The rest of stdout is drained in the background.
+    pub fn spawn_reading_first_line(
+        mut command: Command,
+        name: &str,
+    ) -> anyhow::Result<(ChildGuard, oneshot::Receiver<std::io::Result<String>>)> {
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take();
+        let guard = ChildGuard::new(child, name);
+        let stdout = stdout.context("stdout of the child is not piped")?;
+        let (tx, rx) = oneshot::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let first = reader.read_line(&mut line).map(|_| line);
+            let _ = tx.send(first);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        Ok((guard, rx))
+    }
+
+    /// SIGKILL, then wait for the exit.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        // Fails only if the child already exited; `wait` then returns its status.
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .with_context(|| format!("waiting for {} to exit", self.name))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summaries
+
+/// Unix milliseconds `h` hours after a fixed day (2026-11-20 00:00 UTC): stable, in the past.
+pub fn hours(h: i64) -> i64 {
+    1_763_596_800_000 + h * 3_600_000
+}
+
+/// The current time, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A valid FINAL lab summary (version 1) of LOINC item `code` for `patient`, published by
+/// `publisher`, performed at `performed_at_ms` and reported an hour later.
+pub fn lab_summary(
+    publisher: &str,
+    id: &str,
+    patient: Pseudonym,
+    code: &str,
+    performed_at_ms: i64,
+) -> anyhow::Result<Summary> {
+    Ok(Summary {
+        id: SummaryId::parse(id)?,
+        version: 1,
+        publisher: InstitutionId::parse(publisher)?,
+        patient,
+        item: Item {
+            system: LOINC.into(),
+            code: code.into(),
+            display: format!("LOINC {code}"),
+            local_code: format!("L{code}"),
+        },
+        category: Category::Lab,
+        performed_at: UnixMillis(performed_at_ms),
+        reported_at: UnixMillis(performed_at_ms + 3_600_000),
+        outcome: Outcome::Lab(LabResult {
+            value: "132".into(),
+            unit: "g/L".into(),
+            reference_range: "130-175".into(),
+            flag: AbnormalFlag::Normal,
+            specimen: "whole blood".into(),
+        }),
+        report: ReportRef {
+            sha256: huren_core::signing::sha256(id.as_bytes()),
+            locator: format!("huren-report:{publisher}/{id}"),
+            media_type: "application/pdf".into(),
+        },
+        status: SummaryStatus::Final,
+        status_reason: String::new(),
+    })
+}
+
+/// A valid FINAL imaging summary (version 1) of item `code` in [`EXAM_CATALOGUE`].
+pub fn imaging_summary(
+    publisher: &str,
+    id: &str,
+    patient: Pseudonym,
+    code: &str,
+    performed_at_ms: i64,
+) -> anyhow::Result<Summary> {
+    let mut s = lab_summary(publisher, id, patient, code, performed_at_ms)?;
+    s.item = Item {
+        system: EXAM_CATALOGUE.into(),
+        code: code.into(),
+        display: "胸部CT Chest CT".into(),
+        local_code: String::new(),
+    };
+    s.category = Category::Imaging;
+    s.outcome = Outcome::Exam(ExamResult {
+        modality: "CT".into(),
+        body_site: "胸部 chest".into(),
+        impression: "双肺未见明显异常。\nNo acute findings.".into(),
+        study_uid: "1.2.840.113619.2.55.3.1".into(),
+    });
+    s.report.media_type = "application/dicom".into();
+    Ok(s)
+}
+
+/// The next version of `s`: AMENDED with `reason`.
+pub fn amended(s: &Summary, reason: &str) -> Summary {
+    let mut next = s.clone();
+    next.version = s.version + 1;
+    next.status = SummaryStatus::Amended;
+    next.status_reason = reason.into();
+    next
+}
+
+/// DER of the first certificate in `pem`.
+pub fn cert_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(CertificateDer::from_pem_slice(pem.as_bytes())?.to_vec())
+}
+
+/// Signs `summary` with `member`'s signing key, as an agent does.
+pub fn sign(member: &MemberCredentials, summary: &Summary) -> anyhow::Result<pb::SignedSummary> {
+    let signer = SummarySigner::from_pkcs8_pem(
+        &member.signing.key_pem,
+        cert_der(&member.signing.cert_pem)?,
+    )?;
+    Ok(signer.sign(summary)?.into())
+}
+
+/// Signs arbitrary body bytes with `member`'s signing key (a valid signature over whatever the
+/// bytes are), with the member's signing certificate attached.
+pub fn sign_body(member: &MemberCredentials, body: Vec<u8>) -> anyhow::Result<pb::SignedSummary> {
+    use ed25519_dalek::Signer;
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&member.signing.key_pem)
+        .map_err(|e| anyhow::anyhow!("signing key: {e}"))?;
+    Ok(pb::SignedSummary {
+        signature: key.sign(&signing_message(&body)).to_bytes().to_vec(),
+        body,
+        signer_certificate: cert_der(&member.signing.cert_pem)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls
+
+/// Publishes one signed summary; the raw result.
+pub async fn publish(
+    client: &mut HubClient<Channel>,
+    summary: pb::SignedSummary,
+) -> Result<PublishResponse, Status> {
+    client
+        .publish(PublishRequest {
+            summary: Some(summary),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A FindPrior request for `patient` and `(system, code)` items, as of now, no lookback limit.
+pub fn prior_request(patient: &Pseudonym, items: &[(&str, &str)]) -> FindPriorRequest {
+    FindPriorRequest {
+        patient_pseudonym: patient.as_bytes().to_vec(),
+        items: items
+            .iter()
+            .map(|(system, code)| ItemCode {
+                system: (*system).into(),
+                code: (*code).into(),
+            })
+            .collect(),
+        as_of_ms: 0,
+        lookback_seconds: 0,
+    }
+}
+
+/// A History request for `patient` since `since_ms`.
+pub fn history_request(patient: &Pseudonym, since_ms: i64) -> HistoryRequest {
+    HistoryRequest {
+        patient_pseudonym: patient.as_bytes().to_vec(),
+        since_ms,
+    }
+}
+
+/// The files the harness writes are the ones a binary (hub or agent) would be given.
+#[tokio::test]
+async fn harness_files_match_what_it_hands_out() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let member = hub.member("hosp-a")?;
+    let files = hub.member_files("hosp-a")?;
+    assert_eq!(fs::read_to_string(&files.tls_cert)?, member.tls.cert_pem);
+    assert_eq!(
+        fs::read_to_string(&files.signing_key)?,
+        member.signing.key_pem
+    );
+    // Cached: asking again gives the same certificates.
+    assert_eq!(hub.member("hosp-a")?, member);
+    assert_eq!(fs::read_to_string(&hub.paths.ca_cert)?, hub.ca_pem());
+    let key = huren_certs_dev::read_pseudonym_key(&hub.paths.pseudonym_key)?;
+    assert_eq!(&key, hub.pki.pseudonym_key());
+    let config = huren_hub::HubConfig::load(&hub.config_path)?;
+    assert_eq!(config.store, hub.store_path);
+    assert!(files.tls_cert.starts_with(hub.root()));
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Huren's integration tests, one binary so it builds once. Every test starts its own hub (see
+//! `harness`) on a free port with real mutual TLS and a fresh store.
+
+mod agent;
+mod bad_input;
+mod durability;
+mod harness;
+mod publish;
+mod query;

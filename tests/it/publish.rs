@@ -1,0 +1,302 @@
+//! Publishing: receipts, idempotent retries, conflicting bodies, and the order of versions.
+
+use anyhow::Context;
+use tonic::Code;
+
+use huren_core::signing::sha256;
+use huren_core::summary::{Outcome, Summary};
+use huren_proto::hub::{Receipt, StoredSummary};
+
+use crate::harness::*;
+
+/// The receipt of a successful publish, or a failure that names the step.
+fn receipt_of(
+    step: &str,
+    r: Result<huren_proto::hub::PublishResponse, tonic::Status>,
+) -> anyhow::Result<(Receipt, bool)> {
+    let r = r.map_err(|s| anyhow::anyhow!("{step}: refused: {s}"))?;
+    let receipt = r.receipt.with_context(|| format!("{step}: no receipt"))?;
+    Ok((receipt, r.already_stored))
+}
+
+/// Asserts that `r` is an error with `code` whose message contains `phrase`.
+fn assert_refused<T: std::fmt::Debug>(
+    step: &str,
+    r: Result<T, tonic::Status>,
+    code: Code,
+    phrase: &str,
+) {
+    match r {
+        Ok(v) => panic!("{step}: expected {code:?}, the hub accepted it: {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{step}: {s}");
+            assert!(
+                s.message().contains(phrase),
+                "{step}: expected {phrase:?} in {:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+/// The one result FindPrior returns for `patient` and `item`.
+async fn only_prior(
+    client: &mut huren_proto::hub::hub_client::HubClient<tonic::transport::Channel>,
+    patient: &huren_core::pseudonym::Pseudonym,
+    item: (&str, &str),
+) -> anyhow::Result<StoredSummary> {
+    let found = client
+        .find_prior(prior_request(patient, &[item]))
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        found.results.len() == 1,
+        "expected exactly one result, got {}",
+        found.results.len()
+    );
+    found.results.into_iter().next().context("no result")
+}
+
+#[tokio::test]
+async fn receipt_describes_the_summary_and_a_retry_gets_the_same_receipt() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client = hub.client("hosp-a").await?;
+    let patient = hub.patient("E00000001");
+    let summary = lab_summary("hosp-a", "LAB-0001", patient, HGB, hours(1))?;
+    let signed = sign(&a, &summary)?;
+
+    let before = now_ms();
+    let (receipt, already) = receipt_of("first", publish(&mut client, signed.clone()).await)?;
+    let after = now_ms();
+    assert!(!already, "a first publish is not 'already stored'");
+    assert_eq!(receipt.publisher, "hosp-a");
+    assert_eq!(receipt.summary_id, "LAB-0001");
+    assert_eq!(receipt.version, 1);
+    assert_eq!(receipt.body_sha256, sha256(&signed.body).to_vec());
+    assert!(
+        (before..=after).contains(&receipt.accepted_at_ms),
+        "accepted_at {} not within the call [{before}, {after}]",
+        receipt.accepted_at_ms
+    );
+
+    // The same summary again, from a new connection: the first receipt, marked as a repeat.
+    let mut again_client = hub.client("hosp-a").await?;
+    let (again, already) = receipt_of("retry", publish(&mut again_client, signed.clone()).await)?;
+    assert!(already, "a retry must say already_stored");
+    assert_eq!(again, receipt);
+
+    let stored = only_prior(&mut client, &patient, (LOINC, HGB)).await?;
+    assert_eq!(stored.receipt, Some(receipt));
+    assert_eq!(stored.summary, Some(signed));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_different_body_under_a_stored_version_is_refused() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client = hub.client("hosp-a").await?;
+    let patient = hub.patient("E00000002");
+    let original = lab_summary("hosp-a", "LAB-0002", patient, HGB, hours(1))?;
+    let signed = sign(&a, &original)?;
+    let (receipt, _) = receipt_of("original", publish(&mut client, signed.clone()).await)?;
+
+    let mut changed = original.clone();
+    if let Outcome::Lab(lab) = &mut changed.outcome {
+        lab.value = "98".into();
+    }
+    assert_refused(
+        "changed value, same version",
+        publish(&mut client, sign(&a, &changed)?).await,
+        Code::AlreadyExists,
+        "already stored with a different body",
+    );
+
+    let stored = only_prior(&mut client, &patient, (LOINC, HGB)).await?;
+    assert_eq!(stored.receipt, Some(receipt), "the stored receipt changed");
+    assert_eq!(stored.summary, Some(signed), "the stored summary changed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn versions_must_arrive_in_order_and_queries_return_the_latest() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client = hub.client("hosp-a").await?;
+    let patient = hub.patient("E00000003");
+    let v1 = lab_summary("hosp-a", "LAB-0003", patient, HGB, hours(1))?;
+    let v2 = amended(&v1, "unit corrected");
+    let v3 = amended(&v2, "value re-checked");
+
+    assert_refused(
+        "version 2 first",
+        publish(&mut client, sign(&a, &v2)?).await,
+        Code::FailedPrecondition,
+        "the first version of a result must be 1",
+    );
+    let (r1, _) = receipt_of("version 1", publish(&mut client, sign(&a, &v1)?).await)?;
+    assert_refused(
+        "version 3 before 2",
+        publish(&mut client, sign(&a, &v3)?).await,
+        Code::FailedPrecondition,
+        "the stored version is 1, so the next must be 2",
+    );
+    let signed_v2 = sign(&a, &v2)?;
+    let (r2, already) = receipt_of("version 2", publish(&mut client, signed_v2.clone()).await)?;
+    assert!(!already);
+    assert_eq!(r2.version, 2);
+
+    let stored = only_prior(&mut client, &patient, (LOINC, HGB)).await?;
+    assert_eq!(stored.receipt, Some(r2.clone()));
+    assert_eq!(stored.summary, Some(signed_v2.clone()));
+    let history = client
+        .history(history_request(&patient, 0))
+        .await?
+        .into_inner();
+    assert_eq!(history.results.len(), 1, "history lists each result once");
+    assert_eq!(history.results[0].receipt, Some(r2.clone()));
+
+    // A late retry of version 1 still gets its own receipt and changes nothing.
+    let (late, already) = receipt_of("retry of 1", publish(&mut client, sign(&a, &v1)?).await)?;
+    assert!(already);
+    assert_eq!(late, r1);
+    let stored = only_prior(&mut client, &patient, (LOINC, HGB)).await?;
+    assert_eq!(stored.summary, Some(signed_v2));
+    Ok(())
+}
+
+/// An amendment that changes the item, the time or the patient is found where it now is, and
+/// no longer where version 1 was.
+#[tokio::test]
+async fn an_amendment_that_moves_the_result_is_found_only_where_it_now_is() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client = hub.client("hosp-a").await?;
+    let p = hub.patient("E00000004");
+    let q = hub.patient("E00000005");
+    let v1 = lab_summary("hosp-a", "LAB-0004", p, HGB, hours(1))?;
+    receipt_of("v1", publish(&mut client, sign(&a, &v1)?).await)?;
+
+    // v2: wrong item and time corrected.
+    let mut v2: Summary = amended(&v1, "ordered item was glucose");
+    v2.item.code = GLUCOSE.into();
+    v2.performed_at = huren_core::summary::UnixMillis(hours(5));
+    v2.reported_at = huren_core::summary::UnixMillis(hours(6));
+    let (r2, _) = receipt_of("v2", publish(&mut client, sign(&a, &v2)?).await)?;
+
+    let hgb = client
+        .find_prior(prior_request(&p, &[(LOINC, HGB)]))
+        .await?
+        .into_inner();
+    assert!(
+        hgb.results.is_empty(),
+        "the old item still matches: {hgb:?}"
+    );
+    let glucose = only_prior(&mut client, &p, (LOINC, GLUCOSE)).await?;
+    assert_eq!(glucose.receipt, Some(r2));
+    // As of hour 2 the result (now performed at hour 5) did not exist yet.
+    let mut early = prior_request(&p, &[(LOINC, HGB), (LOINC, GLUCOSE)]);
+    early.as_of_ms = hours(2);
+    let early = client.find_prior(early).await?.into_inner();
+    assert!(
+        early.results.is_empty(),
+        "old time still matches: {early:?}"
+    );
+
+    // v3: it was another patient's specimen.
+    let mut v3 = amended(&v2, "specimen belonged to another patient");
+    v3.patient = q;
+    let (r3, _) = receipt_of("v3", publish(&mut client, sign(&a, &v3)?).await)?;
+    let p_history = client.history(history_request(&p, 0)).await?.into_inner();
+    assert!(
+        p_history.results.is_empty(),
+        "the first patient still sees it: {p_history:?}"
+    );
+    let p_prior = client
+        .find_prior(prior_request(&p, &[(LOINC, GLUCOSE)]))
+        .await?
+        .into_inner();
+    assert!(p_prior.results.is_empty());
+    let q_result = only_prior(&mut client, &q, (LOINC, GLUCOSE)).await?;
+    assert_eq!(q_result.receipt, Some(r3));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_imaging_summary_is_published_and_found() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let b = hub.member("hosp-b")?;
+    let mut client = hub.client("hosp-b").await?;
+    let patient = hub.patient("E00000006");
+    let ct = imaging_summary("hosp-b", "CT-0001", patient, CT_CHEST, hours(3))?;
+    let signed = sign(&b, &ct)?;
+    let (receipt, _) = receipt_of("ct", publish(&mut client, signed.clone()).await)?;
+    let stored = only_prior(&mut client, &patient, (EXAM_CATALOGUE, CT_CHEST)).await?;
+    assert_eq!(stored.receipt, Some(receipt));
+    assert_eq!(stored.summary, Some(signed));
+    Ok(())
+}
+
+/// Many agents retrying the same summary at once: one stores it, all get the same receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_publishes_store_once() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let patient = hub.patient("E00000007");
+    let signed = sign(
+        &a,
+        &lab_summary("hosp-a", "LAB-0007", patient, HGB, hours(1))?,
+    )?;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        // Separate connections, so the calls really run side by side.
+        let mut client = hub.client("hosp-a").await?;
+        let signed = signed.clone();
+        calls.spawn(async move { publish(&mut client, signed).await });
+    }
+    let mut receipts = Vec::new();
+    let mut stored = 0;
+    while let Some(r) = calls.join_next().await {
+        let (receipt, already) = receipt_of("concurrent", r?)?;
+        stored += usize::from(!already);
+        receipts.push(receipt);
+    }
+    assert_eq!(stored, 1, "exactly one call stores the summary");
+    assert!(receipts.windows(2).all(|w| w[0] == w[1]), "{receipts:?}");
+    Ok(())
+}
+
+/// Two different bodies racing for the same version: one wins, the other gets ALREADY_EXISTS,
+/// and the stored one is the winner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conflicting_publishes_have_one_winner() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let patient = hub.patient("E00000008");
+    let base = lab_summary("hosp-a", "LAB-0008", patient, HGB, hours(1))?;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let mut s = base.clone();
+        if let Outcome::Lab(lab) = &mut s.outcome {
+            lab.value = format!("{}", 120 + i);
+        }
+        let signed = sign(&a, &s)?;
+        let mut client = hub.client("hosp-a").await?;
+        calls.spawn(async move { (signed.clone(), publish(&mut client, signed).await) });
+    }
+    let mut winners = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        match r? {
+            (signed, Ok(response)) => winners.push((signed, response.receipt)),
+            (_, Err(s)) => assert_eq!(s.code(), Code::AlreadyExists, "{s}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one body may win");
+    let (signed, receipt) = winners.remove(0);
+    let mut client = hub.client("hosp-a").await?;
+    let stored = only_prior(&mut client, &patient, (LOINC, HGB)).await?;
+    assert_eq!(stored.summary, Some(signed));
+    assert_eq!(stored.receipt, receipt);
+    Ok(())
+}
