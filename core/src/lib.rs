@@ -11,6 +11,7 @@
 //! - [`trust`]: the alliance CA as trust anchor; certifying signing certificates.
 //! - [`pseudonym`]: patient id normalisation and the keyed pseudonym.
 //! - [`receipt`]: the hub's acknowledgement of a stored summary.
+//! - [`rules`]: the alliance policy model, recognition verdicts and decision checks.
 //! - [`pb`]: the generated `huren.summary.v1` messages, the byte format of a signed body.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -18,6 +19,7 @@
 pub mod identity;
 pub mod pseudonym;
 pub mod receipt;
+pub mod rules;
 pub mod signing;
 pub mod summary;
 pub mod trust;
