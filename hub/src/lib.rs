@@ -16,6 +16,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod store;
