@@ -11,16 +11,22 @@
 //! - [`trust`]: the alliance CA as trust anchor; certifying signing certificates.
 //! - [`pseudonym`]: patient id normalisation and the keyed pseudonym.
 //! - [`receipt`]: the hub's acknowledgement of a stored summary.
+//! - [`merkle`]: the RFC 6962 Merkle log: hashing, appends, inclusion and consistency proofs.
+//! - [`checkpoint`]: C2SP checkpoints of the log in Ed25519-signed notes.
 //! - [`rules`]: the alliance policy model, recognition verdicts and decision checks.
+//! - [`stats`]: closed-loop statistics, a pure fold over recorded events.
 //! - [`pb`]: the generated `huren.summary.v1` messages, the byte format of a signed body.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod checkpoint;
 pub mod identity;
+pub mod merkle;
 pub mod pseudonym;
 pub mod receipt;
 pub mod rules;
 pub mod signing;
+pub mod stats;
 pub mod summary;
 pub mod trust;
 

@@ -195,6 +195,8 @@ pub struct Policy {
     pub higher_recognises_lower: bool,
     /// Institutions that may read statistics and audits for the whole alliance.
     pub administrators: BTreeSet<InstitutionId>,
+    /// The alliance's UTC offset in seconds: dates in the policy and statistics days are local.
+    pub utc_offset_seconds: i32,
 }
 
 /// Why a result is not recognised.

@@ -12,6 +12,9 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     /// Folder of the hub's store (created if missing). Back it up; it is the alliance's record.
     pub store: PathBuf,
+    /// The alliance policy file (see hub/policy.example.toml). Reloaded when it changes or on
+    /// SIGHUP; a policy with an error is refused and the one in force stays.
+    pub policy: PathBuf,
     pub tls: TlsConfig,
     #[serde(default)]
     pub limits: Limits,
@@ -40,6 +43,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Seconds after which a request is abandoned.
     pub request_timeout_seconds: u64,
+    /// How often to check the policy file for changes, in seconds.
+    pub policy_poll_seconds: u64,
 }
 
 impl Default for Limits {
@@ -48,6 +53,7 @@ impl Default for Limits {
             max_results: 500,
             max_message_bytes: 64 * 1024,
             request_timeout_seconds: 30,
+            policy_poll_seconds: 5,
         }
     }
 }
@@ -78,6 +84,7 @@ impl HubConfig {
         if let Some(base) = path.parent() {
             for p in [
                 &mut config.store,
+                &mut config.policy,
                 &mut config.tls.ca,
                 &mut config.tls.cert,
                 &mut config.tls.key,
@@ -110,7 +117,7 @@ mod tests {
         let path = dir.path().join("hub.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:7443\"\nstore = \"s\"\nstoer = \"typo\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+            "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\nstoer = \"typo\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
         )
         .unwrap();
         let err = HubConfig::load(&path).unwrap_err().to_string();

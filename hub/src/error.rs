@@ -24,6 +24,21 @@ pub enum HubError {
         caller: InstitutionId,
         publisher: InstitutionId,
     },
+    #[error(
+        "institution {caller} is not a member in the alliance policy (version {policy_version}); ask the alliance administrator to add it"
+    )]
+    NotMember {
+        caller: InstitutionId,
+        policy_version: String,
+    },
+    #[error("no such result: {0}")]
+    UnknownResult(String),
+    #[error(
+        "record a decision only for a result your institution looked up; {0} was not among your query answers"
+    )]
+    NotConsulted(String),
+    #[error("the decision was refused: {0}")]
+    Decision(#[from] huren_core::rules::DecisionError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -39,7 +54,11 @@ impl HubError {
             }
             Self::Summary(VerifyError::Certificate(_)) => Code::PermissionDenied,
             Self::Summary(_) => Code::InvalidArgument,
-            Self::NotPublisher { .. } => Code::PermissionDenied,
+            Self::NotPublisher { .. } | Self::NotMember { .. } => Code::PermissionDenied,
+            Self::UnknownResult(_) => Code::NotFound,
+            Self::NotConsulted(_) => Code::FailedPrecondition,
+            Self::Decision(_) => Code::InvalidArgument,
+            Self::Store(StoreError::DecisionIdReused { .. }) => Code::AlreadyExists,
             Self::Store(StoreError::Conflict { .. }) => Code::AlreadyExists,
             Self::Store(StoreError::OutOfOrder { .. }) => Code::FailedPrecondition,
             Self::Store(_) => Code::Internal,

@@ -14,9 +14,12 @@ use huren_core::summary::UnixMillis;
 use huren_core::trust::institution_in_certificate;
 use huren_proto::hub as pb;
 
+use huren_core::rules::{Decision, Reason, Verdict};
+use huren_core::stats::GroupBy;
+
 use crate::error::HubError;
-use crate::service::{Hub, now};
-use crate::store::{Found, PriorQuery, PutOutcome, Receipt, StoredSummary};
+use crate::service::{DecisionRequest, Hub, Judged, JudgedAnswer, OrderCode, now, retest_reason};
+use crate::store::{DecisionOutcome, PriorQuery, PutOutcome, Receipt, StoredSummary};
 
 /// Most item codes one FindPrior may ask for.
 pub const MAX_QUERY_ITEMS: usize = 200;
@@ -83,6 +86,87 @@ fn stored_to_pb(s: StoredSummary) -> pb::StoredSummary {
     pb::StoredSummary {
         receipt: Some(receipt_to_pb(&s.receipt)),
         summary: Some(s.envelope.into()),
+        verdict: None,
+        earlier_versions: Vec::new(),
+    }
+}
+
+fn reason_to_pb(r: Reason) -> pb::NotRecognisedReason {
+    match r {
+        Reason::NotInCatalogue => pb::NotRecognisedReason::NotInCatalogue,
+        Reason::OutsideValidityWindow => pb::NotRecognisedReason::OutsideValidityWindow,
+        Reason::PublisherNotQualified => pb::NotRecognisedReason::PublisherNotQualified,
+        Reason::Direction => pb::NotRecognisedReason::Direction,
+        Reason::Voided => pb::NotRecognisedReason::Voided,
+        Reason::Superseded => pb::NotRecognisedReason::Superseded,
+        Reason::OutsideScope => pb::NotRecognisedReason::OutsideScope,
+    }
+}
+
+fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
+    pb::Verdict {
+        recognition: if v.recognised() {
+            pb::Recognition::Recognised
+        } else {
+            pb::Recognition::NotRecognised
+        } as i32,
+        reasons: v
+            .reasons
+            .iter()
+            .map(|(r, text)| pb::ReasonDetail {
+                reason: reason_to_pb(*r) as i32,
+                explanation: text.clone(),
+            })
+            .collect(),
+        hr_mark: v.hr_mark.clone().unwrap_or_default(),
+        valid_until_ms: v.valid_until.map_or(0, |t| t.0),
+        policy_version: policy_version.to_owned(),
+    }
+}
+
+fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
+    let verdict = verdict_to_pb(&j.verdict, policy_version);
+    let earlier = j
+        .earlier
+        .into_iter()
+        .map(|e| judged_to_pb(e, policy_version))
+        .collect();
+    let mut out = stored_to_pb(j.stored);
+    out.verdict = Some(verdict);
+    out.earlier_versions = earlier;
+    out
+}
+
+fn answer_parts(a: JudgedAnswer) -> (Vec<pb::StoredSummary>, bool) {
+    let version = a.policy_version;
+    (
+        a.results
+            .into_iter()
+            .map(|j| judged_to_pb(j, &version))
+            .collect(),
+        a.truncated,
+    )
+}
+
+fn order_code_to_pb(c: &OrderCode) -> pb::OrderItem {
+    pb::OrderItem {
+        code: Some(match c {
+            OrderCode::Catalogue { system, code } => {
+                pb::order_item::Code::Catalogue(pb::ItemCode {
+                    system: system.clone(),
+                    code: code.clone(),
+                })
+            }
+            OrderCode::Local(l) => pb::order_item::Code::LocalCode(l.clone()),
+        }),
+    }
+}
+
+fn as_of(ms: i64) -> Result<UnixMillis, HubError> {
+    match ms {
+        0 => Ok(now()),
+        ms if ms < 0 => Err(HubError::BadRequest("as_of_ms must not be negative".into())),
+        ms => Ok(UnixMillis(ms)),
     }
 }
 
@@ -141,13 +225,6 @@ fn prior_query(hub: &Hub, r: pb::FindPriorRequest) -> Result<PriorQuery, HubErro
     })
 }
 
-fn found_parts(found: Found) -> (Vec<pb::StoredSummary>, bool) {
-    (
-        found.results.into_iter().map(stored_to_pb).collect(),
-        found.truncated,
-    )
-}
-
 #[tonic::async_trait]
 impl pb::hub_server::Hub for HubGrpc {
     async fn publish(
@@ -182,9 +259,9 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::FindPriorRequest>,
     ) -> Result<Response<pb::FindPriorResponse>, Status> {
-        handle("FindPrior", request, |_caller, r| async move {
+        handle("FindPrior", request, |caller, r| async move {
             let query = prior_query(&self.hub, r)?;
-            let (results, truncated) = found_parts(self.hub.find_prior(&query)?);
+            let (results, truncated) = answer_parts(self.hub.find_prior(&caller, &query)?);
             tracing::info!(
                 items = query.items.len(),
                 results = results.len(),
@@ -199,7 +276,7 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        handle("History", request, |_caller, r| async move {
+        handle("History", request, |caller, r| async move {
             if r.since_ms < 0 {
                 return Err(HubError::BadRequest("since_ms must not be negative".into()));
             }
@@ -210,9 +287,176 @@ impl pb::hub_server::Hub for HubGrpc {
                 until: UnixMillis(i64::MAX),
                 limit: self.hub.max_results(),
             };
-            let (results, truncated) = found_parts(self.hub.history(&query)?);
+            let answer = self
+                .hub
+                .history(&caller, &query, r.include_earlier_versions)?;
+            let (results, truncated) = answer_parts(answer);
             tracing::info!(results = results.len(), "history listed");
             Ok(pb::HistoryResponse { results, truncated })
+        })
+        .await
+    }
+
+    async fn check_order(
+        &self,
+        request: Request<pb::CheckOrderRequest>,
+    ) -> Result<Response<pb::CheckOrderResponse>, Status> {
+        handle("CheckOrder", request, |caller, r| async move {
+            let patient = pseudonym(&r.patient_pseudonym)?;
+            if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
+                return Err(HubError::BadRequest(format!(
+                    "name 1 to {MAX_QUERY_ITEMS} ordered items; got {}",
+                    r.items.len()
+                )));
+            }
+            let mut order = Vec::with_capacity(r.items.len());
+            for (i, item) in r.items.into_iter().enumerate() {
+                order.push(match item.code {
+                    Some(pb::order_item::Code::Catalogue(c))
+                        if !c.system.is_empty() && !c.code.is_empty() =>
+                    {
+                        OrderCode::Catalogue {
+                            system: c.system,
+                            code: c.code,
+                        }
+                    }
+                    Some(pb::order_item::Code::LocalCode(l)) if !l.trim().is_empty() => {
+                        OrderCode::Local(l)
+                    }
+                    _ => {
+                        return Err(HubError::BadRequest(format!(
+                            "items[{i}] needs a catalogue code (system and code) or a local code"
+                        )));
+                    }
+                });
+            }
+            let at = as_of(r.as_of_ms)?;
+            let (answers, version) = self.hub.check_order(&caller, patient, order, at)?;
+            let recognised = answers.iter().filter(|a| a.best.is_some()).count();
+            tracing::info!(items = answers.len(), recognised, "order checked");
+            Ok(pb::CheckOrderResponse {
+                items: answers
+                    .into_iter()
+                    .map(|a| pb::OrderCheck {
+                        asked: Some(order_code_to_pb(&a.asked)),
+                        item: a.item.as_ref().map(|(system, code, _)| pb::ItemCode {
+                            system: system.clone(),
+                            code: code.clone(),
+                        }),
+                        item_name: a.item.map(|(_, _, name)| name).unwrap_or_default(),
+                        best: a.best.map(|j| judged_to_pb(j, &version)),
+                        explanation: a.explanation,
+                        candidates: u32::try_from(a.candidates).unwrap_or(u32::MAX),
+                    })
+                    .collect(),
+                policy_version: version,
+            })
+        })
+        .await
+    }
+
+    async fn record_decision(
+        &self,
+        request: Request<pb::RecordDecisionRequest>,
+    ) -> Result<Response<pb::RecordDecisionResponse>, Status> {
+        handle("RecordDecision", request, |caller, r| async move {
+            let publisher = InstitutionId::parse(&r.publisher)
+                .map_err(|e| HubError::BadRequest(format!("publisher: {e}")))?;
+            let reason = retest_reason(r.reason).ok_or_else(|| {
+                HubError::BadRequest(format!("reason {} is not a known re-test reason", r.reason))
+            })?;
+            let decision = match pb::DecisionKind::try_from(r.decision) {
+                Ok(pb::DecisionKind::Adopted) => {
+                    if reason.is_some() {
+                        return Err(HubError::BadRequest(
+                            "an adopted result takes no re-test reason".into(),
+                        ));
+                    }
+                    Decision::Adopted
+                }
+                Ok(pb::DecisionKind::Retested) => Decision::Retested {
+                    reason,
+                    note: r.note,
+                },
+                _ => {
+                    return Err(HubError::BadRequest(
+                        "decision must be ADOPTED or RETESTED".into(),
+                    ));
+                }
+            };
+            let (outcome, recognised) = self
+                .hub
+                .record_decision(
+                    &caller,
+                    DecisionRequest {
+                        decision_id: r.decision_id,
+                        publisher,
+                        summary_id: r.summary_id,
+                        version: r.version,
+                        decision,
+                    },
+                )
+                .await?;
+            let (already_recorded, at) = match outcome {
+                DecisionOutcome::Recorded { at } => (false, at),
+                DecisionOutcome::AlreadyRecorded { at, .. } => (true, at),
+            };
+            tracing::info!(already_recorded, recognised, "decision recorded");
+            Ok(pb::RecordDecisionResponse {
+                already_recorded,
+                recorded_at_ms: at.0,
+                result_was_recognised: recognised,
+            })
+        })
+        .await
+    }
+
+    async fn get_statistics(
+        &self,
+        request: Request<pb::StatisticsRequest>,
+    ) -> Result<Response<pb::StatisticsResponse>, Status> {
+        handle("GetStatistics", request, |caller, r| async move {
+            let by = match pb::GroupBy::try_from(r.group_by) {
+                Ok(pb::GroupBy::Item) => GroupBy::Item,
+                Ok(pb::GroupBy::Member) => GroupBy::Member,
+                Ok(pb::GroupBy::Day) => GroupBy::Day,
+                Ok(pb::GroupBy::Month) => GroupBy::Month,
+                _ => {
+                    return Err(HubError::BadRequest(
+                        "group_by must be ITEM, MEMBER, DAY or MONTH".into(),
+                    ));
+                }
+            };
+            let to = if r.to_ms == 0 {
+                now()
+            } else {
+                UnixMillis(r.to_ms)
+            };
+            if r.from_ms < 0 || to.0 < r.from_ms {
+                return Err(HubError::BadRequest(
+                    "the period must have 0 <= from_ms <= to_ms".into(),
+                ));
+            }
+            let s = self
+                .hub
+                .statistics(&caller, UnixMillis(r.from_ms), to, by)?;
+            let row = |r: huren_core::stats::Row, label: String| pb::StatisticsRow {
+                key: r.key,
+                label,
+                queries: r.queries,
+                recognisable_found: r.found,
+                cross_member: r.cross_member,
+                adopted: r.adopted,
+                retested: r.retested,
+                retested_by_reason: r.retested_by_reason.into_iter().collect(),
+                tests_avoided: r.tests_avoided,
+                money_saved_fen: r.money_saved_fen,
+            };
+            Ok(pb::StatisticsResponse {
+                rows: s.rows.into_iter().map(|(r, l)| row(r, l)).collect(),
+                total: Some(row(s.total, String::new())),
+                policy_version: s.policy_version,
+            })
         })
         .await
     }

@@ -188,6 +188,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     let mut policy = Policy {
         version: raw.version.clone(),
         higher_recognises_lower: raw.higher_recognises_lower,
+        utc_offset_seconds: offset.whole_seconds(),
         ..Policy::default()
     };
     let _ = &raw.alliance;

@@ -12,6 +12,7 @@ use huren_proto::hub::hub_server::HubServer;
 
 use crate::config::HubConfig;
 use crate::grpc::HubGrpc;
+use crate::policy::{PolicyError, PolicyHandle};
 use crate::service::Hub;
 use crate::store::Store;
 
@@ -29,6 +30,8 @@ pub enum ServerError {
         path: std::path::PathBuf,
         source: crate::store::StoreError,
     },
+    #[error("policy: {0}")]
+    Policy(PolicyError),
     #[error("TLS set-up: {0}")]
     Tls(tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -63,7 +66,14 @@ pub async fn run(
         path: config.store.clone(),
         source,
     })?;
-    let hub = Arc::new(Hub::new(store, ca, config.limits.max_results));
+    let policy = Arc::new(PolicyHandle::open(&config.policy).map_err(ServerError::Policy)?);
+    let p = policy.get();
+    tracing::info!(version = %p.version, items = p.items.len(), members = p.members.len(), "policy loaded");
+    tokio::spawn(watch_policy(
+        policy.clone(),
+        Duration::from_secs(config.limits.policy_poll_seconds),
+    ));
+    let hub = Arc::new(Hub::new(store, ca, policy, config.limits.max_results));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<HubServer<HubGrpc>>().await;
@@ -91,4 +101,37 @@ pub async fn run(
         .map_err(ServerError::Serve)?;
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// Reloads the policy when its file changes (checked every `every`) or on SIGHUP. A policy that
+/// fails its checks is logged and the one in force stays.
+async fn watch_policy(policy: Arc<PolicyHandle>, every: Duration) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            _ = tick.tick() => policy.reload_if_changed(),
+            () = hangup => {
+                tracing::info!("SIGHUP: reloading the policy");
+                policy.reload_logged();
+            }
+        }
+        // Stop when the hub is gone (only this task holds the handle then).
+        if Arc::strong_count(&policy) == 1 {
+            break;
+        }
+    }
 }

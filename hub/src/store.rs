@@ -7,7 +7,14 @@
 //! latest      publisher 0x00 summary_id                         -> version:u32
 //! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> ()
 //! certs       sha256(certificate DER)[32]                        -> certificate DER
+//! consulted   member 0x00 publisher 0x00 summary_id                -> 0x01 || ConsultationV1
+//! decisions   member 0x00 decision_id                            -> 0x01 || DecisionV1
+//! events      at_ms:u64 seq:u64                                  -> 0x01 || EventV1
 //! ```
+//!
+//! `consulted` remembers which results a member was shown and whether they were recognised
+//! for it, so a decision can only be recorded on a result the member actually consulted and is
+//! checked against the verdict it was given. `events` feeds the statistics.
 //!
 //! `inv_performed` is `u64::MAX - performed_at_ms`, so a prefix scan over one patient and item
 //! yields the newest result first. Index entries are never removed: a query resolves each hit to
@@ -28,9 +35,12 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+use huren_core::identity::InstitutionId;
 use huren_core::pseudonym::Pseudonym;
 pub use huren_core::receipt::Receipt;
+use huren_core::rules::RetestReason;
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, sha256};
+use huren_core::stats::{Event, EventKind};
 use huren_core::summary::{Summary, UnixMillis};
 
 /// First byte of every stored record: the record layout version.
@@ -51,6 +61,102 @@ struct RecordV1 {
     body_sha256: Vec<u8>,
     #[prost(int64, tag = "5")]
     accepted_at_ms: i64,
+}
+
+/// What a member was shown of a result (store-private layout).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConsultationV1 {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(bool, tag = "2")]
+    recognised: bool,
+    #[prost(string, tag = "3")]
+    item_system: String,
+    #[prost(string, tag = "4")]
+    item_code: String,
+    #[prost(int64, tag = "5")]
+    at_ms: i64,
+}
+
+/// A recorded decision (store-private layout).
+#[derive(Clone, PartialEq, prost::Message)]
+struct DecisionV1 {
+    #[prost(string, tag = "1")]
+    publisher: String,
+    #[prost(string, tag = "2")]
+    summary_id: String,
+    #[prost(uint32, tag = "3")]
+    version: u32,
+    #[prost(bool, tag = "4")]
+    adopted: bool,
+    /// Re-test reason code, empty for none.
+    #[prost(string, tag = "5")]
+    reason: String,
+    #[prost(string, tag = "6")]
+    note: String,
+    #[prost(int64, tag = "7")]
+    at_ms: i64,
+    #[prost(bool, tag = "8")]
+    recognised: bool,
+}
+
+/// A statistics event (store-private layout).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventV1 {
+    #[prost(int64, tag = "1")]
+    at_ms: i64,
+    #[prost(string, tag = "2")]
+    member: String,
+    #[prost(string, tag = "3")]
+    item_system: String,
+    #[prost(string, tag = "4")]
+    item_code: String,
+    #[prost(uint64, tag = "5")]
+    price_fen: u64,
+    /// 1 = query, 2 = decision.
+    #[prost(uint32, tag = "6")]
+    kind: u32,
+    #[prost(bool, tag = "7")]
+    found: bool,
+    #[prost(bool, tag = "8")]
+    cross_member: bool,
+    #[prost(bool, tag = "9")]
+    adopted: bool,
+    #[prost(string, tag = "10")]
+    reason: String,
+}
+
+/// What a member was shown of a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consultation {
+    pub version: u32,
+    pub recognised: bool,
+    pub item_system: String,
+    pub item_code: String,
+    pub at: UnixMillis,
+}
+
+/// A decision to record.
+#[derive(Clone, Debug)]
+pub struct DecisionRecord {
+    pub member: InstitutionId,
+    pub decision_id: String,
+    pub publisher: InstitutionId,
+    pub summary_id: String,
+    pub version: u32,
+    pub adopted: bool,
+    pub reason: Option<RetestReason>,
+    pub note: String,
+    pub at: UnixMillis,
+    pub recognised: bool,
+    pub event: Event,
+}
+
+/// What became of a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecisionOutcome {
+    Recorded { at: UnixMillis },
+    AlreadyRecorded { at: UnixMillis, recognised: bool },
 }
 
 /// A stored summary version: the envelope as published and its receipt.
@@ -87,6 +193,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store's commit task has stopped")]
     CommitterGone,
+    #[error("decision {decision_id} was already recorded for another result")]
+    DecisionIdReused { decision_id: String },
 }
 
 /// What one patient query asks the store for.
@@ -120,6 +228,9 @@ struct Inner {
     latest: sled::Tree,
     by_patient: sled::Tree,
     certs: sled::Tree,
+    consulted: sled::Tree,
+    decisions: sled::Tree,
+    events: sled::Tree,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -172,6 +283,9 @@ impl Store {
                 latest: db.open_tree("latest")?,
                 by_patient: db.open_tree("by_patient")?,
                 certs: db.open_tree("certs")?,
+                consulted: db.open_tree("consulted")?,
+                decisions: db.open_tree("decisions")?,
+                events: db.open_tree("events")?,
                 db,
                 commits: tx,
             }),
@@ -410,6 +524,155 @@ impl Store {
         Ok(Found { results, truncated })
     }
 
+    /// Every version of one result, newest first.
+    pub fn versions(&self, publisher: &str, id: &str) -> Result<Vec<StoredSummary>, StoreError> {
+        let mut prefix = result_key(publisher, id);
+        prefix.push(0);
+        let mut out = Vec::new();
+        for entry in self.inner.summaries.scan_prefix(&prefix) {
+            let (_, raw) = entry?;
+            out.push(self.to_stored(decode_record(&raw)?)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The latest version of one result.
+    pub fn latest(&self, publisher: &str, id: &str) -> Result<Option<StoredSummary>, StoreError> {
+        self.load_latest(&result_key(publisher, id))
+    }
+
+    /// Records what `member` was shown (one entry per result, the last showing wins) and the
+    /// query events. Not flushed on its own: these are statistics, not acknowledged writes.
+    pub fn record_queries(
+        &self,
+        member: &InstitutionId,
+        shown: &[(&StoredSummary, bool)],
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let mut consulted = sled::Batch::default();
+        for (stored, recognised) in shown {
+            let r = &stored.receipt;
+            let c = ConsultationV1 {
+                version: r.version,
+                recognised: *recognised,
+                item_system: stored.summary.item.system.clone(),
+                item_code: stored.summary.item.code.clone(),
+                at_ms: events.first().map_or(0, |e| e.at.0),
+            };
+            consulted.insert(
+                consulted_key(member, r.publisher.as_str(), r.summary_id.as_str()),
+                encode_v1(&c),
+            );
+        }
+        self.inner.consulted.apply_batch(consulted)?;
+        let mut batch = sled::Batch::default();
+        for e in events {
+            batch.insert(
+                self.event_key(e.at)?.to_vec(),
+                encode_v1(&event_to_record(e)),
+            );
+        }
+        self.inner.events.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn event_key(&self, at: UnixMillis) -> Result<[u8; 16], StoreError> {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&(at.0.max(0) as u64).to_be_bytes());
+        k[8..].copy_from_slice(&self.inner.db.generate_id()?.to_be_bytes());
+        Ok(k)
+    }
+
+    /// What `member` was last shown of a result, if it consulted it.
+    pub fn consultation(
+        &self,
+        member: &InstitutionId,
+        publisher: &str,
+        id: &str,
+    ) -> Result<Option<Consultation>, StoreError> {
+        let Some(raw) = self
+            .inner
+            .consulted
+            .get(consulted_key(member, publisher, id))?
+        else {
+            return Ok(None);
+        };
+        let c: ConsultationV1 = decode_v1(&raw)?;
+        Ok(Some(Consultation {
+            version: c.version,
+            recognised: c.recognised,
+            item_system: c.item_system,
+            item_code: c.item_code,
+            at: UnixMillis(c.at_ms),
+        }))
+    }
+
+    /// Records a decision durably, once per (member, decision id).
+    pub async fn record_decision(&self, d: &DecisionRecord) -> Result<DecisionOutcome, StoreError> {
+        let mut key = d.member.as_str().as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(d.decision_id.as_bytes());
+        let record = DecisionV1 {
+            publisher: d.publisher.to_string(),
+            summary_id: d.summary_id.clone(),
+            version: d.version,
+            adopted: d.adopted,
+            reason: d.reason.map(|r| r.code().to_owned()).unwrap_or_default(),
+            note: d.note.clone(),
+            at_ms: d.at.0,
+            recognised: d.recognised,
+        };
+        let event_key = self.event_key(d.at)?;
+        let event = encode_v1(&event_to_record(&d.event));
+        let value = encode_v1(&record);
+        let i = &self.inner;
+        let outcome = (&i.decisions, &i.events).transaction(|(decisions, events)| {
+            if let Some(raw) = decisions.get(&key)? {
+                let old: DecisionV1 =
+                    decode_v1(&raw).map_err(ConflictableTransactionError::Abort)?;
+                if old.publisher != record.publisher
+                    || old.summary_id != record.summary_id
+                    || old.version != record.version
+                    || old.adopted != record.adopted
+                    || old.reason != record.reason
+                {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::DecisionIdReused {
+                            decision_id: d.decision_id.clone(),
+                        },
+                    ));
+                }
+                return Ok(DecisionOutcome::AlreadyRecorded {
+                    at: UnixMillis(old.at_ms),
+                    recognised: old.recognised,
+                });
+            }
+            decisions.insert(key.as_slice(), value.as_slice())?;
+            events.insert(&event_key, event.as_slice())?;
+            Ok(DecisionOutcome::Recorded { at: d.at })
+        });
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        self.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Events in `[from, to)`, oldest first.
+    pub fn events(&self, from: UnixMillis, to: UnixMillis) -> Result<Vec<Event>, StoreError> {
+        let start = (from.0.max(0) as u64).to_be_bytes();
+        let end = (to.0.max(0) as u64).to_be_bytes();
+        let mut out = Vec::new();
+        for entry in self.inner.events.range(start..end) {
+            let (_, raw) = entry?;
+            out.push(event_from_record(decode_v1(&raw)?)?);
+        }
+        Ok(out)
+    }
+
     /// Number of stored summary versions.
     pub fn summary_count(&self) -> usize {
         self.inner.summaries.len()
@@ -421,14 +684,80 @@ impl Store {
     }
 }
 
-fn decode_record(raw: &[u8]) -> Result<RecordV1, StoreError> {
+fn encode_v1(m: &impl Message) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + m.encoded_len());
+    v.push(RECORD_V1);
+    // Encoding into a Vec grows it as needed and cannot fail.
+    let _ = m.encode(&mut v);
+    v
+}
+
+fn decode_v1<M: Message + Default>(raw: &[u8]) -> Result<M, StoreError> {
     match raw.split_first() {
-        Some((&RECORD_V1, rest)) => {
-            RecordV1::decode(rest).map_err(|e| StoreError::Corrupt(e.to_string()))
-        }
+        Some((&RECORD_V1, rest)) => M::decode(rest).map_err(|e| StoreError::Corrupt(e.to_string())),
         Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),
         None => Err(StoreError::Corrupt("empty record".into())),
     }
+}
+
+fn event_to_record(e: &Event) -> EventV1 {
+    let mut r = EventV1 {
+        at_ms: e.at.0,
+        member: e.member.to_string(),
+        item_system: e.item_system.clone(),
+        item_code: e.item_code.clone(),
+        price_fen: e.price_fen,
+        ..EventV1::default()
+    };
+    match &e.kind {
+        EventKind::Query {
+            found,
+            cross_member,
+        } => {
+            r.kind = 1;
+            r.found = *found;
+            r.cross_member = *cross_member;
+        }
+        EventKind::Decision { adopted, reason } => {
+            r.kind = 2;
+            r.adopted = *adopted;
+            r.reason = reason.map(|x| x.code().to_owned()).unwrap_or_default();
+        }
+    }
+    r
+}
+
+fn event_from_record(r: EventV1) -> Result<Event, StoreError> {
+    let kind = match r.kind {
+        1 => EventKind::Query {
+            found: r.found,
+            cross_member: r.cross_member,
+        },
+        2 => EventKind::Decision {
+            adopted: r.adopted,
+            reason: RetestReason::from_code(&r.reason),
+        },
+        k => return Err(StoreError::Corrupt(format!("unknown event kind {k}"))),
+    };
+    Ok(Event {
+        at: UnixMillis(r.at_ms),
+        member: InstitutionId::parse(&r.member).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        item_system: r.item_system,
+        item_code: r.item_code,
+        price_fen: r.price_fen,
+        kind,
+    })
+}
+
+fn consulted_key(member: &InstitutionId, publisher: &str, id: &str) -> Vec<u8> {
+    let mut k = member.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&result_key(publisher, id));
+    k
+}
+
+fn decode_record(raw: &[u8]) -> Result<RecordV1, StoreError> {
+    decode_v1(raw)
 }
 
 /// Group commit: each flush covers every write made before it started, and answers every

@@ -8,6 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use huren_core::identity::InstitutionId;
 use huren_core::pseudonym::{PatientId, Pseudonym, PseudonymKey};
 use huren_core::receipt::Receipt;
+use huren_core::rules::{Decision, RetestReason};
 use huren_core::signing::{SignedEnvelope, SummarySigner, sha256};
 use huren_core::summary::{Summary, UnixMillis};
 use huren_core::trust::AllianceCa;
@@ -33,6 +34,49 @@ pub struct Agent {
 pub struct Published {
     pub receipt: Receipt,
     pub already_stored: bool,
+}
+
+/// An ordered item: a catalogue code or this member's local code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrderItem {
+    Catalogue { system: String, code: String },
+    Local(String),
+}
+
+/// The order-time answer for one item; `best` is verified.
+#[derive(Clone, Debug)]
+pub struct OrderCheck {
+    pub asked: OrderItem,
+    /// The catalogue item (system, code) the order maps to.
+    pub item: Option<(String, String)>,
+    pub item_name: String,
+    pub best: Option<VerifiedResult>,
+    pub explanation: String,
+    pub candidates: u32,
+}
+
+/// The hub's acknowledgement of a decision.
+#[derive(Clone, Debug)]
+pub struct DecisionRecorded {
+    pub already_recorded: bool,
+    pub at: UnixMillis,
+    pub result_was_recognised: bool,
+}
+
+fn retest_reason_to_pb(r: RetestReason) -> i32 {
+    use RetestReason::*;
+    (match r {
+        ConditionChanged => pb::RetestReason::ConditionChanged,
+        FastChangingValue => pb::RetestReason::FastChangingValue,
+        CriticalStep => pb::RetestReason::CriticalStep,
+        Emergency => pb::RetestReason::Emergency,
+        Appraisal => pb::RetestReason::Appraisal,
+        Other => pb::RetestReason::Other,
+        PatientRequest => pb::RetestReason::PatientRequest,
+        SourceFailedEqa => pb::RetestReason::SourceFailedEqa,
+        TooOld => pb::RetestReason::TooOld,
+        PhysicianJudgement => pb::RetestReason::PhysicianJudgement,
+    }) as i32
 }
 
 /// The answer to a FindPrior or History call, every result verified.
@@ -237,11 +281,13 @@ impl Agent {
         self.verify_all(response.results, &expect, response.truncated)
     }
 
-    /// All of a patient's results across members since a time, verified, newest first.
+    /// All of a patient's results across members since a time, verified, newest first; with
+    /// `with_versions`, each result's earlier versions too.
     pub async fn history(
         &self,
         patient: &Pseudonym,
         since: UnixMillis,
+        with_versions: bool,
     ) -> Result<Answer, AgentError> {
         let response = self
             .hub
@@ -249,6 +295,7 @@ impl Agent {
             .history(pb::HistoryRequest {
                 patient_pseudonym: patient.as_bytes().to_vec(),
                 since_ms: since.0,
+                include_earlier_versions: with_versions,
             })
             .await
             .map_err(AgentError::Hub)?
@@ -260,6 +307,143 @@ impl Agent {
             until: UnixMillis(i64::MAX),
         };
         self.verify_all(response.results, &expect, response.truncated)
+    }
+
+    /// The order-time check: for each ordered item (catalogue code or our local code), the
+    /// newest recognised result, verified, or why there is none.
+    pub async fn check_order(
+        &self,
+        patient: &Pseudonym,
+        order: &[OrderItem],
+        as_of: UnixMillis,
+    ) -> Result<Vec<OrderCheck>, AgentError> {
+        let response = self
+            .hub
+            .clone()
+            .check_order(pb::CheckOrderRequest {
+                patient_pseudonym: patient.as_bytes().to_vec(),
+                items: order
+                    .iter()
+                    .map(|o| pb::OrderItem {
+                        code: Some(match o {
+                            OrderItem::Catalogue { system, code } => {
+                                pb::order_item::Code::Catalogue(pb::ItemCode {
+                                    system: system.clone(),
+                                    code: code.clone(),
+                                })
+                            }
+                            OrderItem::Local(l) => pb::order_item::Code::LocalCode(l.clone()),
+                        }),
+                    })
+                    .collect(),
+                as_of_ms: as_of.0,
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner();
+        if response.items.len() != order.len() {
+            return Err(AgentError::Protocol(format!(
+                "asked about {} items, the hub answered {}",
+                order.len(),
+                response.items.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(order.len());
+        for (i, (check, asked)) in response.items.into_iter().zip(order).enumerate() {
+            let best = match (check.best, &check.item) {
+                (Some(stored), Some(item)) => {
+                    let items = [(item.system.clone(), item.code.clone())];
+                    let expect = Expectation {
+                        patient,
+                        items: Some(&items),
+                        from: UnixMillis(0),
+                        until: as_of,
+                    };
+                    let v = verify_stored(stored, &self.ca, &expect).map_err(|reason| {
+                        AgentError::Untrusted {
+                            position: i + 1,
+                            reason,
+                        }
+                    })?;
+                    if !v.verdict.as_ref().is_some_and(|v| v.recognised()) {
+                        return Err(AgentError::Protocol(
+                            "the hub offered a best result that it does not recognise".into(),
+                        ));
+                    }
+                    Some(v)
+                }
+                (Some(_), None) => {
+                    return Err(AgentError::Protocol(
+                        "the hub offered a result for an item it did not name".into(),
+                    ));
+                }
+                (None, _) => None,
+            };
+            out.push(OrderCheck {
+                asked: asked.clone(),
+                item: check.item.map(|i| (i.system, i.code)),
+                item_name: check.item_name,
+                best,
+                explanation: check.explanation,
+                candidates: check.candidates,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records what we did with a result we consulted. `decision_id` makes retries safe.
+    pub async fn record_decision(
+        &self,
+        decision_id: &str,
+        result: &Receipt,
+        decision: &Decision,
+    ) -> Result<DecisionRecorded, AgentError> {
+        let (kind, reason, note) = match decision {
+            Decision::Adopted => (pb::DecisionKind::Adopted, None, String::new()),
+            Decision::Retested { reason, note } => {
+                (pb::DecisionKind::Retested, *reason, note.clone())
+            }
+        };
+        let r = self
+            .hub
+            .clone()
+            .record_decision(pb::RecordDecisionRequest {
+                decision_id: decision_id.to_owned(),
+                publisher: result.publisher.to_string(),
+                summary_id: result.summary_id.to_string(),
+                version: result.version,
+                decision: kind as i32,
+                reason: reason.map_or(0, retest_reason_to_pb),
+                note,
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner();
+        Ok(DecisionRecorded {
+            already_recorded: r.already_recorded,
+            at: UnixMillis(r.recorded_at_ms),
+            result_was_recognised: r.result_was_recognised,
+        })
+    }
+
+    /// Recognition statistics for `[from, to)`.
+    pub async fn statistics(
+        &self,
+        from: UnixMillis,
+        to: UnixMillis,
+        by: pb::GroupBy,
+    ) -> Result<pb::StatisticsResponse, AgentError> {
+        Ok(self
+            .hub
+            .clone()
+            .get_statistics(pb::StatisticsRequest {
+                from_ms: from.0,
+                to_ms: to.0,
+                group_by: by as i32,
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner())
     }
 
     /// Verifies every returned result; one failure rejects the whole answer.

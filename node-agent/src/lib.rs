@@ -20,6 +20,6 @@ pub mod results;
 pub mod table;
 pub mod verify;
 
-pub use client::{Agent, Answer, Published};
+pub use client::{Agent, Answer, DecisionRecorded, OrderCheck, OrderItem, Published};
 pub use config::AgentConfig;
 pub use error::AgentError;

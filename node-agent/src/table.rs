@@ -6,6 +6,7 @@ use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 use unicode_width::UnicodeWidthStr;
 
+use huren_core::rules::{Reason, Verdict};
 use huren_core::summary::{Outcome, UnixMillis};
 
 use crate::verify::VerifiedResult;
@@ -117,6 +118,7 @@ pub fn results_table(results: &[VerifiedResult], offset: UtcOffset) -> Table {
         "Publisher",
         "Summary",
         "Status",
+        "Recognition",
     ]);
     for (i, r) in results.iter().enumerate() {
         let s = &r.summary;
@@ -148,9 +150,41 @@ pub fn results_table(results: &[VerifiedResult], offset: UtcOffset) -> Table {
             s.publisher.to_string(),
             format!("{} v{}", s.id, s.version),
             s.status.name().to_owned(),
+            verdict_cell(r.verdict.as_ref()),
         ]);
     }
     t
+}
+
+/// Short form of a verdict for a table cell: "recognised 全国HR" or "no: window, direction".
+pub fn verdict_cell(v: Option<&Verdict>) -> String {
+    match v {
+        None => String::new(),
+        Some(v) if v.recognised() => format!("recognised {}", v.hr_mark.as_deref().unwrap_or(""))
+            .trim_end()
+            .to_owned(),
+        Some(v) => format!(
+            "no: {}",
+            v.reasons
+                .iter()
+                .map(|(r, _)| reason_word(*r))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// One word per reason, for narrow table cells; the full sentences come with `reasons`.
+pub fn reason_word(r: Reason) -> &'static str {
+    match r {
+        Reason::NotInCatalogue => "not in catalogue",
+        Reason::OutsideValidityWindow => "too old",
+        Reason::PublisherNotQualified => "publisher not qualified",
+        Reason::Direction => "direction",
+        Reason::Voided => "voided",
+        Reason::Superseded => "superseded",
+        Reason::OutsideScope => "outside scope",
+    }
 }
 
 #[cfg(test)]

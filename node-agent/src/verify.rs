@@ -6,17 +6,55 @@
 use huren_core::identity::InstitutionId;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::receipt::Receipt;
+use huren_core::rules::{Reason, Verdict};
 use huren_core::signing::SignedEnvelope;
 use huren_core::summary::{Summary, SummaryId, UnixMillis};
 use huren_core::trust::AllianceCa;
 use huren_proto::hub as pb;
 
-/// A result whose signature and receipt were verified.
+/// A result whose signature and receipt were verified, with the hub's verdict for us.
 #[derive(Clone, Debug)]
 pub struct VerifiedResult {
     pub summary: Summary,
     pub receipt: Receipt,
     pub envelope: SignedEnvelope,
+    /// The hub's verdict (absent only in answers that carry none).
+    pub verdict: Option<Verdict>,
+    /// Earlier versions of the result, newest first, each verified (History with versions).
+    pub earlier: Vec<VerifiedResult>,
+}
+
+fn reason_from_pb(r: i32) -> Option<Reason> {
+    use pb::NotRecognisedReason as P;
+    Some(match P::try_from(r).ok()? {
+        P::NotInCatalogue => Reason::NotInCatalogue,
+        P::OutsideValidityWindow => Reason::OutsideValidityWindow,
+        P::PublisherNotQualified => Reason::PublisherNotQualified,
+        P::Direction => Reason::Direction,
+        P::Voided => Reason::Voided,
+        P::Superseded => Reason::Superseded,
+        P::OutsideScope => Reason::OutsideScope,
+        P::Unspecified => return None,
+    })
+}
+
+/// Reads the hub's verdict. A verdict that says RECOGNISED but lists reasons (or the reverse)
+/// is a protocol error.
+pub fn verdict_from_pb(v: pb::Verdict) -> Result<Verdict, String> {
+    let mut reasons = Vec::with_capacity(v.reasons.len());
+    for d in v.reasons {
+        let r = reason_from_pb(d.reason).ok_or_else(|| format!("unknown reason {}", d.reason))?;
+        reasons.push((r, d.explanation));
+    }
+    let recognised = v.recognition == pb::Recognition::Recognised as i32;
+    if recognised != reasons.is_empty() {
+        return Err("its verdict contradicts itself".into());
+    }
+    Ok(Verdict {
+        reasons,
+        hr_mark: (!v.hr_mark.is_empty()).then_some(v.hr_mark),
+        valid_until: (v.valid_until_ms != 0).then_some(UnixMillis(v.valid_until_ms)),
+    })
 }
 
 /// What the returned results must match.
@@ -36,6 +74,18 @@ pub fn verify_stored(
 ) -> Result<VerifiedResult, String> {
     let receipt = stored.receipt.ok_or("it has no receipt")?;
     let signed = stored.summary.ok_or("it has no signed summary")?;
+    let verdict = stored.verdict.map(verdict_from_pb).transpose()?;
+    let mut earlier = Vec::with_capacity(stored.earlier_versions.len());
+    for e in stored.earlier_versions {
+        // Earlier versions are about the same patient; their items and times may differ.
+        let any = Expectation {
+            patient: expect.patient,
+            items: None,
+            from: UnixMillis(i64::MIN),
+            until: UnixMillis(i64::MAX),
+        };
+        earlier.push(verify_stored(e, ca, &any)?);
+    }
     let envelope = SignedEnvelope::try_from(signed).map_err(|e| e.to_string())?;
     let accepted_at = UnixMillis(receipt.accepted_at_ms);
     let verified = envelope
@@ -82,6 +132,8 @@ pub fn verify_stored(
         },
         summary: verified.summary,
         envelope: verified.envelope,
+        verdict,
+        earlier,
     })
 }
 

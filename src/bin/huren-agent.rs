@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use huren_agent::table::{Table, format_time, parse_offset, results_table};
-use huren_agent::{Agent, AgentConfig, Answer};
+use huren_agent::table::{Table, format_time, parse_offset, results_table, verdict_cell};
+use huren_agent::{Agent, AgentConfig, Answer, OrderItem};
+use huren_core::rules::{Decision, RetestReason};
 use huren_core::summary::UnixMillis;
 
 /// The Huren node agent of one member institution.
@@ -68,7 +69,121 @@ enum Command {
         /// Only results performed at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
+        /// Also show each result's earlier versions (amendments, voids).
+        #[arg(long)]
+        versions: bool,
     },
+    /// The order-time check: for each item about to be ordered, the best recognised prior
+    /// result or why there is none.
+    Check {
+        #[command(flatten)]
+        patient: Patient,
+        /// Ordered item: this hospital's local code (e.g. XCG-HB), or SYSTEM|CODE for a
+        /// catalogue code. Repeat for several.
+        #[arg(long = "item", required = true)]
+        items: Vec<String>,
+        /// Check as of this time (RFC 3339); default now.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Record what was done with a prior result: adopted, or re-tested with a reason.
+    Decide {
+        /// The result: PUBLISHER/SUMMARY_ID (as shown by query or check).
+        #[arg(long)]
+        result: String,
+        /// Its version (as shown by query or check).
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+        /// adopted or retested.
+        #[arg(long, value_parser = ["adopted", "retested"])]
+        decision: String,
+        /// Re-test reason: condition-changed, fast-changing-value, critical-step, emergency,
+        /// appraisal, other, patient-request, source-failed-eqa, too-old, physician-judgement.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Free text, required with reason "other".
+        #[arg(long, default_value = "")]
+        note: String,
+        /// An id unique within this hospital (e.g. the order number); a retry with the same id
+        /// is not counted twice. Default: derived from the result and the current minute.
+        #[arg(long)]
+        decision_id: Option<String>,
+    },
+    /// Recognition statistics: queries, recognised results found, adopted, re-tested by
+    /// reason, tests avoided and money saved.
+    Stats {
+        /// Start of the period (RFC 3339); default 30 days ago.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (RFC 3339); default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// item, member, day or month.
+        #[arg(long, default_value = "item", value_parser = ["item", "member", "day", "month"])]
+        by: String,
+        /// Write the rows as CSV to this file instead of printing a table ("-" for stdout).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
+}
+
+fn yuan(fen: u64) -> String {
+    format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+const REASON_CODES: [&str; 11] = [
+    "condition-changed",
+    "fast-changing-value",
+    "critical-step",
+    "emergency",
+    "appraisal",
+    "other",
+    "patient-request",
+    "source-failed-eqa",
+    "too-old",
+    "physician-judgement",
+    "unspecified",
+];
+
+fn stats_csv(r: &huren_proto::hub::StatisticsResponse) -> String {
+    let mut out = String::from(
+        "key,label,queries,recognisable_found,cross_member,adopted,retested,tests_avoided,money_saved_yuan",
+    );
+    for code in REASON_CODES {
+        out.push_str(&format!(",retested_{}", code.replace('-', "_")));
+    }
+    out.push('\n');
+    for row in r.rows.iter().chain(r.total.as_ref()) {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}",
+            csv_field(&row.key),
+            csv_field(&row.label),
+            row.queries,
+            row.recognisable_found,
+            row.cross_member,
+            row.adopted,
+            row.retested,
+            row.tests_avoided,
+            yuan(row.money_saved_fen)
+        ));
+        for code in REASON_CODES {
+            out.push_str(&format!(
+                ",{}",
+                row.retested_by_reason.get(code).copied().unwrap_or(0)
+            ));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Parses "30d", "12w", "72h", "1y".
@@ -116,6 +231,12 @@ fn print_answer(answer: &Answer, offset: time::UtcOffset) {
         return;
     }
     print!("{}", results_table(&answer.results, offset).render());
+    for (i, r) in answer.results.iter().enumerate() {
+        if let Some(v) = r.verdict.as_ref().filter(|v| !v.recognised()) {
+            let why: Vec<&str> = v.reasons.iter().map(|(_, text)| text.as_str()).collect();
+            println!("  #{} not recognised: {}", i + 1, why.join("; "));
+        }
+    }
     println!(
         "{} result(s); every signature verified against the alliance CA.",
         answer.results.len()
@@ -209,7 +330,11 @@ async fn main() -> anyhow::Result<()> {
             );
             print_answer(&answer, offset);
         }
-        Command::History { patient, since } => {
+        Command::History {
+            patient,
+            since,
+            versions,
+        } => {
             let pseudonym = patient_pseudonym(&agent, &patient)?;
             let since = match since {
                 Some(t) => {
@@ -217,12 +342,258 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => UnixMillis(0),
             };
-            let answer = agent.history(&pseudonym, since).await?;
+            let answer = agent.history(&pseudonym, since, versions).await?;
             println!(
                 "Results across the alliance since {}:",
                 format_time(since, offset)
             );
             print_answer(&answer, offset);
+            for r in answer.results.iter().filter(|r| !r.earlier.is_empty()) {
+                println!(
+                    "\nEarlier versions of {}/{}:",
+                    r.summary.publisher, r.summary.id
+                );
+                print!("{}", results_table(&r.earlier, offset).render());
+            }
+        }
+        Command::Check {
+            patient,
+            items,
+            as_of,
+        } => run_check(&agent, &patient, &items, as_of, offset).await?,
+        Command::Decide {
+            result,
+            version,
+            decision,
+            reason,
+            note,
+            decision_id,
+        } => {
+            run_decide(
+                &agent,
+                &result,
+                version,
+                &decision,
+                reason,
+                note,
+                decision_id,
+            )
+            .await?
+        }
+        Command::Stats { from, to, by, csv } => {
+            run_stats(&agent, from, to, &by, csv, offset).await?
+        }
+    }
+    Ok(())
+}
+
+async fn run_check(
+    agent: &Agent,
+    patient: &Patient,
+    items: &[String],
+    as_of: Option<String>,
+    offset: time::UtcOffset,
+) -> anyhow::Result<()> {
+    let pseudonym = patient_pseudonym(agent, patient)?;
+    let order: Vec<OrderItem> = items
+        .iter()
+        .map(|i| match i.split_once('|') {
+            Some((system, code)) => OrderItem::Catalogue {
+                system: system.to_owned(),
+                code: code.to_owned(),
+            },
+            None => OrderItem::Local(i.clone()),
+        })
+        .collect();
+    let as_of = match as_of {
+        Some(t) => huren_agent::results::parse_time("--as-of", &t).map_err(anyhow::Error::msg)?,
+        None => now(),
+    };
+    let checks = agent.check_order(&pseudonym, &order, as_of).await?;
+    let mut table = Table::new([
+        "Ordered",
+        "Catalogue item",
+        "Prior result",
+        "Performed",
+        "Publisher",
+        "Summary",
+        "Advice",
+    ]);
+    for (asked, c) in items.iter().zip(&checks) {
+        let item = match &c.item {
+            Some((_, code)) => format!("{code} {}", c.item_name),
+            None => "-".into(),
+        };
+        match &c.best {
+            Some(b) => {
+                let value = match &b.summary.outcome {
+                    huren_core::summary::Outcome::Lab(l) => format!("{} {}", l.value, l.unit),
+                    huren_core::summary::Outcome::Exam(e) => {
+                        format!("{}: {}", e.modality, e.impression)
+                    }
+                };
+                table.push(vec![
+                    asked.clone(),
+                    item,
+                    value,
+                    format_time(b.summary.performed_at, offset),
+                    b.summary.publisher.to_string(),
+                    format!("{} v{}", b.summary.id, b.summary.version),
+                    format!(
+                        "REUSE ({})",
+                        verdict_cell(b.verdict.as_ref()).trim_start_matches("recognised ")
+                    ),
+                ]);
+            }
+            None => table.push(vec![
+                asked.clone(),
+                item,
+                "-".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("order: {}", c.explanation),
+            ]),
+        }
+    }
+    println!("Order check as of {}:", format_time(as_of, offset));
+    print!("{}", table.render());
+    let reusable = checks.iter().filter(|c| c.best.is_some()).count();
+    println!(
+        "{reusable} of {} item(s) have a recognised prior result; record what you do with `huren-agent decide`.",
+        checks.len()
+    );
+    Ok(())
+}
+
+async fn run_decide(
+    agent: &Agent,
+    result: &str,
+    version: u32,
+    decision: &str,
+    reason: Option<String>,
+    note: String,
+    decision_id: Option<String>,
+) -> anyhow::Result<()> {
+    let (publisher, summary_id) = result.split_once('/').context(
+        "--result must be PUBLISHER/SUMMARY_ID, e.g. shx-prov-people/LAB-20261118-00731-HGB",
+    )?;
+    let receipt = huren_core::receipt::Receipt {
+        publisher: huren_core::identity::InstitutionId::parse(publisher)?,
+        summary_id: huren_core::summary::SummaryId::parse(summary_id)?,
+        version,
+        body_sha256: [0; 32],
+        accepted_at: UnixMillis(0),
+    };
+    let reason = reason
+        .map(|r| {
+            RetestReason::from_code(&r).with_context(|| {
+                format!(
+                    "unknown reason {r:?}; use one of {}",
+                    REASON_CODES[..10].join(", ")
+                )
+            })
+        })
+        .transpose()?;
+    let decision = match decision {
+        "adopted" if reason.is_some() => bail!("an adopted result takes no --reason"),
+        "adopted" => Decision::Adopted,
+        _ => Decision::Retested { reason, note },
+    };
+    let decision_id = decision_id.unwrap_or_else(|| {
+        format!(
+            "{}-{}-v{version}-{}",
+            publisher,
+            summary_id,
+            now().0 / 60_000
+        )
+    });
+    let r = agent
+        .record_decision(&decision_id, &receipt, &decision)
+        .await?;
+    println!(
+        "Decision {decision_id} {} ({}).",
+        if r.already_recorded {
+            "was already recorded"
+        } else {
+            "recorded"
+        },
+        if r.result_was_recognised {
+            "the result was recognised for this hospital"
+        } else {
+            "the result was not recognised for this hospital"
+        }
+    );
+    Ok(())
+}
+
+async fn run_stats(
+    agent: &Agent,
+    from: Option<String>,
+    to: Option<String>,
+    by: &str,
+    csv: Option<PathBuf>,
+    offset: time::UtcOffset,
+) -> anyhow::Result<()> {
+    let parse = |flag: &str, t: Option<String>| -> anyhow::Result<Option<UnixMillis>> {
+        t.map(|t| huren_agent::results::parse_time(flag, &t).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let to = parse("--to", to)?.unwrap_or_else(now);
+    let from = parse("--from", from)?.unwrap_or(UnixMillis(to.0 - 30 * 86_400_000));
+    let group = match by {
+        "member" => huren_proto::hub::GroupBy::Member,
+        "day" => huren_proto::hub::GroupBy::Day,
+        "month" => huren_proto::hub::GroupBy::Month,
+        _ => huren_proto::hub::GroupBy::Item,
+    };
+    let r = agent.statistics(from, to, group).await?;
+    match csv {
+        Some(path) if path.as_os_str() == "-" => print!("{}", stats_csv(&r)),
+        Some(path) => {
+            std::fs::write(&path, stats_csv(&r))
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("{} row(s) written to {}", r.rows.len() + 1, path.display());
+        }
+        None => {
+            let mut t = Table::new([
+                by,
+                "Name",
+                "Queries",
+                "Found",
+                "Cross-member",
+                "Adopted",
+                "Re-tested",
+                "Re-test reasons",
+                "Avoided",
+                "Saved (yuan)",
+            ]);
+            for row in r.rows.iter().chain(r.total.as_ref()) {
+                let reasons: Vec<String> = row
+                    .retested_by_reason
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                t.push(vec![
+                    row.key.clone(),
+                    row.label.clone(),
+                    row.queries.to_string(),
+                    row.recognisable_found.to_string(),
+                    row.cross_member.to_string(),
+                    row.adopted.to_string(),
+                    row.retested.to_string(),
+                    reasons.join(", "),
+                    row.tests_avoided.to_string(),
+                    yuan(row.money_saved_fen),
+                ]);
+            }
+            println!(
+                "Statistics from {} to {} (policy {}):",
+                format_time(from, offset),
+                format_time(to, offset),
+                r.policy_version
+            );
+            print!("{}", t.render());
         }
     }
     Ok(())

@@ -95,8 +95,9 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &hub_config_path,
         format!(
-            "listen = \"127.0.0.1:0\"\nstore = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            "listen = \"127.0.0.1:0\"\nstore = {:?}\npolicy = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
             root.join("hub-store"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("hub/policy.example.toml"),
             pki.ca_cert,
             pki.hub_cert,
             pki.hub_key
@@ -201,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
         "The referral desk looks at the patient's whole history across the alliance",
     );
     let history = county_agent
-        .history(&pseudonym, huren_core::summary::UnixMillis(0))
+        .history(&pseudonym, huren_core::summary::UnixMillis(0), false)
         .await?;
     print!("{}", results_table(&history.results, offset).render());
 

@@ -107,10 +107,10 @@ async fn county_finds_and_verifies_what_the_tertiary_hospital_published() -> any
     assert_eq!(ids, ["LAB-20261118-00731-HGB", "LAB-20260902-01188-HGB"]);
 
     // History spans all items; the other patient's results stay apart.
-    let history = county.history(&patient, UnixMillis(0)).await?;
+    let history = county.history(&patient, UnixMillis(0), false).await?;
     assert_eq!(history.results.len(), 5);
     let other = county.pseudonymise("cn-ric", OTHER_PATIENT)?;
-    let history = county.history(&other, UnixMillis(0)).await?;
+    let history = county.history(&other, UnixMillis(0), false).await?;
     let ids: Vec<&str> = history
         .results
         .iter()
@@ -127,7 +127,11 @@ async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> 
     let tertiary = agent(&hub, TERTIARY).await?;
     publish_examples(&tertiary).await?;
     let first = tertiary
-        .history(&tertiary.pseudonymise("cn-ric", PATIENT)?, UnixMillis(0))
+        .history(
+            &tertiary.pseudonymise("cn-ric", PATIENT)?,
+            UnixMillis(0),
+            false,
+        )
         .await?;
     for (summary, envelope) in tertiary.sign_results_file(&example_results())? {
         let again = tertiary.publish(&summary, envelope).await?;
@@ -142,7 +146,11 @@ async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> 
         }
     }
     let second = tertiary
-        .history(&tertiary.pseudonymise("cn-ric", PATIENT)?, UnixMillis(0))
+        .history(
+            &tertiary.pseudonymise("cn-ric", PATIENT)?,
+            UnixMillis(0),
+            false,
+        )
         .await?;
     assert_eq!(second.results.len(), first.results.len());
     Ok(())

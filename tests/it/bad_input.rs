@@ -121,6 +121,7 @@ async fn is_untouched(
         .history(HistoryRequest {
             patient_pseudonym: patient.as_bytes().to_vec(),
             since_ms: 0,
+            include_earlier_versions: false,
         })
         .await?
         .into_inner();
@@ -425,6 +426,7 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
     let history = |pseudonym: Vec<u8>, since_ms: i64| HistoryRequest {
         patient_pseudonym: pseudonym,
         since_ms,
+        include_earlier_versions: false,
     };
 
     let mut checks = Checks::default();

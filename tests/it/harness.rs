@@ -83,6 +83,28 @@ pub const CT_CHEST: &str = "CT-CHEST";
 /// Member id the harness itself uses for start-up health checks.
 const PROBE_MEMBER: &str = "harness-probe";
 
+/// Members the test policy adds to the example policy's (id, level, GB/T 2260 region). The
+/// example's own members (shx-prov-people, xian-central, lantian-county, lantian-tangyu,
+/// xian-health-commission) are there too.
+pub const TEST_MEMBERS: &[(&str, &str, &str)] = &[
+    ("hosp-a", "tertiary", "610102"),
+    ("hosp-b", "tertiary", "610104"),
+    ("hosp-c", "secondary", "610122"),
+    ("harness-probe", "primary", "610122"),
+];
+
+/// The example policy with the test members added.
+pub fn test_policy() -> anyhow::Result<String> {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("hub/policy.example.toml");
+    let mut text = fs::read_to_string(&example).with_context(|| example.display().to_string())?;
+    for (id, level, region) in TEST_MEMBERS {
+        text.push_str(&format!(
+            "\n[[members]]\nid = \"{id}\"\nname = \"{id}\"\nlevel = \"{level}\"\nregion = \"{region}\"\n"
+        ));
+    }
+    Ok(text)
+}
+
 /// Installs ring as rustls' process-wide provider (idempotent).
 pub fn init() {
     huren::install_crypto_provider();
@@ -103,6 +125,9 @@ pub struct TestHub {
     pub config_path: PathBuf,
     /// The hub's store folder.
     pub store_path: PathBuf,
+    /// The alliance policy the hub runs with: hub/policy.example.toml plus [`TEST_MEMBERS`].
+    /// Rewrite it to change the policy; the hub checks it every second.
+    pub policy_path: PathBuf,
     mode: Mode,
     running: Running,
     starts: u32,
@@ -154,11 +179,15 @@ impl TestHub {
         let paths = pki.write_to(&dir.path().join("pki"), &[], &[])?;
         let store_path = dir.path().join("store");
         let config_path = dir.path().join("hub.toml");
+        let policy_path = dir.path().join("policy.toml");
+        fs::write(&policy_path, test_policy()?)?;
         let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy());
         let config = format!(
-            "listen = \"127.0.0.1:0\"\nstore = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n\
-             [limits]\nmax_results = {}\nmax_message_bytes = {}\nrequest_timeout_seconds = {}\n",
+            "listen = \"127.0.0.1:0\"\nstore = {}\npolicy = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n\
+             [limits]\nmax_results = {}\nmax_message_bytes = {}\nrequest_timeout_seconds = {}\n\
+             policy_poll_seconds = 1\n",
             quote(&store_path)?,
+            quote(&policy_path)?,
             quote(&paths.ca_cert)?,
             quote(&paths.hub_cert)?,
             quote(&paths.hub_key)?,
@@ -174,6 +203,7 @@ impl TestHub {
             paths,
             config_path,
             store_path,
+            policy_path,
             mode,
             running: Running::Stopped,
             starts: 0,
@@ -720,6 +750,7 @@ pub fn history_request(patient: &Pseudonym, since_ms: i64) -> HistoryRequest {
     HistoryRequest {
         patient_pseudonym: patient.as_bytes().to_vec(),
         since_ms,
+        include_earlier_versions: false,
     }
 }
 

@@ -7,3 +7,4 @@ mod durability;
 mod harness;
 mod publish;
 mod query;
+mod rules;

@@ -1,0 +1,274 @@
+//! Closed-loop statistics (闭环管理): what was asked, what was found, what was adopted or
+//! re-tested and why, and what that saved. A pure fold over recorded events.
+
+use std::collections::BTreeMap;
+
+use crate::identity::InstitutionId;
+use crate::rules::{DAY_MS, RetestReason};
+use crate::summary::UnixMillis;
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A member asked for an item of a patient (FindPrior or CheckOrder).
+    Query {
+        /// A recognised result was found.
+        found: bool,
+        /// The recognised result found was published by another member.
+        cross_member: bool,
+    },
+    /// A member recorded its decision on a result it consulted.
+    Decision {
+        adopted: bool,
+        reason: Option<RetestReason>,
+    },
+}
+
+/// One recorded event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub at: UnixMillis,
+    /// The member that asked or decided.
+    pub member: InstitutionId,
+    pub item_system: String,
+    pub item_code: String,
+    /// Reference price of the item when the event happened, in fen.
+    pub price_fen: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Item,
+    Member,
+    /// Local calendar day, `2026-11-23`.
+    Day,
+    /// Local calendar month, `2026-11`.
+    Month,
+}
+
+/// Totals for one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    pub key: String,
+    pub queries: u64,
+    pub found: u64,
+    pub cross_member: u64,
+    pub adopted: u64,
+    pub retested: u64,
+    /// Re-tests by reason code; "unspecified" for re-tests of unrecognised results without one.
+    pub retested_by_reason: BTreeMap<String, u64>,
+    pub tests_avoided: u64,
+    pub money_saved_fen: u64,
+}
+
+impl Row {
+    fn add(&mut self, e: &Event) {
+        match &e.kind {
+            EventKind::Query {
+                found,
+                cross_member,
+            } => {
+                self.queries += 1;
+                self.found += u64::from(*found);
+                self.cross_member += u64::from(*found && *cross_member);
+            }
+            EventKind::Decision { adopted: true, .. } => {
+                self.adopted += 1;
+                self.tests_avoided += 1;
+                self.money_saved_fen += e.price_fen;
+            }
+            EventKind::Decision {
+                adopted: false,
+                reason,
+            } => {
+                self.retested += 1;
+                let code = reason.map_or("unspecified", RetestReason::code);
+                *self.retested_by_reason.entry(code.to_owned()).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// The proleptic Gregorian date of a day number since 1970-01-01 (civil-from-days).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn group_key(e: &Event, by: GroupBy, utc_offset_seconds: i32) -> String {
+    let local_day = || (e.at.0 + i64::from(utc_offset_seconds) * 1000).div_euclid(DAY_MS);
+    match by {
+        GroupBy::Item => e.item_code.clone(),
+        GroupBy::Member => e.member.to_string(),
+        GroupBy::Day => {
+            let (y, m, d) = civil(local_day());
+            format!("{y:04}-{m:02}-{d:02}")
+        }
+        GroupBy::Month => {
+            let (y, m, _) = civil(local_day());
+            format!("{y:04}-{m:02}")
+        }
+    }
+}
+
+/// Folds events into one row per group (sorted by key) and a total.
+pub fn aggregate<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    by: GroupBy,
+    utc_offset_seconds: i32,
+) -> (Vec<Row>, Row) {
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut total = Row {
+        key: "total".into(),
+        ..Row::default()
+    };
+    for e in events {
+        let key = group_key(e, by, utc_offset_seconds);
+        rows.entry(key.clone())
+            .or_insert_with(|| Row {
+                key,
+                ..Row::default()
+            })
+            .add(e);
+        total.add(e);
+    }
+    (rows.into_values().collect(), total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOV_23_0830_CST: i64 = 1_795_393_800_000; // 2026-11-23T08:30:00+08:00
+    const CST: i32 = 8 * 3600;
+
+    fn ev(hours_later: i64, member: &str, code: &str, price: u64, kind: EventKind) -> Event {
+        Event {
+            at: UnixMillis(NOV_23_0830_CST + hours_later * 3_600_000),
+            member: InstitutionId::parse(member).unwrap(),
+            item_system: "http://loinc.org".into(),
+            item_code: code.into(),
+            price_fen: price,
+            kind,
+        }
+    }
+
+    fn q(found: bool, cross: bool) -> EventKind {
+        EventKind::Query {
+            found,
+            cross_member: cross,
+        }
+    }
+
+    fn adopted() -> EventKind {
+        EventKind::Decision {
+            adopted: true,
+            reason: None,
+        }
+    }
+
+    fn retested(r: Option<RetestReason>) -> EventKind {
+        EventKind::Decision {
+            adopted: false,
+            reason: r,
+        }
+    }
+
+    /// A known day at a county hospital and a township centre; every figure worked by hand.
+    fn data() -> Vec<Event> {
+        use RetestReason::*;
+        vec![
+            ev(0, "county", "718-7", 500, q(true, true)),
+            ev(0, "county", "718-7", 500, adopted()),
+            ev(1, "county", "24627-2", 22000, q(true, true)),
+            ev(1, "county", "24627-2", 22000, adopted()),
+            ev(2, "county", "2345-7", 400, q(true, false)),
+            ev(
+                2,
+                "county",
+                "2345-7",
+                400,
+                retested(Some(FastChangingValue)),
+            ),
+            ev(3, "township", "718-7", 500, q(false, false)),
+            ev(3, "township", "718-7", 500, retested(None)),
+            ev(4, "township", "24627-2", 22000, q(true, true)),
+            ev(
+                4,
+                "township",
+                "24627-2",
+                22000,
+                retested(Some(PatientRequest)),
+            ),
+            // 16:00 UTC+8 plus 8 h is past midnight: the next local day.
+            ev(16, "county", "718-7", 500, q(true, true)),
+            ev(16, "county", "718-7", 500, adopted()),
+        ]
+    }
+
+    #[test]
+    fn totals_on_a_known_data_set() {
+        let (_, total) = aggregate(&data(), GroupBy::Item, CST);
+        assert_eq!(total.queries, 6);
+        assert_eq!(total.found, 5);
+        assert_eq!(total.cross_member, 4);
+        assert_eq!(total.adopted, 3);
+        assert_eq!(total.retested, 3);
+        assert_eq!(total.tests_avoided, 3);
+        assert_eq!(total.money_saved_fen, 500 + 22000 + 500);
+        assert_eq!(
+            total.retested_by_reason,
+            BTreeMap::from([
+                ("fast-changing-value".to_owned(), 1),
+                ("patient-request".to_owned(), 1),
+                ("unspecified".to_owned(), 1),
+            ])
+        );
+    }
+
+    #[test]
+    fn grouped_by_item_member_day_and_month() {
+        let (rows, _) = aggregate(&data(), GroupBy::Item, CST);
+        let by_item: Vec<(&str, u64, u64, u64)> = rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.queries, r.adopted, r.money_saved_fen))
+            .collect();
+        assert_eq!(
+            by_item,
+            [
+                ("2345-7", 1, 0, 0),
+                ("24627-2", 2, 1, 22000),
+                ("718-7", 3, 2, 1000)
+            ]
+        );
+        let (rows, _) = aggregate(&data(), GroupBy::Member, CST);
+        let by_member: Vec<(&str, u64, u64, u64)> = rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.queries, r.found, r.retested))
+            .collect();
+        assert_eq!(by_member, [("county", 4, 4, 1), ("township", 2, 1, 2)]);
+        let (rows, _) = aggregate(&data(), GroupBy::Day, CST);
+        let by_day: Vec<(&str, u64)> = rows.iter().map(|r| (r.key.as_str(), r.queries)).collect();
+        assert_eq!(by_day, [("2026-11-23", 5), ("2026-11-24", 1)]);
+        let (rows, _) = aggregate(&data(), GroupBy::Month, CST);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].key, "2026-11");
+    }
+
+    #[test]
+    fn calendar_conversion() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(20_780), (2026, 11, 23));
+        assert_eq!(civil(-1), (1969, 12, 31));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+    }
+}
