@@ -1,0 +1,594 @@
+//! `huren-bench`: how fast Huren is, set against what this machine allows.
+//!
+//! One run starts a real hub in this process (mutual TLS, sled store in a temporary folder),
+//! seeds it with N signed summaries straight through the store (with a progress bar), and
+//! measures, each beside its baseline:
+//!
+//! | figure | baseline |
+//! |---|---|
+//! | publish, unary, durable receipt | raw echo: the gRPC health `Check` over the same mTLS channels at the same concurrency |
+//! | FindPrior and CheckOrder, throughput, p50, p99 | raw echo |
+//! | publish per second | Ed25519 verifications per second on one core (x2 for two cores) |
+//! | disk bytes per stored summary | the summary's own bytes (body + signature) |
+//!
+//! Client and hub share the machine, as they do on a two-core test box.
+//!
+//! Run: `cargo run --release -p huren-bench -- --summaries 1000000`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use ed25519_dalek::{Signer, SigningKey};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use huren_certs_dev::DevPki;
+use huren_core::identity::InstitutionId;
+use huren_core::pseudonym::Pseudonym;
+use huren_core::signing::{SignedEnvelope, SummarySigner, VerifiedSummary, sha256};
+use huren_core::summary::{
+    AbnormalFlag, Category, Item, LabResult, Outcome, ReportRef, Status, Summary, SummaryId,
+    UnixMillis,
+};
+use huren_proto::hub as pb;
+use huren_proto::hub::hub_client::HubClient;
+
+/// Measure Huren against this machine's limits.
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Summaries to seed before measuring queries.
+    #[arg(long, default_value_t = 1_000_000)]
+    summaries: u64,
+    /// Results per patient in the seeded data.
+    #[arg(long, default_value_t = 20)]
+    per_patient: u64,
+    /// Requests in flight during each measurement.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// TLS connections the clients spread requests over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
+const PUBLISHER: &str = "shx-prov-people";
+const ASKER: &str = "lantian-county";
+const LOINC: &str = "http://loinc.org";
+/// Catalogue items of hub/policy.example.toml the seeded results use, with lantian-county's
+/// local codes for the order check.
+const ITEMS: [(&str, &str); 8] = [
+    ("718-7", "XCG-HB"),
+    ("6690-2", "XCG-WBC"),
+    ("777-3", "XCG-PLT"),
+    ("1742-6", "SH-ALT"),
+    ("1920-8", "SH-AST"),
+    ("2160-0", "SH-CR"),
+    ("3094-0", "SH-BUN"),
+    ("2345-7", "SH-GLU"),
+];
+
+/// Throughput and latency of one measurement.
+struct Load {
+    ok: u64,
+    errors: u64,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Load {
+    fn line(&self, name: &str, baseline: Option<(&str, f64)>, target: &str) {
+        let ratio = baseline.map_or(String::new(), |(b, rate)| {
+            format!("{:>5.0}% of {b}", 100.0 * self.per_second / rate)
+        });
+        println!(
+            "{name:<34} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {ratio:<28} {target}{}",
+            self.per_second,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            if self.errors > 0 {
+                format!("  ({} errors)", self.errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+/// Runs `op` with `concurrency` requests in flight for `seconds`.
+async fn load<F, Fut>(concurrency: usize, seconds: f64, op: F) -> Load
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let op = op.clone();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match op(n).await {
+                    Ok(()) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Load {
+        ok: all.len() as u64,
+        errors,
+        per_second: all.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+/// Ed25519 verifications per second on one core.
+fn ed25519_verify_rate(seconds: f64) -> f64 {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let msg = [0x42u8; 400];
+    let sig = key.sign(&msg);
+    let vk = key.verifying_key();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..100 {
+            if vk.verify_strict(&msg, &sig).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn patient(n: u64) -> Pseudonym {
+    Pseudonym::from_bytes(sha256(&n.to_be_bytes()))
+}
+
+/// The `n`th seeded summary: patient n / per_patient, one of the items, spread over the last
+/// 30 days so most are inside their windows.
+fn summary(n: u64, per_patient: u64, now: i64, prefix: &str) -> anyhow::Result<Summary> {
+    let (code, _) = ITEMS[(n % ITEMS.len() as u64) as usize];
+    let performed = now - ((n * 7_919) % (30 * 86_400)) as i64 * 1000 - 3_600_000;
+    Ok(Summary {
+        id: SummaryId::parse(&format!("{prefix}-{n:08}"))?,
+        version: 1,
+        publisher: InstitutionId::parse(PUBLISHER)?,
+        patient: patient(n / per_patient),
+        item: Item {
+            system: LOINC.into(),
+            code: code.into(),
+            display: format!("item {code}"),
+            local_code: format!("L{code}"),
+        },
+        category: Category::Lab,
+        performed_at: UnixMillis(performed),
+        reported_at: UnixMillis(performed + 3_600_000),
+        outcome: Outcome::Lab(LabResult {
+            value: format!("{}", 100 + n % 80),
+            unit: "g/L".into(),
+            reference_range: "130-175".into(),
+            flag: AbnormalFlag::Normal,
+            specimen: "whole blood".into(),
+        }),
+        report: ReportRef {
+            sha256: sha256(&n.to_le_bytes()),
+            locator: format!("huren-report:{PUBLISHER}/{prefix}-{n:08}/1"),
+            media_type: "application/pdf".into(),
+        },
+        status: Status::Final,
+        status_reason: String::new(),
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Total size of the files below `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Resident memory of this process (hub and clients together), from /proc.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+struct Bench {
+    args: Args,
+    dir: tempfile::TempDir,
+    pki: DevPki,
+    store: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl Bench {
+    fn prepare(args: Args) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("huren-bench-").tempdir()?;
+        let pki = DevPki::generate()?;
+        let members = [
+            InstitutionId::parse(PUBLISHER)?,
+            InstitutionId::parse(ASKER)?,
+        ];
+        let paths = pki.write_to(&dir.path().join("pki"), &[], &members)?;
+        let store = dir.path().join("store");
+        let policy =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hub/policy.example.toml");
+        let config = dir.path().join("hub.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstore = {:?}\npolicy = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                store, policy, paths.ca_cert, paths.hub_cert, paths.hub_key
+            ),
+        )?;
+        Ok(Self {
+            args,
+            dir,
+            pki,
+            store,
+            config,
+        })
+    }
+
+    /// Seeds summaries straight into the store: signed like a publisher's, stored like the
+    /// hub stores them, without the RPC (which is measured separately). Runs on its own
+    /// runtime, which is dropped at the end: that stops the store's commit task and releases
+    /// sled's lock before the hub opens the store.
+    fn seed(&self) -> anyhow::Result<(u64, u64)> {
+        let m = self.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
+        let cert = pem_der(&m.signing.cert_pem)?;
+        let signer = Arc::new(SummarySigner::from_pkcs8_pem(&m.signing.key_pem, cert)?);
+        let (dir, total, per_patient) = (
+            self.store.clone(),
+            self.args.summaries,
+            self.args.per_patient,
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let result = rt.block_on(async move {
+            let store = huren_hub::store::Store::open(&dir)?;
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(indicatif::ProgressStyle::with_template(
+                "seeding {bar:40} {pos}/{len} summaries  {per_sec}  eta {eta}",
+            )?);
+            let now = now_ms();
+            let raw = Arc::new(AtomicU64::new(0));
+            let next = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            // Many writers in flight, so group commit shares each flush among them.
+            for _ in 0..64 {
+                let (store, signer, bar, raw, next) = (
+                    store.clone(),
+                    signer.clone(),
+                    bar.clone(),
+                    raw.clone(),
+                    next.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= total {
+                            return anyhow::Ok(());
+                        }
+                        let s = summary(n, per_patient, now, "SEED")?;
+                        let envelope = signer.sign(&s)?;
+                        raw.fetch_add(envelope.body.len() as u64 + 64, Ordering::Relaxed);
+                        let v = VerifiedSummary {
+                            body_sha256: sha256(&envelope.body),
+                            envelope,
+                            summary: s,
+                        };
+                        store.put_summary(&v, UnixMillis(now)).await?;
+                        bar.inc(1);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            bar.finish();
+            anyhow::Ok((store.summary_count() as u64, raw.load(Ordering::Relaxed)))
+        });
+        drop(rt);
+        result
+    }
+}
+
+fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    Ok(CertificateDer::from_pem_slice(pem.as_bytes())?.to_vec())
+}
+
+async fn channels(
+    bench: &Bench,
+    addr: std::net::SocketAddr,
+    who: &str,
+) -> anyhow::Result<Vec<Channel>> {
+    let m = bench.pki.issue_member(&InstitutionId::parse(who)?)?;
+    let mut out = Vec::new();
+    for _ in 0..bench.args.connections.max(1) {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(bench.pki.ca_cert_pem()))
+            .identity(Identity::from_pem(&m.tls.cert_pem, &m.tls.key_pem))
+            .domain_name("localhost");
+        out.push(
+            Channel::from_shared(format!("https://127.0.0.1:{}", addr.port()))?
+                .tls_config(tls)?
+                .connect()
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Runs the whole benchmark and prints the report.
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bench = Bench::prepare(args.clone())?;
+    println!(
+        "huren-bench: {} summaries, {} in flight, {} s per measurement, {} cores",
+        args.summaries,
+        args.concurrency,
+        args.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let verify_rate =
+        tokio::task::spawn_blocking(move || ed25519_verify_rate(args.seconds.min(2.0))).await?;
+    let t = Instant::now();
+    let (stored, raw_bytes) = tokio::task::block_in_place(|| bench.seed())?;
+    let seed_secs = t.elapsed().as_secs_f64();
+
+    let hub_config = huren_hub::HubConfig::load(&bench.config)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let hub = tokio::spawn(huren_hub::run(hub_config, listener, async {
+        let _ = stopped.await;
+    }));
+    let asker = channels(&bench, addr, ASKER)
+        .await
+        .context("connecting to the hub")?;
+    let publisher = channels(&bench, addr, PUBLISHER).await?;
+
+    // Raw echo: the health check, a unary RPC that does no work, over the same channels.
+    let echo = {
+        let chans = asker.clone();
+        load(args.concurrency, args.seconds, move |n| {
+            let mut c = tonic_health::pb::health_client::HealthClient::new(
+                chans[n as usize % chans.len()].clone(),
+            );
+            async move {
+                c.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await
+    };
+
+    let publish = {
+        let m = bench.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
+        let signer = Arc::new(SummarySigner::from_pkcs8_pem(
+            &m.signing.key_pem,
+            pem_der(&m.signing.cert_pem)?,
+        )?);
+        // Sign ahead, so the measurement is the hub's work, not the client's signing.
+        let now = now_ms();
+        let expected = (echo.per_second * args.seconds * 1.5) as u64 + 1000;
+        let envelopes: Arc<Vec<SignedEnvelope>> = Arc::new(
+            (0..expected)
+                .map(|n| {
+                    signer
+                        .sign(&summary(n, args.per_patient, now, "PUB")?)
+                        .map_err(anyhow::Error::from)
+                })
+                .collect::<anyhow::Result<_>>()?,
+        );
+        let chans = publisher.clone();
+        load(args.concurrency, args.seconds, move |n| {
+            let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+            let env = envelopes.get(n as usize).cloned();
+            async move {
+                let env = env.context("ran out of pre-signed summaries")?;
+                c.publish(pb::PublishRequest {
+                    summary: Some(env.into()),
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await
+    };
+
+    let patients = (stored / args.per_patient).max(1);
+    let find_prior = {
+        let chans = asker.clone();
+        load(args.concurrency, args.seconds, move |n| {
+            let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+            let p = patient((n * 2_654_435_761) % patients);
+            async move {
+                c.find_prior(pb::FindPriorRequest {
+                    patient_pseudonym: p.as_bytes().to_vec(),
+                    items: ITEMS[..2]
+                        .iter()
+                        .map(|(code, _)| pb::ItemCode {
+                            system: LOINC.into(),
+                            code: (*code).into(),
+                        })
+                        .collect(),
+                    as_of_ms: 0,
+                    lookback_seconds: 0,
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await
+    };
+
+    let check_order = {
+        let chans = asker.clone();
+        load(args.concurrency, args.seconds, move |n| {
+            let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+            let p = patient((n * 2_654_435_761) % patients);
+            async move {
+                c.check_order(pb::CheckOrderRequest {
+                    patient_pseudonym: p.as_bytes().to_vec(),
+                    items: ITEMS[..5]
+                        .iter()
+                        .map(|(_, local)| pb::OrderItem {
+                            code: Some(pb::order_item::Code::LocalCode((*local).into())),
+                        })
+                        .collect(),
+                    as_of_ms: 0,
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await
+    };
+
+    let rss = rss_bytes();
+    let _ = stop.send(());
+    hub.await??;
+    let total_stored = stored + publish.ok;
+    let disk = dir_bytes(&bench.store);
+
+    println!();
+    println!("baselines");
+    println!(
+        "  raw echo (gRPC health Check, same mTLS channels)  {:>10.0}/s  p50 {:.2} ms  p99 {:.2} ms",
+        echo.per_second,
+        echo.p50.as_secs_f64() * 1e3,
+        echo.p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "  Ed25519 verify, one core                         {:>10.0}/s  (two cores: {:.0}/s)",
+        verify_rate,
+        2.0 * verify_rate
+    );
+    println!();
+    println!(
+        "seeded {stored} summaries in {seed_secs:.1} s ({:.0}/s, signed and stored, group commit)",
+        stored as f64 / seed_secs
+    );
+    println!();
+    publish.line(
+        "publish (unary, durable receipt)",
+        Some(("raw echo", echo.per_second)),
+        "target >= 60%",
+    );
+    println!(
+        "{:<34} {:>10}    {:>5.0}% of two-core Ed25519 verify",
+        "",
+        "",
+        100.0 * publish.per_second / (2.0 * verify_rate)
+    );
+    find_prior.line(
+        "FindPrior (2 items)",
+        Some(("raw echo", echo.per_second)),
+        "target >= 70%, p99 <= 2 ms",
+    );
+    check_order.line(
+        "CheckOrder (5 local codes)",
+        Some(("raw echo", echo.per_second)),
+        "",
+    );
+    println!();
+    let raw_per = raw_bytes as f64 / stored.max(1) as f64;
+    let disk_per = disk as f64 / total_stored.max(1) as f64;
+    println!(
+        "disk: {:.1} MB for {total_stored} summaries = {disk_per:.0} bytes each; summary bytes (body + signature) {raw_per:.0}: {:.2}x  (target <= 2x)",
+        disk as f64 / 1e6,
+        disk_per / raw_per
+    );
+    if let Some(rss) = rss {
+        println!(
+            "RSS of the bench process (hub and clients): {:.0} MB",
+            rss as f64 / 1e6
+        );
+    }
+    drop(bench.dir);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark runs end to end on a small data set and measures something.
+    #[test]
+    fn runs_on_a_small_data_set() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let args = Args {
+            summaries: 400,
+            per_patient: 20,
+            concurrency: 4,
+            seconds: 0.3,
+            connections: 1,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run(args)).unwrap();
+    }
+}
