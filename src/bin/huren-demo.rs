@@ -9,13 +9,17 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::{Path, PathBuf};
 
-use huren_agent::table::{Table, format_time, parse_offset, results_table};
-use huren_agent::{Agent, AgentConfig};
+use huren_agent::table::{Table, format_time, parse_offset, results_table, verdict_cell};
+use huren_agent::verify::VerifiedResult;
+use huren_agent::{Agent, AgentConfig, OrderItem};
 use huren_certs_dev::{DevPkiDir, init_dir};
 use huren_core::identity::InstitutionId;
+use huren_core::rules::{Decision, RetestReason};
 
 const TERTIARY: &str = "shx-prov-people";
 const COUNTY: &str = "lantian-county";
+/// The alliance's administrator in hub/policy.example.toml: reads the statistics.
+const COMMISSION: &str = "xian-health-commission";
 /// The referred patient of the demo (a synthetic id with a valid check character).
 const PATIENT_ID: &str = "610102196703151235";
 
@@ -26,6 +30,16 @@ struct Args {
     /// of a temporary one that is removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+/// Spells out why each unrecognised result is not recognised.
+fn print_reasons(results: &[VerifiedResult]) {
+    for (i, r) in results.iter().enumerate() {
+        if let Some(v) = r.verdict.as_ref().filter(|v| !v.recognised()) {
+            let why: Vec<&str> = v.reasons.iter().map(|(_, t)| t.as_str()).collect();
+            println!("   #{} not recognised: {}", i + 1, why.join("; "));
+        }
+    }
 }
 
 fn step(n: u32, text: &str) {
@@ -81,7 +95,12 @@ async fn main() -> anyhow::Result<()> {
         1,
         "Development PKI: alliance CA, hub certificate, two members' TLS and signing certificates",
     );
-    let pki = init_dir(&root.join("pki"), &[], &[tertiary.clone(), county.clone()])?;
+    let commission = InstitutionId::parse(COMMISSION)?;
+    let pki = init_dir(
+        &root.join("pki"),
+        &[],
+        &[tertiary.clone(), county.clone(), commission.clone()],
+    )?;
     println!(
         "   written to {} (development only; see DEVELOPMENT-ONLY.txt there)",
         pki.root.display()
@@ -192,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     print!("{}", results_table(&answer.results, offset).render());
+    print_reasons(&answer.results);
     println!(
         "   {} results, every signature checked by the county agent against the alliance CA; no creatinine on file, so that test is ordered",
         answer.results.len()
@@ -205,8 +225,145 @@ async fn main() -> anyhow::Result<()> {
         .history(&pseudonym, huren_core::summary::UnixMillis(0), false)
         .await?;
     print!("{}", results_table(&history.results, offset).render());
+    print_reasons(&history.results);
 
-    step(7, "The hub refuses what it cannot trust");
+    step(
+        7,
+        "A doctor at the county hospital orders tests; the HIS asks first, by local codes",
+    );
+    let order: Vec<OrderItem> = ["XCG-HB", "XCG-PLT", "FS-CT-XB", "SH-CR"]
+        .iter()
+        .map(|c| OrderItem::Local((*c).to_owned()))
+        .collect();
+    let checks = county_agent.check_order(&pseudonym, &order, as_of).await?;
+    let mut table = Table::new([
+        "Ordered",
+        "Catalogue item",
+        "Advice",
+        "Prior result",
+        "Recognition",
+    ]);
+    let mut notes = Vec::new();
+    for c in &checks {
+        let OrderItem::Local(code) = &c.asked else {
+            continue;
+        };
+        match &c.best {
+            Some(b) => table.push(vec![
+                code.clone(),
+                c.item_name.clone(),
+                "REUSE".into(),
+                format!(
+                    "{}/{} v{}",
+                    b.summary.publisher, b.summary.id, b.summary.version
+                ),
+                verdict_cell(b.verdict.as_ref()),
+            ]),
+            None => {
+                table.push(vec![
+                    code.clone(),
+                    c.item_name.clone(),
+                    "ORDER".into(),
+                    "-".into(),
+                    String::new(),
+                ]);
+                notes.push(format!("   {code}: {}", c.explanation));
+            }
+        }
+    }
+    print!("{}", table.render());
+    for n in notes {
+        println!("{n}");
+    }
+
+    step(
+        8,
+        "The doctor decides, and the county agent records each decision (closing the loop)",
+    );
+    for c in &checks {
+        let Some(b) = &c.best else { continue };
+        // The CT is repeated: the patient's breathing worsened since the scan.
+        let decision = if b.summary.item.code == "24627-2" {
+            Decision::Retested {
+                reason: Some(RetestReason::ConditionChanged),
+                note: "咳嗽加重 cough worse since the scan".into(),
+            }
+        } else {
+            Decision::Adopted
+        };
+        let id = format!("ORDER-20261123-0042-{}", b.summary.item.code);
+        county_agent
+            .record_decision(&id, &b.receipt, &decision)
+            .await?;
+        println!(
+            "   {}: {}",
+            b.summary.item.display,
+            match &decision {
+                Decision::Adopted => "adopted, not repeated".to_owned(),
+                Decision::Retested { reason, note } => format!(
+                    "re-tested, reason {} ({note})",
+                    reason.map_or("none", RetestReason::code)
+                ),
+            }
+        );
+    }
+    let err = county_agent
+        .record_decision(
+            "ORDER-20261123-0043",
+            &checks[0].best.as_ref().context("no haemoglobin")?.receipt,
+            &Decision::Retested {
+                reason: None,
+                note: String::new(),
+            },
+        )
+        .await
+        .err()
+        .context("a re-test of a recognised result without a reason was accepted")?;
+    println!("   a re-test of a recognised result without a reason: {err}");
+
+    step(9, "The health commission reads the recognition statistics");
+    let commission_agent = Agent::connect(AgentConfig::load(&write_agent_config(
+        &root,
+        &pki,
+        &commission,
+        &hub_url,
+    )?)?)
+    .await?;
+    let now = huren_core::summary::UnixMillis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64,
+    );
+    let stats = commission_agent
+        .statistics(
+            huren_core::summary::UnixMillis(now.0 - 86_400_000),
+            huren_core::summary::UnixMillis(now.0 + 60_000),
+            huren_proto::hub::GroupBy::Item,
+        )
+        .await?;
+    let mut table = Table::new([
+        "Item",
+        "Name",
+        "Asked",
+        "Found",
+        "Adopted",
+        "Re-tested",
+        "Saved (yuan)",
+    ]);
+    for r in stats.rows.iter().chain(stats.total.as_ref()) {
+        table.push(vec![
+            r.key.clone(),
+            r.label.clone(),
+            r.queries.to_string(),
+            r.recognisable_found.to_string(),
+            r.adopted.to_string(),
+            r.retested.to_string(),
+            format!("{}.{:02}", r.money_saved_fen / 100, r.money_saved_fen % 100),
+        ]);
+    }
+    print!("{}", table.render());
+
+    step(10, "The hub refuses what it cannot trust");
     let (summary, envelope) = signed
         .first()
         .cloned()
