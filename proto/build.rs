@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("huren_descriptor.bin"))
         // The descriptor set includes imports, so reflection also describes the summary messages.
         .compile_protos(&["huren/hub/v1/hub.proto"], &["."])?;
+    // The agents' repository service, compiled apart so that the hub's descriptor set (and so
+    // its reflection service) does not describe a service the hub does not serve.
+    tonic_prost_build::configure().compile_protos(&["huren/agent/v1/repository.proto"], &["."])?;
     println!("cargo:rerun-if-changed=huren");
     Ok(())
 }

@@ -466,6 +466,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         .collect(),
                     as_of_ms: 0,
                     lookback_seconds: 0,
+                    purpose: pb::Purpose::Treatment as i32,
+                    with_proofs: false,
                 })
                 .await?;
                 Ok(())
@@ -489,6 +491,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         })
                         .collect(),
                     as_of_ms: 0,
+                    purpose: pb::Purpose::Treatment as i32,
+                    with_proofs: false,
                 })
                 .await?;
                 Ok(())

@@ -13,6 +13,8 @@
 //! - [`receipt`]: the hub's acknowledgement of a stored summary.
 //! - [`merkle`]: the RFC 6962 Merkle log: hashing, appends, inclusion and consistency proofs.
 //! - [`checkpoint`]: C2SP checkpoints of the log in Ed25519-signed notes.
+//! - [`logentry`]: the log's leaf layouts (summaries, decisions, accesses, consent) and the
+//!   pure verifier of a leaf against a signed checkpoint.
 //! - [`rules`]: the alliance policy model, recognition verdicts and decision checks.
 //! - [`stats`]: closed-loop statistics, a pure fold over recorded events.
 //! - [`pb`]: the generated `huren.summary.v1` messages, the byte format of a signed body.
@@ -21,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod identity;
+pub mod logentry;
 pub mod merkle;
 pub mod pseudonym;
 pub mod receipt;

@@ -197,6 +197,16 @@ pub struct Policy {
     pub administrators: BTreeSet<InstitutionId>,
     /// The alliance's UTC offset in seconds: dates in the policy and statistics days are local.
     pub utc_offset_seconds: i32,
+    /// Members whose certificates the administrator revoked, and from when. From that moment
+    /// the hub refuses the member's calls and new summaries; what it published before stays.
+    pub revoked: BTreeMap<InstitutionId, Revocation>,
+}
+
+/// A member's revocation: from `at` on, its certificates are no longer honoured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub at: UnixMillis,
+    pub reason: String,
 }
 
 /// Why a result is not recognised.
@@ -251,6 +261,11 @@ impl Policy {
 
     pub fn is_administrator(&self, id: &InstitutionId) -> bool {
         self.administrators.contains(id)
+    }
+
+    /// The revocation of `id` if it is in force at `now` (revoked at or before `now`).
+    pub fn revoked_at(&self, id: &InstitutionId, now: UnixMillis) -> Option<&Revocation> {
+        self.revoked.get(id).filter(|r| r.at <= now)
     }
 }
 

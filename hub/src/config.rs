@@ -18,7 +18,34 @@ pub struct HubConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub log: LogConfig,
 }
+
+/// The verifiable log's identity and signing key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The Ed25519 key that signs checkpoints (PKCS#8 PEM). Created with mode 0600 on first
+    /// start if missing. Default: the store path with `.log-key` appended. Back it up with the
+    /// store: a hub that loses it can no longer extend the log agents trust.
+    pub key: Option<PathBuf>,
+    /// The log's origin: the first line of every checkpoint and the name of its key. Agents'
+    /// `[log] verifier_key` carries it.
+    pub origin: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            origin: DEFAULT_LOG_ORIGIN.into(),
+        }
+    }
+}
+
+/// The log origin when the configuration names none.
+pub const DEFAULT_LOG_ORIGIN: &str = "huren.example/alliance-log";
 
 /// Certificates and keys, as PEM files.
 #[derive(Clone, Debug, Deserialize)]
@@ -82,6 +109,11 @@ impl HubConfig {
                 message: e.to_string(),
             })?;
         if let Some(base) = path.parent() {
+            if let Some(k) = config.log.key.as_mut()
+                && k.is_relative()
+            {
+                *k = base.join(&*k);
+            }
             for p in [
                 &mut config.store,
                 &mut config.policy,
@@ -96,6 +128,15 @@ impl HubConfig {
         }
         Ok(config)
     }
+
+    /// Where the log key is: `[log] key`, or the store path with `.log-key` appended.
+    pub fn log_key_path(&self) -> PathBuf {
+        self.log.key.clone().unwrap_or_else(|| {
+            let mut p = self.store.clone().into_os_string();
+            p.push(".log-key");
+            PathBuf::from(p)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +150,8 @@ mod tests {
         assert_eq!(config.listen.port(), 7443);
         assert!(config.tls.ca.is_absolute());
         assert_eq!(config.limits.max_results, 500);
+        assert_eq!(config.log.origin, "huren.example/alliance-log");
+        assert!(config.log_key_path().is_absolute());
     }
 
     #[test]

@@ -31,6 +31,17 @@ pub enum HubError {
         caller: InstitutionId,
         policy_version: String,
     },
+    #[error(
+        "the certificates of institution {member} were revoked at {at} ({reason}); the hub accepts no calls or new summaries from it. Ask the alliance administrator"
+    )]
+    Revoked {
+        member: InstitutionId,
+        /// RFC 3339, UTC.
+        at: String,
+        reason: String,
+    },
+    #[error("the log could not sign a checkpoint: {0}")]
+    Checkpoint(String),
     #[error("no such result: {0}")]
     UnknownResult(String),
     #[error(
@@ -54,7 +65,12 @@ impl HubError {
             }
             Self::Summary(VerifyError::Certificate(_)) => Code::PermissionDenied,
             Self::Summary(_) => Code::InvalidArgument,
-            Self::NotPublisher { .. } | Self::NotMember { .. } => Code::PermissionDenied,
+            Self::NotPublisher { .. } | Self::NotMember { .. } | Self::Revoked { .. } => {
+                Code::PermissionDenied
+            }
+            Self::Checkpoint(_) => Code::Internal,
+            Self::Store(StoreError::BeyondLog { .. }) => Code::OutOfRange,
+            Self::Store(StoreError::Tree(_)) => Code::InvalidArgument,
             Self::UnknownResult(_) => Code::NotFound,
             Self::NotConsulted(_) => Code::FailedPrecondition,
             Self::Decision(_) => Code::InvalidArgument,

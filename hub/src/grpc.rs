@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use huren_core::identity::InstitutionId;
+use huren_core::logentry::{Entry, LogProof, Purpose};
 use huren_core::pseudonym::Pseudonym;
 use huren_core::signing::SignedEnvelope;
 use huren_core::summary::UnixMillis;
@@ -18,7 +19,9 @@ use huren_core::rules::{Decision, Reason, Verdict};
 use huren_core::stats::GroupBy;
 
 use crate::error::HubError;
-use crate::service::{DecisionRequest, Hub, Judged, JudgedAnswer, OrderCode, now, retest_reason};
+use crate::service::{
+    Ask, DecisionRequest, Hub, Judged, JudgedAnswer, OrderCode, now, retest_reason,
+};
 use crate::store::{DecisionOutcome, PriorQuery, PutOutcome, Receipt, StoredSummary};
 
 /// Most item codes one FindPrior may ask for.
@@ -88,7 +91,49 @@ fn stored_to_pb(s: StoredSummary) -> pb::StoredSummary {
         summary: Some(s.envelope.into()),
         verdict: None,
         earlier_versions: Vec::new(),
+        log_proof: None,
     }
+}
+
+fn log_proof_to_pb(p: LogProof) -> pb::LogProof {
+    pb::LogProof {
+        index: p.index,
+        tree_size: p.tree_size,
+        proof: p.proof.iter().map(|h| h.to_vec()).collect(),
+        checkpoint: p.checkpoint,
+    }
+}
+
+fn purpose_to_pb(p: Purpose) -> pb::Purpose {
+    match p {
+        Purpose::Treatment => pb::Purpose::Treatment,
+        Purpose::Referral => pb::Purpose::Referral,
+        Purpose::Emergency => pb::Purpose::Emergency,
+        Purpose::PatientRequest => pb::Purpose::PatientRequest,
+        Purpose::Administration => pb::Purpose::Administration,
+        Purpose::QualityControl => pb::Purpose::QualityControl,
+    }
+}
+
+/// The purpose of a query: required.
+fn ask(purpose: i32, with_proofs: bool) -> Result<Ask, HubError> {
+    let purpose = match pb::Purpose::try_from(purpose) {
+        Ok(pb::Purpose::Treatment) => Purpose::Treatment,
+        Ok(pb::Purpose::Referral) => Purpose::Referral,
+        Ok(pb::Purpose::Emergency) => Purpose::Emergency,
+        Ok(pb::Purpose::PatientRequest) => Purpose::PatientRequest,
+        Ok(pb::Purpose::Administration) => Purpose::Administration,
+        Ok(pb::Purpose::QualityControl) => Purpose::QualityControl,
+        Ok(pb::Purpose::Unspecified) | Err(_) => {
+            return Err(HubError::BadRequest(
+                "purpose is required: say why you look at this patient's results (TREATMENT, REFERRAL, EMERGENCY, PATIENT_REQUEST, ADMINISTRATION or QUALITY_CONTROL); every access is logged with it".into(),
+            ));
+        }
+    };
+    Ok(Ask {
+        purpose,
+        with_proofs,
+    })
 }
 
 fn reason_to_pb(r: Reason) -> pb::NotRecognisedReason {
@@ -131,13 +176,15 @@ fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
         .into_iter()
         .map(|e| judged_to_pb(e, policy_version))
         .collect();
+    let proof = j.log_proof.map(log_proof_to_pb);
     let mut out = stored_to_pb(j.stored);
     out.verdict = Some(verdict);
     out.earlier_versions = earlier;
+    out.log_proof = proof;
     out
 }
 
-fn answer_parts(a: JudgedAnswer) -> (Vec<pb::StoredSummary>, bool) {
+fn answer_parts(a: JudgedAnswer) -> (Vec<pb::StoredSummary>, bool, bool) {
     let version = a.policy_version;
     (
         a.results
@@ -145,6 +192,7 @@ fn answer_parts(a: JudgedAnswer) -> (Vec<pb::StoredSummary>, bool) {
             .map(|j| judged_to_pb(j, &version))
             .collect(),
         a.truncated,
+        a.withheld_by_consent,
     )
 }
 
@@ -236,7 +284,7 @@ impl pb::hub_server::Hub for HubGrpc {
                 .summary
                 .ok_or_else(|| HubError::BadRequest("summary is missing".into()))?;
             let envelope = SignedEnvelope::try_from(signed)?;
-            let outcome = self.hub.publish(&caller, envelope).await?;
+            let (outcome, proof) = self.hub.publish(&caller, envelope).await?;
             let (receipt, already_stored) = match &outcome {
                 PutOutcome::Stored(r) => (r, false),
                 PutOutcome::AlreadyStored(r) => (r, true),
@@ -250,6 +298,7 @@ impl pb::hub_server::Hub for HubGrpc {
             Ok(pb::PublishResponse {
                 receipt: Some(receipt_to_pb(receipt)),
                 already_stored,
+                log_proof: Some(log_proof_to_pb(proof)),
             })
         })
         .await
@@ -260,14 +309,22 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::FindPriorRequest>,
     ) -> Result<Response<pb::FindPriorResponse>, Status> {
         handle("FindPrior", request, |caller, r| async move {
+            let ask = ask(r.purpose, r.with_proofs)?;
             let query = prior_query(&self.hub, r)?;
-            let (results, truncated) = answer_parts(self.hub.find_prior(&caller, &query)?);
+            let answer = self.hub.find_prior(&caller, &query, ask).await?;
+            let (results, truncated, withheld_by_consent) = answer_parts(answer);
             tracing::info!(
                 items = query.items.len(),
                 results = results.len(),
+                purpose = ask.purpose.name(),
+                withheld_by_consent,
                 "prior results found"
             );
-            Ok(pb::FindPriorResponse { results, truncated })
+            Ok(pb::FindPriorResponse {
+                results,
+                truncated,
+                withheld_by_consent,
+            })
         })
         .await
     }
@@ -277,6 +334,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         handle("History", request, |caller, r| async move {
+            let ask = ask(r.purpose, r.with_proofs)?;
             if r.since_ms < 0 {
                 return Err(HubError::BadRequest("since_ms must not be negative".into()));
             }
@@ -289,10 +347,20 @@ impl pb::hub_server::Hub for HubGrpc {
             };
             let answer = self
                 .hub
-                .history(&caller, &query, r.include_earlier_versions)?;
-            let (results, truncated) = answer_parts(answer);
-            tracing::info!(results = results.len(), "history listed");
-            Ok(pb::HistoryResponse { results, truncated })
+                .history(&caller, &query, r.include_earlier_versions, ask)
+                .await?;
+            let (results, truncated, withheld_by_consent) = answer_parts(answer);
+            tracing::info!(
+                results = results.len(),
+                purpose = ask.purpose.name(),
+                withheld_by_consent,
+                "history listed"
+            );
+            Ok(pb::HistoryResponse {
+                results,
+                truncated,
+                withheld_by_consent,
+            })
         })
         .await
     }
@@ -302,6 +370,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::CheckOrderRequest>,
     ) -> Result<Response<pb::CheckOrderResponse>, Status> {
         handle("CheckOrder", request, |caller, r| async move {
+            let ask = ask(r.purpose, r.with_proofs)?;
             let patient = pseudonym(&r.patient_pseudonym)?;
             if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
                 return Err(HubError::BadRequest(format!(
@@ -331,7 +400,10 @@ impl pb::hub_server::Hub for HubGrpc {
                 });
             }
             let at = as_of(r.as_of_ms)?;
-            let (answers, version) = self.hub.check_order(&caller, patient, order, at)?;
+            let (answers, version, withheld_by_consent) = self
+                .hub
+                .check_order(&caller, patient, order, at, ask)
+                .await?;
             let recognised = answers.iter().filter(|a| a.best.is_some()).count();
             tracing::info!(items = answers.len(), recognised, "order checked");
             Ok(pb::CheckOrderResponse {
@@ -350,6 +422,7 @@ impl pb::hub_server::Hub for HubGrpc {
                     })
                     .collect(),
                 policy_version: version,
+                withheld_by_consent,
             })
         })
         .await
@@ -384,7 +457,7 @@ impl pb::hub_server::Hub for HubGrpc {
                     ));
                 }
             };
-            let (outcome, recognised) = self
+            let (outcome, recognised, proof) = self
                 .hub
                 .record_decision(
                     &caller,
@@ -406,6 +479,7 @@ impl pb::hub_server::Hub for HubGrpc {
                 already_recorded,
                 recorded_at_ms: at.0,
                 result_was_recognised: recognised,
+                log_proof: proof.map(log_proof_to_pb),
             })
         })
         .await
@@ -456,6 +530,126 @@ impl pb::hub_server::Hub for HubGrpc {
                 rows: s.rows.into_iter().map(|(r, l)| row(r, l)).collect(),
                 total: Some(row(s.total, String::new())),
                 policy_version: s.policy_version,
+            })
+        })
+        .await
+    }
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        handle("GetCheckpoint", request, |caller, _| async move {
+            Ok(pb::GetCheckpointResponse {
+                checkpoint: self.hub.checkpoint(&caller).await?,
+            })
+        })
+        .await
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        handle("GetConsistencyProof", request, |caller, r| async move {
+            let (proof, new_size) = self
+                .hub
+                .consistency_proof(&caller, r.old_size, r.new_size)
+                .await?;
+            Ok(pb::ConsistencyProofResponse {
+                proof: proof.iter().map(|h| h.to_vec()).collect(),
+                new_size,
+            })
+        })
+        .await
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProofResponse>, Status> {
+        handle("GetInclusionProof", request, |caller, r| async move {
+            let (leaf, proof) = self
+                .hub
+                .inclusion_proof(&caller, r.index, r.tree_size)
+                .await?;
+            Ok(pb::InclusionProofResponse {
+                leaf,
+                proof: Some(log_proof_to_pb(proof)),
+            })
+        })
+        .await
+    }
+
+    async fn access_report(
+        &self,
+        request: Request<pb::AccessReportRequest>,
+    ) -> Result<Response<pb::AccessReportResponse>, Status> {
+        handle("AccessReport", request, |caller, r| async move {
+            let patient = pseudonym(&r.patient_pseudonym)?;
+            let to = if r.to_ms == 0 {
+                UnixMillis(i64::MAX)
+            } else {
+                UnixMillis(r.to_ms)
+            };
+            if r.from_ms < 0 || to.0 < r.from_ms {
+                return Err(HubError::BadRequest(
+                    "the period must have 0 <= from_ms <= to_ms".into(),
+                ));
+            }
+            let report = self
+                .hub
+                .access_report(&caller, &patient, UnixMillis(r.from_ms), to)
+                .await?;
+            tracing::info!(entries = report.entries.len(), "access report");
+            let mut entries = Vec::with_capacity(report.entries.len());
+            for a in report.entries {
+                let Entry::Access {
+                    at,
+                    caller,
+                    purpose,
+                    method,
+                    emergency_override,
+                    withheld_by_consent,
+                    results,
+                    ..
+                } = a.entry
+                else {
+                    return Err(HubError::Store(crate::store::StoreError::Corrupt(format!(
+                        "log leaf {} is not an access",
+                        a.index
+                    ))));
+                };
+                entries.push(pb::AccessEntry {
+                    at_ms: at.0,
+                    caller,
+                    purpose: purpose_to_pb(purpose) as i32,
+                    method: method.name().to_owned(),
+                    emergency_override,
+                    withheld_by_consent,
+                    results: u32::try_from(results.len()).unwrap_or(u32::MAX),
+                    leaf: a.leaf,
+                    proof: Some(log_proof_to_pb(a.proof)),
+                });
+            }
+            Ok(pb::AccessReportResponse {
+                entries,
+                opted_out: report.opted_out,
+            })
+        })
+        .await
+    }
+
+    async fn set_consent(
+        &self,
+        request: Request<pb::SetConsentRequest>,
+    ) -> Result<Response<pb::SetConsentResponse>, Status> {
+        handle("SetConsent", request, |caller, r| async move {
+            let patient = pseudonym(&r.patient_pseudonym)?;
+            let (changed, at, proof) = self.hub.set_consent(&caller, &patient, r.opted_out).await?;
+            Ok(pb::SetConsentResponse {
+                recorded_at_ms: at.0,
+                log_proof: Some(log_proof_to_pb(proof)),
+                changed,
             })
         })
         .await

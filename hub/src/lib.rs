@@ -8,6 +8,7 @@
 //! - [`grpc`]: the gRPC edge; caller identity from the client certificate; pb ⇄ domain.
 //! - [`service`]: the domain operations ([`service::Hub`]).
 //! - [`store`]: the sled store behind a domain-shaped API; group commit.
+//! - [`log`]: the log key that signs checkpoints ([`log::LogSigner`]).
 //! - [`error`]: [`error::HubError`] and its one mapping to gRPC status codes.
 //! - [`config`]: the TOML configuration.
 
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod log;
 pub mod policy;
 pub mod server;
 pub mod service;

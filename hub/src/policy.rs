@@ -43,6 +43,16 @@ struct RawPolicy {
     qualifications: Vec<Spanned<RawQualification>>,
     #[serde(default)]
     mappings: Vec<Spanned<RawMapping>>,
+    #[serde(default)]
+    revoked: Vec<Spanned<RawRevocation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    member: String,
+    at: toml::value::Datetime,
+    reason: String,
 }
 
 fn default_offset() -> String {
@@ -374,9 +384,58 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             ));
         }
     }
+    let mut revoked = BTreeMap::new();
+    for (i, r) in raw.revoked.iter().enumerate() {
+        let at = r.span().start;
+        let r = r.get_ref();
+        let field = |f: &str| format!("revoked[{i}].{f}");
+        let member = member_ref(at, field("member"), &r.member)?;
+        let when = instant(&r.at).ok_or_else(|| {
+            c.err(
+                at,
+                field("at"),
+                "must be a date and time with an offset, such as 2026-11-20T10:00:00+08:00",
+            )
+        })?;
+        if r.reason.trim().is_empty() {
+            return Err(c.err(
+                at,
+                field("reason"),
+                "must say why (e.g. \"key compromise\")",
+            ));
+        }
+        let revocation = huren_core::rules::Revocation {
+            at: UnixMillis(when),
+            reason: r.reason.clone(),
+        };
+        if revoked.insert(member.clone(), revocation).is_some() {
+            return Err(c.err(at, field("member"), format!("{member} is revoked twice")));
+        }
+    }
+    policy.revoked = revoked;
     policy.qualifications = qualifications;
     policy.mappings = mappings;
     Ok(policy)
+}
+
+/// A TOML offset date-time in Unix milliseconds; `None` for a local date or time.
+fn instant(d: &toml::value::Datetime) -> Option<i64> {
+    let (date, time, offset) = (d.date?, d.time?, d.offset?);
+    let date = Date::from_calendar_date(
+        i32::from(date.year),
+        Month::try_from(date.month).ok()?,
+        date.day,
+    )
+    .ok()?;
+    let time = Time::from_hms_nano(time.hour, time.minute, time.second, time.nanosecond).ok()?;
+    let offset = match offset {
+        toml::value::Offset::Z => UtcOffset::UTC,
+        toml::value::Offset::Custom { minutes } => {
+            UtcOffset::from_whole_seconds(i32::from(minutes) * 60).ok()?
+        }
+    };
+    let t = PrimitiveDateTime::new(date, time).assume_offset(offset);
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// Midnight at the start of a TOML local date, at `offset`, in Unix milliseconds.
@@ -571,6 +630,52 @@ mod tests {
             err.to_string().contains("unknown") && err.to_string().contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn revocations_parse_and_their_errors_name_line_and_field() {
+        let text = std::fs::read_to_string(example()).unwrap();
+        let with = |entry: &str| format!("{text}\n[[revoked]]\n{entry}\n");
+        let p = parse(
+            Path::new("policy.toml"),
+            &with("member = \"lantian-tangyu\"\nat = 2026-11-20T10:00:00+08:00\nreason = \"key compromise\""),
+        )
+        .unwrap();
+        let id = InstitutionId::parse("lantian-tangyu").unwrap();
+        let r = &p.revoked[&id];
+        assert_eq!(r.at, UnixMillis(1_795_140_000_000));
+        assert_eq!(r.reason, "key compromise");
+        assert!(p.revoked_at(&id, UnixMillis(1_795_139_999_999)).is_none());
+        assert!(p.revoked_at(&id, UnixMillis(1_795_140_000_000)).is_some());
+        let revoked_line = with("").matches('\n').count() - 1;
+        for (entry, field, phrase) in [
+            (
+                "member = \"nobody\"\nat = 2026-11-20T10:00:00+08:00\nreason = \"x\"",
+                "revoked[0].member",
+                "not in [[members]]",
+            ),
+            (
+                "member = \"lantian-tangyu\"\nat = 2026-11-20\nreason = \"x\"",
+                "revoked[0].at",
+                "with an offset",
+            ),
+            (
+                "member = \"lantian-tangyu\"\nat = 2026-11-20T10:00:00Z\nreason = \" \"",
+                "revoked[0].reason",
+                "must say why",
+            ),
+        ] {
+            let err = parse(Path::new("policy.toml"), &with(entry)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(field) && msg.contains(phrase), "{msg}");
+            match err {
+                PolicyError::Field { line, .. } => assert!(
+                    line.abs_diff(revoked_line) <= 2,
+                    "line {line} vs {revoked_line}: {msg}"
+                ),
+                other => panic!("expected a field error, got {other}"),
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use huren_proto::hub::hub_server::HubServer;
 
 use crate::config::HubConfig;
 use crate::grpc::HubGrpc;
+use crate::log::LogSigner;
 use crate::policy::{PolicyError, PolicyHandle};
 use crate::service::Hub;
 use crate::store::Store;
@@ -32,6 +33,8 @@ pub enum ServerError {
     },
     #[error("policy: {0}")]
     Policy(PolicyError),
+    #[error("log key: {0}")]
+    LogKey(#[from] crate::log::LogKeyError),
     #[error("TLS set-up: {0}")]
     Tls(tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -73,7 +76,13 @@ pub async fn run(
         policy.clone(),
         Duration::from_secs(config.limits.policy_poll_seconds),
     ));
-    let hub = Arc::new(Hub::new(store, ca, policy, config.limits.max_results));
+    let log = LogSigner::load_or_create(&config.log_key_path(), &config.log.origin)?;
+    let head = store.tree_head().map_err(|source| ServerError::Store {
+        path: config.store.clone(),
+        source,
+    })?;
+    tracing::info!(origin = %log.origin(), size = head.size, "log opened");
+    let hub = Arc::new(Hub::new(store, ca, policy, config.limits.max_results, log));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<HubServer<HubGrpc>>().await;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use huren_core::identity::InstitutionId;
+use huren_core::logentry::{Entry, LogProof, Method, Purpose, ResultRef};
+use huren_core::merkle::Hash;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::rules::{self, Decision, Policy, RetestReason, Verdict, check_decision};
 use huren_core::signing::SignedEnvelope;
@@ -14,8 +16,11 @@ use huren_core::summary::UnixMillis;
 use huren_core::trust::AllianceCa;
 
 use crate::error::HubError;
+use crate::log::LogSigner;
 use crate::policy::PolicyHandle;
-use crate::store::{DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, Store, StoredSummary};
+use crate::store::{
+    Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, Store, StoredSummary, TreeHead,
+};
 
 /// The hub's domain service.
 pub struct Hub {
@@ -23,6 +28,7 @@ pub struct Hub {
     ca: AllianceCa,
     policy: Arc<PolicyHandle>,
     max_results: usize,
+    log: LogSigner,
 }
 
 /// A result with the verdict for the caller.
@@ -32,6 +38,8 @@ pub struct Judged {
     pub verdict: Verdict,
     /// Earlier versions, newest first (History with versions only).
     pub earlier: Vec<Judged>,
+    /// The version's inclusion proof, when asked for.
+    pub log_proof: Option<LogProof>,
 }
 
 /// An answer to FindPrior or History.
@@ -40,7 +48,43 @@ pub struct JudgedAnswer {
     pub results: Vec<Judged>,
     pub truncated: bool,
     pub policy_version: String,
+    /// The patient opted out and the purpose was not emergency: nothing is returned.
+    pub withheld_by_consent: bool,
 }
+
+/// Why a query is made and whether to prove its answers.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask {
+    pub purpose: Purpose,
+    pub with_proofs: bool,
+}
+
+/// What the patient's consent lets a query see.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gate {
+    withheld: bool,
+    emergency_override: bool,
+}
+
+/// One logged access, with its inclusion proof.
+#[derive(Clone, Debug)]
+pub struct AccessRecord {
+    pub index: u64,
+    pub leaf: Vec<u8>,
+    pub entry: Entry,
+    pub proof: LogProof,
+}
+
+/// Who looked at a patient's results.
+#[derive(Clone, Debug)]
+pub struct AccessReport {
+    pub entries: Vec<AccessRecord>,
+    pub opted_out: bool,
+}
+
+/// Text shown in place of results withheld by a patient's opt-out.
+pub const WITHHELD: &str =
+    "the patient has opted out of sharing their results; only an emergency query sees them";
 
 /// One ordered item, as the caller codes it.
 #[derive(Clone, Debug)]
@@ -96,13 +140,20 @@ impl Hub {
         ca: AllianceCa,
         policy: Arc<PolicyHandle>,
         max_results: usize,
+        log: LogSigner,
     ) -> Self {
         Self {
             store,
             ca,
             policy,
             max_results,
+            log,
         }
+    }
+
+    /// The C2SP verifier key of the hub's log.
+    pub fn log_verifier_key(&self) -> String {
+        self.log.verifier_key()
     }
 
     pub fn max_results(&self) -> usize {
@@ -118,7 +169,157 @@ impl Hub {
                 policy_version: policy.version.clone(),
             });
         }
+        Self::not_revoked(&policy, caller, now())?;
         Ok(policy)
+    }
+
+    fn not_revoked(policy: &Policy, id: &InstitutionId, at: UnixMillis) -> Result<(), HubError> {
+        match policy.revoked_at(id, at) {
+            None => Ok(()),
+            Some(r) => Err(HubError::Revoked {
+                member: id.clone(),
+                at: rfc3339(r.at),
+                reason: r.reason.clone(),
+            }),
+        }
+    }
+
+    /// Signs the checkpoint of a tree head.
+    fn sign(&self, head: TreeHead) -> Result<String, HubError> {
+        self.log.sign(head).map_err(HubError::Checkpoint)
+    }
+
+    /// The inclusion proof of leaf `index` against the signed checkpoint of `head`.
+    fn log_proof(&self, index: u64, head: TreeHead) -> Result<LogProof, HubError> {
+        Ok(LogProof {
+            index,
+            tree_size: head.size,
+            proof: self.store.inclusion_proof(index, head.size)?,
+            checkpoint: self.sign(head)?,
+        })
+    }
+
+    /// The latest checkpoint; it covers only durable entries.
+    pub async fn checkpoint(&self, caller: &InstitutionId) -> Result<String, HubError> {
+        self.member_policy(caller)?;
+        let head = self.store.durable_head().await?;
+        self.sign(head)
+    }
+
+    /// The consistency proof between two tree sizes (`new_size` 0: the latest durable size).
+    pub async fn consistency_proof(
+        &self,
+        caller: &InstitutionId,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<(Vec<Hash>, u64), HubError> {
+        self.member_policy(caller)?;
+        let new_size = match new_size {
+            0 => self.store.durable_head().await?.size,
+            n => n,
+        };
+        Ok((self.store.consistency_proof(old_size, new_size)?, new_size))
+    }
+
+    /// Leaf `index` and its inclusion proof in the tree of `tree_size` leaves (0: the latest,
+    /// with its signed checkpoint; otherwise no checkpoint is attached).
+    pub async fn inclusion_proof(
+        &self,
+        caller: &InstitutionId,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<(Vec<u8>, LogProof), HubError> {
+        self.member_policy(caller)?;
+        let proof = if tree_size == 0 {
+            let head = self.store.durable_head().await?;
+            self.log_proof(index, head)?
+        } else {
+            LogProof {
+                index,
+                tree_size,
+                proof: self.store.inclusion_proof(index, tree_size)?,
+                checkpoint: String::new(),
+            }
+        };
+        Ok((self.store.leaf(index)?, proof))
+    }
+
+    /// What the patient's consent lets this purpose see.
+    fn gate(&self, patient: &Pseudonym, purpose: Purpose) -> Result<Gate, HubError> {
+        if !self.store.opted_out(patient)? {
+            return Ok(Gate::default());
+        }
+        let emergency = purpose == Purpose::Emergency;
+        if emergency {
+            tracing::warn!("emergency access to the results of a patient who opted out");
+        }
+        Ok(Gate {
+            withheld: !emergency,
+            emergency_override: emergency,
+        })
+    }
+
+    /// Logs one access to a patient's results. (Each argument is one field of the leaf.)
+    #[allow(clippy::too_many_arguments)]
+    fn log_access(
+        &self,
+        caller: &InstitutionId,
+        purpose: Purpose,
+        method: Method,
+        patient: &Pseudonym,
+        gate: Gate,
+        shown: &[&Judged],
+        at: UnixMillis,
+    ) -> Result<(), HubError> {
+        self.store.log_access(&Access {
+            at,
+            caller: caller.clone(),
+            purpose,
+            method,
+            emergency_override: gate.emergency_override,
+            withheld_by_consent: gate.withheld,
+            patient: *patient,
+            results: shown
+                .iter()
+                .map(|j| ResultRef {
+                    publisher: j.stored.receipt.publisher.to_string(),
+                    summary_id: j.stored.receipt.summary_id.to_string(),
+                    version: j.stored.receipt.version,
+                })
+                .collect(),
+        })?;
+        Ok(())
+    }
+
+    /// Attaches inclusion proofs (against one durable checkpoint) to results and their earlier
+    /// versions.
+    async fn attach_proofs<'a>(
+        &self,
+        results: impl Iterator<Item = &'a mut Judged>,
+    ) -> Result<(), HubError> {
+        let head = self.store.durable_head().await?;
+        let checkpoint = self.sign(head)?;
+        fn attach(
+            hub: &Hub,
+            j: &mut Judged,
+            head: TreeHead,
+            checkpoint: &str,
+        ) -> Result<(), HubError> {
+            j.log_proof = Some(LogProof {
+                index: j.stored.log_index,
+                tree_size: head.size,
+                proof: hub.store.inclusion_proof(j.stored.log_index, head.size)?,
+                checkpoint: checkpoint.to_owned(),
+            });
+            for e in &mut j.earlier {
+                attach(hub, e, head, checkpoint)?;
+            }
+            Ok(())
+        }
+        for j in results {
+            attach(self, j, head, &checkpoint)?;
+        }
+        Ok(())
     }
 
     /// Verifies and stores a summary published by `caller`.
@@ -131,8 +332,8 @@ impl Hub {
         &self,
         caller: &InstitutionId,
         envelope: SignedEnvelope,
-    ) -> Result<PutOutcome, HubError> {
-        self.member_policy(caller)?;
+    ) -> Result<(PutOutcome, LogProof), HubError> {
+        let policy = self.member_policy(caller)?;
         let at = now();
         let verified = envelope.verify(&self.ca, at)?;
         if verified.summary.publisher != *caller {
@@ -141,7 +342,10 @@ impl Hub {
                 publisher: verified.summary.publisher,
             });
         }
-        Ok(self.store.put_summary(&verified, at).await?)
+        // The signing certificate names the publisher: a revoked signer's summaries are refused.
+        Self::not_revoked(&policy, &verified.summary.publisher, at)?;
+        let (outcome, logged) = self.store.put_summary_logged(&verified, at).await?;
+        Ok((outcome, self.log_proof(logged.index, logged.head)?))
     }
 
     fn judge(
@@ -156,6 +360,7 @@ impl Hub {
             stored: s,
             verdict,
             earlier: Vec::new(),
+            log_proof: None,
         }
     }
 
@@ -198,43 +403,64 @@ impl Hub {
 
     /// The latest versions of one patient's results for some items, newest first, each with
     /// its verdict for the caller.
-    pub fn find_prior(
+    pub async fn find_prior(
         &self,
         caller: &InstitutionId,
         query: &PriorQuery,
+        ask: Ask,
     ) -> Result<JudgedAnswer, HubError> {
         let policy = self.member_policy(caller)?;
-        let found = self.store.find_prior(query)?;
-        let results: Vec<Judged> = found
+        let gate = self.gate(&query.patient, ask.purpose)?;
+        let found = if gate.withheld {
+            Default::default()
+        } else {
+            self.store.find_prior(query)?
+        };
+        let mut results: Vec<Judged> = found
             .results
             .into_iter()
             .map(|s| Self::judge(&policy, caller, s, true, query.until))
             .collect();
-        self.record(
-            &policy,
+        let at = now();
+        let shown = results.iter().collect::<Vec<_>>();
+        self.record(&policy, caller, &shown, &query.items, at)?;
+        self.log_access(
             caller,
-            &results.iter().collect::<Vec<_>>(),
-            &query.items,
-            now(),
+            ask.purpose,
+            Method::FindPrior,
+            &query.patient,
+            gate,
+            &shown,
+            at,
         )?;
+        if ask.with_proofs {
+            self.attach_proofs(results.iter_mut()).await?;
+        }
         Ok(JudgedAnswer {
             results,
             truncated: found.truncated,
             policy_version: policy.version.clone(),
+            withheld_by_consent: gate.withheld,
         })
     }
 
     /// All of one patient's results, newest first, with verdicts as of now; with
     /// `with_versions`, each result's earlier versions too.
-    pub fn history(
+    pub async fn history(
         &self,
         caller: &InstitutionId,
         query: &PriorQuery,
         with_versions: bool,
+        ask: Ask,
     ) -> Result<JudgedAnswer, HubError> {
         let policy = self.member_policy(caller)?;
         let at = now();
-        let found = self.store.history(query)?;
+        let gate = self.gate(&query.patient, ask.purpose)?;
+        let found = if gate.withheld {
+            Default::default()
+        } else {
+            self.store.history(query)?
+        };
         let mut results = Vec::with_capacity(found.results.len());
         for s in found.results {
             let earlier = if with_versions && s.summary.version > 1 {
@@ -252,29 +478,39 @@ impl Hub {
             judged.earlier = earlier;
             results.push(judged);
         }
-        self.record(
-            &policy,
+        let shown = results.iter().collect::<Vec<_>>();
+        self.record(&policy, caller, &shown, &[], at)?;
+        self.log_access(
             caller,
-            &results.iter().collect::<Vec<_>>(),
-            &[],
+            ask.purpose,
+            Method::History,
+            &query.patient,
+            gate,
+            &shown,
             at,
         )?;
+        if ask.with_proofs {
+            self.attach_proofs(results.iter_mut()).await?;
+        }
         Ok(JudgedAnswer {
             results,
             truncated: found.truncated,
             policy_version: policy.version.clone(),
+            withheld_by_consent: gate.withheld,
         })
     }
 
     /// The order-time check: per ordered item, the newest recognised result, or why none.
-    pub fn check_order(
+    pub async fn check_order(
         &self,
         caller: &InstitutionId,
         patient: Pseudonym,
         order: Vec<OrderCode>,
         as_of: UnixMillis,
-    ) -> Result<(Vec<OrderAnswer>, String), HubError> {
+        ask: Ask,
+    ) -> Result<(Vec<OrderAnswer>, String, bool), HubError> {
         let policy = self.member_policy(caller)?;
+        let gate = self.gate(&patient, ask.purpose)?;
         let mut answers = Vec::with_capacity(order.len());
         let mut shown = Vec::new();
         let mut asked = Vec::new();
@@ -304,13 +540,17 @@ impl Hub {
                     continue;
                 }
             };
-            let found = self.store.find_prior(&PriorQuery {
-                patient,
-                items: vec![(system.clone(), code_in_catalogue.clone())],
-                from: UnixMillis(0),
-                until: as_of,
-                limit: self.max_results,
-            })?;
+            let found = if gate.withheld {
+                Default::default()
+            } else {
+                self.store.find_prior(&PriorQuery {
+                    patient,
+                    items: vec![(system.clone(), code_in_catalogue.clone())],
+                    from: UnixMillis(0),
+                    until: as_of,
+                    limit: self.max_results,
+                })?
+            };
             let judged: Vec<Judged> = found
                 .results
                 .into_iter()
@@ -319,6 +559,7 @@ impl Hub {
             let candidates = judged.len();
             let best = judged.iter().find(|j| j.verdict.recognised()).cloned();
             let explanation = match (&best, judged.first()) {
+                (None, None) if gate.withheld => WITHHELD.to_owned(),
                 (Some(b), _) => format!(
                     "recognised ({}) from {}",
                     b.verdict.hr_mark.as_deref().unwrap_or("no mark"),
@@ -348,14 +589,23 @@ impl Hub {
                 candidates,
             });
         }
-        self.record(
-            &policy,
+        let at = now();
+        let shown_refs = shown.iter().collect::<Vec<_>>();
+        self.record(&policy, caller, &shown_refs, &asked, at)?;
+        self.log_access(
             caller,
-            &shown.iter().collect::<Vec<_>>(),
-            &asked,
-            now(),
+            ask.purpose,
+            Method::CheckOrder,
+            &patient,
+            gate,
+            &shown_refs,
+            at,
         )?;
-        Ok((answers, policy.version.clone()))
+        if ask.with_proofs {
+            self.attach_proofs(answers.iter_mut().filter_map(|a| a.best.as_mut()))
+                .await?;
+        }
+        Ok((answers, policy.version.clone(), gate.withheld))
     }
 
     /// Records the caller's decision on a result it consulted.
@@ -363,7 +613,7 @@ impl Hub {
         &self,
         caller: &InstitutionId,
         d: DecisionRequest,
-    ) -> Result<(DecisionOutcome, bool), HubError> {
+    ) -> Result<(DecisionOutcome, bool, Option<LogProof>), HubError> {
         let policy = self.member_policy(caller)?;
         if d.decision_id.is_empty() || d.decision_id.len() > MAX_DECISION_ID {
             return Err(HubError::BadRequest(format!(
@@ -419,12 +669,86 @@ impl Hub {
                 kind: EventKind::Decision { adopted, reason },
             },
         };
-        let outcome = self.store.record_decision(&record).await?;
+        let (outcome, logged) = self.store.record_decision_logged(&record).await?;
         let recognised = match &outcome {
             DecisionOutcome::AlreadyRecorded { recognised, .. } => *recognised,
             DecisionOutcome::Recorded { .. } => consulted.recognised,
         };
-        Ok((outcome, recognised))
+        let proof = logged
+            .map(|l| self.log_proof(l.index, l.head))
+            .transpose()?;
+        Ok((outcome, recognised, proof))
+    }
+
+    /// Records a patient's opt-out (or opt-back-in), as told to the calling member.
+    pub async fn set_consent(
+        &self,
+        caller: &InstitutionId,
+        patient: &Pseudonym,
+        opted_out: bool,
+    ) -> Result<(bool, UnixMillis, LogProof), HubError> {
+        self.member_policy(caller)?;
+        let at = now();
+        let (changed, logged) = self
+            .store
+            .set_consent(patient, opted_out, caller, at)
+            .await?;
+        tracing::info!(opted_out, changed, "consent recorded");
+        Ok((changed, at, self.log_proof(logged.index, logged.head)?))
+    }
+
+    /// Who looked at a patient's results in `[from, to)`, each access with its inclusion
+    /// proof. Any member may ask (on the patient's behalf); the report is itself logged as an
+    /// access (purpose ADMINISTRATION for an administrator, PATIENT_REQUEST for a member).
+    pub async fn access_report(
+        &self,
+        caller: &InstitutionId,
+        patient: &Pseudonym,
+        from: UnixMillis,
+        to: UnixMillis,
+    ) -> Result<AccessReport, HubError> {
+        let policy = self.member_policy(caller)?;
+        let indexes = self.store.accesses(patient, from, to)?;
+        let purpose = if policy.is_administrator(caller) {
+            Purpose::Administration
+        } else {
+            Purpose::PatientRequest
+        };
+        self.log_access(
+            caller,
+            purpose,
+            Method::AccessReport,
+            patient,
+            Gate::default(),
+            &[],
+            now(),
+        )?;
+        let head = self.store.durable_head().await?;
+        let checkpoint = self.sign(head)?;
+        let mut entries = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let leaf = self.store.leaf(index)?;
+            let entry = Entry::decode(&leaf).map_err(|e| {
+                HubError::Store(crate::store::StoreError::Corrupt(format!(
+                    "log leaf {index}: {e}"
+                )))
+            })?;
+            entries.push(AccessRecord {
+                index,
+                proof: LogProof {
+                    index,
+                    tree_size: head.size,
+                    proof: self.store.inclusion_proof(index, head.size)?,
+                    checkpoint: checkpoint.clone(),
+                },
+                leaf,
+                entry,
+            });
+        }
+        Ok(AccessReport {
+            entries,
+            opted_out: self.store.opted_out(patient)?,
+        })
     }
 
     /// Statistics for `[from, to)`. Administrators see everything; a member its own events.
@@ -464,6 +788,17 @@ impl Hub {
             policy_version: policy.version.clone(),
         })
     }
+}
+
+/// A time as RFC 3339 in UTC, for messages.
+fn rfc3339(t: UnixMillis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{} ms", t.0))
 }
 
 /// Reads a re-test reason code from the wire enum's number.

@@ -10,7 +10,22 @@
 //! consulted   member 0x00 publisher 0x00 summary_id                -> 0x01 || ConsultationV1
 //! decisions   member 0x00 decision_id                            -> 0x01 || DecisionV1
 //! events      at_ms:u64 seq:u64                                  -> 0x01 || EventV1
+//! consent     pseudonym[32]                                      -> 0x01 || ConsentV1
+//! access      pseudonym[32] at_ms:u64 log_index:u64              -> ()
+//! log_leaves  index:u64                                          -> leaf bytes (huren_core::logentry)
+//! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree
+//! log_meta    "size"                                             -> tree size:u64
 //! ```
+//!
+//! The log (RFC 6962 tree, see `huren_core::merkle`): `log_leaves` holds every leaf, `log_nodes`
+//! the hash of every complete subtree (level 0 = leaf hashes), `log_meta` the size. Each logged
+//! write (a summary version, a decision, an access, a consent change) appends its leaf **in the
+//! same sled transaction** as the write itself, so the data and the log cannot diverge. Appends
+//! are serialised by one mutex that also holds the frontier (the right edge of the tree, one
+//! hash per set bit of the size): an append is O(log n). `access` indexes access leaves by
+//! patient for the access report; `RecordV1.log_index` points from a stored version to its leaf.
+//! A store written before the log existed gets its summaries appended once, in acceptance
+//! order, when it is opened with an empty log.
 //!
 //! `consulted` remembers which results a member was shown and whether they were recognised
 //! for it, so a decision can only be recorded on a result the member actually consulted and is
@@ -30,12 +45,14 @@
 
 use prost::Message;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 
 use huren_core::identity::InstitutionId;
+use huren_core::logentry::{Entry, Method, Purpose, ResultRef};
+use huren_core::merkle::{self, Hash};
 use huren_core::pseudonym::Pseudonym;
 pub use huren_core::receipt::Receipt;
 use huren_core::rules::RetestReason;
@@ -61,6 +78,23 @@ struct RecordV1 {
     body_sha256: Vec<u8>,
     #[prost(int64, tag = "5")]
     accepted_at_ms: i64,
+    /// Index of the version's leaf in the log.
+    #[prost(uint64, tag = "6")]
+    log_index: u64,
+}
+
+/// A patient's sharing consent (store-private layout).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConsentV1 {
+    #[prost(bool, tag = "1")]
+    opted_out: bool,
+    /// The member that recorded it.
+    #[prost(string, tag = "2")]
+    member: String,
+    #[prost(int64, tag = "3")]
+    at_ms: i64,
+    #[prost(uint64, tag = "4")]
+    log_index: u64,
 }
 
 /// What a member was shown of a result (store-private layout).
@@ -166,6 +200,36 @@ pub struct StoredSummary {
     pub receipt: Receipt,
     /// The body, decoded.
     pub summary: Summary,
+    /// Index of the version's leaf in the log.
+    pub log_index: u64,
+}
+
+/// A tree size and its root: what a checkpoint states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeHead {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// Where a write landed in the log, and a tree head that includes it and is durable once the
+/// write's call returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub index: u64,
+    pub head: TreeHead,
+}
+
+/// An access to log (see `huren_core::logentry::Entry::Access`).
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub at: UnixMillis,
+    pub caller: InstitutionId,
+    pub purpose: Purpose,
+    pub method: Method,
+    pub emergency_override: bool,
+    pub withheld_by_consent: bool,
+    pub patient: Pseudonym,
+    pub results: Vec<ResultRef>,
 }
 
 /// What became of a put.
@@ -195,6 +259,10 @@ pub enum StoreError {
     CommitterGone,
     #[error("decision {decision_id} was already recorded for another result")]
     DecisionIdReused { decision_id: String },
+    #[error("the log has no tree of size {size} (it has {current} entries)")]
+    BeyondLog { size: u64, current: u64 },
+    #[error("log: {0}")]
+    Tree(String),
 }
 
 /// What one patient query asks the store for.
@@ -231,7 +299,109 @@ struct Inner {
     consulted: sled::Tree,
     decisions: sled::Tree,
     events: sled::Tree,
+    consent: sled::Tree,
+    access: sled::Tree,
+    log_leaves: sled::Tree,
+    log_nodes: sled::Tree,
+    log_meta: sled::Tree,
+    /// The one log writer's state: every append holds this lock across its transaction.
+    log: Mutex<LogState>,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The tree's size and frontier, as of the last committed append.
+struct LogState {
+    size: u64,
+    frontier: Vec<Hash>,
+}
+
+/// A leaf ready to append: written inside the caller's transaction, applied to [`LogState`]
+/// only if the transaction commits.
+struct Pending {
+    index: u64,
+    leaf: Vec<u8>,
+    nodes: Vec<(u8, u64, Hash)>,
+    frontier: Vec<Hash>,
+}
+
+impl LogState {
+    fn prepare(&self, leaf: Vec<u8>) -> Pending {
+        let mut frontier = self.frontier.clone();
+        let nodes = merkle::append(&mut frontier, self.size, merkle::leaf_hash(&leaf));
+        Pending {
+            index: self.size,
+            leaf,
+            nodes,
+            frontier,
+        }
+    }
+
+    fn apply(&mut self, p: Pending) {
+        self.size = p.index + 1;
+        self.frontier = p.frontier;
+    }
+
+    fn head(&self) -> TreeHead {
+        TreeHead {
+            size: self.size,
+            root: merkle::root_from_frontier(&self.frontier, self.size),
+        }
+    }
+}
+
+const LOG_SIZE_KEY: &[u8] = b"size";
+
+fn node_key(level: u8, index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = level;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Writes a prepared leaf, its completed nodes and the new size inside a transaction.
+fn write_pending(
+    leaves: &TransactionalTree,
+    nodes: &TransactionalTree,
+    meta: &TransactionalTree,
+    p: &Pending,
+) -> TxResult<()> {
+    leaves.insert(&p.index.to_be_bytes(), p.leaf.as_slice())?;
+    for (level, index, hash) in &p.nodes {
+        nodes.insert(&node_key(*level, *index), hash)?;
+    }
+    meta.insert(LOG_SIZE_KEY, &(p.index + 1).to_be_bytes())?;
+    Ok(())
+}
+
+/// Reads complete-subtree hashes from `log_nodes`.
+struct Nodes<'a>(&'a sled::Tree);
+
+impl merkle::NodeReader for Nodes<'_> {
+    type Error = StoreError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let raw = self.0.get(node_key(level, index))?.ok_or_else(|| {
+            StoreError::Corrupt(format!("log node ({level}, {index}) is missing"))
+        })?;
+        raw.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt(format!("log node ({level}, {index}) is not 32 bytes"))
+        })
+    }
+}
+
+fn tree_error(e: merkle::TreeError<StoreError>) -> StoreError {
+    match e {
+        merkle::TreeError::Node { source, .. } => source,
+        other => StoreError::Tree(other.to_string()),
+    }
+}
+
+fn tx_error<T>(e: TransactionError<StoreError>) -> Result<T, StoreError> {
+    match e {
+        TransactionError::Abort(e) => Err(e),
+        TransactionError::Storage(e) => Err(e.into()),
+    }
 }
 
 fn result_key(publisher: &str, id: &str) -> Vec<u8> {
@@ -275,10 +445,27 @@ impl Store {
     /// runtime.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
+        let log_nodes = db.open_tree("log_nodes")?;
+        let log_meta = db.open_tree("log_meta")?;
+        let size = match log_meta.get(LOG_SIZE_KEY)? {
+            None => 0,
+            Some(raw) => u64::from_be_bytes(
+                raw.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("log size is not 8 bytes".into()))?,
+            ),
+        };
+        let frontier = merkle::frontier(size, &Nodes(&log_nodes)).map_err(tree_error)?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(group_commit(db.clone(), rx));
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
+                consent: db.open_tree("consent")?,
+                access: db.open_tree("access")?,
+                log_leaves: db.open_tree("log_leaves")?,
+                log_nodes,
+                log_meta,
+                log: Mutex::new(LogState { size, frontier }),
                 summaries: db.open_tree("summaries")?,
                 latest: db.open_tree("latest")?,
                 by_patient: db.open_tree("by_patient")?,
@@ -289,7 +476,64 @@ impl Store {
                 db,
                 commits: tx,
             }),
-        })
+        };
+        store.log_unlogged_summaries()?;
+        Ok(store)
+    }
+
+    /// A store written before the log existed holds summaries with no leaf: they are appended
+    /// once, in acceptance order, when the log is still empty. A no-op otherwise.
+    fn log_unlogged_summaries(&self) -> Result<(), StoreError> {
+        let i = &self.inner;
+        if self.log_state()?.size != 0 || i.summaries.is_empty() {
+            return Ok(());
+        }
+        let mut records = Vec::new();
+        for entry in i.summaries.iter() {
+            let (key, raw) = entry?;
+            let rec = decode_record(&raw)?;
+            records.push((rec.accepted_at_ms, key.to_vec(), rec));
+        }
+        records.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let corrupt = |what: &str| StoreError::Corrupt(format!("stored summary: {what}"));
+        for (_, key, mut rec) in records {
+            let leaf = Entry::Summary {
+                accepted_at: UnixMillis(rec.accepted_at_ms),
+                signer_certificate_sha256: rec
+                    .signer_certificate_sha256
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("certificate hash is not 32 bytes"))?,
+                signature: rec
+                    .signature
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("signature is not 64 bytes"))?,
+                body: rec.body.clone(),
+            }
+            .encode();
+            let mut log = self.log_state()?;
+            let pending = log.prepare(leaf);
+            rec.log_index = pending.index;
+            let value = encode_v1(&rec);
+            let outcome = (&i.summaries, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
+                |(summaries, leaves, nodes, meta)| {
+                    summaries.insert(key.as_slice(), value.as_slice())?;
+                    write_pending(leaves, nodes, meta, &pending)?;
+                    Ok(())
+                },
+            );
+            if let Err(e) = outcome {
+                return tx_error(e);
+            }
+            log.apply(pending);
+        }
+        i.db.flush()?;
+        tracing::info!(
+            entries = self.log_state()?.size,
+            "logged the summaries stored before the log existed"
+        );
+        Ok(())
     }
 
     /// Waits for a flush that covers every write made before this call.
@@ -311,73 +555,120 @@ impl Store {
         v: &VerifiedSummary,
         accepted_at: UnixMillis,
     ) -> Result<PutOutcome, StoreError> {
+        Ok(self.put_summary_logged(v, accepted_at).await?.0)
+    }
+
+    fn log_state(&self) -> Result<MutexGuard<'_, LogState>, StoreError> {
+        self.inner
+            .log
+            .lock()
+            .map_err(|_| StoreError::Corrupt("a log append panicked earlier".into()))
+    }
+
+    /// [`Store::put_summary`], also saying where the version's leaf is in the log (for a
+    /// duplicate: where the first one's is) and a tree head that includes it, durable when this
+    /// returns.
+    pub async fn put_summary_logged(
+        &self,
+        v: &VerifiedSummary,
+        accepted_at: UnixMillis,
+    ) -> Result<(PutOutcome, Logged), StoreError> {
         let s = &v.summary;
         let publisher = s.publisher.as_str();
         let id = s.id.as_str();
         let rkey = result_key(publisher, id);
         let vkey = version_key(publisher, id, s.version);
         let cert_hash = sha256(&v.envelope.signer_certificate);
-        let record = RecordV1 {
+        let leaf = Entry::Summary {
+            accepted_at,
+            signer_certificate_sha256: cert_hash,
+            signature: v.envelope.signature,
             body: v.envelope.body.clone(),
-            signature: v.envelope.signature.to_vec(),
-            signer_certificate_sha256: cert_hash.to_vec(),
-            body_sha256: v.body_sha256.to_vec(),
-            accepted_at_ms: accepted_at.0,
-        };
-        let mut value = vec![RECORD_V1];
-        record
-            .encode(&mut value)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+        .encode();
         let mut index_key = item_prefix(&s.patient, &s.item.system, &s.item.code);
         index_key.extend_from_slice(&inv_time(s.performed_at));
         index_key.extend_from_slice(&rkey);
 
         let i = &self.inner;
-        let outcome = (&i.summaries, &i.latest, &i.by_patient, &i.certs).transaction(
-            |(summaries, latest, by_patient, certs)| {
-                if let Some(existing) = summaries.get(&vkey)? {
-                    let old =
-                        decode_record(&existing).map_err(ConflictableTransactionError::Abort)?;
-                    if old.body == record.body {
-                        return Ok(Some(old.accepted_at_ms));
-                    }
-                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
-                        key: s.result_key(),
-                        version: s.version,
-                    }));
-                }
-                let stored = latest.get(&rkey)?.map(|v| read_u32(&v)).transpose();
-                let stored = stored.map_err(ConflictableTransactionError::Abort)?;
-                let expected = stored.map_or(1, |v| v + 1);
-                if s.version != expected {
-                    let reason = match stored {
-                        None => "the first version of a result must be 1".to_owned(),
-                        Some(v) => {
-                            format!("the stored version is {v}, so the next must be {expected}")
+        // The guard lives in this block only: no await while the log is locked.
+        let (earlier, index, head) =
+            {
+                let mut log = self.log_state()?;
+                let pending = log.prepare(leaf);
+                let record = RecordV1 {
+                    body: v.envelope.body.clone(),
+                    signature: v.envelope.signature.to_vec(),
+                    signer_certificate_sha256: cert_hash.to_vec(),
+                    body_sha256: v.body_sha256.to_vec(),
+                    accepted_at_ms: accepted_at.0,
+                    log_index: pending.index,
+                };
+                let value = encode_v1(&record);
+                let outcome = (
+            &i.summaries,
+            &i.latest,
+            &i.by_patient,
+            &i.certs,
+            &i.log_leaves,
+            &i.log_nodes,
+            &i.log_meta,
+        )
+            .transaction(
+                |(summaries, latest, by_patient, certs, leaves, nodes, meta)| {
+                    if let Some(existing) = summaries.get(&vkey)? {
+                        let old = decode_record(&existing)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        if old.body == record.body {
+                            return Ok(Some((old.accepted_at_ms, old.log_index)));
                         }
-                    };
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::OutOfOrder {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
                             key: s.result_key(),
                             version: s.version,
-                            reason,
-                        },
-                    ));
-                }
-                summaries.insert(vkey.as_slice(), value.as_slice())?;
-                latest.insert(rkey.as_slice(), &s.version.to_be_bytes())?;
-                by_patient.insert(index_key.as_slice(), &[])?;
-                if certs.get(cert_hash)?.is_none() {
-                    certs.insert(&cert_hash, v.envelope.signer_certificate.as_slice())?;
-                }
-                Ok(None)
-            },
-        );
-        let earlier = match outcome {
-            Ok(earlier) => earlier,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
+                        }));
+                    }
+                    let stored = latest.get(&rkey)?.map(|v| read_u32(&v)).transpose();
+                    let stored = stored.map_err(ConflictableTransactionError::Abort)?;
+                    let expected = stored.map_or(1, |v| v + 1);
+                    if s.version != expected {
+                        let reason = match stored {
+                            None => "the first version of a result must be 1".to_owned(),
+                            Some(v) => {
+                                format!("the stored version is {v}, so the next must be {expected}")
+                            }
+                        };
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::OutOfOrder {
+                                key: s.result_key(),
+                                version: s.version,
+                                reason,
+                            },
+                        ));
+                    }
+                    summaries.insert(vkey.as_slice(), value.as_slice())?;
+                    latest.insert(rkey.as_slice(), &s.version.to_be_bytes())?;
+                    by_patient.insert(index_key.as_slice(), &[])?;
+                    if certs.get(cert_hash)?.is_none() {
+                        certs.insert(&cert_hash, v.envelope.signer_certificate.as_slice())?;
+                    }
+                    write_pending(leaves, nodes, meta, &pending)?;
+                    Ok(None)
+                },
+            );
+                let earlier = match outcome {
+                    Ok(earlier) => earlier,
+                    Err(e) => return tx_error(e),
+                };
+                let index = match earlier {
+                    Some((_, index)) => index,
+                    None => {
+                        let index = pending.index;
+                        log.apply(pending);
+                        index
+                    }
+                };
+                (earlier, index, log.head())
+            };
         // A duplicate may race with the first put's flush, so it waits for durability too.
         self.commit().await?;
         let receipt = |at| Receipt {
@@ -387,10 +678,11 @@ impl Store {
             body_sha256: v.body_sha256,
             accepted_at: UnixMillis(at),
         };
-        Ok(match earlier {
-            Some(at) => PutOutcome::AlreadyStored(receipt(at)),
+        let outcome = match earlier {
+            Some((at, _)) => PutOutcome::AlreadyStored(receipt(at)),
             None => PutOutcome::Stored(receipt(accepted_at.0)),
-        })
+        };
+        Ok((outcome, Logged { index, head }))
     }
 
     /// Loads the latest version of a result.
@@ -433,6 +725,7 @@ impl Store {
                     .map_err(|_| corrupt("body digest is not 32 bytes"))?,
                 accepted_at: UnixMillis(rec.accepted_at_ms),
             },
+            log_index: rec.log_index,
             envelope: SignedEnvelope {
                 signature: rec
                     .signature
@@ -610,6 +903,15 @@ impl Store {
 
     /// Records a decision durably, once per (member, decision id).
     pub async fn record_decision(&self, d: &DecisionRecord) -> Result<DecisionOutcome, StoreError> {
+        Ok(self.record_decision_logged(d).await?.0)
+    }
+
+    /// [`Store::record_decision`], also saying where a newly recorded decision's leaf is in the
+    /// log (`None` for an already recorded one).
+    pub async fn record_decision_logged(
+        &self,
+        d: &DecisionRecord,
+    ) -> Result<(DecisionOutcome, Option<Logged>), StoreError> {
         let mut key = d.member.as_str().as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(d.decision_id.as_bytes());
@@ -623,42 +925,241 @@ impl Store {
             at_ms: d.at.0,
             recognised: d.recognised,
         };
+        let leaf = Entry::Decision {
+            at: d.at,
+            member: d.member.to_string(),
+            decision_id: d.decision_id.clone(),
+            publisher: record.publisher.clone(),
+            summary_id: record.summary_id.clone(),
+            version: record.version,
+            adopted: record.adopted,
+            recognised: record.recognised,
+            reason: record.reason.clone(),
+            note: record.note.clone(),
+        }
+        .encode();
         let event_key = self.event_key(d.at)?;
         let event = encode_v1(&event_to_record(&d.event));
         let value = encode_v1(&record);
         let i = &self.inner;
-        let outcome = (&i.decisions, &i.events).transaction(|(decisions, events)| {
-            if let Some(raw) = decisions.get(&key)? {
-                let old: DecisionV1 =
-                    decode_v1(&raw).map_err(ConflictableTransactionError::Abort)?;
-                if old.publisher != record.publisher
-                    || old.summary_id != record.summary_id
-                    || old.version != record.version
-                    || old.adopted != record.adopted
-                    || old.reason != record.reason
-                {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::DecisionIdReused {
-                            decision_id: d.decision_id.clone(),
-                        },
-                    ));
-                }
-                return Ok(DecisionOutcome::AlreadyRecorded {
-                    at: UnixMillis(old.at_ms),
-                    recognised: old.recognised,
+        let (outcome, logged) = {
+            let mut log = self.log_state()?;
+            let pending = log.prepare(leaf);
+            let outcome = (
+                &i.decisions,
+                &i.events,
+                &i.log_leaves,
+                &i.log_nodes,
+                &i.log_meta,
+            )
+                .transaction(|(decisions, events, leaves, nodes, meta)| {
+                    if let Some(raw) = decisions.get(&key)? {
+                        let old: DecisionV1 =
+                            decode_v1(&raw).map_err(ConflictableTransactionError::Abort)?;
+                        if old.publisher != record.publisher
+                            || old.summary_id != record.summary_id
+                            || old.version != record.version
+                            || old.adopted != record.adopted
+                            || old.reason != record.reason
+                        {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::DecisionIdReused {
+                                    decision_id: d.decision_id.clone(),
+                                },
+                            ));
+                        }
+                        return Ok(DecisionOutcome::AlreadyRecorded {
+                            at: UnixMillis(old.at_ms),
+                            recognised: old.recognised,
+                        });
+                    }
+                    decisions.insert(key.as_slice(), value.as_slice())?;
+                    events.insert(&event_key, event.as_slice())?;
+                    write_pending(leaves, nodes, meta, &pending)?;
+                    Ok(DecisionOutcome::Recorded { at: d.at })
                 });
-            }
-            decisions.insert(key.as_slice(), value.as_slice())?;
-            events.insert(&event_key, event.as_slice())?;
-            Ok(DecisionOutcome::Recorded { at: d.at })
-        });
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => return tx_error(e),
+            };
+            let logged = match outcome {
+                DecisionOutcome::Recorded { .. } => {
+                    let index = pending.index;
+                    log.apply(pending);
+                    Some(Logged {
+                        index,
+                        head: log.head(),
+                    })
+                }
+                DecisionOutcome::AlreadyRecorded { .. } => None,
+            };
+            (outcome, logged)
         };
         self.commit().await?;
-        Ok(outcome)
+        Ok((outcome, logged))
+    }
+
+    /// Appends an access leaf and indexes it by patient, in one transaction. Not flushed on its
+    /// own (like the statistics); [`Store::durable_head`] flushes before a checkpoint covers it.
+    pub fn log_access(&self, a: &Access) -> Result<u64, StoreError> {
+        let leaf = Entry::Access {
+            at: a.at,
+            caller: a.caller.to_string(),
+            purpose: a.purpose,
+            method: a.method,
+            emergency_override: a.emergency_override,
+            withheld_by_consent: a.withheld_by_consent,
+            pseudonym: *a.patient.as_bytes(),
+            results: a.results.clone(),
+        }
+        .encode();
+        let i = &self.inner;
+        let mut log = self.log_state()?;
+        let pending = log.prepare(leaf);
+        let mut access_key = a.patient.as_bytes().to_vec();
+        access_key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
+        access_key.extend_from_slice(&pending.index.to_be_bytes());
+        let outcome = (&i.access, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
+            |(access, leaves, nodes, meta)| {
+                access.insert(access_key.as_slice(), &[])?;
+                write_pending(leaves, nodes, meta, &pending)?;
+                Ok(())
+            },
+        );
+        if let Err(e) = outcome {
+            return tx_error(e);
+        }
+        let index = pending.index;
+        log.apply(pending);
+        Ok(index)
+    }
+
+    /// Records a patient's opt-out (or opt-back-in) as told to `member`, durably and logged.
+    /// Returns whether the state changed; a leaf is logged either way.
+    pub async fn set_consent(
+        &self,
+        patient: &Pseudonym,
+        opted_out: bool,
+        member: &InstitutionId,
+        at: UnixMillis,
+    ) -> Result<(bool, Logged), StoreError> {
+        let leaf = Entry::Consent {
+            at,
+            member: member.to_string(),
+            pseudonym: *patient.as_bytes(),
+            opted_out,
+        }
+        .encode();
+        let i = &self.inner;
+        let (changed, index, head) = {
+            let mut log = self.log_state()?;
+            let pending = log.prepare(leaf);
+            let value = encode_v1(&ConsentV1 {
+                opted_out,
+                member: member.to_string(),
+                at_ms: at.0,
+                log_index: pending.index,
+            });
+            let outcome = (&i.consent, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
+                |(consent, leaves, nodes, meta)| {
+                    let before = match consent.get(patient.as_bytes())? {
+                        Some(raw) => {
+                            decode_v1::<ConsentV1>(&raw)
+                                .map_err(ConflictableTransactionError::Abort)?
+                                .opted_out
+                        }
+                        None => false,
+                    };
+                    consent.insert(patient.as_bytes().as_slice(), value.as_slice())?;
+                    write_pending(leaves, nodes, meta, &pending)?;
+                    Ok(before != opted_out)
+                },
+            );
+            let changed = match outcome {
+                Ok(c) => c,
+                Err(e) => return tx_error(e),
+            };
+            let index = pending.index;
+            log.apply(pending);
+            (changed, index, log.head())
+        };
+        self.commit().await?;
+        Ok((changed, Logged { index, head }))
+    }
+
+    /// Whether the patient has opted out of sharing.
+    pub fn opted_out(&self, patient: &Pseudonym) -> Result<bool, StoreError> {
+        match self.inner.consent.get(patient.as_bytes())? {
+            Some(raw) => Ok(decode_v1::<ConsentV1>(&raw)?.opted_out),
+            None => Ok(false),
+        }
+    }
+
+    /// Log indexes of the accesses to a patient's results in `[from, to)`, oldest first.
+    pub fn accesses(
+        &self,
+        patient: &Pseudonym,
+        from: UnixMillis,
+        to: UnixMillis,
+    ) -> Result<Vec<u64>, StoreError> {
+        let key = |t: UnixMillis| {
+            let mut k = patient.as_bytes().to_vec();
+            k.extend_from_slice(&(t.0.max(0) as u64).to_be_bytes());
+            k
+        };
+        let mut out = Vec::new();
+        for entry in self.inner.access.range(key(from)..key(to)) {
+            let (k, _) = entry?;
+            let index = k
+                .get(40..48)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt("malformed access index key".into()))?;
+            out.push(index);
+        }
+        Ok(out)
+    }
+
+    /// The current tree head (it may include entries not yet flushed).
+    pub fn tree_head(&self) -> Result<TreeHead, StoreError> {
+        Ok(self.log_state()?.head())
+    }
+
+    /// A tree head that is durable: taken, then covered by a flush.
+    pub async fn durable_head(&self) -> Result<TreeHead, StoreError> {
+        let head = self.tree_head()?;
+        self.commit().await?;
+        Ok(head)
+    }
+
+    /// The leaf bytes at `index`.
+    pub fn leaf(&self, index: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner
+            .log_leaves
+            .get(index.to_be_bytes())?
+            .map(|v| v.to_vec())
+            .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), StoreError> {
+        let current = self.log_state()?.size;
+        if size > current {
+            return Err(StoreError::BeyondLog { size, current });
+        }
+        Ok(())
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.check_size(size)?;
+        merkle::inclusion_proof(index, size, &Nodes(&self.inner.log_nodes)).map_err(tree_error)
+    }
+
+    /// The consistency proof from the tree of `old_size` leaves to the tree of `new_size`.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.check_size(new_size)?;
+        merkle::consistency_proof(old_size, new_size, &Nodes(&self.inner.log_nodes))
+            .map_err(tree_error)
     }
 
     /// Events in `[from, to)`, oldest first.
@@ -780,5 +1281,84 @@ async fn group_commit(
         for w in waiting {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use huren_core::merkle::{MemoryTree, verify_consistency, verify_inclusion};
+
+    fn access(i: u8, patient: Pseudonym) -> Access {
+        Access {
+            at: UnixMillis(1_000 + i64::from(i)),
+            caller: InstitutionId::parse("hosp-a").unwrap(),
+            purpose: Purpose::Treatment,
+            method: Method::FindPrior,
+            emergency_override: false,
+            withheld_by_consent: false,
+            patient,
+            results: vec![],
+        }
+    }
+
+    /// Every logged write lands in the tree; roots and proofs match a tree rebuilt from the
+    /// stored leaves; the access index finds a patient's accesses.
+    #[tokio::test]
+    async fn logged_writes_build_the_rfc6962_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Pseudonym::from_slice(&[1; 32]).unwrap();
+        let q = Pseudonym::from_slice(&[2; 32]).unwrap();
+        let member = InstitutionId::parse("hosp-b").unwrap();
+        let mut heads = Vec::new();
+        let mut state = std::collections::HashMap::new();
+        for i in 0..10u8 {
+            let patient = if i % 3 == 0 { q } else { p };
+            assert_eq!(
+                store.log_access(&access(i, patient)).unwrap(),
+                u64::from(i) * 2
+            );
+            let (changed, logged) = store
+                .set_consent(&patient, i % 2 == 0, &member, UnixMillis(2_000))
+                .await
+                .unwrap();
+            assert_eq!(logged.index, u64::from(i) * 2 + 1);
+            assert_eq!(logged.head, store.tree_head().unwrap());
+            let before = state.insert(patient, i % 2 == 0).unwrap_or(false);
+            assert_eq!(changed, before != (i % 2 == 0));
+            heads.push(logged.head);
+        }
+        let mut tree = MemoryTree::new();
+        for i in 0..20 {
+            tree.push(&store.leaf(i).unwrap());
+        }
+        assert_eq!(store.tree_head().unwrap().root, tree.root());
+        for (i, old) in heads.iter().enumerate() {
+            for new in &heads[i..] {
+                let proof = store.consistency_proof(old.size, new.size).unwrap();
+                verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+            }
+        }
+        let last = *heads.last().unwrap();
+        for i in 0..last.size {
+            let proof = store.inclusion_proof(i, last.size).unwrap();
+            let leaf = merkle::leaf_hash(&store.leaf(i).unwrap());
+            verify_inclusion(&leaf, i, last.size, &proof, &last.root).unwrap();
+        }
+        assert!(matches!(
+            store.inclusion_proof(0, 21),
+            Err(StoreError::BeyondLog {
+                size: 21,
+                current: 20
+            })
+        ));
+        let of_q = store
+            .accesses(&q, UnixMillis(0), UnixMillis(i64::MAX))
+            .unwrap();
+        assert_eq!(of_q, [0, 6, 12, 18]);
+        // p's last change was at i = 8 (opt-out), q's at i = 9 (opt-in).
+        assert!(store.opted_out(&p).unwrap());
+        assert!(!store.opted_out(&q).unwrap());
     }
 }

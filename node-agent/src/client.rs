@@ -6,6 +6,7 @@ use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use huren_core::identity::InstitutionId;
+use huren_core::logentry::{Entry, LogProof, Purpose, summary_leaf};
 use huren_core::pseudonym::{PatientId, Pseudonym, PseudonymKey};
 use huren_core::receipt::Receipt;
 use huren_core::rules::{Decision, RetestReason};
@@ -17,6 +18,7 @@ use huren_proto::hub::hub_client::HubClient;
 
 use crate::config::AgentConfig;
 use crate::error::AgentError;
+use crate::log::{AuditReport, LogWitness, proof_from_pb};
 use crate::verify::{Expectation, VerifiedResult, check_receipt, verify_stored};
 
 /// A member's agent, connected to the hub.
@@ -27,6 +29,44 @@ pub struct Agent {
     pseudonym_key: PseudonymKey,
     hub: HubClient<Channel>,
     config: AgentConfig,
+    /// The hub's log as this agent witnesses it; `None` without `[log]` in the configuration.
+    log: Option<LogWitness>,
+    /// The purpose of use stated with every query (default treatment).
+    purpose: Purpose,
+}
+
+/// One access to a patient's results, from the hub's log, its inclusion proof verified.
+#[derive(Clone, Debug)]
+pub struct AccessLine {
+    pub index: u64,
+    pub at: UnixMillis,
+    pub caller: String,
+    pub purpose: Purpose,
+    pub method: String,
+    pub emergency_override: bool,
+    pub withheld_by_consent: bool,
+    pub results: usize,
+    /// The leaf bytes and the proof, for anyone who wants to check again.
+    pub leaf: Vec<u8>,
+    pub proof: LogProof,
+}
+
+/// The access report for one patient.
+#[derive(Clone, Debug)]
+pub struct AccessReportAnswer {
+    pub entries: Vec<AccessLine>,
+    pub opted_out: bool,
+}
+
+fn purpose_to_pb(p: Purpose) -> i32 {
+    (match p {
+        Purpose::Treatment => pb::Purpose::Treatment,
+        Purpose::Referral => pb::Purpose::Referral,
+        Purpose::Emergency => pb::Purpose::Emergency,
+        Purpose::PatientRequest => pb::Purpose::PatientRequest,
+        Purpose::Administration => pb::Purpose::Administration,
+        Purpose::QualityControl => pb::Purpose::QualityControl,
+    }) as i32
 }
 
 /// What Publish answered.
@@ -85,6 +125,8 @@ pub struct Answer {
     pub results: Vec<VerifiedResult>,
     /// The hub had more results than it returns in one answer.
     pub truncated: bool,
+    /// The patient opted out of sharing and the purpose was not emergency: nothing returned.
+    pub withheld_by_consent: bool,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
@@ -133,6 +175,16 @@ impl Agent {
             )));
         }
         let pseudonym_key = load_pseudonym_key(&config)?;
+        let log = match &config.log {
+            Some(l) => {
+                let dir = l
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("huren-log-{}", config.institution)));
+                Some(LogWitness::open(&l.verifier_key, &dir)?)
+            }
+            None => None,
+        };
 
         let host = tonic::transport::Uri::try_from(config.hub.as_str())
             .ok()
@@ -169,6 +221,209 @@ impl Agent {
             pseudonym_key,
             hub: HubClient::new(channel),
             config,
+            log,
+            purpose: Purpose::Treatment,
+        })
+    }
+
+    /// States `purpose` with every query from now on.
+    pub fn set_purpose(&mut self, purpose: Purpose) {
+        self.purpose = purpose;
+    }
+
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    /// The log witness, if `[log]` is configured.
+    pub fn log(&self) -> Option<&LogWitness> {
+        self.log.as_ref()
+    }
+
+    fn witness(&self) -> Result<&LogWitness, AgentError> {
+        self.log.as_ref().ok_or_else(|| {
+            AgentError::Setup(
+                "the hub's log is not checked: add [log] verifier_key to the configuration (huren-hub --print-log-key prints it)".into(),
+            )
+        })
+    }
+
+    /// Checks that each verified result is in the hub's log (when `[log]` is configured),
+    /// remembers it for `audit`, and checks the checkpoints' consistency.
+    async fn check_logged(
+        &self,
+        items: Vec<(&VerifiedResult, Option<pb::LogProof>)>,
+    ) -> Result<(), AgentError> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let mut notes = std::collections::BTreeSet::new();
+        let mut remember = Vec::with_capacity(items.len());
+        for (i, (v, proof)) in items.into_iter().enumerate() {
+            let proof = proof_from_pb(proof.ok_or_else(|| {
+                AgentError::Log(format!(
+                    "result #{} came without the inclusion proof asked for",
+                    i + 1
+                ))
+            })?)?;
+            let e = &v.envelope;
+            let leaf = summary_leaf(
+                &e.body,
+                &e.signature,
+                &e.signer_certificate,
+                v.receipt.accepted_at,
+            );
+            log.verify_entry(&leaf, &proof)?;
+            notes.insert(proof.checkpoint.clone());
+            remember.push((proof.index, leaf));
+        }
+        for note in notes {
+            log.observe(&mut self.hub.clone(), &note).await?;
+        }
+        for (index, leaf) in remember {
+            log.remember(index, &leaf)?;
+        }
+        Ok(())
+    }
+
+    /// The hub's latest checkpoint, checked for consistency with the last one seen (and kept).
+    pub async fn checkpoint(&self) -> Result<String, AgentError> {
+        let log = self.witness()?;
+        let note = self
+            .hub
+            .clone()
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner()
+            .checkpoint;
+        log.observe(&mut self.hub.clone(), &note).await?;
+        Ok(note)
+    }
+
+    /// Compares a checkpoint another member saw with ours (gossip): a hub that shows two
+    /// members different logs is caught here.
+    pub async fn compare_checkpoint(&self, foreign_note: &str) -> Result<(), AgentError> {
+        self.witness()?
+            .compare(&mut self.hub.clone(), foreign_note)
+            .await
+    }
+
+    /// Re-checks everything this agent holds against the hub's latest checkpoint.
+    pub async fn audit(&self) -> Result<AuditReport, AgentError> {
+        self.witness()?.audit(&mut self.hub.clone()).await
+    }
+
+    /// Records a patient's opt-out of sharing (or opt-back-in) at the hub.
+    pub async fn set_consent(
+        &self,
+        patient: &Pseudonym,
+        opted_out: bool,
+    ) -> Result<(bool, UnixMillis), AgentError> {
+        let r = self
+            .hub
+            .clone()
+            .set_consent(pb::SetConsentRequest {
+                patient_pseudonym: patient.as_bytes().to_vec(),
+                opted_out,
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner();
+        if let Some(log) = &self.log {
+            let proof =
+                proof_from_pb(r.log_proof.ok_or_else(|| {
+                    AgentError::Log("the consent came without a log proof".into())
+                })?)?;
+            let at = UnixMillis(r.recorded_at_ms);
+            let leaf = Entry::Consent {
+                at,
+                member: self.institution.to_string(),
+                pseudonym: *patient.as_bytes(),
+                opted_out,
+            }
+            .encode();
+            log.verify_entry(&leaf, &proof)?;
+            log.observe(&mut self.hub.clone(), &proof.checkpoint)
+                .await?;
+            log.remember(proof.index, &leaf)?;
+        }
+        Ok((r.changed, UnixMillis(r.recorded_at_ms)))
+    }
+
+    /// Who looked at a patient's results in `[from, to)` (to = 0: now), every entry's
+    /// inclusion proof verified when `[log]` is configured.
+    pub async fn access_report(
+        &self,
+        patient: &Pseudonym,
+        from: UnixMillis,
+        to: UnixMillis,
+    ) -> Result<AccessReportAnswer, AgentError> {
+        let r = self
+            .hub
+            .clone()
+            .access_report(pb::AccessReportRequest {
+                patient_pseudonym: patient.as_bytes().to_vec(),
+                from_ms: from.0,
+                to_ms: to.0,
+            })
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner();
+        let mut entries = Vec::with_capacity(r.entries.len());
+        let mut notes = std::collections::BTreeSet::new();
+        for (i, e) in r.entries.into_iter().enumerate() {
+            let bad =
+                |what: &str| AgentError::Log(format!("access report entry #{}: {what}", i + 1));
+            let proof = proof_from_pb(e.proof.ok_or_else(|| bad("no inclusion proof"))?)?;
+            // The leaf is what counts: the readable fields must say the same.
+            let Ok(Entry::Access {
+                at,
+                caller,
+                purpose,
+                method,
+                emergency_override,
+                withheld_by_consent,
+                pseudonym,
+                results,
+            }) = Entry::decode(&e.leaf)
+            else {
+                return Err(bad("its leaf is not an access entry"));
+            };
+            if pseudonym != *patient.as_bytes()
+                || at.0 != e.at_ms
+                || caller != e.caller
+                || emergency_override != e.emergency_override
+                || withheld_by_consent != e.withheld_by_consent
+                || purpose_to_pb(purpose) != e.purpose
+            {
+                return Err(bad("its fields do not match its logged leaf"));
+            }
+            if let Some(log) = &self.log {
+                log.verify_entry(&e.leaf, &proof)?;
+                notes.insert(proof.checkpoint.clone());
+            }
+            entries.push(AccessLine {
+                index: proof.index,
+                at,
+                caller,
+                purpose,
+                method: method.name().to_owned(),
+                emergency_override,
+                withheld_by_consent,
+                results: results.len(),
+                leaf: e.leaf,
+                proof,
+            });
+        }
+        if let Some(log) = &self.log {
+            for note in notes {
+                log.observe(&mut self.hub.clone(), &note).await?;
+            }
+        }
+        Ok(AccessReportAnswer {
+            entries,
+            opted_out: r.opted_out,
         })
     }
 
@@ -218,6 +473,11 @@ impl Agent {
         envelope: SignedEnvelope,
     ) -> Result<Published, AgentError> {
         let digest = sha256(&envelope.body);
+        let (body, signature, cert) = (
+            envelope.body.clone(),
+            envelope.signature,
+            envelope.signer_certificate.clone(),
+        );
         let response = self
             .hub
             .clone()
@@ -231,6 +491,17 @@ impl Agent {
             .receipt
             .ok_or_else(|| AgentError::Protocol("the hub answered without a receipt".into()))?;
         let receipt = check_receipt(receipt, summary, &digest).map_err(AgentError::Protocol)?;
+        if let Some(log) = &self.log {
+            let proof =
+                proof_from_pb(response.log_proof.ok_or_else(|| {
+                    AgentError::Log("the receipt came without a log proof".into())
+                })?)?;
+            let leaf = summary_leaf(&body, &signature, &cert, receipt.accepted_at);
+            log.verify_entry(&leaf, &proof)?;
+            log.observe(&mut self.hub.clone(), &proof.checkpoint)
+                .await?;
+            log.remember(proof.index, &leaf)?;
+        }
         Ok(Published {
             receipt,
             already_stored: response.already_stored,
@@ -260,6 +531,8 @@ impl Agent {
                     .collect(),
                 as_of_ms: as_of.0,
                 lookback_seconds,
+                purpose: purpose_to_pb(self.purpose),
+                with_proofs: self.log.is_some(),
             })
             .await
             .map_err(AgentError::Hub)?
@@ -278,7 +551,11 @@ impl Agent {
             from,
             until: as_of,
         };
-        self.verify_all(response.results, &expect, response.truncated)
+        let mut answer = self
+            .verify_all(response.results, &expect, response.truncated)
+            .await?;
+        answer.withheld_by_consent = response.withheld_by_consent;
+        Ok(answer)
     }
 
     /// All of a patient's results across members since a time, verified, newest first; with
@@ -296,6 +573,8 @@ impl Agent {
                 patient_pseudonym: patient.as_bytes().to_vec(),
                 since_ms: since.0,
                 include_earlier_versions: with_versions,
+                purpose: purpose_to_pb(self.purpose),
+                with_proofs: self.log.is_some(),
             })
             .await
             .map_err(AgentError::Hub)?
@@ -306,7 +585,11 @@ impl Agent {
             from: since,
             until: UnixMillis(i64::MAX),
         };
-        self.verify_all(response.results, &expect, response.truncated)
+        let mut answer = self
+            .verify_all(response.results, &expect, response.truncated)
+            .await?;
+        answer.withheld_by_consent = response.withheld_by_consent;
+        Ok(answer)
     }
 
     /// The order-time check: for each ordered item (catalogue code or our local code), the
@@ -337,6 +620,8 @@ impl Agent {
                     })
                     .collect(),
                 as_of_ms: as_of.0,
+                purpose: purpose_to_pb(self.purpose),
+                with_proofs: self.log.is_some(),
             })
             .await
             .map_err(AgentError::Hub)?
@@ -351,7 +636,8 @@ impl Agent {
         let mut out = Vec::with_capacity(order.len());
         for (i, (check, asked)) in response.items.into_iter().zip(order).enumerate() {
             let best = match (check.best, &check.item) {
-                (Some(stored), Some(item)) => {
+                (Some(mut stored), Some(item)) => {
+                    let proof = stored.log_proof.take();
                     let items = [(item.system.clone(), item.code.clone())];
                     let expect = Expectation {
                         patient,
@@ -370,6 +656,7 @@ impl Agent {
                             "the hub offered a best result that it does not recognise".into(),
                         ));
                     }
+                    self.check_logged(vec![(&v, proof)]).await?;
                     Some(v)
                 }
                 (Some(_), None) => {
@@ -447,14 +734,16 @@ impl Agent {
     }
 
     /// Verifies every returned result; one failure rejects the whole answer.
-    fn verify_all(
+    async fn verify_all(
         &self,
         results: Vec<pb::StoredSummary>,
         expect: &Expectation<'_>,
         truncated: bool,
     ) -> Result<Answer, AgentError> {
         let mut verified = Vec::with_capacity(results.len());
-        for (i, stored) in results.into_iter().enumerate() {
+        let mut proofs = Vec::with_capacity(results.len());
+        for (i, mut stored) in results.into_iter().enumerate() {
+            proofs.push(stored.log_proof.take());
             let v = verify_stored(stored, &self.ca, expect).map_err(|reason| {
                 AgentError::Untrusted {
                     position: i + 1,
@@ -471,9 +760,12 @@ impl Agent {
                 "the hub's results are not in newest-first order".into(),
             ));
         }
+        self.check_logged(verified.iter().zip(proofs).collect())
+            .await?;
         Ok(Answer {
             results: verified,
             truncated,
+            withheld_by_consent: false,
         })
     }
 }

@@ -21,6 +21,159 @@ pub struct AgentConfig {
     /// UTC offset used to show times in tables, e.g. "+08:00" (China Standard Time).
     #[serde(default = "default_offset")]
     pub display_utc_offset: String,
+    /// The folder the hospital's interface engine writes HL7 v2 / FHIR files to
+    /// (`huren-agent run`). Without it the daemon only publishes what is already queued.
+    #[serde(default)]
+    pub inbox: Option<InboxConfig>,
+    /// The agent's own store: outbox, full reports, ingest progress (`run`, `backfill`,
+    /// `outbox`).
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+    /// The member's mapping of local item codes to the catalogue (`run`, `backfill`).
+    #[serde(default)]
+    pub mapping: Option<MappingConfig>,
+    /// How queued results are published.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Serving full reports to alliance members (`run`). Without it no report is served.
+    #[serde(default)]
+    pub repository: Option<RepositoryConfig>,
+    /// The hub's verifiable log: with it the agent checks every receipt and result against
+    /// checkpoints signed by the hub's log key (`huren-agent audit`). See node-agent/src/log.rs.
+    #[serde(default)]
+    pub log: Option<LogConfig>,
+}
+
+/// How the agent checks the hub's log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// The hub log's C2SP verifier key, as `huren-hub --print-log-key` prints it, e.g.
+    /// `huren.example/alliance-log+1a2b3c4d+AT…`. Its name is the log's origin.
+    pub verifier_key: String,
+    /// Where the last checkpoint seen and the log entries this agent relied on are kept.
+    /// Default: `huren-log-<institution>` next to this file. Keep it: it is what lets this
+    /// member prove that the hub changed history.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The inbox folder and what happens to files after reading. See node-agent/INBOX.md.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Where the interface engine writes files. Names starting with `.` or ending in `.tmp`,
+    /// `.part` or `.partial` are left alone, so the engine can write, then rename.
+    pub dir: PathBuf,
+    /// Accepted files move here (default `<dir>/done`); see `keep_done`.
+    #[serde(default)]
+    pub done: Option<PathBuf>,
+    /// Keep accepted files in `done`; if false they are deleted once their results are queued.
+    #[serde(default = "yes")]
+    pub keep_done: bool,
+    /// Refused files move here, each with a `.reason.txt` (default `<dir>/rejected`).
+    #[serde(default)]
+    pub rejected: Option<PathBuf>,
+    /// How often the folder is looked at, in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// A file is read once it has not changed for this long (milliseconds), so a half-written
+    /// file is not taken. 0 takes files at once (for engines that write, then rename).
+    #[serde(default = "default_poll_ms")]
+    pub settle_ms: u64,
+    /// Character set of HL7 v2 messages: "auto" (MSH-18, else UTF-8 if valid, else GB18030),
+    /// "utf-8" or "gb18030".
+    #[serde(default)]
+    pub hl7_charset: crate::ingest::CharsetSetting,
+    /// UTC offset of times that carry none (HL7 TS without zone, FHIR dates), e.g. "+08:00".
+    #[serde(default = "default_offset")]
+    pub local_utc_offset: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_poll_ms() -> u64 {
+    2000
+}
+
+impl InboxConfig {
+    pub fn done_dir(&self) -> Option<PathBuf> {
+        self.keep_done
+            .then(|| self.done.clone().unwrap_or_else(|| self.dir.join("done")))
+    }
+
+    pub fn rejected_dir(&self) -> PathBuf {
+        self.rejected
+            .clone()
+            .unwrap_or_else(|| self.dir.join("rejected"))
+    }
+}
+
+/// The agent's store folder (sled). One process opens it at a time.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+/// The mapping file (`huren-mapping/1`, see node-agent/INBOX.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    pub file: PathBuf,
+}
+
+/// Publishing: retries with exponential back-off and jitter while the hub is unreachable.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// First retry delay after a failed attempt, milliseconds.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest retry delay, milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Publish calls in flight at once (versions of one result are always sent in order).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_initial_backoff_ms() -> u64 {
+    250
+}
+
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// The repository service: full reports to alliance members over mutual TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Address to listen on, e.g. "0.0.0.0:7444".
+    pub listen: String,
+    /// Server certificate and key (PEM); default the member's TLS certificate of `[tls]`.
+    /// Callers authenticate the repository by the institution in it, not by a DNS name.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_offset() -> String {
@@ -106,6 +259,27 @@ impl AgentConfig {
             if let Some(k) = config.pseudonym.key_file.as_mut() {
                 paths.push(k);
             }
+            if let Some(inbox) = config.inbox.as_mut() {
+                paths.push(&mut inbox.dir);
+                paths.extend(inbox.done.as_mut());
+                paths.extend(inbox.rejected.as_mut());
+            }
+            if let Some(store) = config.store.as_mut() {
+                paths.push(&mut store.path);
+            }
+            if let Some(mapping) = config.mapping.as_mut() {
+                paths.push(&mut mapping.file);
+            }
+            if let Some(repo) = config.repository.as_mut() {
+                paths.extend(repo.cert.as_mut());
+                paths.extend(repo.key.as_mut());
+            }
+            if let Some(log) = config.log.as_mut() {
+                let dir = log.state_dir.get_or_insert_with(|| {
+                    PathBuf::from(format!("huren-log-{}", config.institution))
+                });
+                paths.push(dir);
+            }
             for p in paths {
                 if p.is_relative() {
                     *p = base.join(&*p);
@@ -128,6 +302,42 @@ mod tests {
         assert!(config.signing.key.is_absolute());
         assert_eq!(config.display_utc_offset, "+08:00");
         assert!(config.pseudonym.key_file.is_some());
+        let log = config.log.as_ref().unwrap();
+        huren_core::checkpoint::NoteVerifier::parse(&log.verifier_key).unwrap();
+        assert!(log.state_dir.as_ref().unwrap().is_absolute());
+        // The daemon sections.
+        let inbox = config.inbox.as_ref().unwrap();
+        assert!(inbox.dir.is_absolute());
+        assert_eq!(inbox.done_dir(), Some(inbox.dir.join("done")));
+        assert_eq!(inbox.rejected_dir(), Path::new("/var/lib/huren/rejected"));
+        assert_eq!(inbox.hl7_charset, crate::ingest::CharsetSetting::Auto);
+        assert_eq!(inbox.poll_ms, 2000);
+        assert!(config.store.unwrap().path.is_absolute());
+        // The mapping is given relative to the example file.
+        let mapping = config.mapping.unwrap().file;
+        assert_eq!(
+            mapping,
+            path.parent()
+                .unwrap()
+                .join("examples/mapping-lantian-county.toml")
+        );
+        crate::mapping::Mapping::load(&mapping).unwrap();
+        assert_eq!(config.outbox.max_backoff_ms, 30_000);
+        assert_eq!(config.repository.unwrap().listen, "0.0.0.0:7444");
+    }
+
+    #[test]
+    fn a_config_without_daemon_sections_still_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "institution = \"a\"\nhub = \"https://h:1\"\n[tls]\nca=\"a\"\ncert=\"b\"\nkey=\"c\"\n[signing]\ncert=\"d\"\nkey=\"e\"\n",
+        )
+        .unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        assert!(config.inbox.is_none() && config.store.is_none() && config.repository.is_none());
+        assert_eq!(config.outbox.initial_backoff_ms, 250);
     }
 
     #[test]

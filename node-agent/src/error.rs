@@ -35,6 +35,10 @@ pub enum AgentError {
     Untrusted { position: usize, reason: String },
     #[error("unexpected answer from the hub: {0}")]
     Protocol(String),
+    #[error(
+        "THE HUB'S LOG FAILED VERIFICATION: {0}. The hub may have altered, hidden or forked its history. Nothing is shown; keep this agent's log state folder as evidence and report this to the alliance administrator."
+    )]
+    Log(String),
 }
 
 /// Plain words for a gRPC status code.

@@ -6,6 +6,7 @@
 //!
 //! - [`client::Agent`]: the connection to the hub, signing, pseudonymisation, verified queries.
 //! - [`results`]: the `huren-results/1` JSON format read by `huren-agent publish`.
+//! - [`log`]: the agent as a witness of the hub's verifiable log (proofs, checkpoints, audit).
 //! - [`verify`]: checks on everything the hub returns.
 //! - [`table`]: result tables for the terminal.
 //! - [`config`]: the TOML configuration.
@@ -13,10 +14,21 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod backfill;
 pub mod client;
+pub mod commands;
 pub mod config;
+pub mod credentials;
+pub mod daemon;
+pub mod draft;
 pub mod error;
+pub mod ingest;
+pub mod log;
+pub mod mapping;
+pub mod outbox;
+pub mod repository;
 pub mod results;
+pub mod store;
 pub mod table;
 pub mod verify;
 

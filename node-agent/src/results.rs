@@ -13,9 +13,11 @@ use huren_core::identity::InstitutionId;
 use huren_core::pseudonym::{PatientId, PseudonymKey};
 use huren_core::signing::sha256;
 use huren_core::summary::{
-    AbnormalFlag, BodyError, Category, ExamResult, Item, LabResult, Outcome, ReportRef, Status,
-    Summary, SummaryId, UnixMillis,
+    AbnormalFlag, Category, ExamResult, Item, LabResult, Outcome, Status, Summary, SummaryId,
+    UnixMillis,
 };
+
+use crate::draft::ResultDraft;
 
 /// The value of the `format` field this code reads.
 pub const RESULTS_FORMAT: &str = "huren-results/1";
@@ -210,7 +212,7 @@ fn entry_to_summary(
     key: &PseudonymKey,
     base: &Path,
 ) -> Result<Summary, String> {
-    let id = SummaryId::parse(&e.id).map_err(|e| e.to_string())?;
+    SummaryId::parse(&e.id).map_err(|e| e.to_string())?;
     let patient = PatientId::new(&e.patient.id_type, &e.patient.id)
         .map_err(|err| format!("patient: {err}"))?;
     let category = Category::from_name(&e.category).ok_or_else(|| {
@@ -265,15 +267,12 @@ fn entry_to_summary(
         }
         _ => return Err("report needs exactly one of \"file\" and \"sha256\"".into()),
     };
-    let locator = e
-        .report
-        .locator
-        .unwrap_or_else(|| format!("huren-report:{publisher}/{}/{}", id, e.version));
-    let summary = Summary {
-        id,
+    ResultDraft {
+        id: e.id,
         version: e.version,
-        publisher: publisher.clone(),
-        patient: key.pseudonymise(&patient),
+        status,
+        status_reason: e.status_reason,
+        patient,
         item: Item {
             system: e.item.system,
             code: e.item.code,
@@ -284,16 +283,11 @@ fn entry_to_summary(
         performed_at: parse_time("performed_at", &e.performed_at)?,
         reported_at: parse_time("reported_at", &e.reported_at)?,
         outcome,
-        report: ReportRef {
-            sha256,
-            locator,
-            media_type: e.report.media_type,
-        },
-        status,
-        status_reason: e.status_reason,
-    };
-    // The same checks the hub makes, so a bad entry is caught here, before anything is sent.
-    Summary::from_body_bytes(&summary.to_body_bytes()).map_err(|e: BodyError| e.to_string())
+        report_sha256: sha256,
+        report_locator: e.report.locator,
+        report_media_type: e.report.media_type,
+    }
+    .into_summary(publisher, key)
 }
 
 #[cfg(test)]

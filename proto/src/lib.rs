@@ -12,6 +12,12 @@ pub mod hub {
     tonic::include_proto!("huren.hub.v1");
 }
 
+/// `huren.agent.v1`: the repository service that member agents serve to each other (full
+/// reports behind summaries).
+pub mod agent {
+    tonic::include_proto!("huren.agent.v1");
+}
+
 /// `huren.summary.v1`, re-exported from `huren_core`.
 pub use huren_core::pb as summary;
 

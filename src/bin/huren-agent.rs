@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use huren_agent::table::{Table, format_time, parse_offset, results_table, verdict_cell};
 use huren_agent::{Agent, AgentConfig, Answer, OrderItem};
+use huren_core::logentry::Purpose;
 use huren_core::rules::{Decision, RetestReason};
 use huren_core::summary::UnixMillis;
 
@@ -21,6 +22,11 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t)]
     log_format: huren::LogFormat,
+    /// Why you look at the patient's results (logged with every query): treatment, referral,
+    /// emergency, patient-request, administration, quality-control. Only emergency sees the
+    /// results of a patient who opted out, and it is flagged in the access audit.
+    #[arg(long, global = true, default_value = "treatment", value_parser = Purpose::ALL.map(|p| p.name()))]
+    purpose: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,6 +131,160 @@ enum Command {
         #[arg(long)]
         csv: Option<PathBuf>,
     },
+    /// Re-check the hub's verifiable log: the latest checkpoint against the last one this
+    /// agent saw (consistency proof), and every entry this agent relied on (inclusion proofs).
+    /// Exits non-zero on any inconsistency. Needs [log] verifier_key in the configuration.
+    Audit,
+    /// Who looked at a patient's results, when and why, from the hub's log; every entry's
+    /// inclusion proof is verified. For an administrator, or for a patient who asks.
+    AccessReport {
+        #[command(flatten)]
+        patient: Patient,
+        /// Start of the period (RFC 3339); default: everything.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (RFC 3339); default now.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Record a patient's opt-out of sharing their results (or opt-back-in).
+    Consent {
+        #[command(flatten)]
+        patient: Patient,
+        /// opt-out or opt-in.
+        #[arg(long, value_parser = ["opt-out", "opt-in"])]
+        set: String,
+    },
+    /// The long-running agent and its store: run, backfill, outbox, fetch-report.
+    #[command(flatten)]
+    Node(NodeCommand),
+}
+
+/// Commands of the agent's daemon side (node-agent/INBOX.md). None of them needs the hub to be
+/// up when it starts.
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run the agent: watch the inbox ([inbox]), queue signed summaries in the store ([store]),
+    /// publish them with retries, serve full reports ([repository]). Stops on Ctrl-C / SIGTERM.
+    Run,
+    /// Load a folder of exported history (HL7 v2 / FHIR files, any depth) into the outbox with a
+    /// progress bar, then publish it. Interrupt at will; the same command resumes.
+    Backfill {
+        /// The folder of exported files.
+        dir: PathBuf,
+        /// Where refused files are copied with their reasons; default DIR.rejected beside DIR.
+        #[arg(long)]
+        rejected: Option<PathBuf>,
+        /// Only queue; leave publishing to `huren-agent run`.
+        #[arg(long)]
+        no_publish: bool,
+    },
+    /// Show the outbox: pending, published, and the dead letters the hub refused, with reasons.
+    Outbox {
+        /// Queue every dead letter again (after fixing the cause).
+        #[arg(long)]
+        retry_dead: bool,
+    },
+    /// Fetch a full report from the publisher's agent and check it against the signed summary.
+    FetchReport {
+        /// The publisher's repository address, host:port.
+        #[arg(long)]
+        from: String,
+        /// The publisher's institution id (its certificate must name it).
+        #[arg(long)]
+        publisher: String,
+        #[arg(long)]
+        summary_id: String,
+        /// The summary version; default the latest.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        /// The expected SHA-256 (hex) from a summary you verified; or give --patient-id to take
+        /// it from the patient's verified history at the hub.
+        #[arg(long, required_unless_present = "patient_id")]
+        sha256: Option<String>,
+        /// Patient id type for --patient-id.
+        #[arg(long, default_value = "cn-ric")]
+        id_type: String,
+        /// The patient's id ("-" reads standard input); pseudonymised here, never sent.
+        #[arg(long, env = "HUREN_PATIENT_ID", hide_env_values = true)]
+        patient_id: Option<String>,
+        /// Where to write the report.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+async fn node_command(
+    config: AgentConfig,
+    command: NodeCommand,
+    offset: time::UtcOffset,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    match command {
+        NodeCommand::Run => huren_agent::daemon::run(config, huren::shutdown_signal()).await?,
+        NodeCommand::Backfill {
+            dir,
+            rejected,
+            no_publish,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            tokio::spawn(async move {
+                huren::shutdown_signal().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            let text =
+                huren_agent::commands::backfill(&config, &dir, rejected, !no_publish, true, stop)
+                    .await?;
+            print!("{text}");
+        }
+        NodeCommand::Outbox { retry_dead } => {
+            print!(
+                "{}",
+                huren_agent::commands::outbox(&config, retry_dead, offset)?
+            );
+        }
+        NodeCommand::FetchReport {
+            from,
+            publisher,
+            summary_id,
+            version,
+            sha256,
+            id_type,
+            patient_id,
+            out,
+        } => {
+            use huren_agent::commands::Expected;
+            let expected = match (sha256, patient_id) {
+                (Some(d), _) => Expected::Sha256(d),
+                (None, Some(id)) => {
+                    let id = if id == "-" {
+                        let mut line = String::new();
+                        std::io::stdin().read_line(&mut line)?;
+                        line
+                    } else {
+                        id
+                    };
+                    Expected::Patient { id_type, id }
+                }
+                (None, None) => bail!("give --sha256 or --patient-id"),
+            };
+            let text = huren_agent::commands::fetch(
+                config,
+                &from,
+                &publisher,
+                &summary_id,
+                version,
+                expected,
+                &out,
+                offset,
+            )
+            .await?;
+            print!("{text}");
+        }
+    }
+    Ok(())
 }
 
 fn yuan(fen: u64) -> String {
@@ -226,6 +386,12 @@ fn now() -> UnixMillis {
 }
 
 fn print_answer(answer: &Answer, offset: time::UtcOffset) {
+    if answer.withheld_by_consent {
+        println!(
+            "The patient has opted out of sharing their results; only an emergency query (--purpose emergency) sees them."
+        );
+        return;
+    }
     if answer.results.is_empty() {
         println!("No results found.");
         return;
@@ -255,8 +421,15 @@ async fn main() -> anyhow::Result<()> {
     huren::init_tracing(args.log_format);
     let config = AgentConfig::load(&args.config)?;
     let offset = parse_offset(&config.display_utc_offset).map_err(anyhow::Error::msg)?;
-    let agent = Agent::connect(config).await?;
-    match args.command {
+    let command = match args.command {
+        Command::Node(c) => return node_command(config, c, offset).await,
+        other => other,
+    };
+    let mut agent = Agent::connect(config).await?;
+    agent.set_purpose(Purpose::from_name(&args.purpose).unwrap_or(Purpose::Treatment));
+    match command {
+        // Handled above, before connecting.
+        Command::Node(_) => {}
         Command::Publish { file } => {
             let signed = agent.sign_results_file(&file)?;
             let mut table = Table::new(["Summary", "Version", "Item", "Outcome", "Accepted"]);
@@ -383,7 +556,115 @@ async fn main() -> anyhow::Result<()> {
         Command::Stats { from, to, by, csv } => {
             run_stats(&agent, from, to, &by, csv, offset).await?
         }
+        Command::Audit => run_audit(&agent).await?,
+        Command::AccessReport { patient, from, to } => {
+            run_access_report(&agent, &patient, from, to, offset).await?
+        }
+        Command::Consent { patient, set } => {
+            let pseudonym = patient_pseudonym(&agent, &patient)?;
+            let opted_out = set == "opt-out";
+            let (changed, at) = agent.set_consent(&pseudonym, opted_out).await?;
+            println!(
+                "Recorded at {}: the patient {} sharing{}.",
+                format_time(at, offset),
+                if opted_out {
+                    "opted out of"
+                } else {
+                    "opted back in to"
+                },
+                if changed { "" } else { " (no change)" }
+            );
+        }
     }
+    Ok(())
+}
+
+/// `huren-agent audit`: loud on any inconsistency, non-zero exit.
+async fn run_audit(agent: &Agent) -> anyhow::Result<()> {
+    let report = agent.audit().await?;
+    let head = |c: &huren_core::checkpoint::Checkpoint| {
+        format!("{} entries, root {}", c.size, hex_root(&c.root))
+    };
+    match &report.before {
+        Some(b) => println!("Last checkpoint seen:  {}", head(b)),
+        None => println!("Last checkpoint seen:  none yet"),
+    }
+    println!("Hub's latest:          {}", head(&report.now));
+    println!("Entries re-checked:    {}", report.entries_checked);
+    if report.problems.is_empty() {
+        println!("OK: the hub's log is consistent with everything this agent saw.");
+        return Ok(());
+    }
+    eprintln!();
+    eprintln!("!!! THE HUB'S LOG IS INCONSISTENT WITH WHAT THIS AGENT SAW !!!");
+    for p in &report.problems {
+        eprintln!("  - {p}");
+    }
+    eprintln!(
+        "Keep this agent's log state folder as evidence and report this to the alliance administrator."
+    );
+    bail!(
+        "{} inconsistenc(ies) in the hub's log",
+        report.problems.len()
+    )
+}
+
+fn hex_root(root: &[u8; 32]) -> String {
+    root.iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        + "…"
+}
+
+async fn run_access_report(
+    agent: &Agent,
+    patient: &Patient,
+    from: Option<String>,
+    to: Option<String>,
+    offset: time::UtcOffset,
+) -> anyhow::Result<()> {
+    let pseudonym = patient_pseudonym(agent, patient)?;
+    let time = |name: &str, t: Option<String>, default: UnixMillis| match t {
+        Some(t) => huren_agent::results::parse_time(name, &t).map_err(anyhow::Error::msg),
+        None => Ok(default),
+    };
+    let from = time("--from", from, UnixMillis(0))?;
+    let to = time("--to", to, UnixMillis(0))?;
+    let report = agent.access_report(&pseudonym, from, to).await?;
+    let mut table = Table::new(["Time", "Who", "Purpose", "Call", "Results", "Log entry"]);
+    for e in &report.entries {
+        let purpose = if e.emergency_override {
+            format!("{} (OVERRODE OPT-OUT)", e.purpose.name())
+        } else if e.withheld_by_consent {
+            format!("{} (withheld: opted out)", e.purpose.name())
+        } else {
+            e.purpose.name().to_owned()
+        };
+        table.push(vec![
+            format_time(e.at, offset),
+            e.caller.clone(),
+            purpose,
+            e.method.clone(),
+            e.results.to_string(),
+            e.index.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    println!(
+        "{} access(es); the patient is {}.{}",
+        report.entries.len(),
+        if report.opted_out {
+            "opted out of sharing"
+        } else {
+            "sharing"
+        },
+        if agent.log().is_some() {
+            " Every entry's inclusion proof verified against the hub's signed checkpoint."
+        } else {
+            " (Not verified: add [log] verifier_key to the configuration.)"
+        }
+    );
     Ok(())
 }
 

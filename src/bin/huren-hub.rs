@@ -19,6 +19,10 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t)]
     log_format: huren::LogFormat,
+    /// Print the verifier key of the hub's log (creating the log key if missing) and exit. Put
+    /// it in every agent's configuration as `[log] verifier_key`.
+    #[arg(long)]
+    print_log_key: bool,
 }
 
 #[tokio::main]
@@ -27,6 +31,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     huren::init_tracing(args.log_format);
     let mut config = huren_hub::HubConfig::load(&args.config)?;
+    if args.print_log_key {
+        let key =
+            huren_hub::log::LogSigner::load_or_create(&config.log_key_path(), &config.log.origin)?;
+        println!("{}", key.verifier_key());
+        return Ok(());
+    }
     if let Some(listen) = args.listen {
         config.listen = listen;
     }

@@ -122,6 +122,8 @@ async fn is_untouched(
             patient_pseudonym: patient.as_bytes().to_vec(),
             since_ms: 0,
             include_earlier_versions: false,
+            purpose: huren_proto::hub::Purpose::Treatment as i32,
+            with_proofs: false,
         })
         .await?
         .into_inner();
@@ -427,6 +429,8 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
         patient_pseudonym: pseudonym,
         since_ms,
         include_earlier_versions: false,
+        purpose: huren_proto::hub::Purpose::Treatment as i32,
+        with_proofs: false,
     };
 
     let mut checks = Checks::default();

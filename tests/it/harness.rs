@@ -742,6 +742,8 @@ pub fn prior_request(patient: &Pseudonym, items: &[(&str, &str)]) -> FindPriorRe
             .collect(),
         as_of_ms: 0,
         lookback_seconds: 0,
+        purpose: huren_proto::hub::Purpose::Treatment as i32,
+        with_proofs: false,
     }
 }
 
@@ -751,6 +753,8 @@ pub fn history_request(patient: &Pseudonym, since_ms: i64) -> HistoryRequest {
         patient_pseudonym: patient.as_bytes().to_vec(),
         since_ms,
         include_earlier_versions: false,
+        purpose: huren_proto::hub::Purpose::Treatment as i32,
+        with_proofs: false,
     }
 }
 

@@ -5,6 +5,7 @@ mod agent;
 mod bad_input;
 mod durability;
 mod harness;
+mod log;
 mod publish;
 mod query;
 mod rules;

@@ -186,6 +186,8 @@ async fn amend_and_void_only_by_the_owner_and_history_shows_the_chain() -> anyho
             patient_pseudonym: p.as_bytes().to_vec(),
             since_ms: 0,
             include_earlier_versions: true,
+            purpose: huren_proto::hub::Purpose::Referral as i32,
+            with_proofs: false,
         })
         .await?
         .into_inner();
@@ -259,6 +261,8 @@ async fn order_check_decisions_and_statistics() -> anyhow::Result<()> {
                 local("NO-SUCH"),
             ],
             as_of_ms: 0,
+            purpose: huren_proto::hub::Purpose::Treatment as i32,
+            with_proofs: false,
         })
         .await?
         .into_inner();

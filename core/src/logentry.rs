@@ -1,0 +1,745 @@
+//! Entries of the hub's Merkle log: the exact leaf bytes for each kind of logged event, and the
+//! pure verifier that checks a leaf against a signed checkpoint.
+//!
+//! Every leaf starts with a format version and a kind. Integers are big-endian; `str` and
+//! `bytes` fields are a `u32` big-endian length followed by that many bytes (UTF-8 for `str`).
+//!
+//! ```text
+//! leaf = 0x01 (LEAF_V1) || kind:u8 || fields
+//!
+//! kind 0x01 summary version (publish, amendment and void alike: a void is a version)
+//!   accepted_at_ms:i64 || signer_certificate_sha256[32] || signature[64] || body:bytes
+//! kind 0x02 decision
+//!   at_ms:i64 || member:str || decision_id:str || publisher:str || summary_id:str
+//!   || version:u32 || adopted:u8 || recognised:u8 || reason:str || note:str
+//! kind 0x03 access (FindPrior, History, CheckOrder, AccessReport)
+//!   at_ms:i64 || caller:str || purpose:u8 || method:u8 || flags:u8 || pseudonym[32]
+//!   || count:u32 || count × (publisher:str || summary_id:str || version:u32)
+//!   flags: bit 0 = emergency override of an opt-out, bit 1 = results withheld by consent
+//! kind 0x04 consent
+//!   at_ms:i64 || member:str || pseudonym[32] || opted_out:u8
+//! ```
+//!
+//! A summary leaf commits to the exact signed body bytes, the signature, the signing
+//! certificate (by SHA-256 of its DER) and the hub's acceptance time, so "signed before the
+//! revocation, by log time" is provable from the leaf alone. The leaf hash is
+//! [`crate::merkle::leaf_hash`] of these bytes (RFC 6962 `0x00` prefix).
+//!
+//! [`verify_leaf`] needs nothing but the signed checkpoint, the log's public key (a C2SP
+//! verifier key) and the leaf bytes: anyone can check a receipt or an access-report entry
+//! without trusting the hub.
+
+use crate::checkpoint::{Checkpoint, CheckpointError, NoteVerifier, open_checkpoint};
+use crate::merkle::{Hash, ProofError, leaf_hash, verify_inclusion};
+use crate::summary::UnixMillis;
+
+/// First byte of every leaf: the leaf format version.
+pub const LEAF_V1: u8 = 0x01;
+
+/// Kind byte of a summary-version leaf.
+pub const KIND_SUMMARY: u8 = 0x01;
+/// Kind byte of a decision leaf.
+pub const KIND_DECISION: u8 = 0x02;
+/// Kind byte of an access leaf.
+pub const KIND_ACCESS: u8 = 0x03;
+/// Kind byte of a consent leaf.
+pub const KIND_CONSENT: u8 = 0x04;
+
+/// Why a query was made (purpose of use). The numbers are the leaf bytes and the wire values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Purpose {
+    /// Care of the patient at the caller's institution.
+    Treatment = 1,
+    /// Preparing or receiving a referral.
+    Referral = 2,
+    /// Emergency care: the only purpose that sees the results of a patient who opted out.
+    Emergency = 3,
+    /// The patient asked (e.g. for their own access report).
+    PatientRequest = 4,
+    /// Alliance administration and audit.
+    Administration = 5,
+    /// Quality control of the alliance's results.
+    QualityControl = 6,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 6] = [
+        Self::Treatment,
+        Self::Referral,
+        Self::Emergency,
+        Self::PatientRequest,
+        Self::Administration,
+        Self::QualityControl,
+    ];
+
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| *p as u8 == b)
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Treatment => "treatment",
+            Self::Referral => "referral",
+            Self::Emergency => "emergency",
+            Self::PatientRequest => "patient-request",
+            Self::Administration => "administration",
+            Self::QualityControl => "quality-control",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// Which call an access leaf records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    FindPrior = 1,
+    History = 2,
+    CheckOrder = 3,
+    AccessReport = 4,
+}
+
+impl Method {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        [
+            Self::FindPrior,
+            Self::History,
+            Self::CheckOrder,
+            Self::AccessReport,
+        ]
+        .into_iter()
+        .find(|m| *m as u8 == b)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FindPrior => "FindPrior",
+            Self::History => "History",
+            Self::CheckOrder => "CheckOrder",
+            Self::AccessReport => "AccessReport",
+        }
+    }
+}
+
+/// One result named in an access leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultRef {
+    pub publisher: String,
+    pub summary_id: String,
+    pub version: u32,
+}
+
+/// A logged event, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Summary {
+        accepted_at: UnixMillis,
+        signer_certificate_sha256: Hash,
+        signature: [u8; 64],
+        body: Vec<u8>,
+    },
+    Decision {
+        at: UnixMillis,
+        member: String,
+        decision_id: String,
+        publisher: String,
+        summary_id: String,
+        version: u32,
+        adopted: bool,
+        recognised: bool,
+        /// Re-test reason code, empty for none.
+        reason: String,
+        note: String,
+    },
+    Access {
+        at: UnixMillis,
+        caller: String,
+        purpose: Purpose,
+        method: Method,
+        /// The patient had opted out and the emergency purpose overrode it.
+        emergency_override: bool,
+        /// The patient had opted out and nothing was returned.
+        withheld_by_consent: bool,
+        pseudonym: [u8; 32],
+        results: Vec<ResultRef>,
+    },
+    Consent {
+        at: UnixMillis,
+        member: String,
+        pseudonym: [u8; 32],
+        opted_out: bool,
+    },
+}
+
+const FLAG_EMERGENCY_OVERRIDE: u8 = 0b01;
+const FLAG_WITHHELD: u8 = 0b10;
+
+struct W(Vec<u8>);
+
+impl W {
+    fn new(kind: u8) -> Self {
+        Self(vec![LEAF_V1, kind])
+    }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn i64(&mut self, v: i64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(v);
+        self
+    }
+    fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        // Leaves are far below 4 GiB (bodies are limited by the hub's message size).
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.raw(v)
+    }
+}
+
+impl Entry {
+    /// The leaf bytes (layout in the module doc).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Entry::Summary {
+                accepted_at,
+                signer_certificate_sha256,
+                signature,
+                body,
+            } => {
+                let mut w = W::new(KIND_SUMMARY);
+                w.i64(accepted_at.0)
+                    .raw(signer_certificate_sha256)
+                    .raw(signature)
+                    .bytes(body);
+                w.0
+            }
+            Entry::Decision {
+                at,
+                member,
+                decision_id,
+                publisher,
+                summary_id,
+                version,
+                adopted,
+                recognised,
+                reason,
+                note,
+            } => {
+                let mut w = W::new(KIND_DECISION);
+                w.i64(at.0)
+                    .bytes(member.as_bytes())
+                    .bytes(decision_id.as_bytes())
+                    .bytes(publisher.as_bytes())
+                    .bytes(summary_id.as_bytes())
+                    .u32(*version)
+                    .u8(u8::from(*adopted))
+                    .u8(u8::from(*recognised))
+                    .bytes(reason.as_bytes())
+                    .bytes(note.as_bytes());
+                w.0
+            }
+            Entry::Access {
+                at,
+                caller,
+                purpose,
+                method,
+                emergency_override,
+                withheld_by_consent,
+                pseudonym,
+                results,
+            } => {
+                let mut flags = 0;
+                if *emergency_override {
+                    flags |= FLAG_EMERGENCY_OVERRIDE;
+                }
+                if *withheld_by_consent {
+                    flags |= FLAG_WITHHELD;
+                }
+                let mut w = W::new(KIND_ACCESS);
+                w.i64(at.0)
+                    .bytes(caller.as_bytes())
+                    .u8(*purpose as u8)
+                    .u8(*method as u8)
+                    .u8(flags)
+                    .raw(pseudonym)
+                    .u32(u32::try_from(results.len()).unwrap_or(u32::MAX));
+                for r in results {
+                    w.bytes(r.publisher.as_bytes())
+                        .bytes(r.summary_id.as_bytes())
+                        .u32(r.version);
+                }
+                w.0
+            }
+            Entry::Consent {
+                at,
+                member,
+                pseudonym,
+                opted_out,
+            } => {
+                let mut w = W::new(KIND_CONSENT);
+                w.i64(at.0)
+                    .bytes(member.as_bytes())
+                    .raw(pseudonym)
+                    .u8(u8::from(*opted_out));
+                w.0
+            }
+        }
+    }
+
+    /// Reads leaf bytes; the exact inverse of [`Entry::encode`] (trailing bytes are refused).
+    pub fn decode(leaf: &[u8]) -> Result<Entry, LeafError> {
+        let mut r = R(leaf);
+        let version = r.u8()?;
+        if version != LEAF_V1 {
+            return Err(LeafError::Version(version));
+        }
+        let entry = match r.u8()? {
+            KIND_SUMMARY => Entry::Summary {
+                accepted_at: UnixMillis(r.i64()?),
+                signer_certificate_sha256: r.array()?,
+                signature: r.array()?,
+                body: r.bytes()?.to_vec(),
+            },
+            KIND_DECISION => Entry::Decision {
+                at: UnixMillis(r.i64()?),
+                member: r.str()?,
+                decision_id: r.str()?,
+                publisher: r.str()?,
+                summary_id: r.str()?,
+                version: r.u32()?,
+                adopted: r.bool()?,
+                recognised: r.bool()?,
+                reason: r.str()?,
+                note: r.str()?,
+            },
+            KIND_ACCESS => {
+                let at = UnixMillis(r.i64()?);
+                let caller = r.str()?;
+                let p = r.u8()?;
+                let purpose = Purpose::from_u8(p).ok_or(LeafError::Value("purpose"))?;
+                let m = r.u8()?;
+                let method = Method::from_u8(m).ok_or(LeafError::Value("method"))?;
+                let flags = r.u8()?;
+                if flags & !(FLAG_EMERGENCY_OVERRIDE | FLAG_WITHHELD) != 0 {
+                    return Err(LeafError::Value("flags"));
+                }
+                let pseudonym = r.array()?;
+                let n = r.u32()?;
+                let mut results = Vec::new();
+                for _ in 0..n {
+                    results.push(ResultRef {
+                        publisher: r.str()?,
+                        summary_id: r.str()?,
+                        version: r.u32()?,
+                    });
+                }
+                Entry::Access {
+                    at,
+                    caller,
+                    purpose,
+                    method,
+                    emergency_override: flags & FLAG_EMERGENCY_OVERRIDE != 0,
+                    withheld_by_consent: flags & FLAG_WITHHELD != 0,
+                    pseudonym,
+                    results,
+                }
+            }
+            KIND_CONSENT => Entry::Consent {
+                at: UnixMillis(r.i64()?),
+                member: r.str()?,
+                pseudonym: r.array()?,
+                opted_out: r.bool()?,
+            },
+            k => return Err(LeafError::Kind(k)),
+        };
+        if !r.0.is_empty() {
+            return Err(LeafError::Trailing);
+        }
+        Ok(entry)
+    }
+
+    /// The leaf hash of this entry.
+    pub fn leaf_hash(&self) -> Hash {
+        leaf_hash(&self.encode())
+    }
+}
+
+/// The leaf of a summary version, from what a receipt and a stored summary carry.
+pub fn summary_leaf(
+    body: &[u8],
+    signature: &[u8; 64],
+    signer_certificate_der: &[u8],
+    accepted_at: UnixMillis,
+) -> Vec<u8> {
+    Entry::Summary {
+        accepted_at,
+        signer_certificate_sha256: crate::signing::sha256(signer_certificate_der),
+        signature: *signature,
+        body: body.to_vec(),
+    }
+    .encode()
+}
+
+/// Why leaf bytes could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeafError {
+    #[error("unknown leaf format version {0}")]
+    Version(u8),
+    #[error("unknown leaf kind {0}")]
+    Kind(u8),
+    #[error("the leaf ends early")]
+    Truncated,
+    #[error("the leaf has bytes after its last field")]
+    Trailing,
+    #[error("the leaf's {0} is not valid")]
+    Value(&'static str),
+}
+
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], LeafError> {
+        if self.0.len() < n {
+            return Err(LeafError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], LeafError> {
+        self.take(N)?.try_into().map_err(|_| LeafError::Truncated)
+    }
+    fn u8(&mut self) -> Result<u8, LeafError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn bool(&mut self) -> Result<bool, LeafError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(LeafError::Value("boolean")),
+        }
+    }
+    fn u32(&mut self) -> Result<u32, LeafError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn i64(&mut self) -> Result<i64, LeafError> {
+        Ok(i64::from_be_bytes(self.array()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], LeafError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn str(&mut self) -> Result<String, LeafError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| LeafError::Value("text"))
+    }
+}
+
+/// Where a leaf sits in the log and the proof that it does, as a receipt carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogProof {
+    /// The leaf's index (0-based).
+    pub index: u64,
+    /// The tree size the proof and the checkpoint are for.
+    pub tree_size: u64,
+    /// The RFC 9162 inclusion path, leaf end first.
+    pub proof: Vec<Hash>,
+    /// The hub's signed checkpoint (C2SP signed note) of a tree of `tree_size` leaves.
+    pub checkpoint: String,
+}
+
+/// Why a leaf was not shown to be in the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogVerifyError {
+    #[error("the checkpoint is not valid: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("the proof is for a tree of {proof} leaves but the checkpoint is for {checkpoint}")]
+    SizeMismatch { proof: u64, checkpoint: u64 },
+    #[error("the entry is not in the log at index {index}: {source}")]
+    NotIncluded {
+        index: u64,
+        #[source]
+        source: ProofError,
+    },
+}
+
+/// Checks that `leaf` is entry `proof.index` of the log whose signed checkpoint is
+/// `proof.checkpoint`, using only the log's verifier key. The checkpoint's origin must be the
+/// key's name (C2SP: a log's key is named after its origin). Returns the opened checkpoint.
+pub fn verify_leaf(
+    verifier: &NoteVerifier,
+    leaf: &[u8],
+    proof: &LogProof,
+) -> Result<Checkpoint, LogVerifyError> {
+    let checkpoint = open_checkpoint(&proof.checkpoint, verifier, verifier.name())?;
+    if checkpoint.size != proof.tree_size {
+        return Err(LogVerifyError::SizeMismatch {
+            proof: proof.tree_size,
+            checkpoint: checkpoint.size,
+        });
+    }
+    verify_inclusion(
+        &leaf_hash(leaf),
+        proof.index,
+        checkpoint.size,
+        &proof.proof,
+        &checkpoint.root,
+    )
+    .map_err(|source| LogVerifyError::NotIncluded {
+        index: proof.index,
+        source,
+    })?;
+    Ok(checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{NoteSigner, sign_checkpoint};
+    use crate::merkle::MemoryTree;
+
+    fn hexs(b: &[u8]) -> String {
+        hex::encode(b)
+    }
+
+    #[test]
+    fn summary_leaf_bytes_are_pinned() {
+        let leaf = Entry::Summary {
+            accepted_at: UnixMillis(0x0102_0304_0506_0708),
+            signer_certificate_sha256: [0xaa; 32],
+            signature: [0xbb; 64],
+            body: vec![0xc0, 0xc1],
+        }
+        .encode();
+        let expected = format!(
+            "0101{}{}{}{}{}",
+            "0102030405060708",
+            "aa".repeat(32),
+            "bb".repeat(64),
+            "00000002",
+            "c0c1"
+        );
+        assert_eq!(hexs(&leaf), expected);
+        assert_eq!(leaf.len(), 2 + 8 + 32 + 64 + 4 + 2);
+    }
+
+    #[test]
+    fn decision_leaf_bytes_are_pinned() {
+        let leaf = Entry::Decision {
+            at: UnixMillis(1),
+            member: "m".into(),
+            decision_id: "d".into(),
+            publisher: "p".into(),
+            summary_id: "s".into(),
+            version: 2,
+            adopted: false,
+            recognised: true,
+            reason: "too-old".into(),
+            note: "".into(),
+        }
+        .encode();
+        let expected = concat!(
+            "0102",
+            "0000000000000001",
+            "000000016d",
+            "0000000164",
+            "0000000170",
+            "0000000173",
+            "00000002",
+            "00",
+            "01",
+            "00000007746f6f2d6f6c64",
+            "00000000"
+        );
+        assert_eq!(hexs(&leaf), expected);
+    }
+
+    #[test]
+    fn access_leaf_bytes_are_pinned() {
+        let leaf = Entry::Access {
+            at: UnixMillis(2),
+            caller: "c".into(),
+            purpose: Purpose::Emergency,
+            method: Method::FindPrior,
+            emergency_override: true,
+            withheld_by_consent: false,
+            pseudonym: [0x11; 32],
+            results: vec![ResultRef {
+                publisher: "p".into(),
+                summary_id: "s".into(),
+                version: 3,
+            }],
+        }
+        .encode();
+        let expected = format!(
+            "0103{}{}{}{}{}{}{}",
+            "0000000000000002",
+            "0000000163",
+            "030101",
+            "11".repeat(32),
+            "00000001",
+            "00000001700000000173",
+            "00000003"
+        );
+        assert_eq!(hexs(&leaf), expected);
+    }
+
+    #[test]
+    fn consent_leaf_bytes_are_pinned() {
+        let leaf = Entry::Consent {
+            at: UnixMillis(3),
+            member: "m".into(),
+            pseudonym: [0x22; 32],
+            opted_out: true,
+        }
+        .encode();
+        let expected = format!(
+            "0104{}{}{}{}",
+            "0000000000000003",
+            "000000016d",
+            "22".repeat(32),
+            "01"
+        );
+        assert_eq!(hexs(&leaf), expected);
+    }
+
+    #[test]
+    fn every_kind_round_trips_and_damage_is_refused() {
+        let entries = [
+            Entry::Summary {
+                accepted_at: UnixMillis(-5),
+                signer_certificate_sha256: [1; 32],
+                signature: [2; 64],
+                body: b"body".to_vec(),
+            },
+            Entry::Decision {
+                at: UnixMillis(9),
+                member: "蓝田".into(),
+                decision_id: "x".into(),
+                publisher: "p".into(),
+                summary_id: "s".into(),
+                version: 1,
+                adopted: true,
+                recognised: true,
+                reason: String::new(),
+                note: "n".into(),
+            },
+            Entry::Access {
+                at: UnixMillis(9),
+                caller: "c".into(),
+                purpose: Purpose::Treatment,
+                method: Method::History,
+                emergency_override: false,
+                withheld_by_consent: true,
+                pseudonym: [3; 32],
+                results: vec![],
+            },
+            Entry::Consent {
+                at: UnixMillis(9),
+                member: "m".into(),
+                pseudonym: [4; 32],
+                opted_out: false,
+            },
+        ];
+        for e in entries {
+            let leaf = e.encode();
+            assert_eq!(Entry::decode(&leaf).unwrap(), e);
+            assert_eq!(
+                Entry::decode(&leaf[..leaf.len() - 1]),
+                Err(LeafError::Truncated)
+            );
+            let mut longer = leaf.clone();
+            longer.push(0);
+            assert_eq!(Entry::decode(&longer), Err(LeafError::Trailing));
+            let mut v2 = leaf.clone();
+            v2[0] = 2;
+            assert_eq!(Entry::decode(&v2), Err(LeafError::Version(2)));
+        }
+        assert_eq!(Entry::decode(&[1, 9]), Err(LeafError::Kind(9)));
+    }
+
+    #[test]
+    fn purposes_have_stable_numbers_and_names() {
+        for p in Purpose::ALL {
+            assert_eq!(Purpose::from_u8(p as u8), Some(p));
+            assert_eq!(Purpose::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Purpose::Emergency as u8, 3);
+        assert_eq!(Purpose::from_u8(0), None);
+    }
+
+    #[test]
+    fn a_leaf_verifies_with_only_the_checkpoint_and_the_key() {
+        let signer = NoteSigner::new(
+            "huren.example/alliance-log",
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        )
+        .unwrap();
+        let verifier = NoteVerifier::parse(&signer.verifier_key()).unwrap();
+        let mut tree = MemoryTree::new();
+        let leaves: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| summary_leaf(&[i], &[i; 64], &[i], UnixMillis(i64::from(i))))
+            .collect();
+        for l in &leaves {
+            tree.push(l);
+        }
+        let note = sign_checkpoint(
+            &Checkpoint {
+                origin: signer.name().to_owned(),
+                size: tree.size(),
+                root: tree.root(),
+            },
+            &signer,
+        )
+        .unwrap();
+        let proof = |index| LogProof {
+            index,
+            tree_size: 5,
+            proof: crate::merkle::inclusion_proof(index, 5, &tree).unwrap(),
+            checkpoint: note.clone(),
+        };
+        for (i, leaf) in leaves.iter().enumerate() {
+            let cp = verify_leaf(&verifier, leaf, &proof(i as u64)).unwrap();
+            assert_eq!(cp.size, 5);
+        }
+        // Another leaf, another index, another size, or a forged checkpoint: refused.
+        assert!(matches!(
+            verify_leaf(&verifier, &leaves[1], &proof(2)),
+            Err(LogVerifyError::NotIncluded { index: 2, .. })
+        ));
+        let mut p = proof(0);
+        p.tree_size = 4;
+        assert!(matches!(
+            verify_leaf(&verifier, &leaves[0], &p),
+            Err(LogVerifyError::SizeMismatch { .. })
+        ));
+        let other = NoteSigner::new(
+            "huren.example/alliance-log",
+            ed25519_dalek::SigningKey::from_bytes(&[8; 32]),
+        )
+        .unwrap();
+        let mut p = proof(0);
+        p.checkpoint = sign_checkpoint(
+            &Checkpoint {
+                origin: other.name().to_owned(),
+                size: 5,
+                root: tree.root(),
+            },
+            &other,
+        )
+        .unwrap();
+        assert!(matches!(
+            verify_leaf(&verifier, &leaves[0], &p),
+            Err(LogVerifyError::Checkpoint(_))
+        ));
+    }
+}

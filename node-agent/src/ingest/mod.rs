@@ -1,0 +1,503 @@
+//! Ingestion: files from the hospital's interface engine (HL7 v2 ORU^R01 or FHIR R4 JSON)
+//! become signed summaries queued in the agent's store. Formats and folders are described in
+//! node-agent/INBOX.md.
+//!
+//! - [`hl7`]: the ER7 reader (framing, character sets, delimiters, escapes).
+//! - [`oru`]: ORU^R01 to results; [`fhir`]: FHIR R4 to results.
+//! - [`Ingestor`]: results to summaries (mapping, validation, versions), signing and queueing.
+//! - [`inbox`]: the watched folder and its `done/` and `rejected/` folders.
+//!
+//! A file is read in units that are accepted or rejected whole: each HL7 message, or the FHIR
+//! file. A unit is queued in one store transaction and flushed before its file leaves the
+//! inbox, so a crash at any point loses nothing; reading a file again queues nothing twice (an
+//! unchanged result is recognised by its content digest).
+//!
+//! Invariant: a patient id is read here, pseudonymised in [`crate::draft`], and never logged or
+//! written anywhere (reasons name segments, fields and codes, never values from PID or Patient).
+
+pub mod fhir;
+pub mod hl7;
+pub mod inbox;
+pub mod oru;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use huren_core::identity::InstitutionId;
+use huren_core::pseudonym::PseudonymKey;
+use huren_core::signing::{SummarySigner, sha256};
+use huren_core::summary::{ReportRef, Status, Summary, SummaryId};
+
+use crate::draft::ResultDraft;
+use crate::mapping::Mapping;
+use crate::store::{NewResult, ReportBytes, ResultState, Store, StoreError};
+
+pub use hl7::CharsetSetting;
+
+/// Reading settings from the agent configuration (`[inbox]`).
+#[derive(Clone, Copy, Debug)]
+pub struct IngestSettings {
+    /// Offset of times that carry none (HL7 TS without zone, FHIR dates).
+    pub default_offset: time::UtcOffset,
+    pub charset: CharsetSetting,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            default_offset: time::UtcOffset::from_whole_seconds(8 * 3600)
+                .unwrap_or(time::UtcOffset::UTC),
+            charset: CharsetSetting::Auto,
+        }
+    }
+}
+
+/// What the source says about a result's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceStatus {
+    Final,
+    /// Corrected or amended at the source: becomes a new version if it changed.
+    Corrected,
+    /// Deleted, withdrawn or entered in error: becomes a voided version.
+    Void,
+    /// Preliminary, pending, cancelled before a result…: not published (noted).
+    NotFinal(String),
+}
+
+/// A full report found in a unit.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub sha256: [u8; 32],
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+}
+
+/// One result found in a unit, before versioning.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// Where it is in the unit, e.g. `OBR 1, segment 5 (OBX "HGB")`; never patient data.
+    pub label: String,
+    pub status: SourceStatus,
+    /// Index into [`Unit::reports`].
+    pub report: usize,
+    /// Version 1, final: the versioning below decides the rest.
+    pub draft: ResultDraft,
+}
+
+/// A message or file read whole.
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub label: String,
+    pub findings: Vec<Finding>,
+    pub reports: Vec<Report>,
+    /// Results deliberately not published (ignored codes, preliminary results), for the log.
+    pub skipped: Vec<String>,
+}
+
+/// A summary id component made from a source value: kept if it only uses the characters a
+/// summary id allows, else the allowed characters plus a short hash (two different values never
+/// become the same id).
+pub fn summary_id_part(s: &str) -> String {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    if !s.is_empty() && s.chars().all(ok) {
+        return s.to_owned();
+    }
+    let kept: String = s.chars().filter(|&c| ok(c)).take(32).collect();
+    let h = hex::encode(&sha256(s.as_bytes())[..4]);
+    if kept.is_empty() {
+        format!("x{h}")
+    } else {
+        format!("{kept}_{h}")
+    }
+}
+
+/// The kind of a file, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Hl7,
+    Fhir,
+}
+
+pub fn detect(bytes: &[u8]) -> Option<FileKind> {
+    let b = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(bytes);
+    let first = b.iter().position(|c| !c.is_ascii_whitespace())?;
+    let b = &b[first..];
+    // A segment id and a field separator: HL7 v2 (perhaps without its MSH, which the reader
+    // then reports).
+    let looks_like_segment = b.len() > 3
+        && b[..3]
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && b[3] == b'|';
+    if b[0] == hl7::MLLP_START || looks_like_segment || b.starts_with(b"MSH") {
+        Some(FileKind::Hl7)
+    } else if b[0] == b'{' {
+        Some(FileKind::Fhir)
+    } else {
+        None
+    }
+}
+
+/// A unit of a file: its own bytes when the file holds several (to put a refused message
+/// apart), else `None`; and the unit read, or the reasons it was refused.
+pub type ParsedUnit = (Option<Vec<u8>>, Result<Unit, Vec<String>>);
+
+/// A file's units, each read or refused.
+pub struct ParsedFile {
+    pub kind: Option<FileKind>,
+    pub units: Vec<ParsedUnit>,
+}
+
+/// Reads a file's bytes into units.
+pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) -> ParsedFile {
+    let kind = detect(bytes);
+    let units = match kind {
+        None => vec![(
+            None,
+            Err(vec![
+                "the file is neither an HL7 v2 message (starting with MSH, or MLLP-framed) nor FHIR JSON"
+                    .to_owned(),
+            ]),
+        )],
+        Some(FileKind::Fhir) => vec![(None, fhir::read_fhir(bytes, mapping, settings))],
+        Some(FileKind::Hl7) => match hl7::Message::read_all(bytes, settings.charset) {
+            Err(e) => vec![(None, Err(vec![e.to_string()]))],
+            Ok(messages) => {
+                let several = messages.len() > 1;
+                messages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (raw, parsed))| {
+                        let unit = parsed
+                            .map_err(|e| vec![e.to_string()])
+                            .and_then(|m| oru::read_oru(&m, raw, mapping, settings))
+                            .map_err(|errs| {
+                                if several {
+                                    errs.into_iter()
+                                        .map(|e| format!("message {} of the file: {e}", i + 1))
+                                        .collect()
+                                } else {
+                                    errs
+                                }
+                            });
+                        (several.then(|| raw.to_vec()), unit)
+                    })
+                    .collect()
+            }
+        },
+    };
+    ParsedFile { kind, units }
+}
+
+/// SHA-256 of a summary's clinical content: everything but version, status, reason and the
+/// report reference. A result sent again unchanged has the same digest even if its message
+/// (control id, send time) differs.
+pub fn content_digest(s: &Summary) -> [u8; 32] {
+    let mut c = s.clone();
+    c.version = 1;
+    c.status = Status::Final;
+    c.status_reason.clear();
+    c.report = ReportRef {
+        sha256: [0; 32],
+        locator: String::new(),
+        media_type: String::new(),
+    };
+    sha256(&c.to_body_bytes())
+}
+
+/// What happens to one finding given what was queued before for its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Queue version `version` with this status and reason.
+    Queue {
+        version: u32,
+        status: Status,
+        reason: String,
+    },
+    /// Nothing new: the same content was queued before (or it is voided already).
+    Duplicate,
+    /// Nothing to do (e.g. a void of a result never published), with why.
+    Skip(String),
+}
+
+/// Decides the version of a finding (see INBOX.md, "Versions").
+pub fn decide(
+    prev: Option<&ResultState>,
+    status: &SourceStatus,
+    content: &[u8; 32],
+    report: &[u8; 32],
+) -> Decision {
+    let queue = |version, status, reason: &str| Decision::Queue {
+        version,
+        status,
+        reason: reason.to_owned(),
+    };
+    match (prev, status) {
+        (_, SourceStatus::NotFinal(why)) => Decision::Skip(format!("not final ({why})")),
+        (None, SourceStatus::Final | SourceStatus::Corrected) => queue(1, Status::Final, ""),
+        (None, SourceStatus::Void) => {
+            Decision::Skip("voided at the source before it was ever published".into())
+        }
+        (Some(p), SourceStatus::Void) if p.voided => Decision::Duplicate,
+        (Some(p), SourceStatus::Void) => queue(
+            p.version + 1,
+            Status::Voided,
+            "结果作废 voided at the source (deleted, withdrawn or entered in error)",
+        ),
+        (Some(p), SourceStatus::Final) if !p.voided && p.content == *content => Decision::Duplicate,
+        (Some(p), SourceStatus::Corrected)
+            if !p.voided && p.content == *content && p.report_sha256 == *report =>
+        {
+            Decision::Duplicate
+        }
+        (Some(p), SourceStatus::Corrected) => queue(
+            p.version + 1,
+            Status::Amended,
+            "结果更正 corrected at the source",
+        ),
+        (Some(p), SourceStatus::Final) => queue(
+            p.version + 1,
+            Status::Amended,
+            "结果更正 sent again by the source with changed content",
+        ),
+    }
+}
+
+/// Why a file could not be ingested now (it stays in the inbox and is tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing: {0}")]
+    Sign(#[from] huren_core::signing::SignError),
+}
+
+/// A refused unit.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    pub unit: String,
+    pub reasons: Vec<String>,
+    /// The unit's own bytes when the file held several units.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// What became of a file.
+#[derive(Clone, Debug, Default)]
+pub struct FileOutcome {
+    /// Results queued (new, amended or voided versions).
+    pub queued: usize,
+    pub amended: usize,
+    pub voided: usize,
+    pub duplicates: usize,
+    pub skipped: Vec<String>,
+    pub rejected: Vec<Rejection>,
+    /// Units in the file.
+    pub units: usize,
+}
+
+impl FileOutcome {
+    /// The whole file was refused (its only unit, or every unit).
+    pub fn wholly_rejected(&self) -> bool {
+        self.units > 0 && self.rejected.len() == self.units
+    }
+}
+
+/// Turns files into queued, signed summaries. One ingestor writes to a store at a time (the
+/// daemon runs one; backfill runs alone), which makes "read the latest version, then queue the
+/// next" safe.
+pub struct Ingestor {
+    institution: InstitutionId,
+    signer: Arc<SummarySigner>,
+    key: PseudonymKey,
+    mapping: Mapping,
+    settings: IngestSettings,
+    store: Arc<Store>,
+}
+
+impl Ingestor {
+    pub fn new(
+        institution: InstitutionId,
+        signer: Arc<SummarySigner>,
+        key: PseudonymKey,
+        mapping: Mapping,
+        settings: IngestSettings,
+        store: Arc<Store>,
+    ) -> Self {
+        Self {
+            institution,
+            signer,
+            key,
+            mapping,
+            settings,
+            store,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Reads a file's bytes and queues its results; `file_key` (backfill) is recorded in the
+    /// same transaction. Does not flush: call `store().flush()` before the file is moved.
+    pub fn ingest(&self, bytes: &[u8], file_key: Option<&str>) -> Result<FileOutcome, IngestError> {
+        let parsed = parse_file(bytes, &self.mapping, &self.settings);
+        let mut outcome = FileOutcome {
+            units: parsed.units.len(),
+            ..Default::default()
+        };
+        // Versions decided earlier in this file, not yet in the store.
+        let mut overlay: HashMap<SummaryId, ResultState> = HashMap::new();
+        for (raw, unit) in parsed.units {
+            let unit = match unit {
+                Ok(u) => u,
+                Err(reasons) => {
+                    outcome.rejected.push(Rejection {
+                        unit: "file".into(),
+                        reasons,
+                        bytes: raw,
+                    });
+                    continue;
+                }
+            };
+            let label = unit.label.clone();
+            match self.prepare(unit, &mut overlay, &mut outcome)? {
+                Ok(batch) => {
+                    let reports = batch.reports;
+                    let new: Vec<NewResult<'_>> = batch
+                        .items
+                        .iter()
+                        .map(|(s, env, state, report)| NewResult {
+                            envelope: env,
+                            summary_id: &s.id,
+                            version: s.version,
+                            state: state.clone(),
+                            report: &reports[*report],
+                        })
+                        .collect();
+                    if !new.is_empty() {
+                        self.store.enqueue(&new, None)?;
+                    }
+                }
+                Err(reasons) => outcome.rejected.push(Rejection {
+                    unit: label,
+                    reasons,
+                    bytes: raw,
+                }),
+            }
+        }
+        if let Some(key) = file_key
+            && outcome.rejected.is_empty()
+        {
+            self.store.mark_file(key)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Validates every finding of a unit (all or nothing), decides versions and signs.
+    fn prepare(
+        &self,
+        unit: Unit,
+        overlay: &mut HashMap<SummaryId, ResultState>,
+        outcome: &mut FileOutcome,
+    ) -> Result<Result<Batch, Vec<String>>, IngestError> {
+        let mut errors = Vec::new();
+        let mut checked = Vec::new();
+        for f in unit.findings {
+            match f.draft.clone().into_summary(&self.institution, &self.key) {
+                Ok(s) => checked.push((f, s)),
+                Err(e) => errors.push(format!("{}: {e}", f.label)),
+            }
+        }
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        let reports: Vec<ReportBytes> = unit
+            .reports
+            .into_iter()
+            .map(|r| ReportBytes {
+                sha256: r.sha256,
+                media_type: r.media_type,
+                bytes: r.bytes,
+            })
+            .collect();
+        let mut items = Vec::new();
+        let mut local_overlay = overlay.clone();
+        for (f, v1) in checked {
+            let content = content_digest(&v1);
+            let report_sha = reports[f.report].sha256;
+            let prev = match local_overlay.get(&v1.id) {
+                Some(s) => Some(s.clone()),
+                None => self.store.result_state(&v1.id)?,
+            };
+            let decision = decide(prev.as_ref(), &f.status, &content, &report_sha);
+            let summary = match decision {
+                Decision::Duplicate => {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                Decision::Skip(why) => {
+                    outcome.skipped.push(format!("{}: {why}", f.label));
+                    continue;
+                }
+                Decision::Queue {
+                    version: 1,
+                    status: Status::Final,
+                    ..
+                } => v1,
+                Decision::Queue {
+                    version,
+                    status,
+                    reason,
+                } => {
+                    let mut draft = f.draft.clone();
+                    draft.version = version;
+                    draft.status = status;
+                    draft.status_reason = reason;
+                    match draft.into_summary(&self.institution, &self.key) {
+                        Ok(s) => {
+                            if status == Status::Voided {
+                                outcome.voided += 1;
+                            } else {
+                                outcome.amended += 1;
+                            }
+                            s
+                        }
+                        Err(e) => {
+                            errors.push(format!("{}: {e}", f.label));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let state = ResultState {
+                version: summary.version,
+                content,
+                report_sha256: report_sha,
+                voided: summary.status == Status::Voided,
+            };
+            local_overlay.insert(summary.id.clone(), state.clone());
+            let envelope = self.signer.sign(&summary)?;
+            items.push((summary, envelope, state, f.report));
+        }
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        outcome.queued += items.len();
+        outcome.skipped.extend(unit.skipped);
+        *overlay = local_overlay;
+        Ok(Ok(Batch { items, reports }))
+    }
+}
+
+struct Batch {
+    items: Vec<(
+        Summary,
+        huren_core::signing::SignedEnvelope,
+        ResultState,
+        usize,
+    )>,
+    reports: Vec<ReportBytes>,
+}
+
+#[cfg(test)]
+mod tests;

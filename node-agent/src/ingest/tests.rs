@@ -1,0 +1,472 @@
+//! Ingestion tests over the fixtures in node-agent/tests-data/ (realistic HL7 v2 and FHIR R4
+//! messages written for these tests, malformed ones included).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use huren_core::identity::InstitutionId;
+use huren_core::pseudonym::{PatientId, PseudonymKey};
+use huren_core::signing::{SummarySigner, sha256};
+use huren_core::summary::{AbnormalFlag, Category, Outcome, Status, UnixMillis};
+
+use super::*;
+use crate::mapping::Mapping;
+use crate::store::Store;
+
+/// Patient ids used in the fixtures; none may appear in a reason.
+const PATIENT_IDS: [&str; 3] = ["610102196703151235", "610122198807222047", "E12345678"];
+const NAMES: [&str; 3] = ["王", "建国", "秀英"];
+
+fn data(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests-data")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn mapping(member: &str) -> Mapping {
+    Mapping::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(format!("mapping-{member}.toml")),
+    )
+    .unwrap()
+}
+
+fn parse(name: &str, member: &str) -> Vec<Result<Unit, Vec<String>>> {
+    parse_file(&data(name), &mapping(member), &IngestSettings::default())
+        .units
+        .into_iter()
+        .map(|(_, u)| u)
+        .collect()
+}
+
+fn one_unit(name: &str, member: &str) -> Unit {
+    let mut units = parse(name, member);
+    assert_eq!(units.len(), 1);
+    units.remove(0).unwrap_or_else(|e| panic!("{name}: {e:?}"))
+}
+
+fn reasons(name: &str, member: &str) -> String {
+    let units = parse(name, member);
+    let text = units
+        .into_iter()
+        .filter_map(Result::err)
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!text.is_empty(), "{name} was accepted");
+    for secret in PATIENT_IDS.iter().chain(&NAMES) {
+        assert!(
+            !text.contains(secret),
+            "a reason shows patient data: {text}"
+        );
+    }
+    text
+}
+
+fn lab(f: &Finding) -> &huren_core::summary::LabResult {
+    match &f.draft.outcome {
+        Outcome::Lab(l) => l,
+        Outcome::Exam(_) => panic!("{} is not a lab result", f.label),
+    }
+}
+
+fn exam(f: &Finding) -> &huren_core::summary::ExamResult {
+    match &f.draft.outcome {
+        Outcome::Exam(e) => e,
+        Outcome::Lab(_) => panic!("{} is not an exam", f.label),
+    }
+}
+
+fn ric(id: &str) -> PatientId {
+    PatientId::new("cn-ric", id).unwrap()
+}
+
+#[test]
+fn hl7_lab_message_with_two_orders() {
+    let u = one_unit("hl7/oru-lab-utf8.hl7", "shx-prov-people");
+    let ids: Vec<&str> = u.findings.iter().map(|f| f.draft.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "LAB-20261118-00731-HGB",
+            "LAB-20261118-00731-PLT",
+            "LAB-20261118-00732-ALT",
+            "LAB-20261118-00732-CREA"
+        ]
+    );
+    assert_eq!(u.skipped.len(), 1, "{:?}", u.skipped);
+    assert!(u.skipped[0].contains("MCHC"));
+    let hgb = &u.findings[0];
+    assert_eq!(hgb.draft.patient, ric("610102196703151235"));
+    assert_eq!(hgb.draft.item.code, "718-7");
+    assert_eq!(hgb.draft.item.local_code, "HGB");
+    assert_eq!(hgb.draft.performed_at, UnixMillis(1_794_959_100_000));
+    // OBR-22 2026-11-18T09:00:00+08:00
+    assert_eq!(hgb.draft.reported_at, UnixMillis(1_794_963_600_000));
+    assert_eq!(hgb.status, SourceStatus::Final);
+    let l = lab(hgb);
+    assert_eq!(
+        (
+            l.value.as_str(),
+            l.unit.as_str(),
+            l.reference_range.as_str()
+        ),
+        ("128", "g/L", "130-175")
+    );
+    assert_eq!(l.flag, AbnormalFlag::Low);
+    assert_eq!(l.specimen, "全血");
+    // \S\ in a unit is the component separator, not a split.
+    assert_eq!(lab(&u.findings[1]).unit, "10^9/L");
+    // SN "<^44" reads "<44"; the second OBR's specimen and report time are its own.
+    let crea = &u.findings[3];
+    assert_eq!(lab(crea).value, "<44");
+    assert_eq!(lab(crea).specimen, "血清");
+    assert_eq!(lab(&u.findings[2]).flag, AbnormalFlag::High);
+    // The full report is the message's own bytes.
+    assert_eq!(u.reports.len(), 1);
+    assert_eq!(u.reports[0].sha256, sha256(&data("hl7/oru-lab-utf8.hl7")));
+    assert_eq!(hgb.draft.report_media_type, oru::HL7_MEDIA_TYPE);
+}
+
+#[test]
+fn hl7_ct_exam_in_gb18030_with_mllp_zds_and_pdf() {
+    let u = one_unit("hl7/oru-ct-gb18030-mllp.hl7", "shx-prov-people");
+    assert_eq!(u.findings.len(), 1);
+    let f = &u.findings[0];
+    assert_eq!(f.draft.id, "RIS-20261119-00215");
+    assert_eq!(f.draft.category, Category::Imaging);
+    assert_eq!(f.draft.item.code, "24627-2");
+    let e = exam(f);
+    assert_eq!(e.modality, "CT");
+    assert_eq!(e.body_site, "胸部 chest");
+    assert_eq!(e.impression, "双肺未见明显异常。\n建议年度复查。");
+    assert_eq!(e.study_uid, "1.2.840.113619.2.55.3.2831164355.20261119.215");
+    // The PDF in the ED OBX is the full report.
+    let pdf = data("hl7/report.pdf");
+    assert_eq!(f.draft.report_sha256, sha256(&pdf));
+    assert_eq!(f.draft.report_media_type, "application/pdf");
+    assert_eq!(u.reports[f.report].bytes, pdf);
+}
+
+#[test]
+fn hl7_county_message_gb18030_without_msh18_and_id_type_code() {
+    let u = one_unit("hl7/county-glu-gb18030.hl7", "lantian-county");
+    assert_eq!(u.findings.len(), 1);
+    let f = &u.findings[0];
+    assert_eq!(f.draft.id, "LT-20261120-0412-2001");
+    assert_eq!(f.draft.item.display, "葡萄糖 Glucose");
+    assert_eq!(f.draft.patient, ric("610122198807222047"));
+    // No offset in the message: +08:00. 2026-11-20T07:00:00+08:00.
+    assert_eq!(f.draft.performed_at, UnixMillis(1_795_129_200_000));
+    assert_eq!(lab(f).value, "5.6");
+}
+
+#[test]
+fn malformed_hl7_is_refused_with_reasons() {
+    let r = reasons("hl7/bad-no-msh.hl7", "shx-prov-people");
+    assert!(r.contains("does not start with an MSH segment"), "{r}");
+    let r = reasons("hl7/bad-adt.hl7", "shx-prov-people");
+    assert!(r.contains("ADT^A01") && r.contains("ORU^R01"), "{r}");
+    let r = reasons("hl7/bad-no-pid3.hl7", "shx-prov-people");
+    assert!(r.contains("PID-3"), "{r}");
+    let r = reasons("hl7/bad-obx-no-value.hl7", "shx-prov-people");
+    assert!(r.contains("OBX-5") && r.contains("empty"), "{r}");
+    let r = reasons("hl7/bad-unknown-code.hl7", "shx-prov-people");
+    assert!(
+        r.contains("XYZ9") && r.contains("not in the mapping"),
+        "{r}"
+    );
+    // No identifier of a configured type: refused, naming the types present only.
+    let only_id = Mapping::parse(
+        "format = \"huren-mapping/1\"\nignore = [\"HGB\", \"PLT\", \"MCHC\", \"ALT\", \"CREA\"]\n\
+         [[patient_id]]\ntype_code = \"ID\"\nid_type = \"cn-ric\"\n",
+        Path::new("only-id.toml"),
+    )
+    .unwrap();
+    let units = parse_file(
+        &data("hl7/oru-lab-utf8.hl7"),
+        &only_id,
+        &IngestSettings::default(),
+    );
+    let r = units.units[0].1.as_ref().unwrap_err().join("\n");
+    assert!(
+        r.contains("NNCHN, MR") && !r.contains(PATIENT_IDS[0]),
+        "{r}"
+    );
+    // Bytes that are neither format.
+    let units = parse_file(
+        b"hello",
+        &mapping("shx-prov-people"),
+        &IngestSettings::default(),
+    );
+    assert!(units.units[0].1.is_err());
+}
+
+#[test]
+fn fhir_report_with_contained_observations() {
+    let u = one_unit("fhir/dr-contained-lab.json", "shx-prov-people");
+    let ids: Vec<&str> = u.findings.iter().map(|f| f.draft.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["LAB-20261120-00412-2345-7", "LAB-20261120-00412-CREA"]
+    );
+    let glu = &u.findings[0];
+    // Coded only in LOINC: found through the catalogue side of the mapping.
+    assert_eq!(glu.draft.item.local_code, "GLU");
+    assert_eq!(glu.draft.patient, ric("610102196703151235"));
+    let l = lab(glu);
+    assert_eq!(
+        (
+            l.value.as_str(),
+            l.unit.as_str(),
+            l.reference_range.as_str()
+        ),
+        ("6.8", "mmol/L", "3.9-6.1")
+    );
+    assert_eq!(l.flag, AbnormalFlag::High);
+    assert_eq!(l.specimen, "血清 serum");
+    assert_eq!(lab(&u.findings[1]).reference_range, "57-111");
+    // issued 2026-11-20T10:05:00+08:00
+    assert_eq!(glu.draft.reported_at, UnixMillis(1_795_140_300_000));
+    assert_eq!(
+        glu.draft.report_sha256,
+        sha256(&data("fhir/dr-contained-lab.json"))
+    );
+}
+
+#[test]
+fn fhir_bundle_with_referenced_observations() {
+    let u = one_unit("fhir/bundle-referenced-lab.json", "shx-prov-people");
+    let ids: Vec<&str> = u.findings.iter().map(|f| f.draft.id.as_str()).collect();
+    // By urn:uuid fullUrl and by Observation/id; MCHC is ignored by the mapping.
+    assert_eq!(ids, ["LAB-20261121-00077-HGB", "LAB-20261121-00077-PLT"]);
+    assert_eq!(u.skipped.len(), 1);
+    assert_eq!(lab(&u.findings[0]).specimen, "全血 whole blood");
+    // Times come from the report when the Observation has none.
+    assert_eq!(
+        u.findings[1].draft.performed_at,
+        UnixMillis(1_795_219_200_000)
+    );
+    assert_eq!(u.findings[0].draft.patient, ric("610122198807222047"));
+}
+
+#[test]
+fn fhir_imaging_report_and_imaging_study() {
+    let u = one_unit("fhir/bundle-imaging-report.json", "shx-prov-people");
+    assert_eq!(
+        u.findings.len(),
+        1,
+        "the ImagingStudy is read through the report"
+    );
+    let f = &u.findings[0];
+    assert_eq!(f.draft.id, "US-20261121-00088");
+    let e = exam(f);
+    assert_eq!(
+        (
+            e.modality.as_str(),
+            e.body_site.as_str(),
+            e.study_uid.as_str()
+        ),
+        ("US", "腹部 abdomen", "1.2.840.113619.2.55.3.88")
+    );
+    assert_eq!(e.impression, "肝胆胰脾未见明显异常。");
+    assert_eq!(f.draft.report_media_type, "application/pdf");
+    assert_eq!(u.reports[f.report].bytes, data("hl7/report.pdf"));
+
+    let u = one_unit("fhir/imaging-study.json", "shx-prov-people");
+    let f = &u.findings[0];
+    assert_eq!(f.draft.id, "RIS-20261122-00077");
+    assert_eq!(
+        f.draft.patient,
+        PatientId::new("passport", "E12345678").unwrap()
+    );
+    assert_eq!(exam(f).study_uid, "1.2.840.113619.2.55.3.77");
+    assert_eq!(f.draft.performed_at, f.draft.reported_at);
+}
+
+#[test]
+fn malformed_fhir_is_refused_with_reasons() {
+    let r = reasons("fhir/bad-truncated.json", "shx-prov-people");
+    assert!(r.contains("not valid JSON"), "{r}");
+    let r = reasons("fhir/bad-unknown-code.json", "shx-prov-people");
+    assert!(
+        r.contains("NEWTEST") && r.contains("not in the mapping"),
+        "{r}"
+    );
+    let m = mapping("shx-prov-people");
+    let s = IngestSettings::default();
+    let err = |json: &str| {
+        fhir::read_fhir(json.as_bytes(), &m, &s)
+            .err()
+            .unwrap()
+            .join("\n")
+    };
+    assert!(err(r#"{"resourceType":"Patient"}"#).contains("not read by this agent"));
+    assert!(err(r#"{"resourceType":"Bundle","entry":[]}"#).contains("holds no"));
+    let dangling = String::from_utf8(data("fhir/dr-contained-lab.json"))
+        .unwrap()
+        .replace("\"#crea\"", "\"#nothing\"");
+    assert!(err(&dangling).contains("cannot be resolved"));
+}
+
+#[test]
+fn versions_from_source_status() {
+    let content = [1; 32];
+    let report = [2; 32];
+    let prev = |version, voided| ResultState {
+        version,
+        content,
+        report_sha256: report,
+        voided,
+    };
+    let q = |v, s: Status| match decide(
+        Some(&prev(v, false)),
+        &SourceStatus::Corrected,
+        &[3; 32],
+        &report,
+    ) {
+        Decision::Queue {
+            version, status, ..
+        } => (version, status) == (v + 1, s),
+        _ => false,
+    };
+    assert!(q(1, Status::Amended));
+    assert_eq!(
+        decide(None, &SourceStatus::Final, &content, &report),
+        Decision::Queue {
+            version: 1,
+            status: Status::Final,
+            reason: String::new()
+        }
+    );
+    assert_eq!(
+        decide(
+            Some(&prev(1, false)),
+            &SourceStatus::Final,
+            &content,
+            &[9; 32]
+        ),
+        Decision::Duplicate,
+        "a re-sent message with the same results is not a new version"
+    );
+    assert!(matches!(
+        decide(
+            Some(&prev(2, false)),
+            &SourceStatus::Void,
+            &content,
+            &report
+        ),
+        Decision::Queue {
+            version: 3,
+            status: Status::Voided,
+            ..
+        }
+    ));
+    assert_eq!(
+        decide(Some(&prev(3, true)), &SourceStatus::Void, &content, &report),
+        Decision::Duplicate
+    );
+    assert!(matches!(
+        decide(None, &SourceStatus::Void, &content, &report),
+        Decision::Skip(_)
+    ));
+    assert!(matches!(
+        decide(None, &SourceStatus::NotFinal("P".into()), &content, &report),
+        Decision::Skip(_)
+    ));
+}
+
+#[test]
+fn summary_id_parts() {
+    assert_eq!(summary_id_part("LAB-1"), "LAB-1");
+    let a = summary_id_part("血糖");
+    let b = summary_id_part("血脂");
+    assert_ne!(a, b);
+    assert!(huren_core::summary::SummaryId::parse(&format!("X-{a}")).is_ok());
+    assert!(summary_id_part("A/B").starts_with("AB_"));
+}
+
+fn test_ingestor(dir: &Path) -> Ingestor {
+    let pki = huren_certs_dev::DevPki::generate().unwrap();
+    let id = InstitutionId::parse("shx-prov-people").unwrap();
+    let member = pki.issue_member(&id).unwrap();
+    let cert = pki_types::CertificateDer::from_pem_slice(member.signing.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec();
+    let signer = SummarySigner::from_pkcs8_pem(&member.signing.key_pem, cert).unwrap();
+    Ingestor::new(
+        id,
+        Arc::new(signer),
+        PseudonymKey::new([7; 32]),
+        mapping("shx-prov-people"),
+        IngestSettings::default(),
+        Arc::new(Store::open(&dir.join("store")).unwrap()),
+    )
+}
+
+use pki_types::pem::PemObject;
+
+#[test]
+fn ingesting_again_queues_nothing_and_a_correction_queues_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ing = test_ingestor(dir.path());
+    let first = ing.ingest(&data("hl7/oru-lab-utf8.hl7"), None).unwrap();
+    assert_eq!((first.queued, first.duplicates), (4, 0));
+    // The same file (after a crash before it left the inbox) and the same results re-sent
+    // under another control id: nothing new.
+    let again = ing.ingest(&data("hl7/oru-lab-utf8.hl7"), None).unwrap();
+    assert_eq!((again.queued, again.duplicates), (0, 4));
+    let resent = ing.ingest(&data("hl7/oru-lab-resent.hl7"), None).unwrap();
+    assert_eq!((resent.queued, resent.duplicates), (0, 4));
+    // The correction of the haemoglobin: version 2, amended; the rest unchanged.
+    let corrected = ing
+        .ingest(&data("hl7/oru-lab-corrected.hl7"), None)
+        .unwrap();
+    assert_eq!(
+        (corrected.queued, corrected.amended, corrected.duplicates),
+        (1, 1, 3)
+    );
+    let pending = ing.store().pending(100).unwrap();
+    assert_eq!(pending.len(), 5);
+    let last = pending.last().unwrap();
+    assert_eq!(
+        (last.summary_id.as_str(), last.version),
+        ("LAB-20261118-00731-HGB", 2)
+    );
+    let s = huren_core::summary::Summary::from_body_bytes(&last.envelope.body).unwrap();
+    assert_eq!(s.status, Status::Amended);
+    assert_eq!(
+        s.report.locator,
+        "huren-report:shx-prov-people/LAB-20261118-00731-HGB/2"
+    );
+    // Both versions' reports are kept and served by version.
+    let id = huren_core::summary::SummaryId::parse("LAB-20261118-00731-HGB").unwrap();
+    let v1 = ing.store().report(&id, Some(1)).unwrap().unwrap();
+    let v2 = ing.store().report(&id, None).unwrap().unwrap();
+    assert_eq!(v1.bytes, data("hl7/oru-lab-utf8.hl7"));
+    assert_eq!(
+        (v2.version, v2.bytes),
+        (2, data("hl7/oru-lab-corrected.hl7"))
+    );
+}
+
+#[test]
+fn a_file_with_one_bad_message_of_two_keeps_the_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ing = test_ingestor(dir.path());
+    let mut both = data("hl7/oru-lab-utf8.hl7");
+    both.extend(data("hl7/bad-unknown-code.hl7"));
+    let out = ing.ingest(&both, None).unwrap();
+    assert_eq!(out.units, 2);
+    assert_eq!(out.queued, 4);
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(
+        out.rejected[0].bytes.as_deref(),
+        Some(&data("hl7/bad-unknown-code.hl7")[..])
+    );
+    assert!(!out.wholly_rejected());
+}

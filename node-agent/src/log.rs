@@ -1,0 +1,356 @@
+//! The agent as a witness of the hub's log.
+//!
+//! With `[log] verifier_key` configured, the agent checks every log proof the hub gives it:
+//! each receipt's and each returned result's inclusion proof against a checkpoint signed by the
+//! hub's log key, and each new checkpoint's consistency with the last one it saw (kept in
+//! `<state_dir>/checkpoint`). Every entry it relied on (its own publications, results it was
+//! shown) is appended to `<state_dir>/receipts` (one `index hex(leaf)` line each), so
+//! `huren-agent audit` can re-check all of them against the latest checkpoint. A hub that
+//! rewrites, drops or reorders history, or shows different trees to different members, fails
+//! one of these checks: the agent then refuses the answer with [`AgentError::Log`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use huren_core::checkpoint::{Checkpoint, NoteVerifier, open_checkpoint};
+use huren_core::logentry::{LogProof, verify_leaf};
+use huren_core::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
+use huren_proto::hub as pb;
+use huren_proto::hub::hub_client::HubClient;
+
+use crate::error::AgentError;
+
+/// File of the last checkpoint seen, in the state folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+/// File of the log entries this agent relied on, in the state folder.
+pub const RECEIPTS_FILE: &str = "receipts";
+
+/// The last checkpoint seen, opened, with its signed note.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub checkpoint: Checkpoint,
+    pub note: String,
+}
+
+/// The agent's view of the hub's log.
+#[derive(Debug)]
+pub struct LogWitness {
+    verifier: NoteVerifier,
+    dir: PathBuf,
+    last: Mutex<Option<Seen>>,
+}
+
+fn log_err(what: impl std::fmt::Display) -> AgentError {
+    AgentError::Log(what.to_string())
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> AgentError {
+    AgentError::Setup(format!("log state {}: {e}", path.display()))
+}
+
+/// Reads proof hashes from the wire.
+pub fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, AgentError> {
+    proof
+        .iter()
+        .map(|h| {
+            h.as_slice()
+                .try_into()
+                .map_err(|_| log_err("a proof hash is not 32 bytes"))
+        })
+        .collect()
+}
+
+/// Reads a log proof from the wire.
+pub fn proof_from_pb(p: pb::LogProof) -> Result<LogProof, AgentError> {
+    Ok(LogProof {
+        index: p.index,
+        tree_size: p.tree_size,
+        proof: hashes(&p.proof)?,
+        checkpoint: p.checkpoint,
+    })
+}
+
+/// What `huren-agent audit` found.
+#[derive(Clone, Debug)]
+pub struct AuditReport {
+    /// The checkpoint this agent had before the audit.
+    pub before: Option<Checkpoint>,
+    /// The hub's latest checkpoint.
+    pub now: Checkpoint,
+    /// Log entries re-checked.
+    pub entries_checked: usize,
+    /// Every inconsistency found; empty when the log is consistent.
+    pub problems: Vec<String>,
+}
+
+impl LogWitness {
+    /// Opens the witness state in `dir` (created if missing). A stored checkpoint that no
+    /// longer verifies under `verifier_key` is an error.
+    pub fn open(verifier_key: &str, dir: &Path) -> Result<Self, AgentError> {
+        let verifier = NoteVerifier::parse(verifier_key.trim())
+            .map_err(|e| AgentError::Setup(format!("[log] verifier_key: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let path = dir.join(CHECKPOINT_FILE);
+        let last = match std::fs::read_to_string(&path) {
+            Ok(note) => {
+                let checkpoint =
+                    open_checkpoint(&note, &verifier, verifier.name()).map_err(|e| {
+                        log_err(format!(
+                            "the stored checkpoint {} does not verify: {e}",
+                            path.display()
+                        ))
+                    })?;
+                Some(Seen { checkpoint, note })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        Ok(Self {
+            verifier,
+            dir: dir.to_owned(),
+            last: Mutex::new(last),
+        })
+    }
+
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.verifier
+    }
+
+    /// The last checkpoint this agent saw.
+    pub async fn last(&self) -> Option<Seen> {
+        self.last.lock().await.clone()
+    }
+
+    /// Opens a checkpoint signed by the hub's log key.
+    pub fn open_note(&self, note: &str) -> Result<Checkpoint, AgentError> {
+        open_checkpoint(note, &self.verifier, self.verifier.name())
+            .map_err(|e| log_err(format!("a checkpoint from the hub does not verify: {e}")))
+    }
+
+    /// Checks that `leaf` is in the log as `proof` says.
+    pub fn verify_entry(&self, leaf: &[u8], proof: &LogProof) -> Result<Checkpoint, AgentError> {
+        verify_leaf(&self.verifier, leaf, proof).map_err(|e| {
+            log_err(format!(
+                "log entry {} is not proven by the hub's checkpoint: {e}",
+                proof.index
+            ))
+        })
+    }
+
+    /// Checks that two checkpoints describe one append-only log, asking the hub for the
+    /// consistency proof between their sizes.
+    async fn consistent(
+        hub: &mut HubClient<Channel>,
+        a: &Checkpoint,
+        b: &Checkpoint,
+    ) -> Result<(), AgentError> {
+        let (old, new) = if a.size <= b.size { (a, b) } else { (b, a) };
+        if old.size == new.size {
+            if old.root != new.root {
+                return Err(log_err(format!(
+                    "two checkpoints of the same size {} have different roots: the hub shows different logs (a fork)",
+                    old.size
+                )));
+            }
+            return Ok(());
+        }
+        let proof = hub
+            .get_consistency_proof(pb::ConsistencyProofRequest {
+                old_size: old.size,
+                new_size: new.size,
+            })
+            .await
+            .map_err(|status| {
+                if status.code() == tonic::Code::OutOfRange {
+                    // The hub no longer has a tree as large as one it signed: it shrank.
+                    log_err(format!(
+                        "the hub cannot prove its log of {} entries extends to the {} entries of a checkpoint it signed earlier: entries were dropped ({})",
+                        old.size,
+                        new.size,
+                        status.message()
+                    ))
+                } else {
+                    AgentError::Hub(status)
+                }
+            })?
+            .into_inner();
+        verify_consistency(
+            old.size,
+            new.size,
+            &old.root,
+            &new.root,
+            &hashes(&proof.proof)?,
+        )
+        .map_err(|e| {
+            log_err(format!(
+                "the log of {} entries is not an extension of the log of {} entries this agent saw: {e}",
+                new.size, old.size
+            ))
+        })
+    }
+
+    /// Takes in a checkpoint from the hub: checks it is consistent with the last one seen and
+    /// keeps the larger.
+    pub async fn observe(
+        &self,
+        hub: &mut HubClient<Channel>,
+        note: &str,
+    ) -> Result<Checkpoint, AgentError> {
+        let checkpoint = self.open_note(note)?;
+        let mut last = self.last.lock().await;
+        if let Some(seen) = last.as_ref() {
+            Self::consistent(hub, &seen.checkpoint, &checkpoint).await?;
+            if checkpoint.size <= seen.checkpoint.size {
+                return Ok(checkpoint);
+            }
+        }
+        self.save_checkpoint(note)?;
+        *last = Some(Seen {
+            checkpoint: checkpoint.clone(),
+            note: note.to_owned(),
+        });
+        Ok(checkpoint)
+    }
+
+    /// Compares a checkpoint obtained elsewhere (gossiped by another member, say) with this
+    /// agent's last one. A hub that served the two members different trees fails here.
+    pub async fn compare(
+        &self,
+        hub: &mut HubClient<Channel>,
+        foreign_note: &str,
+    ) -> Result<(), AgentError> {
+        let foreign = self.open_note(foreign_note)?;
+        let last = self.last.lock().await;
+        match last.as_ref() {
+            Some(seen) => Self::consistent(hub, &seen.checkpoint, &foreign).await,
+            None => Ok(()),
+        }
+    }
+
+    fn save_checkpoint(&self, note: &str) -> Result<(), AgentError> {
+        let path = self.dir.join(CHECKPOINT_FILE);
+        let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        std::fs::write(&tmp, note).map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))
+    }
+
+    /// Remembers a log entry this agent relied on, for `audit`.
+    pub fn remember(&self, index: u64, leaf: &[u8]) -> Result<(), AgentError> {
+        let path = self.dir.join(RECEIPTS_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        writeln!(file, "{index} {}", hex::encode(leaf)).map_err(|e| io_err(&path, e))
+    }
+
+    /// The log entries this agent relied on, deduplicated, by index.
+    pub fn remembered(&self) -> Result<Vec<(u64, Vec<u8>)>, AgentError> {
+        let path = self.dir.join(RECEIPTS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let bad = || log_err(format!("{} line {} is malformed", path.display(), n + 1));
+            let (index, leaf) = line.split_once(' ').ok_or_else(bad)?;
+            let index: u64 = index.parse().map_err(|_| bad())?;
+            let leaf = hex::decode(leaf).map_err(|_| bad())?;
+            if let Some(other) = out.insert(index, leaf.clone())
+                && other != leaf
+            {
+                return Err(log_err(format!(
+                    "this agent was shown two different entries at log index {index}"
+                )));
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Re-checks everything: the hub's latest checkpoint against the last one seen, and every
+    /// remembered entry against the latest checkpoint. Keeps the latest checkpoint only if
+    /// nothing is wrong.
+    pub async fn audit(&self, hub: &mut HubClient<Channel>) -> Result<AuditReport, AgentError> {
+        let note = hub
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .map_err(AgentError::Hub)?
+            .into_inner()
+            .checkpoint;
+        let now = self.open_note(&note)?;
+        let before = self.last().await.map(|s| s.checkpoint);
+        let mut problems = Vec::new();
+        if let Some(before) = &before
+            && let Err(e) = Self::consistent(hub, before, &now).await
+        {
+            problems.push(e.to_string());
+        }
+        let entries = self.remembered()?;
+        for (index, leaf) in &entries {
+            if *index >= now.size {
+                problems.push(format!(
+                    "log entry {index} this agent holds is beyond the hub's latest checkpoint ({} entries): the log was truncated",
+                    now.size
+                ));
+                continue;
+            }
+            let answer = hub
+                .get_inclusion_proof(pb::InclusionProofRequest {
+                    index: *index,
+                    tree_size: now.size,
+                })
+                .await;
+            let answer = match answer {
+                Ok(a) => a.into_inner(),
+                Err(status) => {
+                    problems.push(format!(
+                        "log entry {index}: the hub gave no inclusion proof ({})",
+                        status.message()
+                    ));
+                    continue;
+                }
+            };
+            if answer.leaf != *leaf {
+                problems.push(format!(
+                    "log entry {index} is no longer what the hub logged when this agent saw it (rewritten, dropped or reordered)"
+                ));
+            }
+            let proof = match answer.proof.map(|p| hashes(&p.proof)).transpose() {
+                Ok(Some(p)) => p,
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    problems.push(format!("log entry {index}: {e}"));
+                    continue;
+                }
+            };
+            if let Err(e) = verify_inclusion(&leaf_hash(leaf), *index, now.size, &proof, &now.root)
+            {
+                problems.push(format!(
+                    "log entry {index} is not in the hub's latest checkpoint: {e}"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            let mut last = self.last.lock().await;
+            if last.as_ref().is_none_or(|s| s.checkpoint.size <= now.size) {
+                self.save_checkpoint(&note)?;
+                *last = Some(Seen {
+                    checkpoint: now.clone(),
+                    note,
+                });
+            }
+        }
+        Ok(AuditReport {
+            before,
+            now,
+            entries_checked: entries.len(),
+            problems,
+        })
+    }
+}

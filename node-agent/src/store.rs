@@ -1,0 +1,594 @@
+//! The agent's own store: the outbox of signed summaries, the full reports it serves, and
+//! ingest progress. The only module that imports sled; everything else sees the domain-shaped
+//! API below, so the engine can be swapped (sled 0.34 is unmaintained; redb is an option).
+//!
+//! Trees and key layouts (all integers big-endian; values are the prost messages below):
+//!
+//! ```text
+//! outbox     seq u64                     -> QueuedRecord   waiting to be published, in order
+//! published  seq u64                     -> QueuedRecord   published (envelope dropped)
+//! dead       seq u64                     -> QueuedRecord   refused by the hub, with the reason
+//! results    summary_id                  -> ResultRecord   latest version of each result
+//! versions   summary_id 0x00 version u32 -> VersionRecord  report digest of each version
+//! reports    sha256 [32]                 -> report bytes   content-addressed
+//! files      file key (utf-8)            -> FileRecord     files already ingested (backfill)
+//! ```
+//!
+//! Invariants: a result is signed once and its signed bytes are written (in one transaction
+//! with its report and its `results`/`versions` records) before anything is published; an
+//! outbox entry moves to `published` or `dead` only after the hub answered. [`Store::flush`]
+//! makes writes survive a crash of the process (sled's flush is `sync_file_range` on Linux:
+//! not necessarily a power cut). One process opens a store at a time (sled locks it).
+
+use std::path::Path;
+
+use prost::Message;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use huren_core::pb;
+use huren_core::signing::{SignedEnvelope, VerifyError};
+use huren_core::summary::{SummaryId, UnixMillis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the agent store at {path} is in use by another process (is `huren-agent run` running?)"
+    )]
+    Locked { path: std::path::PathBuf },
+    #[error("agent store: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("agent store: a record cannot be read: {0}")]
+    Corrupt(String),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Engine(e),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct QueuedRecord {
+    #[prost(string, tag = "1")]
+    summary_id: String,
+    #[prost(uint32, tag = "2")]
+    version: u32,
+    /// Encoded `huren.summary.v1.SignedSummary`; empty once published.
+    #[prost(bytes = "vec", tag = "3")]
+    envelope: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    enqueued_at_ms: i64,
+    #[prost(int64, tag = "5")]
+    done_at_ms: i64,
+    #[prost(bool, tag = "6")]
+    already_stored: bool,
+    #[prost(string, tag = "7")]
+    reason: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResultRecord {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    content: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    report_sha256: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    voided: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct VersionRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    report_sha256: Vec<u8>,
+    #[prost(string, tag = "2")]
+    media_type: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct FileRecord {
+    #[prost(uint32, tag = "1")]
+    results: u32,
+    #[prost(int64, tag = "2")]
+    at_ms: i64,
+}
+
+/// What the agent last queued for a result id: the base for deciding the next version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultState {
+    pub version: u32,
+    /// SHA-256 of the clinical content (see `ingest::content_digest`).
+    pub content: [u8; 32],
+    pub report_sha256: [u8; 32],
+    pub voided: bool,
+}
+
+/// A full report to keep and serve.
+#[derive(Clone, Debug)]
+pub struct ReportBytes {
+    pub sha256: [u8; 32],
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// One signed result to queue.
+pub struct NewResult<'a> {
+    pub envelope: &'a SignedEnvelope,
+    pub summary_id: &'a SummaryId,
+    pub version: u32,
+    pub state: ResultState,
+    pub report: &'a ReportBytes,
+}
+
+/// A queued result waiting for the hub.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub seq: u64,
+    pub summary_id: String,
+    pub version: u32,
+    pub envelope: SignedEnvelope,
+}
+
+/// A result the hub refused.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub summary_id: String,
+    pub version: u32,
+    pub reason: String,
+    pub at: UnixMillis,
+}
+
+/// Sizes of the outbox lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: usize,
+    pub published: usize,
+    pub dead: usize,
+}
+
+/// A stored report of one result version.
+#[derive(Clone, Debug)]
+pub struct StoredReport {
+    pub version: u32,
+    pub sha256: [u8; 32],
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The agent's store. Cheap to share behind an `Arc`; sled is internally synchronised.
+pub struct Store {
+    db: sled::Db,
+    outbox: sled::Tree,
+    published: sled::Tree,
+    dead: sled::Tree,
+    results: sled::Tree,
+    versions: sled::Tree,
+    reports: sled::Tree,
+    files: sled::Tree,
+}
+
+fn now_ms() -> i64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn digest(bytes: &[u8], what: &str) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what} is not 32 bytes")))
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(key.try_into().map_err(|_| {
+        StoreError::Corrupt("outbox key is not 8 bytes".into())
+    })?))
+}
+
+fn version_key(id: &str, version: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 5);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (or creates) the store in the folder `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked {
+                    path: path.to_owned(),
+                }
+            }
+            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
+                path: path.to_owned(),
+            },
+            other => StoreError::Engine(other),
+        })?;
+        Ok(Store {
+            outbox: db.open_tree("outbox")?,
+            published: db.open_tree("published")?,
+            dead: db.open_tree("dead")?,
+            results: db.open_tree("results")?,
+            versions: db.open_tree("versions")?,
+            reports: db.open_tree("reports")?,
+            files: db.open_tree("files")?,
+            db,
+        })
+    }
+
+    /// The latest version the agent queued for `id`, if any.
+    pub fn result_state(&self, id: &SummaryId) -> Result<Option<ResultState>, StoreError> {
+        let Some(v) = self.results.get(id.as_str().as_bytes())? else {
+            return Ok(None);
+        };
+        let r: ResultRecord = decode(&v, "result record")?;
+        Ok(Some(ResultState {
+            version: r.version,
+            content: digest(&r.content, "content digest")?,
+            report_sha256: digest(&r.report_sha256, "report digest")?,
+            voided: r.voided,
+        }))
+    }
+
+    /// Queues signed results, with their reports, in one transaction; and, if given, marks the
+    /// file they came from as ingested (`file_key`). Call [`Store::flush`] before relying on it.
+    pub fn enqueue(
+        &self,
+        results: &[NewResult<'_>],
+        file_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut seqs = Vec::with_capacity(results.len());
+        for _ in results {
+            seqs.push(self.db.generate_id()?);
+        }
+        let at = now_ms();
+        let queued: Vec<(u64, Vec<u8>)> = results
+            .iter()
+            .zip(&seqs)
+            .map(|(r, seq)| {
+                let record = QueuedRecord {
+                    summary_id: r.summary_id.to_string(),
+                    version: r.version,
+                    envelope: pb::SignedSummary::from(r.envelope.clone()).encode_to_vec(),
+                    enqueued_at_ms: at,
+                    ..Default::default()
+                };
+                (*seq, record.encode_to_vec())
+            })
+            .collect();
+        let file_record = FileRecord {
+            results: u32::try_from(results.len()).unwrap_or(u32::MAX),
+            at_ms: at,
+        }
+        .encode_to_vec();
+        (
+            &self.outbox,
+            &self.results,
+            &self.versions,
+            &self.reports,
+            &self.files,
+        )
+            .transaction(|(outbox, res, versions, reports, files)| {
+                for ((seq, record), r) in queued.iter().zip(results) {
+                    outbox.insert(&seq.to_be_bytes(), record.as_slice())?;
+                    let state = ResultRecord {
+                        version: r.state.version,
+                        content: r.state.content.to_vec(),
+                        report_sha256: r.state.report_sha256.to_vec(),
+                        voided: r.state.voided,
+                    };
+                    res.insert(r.summary_id.as_str().as_bytes(), state.encode_to_vec())?;
+                    versions.insert(
+                        version_key(r.summary_id.as_str(), r.version),
+                        VersionRecord {
+                            report_sha256: r.report.sha256.to_vec(),
+                            media_type: r.report.media_type.clone(),
+                        }
+                        .encode_to_vec(),
+                    )?;
+                    if reports.get(r.report.sha256)?.is_none() {
+                        reports.insert(&r.report.sha256, r.report.bytes.as_slice())?;
+                    }
+                }
+                if let Some(key) = file_key {
+                    files.insert(key.as_bytes(), file_record.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+        Ok(())
+    }
+
+    /// Waits until every write so far is on disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Marks a file as ingested without results (everything in it was skipped or rejected).
+    pub fn mark_file(&self, key: &str) -> Result<(), StoreError> {
+        self.enqueue(&[], Some(key))
+    }
+
+    /// Whether a file with this key was ingested before.
+    pub fn file_ingested(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.files.contains_key(key.as_bytes())?)
+    }
+
+    /// Up to `limit` queued results, oldest first.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.outbox.iter().take(limit) {
+            let (k, v) = entry?;
+            let r: QueuedRecord = decode(&v, "outbox record")?;
+            let signed: pb::SignedSummary = decode(&r.envelope, "queued envelope")?;
+            let envelope = SignedEnvelope::try_from(signed)
+                .map_err(|e: VerifyError| StoreError::Corrupt(e.to_string()))?;
+            out.push(Pending {
+                seq: seq_of(&k)?,
+                summary_id: r.summary_id,
+                version: r.version,
+                envelope,
+            });
+        }
+        Ok(out)
+    }
+
+    fn take(&self, seq: u64) -> Result<Option<QueuedRecord>, StoreError> {
+        self.outbox
+            .get(seq.to_be_bytes())?
+            .map(|v| decode(&v, "outbox record"))
+            .transpose()
+    }
+
+    /// Moves a queued result to `published` (the hub holds it).
+    pub fn mark_published(
+        &self,
+        seq: u64,
+        accepted_at: UnixMillis,
+        already_stored: bool,
+    ) -> Result<(), StoreError> {
+        let Some(mut r) = self.take(seq)? else {
+            return Ok(());
+        };
+        r.envelope.clear();
+        r.done_at_ms = accepted_at.0;
+        r.already_stored = already_stored;
+        let value = r.encode_to_vec();
+        (&self.outbox, &self.published).transaction(|(outbox, published)| {
+            outbox.remove(&seq.to_be_bytes())?;
+            published.insert(&seq.to_be_bytes(), value.as_slice())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Moves a queued result to the dead letters with the hub's reason.
+    pub fn dead_letter(&self, seq: u64, reason: &str) -> Result<(), StoreError> {
+        let Some(mut r) = self.take(seq)? else {
+            return Ok(());
+        };
+        r.reason = reason.to_owned();
+        r.done_at_ms = now_ms();
+        let value = r.encode_to_vec();
+        (&self.outbox, &self.dead).transaction(|(outbox, dead)| {
+            outbox.remove(&seq.to_be_bytes())?;
+            dead.insert(&seq.to_be_bytes(), value.as_slice())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        self.flush()
+    }
+
+    /// Every dead letter, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead
+            .iter()
+            .map(|e| {
+                let (k, v) = e?;
+                let r: QueuedRecord = decode(&v, "dead letter")?;
+                Ok(DeadLetter {
+                    seq: seq_of(&k)?,
+                    summary_id: r.summary_id,
+                    version: r.version,
+                    reason: r.reason,
+                    at: UnixMillis(r.done_at_ms),
+                })
+            })
+            .collect()
+    }
+
+    /// Puts every dead letter back in the outbox (in its original order), e.g. after the
+    /// alliance fixed a certificate or catalogue problem. Returns how many.
+    pub fn retry_dead_letters(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for e in self.dead.iter() {
+            let (k, v) = e?;
+            let mut r: QueuedRecord = decode(&v, "dead letter")?;
+            r.reason.clear();
+            r.done_at_ms = 0;
+            let value = r.encode_to_vec();
+            (&self.dead, &self.outbox).transaction(|(dead, outbox)| {
+                dead.remove(&k)?;
+                outbox.insert(&k, value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+            n += 1;
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    pub fn counts(&self) -> OutboxCounts {
+        OutboxCounts {
+            pending: self.outbox.len(),
+            published: self.published.len(),
+            dead: self.dead.len(),
+        }
+    }
+
+    /// The report of version `version` of result `id` (`None`: the latest version queued).
+    pub fn report(
+        &self,
+        id: &SummaryId,
+        version: Option<u32>,
+    ) -> Result<Option<StoredReport>, StoreError> {
+        let version = match version {
+            Some(v) => v,
+            None => match self.result_state(id)? {
+                Some(s) => s.version,
+                None => return Ok(None),
+            },
+        };
+        let Some(v) = self.versions.get(version_key(id.as_str(), version))? else {
+            return Ok(None);
+        };
+        let record: VersionRecord = decode(&v, "version record")?;
+        let sha256 = digest(&record.report_sha256, "report digest")?;
+        let Some(bytes) = self.reports.get(sha256)? else {
+            return Err(StoreError::Corrupt(format!(
+                "the report of {id} version {version} is missing"
+            )));
+        };
+        Ok(Some(StoredReport {
+            version,
+            sha256,
+            media_type: record.media_type,
+            bytes: bytes.to_vec(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(n: u8) -> SignedEnvelope {
+        SignedEnvelope {
+            body: vec![n; 10],
+            signature: [n; 64],
+            signer_certificate: vec![1, 2, 3],
+        }
+    }
+
+    fn state(v: u32) -> ResultState {
+        ResultState {
+            version: v,
+            content: [v as u8; 32],
+            report_sha256: [9; 32],
+            voided: false,
+        }
+    }
+
+    #[test]
+    fn queue_publish_dead_letter_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let report = ReportBytes {
+            sha256: [9; 32],
+            media_type: "text/plain".into(),
+            bytes: b"full report".to_vec(),
+        };
+        let (a, b) = (
+            SummaryId::parse("A").unwrap(),
+            SummaryId::parse("B").unwrap(),
+        );
+        let (ea, eb, ea2) = (envelope(1), envelope(2), envelope(3));
+        store
+            .enqueue(
+                &[
+                    NewResult {
+                        envelope: &ea,
+                        summary_id: &a,
+                        version: 1,
+                        state: state(1),
+                        report: &report,
+                    },
+                    NewResult {
+                        envelope: &eb,
+                        summary_id: &b,
+                        version: 1,
+                        state: state(1),
+                        report: &report,
+                    },
+                ],
+                Some("file-1"),
+            )
+            .unwrap();
+        store
+            .enqueue(
+                &[NewResult {
+                    envelope: &ea2,
+                    summary_id: &a,
+                    version: 2,
+                    state: state(2),
+                    report: &report,
+                }],
+                None,
+            )
+            .unwrap();
+        store.flush().unwrap();
+        assert!(store.file_ingested("file-1").unwrap());
+        assert!(!store.file_ingested("file-2").unwrap());
+        assert_eq!(store.result_state(&a).unwrap(), Some(state(2)));
+        let pending = store.pending(10).unwrap();
+        let order: Vec<(String, u32)> = pending
+            .iter()
+            .map(|p| (p.summary_id.clone(), p.version))
+            .collect();
+        assert_eq!(order, [("A".into(), 1), ("B".into(), 1), ("A".into(), 2)]);
+        assert_eq!(pending[2].envelope, ea2);
+
+        store
+            .mark_published(pending[0].seq, UnixMillis(5), false)
+            .unwrap();
+        store.dead_letter(pending[1].seq, "refused").unwrap();
+        assert_eq!(
+            store.counts(),
+            OutboxCounts {
+                pending: 1,
+                published: 1,
+                dead: 1
+            }
+        );
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead[0].summary_id, "B");
+        assert_eq!(dead[0].reason, "refused");
+
+        let r = store.report(&a, None).unwrap().unwrap();
+        assert_eq!((r.version, r.bytes.as_slice()), (2, &b"full report"[..]));
+        assert!(store.report(&a, Some(7)).unwrap().is_none());
+
+        // Reopened: everything is still there.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.retry_dead_letters().unwrap(), 1);
+        let pending: Vec<String> = store
+            .pending(10)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.summary_id)
+            .collect();
+        assert_eq!(pending, ["B", "A"]);
+    }
+
+    #[test]
+    fn a_second_open_is_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+}

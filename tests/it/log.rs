@@ -1,0 +1,883 @@
+//! The verifiable log end to end: receipts and answers carry inclusion proofs that verify with
+//! only the checkpoint, the hub's log key and the bytes; checkpoints stay consistent; agents
+//! catch a hub whose store was rewritten, whose log lost or reordered entries, or that shows
+//! two members different logs; the access audit, consent and revocation.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use prost::Message;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use huren_agent::{Agent, AgentConfig, AgentError};
+use huren_core::checkpoint::{NoteVerifier, open_checkpoint};
+use huren_core::logentry::{Entry, LogProof, Method, Purpose, summary_leaf, verify_leaf};
+use huren_core::merkle::{self, Hash, verify_consistency};
+use huren_core::pb::SignedSummary;
+use huren_core::pseudonym::Pseudonym;
+use huren_core::summary::UnixMillis;
+use huren_proto::hub as pb;
+use huren_proto::hub::hub_client::HubClient;
+
+use crate::harness::{
+    HGB, LOINC, STARTUP_DEADLINE, TestHub, history_request, hours, init, lab_summary, now_ms,
+    prior_request, publish, sign,
+};
+
+const ADMIN: &str = "xian-health-commission";
+
+/// The hub's log verifier key, read from the key file the hub created.
+fn verifier(hub: &TestHub) -> anyhow::Result<NoteVerifier> {
+    let config = huren_hub::HubConfig::load(&hub.config_path)?;
+    let key =
+        huren_hub::log::LogSigner::load_or_create(&config.log_key_path(), &config.log.origin)?;
+    Ok(NoteVerifier::parse(&key.verifier_key())?)
+}
+
+fn proof(p: Option<pb::LogProof>) -> anyhow::Result<LogProof> {
+    let p = p.context("no log proof")?;
+    Ok(LogProof {
+        index: p.index,
+        tree_size: p.tree_size,
+        proof: p
+            .proof
+            .iter()
+            .map(|h| Hash::try_from(h.as_slice()))
+            .collect::<Result<_, _>>()?,
+        checkpoint: p.checkpoint,
+    })
+}
+
+/// The leaf of a published summary: exactly the bytes the publisher signed, its signature and
+/// certificate, and the hub's acceptance time from the receipt.
+fn leaf_of(signed: &SignedSummary, accepted_at_ms: i64) -> anyhow::Result<Vec<u8>> {
+    Ok(summary_leaf(
+        &signed.body,
+        &signed.signature.as_slice().try_into()?,
+        &signed.signer_certificate,
+        UnixMillis(accepted_at_ms),
+    ))
+}
+
+fn with_purpose(mut r: pb::FindPriorRequest, purpose: pb::Purpose) -> pb::FindPriorRequest {
+    r.purpose = purpose as i32;
+    r.with_proofs = true;
+    r
+}
+
+/// An agent configuration with the log checked, its state in `state`.
+fn agent_config(hub: &TestHub, id: &str, state: &Path) -> anyhow::Result<PathBuf> {
+    let files = hub.member_files(id)?;
+    let path = hub.root().join(format!("log-agent-{id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "institution = \"{id}\"\nhub = \"{}\"\nhub_tls_name = \"localhost\"\n\
+             [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
+             [signing]\ncert = {:?}\nkey = {:?}\n\
+             [pseudonym]\nkey_file = {:?}\n\
+             [log]\nverifier_key = {:?}\nstate_dir = {:?}\n",
+            hub.url(),
+            hub.paths.ca_cert,
+            files.tls_cert,
+            files.tls_key,
+            files.signing_cert,
+            files.signing_key,
+            hub.paths.pseudonym_key,
+            verifier(hub)?.to_string(),
+            state,
+        ),
+    )?;
+    Ok(path)
+}
+
+async fn log_agent(hub: &TestHub, id: &str, state: &str) -> anyhow::Result<Agent> {
+    let state = hub.root().join(state);
+    Ok(Agent::connect(AgentConfig::load(&agent_config(hub, id, &state)?)?).await?)
+}
+
+/// Publishes `n` haemoglobin results of `patient` through `agent`.
+async fn publish_some(
+    agent: &Agent,
+    prefix: &str,
+    patient: Pseudonym,
+    n: i64,
+) -> anyhow::Result<()> {
+    for i in 0..n {
+        let s = lab_summary(
+            agent.institution().as_str(),
+            &format!("{prefix}-{i}"),
+            patient,
+            HGB,
+            hours(i),
+        )?;
+        let env = agent.sign(&s)?;
+        agent.publish(&s, env).await?;
+    }
+    Ok(())
+}
+
+async fn consistency(c: &mut HubClient<Channel>, old: u64, new: u64) -> anyhow::Result<Vec<Hash>> {
+    let r = c
+        .get_consistency_proof(pb::ConsistencyProofRequest {
+            old_size: old,
+            new_size: new,
+        })
+        .await?
+        .into_inner();
+    Ok(r.proof
+        .iter()
+        .map(|h| Hash::try_from(h.as_slice()))
+        .collect::<Result<_, _>>()?)
+}
+
+#[tokio::test]
+async fn receipts_and_answers_verify_with_only_checkpoint_key_and_bytes() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let vkey = verifier(&hub)?;
+    let a = hub.member("hosp-a")?;
+    let mut ca = hub.client("hosp-a").await?;
+    let mut cb = hub.client("hosp-b").await?;
+    let p = hub.patient("E10000001");
+
+    // Publishes interleaved with queries (which are logged too): every receipt proves its
+    // summary, and every pair of checkpoints is consistent.
+    let mut checkpoints = Vec::new();
+    let mut signed_all = Vec::new();
+    for i in 0..12 {
+        let signed = sign(
+            &a,
+            &lab_summary("hosp-a", &format!("L-{i}"), p, HGB, hours(i))?,
+        )?;
+        let r = publish(&mut ca, signed.clone()).await?;
+        let receipt = r.receipt.context("receipt")?;
+        let lp = proof(r.log_proof)?;
+        let cp = verify_leaf(&vkey, &leaf_of(&signed, receipt.accepted_at_ms)?, &lp)?;
+        assert!(lp.index < cp.size);
+        checkpoints.push(cp);
+        signed_all.push((signed, receipt.accepted_at_ms, lp.index));
+        if i % 3 == 0 {
+            cb.find_prior(prior_request(&p, &[(LOINC, HGB)])).await?;
+        }
+    }
+    // Queries were logged between the publishes: indexes skip them.
+    let indexes: Vec<u64> = signed_all.iter().map(|(_, _, i)| *i).collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]));
+    assert!(indexes.last() > Some(&11), "{indexes:?}");
+
+    // The same summary again: the first receipt, the same log entry.
+    let (first, at, index) = &signed_all[0];
+    let again = publish(&mut ca, first.clone()).await?;
+    assert!(again.already_stored);
+    let lp = proof(again.log_proof)?;
+    assert_eq!(lp.index, *index);
+    verify_leaf(&vkey, &leaf_of(first, *at)?, &lp)?;
+
+    // Every checkpoint is a prefix of every later one.
+    for (i, old) in checkpoints.iter().enumerate() {
+        for new in &checkpoints[i..] {
+            let proof = consistency(&mut cb, old.size, new.size).await?;
+            verify_consistency(old.size, new.size, &old.root, &new.root, &proof)?;
+        }
+    }
+    // The latest checkpoint extends them all; a tree the hub does not have is refused.
+    let latest = cb
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .checkpoint;
+    let latest = open_checkpoint(&latest, &vkey, vkey.name())?;
+    let last = checkpoints.last().context("checkpoints")?;
+    verify_consistency(
+        last.size,
+        latest.size,
+        &last.root,
+        &latest.root,
+        &consistency(&mut cb, last.size, 0).await?,
+    )?;
+    let err = consistency(&mut cb, 1, latest.size + 100)
+        .await
+        .expect_err("beyond the log");
+    let status = err.downcast::<tonic::Status>()?;
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+    // FindPrior with proofs: each returned summary verifies from its own bytes.
+    let answer = cb
+        .find_prior(with_purpose(
+            prior_request(&p, &[(LOINC, HGB)]),
+            pb::Purpose::Treatment,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(answer.results.len(), 12);
+    for r in &answer.results {
+        let signed = r.summary.clone().context("summary")?;
+        let at = r.receipt.as_ref().context("receipt")?.accepted_at_ms;
+        verify_leaf(&vkey, &leaf_of(&signed, at)?, &proof(r.log_proof.clone())?)?;
+    }
+
+    // A query without a purpose is refused and says why.
+    let mut no_purpose = prior_request(&p, &[(LOINC, HGB)]);
+    no_purpose.purpose = 0;
+    let err = cb.find_prior(no_purpose).await.expect_err("no purpose");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("purpose is required"), "{err:?}");
+    let mut no_purpose = history_request(&p, 0);
+    no_purpose.purpose = 0;
+    let err = cb.history(no_purpose).await.expect_err("no purpose");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A decision's log proof verifies against its leaf.
+    let r = &answer.results[0].receipt.clone().context("receipt")?;
+    let d = cb
+        .record_decision(pb::RecordDecisionRequest {
+            decision_id: "order-1".into(),
+            publisher: r.publisher.clone(),
+            summary_id: r.summary_id.clone(),
+            version: r.version,
+            decision: pb::DecisionKind::Retested as i32,
+            reason: pb::RetestReason::ConditionChanged as i32,
+            note: String::new(),
+        })
+        .await?
+        .into_inner();
+    let leaf = Entry::Decision {
+        at: UnixMillis(d.recorded_at_ms),
+        member: "hosp-b".into(),
+        decision_id: "order-1".into(),
+        publisher: r.publisher.clone(),
+        summary_id: r.summary_id.clone(),
+        version: r.version,
+        adopted: false,
+        recognised: d.result_was_recognised,
+        reason: "condition-changed".into(),
+        note: String::new(),
+    }
+    .encode();
+    verify_leaf(&vkey, &leaf, &proof(d.log_proof)?)?;
+    Ok(())
+}
+
+/// RecordV1 of hub::store, mirrored to tamper with (store-private layout, version 1).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    body: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    signature: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    signer_certificate_sha256: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    body_sha256: Vec<u8>,
+    #[prost(int64, tag = "5")]
+    accepted_at_ms: i64,
+    #[prost(uint64, tag = "6")]
+    log_index: u64,
+}
+
+#[tokio::test]
+async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start().await?;
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    let p = hub.patient("E10000002");
+    publish_some(&a, "R", p, 2).await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    let items = [(LOINC.to_owned(), HGB.to_owned())];
+    assert_eq!(
+        b.find_prior(&p, &items, UnixMillis(now_ms()), None)
+            .await?
+            .results
+            .len(),
+        2
+    );
+    drop((a, b));
+    hub.stop().await?;
+
+    // Someone with the hub's disk changes R-1's acceptance time (to move it across a
+    // revocation, say). Its signature still verifies: only the log shows the change.
+    {
+        let db = hub.open_store_db().await?;
+        let summaries = db.open_tree("summaries")?;
+        let mut changed = 0;
+        for entry in summaries.iter() {
+            let (key, value) = entry?;
+            let mut rec = StoredRecord::decode(&value[1..])?;
+            if rec.body.windows(3).any(|w| w == b"R-1") {
+                rec.accepted_at_ms += 60_000;
+                let mut v = vec![1u8];
+                rec.encode(&mut v)?;
+                summaries.insert(key, v)?;
+                changed += 1;
+            }
+        }
+        ensure!(
+            changed == 1,
+            "expected one record of R-1, changed {changed}"
+        );
+        db.flush()?;
+    }
+    hub.restart().await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    let err = b
+        .find_prior(&p, &items, UnixMillis(now_ms()), None)
+        .await
+        .expect_err("a summary with a changed acceptance time must be refused");
+    assert!(matches!(err, AgentError::Log(_)), "{err}");
+    assert!(err.to_string().contains("not proven"), "{err}");
+    Ok(())
+}
+
+/// Rewrites the hub's log from its leaves, after `edit` changed their order or number: what a
+/// hub operator who wants a self-consistent altered log would do.
+fn rewrite_log(db: &sled::Db, edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<()> {
+    let leaves_tree = db.open_tree("log_leaves")?;
+    let nodes = db.open_tree("log_nodes")?;
+    let meta = db.open_tree("log_meta")?;
+    let mut leaves: Vec<Vec<u8>> = leaves_tree
+        .iter()
+        .values()
+        .map(|v| v.map(|v| v.to_vec()))
+        .collect::<Result<_, _>>()?;
+    edit(&mut leaves);
+    leaves_tree.clear()?;
+    nodes.clear()?;
+    let mut frontier = Vec::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let i = i as u64;
+        leaves_tree.insert(i.to_be_bytes(), leaf.as_slice())?;
+        for (level, index, hash) in merkle::append(&mut frontier, i, merkle::leaf_hash(leaf)) {
+            let mut k = vec![level];
+            k.extend_from_slice(&index.to_be_bytes());
+            nodes.insert(k, &hash)?;
+        }
+    }
+    meta.insert("size", &(leaves.len() as u64).to_be_bytes())?;
+    db.flush()?;
+    Ok(())
+}
+
+/// Runs `huren-agent audit` as hosp-a (state in `state-a`): (success, stdout, stderr).
+async fn cli_audit(hub: &TestHub) -> anyhow::Result<(bool, String, String)> {
+    let config = agent_config(hub, "hosp-a", &hub.root().join("state-a"))?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("audit")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+async fn audit_after(edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<Vec<String>> {
+    let mut hub = TestHub::start().await?;
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    let p = hub.patient("E10000003");
+    publish_some(&a, "D", p, 5).await?;
+    let clean = a.audit().await?;
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    assert_eq!(clean.entries_checked, 5);
+    drop(a);
+    let (ok, out, _) = cli_audit(&hub).await?;
+    assert!(
+        ok && out.contains("OK: the hub's log is consistent"),
+        "{out}"
+    );
+    hub.stop().await?;
+    {
+        let db = hub.open_store_db().await?;
+        rewrite_log(&db, edit)?;
+    }
+    hub.restart().await?;
+    // `huren-agent audit` says so loudly and exits non-zero.
+    let (ok, _, err) = cli_audit(&hub).await?;
+    assert!(!ok && err.contains("INCONSISTENT"), "{err}");
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    let report = a.audit().await?;
+    // The agent also refuses the hub's next checkpoint outright.
+    let err = a
+        .checkpoint()
+        .await
+        .expect_err("an inconsistent checkpoint");
+    assert!(matches!(err, AgentError::Log(_)), "{err}");
+    Ok(report.problems)
+}
+
+#[tokio::test]
+async fn audit_catches_a_dropped_log_entry() -> anyhow::Result<()> {
+    init();
+    let problems = audit_after(|leaves| {
+        leaves.remove(2);
+    })
+    .await?;
+    assert!(
+        problems.iter().any(|p| p.contains("entries were dropped")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("log entry 2")),
+        "{problems:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn audit_catches_reordered_log_entries() -> anyhow::Result<()> {
+    init();
+    let problems = audit_after(|leaves| leaves.swap(1, 3)).await?;
+    assert!(
+        problems.iter().any(|p| p.contains("different roots")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("log entry 1")),
+        "{problems:?}"
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_members_shown_different_logs_catch_the_fork() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start().await?;
+    let p = hub.patient("E10000004");
+    {
+        let a = log_agent(&hub, "hosp-a", "state-a").await?;
+        publish_some(&a, "F", p, 2).await?;
+        let b = log_agent(&hub, "hosp-b", "state-b").await?;
+        b.checkpoint().await?;
+    }
+    // The hub keeps a copy of its store, lets A publish, then goes back to the copy and lets B
+    // publish: two logs of the same size under one key.
+    hub.stop().await?;
+    let backup = hub.root().join("store-backup");
+    drop(hub.open_store_db().await?);
+    copy_dir(&hub.store_path, &backup)?;
+    hub.restart().await?;
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    publish_some(&a, "FA", p, 1).await?;
+    let a_note = a.checkpoint().await?;
+    drop(a);
+    hub.stop().await?;
+    drop(hub.open_store_db().await?);
+    std::fs::remove_dir_all(&hub.store_path)?;
+    copy_dir(&backup, &hub.store_path)?;
+    hub.restart().await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    let s = lab_summary("hosp-b", "FB-0", p, HGB, hours(3))?;
+    b.publish(&s, b.sign(&s)?).await?;
+    let b_note = b.checkpoint().await?;
+    let (va, vb) = {
+        let v = verifier(&hub)?;
+        (
+            open_checkpoint(&a_note, &v, v.name())?,
+            open_checkpoint(&b_note, &v, v.name())?,
+        )
+    };
+    assert_eq!(va.size, vb.size, "the test wants two trees of one size");
+    assert_ne!(va.root, vb.root);
+
+    // Each checkpoint alone verifies; gossip shows the fork.
+    let err = b
+        .compare_checkpoint(&a_note)
+        .await
+        .expect_err("a fork must be caught");
+    assert!(matches!(err, AgentError::Log(_)), "{err}");
+    assert!(err.to_string().contains("fork"), "{err}");
+    // A, talking to the rolled-back hub, is refused its checkpoint too.
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    let err = a.checkpoint().await.expect_err("A saw the other branch");
+    assert!(matches!(err, AgentError::Log(_)), "{err}");
+    let report = a.audit().await?;
+    assert!(!report.problems.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let vkey = verifier(&hub)?;
+    let p = hub.patient("E10000005");
+    let other = hub.patient("E10000006");
+    let mut ca = hub.client("hosp-a").await?;
+    publish(
+        &mut ca,
+        sign(
+            &hub.member("hosp-a")?,
+            &lab_summary("hosp-a", "AR-1", p, HGB, hours(1))?,
+        )?,
+    )
+    .await?;
+    let mut cb = hub.client("hosp-b").await?;
+    let mut cc = hub.client("hosp-c").await?;
+    cb.find_prior(with_purpose(
+        prior_request(&p, &[(LOINC, HGB)]),
+        pb::Purpose::Treatment,
+    ))
+    .await?;
+    let mut h = history_request(&p, 0);
+    h.purpose = pb::Purpose::Referral as i32;
+    cc.history(h).await?;
+    cc.find_prior(prior_request(&other, &[(LOINC, HGB)]))
+        .await?;
+
+    // The administrator's report: both accesses, each provable, the other patient's absent.
+    let mut admin = hub.client(ADMIN).await?;
+    let report = admin
+        .access_report(pb::AccessReportRequest {
+            patient_pseudonym: p.as_bytes().to_vec(),
+            from_ms: 0,
+            to_ms: 0,
+        })
+        .await?
+        .into_inner();
+    let seen: Vec<(&str, i32, &str, u32)> = report
+        .entries
+        .iter()
+        .map(|e| (e.caller.as_str(), e.purpose, e.method.as_str(), e.results))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("hosp-b", pb::Purpose::Treatment as i32, "FindPrior", 1),
+            ("hosp-c", pb::Purpose::Referral as i32, "History", 1),
+        ]
+    );
+    for e in &report.entries {
+        verify_leaf(&vkey, &e.leaf, &proof(e.proof.clone())?)?;
+        let Entry::Access { pseudonym, .. } = Entry::decode(&e.leaf)? else {
+            anyhow::bail!("not an access leaf");
+        };
+        assert_eq!(&pseudonym, p.as_bytes());
+    }
+
+    // A member produces the same report for the patient, verified by its agent; the
+    // administrator's report is in it now.
+    let county = log_agent(&hub, "hosp-c", "state-c").await?;
+    let mine = county
+        .access_report(&p, UnixMillis(0), UnixMillis(0))
+        .await?;
+    let who: Vec<(&str, Purpose)> = mine
+        .entries
+        .iter()
+        .map(|e| (e.caller.as_str(), e.purpose))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("hosp-b", Purpose::Treatment),
+            ("hosp-c", Purpose::Referral),
+            (ADMIN, Purpose::Administration),
+        ]
+    );
+    assert_eq!(mine.entries[2].method, Method::AccessReport.name());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
+-> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let vkey = verifier(&hub)?;
+    let p = hub.patient("E10000007");
+    let mut ca = hub.client("hosp-a").await?;
+    publish(
+        &mut ca,
+        sign(
+            &hub.member("hosp-a")?,
+            &lab_summary("hosp-a", "C-1", p, HGB, hours(1))?,
+        )?,
+    )
+    .await?;
+    let mut cb = hub.client("hosp-b").await?;
+    let q = || prior_request(&p, &[(LOINC, HGB)]);
+    assert_eq!(cb.find_prior(q()).await?.into_inner().results.len(), 1);
+
+    // The patient tells hosp-c they opt out.
+    let mut cc = hub.client("hosp-c").await?;
+    let set = cc
+        .set_consent(pb::SetConsentRequest {
+            patient_pseudonym: p.as_bytes().to_vec(),
+            opted_out: true,
+        })
+        .await?
+        .into_inner();
+    assert!(set.changed);
+    let leaf = Entry::Consent {
+        at: UnixMillis(set.recorded_at_ms),
+        member: "hosp-c".into(),
+        pseudonym: *p.as_bytes(),
+        opted_out: true,
+    }
+    .encode();
+    verify_leaf(&vkey, &leaf, &proof(set.log_proof)?)?;
+
+    // Treatment, history, order check: nothing, and the answer says why.
+    let r = cb.find_prior(q()).await?.into_inner();
+    assert!(r.results.is_empty() && r.withheld_by_consent);
+    let r = cb.history(history_request(&p, 0)).await?.into_inner();
+    assert!(r.results.is_empty() && r.withheld_by_consent);
+    let order = cb
+        .check_order(pb::CheckOrderRequest {
+            patient_pseudonym: p.as_bytes().to_vec(),
+            items: vec![pb::OrderItem {
+                code: Some(pb::order_item::Code::Catalogue(pb::ItemCode {
+                    system: LOINC.into(),
+                    code: HGB.into(),
+                })),
+            }],
+            as_of_ms: 0,
+            purpose: pb::Purpose::Treatment as i32,
+            with_proofs: false,
+        })
+        .await?
+        .into_inner();
+    assert!(order.withheld_by_consent);
+    assert!(order.items[0].best.is_none());
+    assert!(
+        order.items[0].explanation.contains("opted out"),
+        "{order:?}"
+    );
+
+    // An emergency sees the result, through the agent too.
+    let r = cb
+        .find_prior(with_purpose(q(), pb::Purpose::Emergency))
+        .await?
+        .into_inner();
+    assert_eq!(r.results.len(), 1);
+    assert!(!r.withheld_by_consent);
+    let mut agent = log_agent(&hub, "hosp-b", "state-b").await?;
+    let items = [(LOINC.to_owned(), HGB.to_owned())];
+    let answer = agent
+        .find_prior(&p, &items, UnixMillis(now_ms()), None)
+        .await?;
+    assert!(answer.withheld_by_consent && answer.results.is_empty());
+    agent.set_purpose(Purpose::Emergency);
+    let answer = agent
+        .find_prior(&p, &items, UnixMillis(now_ms()), None)
+        .await?;
+    assert_eq!(answer.results.len(), 1);
+
+    // The audit shows the withheld queries and flags both emergency overrides.
+    let report = agent
+        .access_report(&p, UnixMillis(0), UnixMillis(0))
+        .await?;
+    assert!(report.opted_out);
+    let flags: Vec<(Purpose, bool, bool)> = report
+        .entries
+        .iter()
+        .filter(|e| e.method != Method::AccessReport.name())
+        .map(|e| (e.purpose, e.emergency_override, e.withheld_by_consent))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (Purpose::Treatment, false, false),
+            (Purpose::Treatment, false, true),
+            (Purpose::Treatment, false, true),
+            (Purpose::Treatment, false, true),
+            (Purpose::Emergency, true, false),
+            (Purpose::Treatment, false, true),
+            (Purpose::Emergency, true, false),
+        ]
+    );
+
+    // Back in: treatment sees the result again.
+    agent.set_consent(&p, false).await?;
+    let r = cb.find_prior(q()).await?.into_inner();
+    assert_eq!(r.results.len(), 1);
+    assert!(!r.withheld_by_consent);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revoked_member_is_refused_but_what_it_signed_before_stays_verifiable()
+-> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let vkey = verifier(&hub)?;
+    let p = hub.patient("E10000008");
+    let c = hub.member("hosp-c")?;
+    let mut cc = hub.client("hosp-c").await?;
+    let before = sign(&c, &lab_summary("hosp-c", "V-1", p, HGB, hours(1))?)?;
+    let receipt = publish(&mut cc, before.clone())
+        .await?
+        .receipt
+        .context("receipt")?;
+
+    // A revocation in the future changes nothing yet.
+    let policy = std::fs::read_to_string(&hub.policy_path)?;
+    let revoke = |at: &str| {
+        format!(
+            "{policy}\n[[revoked]]\nmember = \"hosp-c\"\nat = {at}\nreason = \"signing key compromise\"\n"
+        )
+    };
+    std::fs::write(
+        &hub.policy_path,
+        revoke("2099-01-01T00:00:00+08:00").replace("version = \"2026.11-1\"", "version = \"r1\""),
+    )?;
+    let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+    let mut cb = hub.client("hosp-b").await?;
+    loop {
+        // The policy version shows when the hub has reloaded.
+        let r = cb
+            .find_prior(prior_request(&p, &[(LOINC, HGB)]))
+            .await?
+            .into_inner();
+        let version = r.results[0]
+            .verdict
+            .as_ref()
+            .map(|v| v.policy_version.clone());
+        if version.as_deref() == Some("r1") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "policy not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish(
+        &mut cc,
+        sign(&c, &lab_summary("hosp-c", "V-2", p, HGB, hours(2))?)?,
+    )
+    .await?;
+
+    // Revoked as of now: calls and new summaries refused, with a clear message.
+    let now =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
+    std::fs::write(&hub.policy_path, revoke(&now))?;
+    let refused = loop {
+        match cc.find_prior(prior_request(&p, &[(LOINC, HGB)])).await {
+            Err(status) => break status,
+            Ok(_) => {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "revocation not loaded"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("revoked")
+            && refused.message().contains("signing key compromise"),
+        "{refused:?}"
+    );
+    let size_before = cb
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .checkpoint;
+    let err = publish(
+        &mut cc,
+        sign(&c, &lab_summary("hosp-c", "V-3", p, HGB, hours(3))?)?,
+    )
+    .await
+    .expect_err("a revoked member's new summary");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("revoked"), "{err:?}");
+    // Nothing changed: the log did not grow (the refused calls are not accesses).
+    let size_after = cb
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .checkpoint;
+    let (b, a) = (
+        open_checkpoint(&size_before, &vkey, vkey.name())?,
+        open_checkpoint(&size_after, &vkey, vkey.name())?,
+    );
+    assert_eq!(b, a);
+
+    // What it signed before stays returned and provable, accepted before the revocation.
+    let answer = cb
+        .find_prior(with_purpose(
+            prior_request(&p, &[(LOINC, HGB)]),
+            pb::Purpose::Treatment,
+        ))
+        .await?
+        .into_inner();
+    let ids: Vec<&str> = answer
+        .results
+        .iter()
+        .filter_map(|r| r.receipt.as_ref().map(|r| r.summary_id.as_str()))
+        .collect();
+    assert_eq!(ids, ["V-2", "V-1"]);
+    let v1 = &answer.results[1];
+    verify_leaf(
+        &vkey,
+        &leaf_of(&before, receipt.accepted_at_ms)?,
+        &proof(v1.log_proof.clone())?,
+    )?;
+    assert!(receipt.accepted_at_ms <= now_ms());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start().await?;
+    let p = hub.patient("E10000009");
+    let a = hub.member("hosp-a")?;
+    let mut ca = hub.client("hosp-a").await?;
+    for i in 0..3 {
+        let s = lab_summary("hosp-a", &format!("OLD-{i}"), p, HGB, hours(i))?;
+        publish(&mut ca, sign(&a, &s)?).await?;
+    }
+    hub.stop().await?;
+    // What a store written before the log existed looks like: no log trees at all.
+    {
+        let db = hub.open_store_db().await?;
+        for tree in ["log_leaves", "log_nodes", "log_meta", "access"] {
+            db.drop_tree(tree)?;
+        }
+        db.flush()?;
+    }
+    hub.restart().await?;
+    let vkey = verifier(&hub)?;
+    let mut cb = hub.client("hosp-b").await?;
+    let answer = cb
+        .find_prior(with_purpose(
+            prior_request(&p, &[(LOINC, HGB)]),
+            pb::Purpose::Treatment,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(answer.results.len(), 3);
+    let mut indexes = Vec::new();
+    for r in &answer.results {
+        let signed = r.summary.clone().context("summary")?;
+        let at = r.receipt.as_ref().context("receipt")?.accepted_at_ms;
+        let lp = proof(r.log_proof.clone())?;
+        indexes.push(lp.index);
+        verify_leaf(&vkey, &leaf_of(&signed, at)?, &lp)?;
+    }
+    indexes.sort();
+    assert_eq!(indexes, [0, 1, 2]);
+    Ok(())
+}
