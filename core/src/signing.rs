@@ -251,6 +251,8 @@ mod tests {
         let signer = CertifiedSigner {
             institution: summary.publisher.clone(),
             key: key.verifying_key(),
+            valid_from: UnixMillis(0),
+            valid_until: UnixMillis(i64::MAX),
         };
         let ok = env.verify_with(&signer).unwrap();
         assert_eq!(ok.summary, summary);
@@ -267,6 +269,8 @@ mod tests {
         let other = CertifiedSigner {
             institution: crate::identity::InstitutionId::parse("lantian-county").unwrap(),
             key: key.verifying_key(),
+            valid_from: UnixMillis(0),
+            valid_until: UnixMillis(i64::MAX),
         };
         assert!(matches!(
             env.verify_with(&other),

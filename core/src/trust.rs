@@ -60,6 +60,17 @@ pub struct AllianceCa {
 pub struct CertifiedSigner {
     pub institution: InstitutionId,
     pub key: ed25519_dalek::VerifyingKey,
+    /// The certificate's validity period (inclusive), so a cached certification can be
+    /// re-checked for another moment without parsing the certificate again.
+    pub valid_from: UnixMillis,
+    pub valid_until: UnixMillis,
+}
+
+impl CertifiedSigner {
+    /// Whether the certificate is valid at `at`.
+    pub fn valid_at(&self, at: UnixMillis) -> bool {
+        self.valid_from <= at && at <= self.valid_until
+    }
 }
 
 fn unix_time(at: UnixMillis) -> UnixTime {
@@ -121,9 +132,12 @@ impl AllianceCa {
             .map_err(|_| TrustError::NotEd25519)?;
         let key = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes)
             .map_err(|_| TrustError::NotEd25519)?;
+        let validity = cert.validity();
         Ok(CertifiedSigner {
             institution: institution_of(&cert)?,
             key,
+            valid_from: UnixMillis(validity.not_before.timestamp().saturating_mul(1000)),
+            valid_until: UnixMillis(validity.not_after.timestamp().saturating_mul(1000)),
         })
     }
 }

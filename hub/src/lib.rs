@@ -17,10 +17,12 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod journal;
 pub mod log;
 pub mod policy;
 pub mod server;
 pub mod service;
+pub mod signers;
 pub mod store;
 
 pub use config::HubConfig;

@@ -10,22 +10,28 @@ use huren_core::logentry::{Entry, LogProof, Method, Purpose, ResultRef};
 use huren_core::merkle::Hash;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::rules::{self, Decision, Policy, RetestReason, Verdict, check_decision};
-use huren_core::signing::SignedEnvelope;
+use huren_core::signing::{SignedEnvelope, VerifyError};
 use huren_core::stats::{self, Event, EventKind, GroupBy};
 use huren_core::summary::UnixMillis;
 use huren_core::trust::AllianceCa;
 
 use crate::error::HubError;
+use crate::journal::Journal;
 use crate::log::LogSigner;
 use crate::policy::PolicyHandle;
+use crate::signers::SignerCache;
 use crate::store::{
-    Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, Store, StoredSummary, TreeHead,
+    Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, QueryRecord, Shown, Store,
+    StoredSummary, TreeHead,
 };
 
 /// The hub's domain service.
 pub struct Hub {
     store: Store,
-    ca: AllianceCa,
+    /// Certified signing certificates of the alliance CA, validated once each.
+    signers: SignerCache,
+    /// Group-commit writer for what answered queries leave behind.
+    journal: Journal,
     policy: Arc<PolicyHandle>,
     max_results: usize,
     log: LogSigner,
@@ -143,8 +149,9 @@ impl Hub {
         log: LogSigner,
     ) -> Self {
         Self {
+            journal: Journal::start(store.clone()),
             store,
-            ca,
+            signers: SignerCache::new(ca),
             policy,
             max_results,
             log,
@@ -259,36 +266,76 @@ impl Hub {
         })
     }
 
-    /// Logs one access to a patient's results. (Each argument is one field of the leaf.)
+    /// Writes what an answered query leaves behind (what the caller was shown, statistics
+    /// events, the access leaf) through the journal, and waits until it is written: no answer
+    /// goes out without its audit record. (Each argument is one part of the record.)
     #[allow(clippy::too_many_arguments)]
-    fn log_access(
+    async fn journal(
         &self,
+        policy: &Policy,
         caller: &InstitutionId,
+        shown: &[&Judged],
+        asked: &[(String, String)],
         purpose: Purpose,
         method: Method,
         patient: &Pseudonym,
         gate: Gate,
-        shown: &[&Judged],
         at: UnixMillis,
     ) -> Result<(), HubError> {
-        self.store.log_access(&Access {
-            at,
-            caller: caller.clone(),
-            purpose,
-            method,
-            emergency_override: gate.emergency_override,
-            withheld_by_consent: gate.withheld,
-            patient: *patient,
-            results: shown
+        let events: Vec<Event> = asked
+            .iter()
+            .map(|(system, code)| {
+                let best = shown.iter().find(|j| {
+                    j.verdict.recognised()
+                        && j.stored.summary.item.system == *system
+                        && j.stored.summary.item.code == *code
+                });
+                Event {
+                    at,
+                    member: caller.clone(),
+                    item_system: system.clone(),
+                    item_code: code.clone(),
+                    price_fen: policy.item(system, code).map_or(0, |i| i.price_fen),
+                    kind: EventKind::Query {
+                        found: best.is_some(),
+                        cross_member: best.is_some_and(|j| j.stored.summary.publisher != *caller),
+                    },
+                }
+            })
+            .collect();
+        let record = QueryRecord {
+            member: caller.clone(),
+            shown: shown
                 .iter()
-                .map(|j| ResultRef {
+                .map(|j| Shown {
                     publisher: j.stored.receipt.publisher.to_string(),
                     summary_id: j.stored.receipt.summary_id.to_string(),
                     version: j.stored.receipt.version,
+                    item_system: j.stored.summary.item.system.clone(),
+                    item_code: j.stored.summary.item.code.clone(),
+                    recognised: j.verdict.recognised(),
                 })
                 .collect(),
-        })?;
-        Ok(())
+            events,
+            access: Access {
+                at,
+                caller: caller.clone(),
+                purpose,
+                method,
+                emergency_override: gate.emergency_override,
+                withheld_by_consent: gate.withheld,
+                patient: *patient,
+                results: shown
+                    .iter()
+                    .map(|j| ResultRef {
+                        publisher: j.stored.receipt.publisher.to_string(),
+                        summary_id: j.stored.receipt.summary_id.to_string(),
+                        version: j.stored.receipt.version,
+                    })
+                    .collect(),
+            },
+        };
+        self.journal.write(record).await
     }
 
     /// Attaches inclusion proofs (against one durable checkpoint) to results and their earlier
@@ -335,7 +382,11 @@ impl Hub {
     ) -> Result<(PutOutcome, LogProof), HubError> {
         let policy = self.member_policy(caller)?;
         let at = now();
-        let verified = envelope.verify(&self.ca, at)?;
+        let signer = self
+            .signers
+            .certify(&envelope.signer_certificate, at)
+            .map_err(VerifyError::from)?;
+        let verified = envelope.verify_with(&signer)?;
         if verified.summary.publisher != *caller {
             return Err(HubError::NotPublisher {
                 caller: caller.clone(),
@@ -364,43 +415,6 @@ impl Hub {
         }
     }
 
-    /// Records what the caller was shown, and one query event per item asked.
-    fn record(
-        &self,
-        policy: &Policy,
-        caller: &InstitutionId,
-        shown: &[&Judged],
-        asked: &[(String, String)],
-        at: UnixMillis,
-    ) -> Result<(), HubError> {
-        let events: Vec<Event> = asked
-            .iter()
-            .map(|(system, code)| {
-                let best = shown.iter().find(|j| {
-                    j.verdict.recognised()
-                        && j.stored.summary.item.system == *system
-                        && j.stored.summary.item.code == *code
-                });
-                Event {
-                    at,
-                    member: caller.clone(),
-                    item_system: system.clone(),
-                    item_code: code.clone(),
-                    price_fen: policy.item(system, code).map_or(0, |i| i.price_fen),
-                    kind: EventKind::Query {
-                        found: best.is_some(),
-                        cross_member: best.is_some_and(|j| j.stored.summary.publisher != *caller),
-                    },
-                }
-            })
-            .collect();
-        let shown: Vec<(&StoredSummary, bool)> = shown
-            .iter()
-            .map(|j| (&j.stored, j.verdict.recognised()))
-            .collect();
-        Ok(self.store.record_queries(caller, &shown, &events)?)
-    }
-
     /// The latest versions of one patient's results for some items, newest first, each with
     /// its verdict for the caller.
     pub async fn find_prior(
@@ -423,16 +437,18 @@ impl Hub {
             .collect();
         let at = now();
         let shown = results.iter().collect::<Vec<_>>();
-        self.record(&policy, caller, &shown, &query.items, at)?;
-        self.log_access(
+        self.journal(
+            &policy,
             caller,
+            &shown,
+            &query.items,
             ask.purpose,
             Method::FindPrior,
             &query.patient,
             gate,
-            &shown,
             at,
-        )?;
+        )
+        .await?;
         if ask.with_proofs {
             self.attach_proofs(results.iter_mut()).await?;
         }
@@ -479,16 +495,18 @@ impl Hub {
             results.push(judged);
         }
         let shown = results.iter().collect::<Vec<_>>();
-        self.record(&policy, caller, &shown, &[], at)?;
-        self.log_access(
+        self.journal(
+            &policy,
             caller,
+            &shown,
+            &[],
             ask.purpose,
             Method::History,
             &query.patient,
             gate,
-            &shown,
             at,
-        )?;
+        )
+        .await?;
         if ask.with_proofs {
             self.attach_proofs(results.iter_mut()).await?;
         }
@@ -591,16 +609,18 @@ impl Hub {
         }
         let at = now();
         let shown_refs = shown.iter().collect::<Vec<_>>();
-        self.record(&policy, caller, &shown_refs, &asked, at)?;
-        self.log_access(
+        self.journal(
+            &policy,
             caller,
+            &shown_refs,
+            &asked,
             ask.purpose,
             Method::CheckOrder,
             &patient,
             gate,
-            &shown_refs,
             at,
-        )?;
+        )
+        .await?;
         if ask.with_proofs {
             self.attach_proofs(answers.iter_mut().filter_map(|a| a.best.as_mut()))
                 .await?;
@@ -714,15 +734,18 @@ impl Hub {
         } else {
             Purpose::PatientRequest
         };
-        self.log_access(
+        self.journal(
+            &policy,
             caller,
+            &[],
+            &[],
             purpose,
             Method::AccessReport,
             patient,
             Gate::default(),
-            &[],
             now(),
-        )?;
+        )
+        .await?;
         let head = self.store.durable_head().await?;
         let checkpoint = self.sign(head)?;
         let mut entries = Vec::with_capacity(indexes.len());

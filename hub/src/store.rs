@@ -232,6 +232,26 @@ pub struct Access {
     pub results: Vec<ResultRef>,
 }
 
+/// A result a member was shown, as remembered for its decisions.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    pub publisher: String,
+    pub summary_id: String,
+    pub version: u32,
+    pub item_system: String,
+    pub item_code: String,
+    pub recognised: bool,
+}
+
+/// Everything one answered query leaves behind.
+#[derive(Clone, Debug)]
+pub struct QueryRecord {
+    pub member: InstitutionId,
+    pub shown: Vec<Shown>,
+    pub events: Vec<Event>,
+    pub access: Access,
+}
+
 /// What became of a put.
 #[derive(Clone, Debug)]
 pub enum PutOutcome {
@@ -257,6 +277,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store's commit task has stopped")]
     CommitterGone,
+    #[error("query journal: {0}")]
+    Journal(String),
     #[error("decision {decision_id} was already recorded for another result")]
     DecisionIdReused { decision_id: String },
     #[error("the log has no tree of size {size} (it has {current} entries)")]
@@ -835,39 +857,38 @@ impl Store {
         self.load_latest(&result_key(publisher, id))
     }
 
-    /// Records what `member` was shown (one entry per result, the last showing wins) and the
-    /// query events. Not flushed on its own: these are statistics, not acknowledged writes.
-    pub fn record_queries(
-        &self,
-        member: &InstitutionId,
-        shown: &[(&StoredSummary, bool)],
-        events: &[Event],
-    ) -> Result<(), StoreError> {
+    /// Records a batch of answered queries in one go: what each member was shown (so it can
+    /// record decisions on those results), the statistics events, and one access leaf each,
+    /// appended to the log in a single transaction. Called by the hub's journal task, which
+    /// gathers concurrent queries into one batch (group commit, like publishes).
+    pub fn record_query_batch(&self, batch: &[QueryRecord]) -> Result<(), StoreError> {
         let mut consulted = sled::Batch::default();
-        for (stored, recognised) in shown {
-            let r = &stored.receipt;
-            let c = ConsultationV1 {
-                version: r.version,
-                recognised: *recognised,
-                item_system: stored.summary.item.system.clone(),
-                item_code: stored.summary.item.code.clone(),
-                at_ms: events.first().map_or(0, |e| e.at.0),
-            };
-            consulted.insert(
-                consulted_key(member, r.publisher.as_str(), r.summary_id.as_str()),
-                encode_v1(&c),
-            );
+        let mut events = sled::Batch::default();
+        for q in batch {
+            for s in &q.shown {
+                let c = ConsultationV1 {
+                    version: s.version,
+                    recognised: s.recognised,
+                    item_system: s.item_system.clone(),
+                    item_code: s.item_code.clone(),
+                    at_ms: q.access.at.0,
+                };
+                consulted.insert(
+                    consulted_key(&q.member, &s.publisher, &s.summary_id),
+                    encode_v1(&c),
+                );
+            }
+            for e in &q.events {
+                events.insert(
+                    self.event_key(e.at)?.to_vec(),
+                    encode_v1(&event_to_record(e)),
+                );
+            }
         }
         self.inner.consulted.apply_batch(consulted)?;
-        let mut batch = sled::Batch::default();
-        for e in events {
-            batch.insert(
-                self.event_key(e.at)?.to_vec(),
-                encode_v1(&event_to_record(e)),
-            );
-        }
-        self.inner.events.apply_batch(batch)?;
-        Ok(())
+        self.inner.events.apply_batch(events)?;
+        let accesses: Vec<&Access> = batch.iter().map(|q| &q.access).collect();
+        self.log_accesses(&accesses)
     }
 
     fn event_key(&self, at: UnixMillis) -> Result<[u8; 16], StoreError> {
@@ -1001,37 +1022,57 @@ impl Store {
 
     /// Appends an access leaf and indexes it by patient, in one transaction. Not flushed on its
     /// own (like the statistics); [`Store::durable_head`] flushes before a checkpoint covers it.
-    pub fn log_access(&self, a: &Access) -> Result<u64, StoreError> {
-        let leaf = Entry::Access {
-            at: a.at,
-            caller: a.caller.to_string(),
-            purpose: a.purpose,
-            method: a.method,
-            emergency_override: a.emergency_override,
-            withheld_by_consent: a.withheld_by_consent,
-            pseudonym: *a.patient.as_bytes(),
-            results: a.results.clone(),
+    pub fn log_access(&self, a: &Access) -> Result<(), StoreError> {
+        self.log_accesses(&[a])
+    }
+
+    /// Appends access leaves, in order, in one transaction under one hold of the log.
+    pub fn log_accesses(&self, batch: &[&Access]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
         }
-        .encode();
         let i = &self.inner;
         let mut log = self.log_state()?;
-        let pending = log.prepare(leaf);
-        let mut access_key = a.patient.as_bytes().to_vec();
-        access_key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
-        access_key.extend_from_slice(&pending.index.to_be_bytes());
+        // Chain the appends on a copy; the real state moves only once the transaction commits.
+        let mut next = LogState {
+            size: log.size,
+            frontier: log.frontier.clone(),
+        };
+        let mut pending = Vec::with_capacity(batch.len());
+        for a in batch {
+            let leaf = Entry::Access {
+                at: a.at,
+                caller: a.caller.to_string(),
+                purpose: a.purpose,
+                method: a.method,
+                emergency_override: a.emergency_override,
+                withheld_by_consent: a.withheld_by_consent,
+                pseudonym: *a.patient.as_bytes(),
+                results: a.results.clone(),
+            }
+            .encode();
+            let p = next.prepare(leaf);
+            next.size = p.index + 1;
+            next.frontier = p.frontier.clone();
+            let mut access_key = a.patient.as_bytes().to_vec();
+            access_key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
+            access_key.extend_from_slice(&p.index.to_be_bytes());
+            pending.push((access_key, p));
+        }
         let outcome = (&i.access, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
             |(access, leaves, nodes, meta)| {
-                access.insert(access_key.as_slice(), &[])?;
-                write_pending(leaves, nodes, meta, &pending)?;
+                for (key, p) in &pending {
+                    access.insert(key.as_slice(), &[])?;
+                    write_pending(leaves, nodes, meta, p)?;
+                }
                 Ok(())
             },
         );
         if let Err(e) = outcome {
             return tx_error(e);
         }
-        let index = pending.index;
-        log.apply(pending);
-        Ok(index)
+        *log = next;
+        Ok(())
     }
 
     /// Records a patient's opt-out (or opt-back-in) as told to `member`, durably and logged.
@@ -1315,10 +1356,8 @@ mod tests {
         let mut state = std::collections::HashMap::new();
         for i in 0..10u8 {
             let patient = if i % 3 == 0 { q } else { p };
-            assert_eq!(
-                store.log_access(&access(i, patient)).unwrap(),
-                u64::from(i) * 2
-            );
+            store.log_access(&access(i, patient)).unwrap();
+            assert_eq!(store.tree_head().unwrap().size, u64::from(i) * 2 + 1);
             let (changed, logged) = store
                 .set_consent(&patient, i % 2 == 0, &member, UnixMillis(2_000))
                 .await
@@ -1329,8 +1368,14 @@ mod tests {
             assert_eq!(changed, before != (i % 2 == 0));
             heads.push(logged.head);
         }
+        // A batch appends in order, in one transaction.
+        let batch: Vec<Access> = (10..15).map(|i| access(i, p)).collect();
+        store
+            .log_accesses(&batch.iter().collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(store.tree_head().unwrap().size, 25);
         let mut tree = MemoryTree::new();
-        for i in 0..20 {
+        for i in 0..25 {
             tree.push(&store.leaf(i).unwrap());
         }
         assert_eq!(store.tree_head().unwrap().root, tree.root());
@@ -1347,10 +1392,10 @@ mod tests {
             verify_inclusion(&leaf, i, last.size, &proof, &last.root).unwrap();
         }
         assert!(matches!(
-            store.inclusion_proof(0, 21),
+            store.inclusion_proof(0, 26),
             Err(StoreError::BeyondLog {
-                size: 21,
-                current: 20
+                size: 26,
+                current: 25
             })
         ));
         let of_q = store

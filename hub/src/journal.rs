@@ -1,0 +1,66 @@
+//! Group commit for what answered queries leave behind (what each member was shown,
+//! statistics events, access leaves in the log).
+//!
+//! A query sends its [`QueryRecord`] here and waits for it to be written before it answers, so
+//! no answer goes out without its audit record. One task drains every record waiting at that
+//! moment and writes them with [`Store::record_query_batch`] on a blocking thread: one log
+//! append transaction for the whole batch instead of one per query, and no async worker ever
+//! blocks on the log's lock.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::HubError;
+use crate::store::{QueryRecord, Store, StoreError};
+
+/// Most records written in one batch.
+const MAX_BATCH: usize = 1024;
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+/// The sending side; cheap to share.
+pub struct Journal {
+    tx: mpsc::UnboundedSender<(QueryRecord, Ack)>,
+}
+
+impl Journal {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_batches(store, rx));
+        Self { tx }
+    }
+
+    /// Writes one record, waiting until it is in the store.
+    pub async fn write(&self, record: QueryRecord) -> Result<(), HubError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((record, ack))
+            .map_err(|_| StoreError::Journal("the journal task has stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Journal("the journal task has stopped".into()))?
+            .map_err(|e| StoreError::Journal(e).into())
+    }
+}
+
+async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<(QueryRecord, Ack)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (records, acks): (Vec<QueryRecord>, Vec<Ack>) = batch.into_iter().unzip();
+        let store = store.clone();
+        let result =
+            match tokio::task::spawn_blocking(move || store.record_query_batch(&records)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("journal write task failed: {e}")),
+            };
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
