@@ -197,10 +197,15 @@ pub async fn publish_all(
         if stop.load(Ordering::Relaxed) || store.counts().pending == 0 {
             break;
         }
-        let pass = publisher.publish_round().await?;
+        let before = done;
+        let pass = publisher
+            .publish_pass_with(|c| {
+                progress.set_position((before + c.published + c.already_stored + c.dead) as u64)
+            })
+            .await?;
         let n = pass.published + pass.already_stored + pass.dead;
         done += n;
-        progress.inc(n as u64);
+        progress.set_position(done as u64);
         if pass.failed > 0 {
             let delay = backoff.next_delay();
             progress.set_message(format!(

@@ -11,6 +11,22 @@
 //! - [`table`]: result tables for the terminal.
 //! - [`config`]: the TOML configuration.
 //! - [`error`]: the agent's error type, `AgentError`.
+//!
+//! The daemon side (`huren-agent run`, `backfill`, `outbox`, `fetch-report`; node-agent/INBOX.md):
+//!
+//! - [`daemon`]: `Daemon::start` / `run(config, shutdown)`: inbox watcher, publisher, repository.
+//! - [`ingest`]: HL7 v2 ORU^R01 (`ingest::hl7`, our own ER7 reader; `ingest::oru`) and FHIR R4
+//!   (`ingest::fhir`) to results; versions; the inbox's `done/` and `rejected/` folders.
+//! - [`mapping`]: the member's `huren-mapping/1` file (local codes to catalogue, patient ids).
+//! - [`draft`]: `ResultDraft`, the format-neutral result every reader produces, and the one
+//!   place it becomes a validated `Summary`.
+//! - [`store`]: the agent's own store (outbox, reports, ingest progress); the only module that
+//!   imports sled.
+//! - [`outbox`]: publishing with back-off, exactly-once by identical signed bytes, dead letters.
+//! - [`repository`]: serving and fetching full reports over mTLS, checked against the digest.
+//! - [`backfill`]: loading an archive with progress bars, resumable.
+//! - [`credentials`]: keys and certificates, and a hub channel that connects lazily.
+//! - [`commands`]: the daemon-side CLI commands as library functions.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

@@ -166,6 +166,13 @@ impl Publisher {
                 continue;
             }
             if pass.published + pass.already_stored + pass.dead > 0 {
+                tracing::info!(
+                    published = pass.published,
+                    already_stored = pass.already_stored,
+                    dead_letters = pass.dead,
+                    pending = self.store.counts().pending,
+                    "outbox published"
+                );
                 if backoff.attempts() > 0 {
                     tracing::info!(after_attempts = backoff.attempts(), "hub reachable again");
                 }
@@ -188,44 +195,65 @@ impl Publisher {
 
     /// Publishes until the outbox is empty or an attempt fails (then returns with `failed > 0`).
     pub async fn publish_pass(&self) -> Result<PassCounts, StoreError> {
-        let mut counts = PassCounts::default();
-        loop {
-            let round = self.publish_round().await?;
-            counts.published += round.published;
-            counts.already_stored += round.already_stored;
-            counts.dead += round.dead;
-            counts.failed += round.failed;
-            if round.failed > 0 || round == PassCounts::default() {
-                return Ok(counts);
-            }
-        }
+        self.publish_pass_with(|_| {}).await
     }
 
-    /// One round: up to `concurrency` of the oldest queued summaries at once (at most one
-    /// version of each result: a later version waits for the next round).
-    pub async fn publish_round(&self) -> Result<PassCounts, StoreError> {
-        let mut counts = PassCounts::default();
+    /// [`Publisher::publish_pass`], calling `progress` after each answer.
+    ///
+    /// A sliding window: up to `concurrency` of the oldest queued summaries are in flight, and a
+    /// new one starts as soon as one is answered; never two versions of one result at once (a
+    /// later version waits until the earlier one is answered). After a failed attempt nothing
+    /// new starts; the calls in flight finish, then it returns.
+    pub async fn publish_pass_with(
+        &self,
+        mut progress: impl FnMut(&PassCounts),
+    ) -> Result<PassCounts, StoreError> {
         let window = self.settings.concurrency.max(1);
-        let pending = self.store.pending(window * 4)?;
-        let mut keys = HashSet::new();
-        let batch: Vec<Pending> = pending
-            .into_iter()
-            .filter(|p| keys.insert(p.summary_id.clone()))
-            .take(window)
-            .collect();
+        let mut counts = PassCounts::default();
+        let mut in_flight: HashSet<u64> = HashSet::new();
+        let mut busy_keys: HashSet<String> = HashSet::new();
         let mut calls = JoinSet::new();
-        for p in batch {
-            let mut hub = self.hub.clone();
-            calls.spawn(async move {
-                let attempt = publish_one(&mut hub, &p).await;
-                (p, attempt)
-            });
-        }
-        while let Some(done) = calls.join_next().await {
-            let Ok((p, attempt)) = done else {
-                counts.failed += 1;
+        let mut failed = false;
+        let mut drained = false;
+        loop {
+            // Refill when half the window is free (fewer store reads than one per answer).
+            if !failed && !drained && calls.len() <= window / 2 {
+                let pending = self.store.pending(window * 4 + calls.len())?;
+                drained = pending.len() < window * 4 + calls.len();
+                let mut first_of_key = HashSet::new();
+                for p in pending {
+                    if calls.len() >= window {
+                        break;
+                    }
+                    let first = first_of_key.insert(p.summary_id.clone());
+                    if !first || in_flight.contains(&p.seq) || busy_keys.contains(&p.summary_id) {
+                        continue;
+                    }
+                    in_flight.insert(p.seq);
+                    busy_keys.insert(p.summary_id.clone());
+                    let mut hub = self.hub.clone();
+                    calls.spawn(async move {
+                        let attempt = publish_one(&mut hub, &p).await;
+                        (p, attempt)
+                    });
+                }
+            }
+            let Some(done) = calls.join_next().await else {
+                if failed || drained || self.store.counts().pending == 0 {
+                    return Ok(counts);
+                }
                 continue;
             };
+            let Ok((p, attempt)) = done else {
+                // A publish task panicked: treat as a failed attempt (retried later).
+                counts.failed += 1;
+                failed = true;
+                continue;
+            };
+            in_flight.remove(&p.seq);
+            busy_keys.remove(&p.summary_id);
+            // A later version of this result may now go.
+            drained = false;
             match attempt {
                 Attempt::Published {
                     accepted_at,
@@ -253,10 +281,11 @@ impl Publisher {
                 Attempt::Failed(error) => {
                     tracing::debug!(summary = %p.summary_id, error = %error, "publish failed");
                     counts.failed += 1;
+                    failed = true;
                 }
             }
+            progress(&counts);
         }
-        Ok(counts)
     }
 }
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod durability;
 mod harness;
 mod log;
+mod node_daemon;
 mod publish;
 mod query;
 mod rules;

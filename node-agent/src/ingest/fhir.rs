@@ -614,8 +614,7 @@ impl<'a> Reader<'a> {
         let id = self.result_id(o, label).map_err(one)?;
         let patient = self.patient(o, label).map_err(one)?;
         let status = status_of(s(o, "status"));
-        // Its id names the result; the code is appended by `observation`, so strip it again by
-        // giving an empty report id is not possible: use the Observation's id as the prefix.
+        // Named like a report's results: `<Observation id>-<code>`.
         let ctx = LabContext {
             report_id: &id,
             patient: &patient,
