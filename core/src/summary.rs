@@ -264,6 +264,15 @@ impl Summary {
         Self::try_from(body)
     }
 
+    /// Decodes and validates body bytes that were already checked for canonical form when
+    /// they were accepted (a store reading back what it stored), skipping the re-encoding.
+    /// Never use it on bytes from the network.
+    pub fn from_stored_body_bytes(bytes: &[u8]) -> Result<Self, BodyError> {
+        let body =
+            pb::SummaryBody::decode(bytes).map_err(|e| BodyError::Undecodable(e.to_string()))?;
+        Self::try_from(body)
+    }
+
     /// The canonical body bytes that a publisher signs.
     pub fn to_body_bytes(&self) -> Vec<u8> {
         pb::SummaryBody::from(self).encode_to_vec()

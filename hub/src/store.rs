@@ -46,8 +46,9 @@
 use prost::Message;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 use huren_core::identity::InstitutionId;
@@ -318,6 +319,8 @@ struct Inner {
     latest: sled::Tree,
     by_patient: sled::Tree,
     certs: sled::Tree,
+    /// Signing certificates already read, by SHA-256 of their DER.
+    cert_cache: RwLock<HashMap<Vec<u8>, Arc<[u8]>>>,
     consulted: sled::Tree,
     decisions: sled::Tree,
     events: sled::Tree,
@@ -492,6 +495,7 @@ impl Store {
                 latest: db.open_tree("latest")?,
                 by_patient: db.open_tree("by_patient")?,
                 certs: db.open_tree("certs")?,
+                cert_cache: RwLock::new(HashMap::new()),
                 consulted: db.open_tree("consulted")?,
                 decisions: db.open_tree("decisions")?,
                 events: db.open_tree("events")?,
@@ -725,15 +729,36 @@ impl Store {
         self.to_stored(rec).map(Some)
     }
 
-    fn to_stored(&self, rec: RecordV1) -> Result<StoredSummary, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
-        let cert = self
+    /// A signing certificate by the SHA-256 of its DER. An alliance has a few per member, so
+    /// they are kept in memory once read.
+    fn certificate(&self, hash: &[u8]) -> Result<Arc<[u8]>, StoreError> {
+        if let Ok(cache) = self.inner.cert_cache.read()
+            && let Some(c) = cache.get(hash)
+        {
+            return Ok(c.clone());
+        }
+        let der: Arc<[u8]> = self
             .inner
             .certs
-            .get(&rec.signer_certificate_sha256)?
-            .ok_or_else(|| corrupt("signing certificate missing"))?;
-        // Stored bodies were validated when accepted; a body that no longer decodes is corruption.
-        let summary = Summary::from_body_bytes(&rec.body)
+            .get(hash)?
+            .ok_or_else(|| StoreError::Corrupt("signing certificate missing".into()))?
+            .as_ref()
+            .into();
+        if let Ok(mut cache) = self.inner.cert_cache.write() {
+            if cache.len() >= 4096 {
+                cache.clear();
+            }
+            cache.insert(hash.to_vec(), der.clone());
+        }
+        Ok(der)
+    }
+
+    fn to_stored(&self, rec: RecordV1) -> Result<StoredSummary, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
+        let cert = self.certificate(&rec.signer_certificate_sha256)?;
+        // Stored bodies were checked (canonical form included) when accepted; a body that no
+        // longer decodes is corruption.
+        let summary = Summary::from_stored_body_bytes(&rec.body)
             .map_err(|e| StoreError::Corrupt(format!("stored body no longer decodes: {e}")))?;
         Ok(StoredSummary {
             receipt: Receipt {
@@ -755,7 +780,7 @@ impl Store {
                     .try_into()
                     .map_err(|_| corrupt("signature is not 64 bytes"))?,
                 body: rec.body,
-                signer_certificate: cert.to_vec(),
+                signer_certificate: cert.as_ref().to_vec(),
             },
             summary,
         })
