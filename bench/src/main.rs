@@ -580,7 +580,7 @@ mod tests {
 
     /// The benchmark runs end to end on a small data set and measures something.
     #[test]
-    fn runs_on_a_small_data_set() {
+    fn runs_on_a_small_data_set() -> anyhow::Result<()> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let args = Args {
             summaries: 400,
@@ -591,8 +591,7 @@ mod tests {
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(run(args)).unwrap();
+            .build()?;
+        rt.block_on(run(args))
     }
 }

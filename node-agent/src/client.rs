@@ -1,9 +1,10 @@
 //! The agent: a member's connection to the hub, its signer and its pseudonymisation key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use huren_core::identity::InstitutionId;
 use huren_core::logentry::{Entry, LogProof, Purpose, summary_leaf};
@@ -17,6 +18,7 @@ use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
 use crate::config::AgentConfig;
+use crate::credentials::Credentials;
 use crate::error::AgentError;
 use crate::log::{AuditReport, LogWitness, proof_from_pb};
 use crate::verify::{Expectation, VerifiedResult, check_receipt, verify_stored};
@@ -25,7 +27,7 @@ use crate::verify::{Expectation, VerifiedResult, check_receipt, verify_stored};
 pub struct Agent {
     institution: InstitutionId,
     ca: AllianceCa,
-    signer: SummarySigner,
+    signer: Arc<SummarySigner>,
     pseudonym_key: PseudonymKey,
     hub: HubClient<Channel>,
     config: AgentConfig,
@@ -129,52 +131,11 @@ pub struct Answer {
     pub withheld_by_consent: bool,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
-    std::fs::read(path).map_err(|source| AgentError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn read_text(path: &Path) -> Result<String, AgentError> {
-    String::from_utf8(read(path)?)
-        .map_err(|_| AgentError::Setup(format!("{} is not text", path.display())))
-}
-
-fn first_cert_der(pem: &str, path: &Path) -> Result<Vec<u8>, AgentError> {
-    use pki_types::{CertificateDer, pem::PemObject};
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map(|c| c.to_vec())
-        .map_err(|e| {
-            AgentError::Setup(format!(
-                "{}: no PEM certificate found ({e})",
-                path.display()
-            ))
-        })
-}
-
 impl Agent {
     /// Loads keys and certificates, checks they belong to the configured institution, and
     /// connects to the hub over mutual TLS.
     pub async fn connect(config: AgentConfig) -> Result<Self, AgentError> {
-        let institution = InstitutionId::parse(&config.institution)
-            .map_err(|e| AgentError::Setup(format!("institution in the configuration: {e}")))?;
-        let ca_pem = read_text(&config.tls.ca)?;
-        let ca = AllianceCa::from_pem(&ca_pem).map_err(|e| AgentError::Setup(e.to_string()))?;
-        let signing_cert_pem = read_text(&config.signing.cert)?;
-        let signer = SummarySigner::from_pkcs8_pem(
-            &read_text(&config.signing.key)?,
-            first_cert_der(&signing_cert_pem, &config.signing.cert)?,
-        )?;
-        if *signer.institution() != institution {
-            return Err(AgentError::Setup(format!(
-                "the signing certificate {} is for {}, but this agent is configured as {}",
-                config.signing.cert.display(),
-                signer.institution(),
-                institution
-            )));
-        }
-        let pseudonym_key = load_pseudonym_key(&config)?;
+        let credentials = Credentials::load(&config)?;
         let log = match &config.log {
             Some(l) => {
                 let dir = l
@@ -185,35 +146,22 @@ impl Agent {
             }
             None => None,
         };
-
-        let host = tonic::transport::Uri::try_from(config.hub.as_str())
-            .ok()
-            .and_then(|u| u.host().map(str::to_owned))
-            .ok_or_else(|| {
-                AgentError::Setup(format!(
-                    "hub address {:?} is not a URL such as https://hub.example:7443",
-                    config.hub
-                ))
-            })?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&ca_pem))
-            .identity(Identity::from_pem(
-                read(&config.tls.cert)?,
-                read(&config.tls.key)?,
-            ))
-            .domain_name(config.hub_tls_name.clone().unwrap_or(host));
-        let channel = Channel::from_shared(config.hub.clone())
-            .map_err(|e| AgentError::Setup(format!("hub address {:?}: {e}", config.hub)))?
-            .tls_config(tls)
-            .map_err(|e| AgentError::Setup(format!("TLS set-up: {e}")))?
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+        // Connect now, so a wrong address or certificate shows at start, not at the first call.
+        let channel = credentials
+            .hub_endpoint(&config)?
             .connect()
             .await
             .map_err(|e| AgentError::Connect {
                 hub: config.hub.clone(),
                 detail: crate::error::chain(&e),
             })?;
+        let Credentials {
+            institution,
+            ca,
+            signer,
+            pseudonym_key,
+            ..
+        } = credentials;
         Ok(Self {
             institution,
             ca,
@@ -768,21 +716,4 @@ impl Agent {
             withheld_by_consent: false,
         })
     }
-}
-
-fn load_pseudonym_key(config: &AgentConfig) -> Result<PseudonymKey, AgentError> {
-    let (text, origin): (String, PathBuf) = match &config.pseudonym.key_file {
-        Some(path) => (read_text(path)?, path.clone()),
-        None => match std::env::var(&config.pseudonym.key_env) {
-            Ok(v) => (v, PathBuf::from(format!("${}", config.pseudonym.key_env))),
-            Err(_) => {
-                return Err(AgentError::Setup(format!(
-                    "no pseudonymisation key: set [pseudonym] key_file in the configuration or the environment variable {}",
-                    config.pseudonym.key_env
-                )));
-            }
-        },
-    };
-    PseudonymKey::from_hex(&text)
-        .map_err(|e| AgentError::Setup(format!("{}: {e}", origin.display())))
 }

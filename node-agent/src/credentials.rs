@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use huren_core::identity::InstitutionId;
 use huren_core::pseudonym::PseudonymKey;
@@ -83,6 +83,11 @@ impl Credentials {
     /// A channel to the hub over mutual TLS that connects on first use and reconnects after
     /// the hub comes back, so the agent can start while the hub is down.
     pub fn hub_channel(&self, config: &AgentConfig) -> Result<Channel, AgentError> {
+        Ok(self.hub_endpoint(config)?.connect_lazy())
+    }
+
+    /// The hub's address with this member's TLS identity, time-outs set; not yet connected.
+    pub fn hub_endpoint(&self, config: &AgentConfig) -> Result<Endpoint, AgentError> {
         let host = tonic::transport::Uri::try_from(config.hub.as_str())
             .ok()
             .and_then(|u| u.host().map(str::to_owned))
@@ -101,8 +106,7 @@ impl Credentials {
             .tls_config(tls)
             .map_err(|e| AgentError::Setup(format!("TLS set-up: {e}")))?
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy())
+            .timeout(Duration::from_secs(30)))
     }
 }
 
