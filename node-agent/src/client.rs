@@ -690,8 +690,17 @@ impl Agent {
     ) -> Result<Answer, AgentError> {
         let mut verified = Vec::with_capacity(results.len());
         let mut proofs = Vec::with_capacity(results.len());
+        // Earlier versions (History) carry proofs too; they are checked like the results.
+        let mut earlier_proofs = Vec::with_capacity(results.len());
         for (i, mut stored) in results.into_iter().enumerate() {
             proofs.push(stored.log_proof.take());
+            earlier_proofs.push(
+                stored
+                    .earlier_versions
+                    .iter_mut()
+                    .map(|e| e.log_proof.take())
+                    .collect::<Vec<_>>(),
+            );
             let v = verify_stored(stored, &self.ca, expect).map_err(|reason| {
                 AgentError::Untrusted {
                     position: i + 1,
@@ -708,8 +717,12 @@ impl Agent {
                 "the hub's results are not in newest-first order".into(),
             ));
         }
-        self.check_logged(verified.iter().zip(proofs).collect())
-            .await?;
+        let mut logged = Vec::with_capacity(verified.len());
+        for ((v, proof), earlier) in verified.iter().zip(proofs).zip(earlier_proofs) {
+            logged.push((v, proof));
+            logged.extend(v.earlier.iter().zip(earlier));
+        }
+        self.check_logged(logged).await?;
         Ok(Answer {
             results: verified,
             truncated,

@@ -331,6 +331,61 @@ async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<(
     Ok(())
 }
 
+/// Earlier versions in a History answer are held to the log like the results themselves.
+#[tokio::test]
+async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start().await?;
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    let p = hub.patient("E10000009");
+    let v1 = lab_summary("hosp-a", "CHAIN-1", p, HGB, hours(1))?;
+    a.publish(&v1, a.sign(&v1)?).await?;
+    let v2 = crate::harness::amended(&v1, "value corrected");
+    a.publish(&v2, a.sign(&v2)?).await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    let chain = b.history(&p, UnixMillis(0), true).await?;
+    assert_eq!(chain.results.len(), 1);
+    assert_eq!(chain.results[0].earlier.len(), 1);
+    drop((a, b));
+    hub.stop().await?;
+
+    // Version 1's acceptance time is moved on disk; its signature still verifies.
+    {
+        let db = hub.open_store_db().await?;
+        let summaries = db.open_tree("summaries")?;
+        let mut changed = 0;
+        for entry in summaries.iter() {
+            let (key, value) = entry?;
+            let mut rec = StoredRecord::decode(&value[1..])?;
+            let first_version = key.ends_with(&1u32.to_be_bytes());
+            if first_version && rec.body.windows(7).any(|w| w == b"CHAIN-1") {
+                rec.accepted_at_ms += 60_000;
+                let mut v = vec![1u8];
+                rec.encode(&mut v)?;
+                summaries.insert(key, v)?;
+                changed += 1;
+            }
+        }
+        ensure!(
+            changed == 1,
+            "expected one record of CHAIN-1 v1, changed {changed}"
+        );
+        db.flush()?;
+    }
+    hub.restart().await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    // The latest version alone still verifies...
+    let latest = b.history(&p, UnixMillis(0), false).await?;
+    assert_eq!(latest.results.len(), 1);
+    // ...but the chain with the altered earlier version does not.
+    let err = b
+        .history(&p, UnixMillis(0), true)
+        .await
+        .expect_err("an earlier version with a changed acceptance time must be refused");
+    assert!(matches!(err, AgentError::Log(_)), "{err}");
+    Ok(())
+}
+
 /// Rewrites the hub's log from its leaves, after `edit` changed their order or number: what a
 /// hub operator who wants a self-consistent altered log would do.
 fn rewrite_log(db: &sled::Db, edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<()> {
