@@ -8,7 +8,7 @@ use anyhow::Context;
 use huren_agent::{Agent, AgentConfig, AgentError};
 use huren_core::summary::UnixMillis;
 
-use crate::harness::{TestHub, init};
+use crate::harness::{TestHub, init, run_agent_cli};
 
 const TERTIARY: &str = "shx-prov-people";
 const COUNTY: &str = "lantian-county";
@@ -240,20 +240,8 @@ async fn cli_publishes_and_queries() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
     let tertiary = write_config(&hub, TERTIARY)?;
     let county = write_config(&hub, COUNTY)?;
-    let run = |config: PathBuf, args: Vec<String>| async move {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-agent"))
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .await?;
-        anyhow::Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    };
+    let run =
+        |config: PathBuf, args: Vec<String>| async move { run_agent_cli(&config, &args).await };
     let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
 
     let (ok, out, err) = run(

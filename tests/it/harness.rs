@@ -105,6 +105,27 @@ pub fn test_policy() -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// Runs the `huren-agent` binary with a configuration file, as a hospital IT engineer would,
+/// and returns (succeeded, stdout, stderr). tokio's `Command`, so a hub running on the test's
+/// own runtime keeps answering while it waits.
+pub async fn run_agent_cli(
+    config: &Path,
+    args: &[String],
+) -> anyhow::Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Installs ring as rustls' process-wide provider (idempotent).
 pub fn init() {
     huren::install_crypto_provider();

@@ -299,27 +299,7 @@ async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<(
 
     // Someone with the hub's disk changes R-1's acceptance time (to move it across a
     // revocation, say). Its signature still verifies: only the log shows the change.
-    {
-        let db = hub.open_store_db().await?;
-        let summaries = db.open_tree("summaries")?;
-        let mut changed = 0;
-        for entry in summaries.iter() {
-            let (key, value) = entry?;
-            let mut rec = StoredRecord::decode(&value[1..])?;
-            if rec.body.windows(3).any(|w| w == b"R-1") {
-                rec.accepted_at_ms += 60_000;
-                let mut v = vec![1u8];
-                rec.encode(&mut v)?;
-                summaries.insert(key, v)?;
-                changed += 1;
-            }
-        }
-        ensure!(
-            changed == 1,
-            "expected one record of R-1, changed {changed}"
-        );
-        db.flush()?;
-    }
+    move_acceptance_time(&hub, |_, rec| rec.body.windows(3).any(|w| w == b"R-1")).await?;
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     let err = b
@@ -350,28 +330,10 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     hub.stop().await?;
 
     // Version 1's acceptance time is moved on disk; its signature still verifies.
-    {
-        let db = hub.open_store_db().await?;
-        let summaries = db.open_tree("summaries")?;
-        let mut changed = 0;
-        for entry in summaries.iter() {
-            let (key, value) = entry?;
-            let mut rec = StoredRecord::decode(&value[1..])?;
-            let first_version = key.ends_with(&1u32.to_be_bytes());
-            if first_version && rec.body.windows(7).any(|w| w == b"CHAIN-1") {
-                rec.accepted_at_ms += 60_000;
-                let mut v = vec![1u8];
-                rec.encode(&mut v)?;
-                summaries.insert(key, v)?;
-                changed += 1;
-            }
-        }
-        ensure!(
-            changed == 1,
-            "expected one record of CHAIN-1 v1, changed {changed}"
-        );
-        db.flush()?;
-    }
+    move_acceptance_time(&hub, |key, rec| {
+        key.ends_with(&1u32.to_be_bytes()) && rec.body.windows(7).any(|w| w == b"CHAIN-1")
+    })
+    .await?;
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     // The latest version alone still verifies...
@@ -383,6 +345,35 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
         .await
         .expect_err("an earlier version with a changed acceptance time must be refused");
     assert!(matches!(err, AgentError::Log(_)), "{err}");
+    Ok(())
+}
+
+/// In the stopped hub's store, moves the acceptance time of the one summary record that
+/// `pick(key, record)` selects by a minute: what someone with the hub's disk might do to move a
+/// summary across a revocation. The signature still verifies; only the log shows the change.
+async fn move_acceptance_time(
+    hub: &TestHub,
+    pick: impl Fn(&[u8], &StoredRecord) -> bool,
+) -> anyhow::Result<()> {
+    let db = hub.open_store_db().await?;
+    let summaries = db.open_tree("summaries")?;
+    let mut changed = 0;
+    for entry in summaries.iter() {
+        let (key, value) = entry?;
+        let mut rec = StoredRecord::decode(&value[1..])?;
+        if pick(&key, &rec) {
+            rec.accepted_at_ms += 60_000;
+            let mut v = vec![1u8];
+            rec.encode(&mut v)?;
+            summaries.insert(key, v)?;
+            changed += 1;
+        }
+    }
+    ensure!(
+        changed == 1,
+        "expected to change one record, changed {changed}"
+    );
+    db.flush()?;
     Ok(())
 }
 
@@ -418,18 +409,7 @@ fn rewrite_log(db: &sled::Db, edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::R
 /// Runs `huren-agent audit` as hosp-a (state in `state-a`): (success, stdout, stderr).
 async fn cli_audit(hub: &TestHub) -> anyhow::Result<(bool, String, String)> {
     let config = agent_config(hub, "hosp-a", &hub.root().join("state-a"))?;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-agent"))
-        .arg("--config")
-        .arg(&config)
-        .arg("audit")
-        .env("RUST_LOG", "warn")
-        .output()
-        .await?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    crate::harness::run_agent_cli(&config, &["audit".to_owned()]).await
 }
 
 async fn audit_after(edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<Vec<String>> {

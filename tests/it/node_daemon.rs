@@ -564,23 +564,9 @@ async fn backfill_loads_a_folder_and_resumes() -> anyhow::Result<()> {
         }
     }
     std::fs::write(archive.join("2025/broken.hl7"), "PID|1||x\r")?;
-    // tokio's Command: the hub runs on this test's runtime, which must not be blocked.
     let run = |args: Vec<String>| {
         let config = dirs.config.clone();
-        async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-agent"))
-                .arg("--config")
-                .arg(config)
-                .args(args)
-                .env("RUST_LOG", "warn")
-                .output()
-                .await?;
-            anyhow::Ok((
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ))
-        }
+        async move { crate::harness::run_agent_cli(&config, &args).await }
     };
     let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let archive_arg = archive.to_str().context("path")?;
