@@ -150,6 +150,12 @@ pub fn frontier<R: NodeReader>(size: u64, reader: &R) -> Result<Vec<Hash>, TreeE
         .collect()
 }
 
+/// Where the frontier of the tree of `size` leaves sits: the `(level, index)` of each of its
+/// complete subtrees, in the order [`append`] keeps the frontier.
+pub fn frontier_nodes(size: u64) -> impl Iterator<Item = (u8, u64)> {
+    complete_subtrees(0, size)
+}
+
 /// The root of the tree of `size` leaves (RFC 6962 MTH), from stored complete subtrees.
 pub fn root<R: NodeReader>(size: u64, reader: &R) -> Result<Hash, TreeError<R::Error>> {
     subtree_hash(reader, 0, size)

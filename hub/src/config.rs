@@ -68,6 +68,9 @@ pub struct Limits {
     pub max_results: usize,
     /// Largest gRPC message the hub accepts, in bytes. A summary is a few hundred bytes.
     pub max_message_bytes: usize,
+    /// Largest PublishBatch request, in bytes (a signed summary with its certificate is about
+    /// 1 KiB; a batch holds at most 1000).
+    pub max_batch_bytes: usize,
     /// Seconds after which a request is abandoned.
     pub request_timeout_seconds: u64,
     /// How often to check the policy file for changes, in seconds.
@@ -79,6 +82,7 @@ impl Default for Limits {
         Self {
             max_results: 500,
             max_message_bytes: 64 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
             request_timeout_seconds: 30,
             policy_poll_seconds: 5,
         }

@@ -15,6 +15,14 @@ pub enum HubError {
     CallerCertificate(TrustError),
     #[error("{0}")]
     BadRequest(String),
+    #[error(
+        "the {method} request is {bytes} bytes, too large: at most {limit} (the hub's limits.max_message_bytes / max_batch_bytes)"
+    )]
+    TooLarge {
+        method: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("the summary was refused: {0}")]
     Summary(#[from] VerifyError),
     #[error(
@@ -60,6 +68,7 @@ impl HubError {
         match self {
             Self::NoClientCertificate | Self::CallerCertificate(_) => Code::Unauthenticated,
             Self::BadRequest(_) => Code::InvalidArgument,
+            Self::TooLarge { .. } => Code::OutOfRange,
             Self::Summary(VerifyError::Certificate(TrustError::Malformed(_))) => {
                 Code::InvalidArgument
             }

@@ -27,14 +27,26 @@ use crate::store::{DecisionOutcome, PriorQuery, PutOutcome, Receipt, StoredSumma
 /// Most item codes one FindPrior may ask for.
 pub const MAX_QUERY_ITEMS: usize = 200;
 
+/// Most summaries one PublishBatch may carry.
+pub const MAX_BATCH_SUMMARIES: usize = 1000;
+
 /// Implements the generated `Hub` service trait over the domain [`Hub`].
 pub struct HubGrpc {
     hub: Arc<Hub>,
+    limits: MessageLimits,
+}
+
+/// Largest requests accepted, in bytes: PublishBatch has its own limit; every other call the
+/// ordinary one. (The transport's own limit is the larger of the two.)
+#[derive(Clone, Copy, Debug)]
+pub struct MessageLimits {
+    pub max_message_bytes: usize,
+    pub max_batch_bytes: usize,
 }
 
 impl HubGrpc {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    pub fn new(hub: Arc<Hub>, limits: MessageLimits) -> Self {
+        Self { hub, limits }
     }
 }
 
@@ -47,13 +59,16 @@ fn caller<T>(request: &Request<T>) -> Result<InstitutionId, HubError> {
 }
 
 /// Runs a handler inside a span that names the method and the caller, and turns its error into
-/// a status (logged once, inside the span).
+/// a status (logged once, inside the span). A request over `max_bytes` is refused before the
+/// handler runs.
 async fn handle<T, R, F, Fut>(
     method: &'static str,
     request: Request<T>,
+    max_bytes: usize,
     f: F,
 ) -> Result<Response<R>, Status>
 where
+    T: prost::Message,
     F: FnOnce(InstitutionId, T) -> Fut,
     Fut: Future<Output = Result<R, HubError>>,
 {
@@ -65,6 +80,15 @@ where
         }
     };
     let span = tracing::info_span!("rpc", method, caller = %caller);
+    let bytes = request.get_ref().encoded_len();
+    if bytes > max_bytes {
+        let e = HubError::TooLarge {
+            method,
+            bytes,
+            limit: max_bytes,
+        };
+        return Err(span.in_scope(|| e.into_status()));
+    }
     async move {
         match f(caller, request.into_inner()).await {
             Ok(r) => Ok(Response::new(r)),
@@ -82,6 +106,18 @@ fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
         version: r.version,
         body_sha256: r.body_sha256.to_vec(),
         accepted_at_ms: r.accepted_at.0,
+    }
+}
+
+fn publish_response(outcome: &PutOutcome, proof: LogProof) -> pb::PublishResponse {
+    let (receipt, already_stored) = match outcome {
+        PutOutcome::Stored(r) => (r, false),
+        PutOutcome::AlreadyStored(r) => (r, true),
+    };
+    pb::PublishResponse {
+        receipt: Some(receipt_to_pb(receipt)),
+        already_stored,
+        log_proof: Some(log_proof_to_pb(proof)),
     }
 }
 
@@ -279,28 +315,97 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        handle("Publish", request, |caller, r| async move {
-            let signed = r
-                .summary
-                .ok_or_else(|| HubError::BadRequest("summary is missing".into()))?;
-            let envelope = SignedEnvelope::try_from(signed)?;
-            let (outcome, proof) = self.hub.publish(&caller, envelope).await?;
-            let (receipt, already_stored) = match &outcome {
-                PutOutcome::Stored(r) => (r, false),
-                PutOutcome::AlreadyStored(r) => (r, true),
-            };
-            tracing::info!(
-                summary = %format_args!("{}/{}", receipt.publisher, receipt.summary_id),
-                version = receipt.version,
-                already_stored,
-                "summary accepted"
-            );
-            Ok(pb::PublishResponse {
-                receipt: Some(receipt_to_pb(receipt)),
-                already_stored,
-                log_proof: Some(log_proof_to_pb(proof)),
-            })
-        })
+        handle(
+            "Publish",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let signed = r
+                    .summary
+                    .ok_or_else(|| HubError::BadRequest("summary is missing".into()))?;
+                let envelope = SignedEnvelope::try_from(signed)?;
+                let (outcome, proof) = self.hub.publish(&caller, envelope).await?;
+                let response = publish_response(&outcome, proof);
+                if let Some(receipt) = &response.receipt {
+                    tracing::info!(
+                        summary = %format_args!("{}/{}", receipt.publisher, receipt.summary_id),
+                        version = receipt.version,
+                        already_stored = response.already_stored,
+                        "summary accepted"
+                    );
+                }
+                Ok(response)
+            },
+        )
+        .await
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        handle(
+            "PublishBatch",
+            request,
+            self.limits.max_batch_bytes,
+            |caller, r| async move {
+                if r.summaries.is_empty() {
+                    return Err(HubError::BadRequest("the batch has no summaries".into()));
+                }
+                if r.summaries.len() > MAX_BATCH_SUMMARIES {
+                    return Err(HubError::BadRequest(format!(
+                        "the batch has {} summaries; at most {MAX_BATCH_SUMMARIES} per call",
+                        r.summaries.len()
+                    )));
+                }
+                // A summary that does not even parse as an envelope is refused on its own.
+                let mut envelopes = Vec::with_capacity(r.summaries.len());
+                let mut malformed = Vec::new();
+                for (i, s) in r.summaries.into_iter().enumerate() {
+                    match SignedEnvelope::try_from(s) {
+                        Ok(e) => envelopes.push(e),
+                        Err(e) => malformed.push((i, HubError::from(e))),
+                    }
+                }
+                let mut published = self
+                    .hub
+                    .publish_batch(&caller, envelopes)
+                    .await?
+                    .into_iter();
+                let total = published.len() + malformed.len();
+                let mut malformed = malformed.into_iter().peekable();
+                let (mut stored, mut refused) = (0usize, 0usize);
+                let mut outcomes = Vec::with_capacity(total);
+                for i in 0..total {
+                    let outcome = match malformed.next_if(|(at, _)| *at == i) {
+                        Some((_, e)) => Err(e),
+                        None => published.next().ok_or_else(|| {
+                            HubError::BadRequest("a summary of the batch has no outcome".into())
+                        })?,
+                    };
+                    outcomes.push(pb::PublishOutcome {
+                        outcome: Some(match outcome {
+                            Ok((outcome, proof)) => {
+                                stored += 1;
+                                pb::publish_outcome::Outcome::Published(publish_response(
+                                    &outcome, proof,
+                                ))
+                            }
+                            Err(e) => {
+                                refused += 1;
+                                let status = e.into_status();
+                                pb::publish_outcome::Outcome::Refused(pb::PublishRefusal {
+                                    code: status.code() as i32,
+                                    message: status.message().to_owned(),
+                                })
+                            }
+                        }),
+                    });
+                }
+                tracing::info!(stored, refused, "summary batch handled");
+                Ok(pb::PublishBatchResponse { outcomes })
+            },
+        )
         .await
     }
 
@@ -308,24 +413,29 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::FindPriorRequest>,
     ) -> Result<Response<pb::FindPriorResponse>, Status> {
-        handle("FindPrior", request, |caller, r| async move {
-            let ask = ask(r.purpose, r.with_proofs)?;
-            let query = prior_query(&self.hub, r)?;
-            let answer = self.hub.find_prior(&caller, &query, ask).await?;
-            let (results, truncated, withheld_by_consent) = answer_parts(answer);
-            tracing::info!(
-                items = query.items.len(),
-                results = results.len(),
-                purpose = ask.purpose.name(),
-                withheld_by_consent,
-                "prior results found"
-            );
-            Ok(pb::FindPriorResponse {
-                results,
-                truncated,
-                withheld_by_consent,
-            })
-        })
+        handle(
+            "FindPrior",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let ask = ask(r.purpose, r.with_proofs)?;
+                let query = prior_query(&self.hub, r)?;
+                let answer = self.hub.find_prior(&caller, &query, ask).await?;
+                let (results, truncated, withheld_by_consent) = answer_parts(answer);
+                tracing::info!(
+                    items = query.items.len(),
+                    results = results.len(),
+                    purpose = ask.purpose.name(),
+                    withheld_by_consent,
+                    "prior results found"
+                );
+                Ok(pb::FindPriorResponse {
+                    results,
+                    truncated,
+                    withheld_by_consent,
+                })
+            },
+        )
         .await
     }
 
@@ -333,35 +443,40 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        handle("History", request, |caller, r| async move {
-            let ask = ask(r.purpose, r.with_proofs)?;
-            if r.since_ms < 0 {
-                return Err(HubError::BadRequest("since_ms must not be negative".into()));
-            }
-            let query = PriorQuery {
-                patient: pseudonym(&r.patient_pseudonym)?,
-                items: vec![],
-                from: UnixMillis(r.since_ms),
-                until: UnixMillis(i64::MAX),
-                limit: self.hub.max_results(),
-            };
-            let answer = self
-                .hub
-                .history(&caller, &query, r.include_earlier_versions, ask)
-                .await?;
-            let (results, truncated, withheld_by_consent) = answer_parts(answer);
-            tracing::info!(
-                results = results.len(),
-                purpose = ask.purpose.name(),
-                withheld_by_consent,
-                "history listed"
-            );
-            Ok(pb::HistoryResponse {
-                results,
-                truncated,
-                withheld_by_consent,
-            })
-        })
+        handle(
+            "History",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let ask = ask(r.purpose, r.with_proofs)?;
+                if r.since_ms < 0 {
+                    return Err(HubError::BadRequest("since_ms must not be negative".into()));
+                }
+                let query = PriorQuery {
+                    patient: pseudonym(&r.patient_pseudonym)?,
+                    items: vec![],
+                    from: UnixMillis(r.since_ms),
+                    until: UnixMillis(i64::MAX),
+                    limit: self.hub.max_results(),
+                };
+                let answer = self
+                    .hub
+                    .history(&caller, &query, r.include_earlier_versions, ask)
+                    .await?;
+                let (results, truncated, withheld_by_consent) = answer_parts(answer);
+                tracing::info!(
+                    results = results.len(),
+                    purpose = ask.purpose.name(),
+                    withheld_by_consent,
+                    "history listed"
+                );
+                Ok(pb::HistoryResponse {
+                    results,
+                    truncated,
+                    withheld_by_consent,
+                })
+            },
+        )
         .await
     }
 
@@ -369,18 +484,22 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::CheckOrderRequest>,
     ) -> Result<Response<pb::CheckOrderResponse>, Status> {
-        handle("CheckOrder", request, |caller, r| async move {
-            let ask = ask(r.purpose, r.with_proofs)?;
-            let patient = pseudonym(&r.patient_pseudonym)?;
-            if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
-                return Err(HubError::BadRequest(format!(
-                    "name 1 to {MAX_QUERY_ITEMS} ordered items; got {}",
-                    r.items.len()
-                )));
-            }
-            let mut order = Vec::with_capacity(r.items.len());
-            for (i, item) in r.items.into_iter().enumerate() {
-                order.push(match item.code {
+        handle(
+            "CheckOrder",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let ask = ask(r.purpose, r.with_proofs)?;
+                let patient = pseudonym(&r.patient_pseudonym)?;
+                if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
+                    return Err(HubError::BadRequest(format!(
+                        "name 1 to {MAX_QUERY_ITEMS} ordered items; got {}",
+                        r.items.len()
+                    )));
+                }
+                let mut order = Vec::with_capacity(r.items.len());
+                for (i, item) in r.items.into_iter().enumerate() {
+                    order.push(match item.code {
                     Some(pb::order_item::Code::Catalogue(c))
                         if !c.system.is_empty() && !c.code.is_empty() =>
                     {
@@ -398,33 +517,34 @@ impl pb::hub_server::Hub for HubGrpc {
                         )));
                     }
                 });
-            }
-            let at = as_of(r.as_of_ms)?;
-            let (answers, version, withheld_by_consent) = self
-                .hub
-                .check_order(&caller, patient, order, at, ask)
-                .await?;
-            let recognised = answers.iter().filter(|a| a.best.is_some()).count();
-            tracing::info!(items = answers.len(), recognised, "order checked");
-            Ok(pb::CheckOrderResponse {
-                items: answers
-                    .into_iter()
-                    .map(|a| pb::OrderCheck {
-                        asked: Some(order_code_to_pb(&a.asked)),
-                        item: a.item.as_ref().map(|(system, code, _)| pb::ItemCode {
-                            system: system.clone(),
-                            code: code.clone(),
-                        }),
-                        item_name: a.item.map(|(_, _, name)| name).unwrap_or_default(),
-                        best: a.best.map(|j| judged_to_pb(j, &version)),
-                        explanation: a.explanation,
-                        candidates: u32::try_from(a.candidates).unwrap_or(u32::MAX),
-                    })
-                    .collect(),
-                policy_version: version,
-                withheld_by_consent,
-            })
-        })
+                }
+                let at = as_of(r.as_of_ms)?;
+                let (answers, version, withheld_by_consent) = self
+                    .hub
+                    .check_order(&caller, patient, order, at, ask)
+                    .await?;
+                let recognised = answers.iter().filter(|a| a.best.is_some()).count();
+                tracing::info!(items = answers.len(), recognised, "order checked");
+                Ok(pb::CheckOrderResponse {
+                    items: answers
+                        .into_iter()
+                        .map(|a| pb::OrderCheck {
+                            asked: Some(order_code_to_pb(&a.asked)),
+                            item: a.item.as_ref().map(|(system, code, _)| pb::ItemCode {
+                                system: system.clone(),
+                                code: code.clone(),
+                            }),
+                            item_name: a.item.map(|(_, _, name)| name).unwrap_or_default(),
+                            best: a.best.map(|j| judged_to_pb(j, &version)),
+                            explanation: a.explanation,
+                            candidates: u32::try_from(a.candidates).unwrap_or(u32::MAX),
+                        })
+                        .collect(),
+                    policy_version: version,
+                    withheld_by_consent,
+                })
+            },
+        )
         .await
     }
 
@@ -432,56 +552,64 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::RecordDecisionRequest>,
     ) -> Result<Response<pb::RecordDecisionResponse>, Status> {
-        handle("RecordDecision", request, |caller, r| async move {
-            let publisher = InstitutionId::parse(&r.publisher)
-                .map_err(|e| HubError::BadRequest(format!("publisher: {e}")))?;
-            let reason = retest_reason(r.reason).ok_or_else(|| {
-                HubError::BadRequest(format!("reason {} is not a known re-test reason", r.reason))
-            })?;
-            let decision = match pb::DecisionKind::try_from(r.decision) {
-                Ok(pb::DecisionKind::Adopted) => {
-                    if reason.is_some() {
+        handle(
+            "RecordDecision",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let publisher = InstitutionId::parse(&r.publisher)
+                    .map_err(|e| HubError::BadRequest(format!("publisher: {e}")))?;
+                let reason = retest_reason(r.reason).ok_or_else(|| {
+                    HubError::BadRequest(format!(
+                        "reason {} is not a known re-test reason",
+                        r.reason
+                    ))
+                })?;
+                let decision = match pb::DecisionKind::try_from(r.decision) {
+                    Ok(pb::DecisionKind::Adopted) => {
+                        if reason.is_some() {
+                            return Err(HubError::BadRequest(
+                                "an adopted result takes no re-test reason".into(),
+                            ));
+                        }
+                        Decision::Adopted
+                    }
+                    Ok(pb::DecisionKind::Retested) => Decision::Retested {
+                        reason,
+                        note: r.note,
+                    },
+                    _ => {
                         return Err(HubError::BadRequest(
-                            "an adopted result takes no re-test reason".into(),
+                            "decision must be ADOPTED or RETESTED".into(),
                         ));
                     }
-                    Decision::Adopted
-                }
-                Ok(pb::DecisionKind::Retested) => Decision::Retested {
-                    reason,
-                    note: r.note,
-                },
-                _ => {
-                    return Err(HubError::BadRequest(
-                        "decision must be ADOPTED or RETESTED".into(),
-                    ));
-                }
-            };
-            let (outcome, recognised, proof) = self
-                .hub
-                .record_decision(
-                    &caller,
-                    DecisionRequest {
-                        decision_id: r.decision_id,
-                        publisher,
-                        summary_id: r.summary_id,
-                        version: r.version,
-                        decision,
-                    },
-                )
-                .await?;
-            let (already_recorded, at) = match outcome {
-                DecisionOutcome::Recorded { at } => (false, at),
-                DecisionOutcome::AlreadyRecorded { at, .. } => (true, at),
-            };
-            tracing::info!(already_recorded, recognised, "decision recorded");
-            Ok(pb::RecordDecisionResponse {
-                already_recorded,
-                recorded_at_ms: at.0,
-                result_was_recognised: recognised,
-                log_proof: proof.map(log_proof_to_pb),
-            })
-        })
+                };
+                let (outcome, recognised, proof) = self
+                    .hub
+                    .record_decision(
+                        &caller,
+                        DecisionRequest {
+                            decision_id: r.decision_id,
+                            publisher,
+                            summary_id: r.summary_id,
+                            version: r.version,
+                            decision,
+                        },
+                    )
+                    .await?;
+                let (already_recorded, at) = match outcome {
+                    DecisionOutcome::Recorded { at } => (false, at),
+                    DecisionOutcome::AlreadyRecorded { at, .. } => (true, at),
+                };
+                tracing::info!(already_recorded, recognised, "decision recorded");
+                Ok(pb::RecordDecisionResponse {
+                    already_recorded,
+                    recorded_at_ms: at.0,
+                    result_was_recognised: recognised,
+                    log_proof: proof.map(log_proof_to_pb),
+                })
+            },
+        )
         .await
     }
 
@@ -489,60 +617,70 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::StatisticsRequest>,
     ) -> Result<Response<pb::StatisticsResponse>, Status> {
-        handle("GetStatistics", request, |caller, r| async move {
-            let by = match pb::GroupBy::try_from(r.group_by) {
-                Ok(pb::GroupBy::Item) => GroupBy::Item,
-                Ok(pb::GroupBy::Member) => GroupBy::Member,
-                Ok(pb::GroupBy::Day) => GroupBy::Day,
-                Ok(pb::GroupBy::Month) => GroupBy::Month,
-                _ => {
+        handle(
+            "GetStatistics",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let by = match pb::GroupBy::try_from(r.group_by) {
+                    Ok(pb::GroupBy::Item) => GroupBy::Item,
+                    Ok(pb::GroupBy::Member) => GroupBy::Member,
+                    Ok(pb::GroupBy::Day) => GroupBy::Day,
+                    Ok(pb::GroupBy::Month) => GroupBy::Month,
+                    _ => {
+                        return Err(HubError::BadRequest(
+                            "group_by must be ITEM, MEMBER, DAY or MONTH".into(),
+                        ));
+                    }
+                };
+                let to = if r.to_ms == 0 {
+                    now()
+                } else {
+                    UnixMillis(r.to_ms)
+                };
+                if r.from_ms < 0 || to.0 < r.from_ms {
                     return Err(HubError::BadRequest(
-                        "group_by must be ITEM, MEMBER, DAY or MONTH".into(),
+                        "the period must have 0 <= from_ms <= to_ms".into(),
                     ));
                 }
-            };
-            let to = if r.to_ms == 0 {
-                now()
-            } else {
-                UnixMillis(r.to_ms)
-            };
-            if r.from_ms < 0 || to.0 < r.from_ms {
-                return Err(HubError::BadRequest(
-                    "the period must have 0 <= from_ms <= to_ms".into(),
-                ));
-            }
-            let s = self
-                .hub
-                .statistics(&caller, UnixMillis(r.from_ms), to, by)?;
-            let row = |r: huren_core::stats::Row, label: String| pb::StatisticsRow {
-                key: r.key,
-                label,
-                queries: r.queries,
-                recognisable_found: r.found,
-                cross_member: r.cross_member,
-                adopted: r.adopted,
-                retested: r.retested,
-                retested_by_reason: r.retested_by_reason.into_iter().collect(),
-                tests_avoided: r.tests_avoided,
-                money_saved_fen: r.money_saved_fen,
-            };
-            Ok(pb::StatisticsResponse {
-                rows: s.rows.into_iter().map(|(r, l)| row(r, l)).collect(),
-                total: Some(row(s.total, String::new())),
-                policy_version: s.policy_version,
-            })
-        })
+                let s = self
+                    .hub
+                    .statistics(&caller, UnixMillis(r.from_ms), to, by)?;
+                let row = |r: huren_core::stats::Row, label: String| pb::StatisticsRow {
+                    key: r.key,
+                    label,
+                    queries: r.queries,
+                    recognisable_found: r.found,
+                    cross_member: r.cross_member,
+                    adopted: r.adopted,
+                    retested: r.retested,
+                    retested_by_reason: r.retested_by_reason.into_iter().collect(),
+                    tests_avoided: r.tests_avoided,
+                    money_saved_fen: r.money_saved_fen,
+                };
+                Ok(pb::StatisticsResponse {
+                    rows: s.rows.into_iter().map(|(r, l)| row(r, l)).collect(),
+                    total: Some(row(s.total, String::new())),
+                    policy_version: s.policy_version,
+                })
+            },
+        )
         .await
     }
     async fn get_checkpoint(
         &self,
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
-        handle("GetCheckpoint", request, |caller, _| async move {
-            Ok(pb::GetCheckpointResponse {
-                checkpoint: self.hub.checkpoint(&caller).await?,
-            })
-        })
+        handle(
+            "GetCheckpoint",
+            request,
+            self.limits.max_message_bytes,
+            |caller, _| async move {
+                Ok(pb::GetCheckpointResponse {
+                    checkpoint: self.hub.checkpoint(&caller).await?,
+                })
+            },
+        )
         .await
     }
 
@@ -550,16 +688,21 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::ConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
-        handle("GetConsistencyProof", request, |caller, r| async move {
-            let (proof, new_size) = self
-                .hub
-                .consistency_proof(&caller, r.old_size, r.new_size)
-                .await?;
-            Ok(pb::ConsistencyProofResponse {
-                proof: proof.iter().map(|h| h.to_vec()).collect(),
-                new_size,
-            })
-        })
+        handle(
+            "GetConsistencyProof",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let (proof, new_size) = self
+                    .hub
+                    .consistency_proof(&caller, r.old_size, r.new_size)
+                    .await?;
+                Ok(pb::ConsistencyProofResponse {
+                    proof: proof.iter().map(|h| h.to_vec()).collect(),
+                    new_size,
+                })
+            },
+        )
         .await
     }
 
@@ -567,16 +710,21 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::InclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProofResponse>, Status> {
-        handle("GetInclusionProof", request, |caller, r| async move {
-            let (leaf, proof) = self
-                .hub
-                .inclusion_proof(&caller, r.index, r.tree_size)
-                .await?;
-            Ok(pb::InclusionProofResponse {
-                leaf,
-                proof: Some(log_proof_to_pb(proof)),
-            })
-        })
+        handle(
+            "GetInclusionProof",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let (leaf, proof) = self
+                    .hub
+                    .inclusion_proof(&caller, r.index, r.tree_size)
+                    .await?;
+                Ok(pb::InclusionProofResponse {
+                    leaf,
+                    proof: Some(log_proof_to_pb(proof)),
+                })
+            },
+        )
         .await
     }
 
@@ -584,58 +732,63 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::AccessReportRequest>,
     ) -> Result<Response<pb::AccessReportResponse>, Status> {
-        handle("AccessReport", request, |caller, r| async move {
-            let patient = pseudonym(&r.patient_pseudonym)?;
-            let to = if r.to_ms == 0 {
-                UnixMillis(i64::MAX)
-            } else {
-                UnixMillis(r.to_ms)
-            };
-            if r.from_ms < 0 || to.0 < r.from_ms {
-                return Err(HubError::BadRequest(
-                    "the period must have 0 <= from_ms <= to_ms".into(),
-                ));
-            }
-            let report = self
-                .hub
-                .access_report(&caller, &patient, UnixMillis(r.from_ms), to)
-                .await?;
-            tracing::info!(entries = report.entries.len(), "access report");
-            let mut entries = Vec::with_capacity(report.entries.len());
-            for a in report.entries {
-                let Entry::Access {
-                    at,
-                    caller,
-                    purpose,
-                    method,
-                    emergency_override,
-                    withheld_by_consent,
-                    results,
-                    ..
-                } = a.entry
-                else {
-                    return Err(HubError::Store(crate::store::StoreError::Corrupt(format!(
-                        "log leaf {} is not an access",
-                        a.index
-                    ))));
+        handle(
+            "AccessReport",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let patient = pseudonym(&r.patient_pseudonym)?;
+                let to = if r.to_ms == 0 {
+                    UnixMillis(i64::MAX)
+                } else {
+                    UnixMillis(r.to_ms)
                 };
-                entries.push(pb::AccessEntry {
-                    at_ms: at.0,
-                    caller,
-                    purpose: purpose_to_pb(purpose) as i32,
-                    method: method.name().to_owned(),
-                    emergency_override,
-                    withheld_by_consent,
-                    results: u32::try_from(results.len()).unwrap_or(u32::MAX),
-                    leaf: a.leaf,
-                    proof: Some(log_proof_to_pb(a.proof)),
-                });
-            }
-            Ok(pb::AccessReportResponse {
-                entries,
-                opted_out: report.opted_out,
-            })
-        })
+                if r.from_ms < 0 || to.0 < r.from_ms {
+                    return Err(HubError::BadRequest(
+                        "the period must have 0 <= from_ms <= to_ms".into(),
+                    ));
+                }
+                let report = self
+                    .hub
+                    .access_report(&caller, &patient, UnixMillis(r.from_ms), to)
+                    .await?;
+                tracing::info!(entries = report.entries.len(), "access report");
+                let mut entries = Vec::with_capacity(report.entries.len());
+                for a in report.entries {
+                    let Entry::Access {
+                        at,
+                        caller,
+                        purpose,
+                        method,
+                        emergency_override,
+                        withheld_by_consent,
+                        results,
+                        ..
+                    } = a.entry
+                    else {
+                        return Err(HubError::Store(crate::store::StoreError::Corrupt(format!(
+                            "log leaf {} is not an access",
+                            a.index
+                        ))));
+                    };
+                    entries.push(pb::AccessEntry {
+                        at_ms: at.0,
+                        caller,
+                        purpose: purpose_to_pb(purpose) as i32,
+                        method: method.name().to_owned(),
+                        emergency_override,
+                        withheld_by_consent,
+                        results: u32::try_from(results.len()).unwrap_or(u32::MAX),
+                        leaf: a.leaf,
+                        proof: Some(log_proof_to_pb(a.proof)),
+                    });
+                }
+                Ok(pb::AccessReportResponse {
+                    entries,
+                    opted_out: report.opted_out,
+                })
+            },
+        )
         .await
     }
 
@@ -643,15 +796,21 @@ impl pb::hub_server::Hub for HubGrpc {
         &self,
         request: Request<pb::SetConsentRequest>,
     ) -> Result<Response<pb::SetConsentResponse>, Status> {
-        handle("SetConsent", request, |caller, r| async move {
-            let patient = pseudonym(&r.patient_pseudonym)?;
-            let (changed, at, proof) = self.hub.set_consent(&caller, &patient, r.opted_out).await?;
-            Ok(pb::SetConsentResponse {
-                recorded_at_ms: at.0,
-                log_proof: Some(log_proof_to_pb(proof)),
-                changed,
-            })
-        })
+        handle(
+            "SetConsent",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| async move {
+                let patient = pseudonym(&r.patient_pseudonym)?;
+                let (changed, at, proof) =
+                    self.hub.set_consent(&caller, &patient, r.opted_out).await?;
+                Ok(pb::SetConsentResponse {
+                    recorded_at_ms: at.0,
+                    log_proof: Some(log_proof_to_pb(proof)),
+                    changed,
+                })
+            },
+        )
         .await
     }
 }

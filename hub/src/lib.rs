@@ -7,6 +7,8 @@
 //! - [`server`]: `run(config, listener, shutdown)`: TLS, the service, health, reflection.
 //! - [`grpc`]: the gRPC edge; caller identity from the client certificate; pb ⇄ domain.
 //! - [`service`]: the domain operations ([`service::Hub`]).
+//! - [`intake`], [`journal`]: the two group writers, for publishes and for what queries leave.
+//! - [`signers`]: signing certificates, validated once each.
 //! - [`store`]: the sled store behind a domain-shaped API; group commit.
 //! - [`log`]: the log key that signs checkpoints ([`log::LogSigner`]).
 //! - [`error`]: [`error::HubError`] and its one mapping to gRPC status codes.
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod intake;
 pub mod journal;
 pub mod log;
 pub mod policy;

@@ -10,12 +10,13 @@ use huren_core::logentry::{Entry, LogProof, Method, Purpose, ResultRef};
 use huren_core::merkle::Hash;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::rules::{self, Decision, Policy, RetestReason, Verdict, check_decision};
-use huren_core::signing::{SignedEnvelope, VerifyError};
+use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
 use huren_core::stats::{self, Event, EventKind, GroupBy};
 use huren_core::summary::UnixMillis;
 use huren_core::trust::AllianceCa;
 
 use crate::error::HubError;
+use crate::intake::Intake;
 use crate::journal::Journal;
 use crate::log::LogSigner;
 use crate::policy::PolicyHandle;
@@ -32,6 +33,8 @@ pub struct Hub {
     signers: SignerCache,
     /// Group-commit writer for what answered queries leave behind.
     journal: Journal,
+    /// Group-commit writer for published summaries.
+    intake: Intake,
     policy: Arc<PolicyHandle>,
     max_results: usize,
     log: LogSigner,
@@ -150,6 +153,7 @@ impl Hub {
     ) -> Self {
         Self {
             journal: Journal::start(store.clone()),
+            intake: Intake::start(store.clone()),
             store,
             signers: SignerCache::new(ca),
             policy,
@@ -386,17 +390,114 @@ impl Hub {
             .signers
             .certify(&envelope.signer_certificate, at)
             .map_err(VerifyError::from)?;
-        let verified = envelope.verify_with(&signer)?;
+        let verified = envelope.verify_into(&signer)?;
+        self.may_publish(&policy, caller, &verified, at)?;
+        self.store_verified(vec![verified], at)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                HubError::Checkpoint("a publish of one summary gave no outcome".into())
+            })?
+    }
+
+    /// [`Hub::publish`] for many summaries at once: each is checked on its own (signatures
+    /// together, in one batch equation) and has its own outcome, in order. Only a caller that
+    /// may not publish at all fails the whole call.
+    pub async fn publish_batch(
+        &self,
+        caller: &InstitutionId,
+        envelopes: Vec<SignedEnvelope>,
+    ) -> Result<Vec<Result<(PutOutcome, LogProof), HubError>>, HubError> {
+        let policy = self.member_policy(caller)?;
+        let at = now();
+        let mut outcomes: Vec<Option<Result<(PutOutcome, LogProof), HubError>>> =
+            Vec::with_capacity(envelopes.len());
+        let mut certified = Vec::with_capacity(envelopes.len());
+        let mut positions = Vec::with_capacity(envelopes.len());
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            match self.signers.certify(&envelope.signer_certificate, at) {
+                Ok(signer) => {
+                    positions.push(i);
+                    certified.push((envelope, signer));
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(Err(VerifyError::from(e).into()))),
+            }
+        }
+        // Signature checks are CPU work: keep them off the async workers.
+        let checked = tokio::task::spawn_blocking(move || verify_many(certified))
+            .await
+            .map_err(|e| HubError::BadRequest(format!("verifying the batch failed: {e}")))?;
+        let mut accepted = Vec::with_capacity(checked.len());
+        let mut accepted_at = Vec::with_capacity(checked.len());
+        for (i, v) in positions.into_iter().zip(checked) {
+            match v
+                .map_err(HubError::from)
+                .and_then(|v| self.may_publish(&policy, caller, &v, at).map(|()| v))
+            {
+                Ok(v) => {
+                    accepted_at.push(i);
+                    accepted.push(v);
+                }
+                Err(e) => outcomes[i] = Some(Err(e)),
+            }
+        }
+        if !accepted.is_empty() {
+            for (i, r) in accepted_at
+                .into_iter()
+                .zip(self.store_verified(accepted, at).await?)
+            {
+                outcomes[i] = Some(r);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(HubError::BadRequest("not processed".into()))))
+            .collect())
+    }
+
+    /// Whether `caller` may publish this verified summary: its own, and not revoked.
+    fn may_publish(
+        &self,
+        policy: &Policy,
+        caller: &InstitutionId,
+        verified: &VerifiedSummary,
+        at: UnixMillis,
+    ) -> Result<(), HubError> {
         if verified.summary.publisher != *caller {
             return Err(HubError::NotPublisher {
                 caller: caller.clone(),
-                publisher: verified.summary.publisher,
+                publisher: verified.summary.publisher.clone(),
             });
         }
         // The signing certificate names the publisher: a revoked signer's summaries are refused.
-        Self::not_revoked(&policy, &verified.summary.publisher, at)?;
-        let (outcome, logged) = self.store.put_summary_logged(&verified, at).await?;
-        Ok((outcome, self.log_proof(logged.index, logged.head)?))
+        Self::not_revoked(policy, &verified.summary.publisher, at)
+    }
+
+    /// Stores verified summaries through the publish writer; once durable, each stored one
+    /// comes with its inclusion proof against one signed checkpoint.
+    async fn store_verified(
+        &self,
+        verified: Vec<VerifiedSummary>,
+        at: UnixMillis,
+    ) -> Result<Vec<Result<(PutOutcome, LogProof), HubError>>, HubError> {
+        let (puts, head) = self.intake.put(verified, at).await?;
+        let checkpoint = self.sign(head)?;
+        Ok(puts
+            .into_iter()
+            .map(|put| {
+                let put = put?;
+                Ok((
+                    put.outcome,
+                    LogProof {
+                        index: put.index,
+                        tree_size: head.size,
+                        proof: put.proof,
+                        checkpoint: checkpoint.clone(),
+                    },
+                ))
+            })
+            .collect())
     }
 
     fn judge(

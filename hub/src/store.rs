@@ -253,6 +253,23 @@ pub struct QueryRecord {
     pub access: Access,
 }
 
+/// One stored (or already stored) version of a batch: its outcome, its leaf's index and the
+/// leaf's inclusion proof against the batch's tree head.
+#[derive(Clone, Debug)]
+pub struct Put {
+    pub outcome: PutOutcome,
+    pub index: u64,
+    pub proof: Vec<Hash>,
+}
+
+/// What became of a batch of puts: one result per version, in order, and the tree head right
+/// after the batch (durable once [`Store::commit`] returns).
+#[derive(Debug)]
+pub struct PutBatch {
+    pub results: Vec<Result<Put, StoreError>>,
+    pub head: TreeHead,
+}
+
 /// What became of a put.
 #[derive(Clone, Debug)]
 pub enum PutOutcome {
@@ -280,6 +297,8 @@ pub enum StoreError {
     CommitterGone,
     #[error("query journal: {0}")]
     Journal(String),
+    #[error("publish writer: {0}")]
+    Intake(String),
     #[error("decision {decision_id} was already recorded for another result")]
     DecisionIdReused { decision_id: String },
     #[error("the log has no tree of size {size} (it has {current} entries)")]
@@ -398,6 +417,84 @@ fn write_pending(
     }
     meta.insert(LOG_SIZE_KEY, &(p.index + 1).to_be_bytes())?;
     Ok(())
+}
+
+/// Reads complete-subtree hashes from memory where a batch already has them, from the store
+/// otherwise.
+struct Layered<'a> {
+    known: &'a HashMap<(u8, u64), Hash>,
+    store: Nodes<'a>,
+}
+
+impl merkle::NodeReader for Layered<'_> {
+    type Error = StoreError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        match self.known.get(&(level, index)) {
+            Some(h) => Ok(*h),
+            None => self.store.node(level, index),
+        }
+    }
+}
+
+/// One summary version of a batch, with its keys and leaf worked out before the transaction.
+struct PreparedPut<'a> {
+    verified: &'a VerifiedSummary,
+    accepted_at: UnixMillis,
+    rkey: Vec<u8>,
+    vkey: Vec<u8>,
+    index_key: Vec<u8>,
+    cert_hash: Hash,
+    leaf: Vec<u8>,
+}
+
+impl<'a> PreparedPut<'a> {
+    fn new(v: &'a VerifiedSummary, accepted_at: UnixMillis) -> Self {
+        let s = &v.summary;
+        let rkey = result_key(s.publisher.as_str(), s.id.as_str());
+        let vkey = version_key(s.publisher.as_str(), s.id.as_str(), s.version);
+        let cert_hash = sha256(&v.envelope.signer_certificate);
+        let leaf = Entry::Summary {
+            accepted_at,
+            signer_certificate_sha256: cert_hash,
+            signature: v.envelope.signature,
+            body: v.envelope.body.clone(),
+        }
+        .encode();
+        let mut index_key = item_prefix(&s.patient, &s.item.system, &s.item.code);
+        index_key.extend_from_slice(&inv_time(s.performed_at));
+        index_key.extend_from_slice(&rkey);
+        Self {
+            verified: v,
+            accepted_at,
+            rkey,
+            vkey,
+            index_key,
+            cert_hash,
+            leaf,
+        }
+    }
+
+    fn record(&self, log_index: u64) -> RecordV1 {
+        RecordV1 {
+            body: self.verified.envelope.body.clone(),
+            signature: self.verified.envelope.signature.to_vec(),
+            signer_certificate_sha256: self.cert_hash.to_vec(),
+            body_sha256: self.verified.body_sha256.to_vec(),
+            accepted_at_ms: self.accepted_at.0,
+            log_index,
+        }
+    }
+
+    fn receipt(&self, accepted_at_ms: i64) -> Receipt {
+        let s = &self.verified.summary;
+        Receipt {
+            publisher: s.publisher.clone(),
+            summary_id: s.id.clone(),
+            version: s.version,
+            body_sha256: self.verified.body_sha256,
+            accepted_at: UnixMillis(accepted_at_ms),
+        }
+    }
 }
 
 /// Reads complete-subtree hashes from `log_nodes`.
@@ -562,8 +659,9 @@ impl Store {
         Ok(())
     }
 
-    /// Waits for a flush that covers every write made before this call.
-    async fn commit(&self) -> Result<(), StoreError> {
+    /// Waits for a flush that covers every write made before this call (group commit: one
+    /// flush answers every caller waiting when it starts).
+    pub async fn commit(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .commits
@@ -599,39 +697,41 @@ impl Store {
         v: &VerifiedSummary,
         accepted_at: UnixMillis,
     ) -> Result<(PutOutcome, Logged), StoreError> {
-        let s = &v.summary;
-        let publisher = s.publisher.as_str();
-        let id = s.id.as_str();
-        let rkey = result_key(publisher, id);
-        let vkey = version_key(publisher, id, s.version);
-        let cert_hash = sha256(&v.envelope.signer_certificate);
-        let leaf = Entry::Summary {
-            accepted_at,
-            signer_certificate_sha256: cert_hash,
-            signature: v.envelope.signature,
-            body: v.envelope.body.clone(),
-        }
-        .encode();
-        let mut index_key = item_prefix(&s.patient, &s.item.system, &s.item.code);
-        index_key.extend_from_slice(&inv_time(s.performed_at));
-        index_key.extend_from_slice(&rkey);
+        let batch = self.put_summaries(&[(v, accepted_at)])?;
+        self.commit().await?;
+        let head = batch.head;
+        let put =
+            batch.results.into_iter().next().ok_or_else(|| {
+                StoreError::Corrupt("a put of one summary gave no outcome".into())
+            })??;
+        Ok((
+            put.outcome,
+            Logged {
+                index: put.index,
+                head,
+            },
+        ))
+    }
 
+    /// Stores summary versions in one transaction, in order, each with its own outcome: a
+    /// refused version (a conflict, a version out of order) refuses only itself. Versions of one
+    /// result may follow each other in the same batch. Returns each stored version's inclusion
+    /// proof against the tree head right after the batch, computed from the nodes the batch
+    /// wrote and the frontier before it (no store reads, except for duplicates).
+    ///
+    /// Not durable on return: call [`Store::commit`] before acknowledging anything.
+    pub fn put_summaries(
+        &self,
+        items: &[(&VerifiedSummary, UnixMillis)],
+    ) -> Result<PutBatch, StoreError> {
+        let prepared: Vec<PreparedPut> = items
+            .iter()
+            .map(|(v, at)| PreparedPut::new(v, *at))
+            .collect();
         let i = &self.inner;
-        // The guard lives in this block only: no await while the log is locked.
-        let (earlier, index, head) =
-            {
-                let mut log = self.log_state()?;
-                let pending = log.prepare(leaf);
-                let record = RecordV1 {
-                    body: v.envelope.body.clone(),
-                    signature: v.envelope.signature.to_vec(),
-                    signer_certificate_sha256: cert_hash.to_vec(),
-                    body_sha256: v.body_sha256.to_vec(),
-                    accepted_at_ms: accepted_at.0,
-                    log_index: pending.index,
-                };
-                let value = encode_v1(&record);
-                let outcome = (
+        let mut log = self.log_state()?;
+        let before_size = log.size;
+        let outcome = (
             &i.summaries,
             &i.latest,
             &i.by_patient,
@@ -642,73 +742,110 @@ impl Store {
         )
             .transaction(
                 |(summaries, latest, by_patient, certs, leaves, nodes, meta)| {
-                    if let Some(existing) = summaries.get(&vkey)? {
-                        let old = decode_record(&existing)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        if old.body == record.body {
-                            return Ok(Some((old.accepted_at_ms, old.log_index)));
+                    // Recomputed from scratch if sled retries the transaction.
+                    let mut next = LogState {
+                        size: log.size,
+                        frontier: log.frontier.clone(),
+                    };
+                    let mut written = Vec::new();
+                    let mut results = Vec::with_capacity(prepared.len());
+                    for p in &prepared {
+                        let s = &p.verified.summary;
+                        if let Some(existing) = summaries.get(&p.vkey)? {
+                            let old = decode_record(&existing)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            results.push(if old.body == p.verified.envelope.body {
+                                Ok((Some(old.accepted_at_ms), old.log_index))
+                            } else {
+                                Err(StoreError::Conflict {
+                                    key: s.result_key(),
+                                    version: s.version,
+                                })
+                            });
+                            continue;
                         }
-                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
-                            key: s.result_key(),
-                            version: s.version,
-                        }));
-                    }
-                    let stored = latest.get(&rkey)?.map(|v| read_u32(&v)).transpose();
-                    let stored = stored.map_err(ConflictableTransactionError::Abort)?;
-                    let expected = stored.map_or(1, |v| v + 1);
-                    if s.version != expected {
-                        let reason = match stored {
-                            None => "the first version of a result must be 1".to_owned(),
-                            Some(v) => {
-                                format!("the stored version is {v}, so the next must be {expected}")
-                            }
-                        };
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::OutOfOrder {
+                        let stored = latest.get(&p.rkey)?.map(|v| read_u32(&v)).transpose();
+                        let stored = stored.map_err(ConflictableTransactionError::Abort)?;
+                        let expected = stored.map_or(1, |v| v + 1);
+                        if s.version != expected {
+                            let reason = match stored {
+                                None => "the first version of a result must be 1".to_owned(),
+                                Some(v) => {
+                                    format!(
+                                        "the stored version is {v}, so the next must be {expected}"
+                                    )
+                                }
+                            };
+                            results.push(Err(StoreError::OutOfOrder {
                                 key: s.result_key(),
                                 version: s.version,
                                 reason,
-                            },
-                        ));
+                            }));
+                            continue;
+                        }
+                        let pending = next.prepare(p.leaf.clone());
+                        let value = encode_v1(&p.record(pending.index));
+                        summaries.insert(p.vkey.as_slice(), value)?;
+                        latest.insert(p.rkey.as_slice(), &s.version.to_be_bytes())?;
+                        by_patient.insert(p.index_key.as_slice(), &[])?;
+                        if certs.get(p.cert_hash)?.is_none() {
+                            certs.insert(
+                                &p.cert_hash,
+                                p.verified.envelope.signer_certificate.as_slice(),
+                            )?;
+                        }
+                        leaves.insert(&pending.index.to_be_bytes(), pending.leaf.as_slice())?;
+                        for (level, index, hash) in &pending.nodes {
+                            nodes.insert(&node_key(*level, *index), hash)?;
+                        }
+                        results.push(Ok((None, pending.index)));
+                        next.size = pending.index + 1;
+                        next.frontier = pending.frontier;
+                        written.extend(pending.nodes);
                     }
-                    summaries.insert(vkey.as_slice(), value.as_slice())?;
-                    latest.insert(rkey.as_slice(), &s.version.to_be_bytes())?;
-                    by_patient.insert(index_key.as_slice(), &[])?;
-                    if certs.get(cert_hash)?.is_none() {
-                        certs.insert(&cert_hash, v.envelope.signer_certificate.as_slice())?;
+                    if next.size != log.size {
+                        meta.insert(LOG_SIZE_KEY, &next.size.to_be_bytes())?;
                     }
-                    write_pending(leaves, nodes, meta, &pending)?;
-                    Ok(None)
+                    Ok((results, next, written))
                 },
             );
-                let earlier = match outcome {
-                    Ok(earlier) => earlier,
-                    Err(e) => return tx_error(e),
-                };
-                let index = match earlier {
-                    Some((_, index)) => index,
-                    None => {
-                        let index = pending.index;
-                        log.apply(pending);
-                        index
-                    }
-                };
-                (earlier, index, log.head())
-            };
-        // A duplicate may race with the first put's flush, so it waits for durability too.
-        self.commit().await?;
-        let receipt = |at| Receipt {
-            publisher: s.publisher.clone(),
-            summary_id: s.id.clone(),
-            version: s.version,
-            body_sha256: v.body_sha256,
-            accepted_at: UnixMillis(at),
+        let (results, next, written) = match outcome {
+            Ok(done) => done,
+            Err(e) => return tx_error(e),
         };
-        let outcome = match earlier {
-            Some((at, _)) => PutOutcome::AlreadyStored(receipt(at)),
-            None => PutOutcome::Stored(receipt(accepted_at.0)),
+        // The nodes a proof for this batch needs are the ones it wrote and, to their left, the
+        // frontier before it.
+        let mut known: HashMap<(u8, u64), Hash> = merkle::frontier_nodes(before_size)
+            .zip(log.frontier.iter().copied())
+            .collect();
+        known.extend(written.into_iter().map(|(l, i, h)| ((l, i), h)));
+        *log = next;
+        let head = log.head();
+        drop(log);
+        let reader = Layered {
+            known: &known,
+            store: Nodes(&i.log_nodes),
         };
-        Ok((outcome, Logged { index, head }))
+        let results = results
+            .into_iter()
+            .zip(&prepared)
+            .map(|(r, p)| {
+                let (earlier, index) = r?;
+                let proof =
+                    merkle::inclusion_proof(index, head.size, &reader).map_err(tree_error)?;
+                let receipt = p.receipt(earlier.unwrap_or(p.accepted_at.0));
+                let outcome = match earlier {
+                    Some(_) => PutOutcome::AlreadyStored(receipt),
+                    None => PutOutcome::Stored(receipt),
+                };
+                Ok(Put {
+                    outcome,
+                    index,
+                    proof,
+                })
+            })
+            .collect();
+        Ok(PutBatch { results, head })
     }
 
     /// Loads the latest version of a result.

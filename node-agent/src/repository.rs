@@ -139,10 +139,7 @@ pub async fn serve(
         .add_service(
             RepositoryServer::new(service).max_encoding_message_size(MAX_REPORT_BYTES + 4096),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
         .map_err(RepositoryError::Serve)
 }
@@ -415,3 +412,19 @@ impl std::fmt::Display for PeerCertError {
 }
 
 impl std::error::Error for PeerCertError {}
+
+/// Accepted connections with Nagle's algorithm off. `serve_with_incoming` ignores tonic's own
+/// `tcp_nodelay` setting, and with Nagle on, a response written in two parts waits for the
+/// client's delayed ACK: about 40 ms per call.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not turn off Nagle's algorithm on a connection");
+            }
+        })
+    })
+}

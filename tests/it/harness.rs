@@ -205,8 +205,8 @@ impl TestHub {
         let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy());
         let config = format!(
             "listen = \"127.0.0.1:0\"\nstore = {}\npolicy = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n\
-             [limits]\nmax_results = {}\nmax_message_bytes = {}\nrequest_timeout_seconds = {}\n\
-             policy_poll_seconds = 1\n",
+             [limits]\nmax_results = {}\nmax_message_bytes = {}\nmax_batch_bytes = {}\n\
+             request_timeout_seconds = {}\npolicy_poll_seconds = 1\n",
             quote(&store_path)?,
             quote(&policy_path)?,
             quote(&paths.ca_cert)?,
@@ -214,6 +214,7 @@ impl TestHub {
             quote(&paths.hub_key)?,
             limits.max_results,
             limits.max_message_bytes,
+            limits.max_batch_bytes,
             limits.request_timeout_seconds,
         );
         fs::write(&config_path, config)?;

@@ -916,3 +916,206 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
     assert_eq!(indexes, [0, 1, 2]);
     Ok(())
 }
+
+/// The outcome of one summary of a batch: the response, or the refusal's code and message.
+fn batch_outcome(o: &pb::PublishOutcome) -> Result<&pb::PublishResponse, (Code, &str)> {
+    match &o.outcome {
+        Some(pb::publish_outcome::Outcome::Published(r)) => Ok(r),
+        Some(pb::publish_outcome::Outcome::Refused(r)) => {
+            Err((Code::from_i32(r.code), r.message.as_str()))
+        }
+        None => Err((Code::Unknown, "no outcome")),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_refuses_only_its_bad_summaries_and_proves_the_rest() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start().await?;
+    let vkey = verifier(&hub)?;
+    let a = hub.member("hosp-a")?;
+    let b = hub.member("hosp-b")?;
+    let mut ca = hub.client("hosp-a").await?;
+    let p = hub.patient("E10000077");
+
+    // Already stored before the batch: one body for B-9 version 1.
+    let first = lab_summary("hosp-a", "B-9", p, HGB, hours(40))?;
+    publish(&mut ca, sign(&a, &first)?).await?;
+
+    let good: Vec<_> = (0..5)
+        .map(|i| {
+            let s = lab_summary("hosp-a", &format!("B-{i}"), p, HGB, hours(i + 1))?;
+            Ok((s.clone(), sign(&a, &s)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut tampered = sign(&a, &lab_summary("hosp-a", "B-6", p, HGB, hours(6))?)?;
+    tampered.signature[0] ^= 1;
+    let mut short_signature = sign(&a, &lab_summary("hosp-a", "B-7", p, HGB, hours(7))?)?;
+    short_signature.signature.truncate(10);
+    let of_b = sign(&b, &lab_summary("hosp-b", "B-8", p, HGB, hours(8))?)?;
+    let mut other_body = first.clone();
+    other_body.performed_at.0 -= 1000;
+    let amended_b0 = crate::harness::amended(&good[0].0, "corrected value");
+    let mut gap = crate::harness::amended(&good[1].0, "skips version 2");
+    gap.version = 3;
+
+    let batch = vec![
+        good[0].1.clone(),
+        tampered,
+        good[1].1.clone(),
+        short_signature,
+        of_b,
+        good[2].1.clone(),
+        sign(&a, &other_body)?,
+        sign(&a, &amended_b0)?, // version 2 right after version 1 in the same batch
+        sign(&a, &gap)?,
+        good[3].1.clone(),
+        good[3].1.clone(), // the same summary twice
+        good[4].1.clone(),
+    ];
+    let answer = ca
+        .publish_batch(pb::PublishBatchRequest {
+            summaries: batch.clone(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        answer.outcomes.len() == batch.len(),
+        "one outcome per summary"
+    );
+    let refused: Vec<(usize, Code, String)> = answer
+        .outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| batch_outcome(o).err().map(|(c, m)| (i, c, m.to_owned())))
+        .collect();
+    let codes: Vec<(usize, Code)> = refused.iter().map(|(i, c, _)| (*i, *c)).collect();
+    assert_eq!(
+        codes,
+        [
+            (1, Code::InvalidArgument),
+            (3, Code::InvalidArgument),
+            (4, Code::PermissionDenied),
+            (6, Code::AlreadyExists),
+            (8, Code::FailedPrecondition),
+        ],
+        "{refused:#?}"
+    );
+    for (phrase, i) in [
+        ("signature does not verify", 1),
+        ("64 bytes", 3),
+        ("cannot publish a summary of hosp-b", 4),
+        ("different body", 6),
+        ("the stored version is 1, so the next must be 2", 8),
+    ] {
+        let (_, _, message) = refused
+            .iter()
+            .find(|(j, _, _)| *j == i)
+            .context("refusal")?;
+        assert!(
+            message.contains(phrase),
+            "{i}: {phrase:?} not in {message:?}"
+        );
+    }
+
+    // Every stored summary is proven against one signed checkpoint of the same tree.
+    let mut sizes = Vec::new();
+    for (i, o) in answer.outcomes.iter().enumerate() {
+        let Ok(r) = batch_outcome(o) else { continue };
+        let receipt = r.receipt.as_ref().context("receipt")?;
+        assert_eq!(r.already_stored, i == 10, "summary {i}");
+        let lp = proof(r.log_proof.clone())?;
+        let cp = verify_leaf(&vkey, &leaf_of(&batch[i], receipt.accepted_at_ms)?, &lp)
+            .with_context(|| format!("summary {i}'s proof"))?;
+        sizes.push(cp.size);
+    }
+    assert_eq!(sizes.len(), 7);
+    assert!(sizes.windows(2).all(|w| w[0] == w[1]), "{sizes:?}");
+
+    // B-0 now answers with version 2; the refused summaries left nothing behind.
+    let found = ca
+        .find_prior(prior_request(&p, &[(LOINC, HGB)]))
+        .await?
+        .into_inner();
+    let mut ids: Vec<(String, u32)> = found
+        .results
+        .iter()
+        .filter_map(|r| r.receipt.as_ref())
+        .map(|r| (r.summary_id.clone(), r.version))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            ("B-0".to_owned(), 2),
+            ("B-1".to_owned(), 1),
+            ("B-2".to_owned(), 1),
+            ("B-3".to_owned(), 1),
+            ("B-4".to_owned(), 1),
+            ("B-9".to_owned(), 1),
+        ]
+    );
+    hub.stop().await?;
+    assert_eq!(
+        hub.stored_summary_count().await?,
+        1 + 6,
+        "B-9 and the six new versions"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_over_its_limits_is_refused_whole() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start_with(huren_hub::config::Limits {
+        max_batch_bytes: 8 * 1024,
+        ..Default::default()
+    })
+    .await?;
+    let a = hub.member("hosp-a")?;
+    let mut ca = hub.client("hosp-a").await?;
+    let p = hub.patient("E10000078");
+    let signed = sign(&a, &lab_summary("hosp-a", "C-1", p, HGB, hours(1))?)?;
+
+    let empty = ca
+        .publish_batch(pb::PublishBatchRequest { summaries: vec![] })
+        .await
+        .expect_err("an empty batch is refused");
+    assert_eq!(empty.code(), Code::InvalidArgument, "{empty:?}");
+
+    let many = ca
+        .publish_batch(pb::PublishBatchRequest {
+            summaries: vec![signed.clone(); 1001],
+        })
+        .await
+        .expect_err("1001 summaries are refused");
+    assert!(
+        [Code::InvalidArgument, Code::OutOfRange].contains(&many.code()),
+        "{many:?}"
+    );
+
+    let big = ca
+        .publish_batch(pb::PublishBatchRequest {
+            summaries: vec![signed.clone(); 20],
+        })
+        .await
+        .expect_err("a batch over max_batch_bytes is refused");
+    assert_eq!(big.code(), Code::OutOfRange, "{big:?}");
+    assert!(big.message().contains("too large"), "{big:?}");
+
+    // Within the limits the same summary goes through.
+    let ok = ca
+        .publish_batch(pb::PublishBatchRequest {
+            summaries: vec![signed],
+        })
+        .await?
+        .into_inner();
+    assert!(batch_outcome(&ok.outcomes[0]).is_ok());
+    hub.stop().await?;
+    assert_eq!(
+        hub.stored_summary_count().await?,
+        1,
+        "only the batch within the limits stored anything"
+    );
+    Ok(())
+}

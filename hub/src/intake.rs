@@ -1,0 +1,109 @@
+//! Group writing for published summaries.
+//!
+//! Every publish, unary or batched, sends its verified summaries here and waits for their
+//! outcomes. One task drains everything waiting at that moment and stores it with
+//! [`Store::put_summaries`] on a blocking thread: one sled transaction and one log append run
+//! for many publishes, and no async worker ever blocks on the log's lock. The flush that makes
+//! a batch durable runs while the next batch is written (group commit), and nobody hears of a
+//! stored summary before that flush returns.
+
+use tokio::sync::{mpsc, oneshot};
+
+use huren_core::signing::VerifiedSummary;
+use huren_core::summary::UnixMillis;
+
+use crate::store::{Put, Store, StoreError, TreeHead};
+
+/// Most summaries written in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Outcomes of one job's summaries, in order, and the head they are proven against; or why
+/// the whole write failed.
+type Outcome = Result<(Vec<Result<Put, StoreError>>, TreeHead), String>;
+
+struct Job {
+    items: Vec<VerifiedSummary>,
+    at: UnixMillis,
+    ack: oneshot::Sender<Outcome>,
+}
+
+/// The sending side; cheap to share.
+pub struct Intake {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Intake {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_batches(store, rx));
+        Self { tx }
+    }
+
+    /// Stores summaries accepted at `at`, waiting until they are durable. One outcome per
+    /// summary, in order, each proven against the returned head.
+    pub async fn put(
+        &self,
+        items: Vec<VerifiedSummary>,
+        at: UnixMillis,
+    ) -> Result<(Vec<Result<Put, StoreError>>, TreeHead), StoreError> {
+        let gone = || StoreError::Intake("it has stopped".into());
+        let (ack, done) = oneshot::channel();
+        self.tx.send(Job { items, at, ack }).map_err(|_| gone())?;
+        done.await.map_err(|_| gone())?.map_err(StoreError::Intake)
+    }
+}
+
+async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut count = first.items.len();
+        let mut jobs = vec![first];
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => {
+                    count += next.items.len();
+                    jobs.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let writer = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let items: Vec<(&VerifiedSummary, UnixMillis)> = jobs
+                .iter()
+                .flat_map(|j| j.items.iter().map(move |v| (v, j.at)))
+                .collect();
+            let result = writer.put_summaries(&items);
+            (jobs, result)
+        })
+        .await;
+        // A panicked write drops its jobs: their callers hear that the writer stopped.
+        let Ok((jobs, result)) = written else {
+            tracing::error!("a publish batch write panicked");
+            continue;
+        };
+        let batch = match result {
+            Ok(batch) => batch,
+            Err(e) => {
+                let e = e.to_string();
+                for j in jobs {
+                    let _ = j.ack.send(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        // Acknowledge after the flush, while the next batch is already being written.
+        let store = store.clone();
+        tokio::spawn(async move {
+            let durable = store.commit().await.map_err(|e| e.to_string());
+            let mut results = batch.results.into_iter();
+            for j in jobs {
+                let mine: Vec<_> = results.by_ref().take(j.items.len()).collect();
+                let _ = j.ack.send(match &durable {
+                    Ok(()) => Ok((mine, batch.head)),
+                    Err(e) => Err(e.clone()),
+                });
+            }
+        });
+    }
+}
