@@ -53,6 +53,23 @@ struct Args {
     /// TLS connections the clients spread requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Summaries per PublishBatch call.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// PublishBatch calls in flight.
+    #[arg(long, default_value_t = 4)]
+    batches_in_flight: usize,
+    /// Measure only these (comma-separated: publish, publish-batch, find-prior, check-order,
+    /// latency); the echo
+    /// baseline always runs. For profiling one path at a time.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn measures(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 const PUBLISHER: &str = "shx-prov-people";
@@ -276,9 +293,10 @@ impl Bench {
     }
 
     /// Seeds summaries straight into the store: signed like a publisher's, stored like the
-    /// hub stores them, without the RPC (which is measured separately). Runs on its own
-    /// runtime, which is dropped at the end: that stops the store's commit task and releases
-    /// sled's lock before the hub opens the store.
+    /// hub stores them (batches through `Store::put_summaries`, each made durable before the
+    /// next counts), without the RPC (which is measured separately). Runs on its own runtime,
+    /// which is dropped at the end: that stops the store's commit task and releases sled's
+    /// lock before the hub opens the store.
     fn seed(&self) -> anyhow::Result<(u64, u64)> {
         let m = self.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
         let cert = pem_der(&m.signing.cert_pem)?;
@@ -300,9 +318,10 @@ impl Bench {
             let now = now_ms();
             let raw = Arc::new(AtomicU64::new(0));
             let next = Arc::new(AtomicU64::new(0));
+            const CHUNK: u64 = 2000;
             let mut tasks = Vec::new();
-            // Many writers in flight, so group commit shares each flush among them.
-            for _ in 0..64 {
+            // Two writers: one signs its next chunk while the other's is stored.
+            for _ in 0..2 {
                 let (store, signer, bar, raw, next) = (
                     store.clone(),
                     signer.clone(),
@@ -312,20 +331,34 @@ impl Bench {
                 );
                 tasks.push(tokio::spawn(async move {
                     loop {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        if n >= total {
+                        let from = next.fetch_add(CHUNK, Ordering::Relaxed);
+                        if from >= total {
                             return anyhow::Ok(());
                         }
-                        let s = summary(n, per_patient, now, "SEED")?;
-                        let envelope = signer.sign(&s)?;
-                        raw.fetch_add(envelope.body.len() as u64 + 64, Ordering::Relaxed);
-                        let v = VerifiedSummary {
-                            body_sha256: sha256(&envelope.body),
-                            envelope,
-                            summary: s,
-                        };
-                        store.put_summary(&v, UnixMillis(now)).await?;
-                        bar.inc(1);
+                        let to = (from + CHUNK).min(total);
+                        let (signer, store2, raw) = (signer.clone(), store.clone(), raw.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let mut chunk = Vec::with_capacity((to - from) as usize);
+                            for n in from..to {
+                                let s = summary(n, per_patient, now, "SEED")?;
+                                let envelope = signer.sign(&s)?;
+                                raw.fetch_add(envelope.body.len() as u64 + 64, Ordering::Relaxed);
+                                chunk.push(VerifiedSummary {
+                                    body_sha256: sha256(&envelope.body),
+                                    envelope,
+                                    summary: s,
+                                });
+                            }
+                            let items: Vec<_> =
+                                chunk.iter().map(|v| (v, UnixMillis(now))).collect();
+                            for r in store2.put_summaries(&items)?.results {
+                                r?;
+                            }
+                            anyhow::Ok(())
+                        })
+                        .await??;
+                        store.commit().await?;
+                        bar.inc(to - from);
                     }
                 }));
             }
@@ -338,6 +371,38 @@ impl Bench {
         drop(rt);
         result
     }
+}
+
+/// Signs `count` summaries named `prefix-n` on every core, so measurements see the hub's work
+/// rather than the client's signing.
+fn presign(
+    signer: &SummarySigner,
+    prefix: &str,
+    count: u64,
+    per_patient: u64,
+) -> anyhow::Result<Vec<SignedEnvelope>> {
+    let now = now_ms();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let per = count.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t * per..((t + 1) * per).min(count))
+                        .map(|n| Ok(signer.sign(&summary(n, per_patient, now, prefix)?)?))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(count as usize);
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
 }
 
 fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
@@ -414,26 +479,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
     };
 
-    let publish = {
-        let m = bench.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
-        let signer = Arc::new(SummarySigner::from_pkcs8_pem(
-            &m.signing.key_pem,
-            pem_der(&m.signing.cert_pem)?,
-        )?);
+    let m = bench.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
+    let signer = SummarySigner::from_pkcs8_pem(&m.signing.key_pem, pem_der(&m.signing.cert_pem)?)?;
+    let publish = if !args.measures("publish") {
+        None
+    } else {
         // Sign ahead, so the measurement is the hub's work, not the client's signing.
-        let now = now_ms();
         let expected = (echo.per_second * args.seconds * 1.5) as u64 + 1000;
-        let envelopes: Arc<Vec<SignedEnvelope>> = Arc::new(
-            (0..expected)
-                .map(|n| {
-                    signer
-                        .sign(&summary(n, args.per_patient, now, "PUB")?)
-                        .map_err(anyhow::Error::from)
-                })
-                .collect::<anyhow::Result<_>>()?,
-        );
+        let envelopes = Arc::new(presign(&signer, "PUB", expected, args.per_patient)?);
         let chans = publisher.clone();
-        load(args.concurrency, args.seconds, move |n| {
+        let load = load(args.concurrency, args.seconds, move |n| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let env = envelopes.get(n as usize).cloned();
             async move {
@@ -445,13 +500,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(())
             }
         })
-        .await
+        .await;
+        Some(load)
+    };
+
+    let batch_size = args.batch.max(1);
+    let publish_batch = if !args.measures("publish-batch") {
+        None
+    } else {
+        // Enough for twice the two-core verification rate, in whole batches.
+        let expected = ((4.0 * verify_rate * args.seconds) as u64).max(batch_size as u64 * 8);
+        let envelopes: Vec<huren_core::pb::SignedSummary> =
+            presign(&signer, "BATCH", expected, args.per_patient)?
+                .into_iter()
+                .map(Into::into)
+                .collect();
+        let batches: Arc<Vec<Vec<huren_core::pb::SignedSummary>>> =
+            Arc::new(envelopes.chunks(batch_size).map(<[_]>::to_vec).collect());
+        let chans = publisher.clone();
+        let load = load(args.batches_in_flight, args.seconds, move |n| {
+            let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+            let batch = batches.get(n as usize).cloned();
+            async move {
+                let summaries = batch.context("ran out of pre-signed batches")?;
+                let want = summaries.len();
+                let answer = c
+                    .publish_batch(pb::PublishBatchRequest { summaries })
+                    .await?
+                    .into_inner();
+                let stored = answer
+                    .outcomes
+                    .iter()
+                    .filter(|o| {
+                        matches!(o.outcome, Some(pb::publish_outcome::Outcome::Published(_)))
+                    })
+                    .count();
+                anyhow::ensure!(
+                    stored == want,
+                    "{} of {want} summaries refused",
+                    want - stored
+                );
+                Ok(())
+            }
+        })
+        .await;
+        Some(load)
     };
 
     let patients = (stored / args.per_patient).max(1);
-    let find_prior = {
+    let find_prior = if !args.measures("find-prior") {
+        None
+    } else {
         let chans = asker.clone();
-        load(args.concurrency, args.seconds, move |n| {
+        let load = load(args.concurrency, args.seconds, move |n| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let p = patient((n * 2_654_435_761) % patients);
             async move {
@@ -473,12 +574,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(())
             }
         })
-        .await
+        .await;
+        Some(load)
     };
 
-    let check_order = {
+    let check_order = if !args.measures("check-order") {
+        None
+    } else {
         let chans = asker.clone();
-        load(args.concurrency, args.seconds, move |n| {
+        let load = load(args.concurrency, args.seconds, move |n| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let p = patient((n * 2_654_435_761) % patients);
             async move {
@@ -498,13 +602,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(())
             }
         })
-        .await
+        .await;
+        Some(load)
     };
 
     let rss = rss_bytes();
     let _ = stop.send(());
     hub.await??;
-    let total_stored = stored + publish.ok;
+    let total_stored = stored
+        + publish.as_ref().map_or(0, |p| p.ok)
+        + publish_batch
+            .as_ref()
+            .map_or(0, |p| p.ok * batch_size as u64);
     let disk = dir_bytes(&bench.store);
 
     println!();
@@ -526,27 +635,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stored as f64 / seed_secs
     );
     println!();
-    publish.line(
-        "publish (unary, durable receipt)",
-        Some(("raw echo", echo.per_second)),
-        "target >= 60%",
-    );
-    println!(
-        "{:<34} {:>10}    {:>5.0}% of two-core Ed25519 verify",
-        "",
-        "",
-        100.0 * publish.per_second / (2.0 * verify_rate)
-    );
-    find_prior.line(
-        "FindPrior (2 items)",
-        Some(("raw echo", echo.per_second)),
-        "target >= 70%, p99 <= 2 ms",
-    );
-    check_order.line(
-        "CheckOrder (5 local codes)",
-        Some(("raw echo", echo.per_second)),
-        "",
-    );
+    if let Some(publish) = &publish {
+        publish.line(
+            "publish (unary, durable receipt)",
+            Some(("raw echo", echo.per_second)),
+            "target >= 60%",
+        );
+    }
+    if let Some(b) = &publish_batch {
+        let per_second = b.per_second * batch_size as f64;
+        println!(
+            "{:<34} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {:>5.0}% of two-core Ed25519 verify  target >= 80%  ({} per call, {} calls in flight{})",
+            "publish (batched, durable receipts)",
+            per_second,
+            b.p50.as_secs_f64() * 1e3,
+            b.p99.as_secs_f64() * 1e3,
+            100.0 * per_second / (2.0 * verify_rate),
+            batch_size,
+            args.batches_in_flight,
+            if b.errors > 0 {
+                format!(", {} failed calls", b.errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(find_prior) = &find_prior {
+        find_prior.line(
+            "FindPrior (2 items)",
+            Some(("raw echo", echo.per_second)),
+            "target >= 70%, p99 <= 2 ms",
+        );
+    }
+    if let Some(check_order) = &check_order {
+        check_order.line(
+            "CheckOrder (5 local codes)",
+            Some(("raw echo", echo.per_second)),
+            "",
+        );
+    }
     println!();
     let raw_per = raw_bytes as f64 / stored.max(1) as f64;
     let disk_per = disk as f64 / total_stored.max(1) as f64;
@@ -588,6 +715,9 @@ mod tests {
             concurrency: 4,
             seconds: 0.3,
             connections: 1,
+            batch: 20,
+            batches_in_flight: 2,
+            only: Vec::new(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
