@@ -548,11 +548,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let patients = (stored / args.per_patient).max(1);
-    let find_prior = if !args.measures("find-prior") {
-        None
-    } else {
-        let chans = asker.clone();
-        let load = load(args.concurrency, args.seconds, move |n| {
+    // FindPrior for a seeded patient and two items: the call a county hospital makes.
+    let find_prior_op = |chans: Vec<Channel>| {
+        move |n: u64| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let p = patient((n * 2_654_435_761) % patients);
             async move {
@@ -573,9 +571,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await?;
                 Ok(())
             }
-        })
-        .await;
-        Some(load)
+        }
+    };
+    let find_prior = if !args.measures("find-prior") {
+        None
+    } else {
+        Some(load(args.concurrency, args.seconds, find_prior_op(asker.clone())).await)
+    };
+    // Latency without queueing: one call at a time.
+    let find_prior_alone = if !args.measures("latency") {
+        None
+    } else {
+        Some(load(1, args.seconds, find_prior_op(asker.clone())).await)
     };
 
     let check_order = if !args.measures("check-order") {
@@ -666,6 +673,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Some(("raw echo", echo.per_second)),
             "target >= 70%, p99 <= 2 ms",
         );
+    }
+    if let Some(alone) = &find_prior_alone {
+        alone.line("FindPrior, one call at a time", None, "p99 <= 2 ms");
     }
     if let Some(check_order) = &check_order {
         check_order.line(

@@ -419,6 +419,38 @@ fn write_pending(
     Ok(())
 }
 
+/// Access leaves appended, in order, on a copy of the log's state: the state after them, and
+/// each leaf with its key in the `access` index. The real state moves only once the caller's
+/// transaction commits.
+fn prepare_accesses(log: &LogState, batch: &[&Access]) -> (LogState, Vec<(Vec<u8>, Pending)>) {
+    let mut next = LogState {
+        size: log.size,
+        frontier: log.frontier.clone(),
+    };
+    let mut pending = Vec::with_capacity(batch.len());
+    for a in batch {
+        let leaf = Entry::Access {
+            at: a.at,
+            caller: a.caller.to_string(),
+            purpose: a.purpose,
+            method: a.method,
+            emergency_override: a.emergency_override,
+            withheld_by_consent: a.withheld_by_consent,
+            pseudonym: *a.patient.as_bytes(),
+            results: a.results.clone(),
+        }
+        .encode();
+        let p = next.prepare(leaf);
+        next.size = p.index + 1;
+        next.frontier = p.frontier.clone();
+        let mut access_key = a.patient.as_bytes().to_vec();
+        access_key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
+        access_key.extend_from_slice(&p.index.to_be_bytes());
+        pending.push((access_key, p));
+    }
+    (next, pending)
+}
+
 /// Reads complete-subtree hashes from memory where a batch already has them, from the store
 /// otherwise.
 struct Layered<'a> {
@@ -1024,8 +1056,11 @@ impl Store {
     /// appended to the log in a single transaction. Called by the hub's journal task, which
     /// gathers concurrent queries into one batch (group commit, like publishes).
     pub fn record_query_batch(&self, batch: &[QueryRecord]) -> Result<(), StoreError> {
-        let mut consulted = sled::Batch::default();
-        let mut events = sled::Batch::default();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut consulted = Vec::new();
+        let mut events = Vec::new();
         for q in batch {
             for s in &q.shown {
                 let c = ConsultationV1 {
@@ -1035,22 +1070,47 @@ impl Store {
                     item_code: s.item_code.clone(),
                     at_ms: q.access.at.0,
                 };
-                consulted.insert(
+                consulted.push((
                     consulted_key(&q.member, &s.publisher, &s.summary_id),
                     encode_v1(&c),
-                );
+                ));
             }
             for e in &q.events {
-                events.insert(
-                    self.event_key(e.at)?.to_vec(),
-                    encode_v1(&event_to_record(e)),
-                );
+                events.push((self.event_key(e.at)?, encode_v1(&event_to_record(e))));
             }
         }
-        self.inner.consulted.apply_batch(consulted)?;
-        self.inner.events.apply_batch(events)?;
+        let i = &self.inner;
+        let mut log = self.log_state()?;
         let accesses: Vec<&Access> = batch.iter().map(|q| &q.access).collect();
-        self.log_accesses(&accesses)
+        let (next, pending) = prepare_accesses(&log, &accesses);
+        // One transaction for the whole batch: sled lets no read run while a transaction
+        // commits, so fewer, larger ones keep queries moving.
+        let outcome = (
+            &i.consulted,
+            &i.events,
+            &i.access,
+            &i.log_leaves,
+            &i.log_nodes,
+            &i.log_meta,
+        )
+            .transaction(|(c, e, access, leaves, nodes, meta)| {
+                for (k, v) in &consulted {
+                    c.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in &events {
+                    e.insert(k, v.as_slice())?;
+                }
+                for (key, p) in &pending {
+                    access.insert(key.as_slice(), &[])?;
+                    write_pending(leaves, nodes, meta, p)?;
+                }
+                Ok(())
+            });
+        if let Err(e) = outcome {
+            return tx_error(e);
+        }
+        *log = next;
+        Ok(())
     }
 
     fn event_key(&self, at: UnixMillis) -> Result<[u8; 16], StoreError> {
@@ -1195,32 +1255,7 @@ impl Store {
         }
         let i = &self.inner;
         let mut log = self.log_state()?;
-        // Chain the appends on a copy; the real state moves only once the transaction commits.
-        let mut next = LogState {
-            size: log.size,
-            frontier: log.frontier.clone(),
-        };
-        let mut pending = Vec::with_capacity(batch.len());
-        for a in batch {
-            let leaf = Entry::Access {
-                at: a.at,
-                caller: a.caller.to_string(),
-                purpose: a.purpose,
-                method: a.method,
-                emergency_override: a.emergency_override,
-                withheld_by_consent: a.withheld_by_consent,
-                pseudonym: *a.patient.as_bytes(),
-                results: a.results.clone(),
-            }
-            .encode();
-            let p = next.prepare(leaf);
-            next.size = p.index + 1;
-            next.frontier = p.frontier.clone();
-            let mut access_key = a.patient.as_bytes().to_vec();
-            access_key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
-            access_key.extend_from_slice(&p.index.to_be_bytes());
-            pending.push((access_key, p));
-        }
+        let (next, pending) = prepare_accesses(&log, batch);
         let outcome = (&i.access, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
             |(access, leaves, nodes, meta)| {
                 for (key, p) in &pending {
