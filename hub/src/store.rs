@@ -1079,10 +1079,21 @@ impl Store {
                 events.push((self.event_key(e.at)?, encode_v1(&event_to_record(e))));
             }
         }
+        let accesses: Vec<&Access> = batch.iter().map(|q| &q.access).collect();
+        self.write_journal(&consulted, &events, &accesses)
+    }
+
+    /// Writes consultations, events and access leaves (appended in order) in one transaction
+    /// under one hold of the log.
+    fn write_journal(
+        &self,
+        consulted: &[(Vec<u8>, Vec<u8>)],
+        events: &[([u8; 16], Vec<u8>)],
+        accesses: &[&Access],
+    ) -> Result<(), StoreError> {
         let i = &self.inner;
         let mut log = self.log_state()?;
-        let accesses: Vec<&Access> = batch.iter().map(|q| &q.access).collect();
-        let (next, pending) = prepare_accesses(&log, &accesses);
+        let (next, pending) = prepare_accesses(&log, accesses);
         // One transaction for the whole batch: sled lets no read run while a transaction
         // commits, so fewer, larger ones keep queries moving.
         let outcome = (
@@ -1094,10 +1105,10 @@ impl Store {
             &i.log_meta,
         )
             .transaction(|(c, e, access, leaves, nodes, meta)| {
-                for (k, v) in &consulted {
+                for (k, v) in consulted {
                     c.insert(k.as_slice(), v.as_slice())?;
                 }
-                for (k, v) in &events {
+                for (k, v) in events {
                     e.insert(k, v.as_slice())?;
                 }
                 for (key, p) in &pending {
@@ -1253,23 +1264,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let i = &self.inner;
-        let mut log = self.log_state()?;
-        let (next, pending) = prepare_accesses(&log, batch);
-        let outcome = (&i.access, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
-            |(access, leaves, nodes, meta)| {
-                for (key, p) in &pending {
-                    access.insert(key.as_slice(), &[])?;
-                    write_pending(leaves, nodes, meta, p)?;
-                }
-                Ok(())
-            },
-        );
-        if let Err(e) = outcome {
-            return tx_error(e);
-        }
-        *log = next;
-        Ok(())
+        self.write_journal(&[], &[], batch)
     }
 
     /// Records a patient's opt-out (or opt-back-in) as told to `member`, durably and logged.

@@ -540,7 +540,17 @@ async fn a_refused_summary_becomes_a_dead_letter_listed_by_outbox() -> anyhow::R
     daemon.shutdown().await?;
     let config = AgentConfig::load(&dirs.config)?;
     let offset = huren_agent::table::parse_offset("+08:00").map_err(anyhow::Error::msg)?;
-    let text = huren_agent::commands::outbox(&config, false, offset)?;
+    // The store's lock goes with the daemon's last background thread, shortly after shutdown.
+    let deadline = Instant::now() + DEADLINE;
+    let text = loop {
+        match huren_agent::commands::outbox(&config, false, offset) {
+            Ok(text) => break text,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("in use") => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     assert!(text.contains("3 dead letter(s)"), "{text}");
     assert!(
         text.contains("LAB-20261118-00731-HGB") && text.contains("AlreadyExists"),
