@@ -37,9 +37,10 @@
 //! changes the item, the time or the patient simply stops matching the old entry. Signing
 //! certificates are stored once each, not once per summary.
 //!
-//! Every write is one sled transaction across the trees. [`Store::put_summary`] returns only
-//! after a flush that covers the write: concurrent writers share flushes (group commit), so a
-//! receipt is never sent for data that a `kill -9` right after could lose. sled's flush is
+//! Every write is one sled transaction across the trees. A put is acknowledged only after
+//! [`Store::commit`] returns, that is after a flush that covers the write: concurrent writers
+//! share flushes (group commit), so a receipt is never sent for data that a `kill -9` right
+//! after could lose. sled's flush is
 //! `sync_file_range` on Linux: it survives a crashed or killed process, not necessarily a power
 //! cut.
 
@@ -704,45 +705,11 @@ impl Store {
             .map_err(|e| StoreError::Engine(sled::Error::Io(std::io::Error::other(e))))
     }
 
-    /// Stores a verified summary version durably. Versions of one result must arrive in order
-    /// (1, 2, 3, …); the identical body again returns the first receipt.
-    pub async fn put_summary(
-        &self,
-        v: &VerifiedSummary,
-        accepted_at: UnixMillis,
-    ) -> Result<PutOutcome, StoreError> {
-        Ok(self.put_summary_logged(v, accepted_at).await?.0)
-    }
-
     fn log_state(&self) -> Result<MutexGuard<'_, LogState>, StoreError> {
         self.inner
             .log
             .lock()
             .map_err(|_| StoreError::Corrupt("a log append panicked earlier".into()))
-    }
-
-    /// [`Store::put_summary`], also saying where the version's leaf is in the log (for a
-    /// duplicate: where the first one's is) and a tree head that includes it, durable when this
-    /// returns.
-    pub async fn put_summary_logged(
-        &self,
-        v: &VerifiedSummary,
-        accepted_at: UnixMillis,
-    ) -> Result<(PutOutcome, Logged), StoreError> {
-        let batch = self.put_summaries(&[(v, accepted_at)])?;
-        self.commit().await?;
-        let head = batch.head;
-        let put =
-            batch.results.into_iter().next().ok_or_else(|| {
-                StoreError::Corrupt("a put of one summary gave no outcome".into())
-            })??;
-        Ok((
-            put.outcome,
-            Logged {
-                index: put.index,
-                head,
-            },
-        ))
     }
 
     /// Stores summary versions in one transaction, in order, each with its own outcome: a
