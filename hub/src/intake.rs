@@ -2,7 +2,7 @@
 //!
 //! Every publish, unary or batched, sends its verified summaries here and waits for their
 //! outcomes. One task drains everything waiting at that moment and stores it with
-//! [`Store::put_summaries`] on a blocking thread: one sled transaction and one log append run
+//! [`Store::put_summaries`] on a blocking thread: one atomic write and one log append run
 //! for many publishes, and no async worker ever blocks on the log's lock. The flush that makes
 //! a batch durable runs while the next batch is written (group commit), and nobody hears of a
 //! stored summary before that flush returns.
@@ -14,7 +14,7 @@ use huren_core::summary::UnixMillis;
 
 use crate::store::{Put, Store, StoreError, TreeHead};
 
-/// Most summaries written in one transaction.
+/// Most summaries written in one atomic write.
 const MAX_BATCH: usize = 4096;
 
 /// Outcomes of one job's summaries, in order, and the head they are proven against; or why

@@ -3,8 +3,8 @@
 //!
 //! A query sends its [`QueryRecord`] here and waits for it to be written before it answers, so
 //! no answer goes out without its audit record. One task drains every record waiting at that
-//! moment and writes them with [`Store::record_query_batch`] on a blocking thread: one log
-//! append transaction for the whole batch instead of one per query, and no async worker ever
+//! moment and writes them with [`Store::record_query_batch`] on a blocking thread: one
+//! atomic write for the whole batch instead of one per query, and no async worker ever
 //! blocks on the log's lock.
 
 use tokio::sync::{mpsc, oneshot};

@@ -20,8 +20,8 @@
 //! The log (RFC 6962 tree, see `huren_core::merkle`): `log_leaves` holds every leaf, `log_nodes`
 //! the hash of every complete subtree (level 0 = leaf hashes), `log_meta` the size. Each logged
 //! write (a summary version, a decision, an access, a consent change) appends its leaf **in the
-//! same sled transaction** as the write itself, so the data and the log cannot diverge. Appends
-//! are serialised by one mutex that also holds the frontier (the right edge of the tree, one
+//! same atomic write** as the write itself, so the data and the log cannot diverge. Appends
+//! (and every other write) are serialised by one mutex that also holds the frontier (the right edge of the tree, one
 //! hash per set bit of the size): an append is O(log n). `access` indexes access leaves by
 //! patient for the access report; `RecordV1.log_index` points from a stored version to its leaf.
 //! A store written before the log existed gets its summaries appended once, in acceptance
@@ -37,17 +37,19 @@
 //! changes the item, the time or the patient simply stops matching the old entry. Signing
 //! certificates are stored once each, not once per summary.
 //!
-//! Every write is one sled transaction across the trees. A put is acknowledged only after
+//! Every write is one [`writeset::WriteSet`] across the trees: atomic through a redo record,
+//! not through sled transactions, which would make every read in the process wait behind disk
+//! flushes (the module explains both). A put is acknowledged only after
 //! [`Store::commit`] returns, that is after a flush that covers the write: concurrent writers
 //! share flushes (group commit), so a receipt is never sent for data that a `kill -9` right
 //! after could lose. sled's flush is
 //! `sync_file_range` on Linux: it survives a crashed or killed process, not necessarily a power
 //! cut.
 
+mod writeset;
+
 use prost::Message;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::{mpsc, oneshot};
@@ -61,6 +63,7 @@ use huren_core::rules::RetestReason;
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, sha256};
 use huren_core::stats::{Event, EventKind};
 use huren_core::summary::{Summary, UnixMillis};
+use writeset::{TreeId, Trees, WriteSet};
 
 /// First byte of every stored record: the record layout version.
 const RECORD_V1: u8 = 1;
@@ -349,9 +352,33 @@ struct Inner {
     log_leaves: sled::Tree,
     log_nodes: sled::Tree,
     log_meta: sled::Tree,
-    /// The one log writer's state: every append holds this lock across its transaction.
+    /// The one log writer's state. Every write to the store holds this lock while it reads what
+    /// it checks and applies its [`WriteSet`], so there is one writer at a time.
     log: Mutex<LogState>,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+}
+
+impl Trees for Inner {
+    fn tree(&self, id: TreeId) -> &sled::Tree {
+        match id {
+            TreeId::Summaries => &self.summaries,
+            TreeId::Latest => &self.latest,
+            TreeId::ByPatient => &self.by_patient,
+            TreeId::Certs => &self.certs,
+            TreeId::Consulted => &self.consulted,
+            TreeId::Decisions => &self.decisions,
+            TreeId::Events => &self.events,
+            TreeId::Consent => &self.consent,
+            TreeId::Access => &self.access,
+            TreeId::LogLeaves => &self.log_leaves,
+            TreeId::LogNodes => &self.log_nodes,
+            TreeId::LogMeta => &self.log_meta,
+        }
+    }
+
+    fn db(&self) -> &sled::Db {
+        &self.db
+    }
 }
 
 /// The tree's size and frontier, as of the last committed append.
@@ -360,8 +387,8 @@ struct LogState {
     frontier: Vec<Hash>,
 }
 
-/// A leaf ready to append: written inside the caller's transaction, applied to [`LogState`]
-/// only if the transaction commits.
+/// A leaf ready to append: written with the caller's [`WriteSet`], applied to [`LogState`] once
+/// the set is.
 struct Pending {
     index: u64,
     leaf: Vec<u8>,
@@ -403,26 +430,23 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
     k
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+/// Adds a prepared leaf, its completed nodes and the new size to a write set.
+fn write_pending(ws: &mut WriteSet, p: &Pending) {
+    write_leaf(ws, p);
+    ws.insert(TreeId::LogMeta, LOG_SIZE_KEY, (p.index + 1).to_be_bytes());
+}
 
-/// Writes a prepared leaf, its completed nodes and the new size inside a transaction.
-fn write_pending(
-    leaves: &TransactionalTree,
-    nodes: &TransactionalTree,
-    meta: &TransactionalTree,
-    p: &Pending,
-) -> TxResult<()> {
-    leaves.insert(&p.index.to_be_bytes(), p.leaf.as_slice())?;
+/// Adds a prepared leaf and its completed nodes (not the size) to a write set.
+fn write_leaf(ws: &mut WriteSet, p: &Pending) {
+    ws.insert(TreeId::LogLeaves, p.index.to_be_bytes(), p.leaf.as_slice());
     for (level, index, hash) in &p.nodes {
-        nodes.insert(&node_key(*level, *index), hash)?;
+        ws.insert(TreeId::LogNodes, node_key(*level, *index), hash.as_slice());
     }
-    meta.insert(LOG_SIZE_KEY, &(p.index + 1).to_be_bytes())?;
-    Ok(())
 }
 
 /// Access leaves appended, in order, on a copy of the log's state: the state after them, and
 /// each leaf with its key in the `access` index. The real state moves only once the caller's
-/// transaction commits.
+/// write set is applied.
 fn prepare_accesses(log: &LogState, batch: &[&Access]) -> (LogState, Vec<(Vec<u8>, Pending)>) {
     let mut next = LogState {
         size: log.size,
@@ -469,7 +493,7 @@ impl merkle::NodeReader for Layered<'_> {
     }
 }
 
-/// One summary version of a batch, with its keys and leaf worked out before the transaction.
+/// One summary version of a batch, with its keys and leaf worked out before the store is read.
 struct PreparedPut<'a> {
     verified: &'a VerifiedSummary,
     accepted_at: UnixMillis,
@@ -552,13 +576,6 @@ fn tree_error(e: merkle::TreeError<StoreError>) -> StoreError {
     }
 }
 
-fn tx_error<T>(e: TransactionError<StoreError>) -> Result<T, StoreError> {
-    match e {
-        TransactionError::Abort(e) => Err(e),
-        TransactionError::Storage(e) => Err(e.into()),
-    }
-}
-
 fn result_key(publisher: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(publisher.len() + id.len() + 1);
     k.extend_from_slice(publisher.as_bytes());
@@ -600,9 +617,34 @@ impl Store {
     /// runtime.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
-        let log_nodes = db.open_tree("log_nodes")?;
-        let log_meta = db.open_tree("log_meta")?;
-        let size = match log_meta.get(LOG_SIZE_KEY)? {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inner = Inner {
+            consent: db.open_tree("consent")?,
+            access: db.open_tree("access")?,
+            log_leaves: db.open_tree("log_leaves")?,
+            log_nodes: db.open_tree("log_nodes")?,
+            log_meta: db.open_tree("log_meta")?,
+            log: Mutex::new(LogState {
+                size: 0,
+                frontier: Vec::new(),
+            }),
+            summaries: db.open_tree("summaries")?,
+            latest: db.open_tree("latest")?,
+            by_patient: db.open_tree("by_patient")?,
+            certs: db.open_tree("certs")?,
+            cert_cache: RwLock::new(HashMap::new()),
+            consulted: db.open_tree("consulted")?,
+            decisions: db.open_tree("decisions")?,
+            events: db.open_tree("events")?,
+            db,
+            commits: tx,
+        };
+        // Finish the last write if a crash cut it short, before anything is read.
+        let replayed = writeset::replay(&inner)?;
+        if replayed > 0 {
+            inner.db.flush()?;
+        }
+        let size = match inner.log_meta.get(LOG_SIZE_KEY)? {
             None => 0,
             Some(raw) => u64::from_be_bytes(
                 raw.as_ref()
@@ -610,28 +652,11 @@ impl Store {
                     .map_err(|_| StoreError::Corrupt("log size is not 8 bytes".into()))?,
             ),
         };
-        let frontier = merkle::frontier(size, &Nodes(&log_nodes)).map_err(tree_error)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(group_commit(db.clone(), rx));
+        let frontier = merkle::frontier(size, &Nodes(&inner.log_nodes)).map_err(tree_error)?;
+        inner.log = Mutex::new(LogState { size, frontier });
+        tokio::spawn(group_commit(inner.db.clone(), rx));
         let store = Self {
-            inner: Arc::new(Inner {
-                consent: db.open_tree("consent")?,
-                access: db.open_tree("access")?,
-                log_leaves: db.open_tree("log_leaves")?,
-                log_nodes,
-                log_meta,
-                log: Mutex::new(LogState { size, frontier }),
-                summaries: db.open_tree("summaries")?,
-                latest: db.open_tree("latest")?,
-                by_patient: db.open_tree("by_patient")?,
-                certs: db.open_tree("certs")?,
-                cert_cache: RwLock::new(HashMap::new()),
-                consulted: db.open_tree("consulted")?,
-                decisions: db.open_tree("decisions")?,
-                events: db.open_tree("events")?,
-                db,
-                commits: tx,
-            }),
+            inner: Arc::new(inner),
         };
         store.log_unlogged_summaries()?;
         Ok(store)
@@ -671,17 +696,10 @@ impl Store {
             let mut log = self.log_state()?;
             let pending = log.prepare(leaf);
             rec.log_index = pending.index;
-            let value = encode_v1(&rec);
-            let outcome = (&i.summaries, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
-                |(summaries, leaves, nodes, meta)| {
-                    summaries.insert(key.as_slice(), value.as_slice())?;
-                    write_pending(leaves, nodes, meta, &pending)?;
-                    Ok(())
-                },
-            );
-            if let Err(e) = outcome {
-                return tx_error(e);
-            }
+            let mut ws = WriteSet::new();
+            ws.insert(TreeId::Summaries, key, encode_v1(&rec));
+            write_pending(&mut ws, &pending);
+            ws.apply(&**i)?;
             log.apply(pending);
         }
         i.db.flush()?;
@@ -712,7 +730,7 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("a log append panicked earlier".into()))
     }
 
-    /// Stores summary versions in one transaction, in order, each with its own outcome: a
+    /// Stores summary versions in one atomic write, in order, each with its own outcome: a
     /// refused version (a conflict, a version out of order) refuses only itself. Versions of one
     /// result may follow each other in the same batch. Returns each stored version's inclusion
     /// proof against the tree head right after the batch, computed from the nodes the batch
@@ -730,88 +748,93 @@ impl Store {
         let i = &self.inner;
         let mut log = self.log_state()?;
         let before_size = log.size;
-        let outcome = (
-            &i.summaries,
-            &i.latest,
-            &i.by_patient,
-            &i.certs,
-            &i.log_leaves,
-            &i.log_nodes,
-            &i.log_meta,
-        )
-            .transaction(
-                |(summaries, latest, by_patient, certs, leaves, nodes, meta)| {
-                    // Recomputed from scratch if sled retries the transaction.
-                    let mut next = LogState {
-                        size: log.size,
-                        frontier: log.frontier.clone(),
-                    };
-                    let mut written = Vec::new();
-                    let mut results = Vec::with_capacity(prepared.len());
-                    for p in &prepared {
-                        let s = &p.verified.summary;
-                        if let Some(existing) = summaries.get(&p.vkey)? {
-                            let old = decode_record(&existing)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            results.push(if old.body == p.verified.envelope.body {
-                                Ok((Some(old.accepted_at_ms), old.log_index))
-                            } else {
-                                Err(StoreError::Conflict {
-                                    key: s.result_key(),
-                                    version: s.version,
-                                })
-                            });
-                            continue;
-                        }
-                        let stored = latest.get(&p.rkey)?.map(|v| read_u32(&v)).transpose();
-                        let stored = stored.map_err(ConflictableTransactionError::Abort)?;
-                        let expected = stored.map_or(1, |v| v + 1);
-                        if s.version != expected {
-                            let reason = match stored {
-                                None => "the first version of a result must be 1".to_owned(),
-                                Some(v) => {
-                                    format!(
-                                        "the stored version is {v}, so the next must be {expected}"
-                                    )
-                                }
-                            };
-                            results.push(Err(StoreError::OutOfOrder {
-                                key: s.result_key(),
-                                version: s.version,
-                                reason,
-                            }));
-                            continue;
-                        }
-                        let pending = next.prepare(p.leaf.clone());
-                        let value = encode_v1(&p.record(pending.index));
-                        summaries.insert(p.vkey.as_slice(), value)?;
-                        latest.insert(p.rkey.as_slice(), &s.version.to_be_bytes())?;
-                        by_patient.insert(p.index_key.as_slice(), &[])?;
-                        if certs.get(p.cert_hash)?.is_none() {
-                            certs.insert(
-                                &p.cert_hash,
-                                p.verified.envelope.signer_certificate.as_slice(),
-                            )?;
-                        }
-                        leaves.insert(&pending.index.to_be_bytes(), pending.leaf.as_slice())?;
-                        for (level, index, hash) in &pending.nodes {
-                            nodes.insert(&node_key(*level, *index), hash)?;
-                        }
-                        results.push(Ok((None, pending.index)));
-                        next.size = pending.index + 1;
-                        next.frontier = pending.frontier;
-                        written.extend(pending.nodes);
-                    }
-                    if next.size != log.size {
-                        meta.insert(LOG_SIZE_KEY, &next.size.to_be_bytes())?;
-                    }
-                    Ok((results, next, written))
-                },
-            );
-        let (results, next, written) = match outcome {
-            Ok(done) => done,
-            Err(e) => return tx_error(e),
+        let mut next = LogState {
+            size: log.size,
+            frontier: log.frontier.clone(),
         };
+        // What this batch stores, for the versions after it in the same batch.
+        let mut staged_versions: HashMap<&[u8], (&[u8], i64, u64)> = HashMap::new();
+        let mut staged_latest: HashMap<&[u8], u32> = HashMap::new();
+        let mut staged_certs: HashSet<Hash> = HashSet::new();
+        let mut ws = WriteSet::new();
+        // Written after the rest, so a reader never finds an index entry or a latest version
+        // before the record it points to.
+        let mut references = WriteSet::new();
+        let mut written = Vec::new();
+        let mut results = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            let s = &p.verified.summary;
+            let existing = match staged_versions.get(p.vkey.as_slice()) {
+                Some(&(body, at, index)) => Some((body == p.verified.envelope.body, at, index)),
+                None => match i.summaries.get(&p.vkey)? {
+                    Some(raw) => {
+                        let old = decode_record(&raw)?;
+                        let same = old.body == p.verified.envelope.body;
+                        Some((same, old.accepted_at_ms, old.log_index))
+                    }
+                    None => None,
+                },
+            };
+            if let Some((same, at, index)) = existing {
+                results.push(if same {
+                    Ok((Some(at), index))
+                } else {
+                    Err(StoreError::Conflict {
+                        key: s.result_key(),
+                        version: s.version,
+                    })
+                });
+                continue;
+            }
+            let stored = match staged_latest.get(p.rkey.as_slice()) {
+                Some(v) => Some(*v),
+                None => i.latest.get(&p.rkey)?.map(|v| read_u32(&v)).transpose()?,
+            };
+            let expected = stored.map_or(1, |v| v + 1);
+            if s.version != expected {
+                let reason = match stored {
+                    None => "the first version of a result must be 1".to_owned(),
+                    Some(v) => format!("the stored version is {v}, so the next must be {expected}"),
+                };
+                results.push(Err(StoreError::OutOfOrder {
+                    key: s.result_key(),
+                    version: s.version,
+                    reason,
+                }));
+                continue;
+            }
+            let pending = next.prepare(p.leaf.clone());
+            if !staged_certs.contains(&p.cert_hash) && !i.certs.contains_key(p.cert_hash)? {
+                ws.insert(
+                    TreeId::Certs,
+                    p.cert_hash.as_slice(),
+                    p.verified.envelope.signer_certificate.as_slice(),
+                );
+            }
+            staged_certs.insert(p.cert_hash);
+            ws.insert(
+                TreeId::Summaries,
+                p.vkey.as_slice(),
+                encode_v1(&p.record(pending.index)),
+            );
+            write_leaf(&mut ws, &pending);
+            references.insert(TreeId::Latest, p.rkey.as_slice(), s.version.to_be_bytes());
+            references.insert(TreeId::ByPatient, p.index_key.as_slice(), Vec::new());
+            staged_versions.insert(
+                &p.vkey,
+                (&p.verified.envelope.body, p.accepted_at.0, pending.index),
+            );
+            staged_latest.insert(&p.rkey, s.version);
+            results.push(Ok((None, pending.index)));
+            next.size = pending.index + 1;
+            next.frontier = pending.frontier;
+            written.extend(pending.nodes);
+        }
+        if next.size != log.size {
+            ws.insert(TreeId::LogMeta, LOG_SIZE_KEY, next.size.to_be_bytes());
+        }
+        ws.extend(references);
+        ws.apply(&**i)?;
         // The nodes a proof for this batch needs are the ones it wrote and, to their left, the
         // frontier before it.
         let mut known: HashMap<(u8, u64), Hash> = merkle::frontier_nodes(before_size)
@@ -1020,7 +1043,7 @@ impl Store {
 
     /// Records a batch of answered queries in one go: what each member was shown (so it can
     /// record decisions on those results), the statistics events, and one access leaf each,
-    /// appended to the log in a single transaction. Called by the hub's journal task, which
+    /// appended to the log in a single atomic write. Called by the hub's journal task, which
     /// gathers concurrent queries into one batch (group commit, like publishes).
     pub fn record_query_batch(&self, batch: &[QueryRecord]) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -1050,7 +1073,7 @@ impl Store {
         self.write_journal(&consulted, &events, &accesses)
     }
 
-    /// Writes consultations, events and access leaves (appended in order) in one transaction
+    /// Writes consultations, events and access leaves (appended in order) as one write set
     /// under one hold of the log.
     fn write_journal(
         &self,
@@ -1061,32 +1084,24 @@ impl Store {
         let i = &self.inner;
         let mut log = self.log_state()?;
         let (next, pending) = prepare_accesses(&log, accesses);
-        // One transaction for the whole batch: sled lets no read run while a transaction
-        // commits, so fewer, larger ones keep queries moving.
-        let outcome = (
-            &i.consulted,
-            &i.events,
-            &i.access,
-            &i.log_leaves,
-            &i.log_nodes,
-            &i.log_meta,
-        )
-            .transaction(|(c, e, access, leaves, nodes, meta)| {
-                for (k, v) in consulted {
-                    c.insert(k.as_slice(), v.as_slice())?;
-                }
-                for (k, v) in events {
-                    e.insert(k, v.as_slice())?;
-                }
-                for (key, p) in &pending {
-                    access.insert(key.as_slice(), &[])?;
-                    write_pending(leaves, nodes, meta, p)?;
-                }
-                Ok(())
-            });
-        if let Err(e) = outcome {
-            return tx_error(e);
+        let mut ws = WriteSet::new();
+        for (k, v) in consulted {
+            ws.insert(TreeId::Consulted, k.as_slice(), v.as_slice());
         }
+        for (k, v) in events {
+            ws.insert(TreeId::Events, k.as_slice(), v.as_slice());
+        }
+        for (_, p) in &pending {
+            write_leaf(&mut ws, p);
+        }
+        // The index after the leaves it points to.
+        for (key, _) in &pending {
+            ws.insert(TreeId::Access, key.as_slice(), Vec::new());
+        }
+        if next.size != log.size {
+            ws.insert(TreeId::LogMeta, LOG_SIZE_KEY, next.size.to_be_bytes());
+        }
+        ws.apply(&**i)?;
         *log = next;
         Ok(())
     }
@@ -1166,42 +1181,32 @@ impl Store {
         let (outcome, logged) = {
             let mut log = self.log_state()?;
             let pending = log.prepare(leaf);
-            let outcome = (
-                &i.decisions,
-                &i.events,
-                &i.log_leaves,
-                &i.log_nodes,
-                &i.log_meta,
-            )
-                .transaction(|(decisions, events, leaves, nodes, meta)| {
-                    if let Some(raw) = decisions.get(&key)? {
-                        let old: DecisionV1 =
-                            decode_v1(&raw).map_err(ConflictableTransactionError::Abort)?;
-                        if old.publisher != record.publisher
-                            || old.summary_id != record.summary_id
-                            || old.version != record.version
-                            || old.adopted != record.adopted
-                            || old.reason != record.reason
-                        {
-                            return Err(ConflictableTransactionError::Abort(
-                                StoreError::DecisionIdReused {
-                                    decision_id: d.decision_id.clone(),
-                                },
-                            ));
-                        }
-                        return Ok(DecisionOutcome::AlreadyRecorded {
-                            at: UnixMillis(old.at_ms),
-                            recognised: old.recognised,
+            let outcome = match i.decisions.get(&key)? {
+                Some(raw) => {
+                    let old: DecisionV1 = decode_v1(&raw)?;
+                    if old.publisher != record.publisher
+                        || old.summary_id != record.summary_id
+                        || old.version != record.version
+                        || old.adopted != record.adopted
+                        || old.reason != record.reason
+                    {
+                        return Err(StoreError::DecisionIdReused {
+                            decision_id: d.decision_id.clone(),
                         });
                     }
-                    decisions.insert(key.as_slice(), value.as_slice())?;
-                    events.insert(&event_key, event.as_slice())?;
-                    write_pending(leaves, nodes, meta, &pending)?;
-                    Ok(DecisionOutcome::Recorded { at: d.at })
-                });
-            let outcome = match outcome {
-                Ok(o) => o,
-                Err(e) => return tx_error(e),
+                    DecisionOutcome::AlreadyRecorded {
+                        at: UnixMillis(old.at_ms),
+                        recognised: old.recognised,
+                    }
+                }
+                None => {
+                    let mut ws = WriteSet::new();
+                    write_pending(&mut ws, &pending);
+                    ws.insert(TreeId::Events, event_key, event);
+                    ws.insert(TreeId::Decisions, key, value);
+                    ws.apply(&**i)?;
+                    DecisionOutcome::Recorded { at: d.at }
+                }
             };
             let logged = match outcome {
                 DecisionOutcome::Recorded { .. } => {
@@ -1220,13 +1225,13 @@ impl Store {
         Ok((outcome, logged))
     }
 
-    /// Appends an access leaf and indexes it by patient, in one transaction. Not flushed on its
+    /// Appends an access leaf and indexes it by patient, in one atomic write. Not flushed on its
     /// own (like the statistics); [`Store::durable_head`] flushes before a checkpoint covers it.
     pub fn log_access(&self, a: &Access) -> Result<(), StoreError> {
         self.log_accesses(&[a])
     }
 
-    /// Appends access leaves, in order, in one transaction under one hold of the log.
+    /// Appends access leaves, in order, in one atomic write under one hold of the log.
     pub fn log_accesses(&self, batch: &[&Access]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -1260,25 +1265,15 @@ impl Store {
                 at_ms: at.0,
                 log_index: pending.index,
             });
-            let outcome = (&i.consent, &i.log_leaves, &i.log_nodes, &i.log_meta).transaction(
-                |(consent, leaves, nodes, meta)| {
-                    let before = match consent.get(patient.as_bytes())? {
-                        Some(raw) => {
-                            decode_v1::<ConsentV1>(&raw)
-                                .map_err(ConflictableTransactionError::Abort)?
-                                .opted_out
-                        }
-                        None => false,
-                    };
-                    consent.insert(patient.as_bytes().as_slice(), value.as_slice())?;
-                    write_pending(leaves, nodes, meta, &pending)?;
-                    Ok(before != opted_out)
-                },
-            );
-            let changed = match outcome {
-                Ok(c) => c,
-                Err(e) => return tx_error(e),
+            let before = match i.consent.get(patient.as_bytes())? {
+                Some(raw) => decode_v1::<ConsentV1>(&raw)?.opted_out,
+                None => false,
             };
+            let mut ws = WriteSet::new();
+            write_pending(&mut ws, &pending);
+            ws.insert(TreeId::Consent, patient.as_bytes().as_slice(), value);
+            ws.apply(&**i)?;
+            let changed = before != opted_out;
             let index = pending.index;
             log.apply(pending);
             (changed, index, log.head())
@@ -1502,6 +1497,53 @@ mod tests {
         }
     }
 
+    /// A write that a crash stopped after its redo record is finished when the store opens:
+    /// the log, its size and the access index agree, and the next append continues the tree.
+    #[tokio::test]
+    async fn a_write_cut_short_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Pseudonym::from_slice(&[3; 32]).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.log_access(&access(0, p)).unwrap();
+            writeset::CUT_SHORT.with(|c| c.set(true));
+            let cut = store.log_accesses(&[&access(1, p), &access(2, p)]);
+            writeset::CUT_SHORT.with(|c| c.set(false));
+            assert!(cut.is_err());
+            assert_eq!(store.tree_head().unwrap().size, 1);
+            assert!(
+                store
+                    .inner
+                    .log_leaves
+                    .get(1u64.to_be_bytes())
+                    .unwrap()
+                    .is_none()
+            );
+            store.commit().await.unwrap();
+        }
+        // The commit task lets go of the files once it sees the store dropped.
+        let mut reopened = Store::open(dir.path());
+        for _ in 0..200 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            reopened = Store::open(dir.path());
+        }
+        let store = reopened.unwrap();
+        assert_eq!(store.tree_head().unwrap().size, 3);
+        store.log_access(&access(3, p)).unwrap();
+        let mut tree = MemoryTree::new();
+        for i in 0..4 {
+            tree.push(&store.leaf(i).unwrap());
+        }
+        assert_eq!(store.tree_head().unwrap().root, tree.root());
+        let all = store
+            .accesses(&p, UnixMillis(0), UnixMillis(i64::MAX))
+            .unwrap();
+        assert_eq!(all, [0, 1, 2, 3]);
+    }
+
     /// Every logged write lands in the tree; roots and proofs match a tree rebuilt from the
     /// stored leaves; the access index finds a patient's accesses.
     #[tokio::test]
@@ -1527,7 +1569,7 @@ mod tests {
             assert_eq!(changed, before != (i % 2 == 0));
             heads.push(logged.head);
         }
-        // A batch appends in order, in one transaction.
+        // A batch appends in order, in one atomic write.
         let batch: Vec<Access> = (10..15).map(|i| access(i, p)).collect();
         store
             .log_accesses(&batch.iter().collect::<Vec<_>>())
