@@ -10,7 +10,9 @@
 //! gathers its writes in a [`WriteSet`]. [`WriteSet::apply`] first stores the whole set,
 //! encoded, under one key ([`REDO_KEY`]), a single-key write that sled makes atomic, and only
 //! then writes each key with a plain insert. sled's log is recovered as a prefix of its writes
-//! in order, so after a crash either the redo record of the last set is there (and
+//! in order (0.34's recovery reads the log in sequence-number order and stops at the first torn
+//! or corrupt message: `pagecache/iterator.rs`), and one thread's inserts get increasing
+//! sequence numbers, so after a crash either the redo record of the last set is there (and
 //! [`replay`] writes the set again on open: every write is "set this key to these bytes", so
 //! writing it twice changes nothing), or the crash came before it and none of that set's keys
 //! were written. Earlier sets were complete before the next one started. The record is
