@@ -753,9 +753,14 @@ impl Hub {
                 d.publisher, d.summary_id, d.version
             )));
         }
-        let Some(consulted) =
-            self.store
-                .consultation(caller, d.publisher.as_str(), &d.summary_id)?
+        // Looked up under the patient the result belongs to now: a result moved to another
+        // patient by an amendment counts as not consulted by whoever saw it under the old one.
+        let Some(consulted) = self.store.consultation(
+            caller,
+            &latest.summary.patient,
+            d.publisher.as_str(),
+            &d.summary_id,
+        )?
         else {
             return Err(HubError::NotConsulted(format!(
                 "{}/{}",

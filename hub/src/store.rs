@@ -7,9 +7,10 @@
 //! latest      publisher 0x00 summary_id                         -> version:u32
 //! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> ()
 //! certs       sha256(certificate DER)[32]                        -> certificate DER
-//! consulted   member 0x00 publisher 0x00 summary_id                -> 0x01 || ConsultationV1
+//! consulted   member 0x00 publisher 0x00 summary_id                -> 0x01 || ConsultationV1 (older stores; read, no longer written)
+//! shown       member 0x00 pseudonym[32]                          -> 0x01 || ShownV1
 //! decisions   member 0x00 decision_id                            -> 0x01 || DecisionV1
-//! events      at_ms:u64 seq:u64                                  -> 0x01 || EventV1
+//! events      at_ms:u64 seq:u64                                  -> 0x01 || EventV1, or 0x02 || EventGroupV1 (events at the same ms)
 //! consent     pseudonym[32]                                      -> 0x01 || ConsentV1
 //! access      pseudonym[32] at_ms:u64 log_index:u64              -> ()
 //! log_leaves  index:u64                                          -> leaf bytes (huren_core::logentry)
@@ -27,9 +28,12 @@
 //! A store written before the log existed gets its summaries appended once, in acceptance
 //! order, when it is opened with an empty log.
 //!
-//! `consulted` remembers which results a member was shown and whether they were recognised
-//! for it, so a decision can only be recorded on a result the member actually consulted and is
-//! checked against the verdict it was given. `events` feeds the statistics.
+//! `shown` remembers which results a member was shown for a patient and whether they were
+//! recognised for it, so a decision can only be recorded on a result the member actually
+//! consulted and is checked against the verdict it was given. One key per member and patient
+//! (not per result) and one event group per millisecond keep what a query writes small: a
+//! sled insert costs tens of microseconds, and every query writes these. (`consulted` is the
+//! older per-result layout, still read.) `events` feeds the statistics.
 //!
 //! `inv_performed` is `u64::MAX - performed_at_ms`, so a prefix scan over one patient and item
 //! yields the newest result first. Index entries are never removed: a query resolves each hit to
@@ -116,6 +120,34 @@ struct ConsultationV1 {
     #[prost(int64, tag = "5")]
     at_ms: i64,
 }
+
+/// What a member was shown for one patient (store-private layout).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ShownV1 {
+    #[prost(message, repeated, tag = "1")]
+    results: Vec<ShownResultV1>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ShownResultV1 {
+    #[prost(string, tag = "1")]
+    publisher: String,
+    #[prost(string, tag = "2")]
+    summary_id: String,
+    #[prost(message, optional, tag = "3")]
+    consultation: Option<ConsultationV1>,
+}
+
+/// Statistics events that happened in the same millisecond (store-private layout).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventGroupV1 {
+    #[prost(message, repeated, tag = "1")]
+    events: Vec<EventV1>,
+}
+
+/// First byte of an [`EventGroupV1`] value in `events` (a single [`EventV1`] has
+/// [`RECORD_V1`]).
+const EVENT_GROUP_V1: u8 = 2;
 
 /// A recorded decision (store-private layout).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -345,6 +377,7 @@ struct Inner {
     /// Signing certificates already read, by SHA-256 of their DER.
     cert_cache: RwLock<HashMap<Vec<u8>, Arc<[u8]>>>,
     consulted: sled::Tree,
+    shown: sled::Tree,
     decisions: sled::Tree,
     events: sled::Tree,
     consent: sled::Tree,
@@ -366,6 +399,7 @@ impl Trees for Inner {
             TreeId::ByPatient => &self.by_patient,
             TreeId::Certs => &self.certs,
             TreeId::Consulted => &self.consulted,
+            TreeId::Shown => &self.shown,
             TreeId::Decisions => &self.decisions,
             TreeId::Events => &self.events,
             TreeId::Consent => &self.consent,
@@ -634,6 +668,7 @@ impl Store {
             certs: db.open_tree("certs")?,
             cert_cache: RwLock::new(HashMap::new()),
             consulted: db.open_tree("consulted")?,
+            shown: db.open_tree("shown")?,
             decisions: db.open_tree("decisions")?,
             events: db.open_tree("events")?,
             db,
@@ -1049,35 +1084,36 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut consulted = Vec::new();
-        let mut events = Vec::new();
+        let mut shown: Vec<(Vec<u8>, &QueryRecord)> = Vec::new();
+        let mut by_ms: Vec<(i64, Vec<EventV1>)> = Vec::new();
         for q in batch {
-            for s in &q.shown {
-                let c = ConsultationV1 {
-                    version: s.version,
-                    recognised: s.recognised,
-                    item_system: s.item_system.clone(),
-                    item_code: s.item_code.clone(),
-                    at_ms: q.access.at.0,
-                };
-                consulted.push((
-                    consulted_key(&q.member, &s.publisher, &s.summary_id),
-                    encode_v1(&c),
-                ));
+            if !q.shown.is_empty() {
+                shown.push((shown_key(&q.member, &q.access.patient), q));
             }
             for e in &q.events {
-                events.push((self.event_key(e.at)?, encode_v1(&event_to_record(e))));
+                match by_ms.iter_mut().find(|(at, _)| *at == e.at.0) {
+                    Some((_, group)) => group.push(event_to_record(e)),
+                    None => by_ms.push((e.at.0, vec![event_to_record(e)])),
+                }
             }
         }
+        let mut events = Vec::with_capacity(by_ms.len());
+        for (at, group) in by_ms {
+            let value = match <[EventV1; 1]>::try_from(group) {
+                Ok([one]) => encode_v1(&one),
+                Err(group) => encode_as(EVENT_GROUP_V1, &EventGroupV1 { events: group }),
+            };
+            events.push((self.event_key(UnixMillis(at))?, value));
+        }
         let accesses: Vec<&Access> = batch.iter().map(|q| &q.access).collect();
-        self.write_journal(&consulted, &events, &accesses)
+        self.write_journal(&shown, &events, &accesses)
     }
 
     /// Writes consultations, events and access leaves (appended in order) as one write set
     /// under one hold of the log.
     fn write_journal(
         &self,
-        consulted: &[(Vec<u8>, Vec<u8>)],
+        shown: &[(Vec<u8>, &QueryRecord)],
         events: &[([u8; 16], Vec<u8>)],
         accesses: &[&Access],
     ) -> Result<(), StoreError> {
@@ -1085,8 +1121,43 @@ impl Store {
         let mut log = self.log_state()?;
         let (next, pending) = prepare_accesses(&log, accesses);
         let mut ws = WriteSet::new();
-        for (k, v) in consulted {
-            ws.insert(TreeId::Consulted, k.as_slice(), v.as_slice());
+        // Each member and patient's record, updated by every query of the batch in order.
+        let mut updated: HashMap<&[u8], ShownV1> = HashMap::new();
+        for (key, q) in shown {
+            let record = match updated.entry(key.as_slice()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let stored = match i.shown.get(key)? {
+                        Some(raw) => decode_v1(&raw)?,
+                        None => ShownV1::default(),
+                    };
+                    e.insert(stored)
+                }
+            };
+            for r in &q.shown {
+                let consultation = Some(ConsultationV1 {
+                    version: r.version,
+                    recognised: r.recognised,
+                    item_system: r.item_system.clone(),
+                    item_code: r.item_code.clone(),
+                    at_ms: q.access.at.0,
+                });
+                match record
+                    .results
+                    .iter_mut()
+                    .find(|x| x.publisher == r.publisher && x.summary_id == r.summary_id)
+                {
+                    Some(x) => x.consultation = consultation,
+                    None => record.results.push(ShownResultV1 {
+                        publisher: r.publisher.clone(),
+                        summary_id: r.summary_id.clone(),
+                        consultation,
+                    }),
+                }
+            }
+        }
+        for (key, record) in updated {
+            ws.insert(TreeId::Shown, key, encode_v1(&record));
         }
         for (k, v) in events {
             ws.insert(TreeId::Events, k.as_slice(), v.as_slice());
@@ -1113,21 +1184,32 @@ impl Store {
         Ok(k)
     }
 
-    /// What `member` was last shown of a result, if it consulted it.
+    /// What `member` was last shown of a result of `patient`, if it consulted it.
     pub fn consultation(
         &self,
         member: &InstitutionId,
+        patient: &Pseudonym,
         publisher: &str,
         id: &str,
     ) -> Result<Option<Consultation>, StoreError> {
-        let Some(raw) = self
-            .inner
-            .consulted
-            .get(consulted_key(member, publisher, id))?
-        else {
+        let i = &self.inner;
+        let mut found = None;
+        if let Some(raw) = i.shown.get(shown_key(member, patient))? {
+            let record: ShownV1 = decode_v1(&raw)?;
+            found = record
+                .results
+                .into_iter()
+                .find(|r| r.publisher == publisher && r.summary_id == id)
+                .and_then(|r| r.consultation);
+        }
+        if found.is_none()
+            && let Some(raw) = i.consulted.get(consulted_key(member, publisher, id))?
+        {
+            found = Some(decode_v1(&raw)?);
+        }
+        let Some(c) = found else {
             return Ok(None);
         };
-        let c: ConsultationV1 = decode_v1(&raw)?;
         Ok(Some(Consultation {
             version: c.version,
             recognised: c.recognised,
@@ -1364,7 +1446,15 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.inner.events.range(start..end) {
             let (_, raw) = entry?;
-            out.push(event_from_record(decode_v1(&raw)?)?);
+            if raw.first() == Some(&EVENT_GROUP_V1) {
+                let group: EventGroupV1 = EventGroupV1::decode(&raw[1..])
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                for e in group.events {
+                    out.push(event_from_record(e)?);
+                }
+            } else {
+                out.push(event_from_record(decode_v1(&raw)?)?);
+            }
         }
         Ok(out)
     }
@@ -1381,8 +1471,13 @@ impl Store {
 }
 
 fn encode_v1(m: &impl Message) -> Vec<u8> {
+    encode_as(RECORD_V1, m)
+}
+
+/// A record with its layout byte first.
+fn encode_as(layout: u8, m: &impl Message) -> Vec<u8> {
     let mut v = Vec::with_capacity(1 + m.encoded_len());
-    v.push(RECORD_V1);
+    v.push(layout);
     // Encoding into a Vec grows it as needed and cannot fail.
     let _ = m.encode(&mut v);
     v
@@ -1445,6 +1540,13 @@ fn event_from_record(r: EventV1) -> Result<Event, StoreError> {
     })
 }
 
+fn shown_key(member: &InstitutionId, patient: &Pseudonym) -> Vec<u8> {
+    let mut k = member.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(patient.as_bytes());
+    k
+}
+
 fn consulted_key(member: &InstitutionId, publisher: &str, id: &str) -> Vec<u8> {
     let mut k = member.as_str().as_bytes().to_vec();
     k.push(0);
@@ -1495,6 +1597,121 @@ mod tests {
             patient,
             results: vec![],
         }
+    }
+
+    fn query(
+        member: &str,
+        patient: Pseudonym,
+        at: i64,
+        shown: &[(&str, u32, bool)],
+    ) -> QueryRecord {
+        let member = InstitutionId::parse(member).unwrap();
+        let event = |code: &str| Event {
+            at: UnixMillis(at),
+            member: member.clone(),
+            item_system: "loinc".into(),
+            item_code: code.into(),
+            price_fen: 100,
+            kind: EventKind::Query {
+                found: true,
+                cross_member: false,
+            },
+        };
+        let mut a = access(0, patient);
+        a.at = UnixMillis(at);
+        QueryRecord {
+            shown: shown
+                .iter()
+                .map(|&(id, version, recognised)| Shown {
+                    publisher: "hosp-a".into(),
+                    summary_id: id.into(),
+                    version,
+                    item_system: "loinc".into(),
+                    item_code: "718-7".into(),
+                    recognised,
+                })
+                .collect(),
+            events: vec![event("718-7"), event("2345-7")],
+            access: a,
+            member,
+        }
+    }
+
+    /// A query batch keeps one record per member and patient, updated by each query in order,
+    /// and groups events by millisecond without losing one; earlier layouts are still read.
+    #[tokio::test]
+    async fn query_records_are_grouped_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Pseudonym::from_slice(&[4; 32]).unwrap();
+        let q = Pseudonym::from_slice(&[5; 32]).unwrap();
+        let b = InstitutionId::parse("hosp-b").unwrap();
+        let c = InstitutionId::parse("hosp-c").unwrap();
+        store
+            .record_query_batch(&[
+                query("hosp-b", p, 5_000, &[("R1", 1, true), ("R2", 1, false)]),
+                query("hosp-b", p, 5_000, &[("R1", 2, false)]),
+                query("hosp-c", p, 5_001, &[("R3", 1, true)]),
+                query("hosp-b", q, 5_002, &[]),
+            ])
+            .unwrap();
+        let seen = |m: &InstitutionId, patient: &Pseudonym, id: &str| {
+            store
+                .consultation(m, patient, "hosp-a", id)
+                .unwrap()
+                .map(|c| (c.version, c.recognised, c.at.0))
+        };
+        assert_eq!(seen(&b, &p, "R1"), Some((2, false, 5_000)));
+        assert_eq!(seen(&b, &p, "R2"), Some((1, false, 5_000)));
+        assert_eq!(seen(&b, &p, "R3"), None);
+        assert_eq!(seen(&c, &p, "R3"), Some((1, true, 5_001)));
+        assert_eq!(seen(&b, &q, "R1"), None);
+        // A later batch adds to the stored record.
+        store
+            .record_query_batch(&[query("hosp-b", p, 6_000, &[("R3", 1, true)])])
+            .unwrap();
+        assert_eq!(seen(&b, &p, "R3"), Some((1, true, 6_000)));
+        assert_eq!(seen(&b, &p, "R1"), Some((2, false, 5_000)));
+        // Ten events in three milliseconds, all there, oldest first; a range cuts by time.
+        let events = store.events(UnixMillis(0), UnixMillis(10_000)).unwrap();
+        let times: Vec<i64> = events.iter().map(|e| e.at.0).collect();
+        assert_eq!(
+            times,
+            [
+                5_000, 5_000, 5_000, 5_000, 5_001, 5_001, 5_002, 5_002, 6_000, 6_000
+            ]
+        );
+        assert_eq!(
+            store
+                .events(UnixMillis(5_001), UnixMillis(5_002))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(store.tree_head().unwrap().size, 5);
+        // Written by earlier hubs: a per-result consultation and a single event.
+        let old = ConsultationV1 {
+            version: 3,
+            recognised: true,
+            item_system: "loinc".into(),
+            item_code: "718-7".into(),
+            at_ms: 100,
+        };
+        let i = &store.inner;
+        i.consulted
+            .insert(consulted_key(&c, "hosp-a", "OLD"), encode_v1(&old))
+            .unwrap();
+        let single = event_to_record(&query("hosp-c", p, 100, &[]).events[0]);
+        i.events
+            .insert(
+                store.event_key(UnixMillis(100)).unwrap(),
+                encode_v1(&single),
+            )
+            .unwrap();
+        assert_eq!(seen(&c, &q, "OLD"), Some((3, true, 100)));
+        let events = store.events(UnixMillis(0), UnixMillis(10_000)).unwrap();
+        assert_eq!(events.len(), 11);
+        assert_eq!(events[0].member, c);
     }
 
     /// A write that a crash stopped after its redo record is finished when the store opens:

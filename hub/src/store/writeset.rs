@@ -52,6 +52,7 @@ pub(super) enum TreeId {
     LogLeaves = 10,
     LogNodes = 11,
     LogMeta = 12,
+    Shown = 13,
 }
 
 impl TreeId {
@@ -59,7 +60,7 @@ impl TreeId {
         use TreeId::*;
         [
             Summaries, Latest, ByPatient, Certs, Consulted, Decisions, Events, Consent, Access,
-            LogLeaves, LogNodes, LogMeta,
+            LogLeaves, LogNodes, LogMeta, Shown,
         ]
         .into_iter()
         .find(|t| *t as u8 == tag)
@@ -202,7 +203,7 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> Open {
         let db = sled::Config::new().path(dir).open().unwrap();
-        let trees = (1..=12u8).map(|t| db.open_tree([t]).unwrap()).collect();
+        let trees = (1..=13u8).map(|t| db.open_tree([t]).unwrap()).collect();
         Open { db, trees }
     }
 
