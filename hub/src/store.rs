@@ -55,7 +55,9 @@ mod writeset;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use huren_core::identity::InstitutionId;
@@ -388,6 +390,13 @@ struct Inner {
     /// The one log writer's state. Every write to the store holds this lock while it reads what
     /// it checks and applies its [`WriteSet`], so there is one writer at a time.
     log: Mutex<LogState>,
+    /// The head of the log as of the last applied write (readers take it without waiting for
+    /// a writer holding `log`).
+    applied: Mutex<TreeHead>,
+    /// The newest head a flush is known to have made durable, and when.
+    durable: Mutex<Option<(TreeHead, Instant)>>,
+    /// Whether a background flush to refresh `durable` is under way.
+    refreshing: AtomicBool,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -416,6 +425,7 @@ impl Trees for Inner {
 }
 
 /// The tree's size and frontier, as of the last committed append.
+#[derive(Default)]
 struct LogState {
     size: u64,
     frontier: Vec<Hash>,
@@ -456,6 +466,10 @@ impl LogState {
 }
 
 const LOG_SIZE_KEY: &[u8] = b"size";
+
+/// How old the newest known durable head may get, while the log grows, before
+/// [`Store::recent_durable_head`] starts a flush to refresh it.
+const DURABLE_HEAD_MAX_AGE: Duration = Duration::from_millis(250);
 
 fn node_key(level: u8, index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -662,6 +676,9 @@ impl Store {
                 size: 0,
                 frontier: Vec::new(),
             }),
+            applied: Mutex::new(LogState::default().head()),
+            durable: Mutex::new(None),
+            refreshing: AtomicBool::new(false),
             summaries: db.open_tree("summaries")?,
             latest: db.open_tree("latest")?,
             by_patient: db.open_tree("by_patient")?,
@@ -688,7 +705,9 @@ impl Store {
             ),
         };
         let frontier = merkle::frontier(size, &Nodes(&inner.log_nodes)).map_err(tree_error)?;
-        inner.log = Mutex::new(LogState { size, frontier });
+        let log = LogState { size, frontier };
+        inner.applied = Mutex::new(log.head());
+        inner.log = Mutex::new(log);
         tokio::spawn(group_commit(inner.db.clone(), rx));
         let store = Self {
             inner: Arc::new(inner),
@@ -736,6 +755,7 @@ impl Store {
             write_pending(&mut ws, &pending);
             ws.apply(&**i)?;
             log.apply(pending);
+            self.set_applied(log.head());
         }
         i.db.flush()?;
         tracing::info!(
@@ -748,6 +768,7 @@ impl Store {
     /// Waits for a flush that covers every write made before this call (group commit: one
     /// flush answers every caller waiting when it starts).
     pub async fn commit(&self) -> Result<(), StoreError> {
+        let head = self.tree_head()?;
         let (tx, rx) = oneshot::channel();
         self.inner
             .commits
@@ -755,7 +776,13 @@ impl Store {
             .map_err(|_| StoreError::CommitterGone)?;
         rx.await
             .map_err(|_| StoreError::CommitterGone)?
-            .map_err(|e| StoreError::Engine(sled::Error::Io(std::io::Error::other(e))))
+            .map_err(|e| StoreError::Engine(sled::Error::Io(std::io::Error::other(e))))?;
+        if let Ok(mut durable) = self.inner.durable.lock()
+            && durable.is_none_or(|(d, _)| d.size <= head.size)
+        {
+            *durable = Some((head, Instant::now()));
+        }
+        Ok(())
     }
 
     fn log_state(&self) -> Result<MutexGuard<'_, LogState>, StoreError> {
@@ -878,6 +905,7 @@ impl Store {
         known.extend(written.into_iter().map(|(l, i, h)| ((l, i), h)));
         *log = next;
         let head = log.head();
+        self.set_applied(head);
         drop(log);
         let reader = Layered {
             known: &known,
@@ -1174,6 +1202,7 @@ impl Store {
         }
         ws.apply(&**i)?;
         *log = next;
+        self.set_applied(log.head());
         Ok(())
     }
 
@@ -1294,6 +1323,7 @@ impl Store {
                 DecisionOutcome::Recorded { .. } => {
                     let index = pending.index;
                     log.apply(pending);
+                    self.set_applied(log.head());
                     Some(Logged {
                         index,
                         head: log.head(),
@@ -1358,6 +1388,7 @@ impl Store {
             let changed = before != opted_out;
             let index = pending.index;
             log.apply(pending);
+            self.set_applied(log.head());
             (changed, index, log.head())
         };
         self.commit().await?;
@@ -1399,7 +1430,43 @@ impl Store {
 
     /// The current tree head (it may include entries not yet flushed).
     pub fn tree_head(&self) -> Result<TreeHead, StoreError> {
-        Ok(self.log_state()?.head())
+        self.inner
+            .applied
+            .lock()
+            .map(|h| *h)
+            .map_err(|_| StoreError::Corrupt("a log append panicked earlier".into()))
+    }
+
+    /// Called by every writer, under the log's lock, once its write set is applied.
+    fn set_applied(&self, head: TreeHead) {
+        if let Ok(mut applied) = self.inner.applied.lock() {
+            *applied = head;
+        }
+    }
+
+    /// A durable tree head of at least `min_size` entries without waiting for a flush when
+    /// one is known: the newest head an earlier flush made durable. Flushes only when no
+    /// known durable head is large enough. When the known head is older than
+    /// [`DURABLE_HEAD_MAX_AGE`] and the log has grown since, a flush runs in the background so
+    /// later checkpoints cover the newer entries.
+    pub async fn recent_durable_head(&self, min_size: u64) -> Result<TreeHead, StoreError> {
+        let known = self.inner.durable.lock().ok().and_then(|d| *d);
+        let Some((head, at)) = known.filter(|(h, _)| h.size >= min_size) else {
+            return self.durable_head().await;
+        };
+        if at.elapsed() > DURABLE_HEAD_MAX_AGE
+            && self.tree_head()?.size > head.size
+            && !self.inner.refreshing.swap(true, Ordering::AcqRel)
+        {
+            let store = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.commit().await {
+                    tracing::warn!(error = %e, "background flush failed");
+                }
+                store.inner.refreshing.store(false, Ordering::Release);
+            });
+        }
+        Ok(head)
     }
 
     /// A tree head that is durable: taken, then covered by a flush.
@@ -1419,7 +1486,7 @@ impl Store {
     }
 
     fn check_size(&self, size: u64) -> Result<(), StoreError> {
-        let current = self.log_state()?.size;
+        let current = self.tree_head()?.size;
         if size > current {
             return Err(StoreError::BeyondLog { size, current });
         }
@@ -1712,6 +1779,36 @@ mod tests {
         let events = store.events(UnixMillis(0), UnixMillis(10_000)).unwrap();
         assert_eq!(events.len(), 11);
         assert_eq!(events[0].member, c);
+    }
+
+    /// Answers reuse the newest durable head when it covers what they prove; a larger one is
+    /// flushed for; an old one is refreshed in the background once the log has grown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recent_durable_heads_cover_what_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Pseudonym::from_slice(&[6; 32]).unwrap();
+        store.log_access(&access(0, p)).unwrap();
+        store.log_access(&access(1, p)).unwrap();
+        store.commit().await.unwrap();
+        store.log_access(&access(2, p)).unwrap();
+        assert_eq!(store.recent_durable_head(2).await.unwrap().size, 2);
+        let flushed = store.recent_durable_head(3).await.unwrap();
+        assert_eq!(flushed, store.tree_head().unwrap());
+        assert_eq!(store.recent_durable_head(0).await.unwrap().size, 3);
+        store.log_access(&access(3, p)).unwrap();
+        tokio::time::sleep(DURABLE_HEAD_MAX_AGE + Duration::from_millis(50)).await;
+        // Still the old head (no waiting), with a refresh started.
+        assert_eq!(store.recent_durable_head(0).await.unwrap().size, 3);
+        let mut size = 3;
+        for _ in 0..200 {
+            size = store.recent_durable_head(0).await.unwrap().size;
+            if size == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(size, 4);
     }
 
     /// A write that a crash stopped after its redo record is finished when the store opens:
