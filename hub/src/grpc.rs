@@ -2,7 +2,8 @@
 //! domain values, calls [`Hub`], converts answers back. The only hub module that sees
 //! `huren_proto` types.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -55,8 +56,31 @@ impl HubGrpc {
 fn caller<T>(request: &Request<T>) -> Result<InstitutionId, HubError> {
     let certs = request.peer_certs().ok_or(HubError::NoClientCertificate)?;
     let leaf = certs.first().ok_or(HubError::NoClientCertificate)?;
-    institution_in_certificate(leaf).map_err(HubError::CallerCertificate)
+    let der: &[u8] = leaf.as_ref();
+    if let Ok(known) = CALLERS.read()
+        && let Some(id) = known.get(der)
+    {
+        return Ok(id.clone());
+    }
+    let id = institution_in_certificate(der).map_err(HubError::CallerCertificate)?;
+    if let Ok(mut known) = CALLERS.write() {
+        if known.len() >= MAX_KNOWN_CALLERS {
+            known.clear();
+        }
+        known.insert(der.to_vec(), id.clone());
+    }
+    Ok(id)
 }
+
+/// Institutions named by client certificates already parsed, by the certificate's DER: parsing
+/// X.509 on every call cost more than the rest of a small call. The institution is a function
+/// of the bytes alone, so the map is shared by every hub in the process; TLS still verifies
+/// each connection's certificate, and revocation is checked on every call.
+static CALLERS: LazyLock<RwLock<HashMap<Vec<u8>, InstitutionId>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// An alliance has a few client certificates per member; past this many the map starts over.
+const MAX_KNOWN_CALLERS: usize = 4096;
 
 /// Runs a handler inside a span that names the method and the caller, and turns its error into
 /// a status (logged once, inside the span). A request over `max_bytes` is refused before the
