@@ -138,6 +138,13 @@ pub struct OutboxConfig {
     /// Publish calls in flight at once (versions of one result are always sent in order).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Summaries per PublishBatch call, 1 to 1000 (1: one Publish call per summary).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_batch_size() -> usize {
+    100
 }
 
 fn default_initial_backoff_ms() -> u64 {
@@ -158,6 +165,7 @@ impl Default for OutboxConfig {
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
             concurrency: default_concurrency(),
+            batch_size: default_batch_size(),
         }
     }
 }

@@ -9,11 +9,15 @@
 //! - A summary the hub refuses (InvalidArgument, PermissionDenied, AlreadyExists,
 //!   FailedPrecondition) is never retried by itself: it moves to the dead letters with the
 //!   hub's reason, is logged, and is listed by `huren-agent outbox`.
-//! - Up to `concurrency` summaries are in flight at once, but never two versions of one result:
-//!   a later version waits until the earlier one is answered.
+//! - Summaries go in PublishBatch calls of up to `batch_size` (each summary gets its own
+//!   outcome, so one refusal refuses only itself), up to `concurrency` calls at once. Versions
+//!   of one result go in order: in the same call (the hub stores a call's summaries in order)
+//!   or, when one is in flight, after it is answered. A hub that does not know PublishBatch, or
+//!   refuses a whole batch, is sent one summary per Publish call from then on.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -112,7 +116,16 @@ pub struct Publisher {
     hub: HubClient<Channel>,
     settings: OutboxConfig,
     wake: Arc<Notify>,
+    /// Set once the hub has shown it cannot take batches: one summary per call from then on.
+    unary_only: Arc<AtomicBool>,
 }
+
+/// Most bytes of signed summaries the agent puts in one PublishBatch call (the hub's default
+/// limit is 4 MiB).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Most summaries the agent puts in one PublishBatch call (the hub takes up to 1,000).
+const MAX_BATCH_SUMMARIES: usize = 1000;
 
 /// What a publishing pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,6 +148,7 @@ impl Publisher {
             hub: HubClient::new(channel),
             settings,
             wake,
+            unary_only: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -200,9 +214,10 @@ impl Publisher {
 
     /// [`Publisher::publish_pass`], calling `progress` after each answer.
     ///
-    /// A sliding window: up to `concurrency` of the oldest queued summaries are in flight, and a
-    /// new one starts as soon as one is answered; never two versions of one result at once (a
-    /// later version waits until the earlier one is answered). After a failed attempt nothing
+    /// A sliding window over the oldest queued summaries: up to `concurrency` calls in flight,
+    /// each carrying up to `batch_size` summaries, and a new call starts as soon as one is
+    /// answered. A result's versions travel in order: together in one call, or a later one
+    /// waits until the call carrying an earlier one is answered. After a failed attempt nothing
     /// new starts; the calls in flight finish, then it returns.
     pub async fn publish_pass_with(
         &self,
@@ -218,24 +233,47 @@ impl Publisher {
         loop {
             // Refill when half the window is free (fewer store reads than one per answer).
             if !failed && !drained && calls.len() <= window / 2 {
-                let pending = self.store.pending(window * 4 + calls.len())?;
-                drained = pending.len() < window * 4 + calls.len();
-                let mut first_of_key = HashSet::new();
+                let batch_size = if self.unary_only.load(Ordering::Acquire) {
+                    1
+                } else {
+                    self.settings.batch_size.clamp(1, MAX_BATCH_SUMMARIES)
+                };
+                let want = (window - calls.len()) * batch_size * 2 + in_flight.len();
+                let pending = self.store.pending(want)?;
+                drained = pending.len() < want;
+                // Results with an earlier version in flight or left out of the call being
+                // filled: a later version must not overtake it.
+                let mut held: HashSet<String> = HashSet::new();
+                let mut batch: Vec<Pending> = Vec::new();
+                let mut batch_keys: HashSet<String> = HashSet::new();
+                let mut batch_bytes = 0;
                 for p in pending {
-                    if calls.len() >= window {
-                        break;
-                    }
-                    let first = first_of_key.insert(p.summary_id.clone());
-                    if !first || in_flight.contains(&p.seq) || busy_keys.contains(&p.summary_id) {
+                    let key = p.summary_id.clone();
+                    if in_flight.contains(&p.seq) || busy_keys.contains(&key) || held.contains(&key)
+                    {
+                        held.insert(key);
                         continue;
                     }
+                    let size = envelope_size(&p);
+                    if !batch.is_empty()
+                        && (batch.len() >= batch_size || batch_bytes + size > MAX_BATCH_BYTES)
+                    {
+                        self.start_call(&mut calls, std::mem::take(&mut batch));
+                        // The keys of the call just started now wait for its answer.
+                        busy_keys.extend(batch_keys.drain());
+                        batch_bytes = 0;
+                        if calls.len() >= window {
+                            break;
+                        }
+                    }
                     in_flight.insert(p.seq);
-                    busy_keys.insert(p.summary_id.clone());
-                    let mut hub = self.hub.clone();
-                    calls.spawn(async move {
-                        let attempt = publish_one(&mut hub, &p).await;
-                        (p, attempt)
-                    });
+                    batch_keys.insert(key);
+                    batch_bytes += size;
+                    batch.push(p);
+                }
+                if !batch.is_empty() {
+                    self.start_call(&mut calls, batch);
+                    busy_keys.extend(batch_keys);
                 }
             }
             let Some(done) = calls.join_next().await else {
@@ -244,48 +282,159 @@ impl Publisher {
                 }
                 continue;
             };
-            let Ok((p, attempt)) = done else {
-                // A publish task panicked: treat as a failed attempt (retried later).
+            let Ok(answered) = done else {
+                // A publish task panicked: treat as a failed attempt (retried next pass).
                 counts.failed += 1;
                 failed = true;
                 continue;
             };
-            in_flight.remove(&p.seq);
-            busy_keys.remove(&p.summary_id);
-            // A later version of this result may now go.
+            // Later versions of these results may now go.
             drained = false;
-            match attempt {
-                Attempt::Published {
-                    accepted_at,
-                    already_stored,
-                } => {
-                    self.store
-                        .mark_published(p.seq, accepted_at, already_stored)?;
-                    if already_stored {
-                        counts.already_stored += 1;
-                    } else {
-                        counts.published += 1;
+            for (p, attempt) in answered {
+                in_flight.remove(&p.seq);
+                busy_keys.remove(&p.summary_id);
+                match attempt {
+                    Attempt::Published {
+                        accepted_at,
+                        already_stored,
+                    } => {
+                        self.store
+                            .mark_published(p.seq, accepted_at, already_stored)?;
+                        if already_stored {
+                            counts.already_stored += 1;
+                        } else {
+                            counts.published += 1;
+                        }
+                        tracing::debug!(summary = %p.summary_id, version = p.version, already_stored, "published");
                     }
-                    tracing::debug!(summary = %p.summary_id, version = p.version, already_stored, "published");
+                    Attempt::Refused(reason) => {
+                        tracing::error!(
+                            summary = %p.summary_id,
+                            version = p.version,
+                            reason = %reason,
+                            "the hub refused a summary; moved to the dead letters (see `huren-agent outbox`)"
+                        );
+                        self.store.dead_letter(p.seq, &reason)?;
+                        counts.dead += 1;
+                    }
+                    Attempt::Failed(error) => {
+                        tracing::debug!(summary = %p.summary_id, error = %error, "publish failed");
+                        counts.failed += 1;
+                        failed = true;
+                    }
                 }
-                Attempt::Refused(reason) => {
-                    tracing::error!(
-                        summary = %p.summary_id,
-                        version = p.version,
-                        reason = %reason,
-                        "the hub refused a summary; moved to the dead letters (see `huren-agent outbox`)"
-                    );
-                    self.store.dead_letter(p.seq, &reason)?;
-                    counts.dead += 1;
-                }
-                Attempt::Failed(error) => {
-                    tracing::debug!(summary = %p.summary_id, error = %error, "publish failed");
-                    counts.failed += 1;
-                    failed = true;
-                }
+                progress(&counts);
             }
-            progress(&counts);
         }
+    }
+
+    /// Starts one call for `batch`: Publish for a single summary, PublishBatch otherwise.
+    fn start_call(&self, calls: &mut JoinSet<Vec<(Pending, Attempt)>>, mut batch: Vec<Pending>) {
+        let mut hub = self.hub.clone();
+        let unary_only = self.unary_only.clone();
+        calls.spawn(async move {
+            if batch.len() == 1
+                && let Some(p) = batch.pop()
+            {
+                let attempt = publish_one(&mut hub, &p).await;
+                return vec![(p, attempt)];
+            }
+            publish_batch(&mut hub, batch, &unary_only).await
+        });
+    }
+}
+
+/// Bytes a summary adds to a batch, near enough to keep a call under [`MAX_BATCH_BYTES`].
+fn envelope_size(p: &Pending) -> usize {
+    p.envelope.body.len() + p.envelope.signature.len() + p.envelope.signer_certificate.len() + 16
+}
+
+/// Publishes a batch in one PublishBatch call, each summary with its own outcome. A hub that
+/// does not implement the call, or refuses the batch as a whole, turns on `unary_only`, and
+/// every summary of the batch counts as failed (sent again, one per call, after the back-off).
+async fn publish_batch(
+    hub: &mut HubClient<Channel>,
+    batch: Vec<Pending>,
+    unary_only: &AtomicBool,
+) -> Vec<(Pending, Attempt)> {
+    let answer = hub
+        .publish_batch(pb::PublishBatchRequest {
+            summaries: batch.iter().map(|p| p.envelope.clone().into()).collect(),
+        })
+        .await;
+    let all_failed = |batch: Vec<Pending>, why: String| -> Vec<(Pending, Attempt)> {
+        batch
+            .into_iter()
+            .map(|p| (p, Attempt::Failed(why.clone())))
+            .collect()
+    };
+    let outcomes = match answer {
+        Ok(response) => response.into_inner().outcomes,
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::Unimplemented | Code::OutOfRange | Code::InvalidArgument
+            ) =>
+        {
+            unary_only.store(true, Ordering::Release);
+            tracing::warn!(
+                code = ?status.code(),
+                message = status.message(),
+                "the hub does not take this batch; publishing one summary per call from now on"
+            );
+            return all_failed(batch, format!("{:?}: {}", status.code(), status.message()));
+        }
+        Err(status) => {
+            return all_failed(batch, format!("{:?}: {}", status.code(), status.message()));
+        }
+    };
+    if outcomes.len() != batch.len() {
+        let why = format!(
+            "the hub answered {} outcomes for {} summaries",
+            outcomes.len(),
+            batch.len()
+        );
+        return all_failed(batch, why);
+    }
+    batch
+        .into_iter()
+        .zip(outcomes)
+        .map(|(p, outcome)| {
+            let attempt = match outcome.outcome {
+                Some(pb::publish_outcome::Outcome::Published(response)) => {
+                    match Summary::from_body_bytes(&p.envelope.body) {
+                        Ok(summary) => published(response, &summary, &sha256(&p.envelope.body)),
+                        Err(e) => {
+                            Attempt::Refused(format!("the queued summary does not decode: {e}"))
+                        }
+                    }
+                }
+                Some(pb::publish_outcome::Outcome::Refused(r)) => {
+                    let code = Code::from_i32(r.code);
+                    if is_refusal(code) {
+                        Attempt::Refused(format!("{code:?}: {}", r.message))
+                    } else {
+                        Attempt::Failed(format!("{code:?}: {}", r.message))
+                    }
+                }
+                None => Attempt::Failed("the hub answered without an outcome".into()),
+            };
+            (p, attempt)
+        })
+        .collect()
+}
+
+/// What a PublishResponse means for the summary sent.
+fn published(response: pb::PublishResponse, sent: &Summary, digest: &[u8; 32]) -> Attempt {
+    let Some(receipt) = response.receipt else {
+        return Attempt::Failed("the hub answered without a receipt".into());
+    };
+    match check_receipt(receipt, sent, digest) {
+        Ok(r) => Attempt::Published {
+            accepted_at: r.accepted_at,
+            already_stored: response.already_stored,
+        },
+        Err(e) => Attempt::Failed(e),
     }
 }
 
@@ -301,19 +450,7 @@ async fn publish_one(hub: &mut HubClient<Channel>, p: &Pending) -> Attempt {
         })
         .await;
     match answer {
-        Ok(response) => {
-            let response = response.into_inner();
-            let Some(receipt) = response.receipt else {
-                return Attempt::Failed("the hub answered without a receipt".into());
-            };
-            match check_receipt(receipt, &summary, &digest) {
-                Ok(r) => Attempt::Published {
-                    accepted_at: r.accepted_at,
-                    already_stored: response.already_stored,
-                },
-                Err(e) => Attempt::Failed(e),
-            }
-        }
+        Ok(response) => published(response.into_inner(), &summary, &digest),
         Err(status) if is_refusal(status.code()) => {
             Attempt::Refused(format!("{:?}: {}", status.code(), status.message()))
         }

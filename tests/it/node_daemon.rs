@@ -294,6 +294,40 @@ async fn a_thousand_results_survive_a_hub_outage_and_arrive_once() -> anyhow::Re
     Ok(())
 }
 
+/// A hub whose batch limit is below the agent's batches refuses them whole; the agent then
+/// publishes one summary per call, and everything arrives once.
+#[tokio::test]
+async fn an_agent_falls_back_to_one_summary_per_call_when_the_hub_refuses_its_batches()
+-> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start_with(huren_hub::config::Limits {
+        max_batch_bytes: 4 * 1024,
+        ..Default::default()
+    })
+    .await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let patients: Vec<String> = (0..4).map(ric).collect();
+    for f in 0..8 {
+        let order = format!("SMALL-{f:03}");
+        drop_file(
+            &dirs.inbox,
+            &format!("{order}.hl7"),
+            oru(&order, &patients[f % 4], 5).as_bytes(),
+        )?;
+    }
+    let daemon = start_daemon(&dirs).await?;
+    wait_for("40 results published one per call", || {
+        let c = daemon.counts();
+        Ok(inbox_files(&dirs.inbox)? == 0 && c.pending == 0 && c.published == 40)
+    })
+    .await?;
+    assert_eq!(daemon.counts().dead, 0);
+    daemon.shutdown().await?;
+    hub.stop().await?;
+    assert_eq!(hub.stored_summary_count().await?, 40);
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_agent_killed_mid_publish_publishes_every_result_once() -> anyhow::Result<()> {
     init();
