@@ -567,6 +567,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     lookback_seconds: 0,
                     purpose: pb::Purpose::Treatment as i32,
                     with_proofs: false,
+                    // As the agent asks.
+                    certificates_once: true,
                 })
                 .await?;
                 Ok(())
@@ -604,6 +606,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     as_of_ms: 0,
                     purpose: pb::Purpose::Treatment as i32,
                     with_proofs: false,
+                    // As the agent asks.
+                    certificates_once: true,
                 })
                 .await?;
                 Ok(())

@@ -152,6 +152,55 @@ fn stored_to_pb(s: StoredSummary) -> pb::StoredSummary {
         verdict: None,
         earlier_versions: Vec::new(),
         log_proof: None,
+        signer_certificate_index: 0,
+    }
+}
+
+/// Moves the signing certificates out of answered summaries (and their earlier versions) into
+/// one list, each once, and points each summary at its entry. A FindPrior answer is mostly
+/// certificates otherwise: a few members sign everything, with a certificate about twice the
+/// size of a summary.
+#[derive(Default)]
+struct SharedCertificates {
+    list: Vec<Vec<u8>>,
+    index: HashMap<Vec<u8>, u32>,
+}
+
+impl SharedCertificates {
+    fn take_from(&mut self, s: &mut pb::StoredSummary) {
+        for e in &mut s.earlier_versions {
+            self.take_from(e);
+        }
+        let Some(signed) = s.summary.as_mut() else {
+            return;
+        };
+        let cert = std::mem::take(&mut signed.signer_certificate);
+        s.signer_certificate_index = match self.index.get(&cert) {
+            Some(&i) => i,
+            None => {
+                // An answer holds at most a few hundred summaries.
+                let i = self.list.len() as u32;
+                self.list.push(cert.clone());
+                self.index.insert(cert, i);
+                i
+            }
+        };
+    }
+
+    /// The certificates, when the caller asked for them once; otherwise the summaries keep
+    /// their own copies and the list is empty.
+    fn share<'a>(
+        asked: bool,
+        summaries: impl IntoIterator<Item = &'a mut pb::StoredSummary>,
+    ) -> Vec<Vec<u8>> {
+        if !asked {
+            return Vec::new();
+        }
+        let mut shared = Self::default();
+        for s in summaries {
+            shared.take_from(s);
+        }
+        shared.list
     }
 }
 
@@ -443,9 +492,12 @@ impl pb::hub_server::Hub for HubGrpc {
             self.limits.max_message_bytes,
             |caller, r| async move {
                 let ask = ask(r.purpose, r.with_proofs)?;
+                let certificates_once = r.certificates_once;
                 let query = prior_query(&self.hub, r)?;
                 let answer = self.hub.find_prior(&caller, &query, ask).await?;
-                let (results, truncated, withheld_by_consent) = answer_parts(answer);
+                let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
+                let signer_certificates =
+                    SharedCertificates::share(certificates_once, &mut results);
                 tracing::info!(
                     items = query.items.len(),
                     results = results.len(),
@@ -457,6 +509,7 @@ impl pb::hub_server::Hub for HubGrpc {
                     results,
                     truncated,
                     withheld_by_consent,
+                    signer_certificates,
                 })
             },
         )
@@ -487,7 +540,9 @@ impl pb::hub_server::Hub for HubGrpc {
                     .hub
                     .history(&caller, &query, r.include_earlier_versions, ask)
                     .await?;
-                let (results, truncated, withheld_by_consent) = answer_parts(answer);
+                let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
+                let signer_certificates =
+                    SharedCertificates::share(r.certificates_once, &mut results);
                 tracing::info!(
                     results = results.len(),
                     purpose = ask.purpose.name(),
@@ -498,6 +553,7 @@ impl pb::hub_server::Hub for HubGrpc {
                     results,
                     truncated,
                     withheld_by_consent,
+                    signer_certificates,
                 })
             },
         )
@@ -514,6 +570,7 @@ impl pb::hub_server::Hub for HubGrpc {
             self.limits.max_message_bytes,
             |caller, r| async move {
                 let ask = ask(r.purpose, r.with_proofs)?;
+                let certificates_once = r.certificates_once;
                 let patient = pseudonym(&r.patient_pseudonym)?;
                 if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
                     return Err(HubError::BadRequest(format!(
@@ -549,23 +606,29 @@ impl pb::hub_server::Hub for HubGrpc {
                     .await?;
                 let recognised = answers.iter().filter(|a| a.best.is_some()).count();
                 tracing::info!(items = answers.len(), recognised, "order checked");
+                let mut items: Vec<pb::OrderCheck> = answers
+                    .into_iter()
+                    .map(|a| pb::OrderCheck {
+                        asked: Some(order_code_to_pb(&a.asked)),
+                        item: a.item.as_ref().map(|(system, code, _)| pb::ItemCode {
+                            system: system.clone(),
+                            code: code.clone(),
+                        }),
+                        item_name: a.item.map(|(_, _, name)| name).unwrap_or_default(),
+                        best: a.best.map(|j| judged_to_pb(j, &version)),
+                        explanation: a.explanation,
+                        candidates: u32::try_from(a.candidates).unwrap_or(u32::MAX),
+                    })
+                    .collect();
+                let signer_certificates = SharedCertificates::share(
+                    certificates_once,
+                    items.iter_mut().filter_map(|i| i.best.as_mut()),
+                );
                 Ok(pb::CheckOrderResponse {
-                    items: answers
-                        .into_iter()
-                        .map(|a| pb::OrderCheck {
-                            asked: Some(order_code_to_pb(&a.asked)),
-                            item: a.item.as_ref().map(|(system, code, _)| pb::ItemCode {
-                                system: system.clone(),
-                                code: code.clone(),
-                            }),
-                            item_name: a.item.map(|(_, _, name)| name).unwrap_or_default(),
-                            best: a.best.map(|j| judged_to_pb(j, &version)),
-                            explanation: a.explanation,
-                            candidates: u32::try_from(a.candidates).unwrap_or(u32::MAX),
-                        })
-                        .collect(),
+                    items,
                     policy_version: version,
                     withheld_by_consent,
+                    signer_certificates,
                 })
             },
         )

@@ -21,7 +21,9 @@ use crate::config::AgentConfig;
 use crate::credentials::Credentials;
 use crate::error::AgentError;
 use crate::log::{AuditReport, LogWitness, proof_from_pb};
-use crate::verify::{Expectation, VerifiedResult, check_receipt, verify_stored};
+use crate::verify::{
+    Expectation, VerifiedResult, check_receipt, restore_certificate, verify_stored,
+};
 
 /// A member's agent, connected to the hub.
 pub struct Agent {
@@ -481,6 +483,7 @@ impl Agent {
                 lookback_seconds,
                 purpose: purpose_to_pb(self.purpose),
                 with_proofs: self.log.is_some(),
+                certificates_once: true,
             })
             .await
             .map_err(AgentError::Hub)?
@@ -499,8 +502,9 @@ impl Agent {
             from,
             until: as_of,
         };
+        let results = with_certificates(response.results, &response.signer_certificates)?;
         let mut answer = self
-            .verify_all(response.results, &expect, response.truncated)
+            .verify_all(results, &expect, response.truncated)
             .await?;
         answer.withheld_by_consent = response.withheld_by_consent;
         Ok(answer)
@@ -523,6 +527,7 @@ impl Agent {
                 include_earlier_versions: with_versions,
                 purpose: purpose_to_pb(self.purpose),
                 with_proofs: self.log.is_some(),
+                certificates_once: true,
             })
             .await
             .map_err(AgentError::Hub)?
@@ -533,8 +538,9 @@ impl Agent {
             from: since,
             until: UnixMillis(i64::MAX),
         };
+        let results = with_certificates(response.results, &response.signer_certificates)?;
         let mut answer = self
-            .verify_all(response.results, &expect, response.truncated)
+            .verify_all(results, &expect, response.truncated)
             .await?;
         answer.withheld_by_consent = response.withheld_by_consent;
         Ok(answer)
@@ -570,6 +576,7 @@ impl Agent {
                 as_of_ms: as_of.0,
                 purpose: purpose_to_pb(self.purpose),
                 with_proofs: self.log.is_some(),
+                certificates_once: true,
             })
             .await
             .map_err(AgentError::Hub)?
@@ -585,6 +592,12 @@ impl Agent {
         for (i, (check, asked)) in response.items.into_iter().zip(order).enumerate() {
             let best = match (check.best, &check.item) {
                 (Some(mut stored), Some(item)) => {
+                    restore_certificate(&mut stored, &response.signer_certificates).map_err(
+                        |reason| AgentError::Untrusted {
+                            position: i + 1,
+                            reason,
+                        },
+                    )?;
                     let proof = stored.log_proof.take();
                     let items = [(item.system.clone(), item.code.clone())];
                     let expect = Expectation {
@@ -729,4 +742,18 @@ impl Agent {
             withheld_by_consent: false,
         })
     }
+}
+
+/// Returned summaries with the certificates the hub sent once per answer put back.
+fn with_certificates(
+    mut results: Vec<pb::StoredSummary>,
+    shared: &[Vec<u8>],
+) -> Result<Vec<pb::StoredSummary>, AgentError> {
+    for (i, stored) in results.iter_mut().enumerate() {
+        restore_certificate(stored, shared).map_err(|reason| AgentError::Untrusted {
+            position: i + 1,
+            reason,
+        })?;
+    }
+    Ok(results)
 }

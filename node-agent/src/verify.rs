@@ -66,6 +66,32 @@ pub struct Expectation<'a> {
     pub until: UnixMillis,
 }
 
+/// Puts back into a returned summary (and its earlier versions) the signing certificate a hub
+/// sent once for the whole answer (requests with `certificates_once`). A summary that carries
+/// its own certificate keeps it, so an answer from a hub that ignores the flag passes too.
+pub fn restore_certificate(
+    stored: &mut pb::StoredSummary,
+    shared: &[Vec<u8>],
+) -> Result<(), String> {
+    for e in &mut stored.earlier_versions {
+        restore_certificate(e, shared)?;
+    }
+    let Some(signed) = stored.summary.as_mut() else {
+        return Ok(());
+    };
+    if signed.signer_certificate.is_empty() {
+        let i = stored.signer_certificate_index as usize;
+        let cert = shared.get(i).ok_or_else(|| {
+            format!(
+                "it names signing certificate {i} of the answer, which has {}",
+                shared.len()
+            )
+        })?;
+        signed.signer_certificate = cert.clone();
+    }
+    Ok(())
+}
+
 /// Verifies one stored summary returned by the hub.
 pub fn verify_stored(
     stored: pb::StoredSummary,
@@ -163,4 +189,44 @@ pub fn check_receipt(
         body_sha256: *body_sha256,
         accepted_at: UnixMillis(r.accepted_at_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(cert: &[u8], index: u32, earlier: Vec<pb::StoredSummary>) -> pb::StoredSummary {
+        pb::StoredSummary {
+            summary: Some(huren_core::pb::SignedSummary {
+                body: vec![1],
+                signature: vec![2],
+                signer_certificate: cert.to_vec(),
+            }),
+            signer_certificate_index: index,
+            earlier_versions: earlier,
+            ..Default::default()
+        }
+    }
+
+    fn cert_of(s: &pb::StoredSummary) -> &[u8] {
+        &s.summary.as_ref().unwrap().signer_certificate
+    }
+
+    #[test]
+    fn shared_certificates_are_put_back_and_a_bad_index_is_refused() {
+        let shared = vec![b"cert-a".to_vec(), b"cert-b".to_vec()];
+        let mut s = stored(b"", 1, vec![stored(b"", 0, vec![])]);
+        restore_certificate(&mut s, &shared).unwrap();
+        assert_eq!(cert_of(&s), b"cert-b");
+        assert_eq!(cert_of(&s.earlier_versions[0]), b"cert-a");
+        // A summary with its own certificate keeps it (a hub that ignored the request).
+        let mut own = stored(b"own", 1, vec![]);
+        restore_certificate(&mut own, &[]).unwrap();
+        assert_eq!(cert_of(&own), b"own");
+        let mut bad = stored(b"", 2, vec![]);
+        let err = restore_certificate(&mut bad, &shared).unwrap_err();
+        assert!(err.contains("signing certificate 2"), "{err}");
+        let mut bad_earlier = stored(b"own", 0, vec![stored(b"", 5, vec![])]);
+        assert!(restore_certificate(&mut bad_earlier, &shared).is_err());
+    }
 }

@@ -124,6 +124,7 @@ async fn is_untouched(
             include_earlier_versions: false,
             purpose: huren_proto::hub::Purpose::Treatment as i32,
             with_proofs: false,
+            certificates_once: false,
         })
         .await?
         .into_inner();
@@ -431,6 +432,7 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
         include_earlier_versions: false,
         purpose: huren_proto::hub::Purpose::Treatment as i32,
         with_proofs: false,
+        certificates_once: false,
     };
 
     let mut checks = Checks::default();

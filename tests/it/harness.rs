@@ -766,6 +766,7 @@ pub fn prior_request(patient: &Pseudonym, items: &[(&str, &str)]) -> FindPriorRe
         lookback_seconds: 0,
         purpose: huren_proto::hub::Purpose::Treatment as i32,
         with_proofs: false,
+        certificates_once: false,
     }
 }
 
@@ -777,6 +778,7 @@ pub fn history_request(patient: &Pseudonym, since_ms: i64) -> HistoryRequest {
         include_earlier_versions: false,
         purpose: huren_proto::hub::Purpose::Treatment as i32,
         with_proofs: false,
+        certificates_once: false,
     }
 }
 

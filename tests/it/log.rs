@@ -694,6 +694,7 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
             as_of_ms: 0,
             purpose: pb::Purpose::Treatment as i32,
             with_proofs: false,
+            certificates_once: false,
         })
         .await?
         .into_inner();

@@ -121,6 +121,62 @@ impl World {
     }
 }
 
+/// With `certificates_once`, an answer carries each signing certificate once and the
+/// summaries point at it; put back, they are byte for byte the summaries of an answer without
+/// it, and the answer is smaller by the copies left out. History shares the same way
+/// (CheckOrder: rules.rs).
+#[tokio::test]
+async fn certificates_once_sends_each_signing_certificate_once() -> anyhow::Result<()> {
+    use prost::Message;
+
+    let mut w = world().await?;
+    let p = w.p;
+    let mut plain = prior_request(&p, &[(LOINC, HGB), (LOINC, GLUCOSE)]);
+    let full = w.client.find_prior(plain.clone()).await?.into_inner();
+    plain.certificates_once = true;
+    let shared = w.client.find_prior(plain).await?.into_inner();
+    assert!(full.signer_certificates.is_empty());
+    // Four results from two members: two certificates.
+    assert_eq!(shared.results.len(), 4);
+    assert_eq!(shared.signer_certificates.len(), 2);
+    assert_ne!(shared.signer_certificates[0], shared.signer_certificates[1]);
+    let mut restored = shared.results.clone();
+    for r in &mut restored {
+        let signed = r.summary.as_mut().context("no summary")?;
+        assert!(signed.signer_certificate.is_empty());
+        signed.signer_certificate =
+            shared.signer_certificates[r.signer_certificate_index as usize].clone();
+        r.signer_certificate_index = 0;
+    }
+    assert_eq!(restored, full.results);
+    assert_eq!(w.ids(&p, &restored)?, ["A-4", "B-3", "A-2", "A-1"]);
+    let (full_len, shared_len) = (full.encoded_len(), shared.encoded_len());
+    // Two of the four copies are gone.
+    let smallest = shared
+        .signer_certificates
+        .iter()
+        .map(Vec::len)
+        .min()
+        .unwrap_or(0);
+    assert!(
+        shared_len + 2 * smallest <= full_len,
+        "{shared_len} vs {full_len} bytes"
+    );
+
+    let mut history = history_request(&p, 0);
+    history.certificates_once = true;
+    let h = w.client.history(history).await?.into_inner();
+    assert_eq!(h.results.len(), 5);
+    assert_eq!(h.signer_certificates.len(), 2);
+    assert!(h.results.iter().all(|r| {
+        r.summary
+            .as_ref()
+            .is_some_and(|s| s.signer_certificate.is_empty())
+    }));
+
+    Ok(())
+}
+
 #[tokio::test]
 async fn find_prior_is_newest_first_and_honours_items_and_time() -> anyhow::Result<()> {
     let mut w = world().await?;

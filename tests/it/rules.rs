@@ -188,6 +188,7 @@ async fn amend_and_void_only_by_the_owner_and_history_shows_the_chain() -> anyho
             include_earlier_versions: true,
             purpose: huren_proto::hub::Purpose::Referral as i32,
             with_proofs: false,
+            certificates_once: false,
         })
         .await?
         .into_inner();
@@ -263,9 +264,22 @@ async fn order_check_decisions_and_statistics() -> anyhow::Result<()> {
             as_of_ms: 0,
             purpose: huren_proto::hub::Purpose::Treatment as i32,
             with_proofs: false,
+            certificates_once: true,
         })
         .await?
         .into_inner();
+    // Each signing certificate once: one member signed both results shown.
+    assert_eq!(order.signer_certificates.len(), 1);
+    let ca = huren_core::trust::AllianceCa::from_pem(hub.ca_pem())?;
+    for best in order.items.iter().filter_map(|i| i.best.clone()) {
+        let accepted = best.receipt.as_ref().map_or(0, |r| r.accepted_at_ms);
+        let mut signed = anyhow::Context::context(best.summary, "a result without its summary")?;
+        assert!(signed.signer_certificate.is_empty());
+        signed.signer_certificate =
+            order.signer_certificates[best.signer_certificate_index as usize].clone();
+        huren_core::signing::SignedEnvelope::try_from(signed)?
+            .verify(&ca, huren_core::summary::UnixMillis(accepted))?;
+    }
     let summary: Vec<(Option<&str>, Option<&str>, u32)> = order
         .items
         .iter()
