@@ -95,6 +95,35 @@ struct Load {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time of the whole process (hub and clients) per successful call: steadier than
+    /// throughput on a machine whose neighbours take CPU.
+    cpu_per_call: Option<Duration>,
+}
+
+impl Load {
+    fn cpu_micros(&self, per_call_items: u64) -> String {
+        self.cpu_per_call.map_or(String::new(), |c| {
+            format!(
+                "  cpu {:.0} us/{}",
+                c.as_secs_f64() * 1e6 / per_call_items.max(1) as f64,
+                if per_call_items > 1 {
+                    "summary"
+                } else {
+                    "call"
+                }
+            )
+        })
+    }
+}
+
+/// CPU time this process (every thread) has used, from /proc/self/stat (Linux; None elsewhere).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it start at the last ')'. utime and
+    // stime are fields 14 and 15 of the line, in clock ticks of 1/100 s.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 impl Load {
@@ -103,10 +132,11 @@ impl Load {
             format!("{:>5.0}% of {b}", 100.0 * self.per_second / rate)
         });
         println!(
-            "{name:<34} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {ratio:<28} {target}{}",
+            "{name:<34} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {ratio:<28} {target}{}{}",
             self.per_second,
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3,
+            self.cpu_micros(1),
             if self.errors > 0 {
                 format!("  ({} errors)", self.errors)
             } else {
@@ -126,6 +156,7 @@ where
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
+    let cpu_before = process_cpu();
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let op = op.clone();
@@ -153,6 +184,10 @@ where
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_per_call = match (cpu_before, process_cpu()) {
+        (Some(a), Some(b)) if !all.is_empty() => Some(b.saturating_sub(a) / all.len() as u32),
+        _ => None,
+    };
     all.sort();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -165,6 +200,7 @@ where
         per_second: all.len() as f64 / elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
+        cpu_per_call,
     }
 }
 
@@ -630,10 +666,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!();
     println!("baselines");
     println!(
-        "  raw echo (gRPC health Check, same mTLS channels)  {:>10.0}/s  p50 {:.2} ms  p99 {:.2} ms",
+        "  raw echo (gRPC health Check, same mTLS channels)  {:>10.0}/s  p50 {:.2} ms  p99 {:.2} ms{}",
         echo.per_second,
         echo.p50.as_secs_f64() * 1e3,
-        echo.p99.as_secs_f64() * 1e3
+        echo.p99.as_secs_f64() * 1e3,
+        echo.cpu_micros(1)
     );
     println!(
         "  Ed25519 verify, one core                         {:>10.0}/s  (two cores: {:.0}/s)",
@@ -656,7 +693,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(b) = &publish_batch {
         let per_second = b.per_second * batch_size as f64;
         println!(
-            "{:<34} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {:>5.0}% of two-core Ed25519 verify  target >= 80%  ({} per call, {} calls in flight{})",
+            "{:<34} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {:>5.0}% of two-core Ed25519 verify  target >= 80%  ({} per call, {} calls in flight{}){}",
             "publish (batched, durable receipts)",
             per_second,
             b.p50.as_secs_f64() * 1e3,
@@ -668,7 +705,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 format!(", {} failed calls", b.errors)
             } else {
                 String::new()
-            }
+            },
+            b.cpu_micros(batch_size as u64)
         );
     }
     if let Some(find_prior) = &find_prior {
