@@ -41,7 +41,7 @@
 //! changes the item, the time or the patient simply stops matching the old entry. Signing
 //! certificates are stored once each, not once per summary.
 //!
-//! Every write is one [`writeset::WriteSet`] across the trees: atomic through a redo record,
+//! Every write is one [`writeset::WriteSet`] across the trees: atomic through an undo list,
 //! not through sled transactions, which would make every read in the process wait behind disk
 //! flushes (the module explains both). A put is acknowledged only after
 //! [`Store::commit`] returns, that is after a flush that covers the write: concurrent writers
@@ -481,14 +481,21 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
 /// Adds a prepared leaf, its completed nodes and the new size to a write set.
 fn write_pending(ws: &mut WriteSet, p: &Pending) {
     write_leaf(ws, p);
-    ws.insert(TreeId::LogMeta, LOG_SIZE_KEY, (p.index + 1).to_be_bytes());
+    write_size(ws, p.index, p.index + 1);
+}
+
+/// Adds the log's new size to a write set.
+fn write_size(ws: &mut WriteSet, before: u64, after: u64) {
+    let old = before.to_be_bytes();
+    let old = (before > 0).then_some(old.as_slice());
+    ws.replace(TreeId::LogMeta, LOG_SIZE_KEY, after.to_be_bytes(), old);
 }
 
 /// Adds a prepared leaf and its completed nodes (not the size) to a write set.
 fn write_leaf(ws: &mut WriteSet, p: &Pending) {
-    ws.insert(TreeId::LogLeaves, p.index.to_be_bytes(), p.leaf.as_slice());
+    ws.add(TreeId::LogLeaves, p.index.to_be_bytes(), p.leaf.as_slice());
     for (level, index, hash) in &p.nodes {
-        ws.insert(TreeId::LogNodes, node_key(*level, *index), hash.as_slice());
+        ws.add(TreeId::LogNodes, node_key(*level, *index), hash.as_slice());
     }
 }
 
@@ -691,10 +698,11 @@ impl Store {
             db,
             commits: tx,
         };
-        // Finish the last write if a crash cut it short, before anything is read.
-        let replayed = writeset::replay(&inner)?;
-        if replayed > 0 {
+        // Undo the last write if a crash cut it short, before anything is read.
+        let undone = writeset::recover(&inner)?;
+        if undone > 0 {
             inner.db.flush()?;
+            tracing::warn!(keys = undone, "undid a write that a crash cut short");
         }
         let size = match inner.log_meta.get(LOG_SIZE_KEY)? {
             None => 0,
@@ -727,11 +735,11 @@ impl Store {
         for entry in i.summaries.iter() {
             let (key, raw) = entry?;
             let rec = decode_record(&raw)?;
-            records.push((rec.accepted_at_ms, key.to_vec(), rec));
+            records.push((rec.accepted_at_ms, key.to_vec(), rec, raw));
         }
         records.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let corrupt = |what: &str| StoreError::Corrupt(format!("stored summary: {what}"));
-        for (_, key, mut rec) in records {
+        for (_, key, mut rec, raw) in records {
             let leaf = Entry::Summary {
                 accepted_at: UnixMillis(rec.accepted_at_ms),
                 signer_certificate_sha256: rec
@@ -751,7 +759,7 @@ impl Store {
             let pending = log.prepare(leaf);
             rec.log_index = pending.index;
             let mut ws = WriteSet::new();
-            ws.insert(TreeId::Summaries, key, encode_v1(&rec));
+            ws.replace(TreeId::Summaries, key, encode_v1(&rec), Some(&raw));
             write_pending(&mut ws, &pending);
             ws.apply(&**i)?;
             log.apply(pending);
@@ -818,6 +826,7 @@ impl Store {
         let mut staged_versions: HashMap<&[u8], (&[u8], i64, u64)> = HashMap::new();
         let mut staged_latest: HashMap<&[u8], u32> = HashMap::new();
         let mut staged_certs: HashSet<Hash> = HashSet::new();
+        let mut staged_index: HashSet<&[u8]> = HashSet::new();
         let mut ws = WriteSet::new();
         // Written after the rest, so a reader never finds an index entry or a latest version
         // before the record it points to.
@@ -867,21 +876,34 @@ impl Store {
             }
             let pending = next.prepare(p.leaf.clone());
             if !staged_certs.contains(&p.cert_hash) && !i.certs.contains_key(p.cert_hash)? {
-                ws.insert(
+                ws.add(
                     TreeId::Certs,
                     p.cert_hash.as_slice(),
                     p.verified.envelope.signer_certificate.as_slice(),
                 );
             }
             staged_certs.insert(p.cert_hash);
-            ws.insert(
+            ws.add(
                 TreeId::Summaries,
                 p.vkey.as_slice(),
                 encode_v1(&p.record(pending.index)),
             );
             write_leaf(&mut ws, &pending);
-            references.insert(TreeId::Latest, p.rkey.as_slice(), s.version.to_be_bytes());
-            references.insert(TreeId::ByPatient, p.index_key.as_slice(), Vec::new());
+            let before = stored.map(u32::to_be_bytes);
+            references.replace(
+                TreeId::Latest,
+                p.rkey.as_slice(),
+                s.version.to_be_bytes(),
+                before.as_ref().map(|b| b.as_slice()),
+            );
+            // An amendment with the same patient, item and time has its entry already (and
+            // undoing it must not remove it).
+            let indexed = staged_index.contains(p.index_key.as_slice())
+                || (stored.is_some() && i.by_patient.contains_key(&p.index_key)?);
+            if !indexed {
+                references.add(TreeId::ByPatient, p.index_key.as_slice(), Vec::new());
+                staged_index.insert(&p.index_key);
+            }
             staged_versions.insert(
                 &p.vkey,
                 (&p.verified.envelope.body, p.accepted_at.0, pending.index),
@@ -893,7 +915,7 @@ impl Store {
             written.extend(pending.nodes);
         }
         if next.size != log.size {
-            ws.insert(TreeId::LogMeta, LOG_SIZE_KEY, next.size.to_be_bytes());
+            write_size(&mut ws, log.size, next.size);
         }
         ws.extend(references);
         ws.apply(&**i)?;
@@ -1150,16 +1172,17 @@ impl Store {
         let (next, pending) = prepare_accesses(&log, accesses);
         let mut ws = WriteSet::new();
         // Each member and patient's record, updated by every query of the batch in order.
-        let mut updated: HashMap<&[u8], ShownV1> = HashMap::new();
+        let mut updated: HashMap<&[u8], (ShownV1, Option<sled::IVec>)> = HashMap::new();
         for (key, q) in shown {
-            let record = match updated.entry(key.as_slice()) {
+            let (record, _) = match updated.entry(key.as_slice()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let stored = match i.shown.get(key)? {
-                        Some(raw) => decode_v1(&raw)?,
+                    let raw = i.shown.get(key)?;
+                    let stored = match &raw {
+                        Some(raw) => decode_v1(raw)?,
                         None => ShownV1::default(),
                     };
-                    e.insert(stored)
+                    e.insert((stored, raw))
                 }
             };
             for r in &q.shown {
@@ -1184,21 +1207,21 @@ impl Store {
                 }
             }
         }
-        for (key, record) in updated {
-            ws.insert(TreeId::Shown, key, encode_v1(&record));
+        for (key, (record, before)) in updated {
+            ws.replace(TreeId::Shown, key, encode_v1(&record), before.as_deref());
         }
         for (k, v) in events {
-            ws.insert(TreeId::Events, k.as_slice(), v.as_slice());
+            ws.add(TreeId::Events, k.as_slice(), v.as_slice());
         }
         for (_, p) in &pending {
             write_leaf(&mut ws, p);
         }
         // The index after the leaves it points to.
         for (key, _) in &pending {
-            ws.insert(TreeId::Access, key.as_slice(), Vec::new());
+            ws.add(TreeId::Access, key.as_slice(), Vec::new());
         }
         if next.size != log.size {
-            ws.insert(TreeId::LogMeta, LOG_SIZE_KEY, next.size.to_be_bytes());
+            write_size(&mut ws, log.size, next.size);
         }
         ws.apply(&**i)?;
         *log = next;
@@ -1313,8 +1336,8 @@ impl Store {
                 None => {
                     let mut ws = WriteSet::new();
                     write_pending(&mut ws, &pending);
-                    ws.insert(TreeId::Events, event_key, event);
-                    ws.insert(TreeId::Decisions, key, value);
+                    ws.add(TreeId::Events, event_key, event);
+                    ws.add(TreeId::Decisions, key, value);
                     ws.apply(&**i)?;
                     DecisionOutcome::Recorded { at: d.at }
                 }
@@ -1377,13 +1400,19 @@ impl Store {
                 at_ms: at.0,
                 log_index: pending.index,
             });
-            let before = match i.consent.get(patient.as_bytes())? {
-                Some(raw) => decode_v1::<ConsentV1>(&raw)?.opted_out,
+            let raw = i.consent.get(patient.as_bytes())?;
+            let before = match &raw {
+                Some(raw) => decode_v1::<ConsentV1>(raw)?.opted_out,
                 None => false,
             };
             let mut ws = WriteSet::new();
             write_pending(&mut ws, &pending);
-            ws.insert(TreeId::Consent, patient.as_bytes().as_slice(), value);
+            ws.replace(
+                TreeId::Consent,
+                patient.as_bytes().as_slice(),
+                value,
+                raw.as_deref(),
+            );
             ws.apply(&**i)?;
             let changed = before != opted_out;
             let index = pending.index;
@@ -1811,10 +1840,10 @@ mod tests {
         assert_eq!(size, 4);
     }
 
-    /// A write that a crash stopped after its redo record is finished when the store opens:
-    /// the log, its size and the access index agree, and the next append continues the tree.
+    /// A write that a crash stopped halfway is undone when the store opens: the log, its size
+    /// and the access index agree, and the next append continues the tree.
     #[tokio::test]
-    async fn a_write_cut_short_is_finished_on_open() {
+    async fn a_write_cut_short_is_undone_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let p = Pseudonym::from_slice(&[3; 32]).unwrap();
         {
@@ -1825,14 +1854,9 @@ mod tests {
             writeset::CUT_SHORT.with(|c| c.set(false));
             assert!(cut.is_err());
             assert_eq!(store.tree_head().unwrap().size, 1);
-            assert!(
-                store
-                    .inner
-                    .log_leaves
-                    .get(1u64.to_be_bytes())
-                    .unwrap()
-                    .is_none()
-            );
+            // Half of it is on disk: the first leaf, not the access index.
+            let leaf_1 = store.inner.log_leaves.get(1u64.to_be_bytes()).unwrap();
+            assert!(leaf_1.is_some());
             store.commit().await.unwrap();
         }
         // The commit task lets go of the files once it sees the store dropped.
@@ -1845,17 +1869,21 @@ mod tests {
             reopened = Store::open(dir.path());
         }
         let store = reopened.unwrap();
-        assert_eq!(store.tree_head().unwrap().size, 3);
+        assert_eq!(store.tree_head().unwrap().size, 1);
+        for i in 1..3u64 {
+            let leaf = store.inner.log_leaves.get(i.to_be_bytes()).unwrap();
+            assert!(leaf.is_none(), "leaf {i} is still there");
+        }
         store.log_access(&access(3, p)).unwrap();
         let mut tree = MemoryTree::new();
-        for i in 0..4 {
+        for i in 0..2 {
             tree.push(&store.leaf(i).unwrap());
         }
         assert_eq!(store.tree_head().unwrap().root, tree.root());
         let all = store
             .accesses(&p, UnixMillis(0), UnixMillis(i64::MAX))
             .unwrap();
-        assert_eq!(all, [0, 1, 2, 3]);
+        assert_eq!(all, [0, 1]);
     }
 
     /// Every logged write lands in the tree; roots and proofs match a tree rebuilt from the

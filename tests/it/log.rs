@@ -377,15 +377,9 @@ async fn move_acceptance_time(
     Ok(())
 }
 
-/// Key of the hub store's redo record (hub/src/store/writeset.rs): the hub writes its last
-/// write again from it when it opens the store.
-const REDO_KEY: &[u8] = b"huren.redo";
-
 /// Rewrites the hub's log from its leaves, after `edit` changed their order or number: what a
-/// hub operator who wants a self-consistent altered log would do. Such an operator also
-/// removes the redo record, or the hub would write its last append again on start.
+/// hub operator who wants a self-consistent altered log would do.
 fn rewrite_log(db: &sled::Db, edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<()> {
-    db.remove(REDO_KEY)?;
     let leaves_tree = db.open_tree("log_leaves")?;
     let nodes = db.open_tree("log_nodes")?;
     let meta = db.open_tree("log_meta")?;
@@ -892,14 +886,12 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
         publish(&mut ca, sign(&a, &s)?).await?;
     }
     hub.stop().await?;
-    // What a store written before the log existed looks like: no log trees at all (and no
-    // redo record, which came later).
+    // What a store written before the log existed looks like: no log trees at all.
     {
         let db = hub.open_store_db().await?;
         for tree in ["log_leaves", "log_nodes", "log_meta", "access"] {
             db.drop_tree(tree)?;
         }
-        db.remove(REDO_KEY)?;
         db.flush()?;
     }
     hub.restart().await?;

@@ -7,16 +7,19 @@
 //! disk answers. Measured on the hub: FindPrior halved, p99 in the tens of milliseconds.
 //!
 //! What replaces them: a writer (always holding the log's mutex, so there is one at a time)
-//! gathers its writes in a [`WriteSet`]. [`WriteSet::apply`] first stores the whole set,
-//! encoded, under one key ([`REDO_KEY`]), a single-key write that sled makes atomic, and only
-//! then writes each key with a plain insert. sled's log is recovered as a prefix of its writes
-//! in order (0.34's recovery reads the log in sequence-number order and stops at the first torn
-//! or corrupt message: `pagecache/iterator.rs`), and one thread's inserts get increasing
-//! sequence numbers, so after a crash either the redo record of the last set is there (and
-//! [`replay`] writes the set again on open: every write is "set this key to these bytes", so
-//! writing it twice changes nothing), or the crash came before it and none of that set's keys
-//! were written. Earlier sets were complete before the next one started. The record is
-//! overwritten by the next set, never deleted, so the store holds one.
+//! gathers its writes in a [`WriteSet`], each with what the key held before (nothing, for a new
+//! key). [`WriteSet::apply`] first stores that undo list under one key ([`UNDO_KEY`]), a
+//! single-key write that sled makes atomic, then writes each key with a plain insert, then
+//! removes the undo list. sled's log is recovered as a prefix of its writes in order (0.34's
+//! recovery reads the log in sequence-number order and stops at the first torn or corrupt
+//! message: `pagecache/iterator.rs`), and one thread's writes get increasing sequence numbers.
+//! So after a crash an undo list is there exactly when a set was cut short, and [`recover`]
+//! puts back what its keys held, in reverse order: the set never happened. Nothing of a set
+//! that was cut short had been acknowledged: acknowledgements wait for a flush that started
+//! after the set was complete.
+//!
+//! An undo list holds keys and the few values a set overwrites, not the values it adds, so it
+//! costs far less than a copy of the set would (sled reclaims overwritten space slowly).
 //!
 //! Readers may see a set half-applied; writers order their keys so that a reader following
 //! references (index entry → latest version → record → certificate, log size → nodes) never
@@ -26,17 +29,17 @@ use super::StoreError;
 
 #[cfg(test)]
 thread_local! {
-    /// Tests set this to stop [`WriteSet::apply`] right after the redo record, as a crash would.
+    /// Tests set this to stop [`WriteSet::apply`] halfway through its keys, as a crash would.
     pub(super) static CUT_SHORT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Key of the redo record in the database's default tree.
-pub(super) const REDO_KEY: &[u8] = b"huren.redo";
+/// Key of the undo list in the database's default tree.
+pub(super) const UNDO_KEY: &[u8] = b"huren.undo";
 
-/// First byte of an encoded write set: its layout version.
+/// First byte of an encoded undo list: its layout version.
 const LAYOUT_V1: u8 = 1;
 
-/// The trees a write set can write, with the tag each has in a redo record. Tags are on disk:
+/// The trees a write set can write, with the tag each has in an undo list. Tags are on disk:
 /// never renumber one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum TreeId {
@@ -73,11 +76,20 @@ pub(super) trait Trees {
     fn db(&self) -> &sled::Db;
 }
 
-/// Writes to make together, in order.
+/// Writes to make together, in order, each with what its key held before.
 #[derive(Debug, Default)]
 pub(super) struct WriteSet {
     ops: Vec<(TreeId, Vec<u8>, Vec<u8>)>,
-    encoded_len: usize,
+    undo: Vec<Undo>,
+    undo_len: usize,
+}
+
+/// What a key held before a set wrote it: `None` for a key the set adds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Undo {
+    tree: TreeId,
+    key: Vec<u8>,
+    before: Option<Vec<u8>>,
 }
 
 impl WriteSet {
@@ -85,102 +97,155 @@ impl WriteSet {
         Self::default()
     }
 
-    /// Sets `key` in `tree` to `value` when the set is applied.
-    pub(super) fn insert(
+    /// Adds a key that is not in `tree` yet.
+    pub(super) fn add(&mut self, tree: TreeId, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.write(tree, key.into(), value.into(), None);
+    }
+
+    /// Sets a key that may already be in `tree`, holding `before` (`None`: it is not there).
+    pub(super) fn replace(
         &mut self,
         tree: TreeId,
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
+        before: Option<&[u8]>,
     ) {
-        let (key, value) = (key.into(), value.into());
-        self.encoded_len += 1 + 4 + key.len() + 4 + value.len();
+        self.write(tree, key.into(), value.into(), before.map(<[u8]>::to_vec));
+    }
+
+    fn write(&mut self, tree: TreeId, key: Vec<u8>, value: Vec<u8>, before: Option<Vec<u8>>) {
+        self.undo_len += 1 + 4 + key.len() + 4 + before.as_ref().map_or(0, Vec::len);
+        self.undo.push(Undo {
+            tree,
+            key: key.clone(),
+            before,
+        });
         self.ops.push((tree, key, value));
     }
 
     /// Appends another set's writes after this one's.
     pub(super) fn extend(&mut self, other: WriteSet) {
-        self.encoded_len += other.encoded_len;
+        self.undo_len += other.undo_len;
         self.ops.extend(other.ops);
+        self.undo.extend(other.undo);
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.encoded_len);
-        out.push(LAYOUT_V1);
-        for (tree, key, value) in &self.ops {
-            out.push(*tree as u8);
-            // Keys and values are far below 4 GiB: the hub refuses messages over its limits.
-            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
-            out.extend_from_slice(key);
-            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            out.extend_from_slice(value);
-        }
-        out
-    }
-
-    fn decode(raw: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("redo record: {what}"));
-        let Some((&LAYOUT_V1, mut rest)) = raw.split_first() else {
-            return Err(corrupt("unknown layout"));
-        };
-        let mut set = Self::new();
-        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            let (head, tail) = rest.split_at_checked(n)?;
-            *rest = tail;
-            Some(head)
-        }
-        fn take_len(rest: &mut &[u8]) -> Option<usize> {
-            let raw: [u8; 4] = take(rest, 4)?.try_into().ok()?;
-            Some(u32::from_be_bytes(raw) as usize)
-        }
-        while !rest.is_empty() {
-            let tag = take(&mut rest, 1).ok_or_else(|| corrupt("truncated"))?[0];
-            let tree = TreeId::from_tag(tag).ok_or_else(|| corrupt("unknown tree"))?;
-            let key_len = take_len(&mut rest).ok_or_else(|| corrupt("truncated key length"))?;
-            let key = take(&mut rest, key_len).ok_or_else(|| corrupt("truncated key"))?;
-            let value_len = take_len(&mut rest).ok_or_else(|| corrupt("truncated value length"))?;
-            let value = take(&mut rest, value_len).ok_or_else(|| corrupt("truncated value"))?;
-            set.insert(tree, key, value);
-        }
-        Ok(set)
-    }
-
-    /// Makes the writes: the redo record first, then each key in order. Not flushed.
+    /// Makes the writes: the undo list first, then each key in order, then the undo list goes.
+    /// Not flushed.
     pub(super) fn apply(self, trees: &impl Trees) -> Result<(), StoreError> {
         if self.is_empty() {
             return Ok(());
         }
-        trees.db().insert(REDO_KEY, self.encode())?;
-        #[cfg(test)]
-        if CUT_SHORT.with(|c| c.get()) {
-            return Err(StoreError::Corrupt(
-                "cut short after the redo record (test)".into(),
-            ));
+        trees
+            .db()
+            .insert(UNDO_KEY, encode_undo(&self.undo, self.undo_len))?;
+        let stop = cut_short_at(self.ops.len());
+        for (n, (tree, key, value)) in self.ops.into_iter().enumerate() {
+            if Some(n) == stop {
+                return Err(StoreError::Corrupt("cut short halfway (test)".into()));
+            }
+            if let Err(e) = trees.tree(tree).insert(key, value) {
+                // Put back what was written before the store gets used again.
+                if let Err(undo) = recover(trees) {
+                    tracing::error!(error = %undo, "could not undo a write that failed halfway; restart the hub to retry");
+                }
+                return Err(e.into());
+            }
         }
-        self.write_keys(trees)
-    }
-
-    fn write_keys(self, trees: &impl Trees) -> Result<(), StoreError> {
-        for (tree, key, value) in self.ops {
-            trees.tree(tree).insert(key, value)?;
-        }
+        trees.db().remove(UNDO_KEY)?;
         Ok(())
     }
 }
 
-/// Writes the last set again if its redo record is there (see the module documentation).
-/// Returns how many keys it wrote.
-pub(super) fn replay(trees: &impl Trees) -> Result<usize, StoreError> {
-    let Some(raw) = trees.db().get(REDO_KEY)? else {
+/// Where tests stop a set of `len` writes (see [`CUT_SHORT`]).
+#[cfg(test)]
+fn cut_short_at(len: usize) -> Option<usize> {
+    CUT_SHORT.with(|c| c.get()).then_some(len / 2)
+}
+
+#[cfg(not(test))]
+fn cut_short_at(_: usize) -> Option<usize> {
+    None
+}
+
+/// Layout: version byte, then per entry: tree tag, key length (u32), key, and the old value's
+/// length plus one (u32; 0 = no old value), old value.
+fn encode_undo(undo: &[Undo], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + len);
+    out.push(LAYOUT_V1);
+    for u in undo {
+        out.push(u.tree as u8);
+        // Keys and values are far below 4 GiB: the hub refuses messages over its limits.
+        out.extend_from_slice(&(u.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&u.key);
+        match &u.before {
+            None => out.extend_from_slice(&0u32.to_be_bytes()),
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as u32 + 1).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    out
+}
+
+fn decode_undo(raw: &[u8]) -> Result<Vec<Undo>, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("undo list: {what}"));
+    let Some((&LAYOUT_V1, mut rest)) = raw.split_first() else {
+        return Err(corrupt("unknown layout"));
+    };
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        *rest = tail;
+        Some(head)
+    }
+    fn take_len(rest: &mut &[u8]) -> Option<usize> {
+        let raw: [u8; 4] = take(rest, 4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(raw) as usize)
+    }
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let tag = take(&mut rest, 1).ok_or_else(|| corrupt("truncated"))?[0];
+        let tree = TreeId::from_tag(tag).ok_or_else(|| corrupt("unknown tree"))?;
+        let key_len = take_len(&mut rest).ok_or_else(|| corrupt("truncated key length"))?;
+        let key = take(&mut rest, key_len).ok_or_else(|| corrupt("truncated key"))?;
+        let before = match take_len(&mut rest).ok_or_else(|| corrupt("truncated value length"))? {
+            0 => None,
+            n => Some(
+                take(&mut rest, n - 1)
+                    .ok_or_else(|| corrupt("truncated value"))?
+                    .to_vec(),
+            ),
+        };
+        out.push(Undo {
+            tree,
+            key: key.to_vec(),
+            before,
+        });
+    }
+    Ok(out)
+}
+
+/// Undoes a set a crash cut short, if there is one (see the module documentation): every key
+/// it wrote gets back what it held, in reverse order. Returns how many keys it put back.
+pub(super) fn recover(trees: &impl Trees) -> Result<usize, StoreError> {
+    let Some(raw) = trees.db().get(UNDO_KEY)? else {
         return Ok(0);
     };
-    let set = WriteSet::decode(&raw)?;
-    let n = set.ops.len();
-    set.write_keys(trees)?;
-    Ok(n)
+    let undo = decode_undo(&raw)?;
+    for u in undo.iter().rev() {
+        let tree = trees.tree(u.tree);
+        match &u.before {
+            None => tree.remove(&u.key)?,
+            Some(v) => tree.insert(&u.key, v.as_slice())?,
+        };
+    }
+    trees.db().remove(UNDO_KEY)?;
+    Ok(undo.len())
 }
 
 #[cfg(test)]
@@ -207,83 +272,90 @@ mod tests {
         Open { db, trees }
     }
 
+    /// Overwrites first (one key twice), then new keys.
     fn sample() -> WriteSet {
         let mut set = WriteSet::new();
-        set.insert(TreeId::Summaries, b"k1".to_vec(), b"v1".to_vec());
-        set.insert(
+        set.replace(TreeId::Latest, b"r".to_vec(), b"2".to_vec(), Some(b"1"));
+        set.replace(TreeId::Latest, b"r".to_vec(), b"3".to_vec(), Some(b"2"));
+        set.replace(TreeId::Consent, b"p".to_vec(), b"x".to_vec(), None);
+        set.add(TreeId::Summaries, b"k1".to_vec(), b"v1".to_vec());
+        set.replace(
             TreeId::LogMeta,
             b"size".to_vec(),
-            7u64.to_be_bytes().to_vec(),
+            7u64.to_be_bytes(),
+            Some(&6u64.to_be_bytes()),
         );
-        set.insert(TreeId::Access, b"".to_vec(), b"".to_vec());
-        set.insert(TreeId::Summaries, b"k1".to_vec(), b"v2".to_vec());
+        set.add(TreeId::Access, b"".to_vec(), b"".to_vec());
         set
     }
 
     #[test]
-    fn a_set_round_trips_through_its_encoding() {
+    fn an_undo_list_round_trips_through_its_encoding() {
         let set = sample();
-        let back = WriteSet::decode(&set.encode()).unwrap();
-        assert_eq!(back.ops, set.ops);
-        assert_eq!(set.encode().len(), 1 + set.encoded_len);
+        let raw = encode_undo(&set.undo, set.undo_len);
+        assert_eq!(raw.len(), 1 + set.undo_len);
+        assert_eq!(decode_undo(&raw).unwrap(), set.undo);
     }
 
     #[test]
-    fn a_damaged_record_is_refused_not_half_read() {
-        let raw = sample().encode();
+    fn a_damaged_undo_list_is_refused_not_half_read() {
+        let set = sample();
+        let raw = encode_undo(&set.undo, set.undo_len);
         for cut in [0, 3, 9, raw.len() - 1] {
             assert!(
-                matches!(WriteSet::decode(&raw[..cut]), Err(StoreError::Corrupt(_))),
+                matches!(decode_undo(&raw[..cut]), Err(StoreError::Corrupt(_))),
                 "cut at {cut}"
             );
         }
         let mut bad_tree = raw.clone();
         bad_tree[1] = 99;
         assert!(matches!(
-            WriteSet::decode(&bad_tree),
+            decode_undo(&bad_tree),
             Err(StoreError::Corrupt(_))
         ));
         let mut bad_layout = raw;
         bad_layout[0] = 2;
         assert!(matches!(
-            WriteSet::decode(&bad_layout),
+            decode_undo(&bad_layout),
             Err(StoreError::Corrupt(_))
         ));
     }
 
-    /// A crash after the redo record and before the keys: reopening writes the keys.
+    /// A crash halfway through a set: reopening puts back what the keys held before it, the
+    /// earlier, complete set is untouched.
     #[test]
-    fn replay_finishes_a_set_cut_short() {
+    fn recovery_undoes_a_set_cut_short() {
         let dir = tempfile::tempdir().unwrap();
         {
             let o = open(dir.path());
             let mut first = WriteSet::new();
-            first.insert(TreeId::Latest, b"r".to_vec(), b"1".to_vec());
+            first.add(TreeId::Latest, b"r".to_vec(), b"1".to_vec());
+            first.add(TreeId::LogMeta, b"size".to_vec(), 6u64.to_be_bytes());
             first.apply(&o).unwrap();
-            // The second set gets as far as its redo record.
-            o.db.insert(REDO_KEY, sample().encode()).unwrap();
-            o.db.flush().unwrap();
+            assert!(o.db.get(UNDO_KEY).unwrap().is_none());
+            CUT_SHORT.with(|c| c.set(true));
+            let cut = sample().apply(&o);
+            CUT_SHORT.with(|c| c.set(false));
+            assert!(cut.is_err());
+            // The first half is in.
+            assert_eq!(&*o.tree(TreeId::Latest).get(b"r").unwrap().unwrap(), b"3");
+            assert!(o.tree(TreeId::Consent).get(b"p").unwrap().is_some());
             assert!(o.tree(TreeId::Summaries).get(b"k1").unwrap().is_none());
+            o.db.flush().unwrap();
         }
         let o = open(dir.path());
-        assert_eq!(replay(&o).unwrap(), 4);
-        assert_eq!(
-            &*o.tree(TreeId::Summaries).get(b"k1").unwrap().unwrap(),
-            b"v2"
-        );
+        assert_eq!(recover(&o).unwrap(), 6);
+        assert!(o.tree(TreeId::Summaries).get(b"k1").unwrap().is_none());
+        assert!(o.tree(TreeId::Access).get(b"").unwrap().is_none());
+        assert!(o.tree(TreeId::Consent).get(b"p").unwrap().is_none());
+        assert_eq!(&*o.tree(TreeId::Latest).get(b"r").unwrap().unwrap(), b"1");
         assert_eq!(
             &*o.tree(TreeId::LogMeta).get(b"size").unwrap().unwrap(),
-            &7u64.to_be_bytes()
+            &6u64.to_be_bytes()
         );
-        assert!(o.tree(TreeId::Access).get(b"").unwrap().is_some());
-        // The first set was complete and is untouched.
-        assert_eq!(&*o.tree(TreeId::Latest).get(b"r").unwrap().unwrap(), b"1");
-        // Replaying again changes nothing.
-        assert_eq!(replay(&o).unwrap(), 4);
-        assert_eq!(
-            &*o.tree(TreeId::Summaries).get(b"k1").unwrap().unwrap(),
-            b"v2"
-        );
+        // Nothing left to undo.
+        assert!(o.db.get(UNDO_KEY).unwrap().is_none());
+        assert_eq!(recover(&o).unwrap(), 0);
     }
 
     /// Applied and flushed sets are there after a reopen, the later write of a key winning.
@@ -296,9 +368,11 @@ mod tests {
             o.db.flush().unwrap();
         }
         let o = open(dir.path());
+        assert_eq!(recover(&o).unwrap(), 0);
         assert_eq!(
             &*o.tree(TreeId::Summaries).get(b"k1").unwrap().unwrap(),
-            b"v2"
+            b"v1"
         );
+        assert_eq!(&*o.tree(TreeId::Latest).get(b"r").unwrap().unwrap(), b"3");
     }
 }
