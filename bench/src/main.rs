@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use ed25519_dalek::{Signer, SigningKey};
+use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use huren_certs_dev::DevPki;
@@ -87,6 +88,25 @@ const ITEMS: [(&str, &str); 8] = [
     ("3094-0", "SH-BUN"),
     ("2345-7", "SH-GLU"),
 ];
+
+/// The FindPrior the bench asks: two items for one patient, as of now.
+fn prior_request(p: &Pseudonym, certificates_once: bool) -> pb::FindPriorRequest {
+    pb::FindPriorRequest {
+        patient_pseudonym: p.as_bytes().to_vec(),
+        items: ITEMS[..2]
+            .iter()
+            .map(|(code, _)| pb::ItemCode {
+                system: LOINC.into(),
+                code: (*code).into(),
+            })
+            .collect(),
+        as_of_ms: 0,
+        lookback_seconds: 0,
+        purpose: pb::Purpose::Treatment as i32,
+        with_proofs: false,
+        certificates_once,
+    }
+}
 
 /// Throughput and latency of one measurement.
 struct Load {
@@ -590,23 +610,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let p = patient((n * 2_654_435_761) % patients);
             async move {
-                c.find_prior(pb::FindPriorRequest {
-                    patient_pseudonym: p.as_bytes().to_vec(),
-                    items: ITEMS[..2]
-                        .iter()
-                        .map(|(code, _)| pb::ItemCode {
-                            system: LOINC.into(),
-                            code: (*code).into(),
-                        })
-                        .collect(),
-                    as_of_ms: 0,
-                    lookback_seconds: 0,
-                    purpose: pb::Purpose::Treatment as i32,
-                    with_proofs: false,
-                    // As the agent asks.
-                    certificates_once: true,
-                })
-                .await?;
+                // As the agent asks: each signing certificate once.
+                c.find_prior(prior_request(&p, true)).await?;
                 Ok(())
             }
         }
@@ -615,6 +620,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     } else {
         Some(load(args.concurrency, args.seconds, find_prior_op(asker.clone())).await)
+    };
+    // One answer's size, with each summary's certificate and with each certificate once.
+    let answer_sizes = if !args.measures("find-prior") {
+        None
+    } else {
+        let mut c = HubClient::new(asker[0].clone());
+        let mut sizes = Vec::new();
+        for once in [false, true] {
+            let answer = c.find_prior(prior_request(&patient(0), once)).await?;
+            let answer = answer.into_inner();
+            sizes.push((answer.results.len(), answer.encoded_len()));
+        }
+        Some(sizes)
     };
     // Latency without queueing: one call at a time.
     let find_prior_alone = if !args.measures("latency") {
@@ -714,6 +732,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "FindPrior (2 items)",
             Some(("raw echo", echo.per_second)),
             "target >= 70%, p99 <= 2 ms",
+        );
+    }
+    if let Some([(results, each), (_, once)]) = answer_sizes.as_deref() {
+        println!(
+            "{:<34} {results} results: {each} bytes with each summary's certificate, {once} with each certificate once",
+            "FindPrior answer size"
         );
     }
     if let Some(alone) = &find_prior_alone {
