@@ -14,12 +14,14 @@
 //! consent     pseudonym[32]                                      -> 0x01 || ConsentV1
 //! access      pseudonym[32] at_ms:u64 log_index:u64              -> ()
 //! log_leaves  index:u64                                          -> leaf bytes (huren_core::logentry)
-//! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree
+//! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree (level >= 1)
 //! log_meta    "size"                                             -> tree size:u64
 //! ```
 //!
 //! The log (RFC 6962 tree, see `huren_core::merkle`): `log_leaves` holds every leaf, `log_nodes`
-//! the hash of every complete subtree (level 0 = leaf hashes), `log_meta` the size. Each logged
+//! the hash of every complete subtree of two or more leaves, `log_meta` the size. A leaf's own
+//! hash (level 0) is computed from the leaf when a proof needs it rather than stored: one key
+//! less per append (stores written before kept level 0 too; it is no longer read). Each logged
 //! write (a summary version, a decision, an access, a consent change) appends its leaf **in the
 //! same atomic write** as the write itself, so the data and the log cannot diverge. Appends
 //! (and every other write) are serialised by one mutex that also holds the frontier (the right edge of the tree, one
@@ -494,7 +496,8 @@ fn write_size(ws: &mut WriteSet, before: u64, after: u64) {
 /// Adds a prepared leaf and its completed nodes (not the size) to a write set.
 fn write_leaf(ws: &mut WriteSet, p: &Pending) {
     ws.add(TreeId::LogLeaves, p.index.to_be_bytes(), p.leaf.as_slice());
-    for (level, index, hash) in &p.nodes {
+    // Level 0 is the leaf's own hash, computed from the leaf when needed.
+    for (level, index, hash) in p.nodes.iter().filter(|(level, _, _)| *level > 0) {
         ws.add(TreeId::LogNodes, node_key(*level, *index), hash.as_slice());
     }
 }
@@ -610,12 +613,31 @@ impl<'a> PreparedPut<'a> {
 }
 
 /// Reads complete-subtree hashes from `log_nodes`.
-struct Nodes<'a>(&'a sled::Tree);
+struct Nodes<'a> {
+    nodes: &'a sled::Tree,
+    leaves: &'a sled::Tree,
+}
+
+impl<'a> Nodes<'a> {
+    fn of(i: &'a Inner) -> Self {
+        Self {
+            nodes: &i.log_nodes,
+            leaves: &i.log_leaves,
+        }
+    }
+}
 
 impl merkle::NodeReader for Nodes<'_> {
     type Error = StoreError;
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
-        let raw = self.0.get(node_key(level, index))?.ok_or_else(|| {
+        if level == 0 {
+            let leaf = self
+                .leaves
+                .get(index.to_be_bytes())?
+                .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
+            return Ok(merkle::leaf_hash(&leaf));
+        }
+        let raw = self.nodes.get(node_key(level, index))?.ok_or_else(|| {
             StoreError::Corrupt(format!("log node ({level}, {index}) is missing"))
         })?;
         raw.as_ref().try_into().map_err(|_| {
@@ -712,7 +734,7 @@ impl Store {
                     .map_err(|_| StoreError::Corrupt("log size is not 8 bytes".into()))?,
             ),
         };
-        let frontier = merkle::frontier(size, &Nodes(&inner.log_nodes)).map_err(tree_error)?;
+        let frontier = merkle::frontier(size, &Nodes::of(&inner)).map_err(tree_error)?;
         let log = LogState { size, frontier };
         inner.applied = Mutex::new(log.head());
         inner.log = Mutex::new(log);
@@ -931,7 +953,7 @@ impl Store {
         drop(log);
         let reader = Layered {
             known: &known,
-            store: Nodes(&i.log_nodes),
+            store: Nodes::of(i),
         };
         let results = results
             .into_iter()
@@ -1525,14 +1547,13 @@ impl Store {
     /// The inclusion proof of leaf `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(size)?;
-        merkle::inclusion_proof(index, size, &Nodes(&self.inner.log_nodes)).map_err(tree_error)
+        merkle::inclusion_proof(index, size, &Nodes::of(&self.inner)).map_err(tree_error)
     }
 
     /// The consistency proof from the tree of `old_size` leaves to the tree of `new_size`.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(new_size)?;
-        merkle::consistency_proof(old_size, new_size, &Nodes(&self.inner.log_nodes))
-            .map_err(tree_error)
+        merkle::consistency_proof(old_size, new_size, &Nodes::of(&self.inner)).map_err(tree_error)
     }
 
     /// Events in `[from, to)`, oldest first.
@@ -1917,6 +1938,9 @@ mod tests {
             .log_accesses(&batch.iter().collect::<Vec<_>>())
             .unwrap();
         assert_eq!(store.tree_head().unwrap().size, 25);
+        // Leaf hashes are not stored: proofs compute them from the leaves.
+        assert!(store.inner.log_nodes.scan_prefix([0u8]).next().is_none());
+        assert!(store.inner.log_nodes.scan_prefix([1u8]).next().is_some());
         let mut tree = MemoryTree::new();
         for i in 0..25 {
             tree.push(&store.leaf(i).unwrap());
