@@ -3,7 +3,7 @@
 //! Trees and key layouts (all integers big-endian, so byte order is numeric order):
 //!
 //! ```text
-//! summaries   publisher 0x00 summary_id 0x00 version:u32        -> 0x01 || RecordV1 (protobuf)
+//! summaries   publisher 0x00 summary_id 0x00 version:u32        -> 0x01 || RecordV1 (protobuf; body and signature in the log leaf)
 //! latest      publisher 0x00 summary_id                         -> version:u32
 //! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> ()
 //! certs       sha256(certificate DER)[32]                        -> certificate DER
@@ -79,7 +79,8 @@ const RECORD_V1: u8 = 1;
 /// A stored summary version as kept on disk (store-private layout, version [`RECORD_V1`]).
 #[derive(Clone, PartialEq, prost::Message)]
 struct RecordV1 {
-    /// The body bytes exactly as signed.
+    /// The body bytes exactly as signed. Empty in records written since the log holds them:
+    /// the leaf at `log_index` has body and signature (see [`Store::with_body`]).
     #[prost(bytes = "vec", tag = "1")]
     body: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
@@ -589,10 +590,11 @@ impl<'a> PreparedPut<'a> {
         }
     }
 
+    /// The stored record: the body and signature stay in the log leaf only.
     fn record(&self, log_index: u64) -> RecordV1 {
         RecordV1 {
-            body: self.verified.envelope.body.clone(),
-            signature: self.verified.envelope.signature.to_vec(),
+            body: Vec::new(),
+            signature: Vec::new(),
             signer_certificate_sha256: self.cert_hash.to_vec(),
             body_sha256: self.verified.body_sha256.to_vec(),
             accepted_at_ms: self.accepted_at.0,
@@ -845,7 +847,7 @@ impl Store {
             frontier: log.frontier.clone(),
         };
         // What this batch stores, for the versions after it in the same batch.
-        let mut staged_versions: HashMap<&[u8], (&[u8], i64, u64)> = HashMap::new();
+        let mut staged_versions: HashMap<&[u8], (Hash, i64, u64)> = HashMap::new();
         let mut staged_latest: HashMap<&[u8], u32> = HashMap::new();
         let mut staged_certs: HashSet<Hash> = HashSet::new();
         let mut staged_index: HashSet<&[u8]> = HashSet::new();
@@ -858,11 +860,11 @@ impl Store {
         for p in &prepared {
             let s = &p.verified.summary;
             let existing = match staged_versions.get(p.vkey.as_slice()) {
-                Some(&(body, at, index)) => Some((body == p.verified.envelope.body, at, index)),
+                Some(&(digest, at, index)) => Some((digest == p.verified.body_sha256, at, index)),
                 None => match i.summaries.get(&p.vkey)? {
                     Some(raw) => {
                         let old = decode_record(&raw)?;
-                        let same = old.body == p.verified.envelope.body;
+                        let same = old.body_sha256 == p.verified.body_sha256;
                         Some((same, old.accepted_at_ms, old.log_index))
                     }
                     None => None,
@@ -905,12 +907,13 @@ impl Store {
                 );
             }
             staged_certs.insert(p.cert_hash);
+            // The leaf before the record: the record takes its body from the leaf.
+            write_leaf(&mut ws, &pending);
             ws.add(
                 TreeId::Summaries,
                 p.vkey.as_slice(),
                 encode_v1(&p.record(pending.index)),
             );
-            write_leaf(&mut ws, &pending);
             let before = stored.map(u32::to_be_bytes);
             references.replace(
                 TreeId::Latest,
@@ -928,7 +931,7 @@ impl Store {
             }
             staged_versions.insert(
                 &p.vkey,
-                (&p.verified.envelope.body, p.accepted_at.0, pending.index),
+                (p.verified.body_sha256, p.accepted_at.0, pending.index),
             );
             staged_latest.insert(&p.rkey, s.version);
             results.push(Ok((None, pending.index)));
@@ -995,6 +998,36 @@ impl Store {
         self.to_stored(rec).map(Some)
     }
 
+    /// A record with its body and signature, taken from its log leaf when the record does not
+    /// hold them (records written before the log existed do). The hub does not vouch for what
+    /// it returns: agents check every body against its receipt and signature.
+    fn with_body(&self, mut rec: RecordV1) -> Result<RecordV1, StoreError> {
+        if !rec.body.is_empty() {
+            return Ok(rec);
+        }
+        let index = rec.log_index;
+        let leaf = self
+            .inner
+            .log_leaves
+            .get(index.to_be_bytes())?
+            .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
+        match Entry::decode(&leaf) {
+            Ok(Entry::Summary {
+                signature, body, ..
+            }) => {
+                rec.body = body;
+                rec.signature = signature.to_vec();
+                Ok(rec)
+            }
+            Ok(_) => Err(StoreError::Corrupt(format!(
+                "log leaf {index} is not the summary its record names"
+            ))),
+            Err(e) => Err(StoreError::Corrupt(format!(
+                "log leaf {index} does not decode: {e}"
+            ))),
+        }
+    }
+
     /// A signing certificate by the SHA-256 of its DER. An alliance has a few per member, so
     /// they are kept in memory once read.
     fn certificate(&self, hash: &[u8]) -> Result<Arc<[u8]>, StoreError> {
@@ -1020,6 +1053,7 @@ impl Store {
     }
 
     fn to_stored(&self, rec: RecordV1) -> Result<StoredSummary, StoreError> {
+        let rec = self.with_body(rec)?;
         let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
         let cert = self.certificate(&rec.signer_certificate_sha256)?;
         // Stored bodies were checked (canonical form included) when accepted; a body that no

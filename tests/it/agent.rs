@@ -165,10 +165,11 @@ async fn agent_refuses_an_answer_with_a_summary_altered_in_the_hub_store() -> an
     drop(tertiary);
     hub.stop().await?;
 
-    // Someone with access to the hub's disk changes a haemoglobin value from 128 to 138 g/L.
+    // Someone with access to the hub's disk changes a haemoglobin value from 128 to 138 g/L
+    // (the hub keeps a summary's body in its log leaf).
     {
         let db = hub.open_store_db().await?;
-        let summaries = db.open_tree("summaries")?;
+        let summaries = db.open_tree("log_leaves")?;
         let mut altered = 0;
         for entry in summaries.iter() {
             let (key, value) = entry?;

@@ -299,7 +299,7 @@ async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<(
 
     // Someone with the hub's disk changes R-1's acceptance time (to move it across a
     // revocation, say). Its signature still verifies: only the log shows the change.
-    move_acceptance_time(&hub, |_, rec| rec.body.windows(3).any(|w| w == b"R-1")).await?;
+    move_acceptance_time(&hub, |key, _| key.windows(4).any(|w| w == b"R-1\0")).await?;
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     let err = b
@@ -330,8 +330,8 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     hub.stop().await?;
 
     // Version 1's acceptance time is moved on disk; its signature still verifies.
-    move_acceptance_time(&hub, |key, rec| {
-        key.ends_with(&1u32.to_be_bytes()) && rec.body.windows(7).any(|w| w == b"CHAIN-1")
+    move_acceptance_time(&hub, |key, _| {
+        key.ends_with(&1u32.to_be_bytes()) && key.windows(7).any(|w| w == b"CHAIN-1")
     })
     .await?;
     hub.restart().await?;
@@ -881,16 +881,36 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
     let p = hub.patient("E10000009");
     let a = hub.member("hosp-a")?;
     let mut ca = hub.client("hosp-a").await?;
+    let mut signed_by_id = Vec::new();
     for i in 0..3 {
-        let s = lab_summary("hosp-a", &format!("OLD-{i}"), p, HGB, hours(i))?;
-        publish(&mut ca, sign(&a, &s)?).await?;
+        let id = format!("OLD-{i}");
+        let s = lab_summary("hosp-a", &id, p, HGB, hours(i))?;
+        let signed = sign(&a, &s)?;
+        publish(&mut ca, signed.clone()).await?;
+        signed_by_id.push((id, signed));
     }
     hub.stop().await?;
-    // What a store written before the log existed looks like: no log trees at all.
+    // What a store written before the log existed looks like: no log trees at all, and each
+    // record holds its body and signature (the log leaves hold them now).
     {
         let db = hub.open_store_db().await?;
         for tree in ["log_leaves", "log_nodes", "log_meta", "access"] {
             db.drop_tree(tree)?;
+        }
+        let summaries = db.open_tree("summaries")?;
+        for (id, signed) in &signed_by_id {
+            let mut key = b"hosp-a\0".to_vec();
+            key.extend_from_slice(id.as_bytes());
+            key.push(0);
+            key.extend_from_slice(&1u32.to_be_bytes());
+            let raw = summaries.get(&key)?.context("a published record")?;
+            let mut rec = StoredRecord::decode(&raw[1..])?;
+            rec.body = signed.body.clone();
+            rec.signature = signed.signature.clone();
+            rec.log_index = 0;
+            let mut v = vec![1u8];
+            rec.encode(&mut v)?;
+            summaries.insert(key, v)?;
         }
         db.flush()?;
     }
