@@ -162,8 +162,8 @@ fn stored_to_pb(s: StoredSummary) -> pb::StoredSummary {
 /// size of a summary.
 #[derive(Default)]
 struct SharedCertificates {
+    /// An answer's results come from a few members, so a list searched in order is enough.
     list: Vec<Vec<u8>>,
-    index: HashMap<Vec<u8>, u32>,
 }
 
 impl SharedCertificates {
@@ -175,16 +175,15 @@ impl SharedCertificates {
             return;
         };
         let cert = std::mem::take(&mut signed.signer_certificate);
-        s.signer_certificate_index = match self.index.get(&cert) {
-            Some(&i) => i,
+        let i = match self.list.iter().position(|c| *c == cert) {
+            Some(i) => i,
             None => {
-                // An answer holds at most a few hundred summaries.
-                let i = self.list.len() as u32;
-                self.list.push(cert.clone());
-                self.index.insert(cert, i);
-                i
+                self.list.push(cert);
+                self.list.len() - 1
             }
         };
+        // An answer holds at most a few hundred summaries.
+        s.signer_certificate_index = i as u32;
     }
 
     /// The certificates, when the caller asked for them once; otherwise the summaries keep

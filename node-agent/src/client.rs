@@ -502,9 +502,13 @@ impl Agent {
             from,
             until: as_of,
         };
-        let results = with_certificates(response.results, &response.signer_certificates)?;
         let mut answer = self
-            .verify_all(results, &expect, response.truncated)
+            .verify_all(
+                response.results,
+                &response.signer_certificates,
+                &expect,
+                response.truncated,
+            )
             .await?;
         answer.withheld_by_consent = response.withheld_by_consent;
         Ok(answer)
@@ -538,9 +542,13 @@ impl Agent {
             from: since,
             until: UnixMillis(i64::MAX),
         };
-        let results = with_certificates(response.results, &response.signer_certificates)?;
         let mut answer = self
-            .verify_all(results, &expect, response.truncated)
+            .verify_all(
+                response.results,
+                &response.signer_certificates,
+                &expect,
+                response.truncated,
+            )
             .await?;
         answer.withheld_by_consent = response.withheld_by_consent;
         Ok(answer)
@@ -694,10 +702,12 @@ impl Agent {
             .into_inner())
     }
 
-    /// Verifies every returned result; one failure rejects the whole answer.
+    /// Verifies every returned result (after putting back the signing certificates an answer
+    /// carried once); one failure rejects the whole answer.
     async fn verify_all(
         &self,
         results: Vec<pb::StoredSummary>,
+        certificates: &[Vec<u8>],
         expect: &Expectation<'_>,
         truncated: bool,
     ) -> Result<Answer, AgentError> {
@@ -714,12 +724,12 @@ impl Agent {
                     .map(|e| e.log_proof.take())
                     .collect::<Vec<_>>(),
             );
-            let v = verify_stored(stored, &self.ca, expect).map_err(|reason| {
-                AgentError::Untrusted {
+            let v = restore_certificate(&mut stored, certificates)
+                .and_then(|()| verify_stored(stored, &self.ca, expect))
+                .map_err(|reason| AgentError::Untrusted {
                     position: i + 1,
                     reason,
-                }
-            })?;
+                })?;
             verified.push(v);
         }
         if verified
@@ -742,18 +752,4 @@ impl Agent {
             withheld_by_consent: false,
         })
     }
-}
-
-/// Returned summaries with the certificates the hub sent once per answer put back.
-fn with_certificates(
-    mut results: Vec<pb::StoredSummary>,
-    shared: &[Vec<u8>],
-) -> Result<Vec<pb::StoredSummary>, AgentError> {
-    for (i, stored) in results.iter_mut().enumerate() {
-        restore_certificate(stored, shared).map_err(|reason| AgentError::Untrusted {
-            position: i + 1,
-            reason,
-        })?;
-    }
-    Ok(results)
 }

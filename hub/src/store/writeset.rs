@@ -80,7 +80,8 @@ pub(super) trait Trees {
 #[derive(Debug, Default)]
 pub(super) struct WriteSet {
     ops: Vec<(TreeId, Vec<u8>, Vec<u8>)>,
-    undo: Vec<Undo>,
+    /// For each write, what its key held before (`None`: nothing).
+    before: Vec<Option<Vec<u8>>>,
     undo_len: usize,
 }
 
@@ -115,11 +116,7 @@ impl WriteSet {
 
     fn write(&mut self, tree: TreeId, key: Vec<u8>, value: Vec<u8>, before: Option<Vec<u8>>) {
         self.undo_len += 1 + 4 + key.len() + 4 + before.as_ref().map_or(0, Vec::len);
-        self.undo.push(Undo {
-            tree,
-            key: key.clone(),
-            before,
-        });
+        self.before.push(before);
         self.ops.push((tree, key, value));
     }
 
@@ -127,7 +124,27 @@ impl WriteSet {
     pub(super) fn extend(&mut self, other: WriteSet) {
         self.undo_len += other.undo_len;
         self.ops.extend(other.ops);
-        self.undo.extend(other.undo);
+        self.before.extend(other.before);
+    }
+
+    /// The undo list, encoded (layout at [`decode_undo`]).
+    fn encode_undo(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.undo_len);
+        out.push(LAYOUT_V1);
+        for ((tree, key, _), before) in self.ops.iter().zip(&self.before) {
+            out.push(*tree as u8);
+            // Keys and values are far below 4 GiB: the hub refuses messages over its limits.
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+            match before {
+                None => out.extend_from_slice(&0u32.to_be_bytes()),
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as u32 + 1).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+        out
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -140,9 +157,7 @@ impl WriteSet {
         if self.is_empty() {
             return Ok(());
         }
-        trees
-            .db()
-            .insert(UNDO_KEY, encode_undo(&self.undo, self.undo_len))?;
+        trees.db().insert(UNDO_KEY, self.encode_undo())?;
         let stop = cut_short_at(self.ops.len());
         for (n, (tree, key, value)) in self.ops.into_iter().enumerate() {
             if Some(n) == stop {
@@ -174,25 +189,6 @@ fn cut_short_at(_: usize) -> Option<usize> {
 
 /// Layout: version byte, then per entry: tree tag, key length (u32), key, and the old value's
 /// length plus one (u32; 0 = no old value), old value.
-fn encode_undo(undo: &[Undo], len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + len);
-    out.push(LAYOUT_V1);
-    for u in undo {
-        out.push(u.tree as u8);
-        // Keys and values are far below 4 GiB: the hub refuses messages over its limits.
-        out.extend_from_slice(&(u.key.len() as u32).to_be_bytes());
-        out.extend_from_slice(&u.key);
-        match &u.before {
-            None => out.extend_from_slice(&0u32.to_be_bytes()),
-            Some(v) => {
-                out.extend_from_slice(&(v.len() as u32 + 1).to_be_bytes());
-                out.extend_from_slice(v);
-            }
-        }
-    }
-    out
-}
-
 fn decode_undo(raw: &[u8]) -> Result<Vec<Undo>, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("undo list: {what}"));
     let Some((&LAYOUT_V1, mut rest)) = raw.split_first() else {
@@ -292,15 +288,24 @@ mod tests {
     #[test]
     fn an_undo_list_round_trips_through_its_encoding() {
         let set = sample();
-        let raw = encode_undo(&set.undo, set.undo_len);
+        let raw = set.encode_undo();
         assert_eq!(raw.len(), 1 + set.undo_len);
-        assert_eq!(decode_undo(&raw).unwrap(), set.undo);
+        let expected: Vec<Undo> = set
+            .ops
+            .iter()
+            .zip(&set.before)
+            .map(|((tree, key, _), before)| Undo {
+                tree: *tree,
+                key: key.clone(),
+                before: before.clone(),
+            })
+            .collect();
+        assert_eq!(decode_undo(&raw).unwrap(), expected);
     }
 
     #[test]
     fn a_damaged_undo_list_is_refused_not_half_read() {
-        let set = sample();
-        let raw = encode_undo(&set.undo, set.undo_len);
+        let raw = sample().encode_undo();
         for cut in [0, 3, 9, raw.len() - 1] {
             assert!(
                 matches!(decode_undo(&raw[..cut]), Err(StoreError::Corrupt(_))),
