@@ -36,6 +36,10 @@ use huren_core::summary::{
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
+/// The allocator the huren-hub binary runs with, so the figures are the hub's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Measure Huren against this machine's limits.
 #[derive(Parser, Debug, Clone)]
 struct Args {
