@@ -326,7 +326,7 @@ fn logical_bytes(dir: &std::path::Path) -> anyhow::Result<Vec<(String, u64, u64)
             trees.push((String::from_utf8_lossy(&name).into_owned(), keys, bytes));
         }
     }
-    trees.sort_by(|a, b| b.2.cmp(&a.2));
+    trees.sort_by_key(|t| std::cmp::Reverse(t.2));
     Ok(trees)
 }
 
