@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! summaries   publisher 0x00 summary_id 0x00 version:u32        -> 0x01 || RecordV1 (protobuf; body and signature in the log leaf)
-//! latest      publisher 0x00 summary_id                         -> version:u32
+//! latest      publisher 0x00 summary_id                         -> version:u32 log_index:u64 (older stores: version:u32 alone)
 //! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> ()
 //! certs       sha256(certificate DER)[32]                        -> certificate DER
 //! consulted   member 0x00 publisher 0x00 summary_id                -> 0x01 || ConsultationV1 (older stores; read, no longer written)
@@ -26,7 +26,9 @@
 //! same atomic write** as the write itself, so the data and the log cannot diverge. Appends
 //! (and every other write) are serialised by one mutex that also holds the frontier (the right edge of the tree, one
 //! hash per set bit of the size): an append is O(log n). `access` indexes access leaves by
-//! patient for the access report; `RecordV1.log_index` points from a stored version to its leaf.
+//! patient for the access report; `RecordV1.log_index` points from a stored version to its leaf,
+//! and a `latest` entry names the latest version's leaf too, so a query reads two keys per
+//! result (latest entry, leaf) and takes what it returns from the log alone.
 //! A store written before the log existed gets its summaries appended once, in acceptance
 //! order, when it is opened with an empty log.
 //!
@@ -80,7 +82,8 @@ const RECORD_V1: u8 = 1;
 #[derive(Clone, PartialEq, prost::Message)]
 struct RecordV1 {
     /// The body bytes exactly as signed. Empty in records written since the log holds them:
-    /// the leaf at `log_index` has body and signature (see [`Store::with_body`]).
+    /// the leaf at `log_index` has body, signature, acceptance time and signer, and reads take
+    /// all of them from there (see [`Store::from_leaf`]).
     #[prost(bytes = "vec", tag = "1")]
     body: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
@@ -684,11 +687,27 @@ fn inv_time(t: UnixMillis) -> [u8; 8] {
     (u64::MAX - t.0.max(0) as u64).to_be_bytes()
 }
 
-fn read_u32(bytes: &[u8]) -> Result<u32, StoreError> {
-    bytes
-        .try_into()
-        .map(u32::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("version is not 4 bytes".into()))
+/// A `latest` value: the version and, in values written since bodies live in the log, the
+/// index of that version's leaf, so a query reads the leaf without going through the record.
+fn read_latest(bytes: &[u8]) -> Result<(u32, Option<u64>), StoreError> {
+    let corrupt = || StoreError::Corrupt("a latest-version entry is neither 4 nor 12 bytes".into());
+    let (version, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let version = u32::from_be_bytes(*version);
+    match rest.len() {
+        0 => Ok((version, None)),
+        8 => Ok((
+            version,
+            Some(u64::from_be_bytes(rest.try_into().map_err(|_| corrupt())?)),
+        )),
+        _ => Err(corrupt()),
+    }
+}
+
+fn latest_value(version: u32, log_index: u64) -> [u8; 12] {
+    let mut v = [0; 12];
+    v[..4].copy_from_slice(&version.to_be_bytes());
+    v[4..].copy_from_slice(&log_index.to_be_bytes());
+    v
 }
 
 impl Store {
@@ -848,7 +867,7 @@ impl Store {
         };
         // What this batch stores, for the versions after it in the same batch.
         let mut staged_versions: HashMap<&[u8], (Hash, i64, u64)> = HashMap::new();
-        let mut staged_latest: HashMap<&[u8], u32> = HashMap::new();
+        let mut staged_latest: HashMap<&[u8], [u8; 12]> = HashMap::new();
         let mut staged_certs: HashSet<Hash> = HashSet::new();
         let mut staged_index: HashSet<&[u8]> = HashSet::new();
         let mut ws = WriteSet::new();
@@ -881,10 +900,15 @@ impl Store {
                 });
                 continue;
             }
-            let stored = match staged_latest.get(p.rkey.as_slice()) {
-                Some(v) => Some(*v),
-                None => i.latest.get(&p.rkey)?.map(|v| read_u32(&v)).transpose()?,
+            // The latest version as stored (its raw value is what undoing the write restores).
+            let stored_raw = match staged_latest.get(p.rkey.as_slice()) {
+                Some(v) => Some(v.to_vec()),
+                None => i.latest.get(&p.rkey)?.map(|v| v.to_vec()),
             };
+            let stored = stored_raw
+                .as_deref()
+                .map(|v| read_latest(v).map(|(version, _)| version))
+                .transpose()?;
             let expected = stored.map_or(1, |v| v + 1);
             if s.version != expected {
                 let reason = match stored {
@@ -914,12 +938,12 @@ impl Store {
                 p.vkey.as_slice(),
                 encode_v1(&p.record(pending.index)),
             );
-            let before = stored.map(u32::to_be_bytes);
+            let latest = latest_value(s.version, pending.index);
             references.replace(
                 TreeId::Latest,
                 p.rkey.as_slice(),
-                s.version.to_be_bytes(),
-                before.as_ref().map(|b| b.as_slice()),
+                latest,
+                stored_raw.as_deref(),
             );
             // An amendment with the same patient, item and time has its entry already (and
             // undoing it must not remove it).
@@ -933,7 +957,7 @@ impl Store {
                 &p.vkey,
                 (p.verified.body_sha256, p.accepted_at.0, pending.index),
             );
-            staged_latest.insert(&p.rkey, s.version);
+            staged_latest.insert(&p.rkey, latest);
             results.push(Ok((None, pending.index)));
             next.size = pending.index + 1;
             next.frontier = pending.frontier;
@@ -985,7 +1009,16 @@ impl Store {
         let Some(v) = self.inner.latest.get(rkey)? else {
             return Ok(None);
         };
-        let version = read_u32(&v)?;
+        let (version, log_index) = read_latest(&v)?;
+        if let Some(index) = log_index {
+            let stored = self.from_leaf(index)?;
+            if stored.summary.version != version {
+                return Err(StoreError::Corrupt(format!(
+                    "log leaf {index} is not version {version} of its result"
+                )));
+            }
+            return Ok(Some(stored));
+        }
         let mut vkey = rkey.to_vec();
         vkey.push(0);
         vkey.extend_from_slice(&version.to_be_bytes());
@@ -998,14 +1031,11 @@ impl Store {
         self.to_stored(rec).map(Some)
     }
 
-    /// A record with its body and signature, taken from its log leaf when the record does not
-    /// hold them (records written before the log existed do). The hub does not vouch for what
-    /// it returns: agents check every body against its receipt and signature.
-    fn with_body(&self, mut rec: RecordV1) -> Result<RecordV1, StoreError> {
-        if !rec.body.is_empty() {
-            return Ok(rec);
-        }
-        let index = rec.log_index;
+    /// The summary version whose leaf is at `index`, everything taken from the leaf: body,
+    /// signature, acceptance time and signer. What the hub returns is what its log holds, and
+    /// the hub does not vouch for it: agents check every body against its receipt, signature
+    /// and inclusion proof.
+    fn from_leaf(&self, index: u64) -> Result<StoredSummary, StoreError> {
         let leaf = self
             .inner
             .log_leaves
@@ -1013,14 +1043,19 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
         match Entry::decode(&leaf) {
             Ok(Entry::Summary {
-                signature, body, ..
-            }) => {
-                rec.body = body;
-                rec.signature = signature.to_vec();
-                Ok(rec)
-            }
+                accepted_at,
+                signer_certificate_sha256,
+                signature,
+                body,
+            }) => self.stored_summary(
+                body,
+                signature,
+                &signer_certificate_sha256,
+                accepted_at,
+                index,
+            ),
             Ok(_) => Err(StoreError::Corrupt(format!(
-                "log leaf {index} is not the summary its record names"
+                "log leaf {index} is not a summary"
             ))),
             Err(e) => Err(StoreError::Corrupt(format!(
                 "log leaf {index} does not decode: {e}"
@@ -1053,33 +1088,49 @@ impl Store {
     }
 
     fn to_stored(&self, rec: RecordV1) -> Result<StoredSummary, StoreError> {
-        let rec = self.with_body(rec)?;
-        let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
-        let cert = self.certificate(&rec.signer_certificate_sha256)?;
+        if rec.body.is_empty() {
+            return self.from_leaf(rec.log_index);
+        }
+        // A record written before the log existed holds its body and signature itself.
+        let signature = rec
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("signature is not 64 bytes".into()))?;
+        self.stored_summary(
+            rec.body,
+            signature,
+            &rec.signer_certificate_sha256,
+            UnixMillis(rec.accepted_at_ms),
+            rec.log_index,
+        )
+    }
+
+    fn stored_summary(
+        &self,
+        body: Vec<u8>,
+        signature: [u8; 64],
+        signer_certificate_sha256: &[u8],
+        accepted_at: UnixMillis,
+        log_index: u64,
+    ) -> Result<StoredSummary, StoreError> {
+        let cert = self.certificate(signer_certificate_sha256)?;
         // Stored bodies were checked (canonical form included) when accepted; a body that no
         // longer decodes is corruption.
-        let summary = Summary::from_stored_body_bytes(&rec.body)
+        let summary = Summary::from_stored_body_bytes(&body)
             .map_err(|e| StoreError::Corrupt(format!("stored body no longer decodes: {e}")))?;
         Ok(StoredSummary {
             receipt: Receipt {
                 publisher: summary.publisher.clone(),
                 summary_id: summary.id.clone(),
                 version: summary.version,
-                body_sha256: rec
-                    .body_sha256
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt("body digest is not 32 bytes"))?,
-                accepted_at: UnixMillis(rec.accepted_at_ms),
+                body_sha256: sha256(&body),
+                accepted_at,
             },
-            log_index: rec.log_index,
+            log_index,
             envelope: SignedEnvelope {
-                signature: rec
-                    .signature
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt("signature is not 64 bytes"))?,
-                body: rec.body,
+                signature,
+                body,
                 signer_certificate: cert.as_ref().to_vec(),
             },
             summary,

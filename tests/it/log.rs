@@ -17,7 +17,7 @@ use huren_core::logentry::{Entry, LogProof, Method, Purpose, summary_leaf, verif
 use huren_core::merkle::{self, Hash, verify_consistency};
 use huren_core::pb::SignedSummary;
 use huren_core::pseudonym::Pseudonym;
-use huren_core::summary::UnixMillis;
+use huren_core::summary::{Summary, UnixMillis};
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
@@ -299,7 +299,7 @@ async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<(
 
     // Someone with the hub's disk changes R-1's acceptance time (to move it across a
     // revocation, say). Its signature still verifies: only the log shows the change.
-    move_acceptance_time(&hub, |key, _| key.windows(4).any(|w| w == b"R-1\0")).await?;
+    move_acceptance_time(&hub, |s| s.id.as_str() == "R-1").await?;
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     let err = b
@@ -320,6 +320,17 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     let p = hub.patient("E10000009");
     let v1 = lab_summary("hosp-a", "CHAIN-1", p, HGB, hours(1))?;
     a.publish(&v1, a.sign(&v1)?).await?;
+    // Another result between the two versions, so that version 2's proof does not take
+    // version 1's leaf hash (the hub computes leaf hashes from the leaves): the latest version
+    // alone must still verify below, whatever is done to version 1.
+    let other = lab_summary(
+        "hosp-a",
+        "SPACER-1",
+        hub.patient("E10000010"),
+        HGB,
+        hours(1),
+    )?;
+    a.publish(&other, a.sign(&other)?).await?;
     let v2 = crate::harness::amended(&v1, "value corrected");
     a.publish(&v2, a.sign(&v2)?).await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
@@ -330,10 +341,7 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     hub.stop().await?;
 
     // Version 1's acceptance time is moved on disk; its signature still verifies.
-    move_acceptance_time(&hub, |key, _| {
-        key.ends_with(&1u32.to_be_bytes()) && key.windows(7).any(|w| w == b"CHAIN-1")
-    })
-    .await?;
+    move_acceptance_time(&hub, |s| s.id.as_str() == "CHAIN-1" && s.version == 1).await?;
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     // The latest version alone still verifies...
@@ -348,30 +356,40 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     Ok(())
 }
 
-/// In the stopped hub's store, moves the acceptance time of the one summary record that
-/// `pick(key, record)` selects by a minute: what someone with the hub's disk might do to move a
-/// summary across a revocation. The signature still verifies; only the log shows the change.
+/// In the stopped hub's store, moves the acceptance time of the one summary version that
+/// `pick` selects by a minute, in its log leaf (where the hub reads it from): what someone with
+/// the hub's disk might do to move a summary across a revocation. The signature still
+/// verifies; only the log shows the change.
 async fn move_acceptance_time(
     hub: &TestHub,
-    pick: impl Fn(&[u8], &StoredRecord) -> bool,
+    pick: impl Fn(&Summary) -> bool,
 ) -> anyhow::Result<()> {
     let db = hub.open_store_db().await?;
-    let summaries = db.open_tree("summaries")?;
+    let leaves = db.open_tree("log_leaves")?;
     let mut changed = 0;
-    for entry in summaries.iter() {
+    for entry in leaves.iter() {
         let (key, value) = entry?;
-        let mut rec = StoredRecord::decode(&value[1..])?;
-        if pick(&key, &rec) {
-            rec.accepted_at_ms += 60_000;
-            let mut v = vec![1u8];
-            rec.encode(&mut v)?;
-            summaries.insert(key, v)?;
+        if let Entry::Summary {
+            accepted_at,
+            signer_certificate_sha256,
+            signature,
+            body,
+        } = Entry::decode(&value)?
+            && pick(&Summary::from_stored_body_bytes(&body)?)
+        {
+            let moved = Entry::Summary {
+                accepted_at: UnixMillis(accepted_at.0 + 60_000),
+                signer_certificate_sha256,
+                signature,
+                body,
+            };
+            leaves.insert(key, moved.encode())?;
             changed += 1;
         }
     }
     ensure!(
         changed == 1,
-        "expected to change one record, changed {changed}"
+        "expected to change one summary leaf, changed {changed}"
     );
     db.flush()?;
     Ok(())
@@ -890,17 +908,24 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
         signed_by_id.push((id, signed));
     }
     hub.stop().await?;
-    // What a store written before the log existed looks like: no log trees at all, and each
-    // record holds its body and signature (the log leaves hold them now).
+    // What a store written before the log existed looks like: no log trees at all, each
+    // record holds its body and signature (the log leaves hold them now), and a latest-version
+    // entry is the version alone (it names the version's leaf now).
     {
         let db = hub.open_store_db().await?;
         for tree in ["log_leaves", "log_nodes", "log_meta", "access"] {
             db.drop_tree(tree)?;
         }
         let summaries = db.open_tree("summaries")?;
+        let latest = db.open_tree("latest")?;
         for (id, signed) in &signed_by_id {
             let mut key = b"hosp-a\0".to_vec();
             key.extend_from_slice(id.as_bytes());
+            ensure!(
+                latest.get(&key)?.is_some_and(|v| v.len() == 12),
+                "a latest-version entry names its leaf"
+            );
+            latest.insert(&key, &1u32.to_be_bytes())?;
             key.push(0);
             key.extend_from_slice(&1u32.to_be_bytes());
             let raw = summaries.get(&key)?.context("a published record")?;
