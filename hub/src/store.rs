@@ -83,7 +83,7 @@ const RECORD_V1: u8 = 1;
 struct RecordV1 {
     /// The body bytes exactly as signed. Empty in records written since the log holds them:
     /// the leaf at `log_index` has body, signature, acceptance time and signer, and reads take
-    /// all of them from there (see [`Store::from_leaf`]).
+    /// all of them from there (see [`Store::summary_at_leaf`]).
     #[prost(bytes = "vec", tag = "1")]
     body: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
@@ -1011,7 +1011,7 @@ impl Store {
         };
         let (version, log_index) = read_latest(&v)?;
         if let Some(index) = log_index {
-            let stored = self.from_leaf(index)?;
+            let stored = self.summary_at_leaf(index)?;
             if stored.summary.version != version {
                 return Err(StoreError::Corrupt(format!(
                     "log leaf {index} is not version {version} of its result"
@@ -1035,7 +1035,7 @@ impl Store {
     /// signature, acceptance time and signer. What the hub returns is what its log holds, and
     /// the hub does not vouch for it: agents check every body against its receipt, signature
     /// and inclusion proof.
-    fn from_leaf(&self, index: u64) -> Result<StoredSummary, StoreError> {
+    fn summary_at_leaf(&self, index: u64) -> Result<StoredSummary, StoreError> {
         let leaf = self
             .inner
             .log_leaves
@@ -1089,7 +1089,7 @@ impl Store {
 
     fn to_stored(&self, rec: RecordV1) -> Result<StoredSummary, StoreError> {
         if rec.body.is_empty() {
-            return self.from_leaf(rec.log_index);
+            return self.summary_at_leaf(rec.log_index);
         }
         // A record written before the log existed holds its body and signature itself.
         let signature = rec
