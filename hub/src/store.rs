@@ -88,7 +88,8 @@ struct RecordV1 {
     body: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
     signature: Vec<u8>,
-    /// SHA-256 of the signing certificate's DER; the DER is in the `certs` tree.
+    /// SHA-256 of the signing certificate's DER; the DER is in the `certs` tree. Empty, like
+    /// `body`, in records whose leaf holds it.
     #[prost(bytes = "vec", tag = "3")]
     signer_certificate_sha256: Vec<u8>,
     #[prost(bytes = "vec", tag = "4")]
@@ -593,12 +594,14 @@ impl<'a> PreparedPut<'a> {
         }
     }
 
-    /// The stored record: the body and signature stay in the log leaf only.
+    /// The stored record: body, signature and signer stay in the log leaf only. The record
+    /// keeps what a republished version is checked against (digest, acceptance time) and where
+    /// its leaf is.
     fn record(&self, log_index: u64) -> RecordV1 {
         RecordV1 {
             body: Vec::new(),
             signature: Vec::new(),
-            signer_certificate_sha256: self.cert_hash.to_vec(),
+            signer_certificate_sha256: Vec::new(),
             body_sha256: self.verified.body_sha256.to_vec(),
             accepted_at_ms: self.accepted_at.0,
             log_index,
@@ -869,6 +872,7 @@ impl Store {
         let mut staged_versions: HashMap<&[u8], (Hash, i64, u64)> = HashMap::new();
         let mut staged_latest: HashMap<&[u8], [u8; 12]> = HashMap::new();
         let mut staged_certs: HashSet<Hash> = HashSet::new();
+        let mut new_certs: Vec<(&Hash, &[u8])> = Vec::new();
         let mut staged_index: HashSet<&[u8]> = HashSet::new();
         let mut ws = WriteSet::new();
         // Written after the rest, so a reader never finds an index entry or a latest version
@@ -923,12 +927,19 @@ impl Store {
                 continue;
             }
             let pending = next.prepare(p.leaf.clone());
-            if !staged_certs.contains(&p.cert_hash) && !i.certs.contains_key(p.cert_hash)? {
+            if !staged_certs.contains(&p.cert_hash)
+                && !self.certificate_cached(&p.cert_hash)
+                && !i.certs.contains_key(p.cert_hash)?
+            {
                 ws.add(
                     TreeId::Certs,
                     p.cert_hash.as_slice(),
                     p.verified.envelope.signer_certificate.as_slice(),
                 );
+                new_certs.push((
+                    &p.cert_hash,
+                    p.verified.envelope.signer_certificate.as_slice(),
+                ));
             }
             staged_certs.insert(p.cert_hash);
             // The leaf before the record: the record takes its body from the leaf.
@@ -968,6 +979,9 @@ impl Store {
         }
         ws.extend(references);
         ws.apply(&**i)?;
+        for (hash, der) in new_certs {
+            self.cache_certificate(hash, der.into());
+        }
         // The nodes a proof for this batch needs are the ones it wrote and, to their left, the
         // frontier before it.
         let mut known: HashMap<(u8, u64), Hash> = merkle::frontier_nodes(before_size)
@@ -1078,13 +1092,27 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt("signing certificate missing".into()))?
             .as_ref()
             .into();
+        self.cache_certificate(hash, der.clone());
+        Ok(der)
+    }
+
+    /// Whether a certificate is known to be in the `certs` tree without reading it: the cache
+    /// holds only certificates read from the tree or written to it.
+    fn certificate_cached(&self, hash: &[u8]) -> bool {
+        self.inner
+            .cert_cache
+            .read()
+            .is_ok_and(|cache| cache.contains_key(hash))
+    }
+
+    /// Call only for a certificate that is in the `certs` tree.
+    fn cache_certificate(&self, hash: &[u8], der: Arc<[u8]>) {
         if let Ok(mut cache) = self.inner.cert_cache.write() {
             if cache.len() >= 4096 {
                 cache.clear();
             }
-            cache.insert(hash.to_vec(), der.clone());
+            cache.insert(hash.to_vec(), der);
         }
-        Ok(der)
     }
 
     fn to_stored(&self, rec: RecordV1) -> Result<StoredSummary, StoreError> {

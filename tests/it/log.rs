@@ -909,7 +909,7 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
     }
     hub.stop().await?;
     // What a store written before the log existed looks like: no log trees at all, each
-    // record holds its body and signature (the log leaves hold them now), and a latest-version
+    // record holds its body, signature and signer (the log leaves hold them now), and a latest-version
     // entry is the version alone (it names the version's leaf now).
     {
         let db = hub.open_store_db().await?;
@@ -932,6 +932,8 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
             let mut rec = StoredRecord::decode(&raw[1..])?;
             rec.body = signed.body.clone();
             rec.signature = signed.signature.clone();
+            rec.signer_certificate_sha256 =
+                huren_core::signing::sha256(&signed.signer_certificate).to_vec();
             rec.log_index = 0;
             let mut v = vec![1u8];
             rec.encode(&mut v)?;
