@@ -94,7 +94,11 @@ const ITEMS: [(&str, &str); 8] = [
 ];
 
 /// The FindPrior the bench asks: two items for one patient, as of now.
-fn prior_request(p: &Pseudonym, certificates_once: bool) -> pb::FindPriorRequest {
+fn prior_request(
+    p: &Pseudonym,
+    certificates_once: bool,
+    with_proofs: bool,
+) -> pb::FindPriorRequest {
     pb::FindPriorRequest {
         patient_pseudonym: p.as_bytes().to_vec(),
         items: ITEMS[..2]
@@ -107,7 +111,7 @@ fn prior_request(p: &Pseudonym, certificates_once: bool) -> pb::FindPriorRequest
         as_of_ms: 0,
         lookback_seconds: 0,
         purpose: pb::Purpose::Treatment as i32,
-        with_proofs: false,
+        with_proofs,
         certificates_once,
     }
 }
@@ -635,13 +639,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let patients = (stored / args.per_patient).max(1);
     // FindPrior for a seeded patient and two items: the call a county hospital makes.
-    let find_prior_op = |chans: Vec<Channel>| {
+    let find_prior_op = |chans: Vec<Channel>, with_proofs: bool| {
         move |n: u64| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let p = patient((n * 2_654_435_761) % patients);
             async move {
-                // As the agent asks: each signing certificate once.
-                c.find_prior(prior_request(&p, true)).await?;
+                // Each signing certificate once, as the agent asks.
+                c.find_prior(prior_request(&p, true, with_proofs)).await?;
                 Ok(())
             }
         }
@@ -649,7 +653,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let find_prior = if !args.measures("find-prior") {
         None
     } else {
-        Some(load(args.concurrency, args.seconds, find_prior_op(asker.clone())).await)
+        Some(
+            load(
+                args.concurrency,
+                args.seconds,
+                find_prior_op(asker.clone(), false),
+            )
+            .await,
+        )
+    };
+    // The same with an inclusion proof for every result: what an agent with a log verifier
+    // key (every production agent) asks.
+    let find_prior_proofs = if !args.measures("find-prior") {
+        None
+    } else {
+        Some(
+            load(
+                args.concurrency,
+                args.seconds,
+                find_prior_op(asker.clone(), true),
+            )
+            .await,
+        )
     };
     // One answer's size, with each summary's certificate and with each certificate once.
     let answer_sizes = if !args.measures("find-prior") {
@@ -658,7 +683,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut c = HubClient::new(asker[0].clone());
         let mut sizes = Vec::new();
         for once in [false, true] {
-            let answer = c.find_prior(prior_request(&patient(0), once)).await?;
+            let answer = c
+                .find_prior(prior_request(&patient(0), once, false))
+                .await?;
             let answer = answer.into_inner();
             sizes.push((answer.results.len(), answer.encoded_len()));
         }
@@ -668,7 +695,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let find_prior_alone = if !args.measures("latency") {
         None
     } else {
-        Some(load(1, args.seconds, find_prior_op(asker.clone())).await)
+        Some(load(1, args.seconds, find_prior_op(asker.clone(), false)).await)
     };
 
     let check_order = if !args.measures("check-order") {
@@ -764,6 +791,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "target >= 70%, p99 <= 2 ms",
         );
     }
+    if let Some(proofs) = &find_prior_proofs {
+        proofs.line(
+            "FindPrior (2 items), with proofs",
+            Some(("raw echo", echo.per_second)),
+            "as the agent asks",
+        );
+    }
     if let Some([(results, each), (_, once)]) = answer_sizes.as_deref() {
         println!(
             "{:<34} {results} results: {each} bytes with each summary's certificate, {once} with each certificate once",
@@ -800,11 +834,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             *bytes as f64 / stored.max(1) as f64
         );
     }
-    let queries = [&find_prior, &find_prior_alone, &check_order]
-        .iter()
-        .filter_map(|l| l.as_ref())
-        .map(|l| l.ok)
-        .sum::<u64>();
+    let queries = [
+        &find_prior,
+        &find_prior_proofs,
+        &find_prior_alone,
+        &check_order,
+    ]
+    .iter()
+    .filter_map(|l| l.as_ref())
+    .map(|l| l.ok)
+    .sum::<u64>();
     println!(
         "disk at the end: {:.1} MB for {total_stored} summaries and {queries} queries (each query adds its access record to the log)",
         disk as f64 / 1e6,
