@@ -393,6 +393,8 @@ struct Inner {
     access: sled::Tree,
     log_leaves: sled::Tree,
     log_nodes: sled::Tree,
+    /// Merkle node hashes once read (see [`Nodes`]).
+    node_cache: NodeCache,
     log_meta: sled::Tree,
     /// The one log writer's state. Every write to the store holds this lock while it reads what
     /// it checks and applies its [`WriteSet`], so there is one writer at a time.
@@ -620,10 +622,59 @@ impl<'a> PreparedPut<'a> {
     }
 }
 
-/// Reads complete-subtree hashes from `log_nodes`.
+/// Levels of the Merkle tree whose nodes are kept in memory once read: an inclusion proof takes
+/// one node per level, and the upper levels are few (about one node in 32 of the tree's leaves
+/// altogether, some 2 MB per million log entries) and shared by every proof.
+const CACHED_LEVELS: u8 = 6;
+
+/// Lower-level nodes (and leaf hashes) kept once read, at most this many (about 4 MB); the
+/// set is emptied when full. Every proof against a recent tree size needs the nodes along the
+/// tree's right edge, so these are read from sled once rather than once per proof.
+const RECENT_NODES: usize = 1 << 16;
+
+/// Merkle node hashes read from the store (see [`Nodes`]).
+#[derive(Default)]
+struct NodeCache {
+    /// Levels [`CACHED_LEVELS`] and up: kept.
+    upper: RwLock<HashMap<(u8, u64), Hash>>,
+    /// Lower levels: at most [`RECENT_NODES`].
+    recent: RwLock<HashMap<(u8, u64), Hash>>,
+}
+
+impl NodeCache {
+    fn get(&self, level: u8, index: u64) -> Option<Hash> {
+        let map = if level >= CACHED_LEVELS {
+            &self.upper
+        } else {
+            &self.recent
+        };
+        map.read().ok()?.get(&(level, index)).copied()
+    }
+
+    fn insert(&self, level: u8, index: u64, hash: Hash) {
+        if level >= CACHED_LEVELS {
+            if let Ok(mut upper) = self.upper.write() {
+                upper.insert((level, index), hash);
+            }
+        } else if let Ok(mut recent) = self.recent.write() {
+            if recent.len() >= RECENT_NODES {
+                recent.clear();
+            }
+            recent.insert((level, index), hash);
+        }
+    }
+}
+
+/// Reads complete-subtree hashes from `log_nodes` (and leaf hashes from `log_leaves`), through
+/// a [`NodeCache`].
+///
+/// A complete subtree's hash never changes once its write is applied, and only applied
+/// subtrees are read (proofs are for sizes up to the applied head), so the cache needs no
+/// invalidation: a write undone at open belongs to an earlier process.
 struct Nodes<'a> {
     nodes: &'a sled::Tree,
     leaves: &'a sled::Tree,
+    cache: &'a NodeCache,
 }
 
 impl<'a> Nodes<'a> {
@@ -631,6 +682,7 @@ impl<'a> Nodes<'a> {
         Self {
             nodes: &i.log_nodes,
             leaves: &i.log_leaves,
+            cache: &i.node_cache,
         }
     }
 }
@@ -638,19 +690,25 @@ impl<'a> Nodes<'a> {
 impl merkle::NodeReader for Nodes<'_> {
     type Error = StoreError;
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
-        if level == 0 {
+        if let Some(hash) = self.cache.get(level, index) {
+            return Ok(hash);
+        }
+        let hash = if level == 0 {
             let leaf = self
                 .leaves
                 .get(index.to_be_bytes())?
                 .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
-            return Ok(merkle::leaf_hash(&leaf));
-        }
-        let raw = self.nodes.get(node_key(level, index))?.ok_or_else(|| {
-            StoreError::Corrupt(format!("log node ({level}, {index}) is missing"))
-        })?;
-        raw.as_ref().try_into().map_err(|_| {
-            StoreError::Corrupt(format!("log node ({level}, {index}) is not 32 bytes"))
-        })
+            merkle::leaf_hash(&leaf)
+        } else {
+            let raw = self.nodes.get(node_key(level, index))?.ok_or_else(|| {
+                StoreError::Corrupt(format!("log node ({level}, {index}) is missing"))
+            })?;
+            raw.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("log node ({level}, {index}) is not 32 bytes"))
+            })?
+        };
+        self.cache.insert(level, index, hash);
+        Ok(hash)
     }
 }
 
@@ -724,6 +782,7 @@ impl Store {
             access: db.open_tree("access")?,
             log_leaves: db.open_tree("log_leaves")?,
             log_nodes: db.open_tree("log_nodes")?,
+            node_cache: NodeCache::default(),
             log_meta: db.open_tree("log_meta")?,
             log: Mutex::new(LogState {
                 size: 0,
@@ -2085,5 +2144,54 @@ mod tests {
         // p's last change was at i = 8 (opt-out), q's at i = 9 (opt-in).
         assert!(store.opted_out(&p).unwrap());
         assert!(!store.opted_out(&q).unwrap());
+    }
+
+    /// Proofs read through the node cache stay right as the tree grows past the cached
+    /// levels: every size's proofs are checked against a tree rebuilt from the leaves, after
+    /// earlier sizes have filled the cache.
+    #[tokio::test]
+    async fn cached_nodes_give_the_same_proofs_as_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = Pseudonym::from_slice(&[1; 32]).unwrap();
+        let mut tree = MemoryTree::new();
+        let mut heads = Vec::new();
+        // Batches of uneven sizes up to 2^(CACHED_LEVELS + 1) + 7 leaves.
+        let total = (1u64 << (CACHED_LEVELS + 1)) + 7;
+        let mut n = 0u64;
+        while n < total {
+            let len = (n % 7 + 1).min(total - n);
+            let batch: Vec<Access> = (n..n + len).map(|i| access(i as u8, p)).collect();
+            store
+                .log_accesses(&batch.iter().collect::<Vec<_>>())
+                .unwrap();
+            for i in n..n + len {
+                tree.push(&store.leaf(i).unwrap());
+            }
+            n += len;
+            let head = store.tree_head().unwrap();
+            assert_eq!(head.root, tree.root(), "root at size {n}");
+            for i in (0..n).step_by(3).chain([n - 1]) {
+                let proof = store.inclusion_proof(i, n).unwrap();
+                let leaf = merkle::leaf_hash(&store.leaf(i).unwrap());
+                verify_inclusion(&leaf, i, n, &proof, &head.root)
+                    .unwrap_or_else(|e| panic!("leaf {i} at size {n}: {e}"));
+            }
+            for old in &heads {
+                let old: &TreeHead = old;
+                let proof = store.consistency_proof(old.size, n).unwrap();
+                verify_consistency(old.size, n, &old.root, &head.root, &proof).unwrap();
+            }
+            heads.push(head);
+        }
+        let cache = &store.inner.node_cache;
+        assert!(
+            !cache.upper.read().unwrap().is_empty(),
+            "upper levels cached"
+        );
+        assert!(
+            !cache.recent.read().unwrap().is_empty(),
+            "lower levels cached"
+        );
     }
 }
