@@ -569,6 +569,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
     };
 
+    // Before the publish measurements sign their summaries ahead (hundreds of MB): the hub
+    // with its store open and the clients connected.
+    let rss_hub = rss_bytes();
     let m = bench.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
     let signer = SummarySigner::from_pkcs8_pem(&m.signing.key_pem, pem_der(&m.signing.cert_pem)?)?;
     let publish = if !args.measures("publish") {
@@ -848,10 +851,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "disk at the end: {:.1} MB for {total_stored} summaries and {queries} queries (each query adds its access record to the log)",
         disk as f64 / 1e6,
     );
-    if let Some(rss) = rss {
+    if let (Some(hub), Some(end)) = (rss_hub, rss) {
         println!(
-            "RSS of the bench process (hub and clients): {:.0} MB",
-            rss as f64 / 1e6
+            "RSS of the bench process (hub and clients): {:.0} MB with the store open, {:.0} MB at the end (with the summaries signed ahead for publishing)",
+            hub as f64 / 1e6,
+            end as f64 / 1e6
         );
     }
     drop(bench.dir);
