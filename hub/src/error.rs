@@ -50,6 +50,8 @@ pub enum HubError {
     },
     #[error("the log could not sign a checkpoint: {0}")]
     Checkpoint(String),
+    #[error("the hub's signature checks stopped before this summary's was done")]
+    Checking,
     #[error("no such result: {0}")]
     UnknownResult(String),
     #[error(
@@ -77,7 +79,7 @@ impl HubError {
             Self::NotPublisher { .. } | Self::NotMember { .. } | Self::Revoked { .. } => {
                 Code::PermissionDenied
             }
-            Self::Checkpoint(_) => Code::Internal,
+            Self::Checkpoint(_) | Self::Checking => Code::Internal,
             Self::Store(StoreError::BeyondLog { .. }) => Code::OutOfRange,
             Self::Store(StoreError::Tree(_)) => Code::InvalidArgument,
             Self::UnknownResult(_) => Code::NotFound,

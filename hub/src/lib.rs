@@ -8,7 +8,8 @@
 //! - [`grpc`]: the gRPC edge; caller identity from the client certificate; pb ⇄ domain.
 //! - [`service`]: the domain operations ([`service::Hub`]).
 //! - [`intake`], [`journal`]: the two group writers, for publishes and for what queries leave.
-//! - [`signers`]: signing certificates, validated once each.
+//! - [`signers`]: signing certificates, validated once each; [`verifier`]: unary publishes'
+//!   signatures, checked in batches.
 //! - [`store`]: the sled store behind a domain-shaped API; group commit.
 //! - [`log`]: the log key that signs checkpoints ([`log::LogSigner`]).
 //! - [`error`]: [`error::HubError`] and its one mapping to gRPC status codes.
@@ -27,6 +28,7 @@ pub mod server;
 pub mod service;
 pub mod signers;
 pub mod store;
+pub mod verifier;
 
 pub use config::HubConfig;
 pub use server::run;

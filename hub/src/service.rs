@@ -25,6 +25,7 @@ use crate::store::{
     Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, QueryRecord, Shown, Store,
     StoredSummary, TreeHead,
 };
+use crate::verifier::SignatureChecks;
 
 /// The hub's domain service.
 pub struct Hub {
@@ -35,6 +36,7 @@ pub struct Hub {
     journal: Journal,
     /// Group-commit writer for published summaries.
     intake: Intake,
+    signatures: SignatureChecks,
     policy: Arc<PolicyHandle>,
     max_results: usize,
     log: LogSigner,
@@ -154,6 +156,7 @@ impl Hub {
         Self {
             journal: Journal::start(store.clone()),
             intake: Intake::start(store.clone()),
+            signatures: SignatureChecks::start(),
             store,
             signers: SignerCache::new(ca),
             policy,
@@ -400,7 +403,7 @@ impl Hub {
             .signers
             .certify(&envelope.signer_certificate, at)
             .map_err(VerifyError::from)?;
-        let verified = envelope.verify_into(&signer)?;
+        let verified = self.signatures.verify(envelope, signer).await?;
         self.may_publish(&policy, caller, &verified, at)?;
         self.store_verified(vec![verified], at)
             .await?

@@ -267,6 +267,62 @@ async fn concurrent_identical_publishes_store_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes arriving together have their signatures checked together (one batch equation);
+/// a bad signature among them is refused on its own and the others are stored, each caller
+/// hearing its own outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_signature_among_concurrent_publishes_refuses_only_itself() -> anyhow::Result<()> {
+    let mut hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let patient = hub.patient("E00000011");
+    // Connect first, then release every call at once, so they wait for their checks together.
+    const CALLS: usize = 24;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(CALLS));
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        let id = format!("LAB-CONC-{i}");
+        let mut signed = sign(
+            &a,
+            &lab_summary("hosp-a", &id, patient, HGB, hours(i as i64 + 1))?,
+        )?;
+        let bad = i % 3 == 1;
+        if bad {
+            signed.signature[10] ^= 0x01;
+        }
+        let mut client = hub.client("hosp-a").await?;
+        let start = start.clone();
+        calls.spawn(async move {
+            start.wait().await;
+            (id, bad, publish(&mut client, signed).await)
+        });
+    }
+    let mut stored = 0;
+    while let Some(r) = calls.join_next().await {
+        let (id, bad, outcome) = r?;
+        if bad {
+            assert_refused(
+                &id,
+                outcome,
+                Code::InvalidArgument,
+                "signature does not verify",
+            );
+        } else {
+            let (receipt, already) = receipt_of(&id, outcome)?;
+            assert_eq!(receipt.summary_id, id, "each caller gets its own receipt");
+            assert!(!already);
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 16);
+    hub.stop().await?;
+    assert_eq!(
+        hub.stored_summary_count().await?,
+        16,
+        "only the good ones are stored"
+    );
+    Ok(())
+}
+
 /// Two different bodies racing for the same version: one wins, the other gets ALREADY_EXISTS,
 /// and the stored one is the winner's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,85 @@
+//! Signature checks for unary publishes, gathered into batch equations.
+//!
+//! A unary publish carries one signature, but under load many publishes wait to be checked at
+//! once. One task takes everything waiting, checks it with [`verify_many`] (one Ed25519 batch
+//! equation, about half the CPU per signature of checking one by one) on a blocking thread,
+//! and gives each caller its own outcome, the same one checking alone would give. A lone
+//! publish is a batch of one. One batch is checked at a time: whatever arrives meanwhile forms
+//! the next.
+//!
+//! A bad signature fails its batch's equation, and the batch is then checked one by one to
+//! find it: a member sending bad signatures costs the others in its batch about one extra
+//! check each, no more.
+
+use tokio::sync::{mpsc, oneshot};
+
+use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
+use huren_core::trust::CertifiedSigner;
+
+use crate::error::HubError;
+
+/// Most signatures in one batch equation.
+const MAX_BATCH: usize = 256;
+
+struct Job {
+    envelope: SignedEnvelope,
+    signer: CertifiedSigner,
+    ack: oneshot::Sender<Result<VerifiedSummary, VerifyError>>,
+}
+
+/// The sending side; cheap to share.
+pub struct SignatureChecks {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl SignatureChecks {
+    /// Starts the checking task on the current runtime.
+    pub fn start() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(check_batches(rx));
+        Self { tx }
+    }
+
+    /// Checks `envelope`'s size, signature and body, as [`SignedEnvelope::verify_into`] does.
+    pub async fn verify(
+        &self,
+        envelope: SignedEnvelope,
+        signer: CertifiedSigner,
+    ) -> Result<VerifiedSummary, HubError> {
+        let (ack, outcome) = oneshot::channel();
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job {
+            envelope,
+            signer,
+            ack,
+        }) {
+            // The task is gone (the runtime is shutting down): check here.
+            return Ok(job.envelope.verify_into(&job.signer)?);
+        }
+        Ok(outcome.await.map_err(|_| HubError::Checking)??)
+    }
+}
+
+async fn check_batches(mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => jobs.push(next),
+                Err(_) => break,
+            }
+        }
+        let (items, acks): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .map(|j| ((j.envelope, j.signer), j.ack))
+            .unzip();
+        // A panicked check drops the acknowledgements: those callers get HubError::Checking.
+        match tokio::task::spawn_blocking(move || verify_many(items)).await {
+            Ok(outcomes) => {
+                for (ack, outcome) in acks.into_iter().zip(outcomes) {
+                    let _ = ack.send(outcome);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a batch of signature checks panicked"),
+        }
+    }
+}
