@@ -853,7 +853,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     if let (Some(hub), Some(end)) = (rss_hub, rss) {
         println!(
-            "RSS of the bench process (hub and clients): {:.0} MB with the store open, {:.0} MB at the end (with the summaries signed ahead for publishing)",
+            "RSS of the bench process (hub and clients): {:.0} MB with the store just opened, {:.0} MB at the end (sled's page cache, up to 1 GiB by default, fills as queries read; summaries signed ahead for publishing count too)",
             hub as f64 / 1e6,
             end as f64 / 1e6
         );
