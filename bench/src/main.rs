@@ -653,31 +653,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let find_prior = if !args.measures("find-prior") {
-        None
+    let (find_prior, find_prior_proofs) = if !args.measures("find-prior") {
+        (None, None)
     } else {
-        Some(
-            load(
-                args.concurrency,
-                args.seconds,
-                find_prior_op(asker.clone(), false),
-            )
-            .await,
-        )
-    };
-    // The same with an inclusion proof for every result: what an agent with a log verifier
-    // key (every production agent) asks.
-    let find_prior_proofs = if !args.measures("find-prior") {
-        None
-    } else {
-        Some(
-            load(
-                args.concurrency,
-                args.seconds,
-                find_prior_op(asker.clone(), true),
-            )
-            .await,
-        )
+        let op = |with_proofs| find_prior_op(asker.clone(), with_proofs);
+        let plain = load(args.concurrency, args.seconds, op(false)).await;
+        // The same with an inclusion proof for every result: what an agent with a log
+        // verifier key (every production agent) asks.
+        let proofs = load(args.concurrency, args.seconds, op(true)).await;
+        (Some(plain), Some(proofs))
     };
     // One answer's size, with each summary's certificate and with each certificate once.
     let answer_sizes = if !args.measures("find-prior") {
