@@ -1085,9 +1085,10 @@ impl Store {
         let (version, log_index) = read_latest(&v)?;
         if let Some(index) = log_index {
             let stored = self.summary_at_leaf(index)?;
-            if stored.summary.version != version {
+            let s = &stored.summary;
+            if s.version != version || result_key(s.publisher.as_str(), s.id.as_str()) != rkey {
                 return Err(StoreError::Corrupt(format!(
-                    "log leaf {index} is not version {version} of its result"
+                    "log leaf {index} is not version {version} of the result its latest-version entry names"
                 )));
             }
             return Ok(Some(stored));
