@@ -15,6 +15,10 @@ pub struct HubConfig {
     /// The alliance policy file (see hub/policy.example.toml). Reloaded when it changes or on
     /// SIGHUP; a policy with an error is refused and the one in force stays.
     pub policy: PathBuf,
+    /// Memory the store may use to cache its pages, in MiB (default 1024). With the queries'
+    /// working set cached, this is most of the hub's resident memory.
+    #[serde(default = "default_store_cache_mb")]
+    pub store_cache_mb: u64,
     pub tls: TlsConfig,
     #[serde(default)]
     pub limits: Limits,
@@ -43,6 +47,13 @@ impl Default for LogConfig {
         }
     }
 }
+
+fn default_store_cache_mb() -> u64 {
+    crate::store::DEFAULT_CACHE_BYTES >> 20
+}
+
+/// The smallest page cache the hub accepts, in MiB.
+pub const MIN_STORE_CACHE_MB: u64 = 16;
 
 /// The log origin when the configuration names none.
 pub const DEFAULT_LOG_ORIGIN: &str = "huren.example/alliance-log";
@@ -112,6 +123,15 @@ impl HubConfig {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
+        if config.store_cache_mb < MIN_STORE_CACHE_MB {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "store_cache_mb is {}: it must be at least {MIN_STORE_CACHE_MB} (MiB)",
+                    config.store_cache_mb
+                ),
+            });
+        }
         if let Some(base) = path.parent() {
             if let Some(k) = config.log.key.as_mut()
                 && k.is_relative()
@@ -154,8 +174,22 @@ mod tests {
         assert_eq!(config.listen.port(), 7443);
         assert!(config.tls.ca.is_absolute());
         assert_eq!(config.limits.max_results, 500);
+        assert_eq!(config.store_cache_mb, 1024);
         assert_eq!(config.log.origin, "huren.example/alliance-log");
         assert!(config.log_key_path().is_absolute());
+    }
+
+    #[test]
+    fn a_page_cache_too_small_is_refused_and_a_missing_one_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        let base = "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\n";
+        let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        std::fs::write(&path, format!("{base}store_cache_mb = 8\n{tls}")).unwrap();
+        let err = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("store_cache_mb is 8"), "{err}");
+        std::fs::write(&path, format!("{base}{tls}")).unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().store_cache_mb, 1024);
     }
 
     #[test]

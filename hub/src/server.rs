@@ -65,10 +65,13 @@ pub async fn run(
             read(&config.tls.key)?,
         ))
         .client_ca_root(Certificate::from_pem(ca_pem));
-    let store = Store::open(&config.store).map_err(|source| ServerError::Store {
-        path: config.store.clone(),
-        source,
-    })?;
+    let store =
+        Store::open_with_cache(&config.store, config.store_cache_mb << 20).map_err(|source| {
+            ServerError::Store {
+                path: config.store.clone(),
+                source,
+            }
+        })?;
     let policy = Arc::new(PolicyHandle::open(&config.policy).map_err(ServerError::Policy)?);
     let p = policy.get();
     tracing::info!(version = %p.version, items = p.items.len(), members = p.members.len(), "policy loaded");

@@ -771,11 +771,23 @@ fn latest_value(version: u32, log_index: u64) -> [u8; 12] {
     v
 }
 
+/// sled's own default page cache, 1 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts its commit task on the current tokio
-    /// runtime.
+    /// Opens (or creates) the store in `dir` with the default page cache
+    /// ([`DEFAULT_CACHE_BYTES`]) and starts its commit task on the current tokio runtime.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of at most `cache_bytes`: the memory sled may use to
+    /// keep the store's pages (most of the hub's resident memory once queries have read them).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut inner = Inner {
             consent: db.open_tree("consent")?,
