@@ -453,7 +453,7 @@ impl Bench {
                 t.await??;
             }
             bar.finish();
-            anyhow::Ok((store.summary_count() as u64, raw.load(Ordering::Relaxed)))
+            anyhow::Ok((store.summary_count()?, raw.load(Ordering::Relaxed)))
         });
         drop(rt);
         result

@@ -3,7 +3,7 @@
 //! Trees and key layouts (all integers big-endian, so byte order is numeric order):
 //!
 //! ```text
-//! summaries   publisher 0x00 summary_id 0x00 version:u32        -> 0x01 || RecordV1 (protobuf; body and signature in the log leaf)
+//! summaries   publisher 0x00 summary_id 0x00 version:u32        -> 0x01 || RecordV1 of a superseded version (protobuf; older stores: every version)
 //! latest      publisher 0x00 summary_id                         -> version:u32 log_index:u64 (older stores: version:u32 alone)
 //! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> ()
 //! certs       sha256(certificate DER)[32]                        -> certificate DER
@@ -26,9 +26,11 @@
 //! same atomic write** as the write itself, so the data and the log cannot diverge. Appends
 //! (and every other write) are serialised by one mutex that also holds the frontier (the right edge of the tree, one
 //! hash per set bit of the size): an append is O(log n). `access` indexes access leaves by
-//! patient for the access report; `RecordV1.log_index` points from a stored version to its leaf,
-//! and a `latest` entry names the latest version's leaf too, so a query reads two keys per
-//! result (latest entry, leaf) and takes what it returns from the log alone.
+//! patient for the access report. A `latest` entry names the latest version's leaf, so a query
+//! reads two keys per result (latest entry, leaf) and takes what it returns from the log alone;
+//! a version gets a record (`RecordV1.log_index` pointing at its leaf) only once a newer one
+//! supersedes it, so publishing a new result writes one key less. Versions arrive in order,
+//! so a result whose latest version is v has exactly v versions stored.
 //! A store written before the log existed gets its summaries appended once, in acceptance
 //! order, when it is opened with an empty log.
 //!
@@ -596,20 +598,6 @@ impl<'a> PreparedPut<'a> {
         }
     }
 
-    /// The stored record: body, signature and signer stay in the log leaf only. The record
-    /// keeps what a republished version is checked against (digest, acceptance time) and where
-    /// its leaf is.
-    fn record(&self, log_index: u64) -> RecordV1 {
-        RecordV1 {
-            body: Vec::new(),
-            signature: Vec::new(),
-            signer_certificate_sha256: Vec::new(),
-            body_sha256: self.verified.body_sha256.to_vec(),
-            accepted_at_ms: self.accepted_at.0,
-            log_index,
-        }
-    }
-
     fn receipt(&self, accepted_at_ms: i64) -> Receipt {
         let s = &self.verified.summary;
         Receipt {
@@ -761,6 +749,20 @@ fn read_latest(bytes: &[u8]) -> Result<(u32, Option<u64>), StoreError> {
             Some(u64::from_be_bytes(rest.try_into().map_err(|_| corrupt())?)),
         )),
         _ => Err(corrupt()),
+    }
+}
+
+/// The record of a version that a newer one superseded: body, signature and signer stay in
+/// its log leaf; the record keeps what a republished version is checked against (digest,
+/// acceptance time) and where its leaf is.
+fn superseded_record(body_sha256: Hash, accepted_at_ms: i64, log_index: u64) -> RecordV1 {
+    RecordV1 {
+        body: Vec::new(),
+        signature: Vec::new(),
+        signer_certificate_sha256: Vec::new(),
+        body_sha256: body_sha256.to_vec(),
+        accepted_at_ms,
+        log_index,
     }
 }
 
@@ -947,24 +949,50 @@ impl Store {
         let mut staged_index: HashSet<&[u8]> = HashSet::new();
         let mut ws = WriteSet::new();
         // Written after the rest, so a reader never finds an index entry or a latest version
-        // before the record it points to.
+        // before the leaf (or record) it points to.
         let mut references = WriteSet::new();
         let mut written = Vec::new();
         let mut results = Vec::with_capacity(prepared.len());
         for p in &prepared {
             let s = &p.verified.summary;
+            // The latest version as stored (its raw value is what undoing the write restores).
+            let stored_raw = match staged_latest.get(p.rkey.as_slice()) {
+                Some(v) => Some(v.to_vec()),
+                None => i.latest.get(&p.rkey)?.map(|v| v.to_vec()),
+            };
+            let stored_latest = stored_raw.as_deref().map(read_latest).transpose()?;
+            let stored = stored_latest.map(|(version, _)| version);
             let existing = match staged_versions.get(p.vkey.as_slice()) {
-                Some(&(digest, at, index)) => Some((digest == p.verified.body_sha256, at, index)),
-                None => match i.summaries.get(&p.vkey)? {
-                    Some(raw) => {
-                        let old = decode_record(&raw)?;
-                        let same = old.body_sha256 == p.verified.body_sha256;
-                        Some((same, old.accepted_at_ms, old.log_index))
+                Some(&(digest, at, index)) => Some((digest, at, index)),
+                None => match stored_latest {
+                    // The latest version has no record: its leaf is all there is.
+                    Some((version, Some(index))) if version == s.version => {
+                        let (digest, at) = self.leaf_digest(index)?;
+                        Some((digest, at.0, index))
                     }
-                    None => None,
+                    Some((version, _)) if version >= s.version => {
+                        match i.summaries.get(&p.vkey)? {
+                            Some(raw) => {
+                                let old = decode_record(&raw)?;
+                                let digest =
+                                    old.body_sha256.as_slice().try_into().map_err(|_| {
+                                        StoreError::Corrupt("body digest is not 32 bytes".into())
+                                    })?;
+                                Some((digest, old.accepted_at_ms, old.log_index))
+                            }
+                            None => {
+                                return Err(StoreError::Corrupt(format!(
+                                    "version {} of a result is missing",
+                                    s.version
+                                )));
+                            }
+                        }
+                    }
+                    _ => None,
                 },
             };
-            if let Some((same, at, index)) = existing {
+            if let Some((digest, at, index)) = existing {
+                let same = digest == p.verified.body_sha256;
                 results.push(if same {
                     Ok((Some(at), index))
                 } else {
@@ -975,15 +1003,6 @@ impl Store {
                 });
                 continue;
             }
-            // The latest version as stored (its raw value is what undoing the write restores).
-            let stored_raw = match staged_latest.get(p.rkey.as_slice()) {
-                Some(v) => Some(v.to_vec()),
-                None => i.latest.get(&p.rkey)?.map(|v| v.to_vec()),
-            };
-            let stored = stored_raw
-                .as_deref()
-                .map(|v| read_latest(v).map(|(version, _)| version))
-                .transpose()?;
             let expected = stored.map_or(1, |v| v + 1);
             if s.version != expected {
                 let reason = match stored {
@@ -1013,13 +1032,28 @@ impl Store {
                 ));
             }
             staged_certs.insert(p.cert_hash);
-            // The leaf before the record: the record takes its body from the leaf.
             write_leaf(&mut ws, &pending);
-            ws.add(
-                TreeId::Summaries,
-                p.vkey.as_slice(),
-                encode_v1(&p.record(pending.index)),
-            );
+            // The latest version has no record (its latest-version entry names its leaf); the
+            // version it supersedes gets one now, unless it has one (older stores wrote a
+            // record for every version).
+            if let Some((previous, Some(previous_index))) = stored_latest {
+                let pkey = version_key(s.publisher.as_str(), s.id.as_str(), previous);
+                let record = match staged_versions.get(pkey.as_slice()) {
+                    Some(&(digest, at, _)) => Some((digest, at)),
+                    None if i.summaries.contains_key(&pkey)? => None,
+                    None => {
+                        let (digest, at) = self.leaf_digest(previous_index)?;
+                        Some((digest, at.0))
+                    }
+                };
+                if let Some((digest, at)) = record {
+                    ws.add(
+                        TreeId::Summaries,
+                        pkey,
+                        encode_v1(&superseded_record(digest, at, previous_index)),
+                    );
+                }
+            }
             let latest = latest_value(s.version, pending.index);
             references.replace(
                 TreeId::Latest,
@@ -1115,6 +1149,12 @@ impl Store {
         };
         let rec = decode_record(&raw)?;
         self.to_stored(rec).map(Some)
+    }
+
+    /// The body digest and acceptance time of the summary version whose leaf is at `index`.
+    fn leaf_digest(&self, index: u64) -> Result<(Hash, UnixMillis), StoreError> {
+        let stored = self.summary_at_leaf(index)?;
+        Ok((stored.receipt.body_sha256, stored.receipt.accepted_at))
     }
 
     /// The summary version whose leaf is at `index`, everything taken from the leaf: body,
@@ -1317,12 +1357,22 @@ impl Store {
 
     /// Every version of one result, newest first.
     pub fn versions(&self, publisher: &str, id: &str) -> Result<Vec<StoredSummary>, StoreError> {
-        let mut prefix = result_key(publisher, id);
+        let rkey = result_key(publisher, id);
+        let mut prefix = rkey.clone();
         prefix.push(0);
         let mut out = Vec::new();
+        // Superseded versions have records (in older stores, every version has one).
         for entry in self.inner.summaries.scan_prefix(&prefix) {
             let (_, raw) = entry?;
             out.push(self.to_stored(decode_record(&raw)?)?);
+        }
+        // The latest version, when it has no record.
+        if let Some(latest) = self.load_latest(&rkey)?
+            && out
+                .last()
+                .is_none_or(|s| s.summary.version < latest.summary.version)
+        {
+            out.push(latest);
         }
         out.reverse();
         Ok(out)
@@ -1762,8 +1812,14 @@ impl Store {
     }
 
     /// Number of stored summary versions.
-    pub fn summary_count(&self) -> usize {
-        self.inner.summaries.len()
+    pub fn summary_count(&self) -> Result<u64, StoreError> {
+        // Versions arrive in order (1, 2, ...), so a result whose latest version is v has v.
+        let mut count = 0;
+        for entry in self.inner.latest.iter() {
+            let (_, raw) = entry?;
+            count += u64::from(read_latest(&raw)?.0);
+        }
+        Ok(count)
     }
 
     /// Bytes the store occupies on disk.

@@ -414,7 +414,7 @@ impl TestHub {
         let store = self
             .when_store_released(|| Ok(huren_hub::store::Store::open(&self.store_path)?))
             .await?;
-        Ok(store.summary_count())
+        Ok(usize::try_from(store.summary_count()?)?)
     }
 
     /// The stopped hub's store opened directly with sled (to inspect or tamper with it). Drop

@@ -904,13 +904,17 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
         let id = format!("OLD-{i}");
         let s = lab_summary("hosp-a", &id, p, HGB, hours(i))?;
         let signed = sign(&a, &s)?;
-        publish(&mut ca, signed.clone()).await?;
-        signed_by_id.push((id, signed));
+        let receipt = publish(&mut ca, signed.clone())
+            .await?
+            .receipt
+            .context("a receipt")?;
+        signed_by_id.push((id, signed, receipt));
     }
     hub.stop().await?;
-    // What a store written before the log existed looks like: no log trees at all, each
-    // record holds its body, signature and signer (the log leaves hold them now), and a latest-version
-    // entry is the version alone (it names the version's leaf now).
+    // What a store written before the log existed looks like: no log trees at all, a record
+    // for every version holding its body, signature and signer (now the log leaf holds them,
+    // and the latest version has no record), and a latest-version entry that is the version
+    // alone (it names the version's leaf now).
     {
         let db = hub.open_store_db().await?;
         for tree in ["log_leaves", "log_nodes", "log_meta", "access"] {
@@ -918,7 +922,7 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
         }
         let summaries = db.open_tree("summaries")?;
         let latest = db.open_tree("latest")?;
-        for (id, signed) in &signed_by_id {
+        for (id, signed, receipt) in &signed_by_id {
             let mut key = b"hosp-a\0".to_vec();
             key.extend_from_slice(id.as_bytes());
             ensure!(
@@ -928,13 +932,19 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
             latest.insert(&key, &1u32.to_be_bytes())?;
             key.push(0);
             key.extend_from_slice(&1u32.to_be_bytes());
-            let raw = summaries.get(&key)?.context("a published record")?;
-            let mut rec = StoredRecord::decode(&raw[1..])?;
-            rec.body = signed.body.clone();
-            rec.signature = signed.signature.clone();
-            rec.signer_certificate_sha256 =
-                huren_core::signing::sha256(&signed.signer_certificate).to_vec();
-            rec.log_index = 0;
+            ensure!(
+                summaries.get(&key)?.is_none(),
+                "the latest version has no record"
+            );
+            let rec = StoredRecord {
+                body: signed.body.clone(),
+                signature: signed.signature.clone(),
+                signer_certificate_sha256: huren_core::signing::sha256(&signed.signer_certificate)
+                    .to_vec(),
+                body_sha256: receipt.body_sha256.clone(),
+                accepted_at_ms: receipt.accepted_at_ms,
+                log_index: 0,
+            };
             let mut v = vec![1u8];
             rec.encode(&mut v)?;
             summaries.insert(key, v)?;

@@ -166,6 +166,93 @@ async fn versions_must_arrive_in_order_and_queries_return_the_latest() -> anyhow
     Ok(())
 }
 
+/// The hub keeps a record only for superseded versions (the latest is named by its
+/// latest-version entry): versions amended within one batch, retried later, or republished
+/// with another body still get their own receipts, and History lists every version.
+#[tokio::test]
+async fn versions_superseded_in_one_batch_keep_their_receipts() -> anyhow::Result<()> {
+    let mut hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client = hub.client("hosp-a").await?;
+    let patient = hub.patient("E00000012");
+    let v1 = lab_summary("hosp-a", "LAB-0012", patient, HGB, hours(1))?;
+    let v2 = amended(&v1, "unit corrected");
+    let v3 = amended(&v2, "value re-checked");
+    let (r1, _) = receipt_of("version 1", publish(&mut client, sign(&a, &v1)?).await)?;
+    // Versions 2 and 3 in one batch: 2 is superseded before anything is written.
+    let outcomes = client
+        .publish_batch(huren_proto::hub::PublishBatchRequest {
+            summaries: vec![sign(&a, &v2)?, sign(&a, &v3)?],
+        })
+        .await?
+        .into_inner()
+        .outcomes;
+    let mut batch_receipts = Vec::new();
+    for o in outcomes {
+        match o.outcome {
+            Some(huren_proto::hub::publish_outcome::Outcome::Published(p)) => {
+                batch_receipts.push(p.receipt.context("a receipt")?);
+            }
+            other => anyhow::bail!("a version of the batch was not stored: {other:?}"),
+        }
+    }
+    let [r2, r3] =
+        <[Receipt; 2]>::try_from(batch_receipts).map_err(|r| anyhow::anyhow!("{r:?}"))?;
+    for (step, s, receipt) in [
+        ("retry of 1", &v1, &r1),
+        ("retry of 2", &v2, &r2),
+        ("retry of 3", &v3, &r3),
+    ] {
+        let (again, already) = receipt_of(step, publish(&mut client, sign(&a, s)?).await)?;
+        assert!(already, "{step}");
+        assert_eq!(&again, receipt, "{step}");
+    }
+    let mut other_body = v2.clone();
+    if let Outcome::Lab(lab) = &mut other_body.outcome {
+        lab.value = "99".into();
+    }
+    assert_refused(
+        "another body under version 2",
+        publish(&mut client, sign(&a, &other_body)?).await,
+        Code::AlreadyExists,
+        "",
+    );
+    let mut request = history_request(&patient, 0);
+    request.include_earlier_versions = true;
+    let history = client.history(request).await?.into_inner();
+    assert_eq!(history.results.len(), 1);
+    assert_eq!(history.results[0].receipt, Some(r3));
+    let earlier: Vec<_> = history.results[0]
+        .earlier_versions
+        .iter()
+        .map(|e| e.receipt.clone())
+        .collect();
+    assert_eq!(
+        earlier,
+        [Some(r2), Some(r1)],
+        "earlier versions, newest first"
+    );
+    drop(client);
+    hub.stop().await?;
+    assert_eq!(hub.stored_summary_count().await?, 3);
+    let db = hub.open_store_db().await?;
+    let records = db
+        .open_tree("summaries")?
+        .scan_prefix(b"hosp-a\0LAB-0012\0")
+        .count();
+    assert_eq!(records, 2, "records for versions 1 and 2 only");
+    let latest = db
+        .open_tree("latest")?
+        .get(b"hosp-a\0LAB-0012")?
+        .context("latest")?;
+    assert_eq!(
+        latest[..4],
+        3u32.to_be_bytes(),
+        "the latest entry names version 3"
+    );
+    Ok(())
+}
+
 /// An amendment that changes the item, the time or the patient is found where it now is, and
 /// no longer where version 1 was.
 #[tokio::test]
