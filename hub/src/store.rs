@@ -630,25 +630,24 @@ struct NodeCache {
 }
 
 impl NodeCache {
-    fn get(&self, level: u8, index: u64) -> Option<Hash> {
-        let map = if level >= CACHED_LEVELS {
+    fn map(&self, level: u8) -> &RwLock<HashMap<(u8, u64), Hash>> {
+        if level >= CACHED_LEVELS {
             &self.upper
         } else {
             &self.recent
-        };
-        map.read().ok()?.get(&(level, index)).copied()
+        }
+    }
+
+    fn get(&self, level: u8, index: u64) -> Option<Hash> {
+        self.map(level).read().ok()?.get(&(level, index)).copied()
     }
 
     fn insert(&self, level: u8, index: u64, hash: Hash) {
-        if level >= CACHED_LEVELS {
-            if let Ok(mut upper) = self.upper.write() {
-                upper.insert((level, index), hash);
+        if let Ok(mut map) = self.map(level).write() {
+            if level < CACHED_LEVELS && map.len() >= RECENT_NODES {
+                map.clear();
             }
-        } else if let Ok(mut recent) = self.recent.write() {
-            if recent.len() >= RECENT_NODES {
-                recent.clear();
-            }
-            recent.insert((level, index), hash);
+            map.insert((level, index), hash);
         }
     }
 }
@@ -750,6 +749,14 @@ fn read_latest(bytes: &[u8]) -> Result<(u32, Option<u64>), StoreError> {
         )),
         _ => Err(corrupt()),
     }
+}
+
+/// The fields of a summary version's log leaf ([`Entry::Summary`]).
+struct SummaryLeaf {
+    accepted_at: UnixMillis,
+    signer_certificate_sha256: Hash,
+    signature: [u8; 64],
+    body: Vec<u8>,
 }
 
 /// The record of a version that a newer one superseded: body, signature and signer stay in
@@ -1151,17 +1158,8 @@ impl Store {
         self.to_stored(rec).map(Some)
     }
 
-    /// The body digest and acceptance time of the summary version whose leaf is at `index`.
-    fn leaf_digest(&self, index: u64) -> Result<(Hash, UnixMillis), StoreError> {
-        let stored = self.summary_at_leaf(index)?;
-        Ok((stored.receipt.body_sha256, stored.receipt.accepted_at))
-    }
-
-    /// The summary version whose leaf is at `index`, everything taken from the leaf: body,
-    /// signature, acceptance time and signer. What the hub returns is what its log holds, and
-    /// the hub does not vouch for it: agents check every body against its receipt, signature
-    /// and inclusion proof.
-    fn summary_at_leaf(&self, index: u64) -> Result<StoredSummary, StoreError> {
+    /// The summary leaf at `index`, decoded.
+    fn summary_leaf(&self, index: u64) -> Result<SummaryLeaf, StoreError> {
         let leaf = self
             .inner
             .log_leaves
@@ -1173,13 +1171,12 @@ impl Store {
                 signer_certificate_sha256,
                 signature,
                 body,
-            }) => self.stored_summary(
-                body,
-                signature,
-                &signer_certificate_sha256,
+            }) => Ok(SummaryLeaf {
                 accepted_at,
-                index,
-            ),
+                signer_certificate_sha256,
+                signature,
+                body,
+            }),
             Ok(_) => Err(StoreError::Corrupt(format!(
                 "log leaf {index} is not a summary"
             ))),
@@ -1187,6 +1184,28 @@ impl Store {
                 "log leaf {index} does not decode: {e}"
             ))),
         }
+    }
+
+    /// The body digest and acceptance time of the summary version whose leaf is at `index`
+    /// (what a republished version is checked against; no certificate or body decoding).
+    fn leaf_digest(&self, index: u64) -> Result<(Hash, UnixMillis), StoreError> {
+        let leaf = self.summary_leaf(index)?;
+        Ok((sha256(&leaf.body), leaf.accepted_at))
+    }
+
+    /// The summary version whose leaf is at `index`, everything taken from the leaf: body,
+    /// signature, acceptance time and signer. What the hub returns is what its log holds, and
+    /// the hub does not vouch for it: agents check every body against its receipt, signature
+    /// and inclusion proof.
+    fn summary_at_leaf(&self, index: u64) -> Result<StoredSummary, StoreError> {
+        let leaf = self.summary_leaf(index)?;
+        self.stored_summary(
+            leaf.body,
+            leaf.signature,
+            &leaf.signer_certificate_sha256,
+            leaf.accepted_at,
+            index,
+        )
     }
 
     /// A signing certificate by the SHA-256 of its DER. An alliance has a few per member, so
