@@ -8,6 +8,7 @@
 //! |---|---|
 //! | publish, unary, durable receipt | raw echo: the gRPC health `Check` over the same mTLS channels at the same concurrency |
 //! | FindPrior and CheckOrder, throughput, p50, p99 | raw echo |
+//! | FindPrior, throughput | sized echo: a no-op RPC answering as many bytes as FindPrior's mean answer (see [`echo`]) |
 //! | publish per second | Ed25519 verifications per second on one core (x2 for two cores) |
 //! | disk bytes per stored summary | the summary's own bytes (body + signature) |
 //!
@@ -35,6 +36,8 @@ use huren_core::summary::{
 };
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
+
+mod echo;
 
 /// The allocator the huren-hub binary runs with, so the figures are the hub's.
 #[global_allocator]
@@ -540,6 +543,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let trees = tokio::task::block_in_place(|| logical_bytes(&bench.store))?;
 
     let hub_config = huren_hub::HubConfig::load(&bench.config)?;
+    let tls_files = hub_config.tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -641,11 +645,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let patients = (stored / args.per_patient).max(1);
+    let patient_of = move |n: u64| patient((n * 2_654_435_761) % patients);
     // FindPrior for a seeded patient and two items: the call a county hospital makes.
     let find_prior_op = |chans: Vec<Channel>, with_proofs: bool| {
         move |n: u64| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
-            let p = patient((n * 2_654_435_761) % patients);
+            let p = patient_of(n);
             async move {
                 // Each signing certificate once, as the agent asks.
                 c.find_prior(prior_request(&p, true, with_proofs)).await?;
@@ -662,6 +667,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // verifier key (every production agent) asks.
         let proofs = load(args.concurrency, args.seconds, op(true)).await;
         (Some(plain), Some(proofs))
+    };
+    // The sized echo: a no-op RPC answering as many bytes as the mean FindPrior answer above
+    // (the first patients the load asked for), over channels like the asker's.
+    let sized_echo = if !args.measures("find-prior") {
+        None
+    } else {
+        let mut c = HubClient::new(asker[0].clone());
+        let sample = 256;
+        let mut total = 0;
+        for n in 0..sample {
+            let answer = c
+                .find_prior(prior_request(&patient_of(n), true, false))
+                .await?;
+            total += answer.into_inner().encoded_len();
+        }
+        let size = u32::try_from(total / sample as usize)?;
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                std::fs::read(&tls_files.cert)?,
+                std::fs::read(&tls_files.key)?,
+            ))
+            .client_ca_root(Certificate::from_pem(std::fs::read(&tls_files.ca)?));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let echo_addr = listener.local_addr()?;
+        let (stop_echo, echo_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(echo::serve(tls, listener, async {
+            let _ = echo_stopped.await;
+        }));
+        let chans = channels(&bench, echo_addr, ASKER).await?;
+        let load = load(args.concurrency, args.seconds, move |n| {
+            echo::call(chans[n as usize % chans.len()].clone(), size)
+        })
+        .await;
+        let _ = stop_echo.send(());
+        server.await??;
+        Some((size, load))
     };
     // One answer's size, with each summary's certificate and with each certificate once.
     let answer_sizes = if !args.measures("find-prior") {
@@ -777,6 +818,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Some(("raw echo", echo.per_second)),
             "target >= 70%, p99 <= 2 ms",
         );
+    }
+    if let Some((size, sized)) = &sized_echo {
+        sized.line(
+            &format!("sized echo ({size}-byte answer)"),
+            None,
+            "a no-op RPC answering FindPrior's mean answer size",
+        );
+        if let Some(find_prior) = &find_prior {
+            println!(
+                "{:<34} {:>5.0}% of the sized echo: the gap is the hub's work (reads, rules, the query's audit record) and the client's decoding",
+                "FindPrior against the sized echo",
+                100.0 * find_prior.per_second / sized.per_second
+            );
+        }
     }
     if let Some(proofs) = &find_prior_proofs {
         proofs.line(
