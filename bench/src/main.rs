@@ -756,6 +756,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(load)
     };
 
+    // A measurement in which no call succeeded measured nothing: the run fails rather than
+    // print a rate of zero.
+    let measured = [
+        ("raw echo", Some(&echo)),
+        ("publish", publish.as_ref()),
+        ("publish-batch", publish_batch.as_ref()),
+        ("find-prior", find_prior.as_ref()),
+        ("find-prior with proofs", find_prior_proofs.as_ref()),
+        ("sized echo", sized_echo.as_ref().map(|(_, l)| l)),
+        ("latency", find_prior_alone.as_ref()),
+        ("check-order", check_order.as_ref()),
+    ];
+    for (name, load) in measured {
+        if let Some(load) = load {
+            anyhow::ensure!(
+                load.ok > 0,
+                "the {name} measurement had no successful call ({} failed)",
+                load.errors
+            );
+        }
+    }
     let rss = rss_bytes();
     let _ = stop.send(());
     hub.await??;
