@@ -629,9 +629,11 @@ fn node_place(level: u8, index: u64) -> u64 {
     (u64::from(level) << 56) | (index & ((1 << 56) - 1))
 }
 
-/// Hashes a [`node_place`] by one multiplication (Fibonacci hashing): the places are not
-/// chosen by anyone outside, so SipHash's protection against chosen keys buys nothing here,
-/// and it was a visible part of every proof.
+/// Hashes a [`node_place`] with MurmurHash3's 64-bit finaliser (two multiplications and three
+/// shifts): the places are not chosen by anyone outside, so SipHash's protection against chosen
+/// keys buys nothing here, and it was a visible part of every proof. A bare multiplication
+/// would not do: the map picks buckets by the low bits, which a product takes from the low
+/// bits of the place only, so the same index at two levels would share a bucket.
 #[derive(Default)]
 struct PlaceHasher(u64);
 
@@ -643,7 +645,11 @@ impl std::hash::Hasher for PlaceHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut x = n ^ (n >> 33);
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        self.0 = x ^ (x >> 33);
     }
 
     fn finish(&self) -> u64 {
@@ -2269,6 +2275,25 @@ mod tests {
         // p's last change was at i = 8 (opt-out), q's at i = 9 (opt-in).
         assert!(store.opted_out(&p).unwrap());
         assert!(!store.opted_out(&q).unwrap());
+    }
+
+    /// Node places spread over the map's buckets (picked by the low bits of the hash): the
+    /// same index at many levels, and neighbouring indices, do not pile into a few buckets.
+    #[test]
+    fn node_places_spread_over_buckets() {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::BuildHasherDefault::<PlaceHasher>::default();
+        let places: Vec<u64> = (3..21u8)
+            .flat_map(|level| (0..1000u64).map(move |index| node_place(level, index)))
+            .collect();
+        let buckets: HashSet<u64> = places.iter().map(|p| hasher.hash_one(p) & 0xffff).collect();
+        // 18,000 places thrown at random into 65,536 buckets fill about 15,700.
+        assert!(
+            buckets.len() > 14_000,
+            "{} places fell into {} buckets",
+            places.len(),
+            buckets.len()
+        );
     }
 
     /// Proofs read through the node cache stay right as the tree grows past the cached
