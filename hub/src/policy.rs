@@ -2,7 +2,7 @@
 //! reloading.
 //!
 //! A policy is checked whole before it is used. Every error names the line and the field
-//! ("line 214, items[31].validity_days: must be at least 1"); a policy with an error is refused
+//! (`line 214, items[31].validity_days: must be at least 1`); a policy with an error is refused
 //! and the hub keeps the one it had. [`PolicyHandle`] holds the current policy; readers take an
 //! `Arc<Policy>` and keep a consistent view for the whole request.
 

@@ -47,7 +47,7 @@
 //! changes the item, the time or the patient simply stops matching the old entry. Signing
 //! certificates are stored once each, not once per summary.
 //!
-//! Every write is one [`writeset::WriteSet`] across the trees: atomic through an undo list,
+//! Every write is one `writeset::WriteSet` across the trees: atomic through an undo list,
 //! not through sled transactions, which would make every read in the process wait behind disk
 //! flushes (the module explains both). A put is acknowledged only after
 //! [`Store::commit`] returns, that is after a flush that covers the write: concurrent writers
@@ -1795,7 +1795,7 @@ impl Store {
     /// A durable tree head of at least `min_size` entries without waiting for a flush when
     /// one is known: the newest head an earlier flush made durable. Flushes only when no
     /// known durable head is large enough. When the known head is older than
-    /// [`DURABLE_HEAD_MAX_AGE`] and the log has grown since, a flush runs in the background so
+    /// `DURABLE_HEAD_MAX_AGE` and the log has grown since, a flush runs in the background so
     /// later checkpoints cover the newer entries.
     pub async fn recent_durable_head(&self, min_size: u64) -> Result<TreeHead, StoreError> {
         let known = self.inner.durable.lock().ok().and_then(|d| *d);
