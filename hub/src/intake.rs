@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use huren_core::signing::VerifiedSummary;
 use huren_core::summary::UnixMillis;
 
+use crate::batch::next_batch;
 use crate::store::{Put, Store, StoreError, TreeHead};
 
 /// Most summaries written in one atomic write.
@@ -55,18 +56,7 @@ impl Intake {
 }
 
 async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut count = first.items.len();
-        let mut jobs = vec![first];
-        while count < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => {
-                    count += next.items.len();
-                    jobs.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |job: &Job| job.items.len()).await {
         let writer = store.clone();
         let written = tokio::task::spawn_blocking(move || {
             let items: Vec<(&VerifiedSummary, UnixMillis)> = jobs

@@ -9,6 +9,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch::next_batch;
 use crate::error::HubError;
 use crate::store::{QueryRecord, Store, StoreError};
 
@@ -43,14 +44,7 @@ impl Journal {
 }
 
 async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<(QueryRecord, Ack)>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, MAX_BATCH, |_| 1).await {
         let (records, acks): (Vec<QueryRecord>, Vec<Ack>) = batch.into_iter().unzip();
         let store = store.clone();
         let result =

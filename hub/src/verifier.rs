@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
 use huren_core::trust::CertifiedSigner;
 
+use crate::batch::next_batch;
 use crate::error::HubError;
 
 /// Most signatures in one batch equation.
@@ -60,14 +61,7 @@ impl SignatureChecks {
 }
 
 async fn check_batches(mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => jobs.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |_| 1).await {
         let (items, acks): (Vec<_>, Vec<_>) = jobs
             .into_iter()
             .map(|j| ((j.envelope, j.signer), j.ack))
