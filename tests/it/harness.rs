@@ -698,6 +698,15 @@ pub fn imaging_summary(
     Ok(s)
 }
 
+/// `s` with another lab value (the same version: a different body under it).
+pub fn with_lab_value(s: &Summary, value: impl Into<String>) -> Summary {
+    let mut changed = s.clone();
+    if let Outcome::Lab(lab) = &mut changed.outcome {
+        lab.value = value.into();
+    }
+    changed
+}
+
 /// The next version of `s`: AMENDED with `reason`.
 pub fn amended(s: &Summary, reason: &str) -> Summary {
     let mut next = s.clone();

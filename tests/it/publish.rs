@@ -4,7 +4,7 @@ use anyhow::Context;
 use tonic::Code;
 
 use huren_core::signing::sha256;
-use huren_core::summary::{Outcome, Summary};
+use huren_core::summary::Summary;
 use huren_proto::hub::{Receipt, StoredSummary};
 
 use crate::harness::*;
@@ -102,10 +102,7 @@ async fn a_different_body_under_a_stored_version_is_refused() -> anyhow::Result<
     let signed = sign(&a, &original)?;
     let (receipt, _) = receipt_of("original", publish(&mut client, signed.clone()).await)?;
 
-    let mut changed = original.clone();
-    if let Outcome::Lab(lab) = &mut changed.outcome {
-        lab.value = "98".into();
-    }
+    let changed = with_lab_value(&original, "98");
     assert_refused(
         "changed value, same version",
         publish(&mut client, sign(&a, &changed)?).await,
@@ -207,10 +204,7 @@ async fn versions_superseded_in_one_batch_keep_their_receipts() -> anyhow::Resul
         assert!(already, "{step}");
         assert_eq!(&again, receipt, "{step}");
     }
-    let mut other_body = v2.clone();
-    if let Outcome::Lab(lab) = &mut other_body.outcome {
-        lab.value = "99".into();
-    }
+    let other_body = with_lab_value(&v2, "99");
     assert_refused(
         "another body under version 2",
         publish(&mut client, sign(&a, &other_body)?).await,
@@ -420,10 +414,7 @@ async fn concurrent_conflicting_publishes_have_one_winner() -> anyhow::Result<()
     let base = lab_summary("hosp-a", "LAB-0008", patient, HGB, hours(1))?;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..8 {
-        let mut s = base.clone();
-        if let Outcome::Lab(lab) = &mut s.outcome {
-            lab.value = format!("{}", 120 + i);
-        }
+        let s = with_lab_value(&base, format!("{}", 120 + i));
         let signed = sign(&a, &s)?;
         let mut client = hub.client("hosp-a").await?;
         calls.spawn(async move { (signed.clone(), publish(&mut client, signed).await) });
