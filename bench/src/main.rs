@@ -253,12 +253,21 @@ fn ed25519_verify_rate(seconds: f64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn patient(n: u64) -> Pseudonym {
-    Pseudonym::from_bytes(sha256(&n.to_be_bytes()))
+/// The `n`th patient of a set (the seeded summaries' or a publish measurement's). Each
+/// measurement publishes for patients of its own, so what the queries find (and how large
+/// their answers are) is the seeded data alone, however many summaries the publish
+/// measurements managed to store before them.
+fn patient(set: &str, n: u64) -> Pseudonym {
+    let mut key = set.as_bytes().to_vec();
+    key.extend_from_slice(&n.to_be_bytes());
+    Pseudonym::from_bytes(sha256(&key))
 }
 
-/// The `n`th seeded summary: patient n / per_patient, one of the items, spread over the last
-/// 30 days so most are inside their windows.
+/// The patients the queries ask for.
+const SEED: &str = "SEED";
+
+/// The `n`th summary named `prefix`: patient n / per_patient of the set `prefix`, one of the
+/// items, spread over the last 30 days so most are inside their windows.
 fn summary(n: u64, per_patient: u64, now: i64, prefix: &str) -> anyhow::Result<Summary> {
     let (code, _) = ITEMS[(n % ITEMS.len() as u64) as usize];
     let performed = now - ((n * 7_919) % (30 * 86_400)) as i64 * 1000 - 3_600_000;
@@ -266,7 +275,7 @@ fn summary(n: u64, per_patient: u64, now: i64, prefix: &str) -> anyhow::Result<S
         id: SummaryId::parse(&format!("{prefix}-{n:08}"))?,
         version: 1,
         publisher: InstitutionId::parse(PUBLISHER)?,
-        patient: patient(n / per_patient),
+        patient: patient(prefix, n / per_patient),
         item: Item {
             system: LOINC.into(),
             code: code.into(),
@@ -384,9 +393,8 @@ impl Bench {
 
     /// Seeds summaries straight into the store: signed like a publisher's, stored like the
     /// hub stores them (batches through `Store::put_summaries`, each made durable before the
-    /// next counts), without the RPC (which is measured separately). Runs on its own runtime,
-    /// which is dropped at the end: that stops the store's commit task and releases sled's
-    /// lock before the hub opens the store.
+    /// next counts), without the RPC (which is measured separately). Runs on its own runtime;
+    /// the store is dropped at the end, which releases sled's lock before the hub opens it.
     fn seed(&self) -> anyhow::Result<(u64, u64)> {
         let m = self.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
         let cert = pem_der(&m.signing.cert_pem)?;
@@ -430,7 +438,7 @@ impl Bench {
                         tokio::task::spawn_blocking(move || {
                             let mut chunk = Vec::with_capacity((to - from) as usize);
                             for n in from..to {
-                                let s = summary(n, per_patient, now, "SEED")?;
+                                let s = summary(n, per_patient, now, SEED)?;
                                 let envelope = signer.sign(&s)?;
                                 raw.fetch_add(envelope.body.len() as u64 + 64, Ordering::Relaxed);
                                 chunk.push(VerifiedSummary {
@@ -645,7 +653,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let patients = (stored / args.per_patient).max(1);
-    let patient_of = move |n: u64| patient((n * 2_654_435_761) % patients);
+    let patient_of = move |n: u64| patient(SEED, (n * 2_654_435_761) % patients);
     // FindPrior for a seeded patient and two items: the call a county hospital makes.
     let find_prior_op = |chans: Vec<Channel>, with_proofs: bool| {
         move |n: u64| {
@@ -712,7 +720,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut sizes = Vec::new();
         for once in [false, true] {
             let answer = c
-                .find_prior(prior_request(&patient(0), once, false))
+                .find_prior(prior_request(&patient(SEED, 0), once, false))
                 .await?;
             let answer = answer.into_inner();
             sizes.push((answer.results.len(), answer.encoded_len()));
@@ -732,7 +740,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let chans = asker.clone();
         let load = load(args.concurrency, args.seconds, move |n| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
-            let p = patient((n * 2_654_435_761) % patients);
+            let p = patient(SEED, (n * 2_654_435_761) % patients);
             async move {
                 c.check_order(pb::CheckOrderRequest {
                     patient_pseudonym: p.as_bytes().to_vec(),
