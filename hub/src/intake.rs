@@ -1,18 +1,21 @@
 //! Group writing for published summaries.
 //!
 //! Every publish, unary or batched, sends its verified summaries here and waits for their
-//! outcomes. One task drains everything waiting at that moment and stores it with
-//! [`Store::put_summaries`] on a blocking thread: one atomic write and one log append run
-//! for many publishes, and no async worker ever blocks on the log's lock. The flush that makes
+//! outcomes. One thread of its own drains everything waiting at that moment and stores it with
+//! [`Store::put_summaries`]: one atomic write and one log append run for many publishes, and no
+//! async worker ever blocks on the log's lock. The flush that makes
 //! a batch durable runs while the next batch is written (group commit), and nobody hears of a
 //! stored summary before that flush returns.
 
+use std::panic::AssertUnwindSafe;
+
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use huren_core::signing::VerifiedSummary;
 use huren_core::summary::UnixMillis;
 
-use crate::batch::next_batch;
+use crate::batch::{next_batch, spawn_named};
 use crate::store::{Put, Store, StoreError, TreeHead};
 
 /// Most summaries written in one atomic write.
@@ -34,11 +37,12 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> Self {
+    /// Starts the writer thread. Acknowledgements are sent from tasks on the current runtime.
+    pub fn start(store: Store) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(store, rx));
-        Self { tx }
+        let runtime = Handle::current();
+        spawn_named("huren-intake", move || write_batches(store, rx, runtime))?;
+        Ok(Self { tx })
     }
 
     /// Stores summaries accepted at `at`, waiting until they are durable. One outcome per
@@ -55,20 +59,17 @@ impl Intake {
     }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |job: &Job| job.items.len()).await {
-        let writer = store.clone();
-        let written = tokio::task::spawn_blocking(move || {
+fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, runtime: Handle) {
+    while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |job: &Job| job.items.len()) {
+        let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let items: Vec<(&VerifiedSummary, UnixMillis)> = jobs
                 .iter()
                 .flat_map(|j| j.items.iter().map(move |v| (v, j.at)))
                 .collect();
-            let result = writer.put_summaries(&items);
-            (jobs, result)
-        })
-        .await;
+            store.put_summaries(&items)
+        }));
         // A panicked write drops its jobs: their callers hear that the writer stopped.
-        let Ok((jobs, result)) = written else {
+        let Ok(result) = written else {
             tracing::error!("a publish batch write panicked");
             continue;
         };
@@ -84,7 +85,7 @@ async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
         };
         // Acknowledge after the flush, while the next batch is already being written.
         let store = store.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let durable = store.commit().await.map_err(|e| e.to_string());
             let mut results = batch.results.into_iter();
             for j in jobs {

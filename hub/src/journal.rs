@@ -2,14 +2,14 @@
 //! statistics events, access leaves in the log).
 //!
 //! A query sends its [`QueryRecord`] here and waits for it to be written before it answers, so
-//! no answer goes out without its audit record. One task drains every record waiting at that
-//! moment and writes them with [`Store::record_query_batch`] on a blocking thread: one
-//! atomic write for the whole batch instead of one per query, and no async worker ever
-//! blocks on the log's lock.
+//! no answer goes out without its audit record. One thread of its own drains every record
+//! waiting at that moment and writes them with [`Store::record_query_batch`]: one atomic write
+//! for the whole batch instead of one per query, and no async worker ever blocks on the log's
+//! lock.
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::next_batch;
+use crate::batch::{next_batch, spawn_named};
 use crate::error::HubError;
 use crate::store::{QueryRecord, Store, StoreError};
 
@@ -24,11 +24,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> Self {
+    /// Starts the writer thread.
+    pub fn start(store: Store) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(store, rx));
-        Self { tx }
+        spawn_named("huren-journal", move || write_batches(store, rx))?;
+        Ok(Self { tx })
     }
 
     /// Writes one record, waiting until it is in the store.
@@ -36,23 +36,23 @@ impl Journal {
         let (ack, done) = oneshot::channel();
         self.tx
             .send((record, ack))
-            .map_err(|_| StoreError::Journal("the journal task has stopped".into()))?;
+            .map_err(|_| StoreError::Journal("the journal thread has stopped".into()))?;
         done.await
-            .map_err(|_| StoreError::Journal("the journal task has stopped".into()))?
+            .map_err(|_| StoreError::Journal("the journal thread has stopped".into()))?
             .map_err(|e| StoreError::Journal(e).into())
     }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<(QueryRecord, Ack)>) {
-    while let Some(batch) = next_batch(&mut rx, MAX_BATCH, |_| 1).await {
+fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<(QueryRecord, Ack)>) {
+    while let Some(batch) = next_batch(&mut rx, MAX_BATCH, |_| 1) {
         let (records, acks): (Vec<QueryRecord>, Vec<Ack>) = batch.into_iter().unzip();
-        let store = store.clone();
-        let result =
-            match tokio::task::spawn_blocking(move || store.record_query_batch(&records)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(format!("journal write task failed: {e}")),
-            };
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.record_query_batch(&records)
+        })) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("journal write panicked".to_string()),
+        };
         for ack in acks {
             let _ = ack.send(result.clone());
         }

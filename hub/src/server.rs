@@ -41,6 +41,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Serve(tonic::transport::Error),
+    #[error("could not start the hub's worker threads: {0}")]
+    Threads(std::io::Error),
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
@@ -85,7 +87,9 @@ pub async fn run(
         source,
     })?;
     tracing::info!(origin = %log.origin(), size = head.size, "log opened");
-    let hub = Arc::new(Hub::new(store, ca, policy, config.limits.max_results, log));
+    let hub = Hub::new(store, ca, policy, config.limits.max_results, log)
+        .map_err(ServerError::Threads)?;
+    let hub = Arc::new(hub);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<HubServer<HubGrpc>>().await;

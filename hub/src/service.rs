@@ -146,23 +146,25 @@ pub fn now() -> UnixMillis {
 const MAX_DECISION_ID: usize = 128;
 
 impl Hub {
+    /// The hub's request handling over `store`, with its journal, intake and signature-checking
+    /// threads started (an error only if the system refuses a thread).
     pub fn new(
         store: Store,
         ca: AllianceCa,
         policy: Arc<PolicyHandle>,
         max_results: usize,
         log: LogSigner,
-    ) -> Self {
-        Self {
-            journal: Journal::start(store.clone()),
-            intake: Intake::start(store.clone()),
-            signatures: SignatureChecks::start(),
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            journal: Journal::start(store.clone())?,
+            intake: Intake::start(store.clone())?,
+            signatures: SignatureChecks::start()?,
             store,
             signers: SignerCache::new(ca),
             policy,
             max_results,
             log,
-        }
+        })
     }
 
     /// The C2SP verifier key of the hub's log.

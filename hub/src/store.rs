@@ -77,6 +77,8 @@ use huren_core::stats::{Event, EventKind};
 use huren_core::summary::{Summary, UnixMillis};
 use writeset::{TreeId, Trees, WriteSet};
 
+use crate::batch::{next_batch, spawn_named};
+
 /// First byte of every stored record: the record layout version.
 const RECORD_V1: u8 = 1;
 
@@ -340,7 +342,7 @@ pub enum StoreError {
     Engine(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("the store's commit task has stopped")]
+    #[error("the store's commit thread has stopped")]
     CommitterGone,
     #[error("query journal: {0}")]
     Journal(String),
@@ -409,6 +411,21 @@ struct Inner {
     /// Whether a background flush to refresh `durable` is under way.
     refreshing: AtomicBool,
     commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    /// The thread running [`group_commit`]; joined when the store is dropped, so the database
+    /// (and its file lock) is released by then.
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer's loop once it has answered what is waiting.
+        self.commits = mpsc::unbounded_channel().0;
+        if let Some(committer) = self.committer.take()
+            && committer.join().is_err()
+        {
+            tracing::error!("the store's commit thread panicked");
+        }
+    }
 }
 
 impl Trees for Inner {
@@ -828,7 +845,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
 impl Store {
     /// Opens (or creates) the store in `dir` with the default page cache
-    /// ([`DEFAULT_CACHE_BYTES`]) and starts its commit task on the current tokio runtime.
+    /// ([`DEFAULT_CACHE_BYTES`]) and starts its commit thread. Dropping the last handle
+    /// waits for that thread to end, so the directory can be opened again right after.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
     }
@@ -866,6 +884,7 @@ impl Store {
             events: db.open_tree("events")?,
             db,
             commits: tx,
+            committer: None,
         };
         // Undo the last write if a crash cut it short, before anything is read.
         let undone = writeset::recover(&inner)?;
@@ -885,7 +904,11 @@ impl Store {
         let log = LogState { size, frontier };
         inner.applied = Mutex::new(log.head());
         inner.log = Mutex::new(log);
-        tokio::spawn(group_commit(inner.db.clone(), rx));
+        let db = inner.db.clone();
+        inner.committer = Some(
+            spawn_named("huren-commit", move || group_commit(db, rx))
+                .map_err(|e| StoreError::Engine(sled::Error::Io(e)))?,
+        );
         let store = Self {
             inner: Arc::new(inner),
         };
@@ -1447,7 +1470,7 @@ impl Store {
 
     /// Records a batch of answered queries in one go: what each member was shown (so it can
     /// record decisions on those results), the statistics events, and one access leaf each,
-    /// appended to the log in a single atomic write. Called by the hub's journal task, which
+    /// appended to the log in a single atomic write. Called by the hub's journal thread, which
     /// gathers concurrent queries into one batch (group commit, like publishes).
     pub fn record_query_batch(&self, batch: &[QueryRecord]) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -1980,20 +2003,16 @@ fn decode_record(raw: &[u8]) -> Result<RecordV1, StoreError> {
 
 /// Group commit: each flush covers every write made before it started, and answers every
 /// writer that was waiting when it started.
-async fn group_commit(
+/// The committer thread: each flush answers every caller waiting when it starts.
+fn group_commit(
     db: sled::Db,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
-        let db = db.clone();
-        let result = match tokio::task::spawn_blocking(move || db.flush()).await {
+    while let Some(waiting) = next_batch(&mut rx, usize::MAX, |_| 1) {
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush())) {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("flush task failed: {e}")),
+            Err(_) => Err("the flush panicked".to_string()),
         };
         for w in waiting {
             let _ = w.send(result.clone());
@@ -2183,16 +2202,8 @@ mod tests {
             assert!(leaf_1.is_some());
             store.commit().await.unwrap();
         }
-        // The commit task lets go of the files once it sees the store dropped.
-        let mut reopened = Store::open(dir.path());
-        for _ in 0..200 {
-            if reopened.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            reopened = Store::open(dir.path());
-        }
-        let store = reopened.unwrap();
+        // Dropping the store released its files.
+        let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.tree_head().unwrap().size, 1);
         for i in 1..3u64 {
             let leaf = store.inner.log_leaves.get(i.to_be_bytes()).unwrap();

@@ -1,9 +1,8 @@
 //! Signature checks for unary publishes, gathered into batch equations.
 //!
 //! A unary publish carries one signature, but under load many publishes wait to be checked at
-//! once. One task takes everything waiting, checks it with [`verify_many`] (one Ed25519 batch
-//! equation, about half the CPU per signature of checking one by one) on a blocking thread,
-//! and gives each caller its own outcome, the same one checking alone would give. A lone
+//! once. One thread of its own takes everything waiting, checks it with [`verify_many`] (one
+//! Ed25519 batch equation, about half the CPU per signature of checking one by one), and gives each caller its own outcome, the same one checking alone would give. A lone
 //! publish is a batch of one. One batch is checked at a time: whatever arrives meanwhile forms
 //! the next.
 //!
@@ -16,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
 use huren_core::trust::CertifiedSigner;
 
-use crate::batch::next_batch;
+use crate::batch::{next_batch, spawn_named};
 use crate::error::HubError;
 
 /// Most signatures in one batch equation.
@@ -34,11 +33,11 @@ pub struct SignatureChecks {
 }
 
 impl SignatureChecks {
-    /// Starts the checking task on the current runtime.
-    pub fn start() -> Self {
+    /// Starts the checking thread.
+    pub fn start() -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(check_batches(rx));
-        Self { tx }
+        spawn_named("huren-verify", move || check_batches(rx))?;
+        Ok(Self { tx })
     }
 
     /// Checks `envelope`'s size, signature and body, as [`SignedEnvelope::verify_into`] does.
@@ -53,27 +52,27 @@ impl SignatureChecks {
             signer,
             ack,
         }) {
-            // The task is gone (the runtime is shutting down): check here.
+            // The thread is gone (the hub is shutting down): check here.
             return Ok(job.envelope.verify_into(&job.signer)?);
         }
         Ok(outcome.await.map_err(|_| HubError::Checking)??)
     }
 }
 
-async fn check_batches(mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |_| 1).await {
+fn check_batches(mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |_| 1) {
         let (items, acks): (Vec<_>, Vec<_>) = jobs
             .into_iter()
             .map(|j| ((j.envelope, j.signer), j.ack))
             .unzip();
         // A panicked check drops the acknowledgements: those callers get HubError::Checking.
-        match tokio::task::spawn_blocking(move || verify_many(items)).await {
+        match std::panic::catch_unwind(move || verify_many(items)) {
             Ok(outcomes) => {
                 for (ack, outcome) in acks.into_iter().zip(outcomes) {
                     let _ = ack.send(outcome);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "a batch of signature checks panicked"),
+            Err(_) => tracing::error!("a batch of signature checks panicked"),
         }
     }
 }

@@ -425,7 +425,7 @@ impl TestHub {
     }
 
     /// Runs `open` until it succeeds: a stopped in-process hub lets go of its store (sled's file
-    /// lock) only when its commit task has noticed, shortly after `run` returns.
+    /// lock) only when the hub's worker threads have noticed, shortly after `run` returns.
     async fn when_store_released<T>(
         &self,
         open: impl Fn() -> anyhow::Result<T>,
@@ -453,7 +453,7 @@ impl TestHub {
     }
 
     /// Binds, then spawns `huren_hub::run`, then waits for a health check to pass. A store still
-    /// locked by the previous run (its commit task exits asynchronously) is retried until
+    /// locked by the previous run (its worker threads exit asynchronously) is retried until
     /// [`STARTUP_DEADLINE`].
     async fn launch_task(&mut self) -> anyhow::Result<()> {
         let config = huren_hub::HubConfig::load(&self.config_path)?;
