@@ -147,7 +147,8 @@ const MAX_DECISION_ID: usize = 128;
 
 impl Hub {
     /// The hub's request handling over `store`, with its journal, intake and signature-checking
-    /// threads started (an error only if the system refuses a thread).
+    /// threads started (an error only if the system refuses a thread). Call it within a tokio
+    /// runtime: the intake acknowledges from tasks on it.
     pub fn new(
         store: Store,
         ca: AllianceCa,
