@@ -441,9 +441,13 @@ impl Hub {
             }
         }
         // Signature checks are CPU work: keep them off the async workers.
+        // A panicked check is the hub's fault (INTERNAL), not the request's.
         let checked = tokio::task::spawn_blocking(move || verify_many(certified))
             .await
-            .map_err(|e| HubError::BadRequest(format!("verifying the batch failed: {e}")))?;
+            .map_err(|e| {
+                tracing::error!(error = %e, "a batch of signature checks panicked");
+                HubError::Checking
+            })?;
         let mut accepted = Vec::with_capacity(checked.len());
         let mut accepted_at = Vec::with_capacity(checked.len());
         for (i, v) in positions.into_iter().zip(checked) {
