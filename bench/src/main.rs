@@ -12,10 +12,14 @@
 //! | publish per second | Ed25519 verifications per second on one core (x2 for two cores) |
 //! | disk bytes per stored summary | the summary's own bytes (body + signature) |
 //!
-//! Client and hub share the machine, as they do on a two-core test box.
+//! Client and hub share the machine, as they do on a two-core test box. Each measurement
+//! also prints the CPU time of the whole process per call and how busy the hub's own threads
+//! were (`busy: huren-intake 76%`: a fraction of one core; those under 5% are left out). Those
+//! threads do one batch at a time, so one near 100% is what limits the rate.
 //!
 //! Run: `cargo run --release -p huren-bench -- --summaries 1000000`
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -129,11 +133,14 @@ struct Load {
     /// CPU time of the whole process (hub and clients) per successful call: steadier than
     /// throughput on a machine whose neighbours take CPU.
     cpu_per_call: Option<Duration>,
+    /// How busy the hub's own threads (`huren-intake`, `huren-journal`, ...) were, each a
+    /// fraction of one core: a one-at-a-time stage near 100% is what limits the rate.
+    stages: Vec<(String, f64)>,
 }
 
 impl Load {
     fn cpu_micros(&self, per_call_items: u64) -> String {
-        self.cpu_per_call.map_or(String::new(), |c| {
+        let cpu = self.cpu_per_call.map_or(String::new(), |c| {
             format!(
                 "  cpu {:.0} us/{}",
                 c.as_secs_f64() * 1e6 / per_call_items.max(1) as f64,
@@ -143,8 +150,51 @@ impl Load {
                     "call"
                 }
             )
-        })
+        });
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(name, busy)| format!("{name} {:.0}%", busy * 100.0))
+            .collect();
+        if stages.is_empty() {
+            cpu
+        } else {
+            format!("{cpu}  (busy: {})", stages.join(", "))
+        }
     }
+}
+
+/// CPU time used so far by each of the hub's named threads (`huren-*`), summed by name, from
+/// /proc/self/task (Linux; empty elsewhere).
+fn stage_cpu() -> HashMap<String, Duration> {
+    let mut by_name = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let Some((_, name)) = head.split_once('(') else {
+            continue;
+        };
+        if !name.starts_with("huren-") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        *by_name.entry(name.to_owned()).or_default() +=
+            Duration::from_millis((ticks(11) + ticks(12)) * 10);
+    }
+    by_name
 }
 
 /// CPU time this process (every thread) has used, from /proc/self/stat (Linux; None elsewhere).
@@ -188,6 +238,7 @@ where
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let cpu_before = process_cpu();
+    let stages_before = stage_cpu();
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let op = op.clone();
@@ -219,6 +270,16 @@ where
         (Some(a), Some(b)) if !all.is_empty() => Some(b.saturating_sub(a) / all.len() as u32),
         _ => None,
     };
+    let mut stages: Vec<(String, f64)> = stage_cpu()
+        .into_iter()
+        .map(|(name, cpu)| {
+            let before = stages_before.get(&name).copied().unwrap_or_default();
+            let busy = cpu.saturating_sub(before).as_secs_f64() / elapsed;
+            (name, busy)
+        })
+        .filter(|(_, busy)| *busy >= 0.05)
+        .collect();
+    stages.sort_by(|a, b| b.1.total_cmp(&a.1));
     all.sort();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -232,6 +293,7 @@ where
         p50: pct(0.50),
         p99: pct(0.99),
         cpu_per_call,
+        stages,
     }
 }
 
@@ -942,6 +1004,30 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread named like the hub's is found and its CPU time counted (in clock ticks of
+    /// 10 ms; the bound is low because other tests share the cores while it spins).
+    #[test]
+    fn stage_cpu_counts_the_hubs_named_threads() {
+        let spin = std::thread::Builder::new()
+            .name("huren-test-spin".into())
+            .spawn(|| {
+                let until = Instant::now() + Duration::from_millis(300);
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        let busy = stage_cpu().get("huren-test-spin").copied();
+        spin.join().unwrap();
+        assert!(
+            busy.is_some_and(|b| b >= Duration::from_millis(30)),
+            "{busy:?}"
+        );
+    }
 
     /// The benchmark runs end to end on a small data set and measures something.
     #[test]
