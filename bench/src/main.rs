@@ -1008,7 +1008,7 @@ mod tests {
     /// A thread named like the hub's is found and its CPU time counted (in clock ticks of
     /// 10 ms; the bound is low because other tests share the cores while it spins).
     #[test]
-    fn stage_cpu_counts_the_hubs_named_threads() {
+    fn stage_cpu_counts_the_hubs_named_threads() -> anyhow::Result<()> {
         let spin = std::thread::Builder::new()
             .name("huren-test-spin".into())
             .spawn(|| {
@@ -1018,15 +1018,16 @@ mod tests {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
                 std::thread::sleep(Duration::from_millis(200));
-            })
-            .unwrap();
+            })?;
         std::thread::sleep(Duration::from_millis(350));
         let busy = stage_cpu().get("huren-test-spin").copied();
-        spin.join().unwrap();
-        assert!(
+        spin.join()
+            .map_err(|_| anyhow::anyhow!("the spinning thread panicked"))?;
+        anyhow::ensure!(
             busy.is_some_and(|b| b >= Duration::from_millis(30)),
             "{busy:?}"
         );
+        Ok(())
     }
 
     /// The benchmark runs end to end on a small data set and measures something.
