@@ -3,9 +3,9 @@
 //! Every publish, unary or batched, sends its verified summaries here and waits for their
 //! outcomes. One thread of its own drains everything waiting at that moment and stores it with
 //! [`Store::put_summaries`]: one atomic write and one log append run for many publishes, and no
-//! async worker ever blocks on the log's lock. The flush that makes
-//! a batch durable runs while the next batch is written (group commit), and nobody hears of a
-//! stored summary before that flush returns.
+//! async worker ever blocks on the log's lock. The flush that makes a batch durable runs while
+//! the next batch is written (group commit), and nobody hears of a stored summary before that
+//! flush returns.
 
 use std::panic::AssertUnwindSafe;
 

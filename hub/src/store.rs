@@ -2001,9 +2001,8 @@ fn decode_record(raw: &[u8]) -> Result<RecordV1, StoreError> {
     decode_v1(raw)
 }
 
-/// Group commit: each flush covers every write made before it started, and answers every
-/// writer that was waiting when it started.
-/// The committer thread: each flush answers every caller waiting when it starts.
+/// The committer thread's loop (group commit): each flush covers every write made before it
+/// started, and answers every caller that was waiting when it started.
 fn group_commit(
     db: sled::Db,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,

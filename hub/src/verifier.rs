@@ -2,9 +2,9 @@
 //!
 //! A unary publish carries one signature, but under load many publishes wait to be checked at
 //! once. One thread of its own takes everything waiting, checks it with [`verify_many`] (one
-//! Ed25519 batch equation, about half the CPU per signature of checking one by one), and gives each caller its own outcome, the same one checking alone would give. A lone
-//! publish is a batch of one. One batch is checked at a time: whatever arrives meanwhile forms
-//! the next.
+//! Ed25519 batch equation, about half the CPU per signature of checking one by one), and gives
+//! each caller its own outcome, the same one checking alone would give. A lone publish is a
+//! batch of one. One batch is checked at a time: whatever arrives meanwhile forms the next.
 //!
 //! A bad signature fails its batch's equation, and the batch is then checked one by one to
 //! find it: a member sending bad signatures costs the others in its batch about one extra
