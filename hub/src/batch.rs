@@ -33,16 +33,82 @@ pub(crate) fn next_batch<T>(
 }
 
 /// Starts `work` on a thread named `name`.
-pub(crate) fn spawn_named(
+fn spawn_named(
     name: &str,
     work: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(name.into()).spawn(work)
 }
 
+/// A thread that takes its work from a channel, and the sending side of that channel.
+/// Dropping it closes the channel and waits for the thread to finish what it was given, so
+/// whatever the thread holds (a store handle) is released by then: a hub that stops leaves
+/// nothing half done behind it.
+pub(crate) struct Worker<T> {
+    tx: mpsc::UnboundedSender<T>,
+    name: &'static str,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T> Worker<T> {
+    /// Starts `work` on a thread named `name`, handing it the receiving side.
+    pub(crate) fn start(
+        name: &'static str,
+        work: impl FnOnce(mpsc::UnboundedReceiver<T>) + Send + 'static,
+    ) -> std::io::Result<Self>
+    where
+        T: Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = spawn_named(name, move || work(rx))?;
+        Ok(Self {
+            tx,
+            name,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `message` to the thread; gives it back if the thread has stopped.
+    pub(crate) fn send(&self, message: T) -> Result<(), mpsc::error::SendError<T>> {
+        self.tx.send(message)
+    }
+}
+
+impl<T> Drop for Worker<T> {
+    fn drop(&mut self) {
+        // Replacing the only sender closes the channel: the thread's loop ends once it has
+        // done what is waiting.
+        self.tx = mpsc::unbounded_channel().0;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(thread = self.name, "a hub thread panicked");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dropping a worker waits until its thread has done everything it was sent.
+    #[test]
+    fn a_dropped_worker_finishes_what_it_was_given() {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = done.clone();
+        let worker = Worker::start("huren-test-worker", move |mut rx| {
+            while let Some(batch) = next_batch(&mut rx, 4, |_: &u8| 1) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                seen.fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+        for n in 0..10u8 {
+            worker.send(n).unwrap();
+        }
+        drop(worker);
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 10);
+    }
 
     #[test]
     fn takes_what_is_waiting_up_to_the_limit() {

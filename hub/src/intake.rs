@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use huren_core::signing::VerifiedSummary;
 use huren_core::summary::UnixMillis;
 
-use crate::batch::{next_batch, spawn_named};
+use crate::batch::{Worker, next_batch};
 use crate::store::{Put, Store, StoreError, TreeHead};
 
 /// Most summaries written in one atomic write.
@@ -33,16 +33,17 @@ struct Job {
 
 /// The sending side; cheap to share.
 pub struct Intake {
-    tx: mpsc::UnboundedSender<Job>,
+    worker: Worker<Job>,
 }
 
 impl Intake {
     /// Starts the writer thread. Acknowledgements are sent from tasks on the current runtime.
+    /// Dropping the intake waits until it has written everything it was given.
     pub fn start(store: Store) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let runtime = Handle::current();
-        spawn_named("huren-intake", move || write_batches(store, rx, runtime))?;
-        Ok(Self { tx })
+        Ok(Self {
+            worker: Worker::start("huren-intake", move |rx| write_batches(store, rx, runtime))?,
+        })
     }
 
     /// Stores summaries accepted at `at`, waiting until they are durable. One outcome per
@@ -54,7 +55,9 @@ impl Intake {
     ) -> Result<(Vec<Result<Put, StoreError>>, TreeHead), StoreError> {
         let gone = || StoreError::Intake("it has stopped".into());
         let (ack, done) = oneshot::channel();
-        self.tx.send(Job { items, at, ack }).map_err(|_| gone())?;
+        self.worker
+            .send(Job { items, at, ack })
+            .map_err(|_| gone())?;
         done.await.map_err(|_| gone())?.map_err(StoreError::Intake)
     }
 }

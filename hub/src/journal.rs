@@ -9,7 +9,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{next_batch, spawn_named};
+use crate::batch::{Worker, next_batch};
 use crate::error::HubError;
 use crate::store::{QueryRecord, Store, StoreError};
 
@@ -20,21 +20,22 @@ type Ack = oneshot::Sender<Result<(), String>>;
 
 /// The sending side; cheap to share.
 pub struct Journal {
-    tx: mpsc::UnboundedSender<(QueryRecord, Ack)>,
+    worker: Worker<(QueryRecord, Ack)>,
 }
 
 impl Journal {
-    /// Starts the writer thread.
+    /// Starts the writer thread. Dropping the journal waits until it has written every record
+    /// it was given.
     pub fn start(store: Store) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        spawn_named("huren-journal", move || write_batches(store, rx))?;
-        Ok(Self { tx })
+        Ok(Self {
+            worker: Worker::start("huren-journal", move |rx| write_batches(store, rx))?,
+        })
     }
 
     /// Writes one record, waiting until it is in the store.
     pub async fn write(&self, record: QueryRecord) -> Result<(), HubError> {
         let (ack, done) = oneshot::channel();
-        self.tx
+        self.worker
             .send((record, ack))
             .map_err(|_| StoreError::Journal("the journal thread has stopped".into()))?;
         done.await

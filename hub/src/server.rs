@@ -87,9 +87,10 @@ pub async fn run(
         source,
     })?;
     tracing::info!(origin = %log.origin(), size = head.size, "log opened");
-    let hub = Hub::new(store, ca, policy, config.limits.max_results, log)
+    let hub = Hub::new(store.clone(), ca, policy, config.limits.max_results, log)
         .map_err(ServerError::Threads)?;
     let hub = Arc::new(hub);
+    let closing = Arc::downgrade(&hub);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<HubServer<HubGrpc>>().await;
@@ -116,8 +117,28 @@ pub async fn run(
         .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
         .map_err(ServerError::Serve)?;
+    close(closing, store).await;
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// After the server has stopped: waits for the last handle on the hub to go (its threads then
+/// finish what they were given, see `batch::Worker`), then flushes the store, so what the
+/// journal wrote for the last answers is on disk before the process exits.
+async fn close(hub: std::sync::Weak<Hub>, store: Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hub.strong_count() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "requests still held the hub 10 s after the server stopped; closing the store anyway"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if let Err(e) = store.commit().await {
+        tracing::error!(error = %e, "the last flush before stopping failed");
+    }
 }
 
 /// Reloads the policy when its file changes (checked every `every`) or on SIGHUP. A policy that

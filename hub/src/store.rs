@@ -77,7 +77,7 @@ use huren_core::stats::{Event, EventKind};
 use huren_core::summary::{Summary, UnixMillis};
 use writeset::{TreeId, Trees, WriteSet};
 
-use crate::batch::{next_batch, spawn_named};
+use crate::batch::{Worker, next_batch};
 
 /// First byte of every stored record: the record layout version.
 const RECORD_V1: u8 = 1;
@@ -410,22 +410,9 @@ struct Inner {
     durable: Mutex<Option<(TreeHead, Instant)>>,
     /// Whether a background flush to refresh `durable` is under way.
     refreshing: AtomicBool,
-    commits: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
-    /// The thread running [`group_commit`]; joined when the store is dropped, so the database
-    /// (and its file lock) is released by then.
-    committer: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Closing the channel ends the committer's loop once it has answered what is waiting.
-        self.commits = mpsc::unbounded_channel().0;
-        if let Some(committer) = self.committer.take()
-            && committer.join().is_err()
-        {
-            tracing::error!("the store's commit thread panicked");
-        }
-    }
+    /// The thread running [`group_commit`] (`None` only while the store opens). Joined when
+    /// the store is dropped, so the database (and its file lock) is released by then.
+    commits: Option<Worker<oneshot::Sender<Result<(), String>>>>,
 }
 
 impl Trees for Inner {
@@ -858,7 +845,6 @@ impl Store {
             .path(dir)
             .cache_capacity(cache_bytes)
             .open()?;
-        let (tx, rx) = mpsc::unbounded_channel();
         let mut inner = Inner {
             consent: db.open_tree("consent")?,
             access: db.open_tree("access")?,
@@ -883,8 +869,7 @@ impl Store {
             decisions: db.open_tree("decisions")?,
             events: db.open_tree("events")?,
             db,
-            commits: tx,
-            committer: None,
+            commits: None,
         };
         // Undo the last write if a crash cut it short, before anything is read.
         let undone = writeset::recover(&inner)?;
@@ -905,8 +890,8 @@ impl Store {
         inner.applied = Mutex::new(log.head());
         inner.log = Mutex::new(log);
         let db = inner.db.clone();
-        inner.committer = Some(
-            spawn_named("huren-commit", move || group_commit(db, rx))
+        inner.commits = Some(
+            Worker::start("huren-commit", move |rx| group_commit(db, rx))
                 .map_err(|e| StoreError::Engine(sled::Error::Io(e)))?,
         );
         let store = Self {
@@ -972,6 +957,8 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.inner
             .commits
+            .as_ref()
+            .ok_or(StoreError::CommitterGone)?
             .send(tx)
             .map_err(|_| StoreError::CommitterGone)?;
         rx.await

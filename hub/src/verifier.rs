@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
 use huren_core::trust::CertifiedSigner;
 
-use crate::batch::{next_batch, spawn_named};
+use crate::batch::{Worker, next_batch};
 use crate::error::HubError;
 
 /// Most signatures in one batch equation.
@@ -29,15 +29,15 @@ struct Job {
 
 /// The sending side; cheap to share.
 pub struct SignatureChecks {
-    tx: mpsc::UnboundedSender<Job>,
+    worker: Worker<Job>,
 }
 
 impl SignatureChecks {
     /// Starts the checking thread.
     pub fn start() -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        spawn_named("huren-verify", move || check_batches(rx))?;
-        Ok(Self { tx })
+        Ok(Self {
+            worker: Worker::start("huren-verify", check_batches)?,
+        })
     }
 
     /// Checks `envelope`'s size, signature and body, as [`SignedEnvelope::verify_into`] does.
@@ -47,7 +47,7 @@ impl SignatureChecks {
         signer: CertifiedSigner,
     ) -> Result<VerifiedSummary, HubError> {
         let (ack, outcome) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job {
+        if let Err(mpsc::error::SendError(job)) = self.worker.send(Job {
             envelope,
             signer,
             ack,

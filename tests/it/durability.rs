@@ -109,6 +109,50 @@ async fn receipts_survive_a_kill_right_after_the_last_one() -> anyhow::Result<()
     Ok(())
 }
 
+/// An answer goes out only once its access record is written; a hub stopped by SIGTERM right
+/// after its last answers flushes those records before it exits, so the access report of the
+/// restarted hub lists every query.
+#[tokio::test]
+async fn the_last_answers_access_records_survive_a_graceful_stop() -> anyhow::Result<()> {
+    const QUERIES: usize = 8;
+    let mut hub = TestHub::start_process().await?;
+    let p = hub.patient("E30000011");
+    let signed = sign(
+        &hub.member("hosp-a")?,
+        &lab_summary("hosp-a", "G-1", p, HGB, hours(1))?,
+    )?;
+    publish(&mut hub.client("hosp-a").await?, signed).await?;
+    let mut asker = hub.client("hosp-b").await?;
+    for _ in 0..QUERIES {
+        let answer = asker
+            .find_prior(prior_request(&p, &[(LOINC, HGB)]))
+            .await?
+            .into_inner();
+        assert_eq!(answer.results.len(), 1);
+    }
+    // The last answer is in: stop the hub at once, as an operator would.
+    hub.stop_gracefully().await?;
+
+    hub.restart().await?;
+    let report = hub
+        .client(ADMIN)
+        .await?
+        .access_report(huren_proto::hub::AccessReportRequest {
+            patient_pseudonym: p.as_bytes().to_vec(),
+            from_ms: 0,
+            to_ms: 0,
+        })
+        .await?
+        .into_inner();
+    let by_b = report
+        .entries
+        .iter()
+        .filter(|e| e.caller == "hosp-b" && e.method == "FindPrior")
+        .count();
+    assert_eq!(by_b, QUERIES, "access records lost in a graceful stop");
+    Ok(())
+}
+
 /// The in-process hub restarts on the same address and the same store (the harness waits for
 /// the previous run to let go of the store).
 #[tokio::test]

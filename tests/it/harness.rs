@@ -83,6 +83,10 @@ pub const CT_CHEST: &str = "CT-CHEST";
 /// Member id the harness itself uses for start-up health checks.
 const PROBE_MEMBER: &str = "harness-probe";
 
+/// The example policy's administrator (a health commission): reads statistics and access
+/// reports for every member.
+pub const ADMIN: &str = "xian-health-commission";
+
 /// Members the test policy adds to the example policy's (id, level, GB/T 2260 region). The
 /// example's own members (shx-prov-people, xian-central, lantian-county, lantian-tangyu,
 /// xian-health-commission) are there too.
@@ -403,6 +407,26 @@ impl TestHub {
         Ok(())
     }
 
+    /// Stops the hub the way an operator does: in process, graceful shutdown (as [`stop`]); as a
+    /// process, SIGTERM, and the process must exit successfully.
+    ///
+    /// [`stop`]: TestHub::stop
+    pub async fn stop_gracefully(&mut self) -> anyhow::Result<()> {
+        match std::mem::replace(&mut self.running, Running::Stopped) {
+            Running::Process(mut child) => {
+                // Waited for on another thread: this test's runtime must keep running, so its
+                // clients can see the hub close their connections.
+                let status = tokio::task::spawn_blocking(move || child.terminate()).await??;
+                ensure!(status.success(), "the hub exited with {status} on SIGTERM");
+                Ok(())
+            }
+            other => {
+                self.running = other;
+                self.stop().await
+            }
+        }
+    }
+
     /// Stops the hub (if running) and starts it again, same way, same address, same store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
@@ -597,6 +621,18 @@ impl ChildGuard {
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         Ok((guard, rx))
+    }
+
+    /// SIGTERM (what systemd or Ctrl-C sends), then wait for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill(2) with a pid this guard still owns (not yet waited for) and a valid
+        // signal number; it touches no memory of ours.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        ensure!(sent == 0, "could not send SIGTERM to {}", self.name);
+        self.child
+            .wait()
+            .with_context(|| format!("waiting for {} to exit", self.name))
     }
 
     /// SIGKILL, then wait for the exit.

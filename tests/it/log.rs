@@ -22,11 +22,9 @@ use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
 use crate::harness::{
-    HGB, LOINC, STARTUP_DEADLINE, TestHub, history_request, hours, init, lab_summary, now_ms,
-    prior_request, publish, sign,
+    ADMIN, HGB, LOINC, STARTUP_DEADLINE, TestHub, history_request, hours, init, lab_summary,
+    now_ms, prior_request, publish, sign,
 };
-
-const ADMIN: &str = "xian-health-commission";
 
 /// The hub's log verifier key, read from the key file the hub created.
 fn verifier(hub: &TestHub) -> anyhow::Result<NoteVerifier> {

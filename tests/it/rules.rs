@@ -12,13 +12,13 @@ use huren_proto::hub::{
 use tonic::Code;
 
 use crate::harness::{
-    HGB, LOINC, TestHub, amended, lab_summary, now_ms, prior_request, publish, sign,
+    ADMIN, HGB, LOINC, TestHub, amended, lab_summary, now_ms, prior_request, publish, sign,
 };
 
 const TERTIARY: &str = "shx-prov-people"; // 全国HR for haematology and biochemistry
 const COUNTY: &str = "lantian-county"; // 陕HR haematology
 const TOWNSHIP: &str = "lantian-tangyu"; // primary, no qualification
-const COMMISSION: &str = "xian-health-commission"; // administrator
+const COMMISSION: &str = ADMIN; // administrator
 const CREATININE: &str = "2160-0";
 
 /// Publishes a lab result of `publisher` performed `hours_ago` hours ago.
