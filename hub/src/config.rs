@@ -82,7 +82,8 @@ pub struct Limits {
     /// Largest PublishBatch request, in bytes (a signed summary with its certificate is about
     /// 1 KiB; a batch holds at most 1000).
     pub max_batch_bytes: usize,
-    /// Seconds after which a request is abandoned.
+    /// Seconds after which a request is abandoned; also how long (plus a second) a stopping hub
+    /// waits for its connections to close.
     pub request_timeout_seconds: u64,
     /// How often to check the policy file for changes, in seconds.
     pub policy_poll_seconds: u64,

@@ -52,8 +52,13 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
     })
 }
 
+/// How long past the request timeout a stopping hub waits for its connections to close.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
+
 /// Runs the hub on an already bound listener until `shutdown` completes. In-flight requests
-/// finish before it returns.
+/// finish before it returns, for at most `request_timeout_seconds` plus a second: a client that
+/// stops reading would otherwise hold the stop forever (HTTP/2's graceful close waits for the
+/// client's acknowledgement).
 pub async fn run(
     config: HubConfig,
     listener: TcpListener,
@@ -107,31 +112,63 @@ pub async fn run(
         .max_encoding_message_size(16 * 1024 * 1024);
 
     tracing::info!(addr = ?listener.local_addr().ok(), store = %config.store.display(), "hub listening");
-    Server::builder()
+    let request_timeout = Duration::from_secs(config.limits.request_timeout_seconds);
+    let (stopping, stop_requested) = tokio::sync::oneshot::channel::<()>();
+    let serving = Server::builder()
         .tls_config(tls)
         .map_err(ServerError::Tls)?
-        .timeout(Duration::from_secs(config.limits.request_timeout_seconds))
+        .timeout(request_timeout)
         .add_service(health)
         .add_service(reflection)
         .add_service(hub_service)
-        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
-        .await
-        .map_err(ServerError::Serve)?;
-    close(closing, store).await;
+        .serve_with_incoming_shutdown(no_delay(listener), async move {
+            shutdown.await;
+            let _ = stopping.send(());
+        });
+    let grace = request_timeout + SHUTDOWN_MARGIN;
+    let grace_over = async move {
+        match stop_requested.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            // The server ended without being asked to: its own result decides.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let wait_for_hub = tokio::select! {
+        served = serving => {
+            served.map_err(ServerError::Serve)?;
+            CLOSE_WAIT
+        }
+        () = grace_over => {
+            tracing::warn!(
+                seconds = grace.as_secs(),
+                "connections were still open when the shutdown grace period ended; stopping without them"
+            );
+            // Their tasks keep the hub: flush what is written rather than wait for them.
+            Duration::ZERO
+        }
+    };
+    close(closing, store, wait_for_hub).await;
     tracing::info!("hub stopped");
     Ok(())
 }
 
-/// After the server has stopped: waits for the last handle on the hub to go (its threads then
-/// finish what they were given, see `batch::Worker`), then flushes the store, so what the
-/// journal wrote for the last answers is on disk before the process exits.
-async fn close(hub: std::sync::Weak<Hub>, store: Store) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+/// How long a stopped server's last requests may keep the hub before the store is flushed
+/// without them.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// After the server has stopped: waits (at most `wait`) for the last handle on the hub to go
+/// (its threads then finish what they were given, see `batch::Worker`), then flushes the
+/// store, so what the journal wrote for the last answers is on disk before the process exits.
+async fn close(hub: std::sync::Weak<Hub>, store: Store, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
     while hub.strong_count() > 0 {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                "requests still held the hub 10 s after the server stopped; closing the store anyway"
-            );
+            if !wait.is_zero() {
+                tracing::warn!(
+                    seconds = wait.as_secs(),
+                    "requests still held the hub after the server stopped; flushing the store anyway"
+                );
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -153,6 +153,35 @@ async fn the_last_answers_access_records_survive_a_graceful_stop() -> anyhow::Re
     Ok(())
 }
 
+/// A client that stops reading cannot keep the hub from stopping: past the request timeout
+/// (plus a second) the hub stops without that connection, and what it wrote is on disk.
+#[tokio::test]
+async fn a_frozen_client_does_not_hold_a_stop_forever() -> anyhow::Result<()> {
+    let mut hub = TestHub::start_with(huren_hub::config::Limits {
+        request_timeout_seconds: 1,
+        ..Default::default()
+    })
+    .await?;
+    let p = hub.patient("E30000012");
+    let signed = sign(
+        &hub.member("hosp-a")?,
+        &lab_summary("hosp-a", "F-1", p, HGB, hours(1))?,
+    )?;
+    let first = publish(&mut hub.client("hosp-a").await?, signed.clone()).await?;
+    let frozen = hub.stalled_connection("hosp-b").await?;
+    // Without the grace period this waits for the frozen client for ever.
+    tokio::time::timeout(std::time::Duration::from_secs(60), hub.stop())
+        .await
+        .context("the hub did not stop while a client was frozen")??;
+    drop(frozen);
+
+    hub.restart().await?;
+    let again = publish(&mut hub.client("hosp-a").await?, signed).await?;
+    assert!(again.already_stored);
+    assert_eq!(again.receipt, first.receipt);
+    Ok(())
+}
+
 /// The in-process hub restarts on the same address and the same store (the harness waits for
 /// the previous run to let go of the store).
 #[tokio::test]

@@ -350,6 +350,50 @@ impl TestHub {
         Ok(HubClient::new(self.channel(id).await?))
     }
 
+    /// A connection of member `id` that answers one health check, then stops reading: its
+    /// runtime is blocked until the returned guard is dropped (a client machine that froze).
+    pub async fn stalled_connection(&self, id: &str) -> anyhow::Result<StalledConnection> {
+        let m = self.member(id)?;
+        let tls = self
+            .tls()
+            .identity(Identity::from_pem(&m.tls.cert_pem, &m.tls.key_pem));
+        let endpoint = Channel::from_shared(self.url())?.tls_config(tls)?;
+        let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let channel = runtime.block_on(async {
+                let channel = endpoint.connect().await?;
+                HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest::default())
+                    .await?;
+                anyhow::Ok(channel)
+            });
+            let connected = channel
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{e:#}"));
+            let _ = ready_tx.send(connected);
+            // Nothing runs on this runtime until released: the connection is open and silent.
+            let _ = released.recv();
+            drop(channel);
+        });
+        ready_rx.await??;
+        Ok(StalledConnection {
+            release: Some(release),
+            thread: Some(thread),
+        })
+    }
+
     /// A client that trusts the hub but presents no certificate. The hub's refusal shows at the
     /// first call, not here.
     pub fn client_without_cert(&self) -> anyhow::Result<HubClient<Channel>> {
@@ -654,6 +698,22 @@ impl Drop for ChildGuard {
 
 // ---------------------------------------------------------------------------------------------
 // Summaries
+
+/// See [`TestHub::stalled_connection`]. Dropping it lets the connection's runtime run again
+/// and end.
+pub struct StalledConnection {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StalledConnection {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// Unix milliseconds `h` hours after a fixed day (2026-11-20 00:00 UTC): stable, in the past.
 pub fn hours(h: i64) -> i64 {
