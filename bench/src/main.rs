@@ -387,27 +387,6 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
-/// What the store's trees hold, keys and values: the logical bytes sled lays out on disk.
-/// Opens the store's sled database directly, so the hub must not have it open.
-fn logical_bytes(dir: &std::path::Path) -> anyhow::Result<Vec<(String, u64, u64)>> {
-    let db = sled::Config::new().path(dir).open()?;
-    let mut trees = Vec::new();
-    for name in db.tree_names() {
-        let tree = db.open_tree(&name)?;
-        let (mut keys, mut bytes) = (0, 0);
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            keys += 1;
-            bytes += (k.len() + v.len()) as u64;
-        }
-        if keys > 0 {
-            trees.push((String::from_utf8_lossy(&name).into_owned(), keys, bytes));
-        }
-    }
-    trees.sort_by_key(|t| std::cmp::Reverse(t.2));
-    Ok(trees)
-}
-
 /// Resident memory of this process (hub and clients together), from /proc.
 fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -455,22 +434,18 @@ impl Bench {
 
     /// Seeds summaries straight into the store: signed like a publisher's, stored like the
     /// hub stores them (batches through `Store::put_summaries`, each made durable before the
-    /// next counts), without the RPC (which is measured separately). Runs on its own runtime;
-    /// the store is dropped at the end, which releases sled's lock before the hub opens it.
-    fn seed(&self) -> anyhow::Result<(u64, u64)> {
+    /// next counts), without the RPC (which is measured separately). Runs on its own runtime, into
+    /// the store the hub then serves (it is never closed and reopened in between).
+    fn seed(&self, store: &huren_hub::store::Store) -> anyhow::Result<(u64, u64)> {
         let m = self.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
         let cert = pem_der(&m.signing.cert_pem)?;
         let signer = Arc::new(SummarySigner::from_pkcs8_pem(&m.signing.key_pem, cert)?);
-        let (dir, total, per_patient) = (
-            self.store.clone(),
-            self.args.summaries,
-            self.args.per_patient,
-        );
+        let (store, total, per_patient) =
+            (store.clone(), self.args.summaries, self.args.per_patient);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
         let result = rt.block_on(async move {
-            let store = huren_hub::store::Store::open(&dir)?;
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(indicatif::ProgressStyle::with_template(
                 "seeding {bar:40} {pos}/{len} summaries  {per_sec}  eta {eta}",
@@ -605,21 +580,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let verify_rate =
         tokio::task::spawn_blocking(move || ed25519_verify_rate(args.seconds.min(2.0))).await?;
+    let hub_config = huren_hub::HubConfig::load(&bench.config)?;
+    let store =
+        huren_hub::store::Store::open_with_cache(&bench.store, hub_config.store_cache_mb << 20)?;
     let t = Instant::now();
-    let (stored, raw_bytes) = tokio::task::block_in_place(|| bench.seed())?;
+    let (stored, raw_bytes) = tokio::task::block_in_place(|| bench.seed(&store))?;
     let seed_secs = t.elapsed().as_secs_f64();
     // The footprint of the seeded summaries alone, before queries add their access records.
+    store.commit().await?;
     let seeded_disk = dir_bytes(&bench.store);
-    let trees = tokio::task::block_in_place(|| logical_bytes(&bench.store))?;
+    let trees = tokio::task::block_in_place(|| store.tree_contents())?;
 
-    let hub_config = huren_hub::HubConfig::load(&bench.config)?;
     let tls_files = hub_config.tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let hub = tokio::spawn(huren_hub::run(hub_config, listener, async {
-        let _ = stopped.await;
-    }));
+    let hub = tokio::spawn(huren_hub::run_with_store(
+        hub_config,
+        store,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let asker = channels(&bench, addr, ASKER)
         .await
         .context("connecting to the hub")?;
@@ -955,13 +938,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         seeded_disk as f64 / 1e6,
         seeded_per / raw_per
     );
-    let logical: u64 = trees.iter().map(|t| t.2).sum();
+    let logical: u64 = trees.iter().map(|t| t.bytes).sum();
     println!(
         "  keys and values in the store: {:.0} bytes per summary ({:.2}x the summary bytes; sled's layout takes the rest):",
         logical as f64 / stored.max(1) as f64,
         logical as f64 / raw_bytes.max(1) as f64
     );
-    for (name, keys, bytes) in &trees {
+    for huren_hub::store::TreeContents { name, keys, bytes } in &trees {
         println!(
             "    {name:<24} {keys:>9} keys  {:>6.0} bytes per summary",
             *bytes as f64 / stored.max(1) as f64

@@ -32,4 +32,4 @@ pub mod store;
 pub mod verifier;
 
 pub use config::HubConfig;
-pub use server::run;
+pub use server::{run, run_with_store};

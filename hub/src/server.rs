@@ -64,6 +64,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let store =
+        Store::open_with_cache(&config.store, config.store_cache_mb << 20).map_err(|source| {
+            ServerError::Store {
+                path: config.store.clone(),
+                source,
+            }
+        })?;
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// [`run`] on a store the caller has already opened (`config.store` names it in the log):
+/// the benchmark seeds a store, then serves it without closing and reopening it.
+pub async fn run_with_store(
+    config: HubConfig,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let ca_pem = read(&config.tls.ca)?;
     let ca = AllianceCa::from_pem(&String::from_utf8_lossy(&ca_pem))?;
     let tls = ServerTlsConfig::new()
@@ -72,13 +90,6 @@ pub async fn run(
             read(&config.tls.key)?,
         ))
         .client_ca_root(Certificate::from_pem(ca_pem));
-    let store =
-        Store::open_with_cache(&config.store, config.store_cache_mb << 20).map_err(|source| {
-            ServerError::Store {
-                path: config.store.clone(),
-                source,
-            }
-        })?;
     let policy = Arc::new(PolicyHandle::open(&config.policy).map_err(ServerError::Policy)?);
     let p = policy.get();
     tracing::info!(version = %p.version, items = p.items.len(), members = p.members.len(), "policy loaded");

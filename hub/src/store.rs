@@ -342,6 +342,11 @@ pub enum StoreError {
     Engine(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "the store at {} is in use by another process (is another hub running on it?)",
+        .0.display()
+    )]
+    InUse(std::path::PathBuf),
     #[error("the store's commit thread has stopped")]
     CommitterGone,
     #[error("query journal: {0}")]
@@ -481,6 +486,9 @@ impl LogState {
 }
 
 const LOG_SIZE_KEY: &[u8] = b"size";
+
+/// How long opening waits for a store that is locked (see [`Store::open_with_cache`]).
+const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// How old the newest known durable head may get, while the log grows, before
 /// [`Store::recent_durable_head`] starts a flush to refresh it.
@@ -841,10 +849,25 @@ impl Store {
     /// [`Store::open`] with a page cache of at most `cache_bytes`: the memory sled may use to
     /// keep the store's pages (most of the hub's resident memory once queries have read them).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()?;
+        // A store this process has just dropped can stay locked for a moment: sled's own
+        // background writes let go of its files a little after the last handle.
+        let locked_until = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
+                // sled 0.34 reports a held lock as an `Other` I/O error with this message.
+                Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                    if Instant::now() >= locked_until {
+                        return Err(StoreError::InUse(dir.to_owned()));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                opened => break opened?,
+            }
+        };
         let mut inner = Inner {
             consent: db.open_tree("consent")?,
             access: db.open_tree("access")?,
@@ -1898,6 +1921,41 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)
     }
+
+    /// What each tree holds: its name, its number of keys and their keys' and values' bytes
+    /// (the logical size that sled lays out on disk), largest first, empty trees left out.
+    /// Reads every key: for diagnostics and the benchmark, not for a request path.
+    pub fn tree_contents(&self) -> Result<Vec<TreeContents>, StoreError> {
+        let db = &self.inner.db;
+        let mut trees = Vec::new();
+        for name in db.tree_names() {
+            let tree = db.open_tree(&name)?;
+            let (mut keys, mut bytes) = (0, 0);
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                keys += 1;
+                bytes += (k.len() + v.len()) as u64;
+            }
+            if keys > 0 {
+                trees.push(TreeContents {
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    keys,
+                    bytes,
+                });
+            }
+        }
+        trees.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+        Ok(trees)
+    }
+}
+
+/// One tree's contents, from [`Store::tree_contents`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeContents {
+    pub name: String,
+    pub keys: u64,
+    /// Keys' and values' bytes together.
+    pub bytes: u64,
 }
 
 fn encode_v1(m: &impl Message) -> Vec<u8> {
@@ -2167,6 +2225,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(size, 4);
+    }
+
+    /// A store another handle holds open is refused with an error that says so, after a short
+    /// wait (a store just dropped may be locked for a moment).
+    #[tokio::test]
+    async fn a_store_in_use_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let _open = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::InUse(_)), "{err}");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
     }
 
     /// Dropping the last handle ends the commit thread, which holds the database: the directory
