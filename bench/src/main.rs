@@ -175,36 +175,29 @@ fn stage_cpu() -> HashMap<String, Duration> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let Some((_, name)) = head.split_once('(') else {
-            continue;
-        };
-        if !name.starts_with("huren-") {
-            continue;
+        if let Some((name, cpu)) = stat_cpu(&stat)
+            && name.starts_with("huren-")
+        {
+            *by_name.entry(name.to_owned()).or_default() += cpu;
         }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        *by_name.entry(name.to_owned()).or_default() +=
-            Duration::from_millis((ticks(11) + ticks(12)) * 10);
     }
     by_name
 }
 
 /// CPU time this process (every thread) has used, from /proc/self/stat (Linux; None elsewhere).
 fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name may hold spaces; the fields after it start at the last ')'. utime and
-    // stime are fields 14 and 15 of the line, in clock ticks of 1/100 s.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1)
+}
+
+/// The command name and the CPU time (user + system) of a /proc `stat` line. The name may
+/// hold spaces and sits in parentheses; the fields after the last ')' hold utime and stime as
+/// the 12th and 13th, in clock ticks of 1/100 s.
+fn stat_cpu(stat: &str) -> Option<(&str, Duration)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let (_, name) = head.split_once('(')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    Some((name, Duration::from_millis(ticks * 10)))
 }
 
 impl Load {

@@ -32,14 +32,6 @@ pub(crate) fn next_batch<T>(
     Some(batch)
 }
 
-/// Starts `work` on a thread named `name`.
-fn spawn_named(
-    name: &str,
-    work: impl FnOnce() + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(name.into()).spawn(work)
-}
-
 /// A thread that takes its work from a channel, and the sending side of that channel.
 /// Dropping it closes the channel and waits for the thread to finish what it was given, so
 /// whatever the thread holds (a store handle) is released by then: a hub that stops leaves
@@ -60,7 +52,9 @@ impl<T> Worker<T> {
         T: Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        let thread = spawn_named(name, move || work(rx))?;
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(rx))?;
         Ok(Self {
             tx,
             name,
