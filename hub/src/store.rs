@@ -2243,7 +2243,7 @@ mod tests {
 
     /// Dropping the last handle ends the commit thread, which holds the database: the directory
     /// opens again at once, with everything committed in it (a hub restarted in the same
-    /// process, or the bench's seeding followed by its hub, relies on this).
+    /// process relies on this).
     #[tokio::test]
     async fn a_dropped_store_releases_its_directory() {
         let dir = tempfile::tempdir().unwrap();
