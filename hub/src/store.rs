@@ -14,14 +14,21 @@
 //! consent     pseudonym[32]                                      -> 0x01 || ConsentV1
 //! access      pseudonym[32] at_ms:u64 log_index:u64              -> ()
 //! log_leaves  index:u64                                          -> leaf bytes (huren_core::logentry)
-//! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree (level >= 1)
+//! log_tiles   tile:u64                                           -> hash[32] of each of its leaves (16, fewer in the last tile)
+//! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree (level >= 5; older stores: >= 1)
 //! log_meta    "size"                                             -> tree size:u64
+//!             "tiles_from"                                       -> first tile:u64 in log_tiles
 //! ```
 //!
-//! The log (RFC 6962 tree, see `huren_core::merkle`): `log_leaves` holds every leaf, `log_nodes`
-//! the hash of every complete subtree of two or more leaves, `log_meta` the size. A leaf's own
-//! hash (level 0) is computed from the leaf when a proof needs it rather than stored: one key
-//! less per append (stores written before kept level 0 too; it is no longer read). Each logged
+//! The log (RFC 6962 tree, see `huren_core::merkle`): `log_leaves` holds every leaf, `log_meta`
+//! the size. Tile t holds the hashes of leaves 16t to 16t + 15, so one read gives every node
+//! of levels 0 to 4 inside it (at most 15 hashes to fold); `log_nodes` holds the complete
+//! subtrees above. A full tile is written once; the last, incomplete one is rewritten by each
+//! write that appends to it. So a batch of appends writes a tile per 16 leaves and a node per 32
+//! where it wrote a node per leaf (PublishBatch 5-16% faster). Stores written before tiles kept every node of level 1
+//! and up in `log_nodes` (the very first ones level 0 too); their tiles begin at `tiles_from`,
+//! the tile the log was filling when the store was first opened with tiles, and the nodes of
+//! earlier tiles are read where they are (level 0 from the leaf). Each logged
 //! write (a summary version, a decision, an access, a consent change) appends its leaf **in the
 //! same atomic write** as the write itself, so the data and the log cannot diverge. Appends
 //! (and every other write) are serialised by one mutex that also holds the frontier (the right edge of the tree, one
@@ -402,6 +409,10 @@ struct Inner {
     access: sled::Tree,
     log_leaves: sled::Tree,
     log_nodes: sled::Tree,
+    log_tiles: sled::Tree,
+    /// The first tile with a value in `log_tiles`: the nodes of the tiles before it are in
+    /// `log_nodes` (see [`start_tiles`]).
+    tiles_from: u64,
     /// Merkle node hashes once read (see [`Nodes`]).
     node_cache: NodeCache,
     log_meta: sled::Tree,
@@ -435,6 +446,7 @@ impl Trees for Inner {
             TreeId::Access => &self.access,
             TreeId::LogLeaves => &self.log_leaves,
             TreeId::LogNodes => &self.log_nodes,
+            TreeId::LogTiles => &self.log_tiles,
             TreeId::LogMeta => &self.log_meta,
         }
     }
@@ -449,34 +461,12 @@ impl Trees for Inner {
 struct LogState {
     size: u64,
     frontier: Vec<Hash>,
-}
-
-/// A leaf ready to append: written with the caller's [`WriteSet`], applied to [`LogState`] once
-/// the set is.
-struct Pending {
-    index: u64,
-    leaf: Vec<u8>,
-    nodes: Vec<(u8, u64, Hash)>,
-    frontier: Vec<Hash>,
+    /// The leaf hashes of the last tile while it is incomplete (`size % TILE_LEAVES` of them):
+    /// what its stored value holds.
+    tile: Vec<Hash>,
 }
 
 impl LogState {
-    fn prepare(&self, leaf: Vec<u8>) -> Pending {
-        let mut frontier = self.frontier.clone();
-        let nodes = merkle::append(&mut frontier, self.size, merkle::leaf_hash(&leaf));
-        Pending {
-            index: self.size,
-            leaf,
-            nodes,
-            frontier,
-        }
-    }
-
-    fn apply(&mut self, p: Pending) {
-        self.size = p.index + 1;
-        self.frontier = p.frontier;
-    }
-
     fn head(&self) -> TreeHead {
         TreeHead {
             size: self.size,
@@ -485,7 +475,110 @@ impl LogState {
     }
 }
 
+/// Leaves appended, in order, to a copy of the log's state, each written into the caller's
+/// [`WriteSet`] as it comes: the leaf, the nodes above the tiles it completes, and its tile if
+/// it fills one. [`Growth::finish`] adds the last, incomplete tile and the new size, after
+/// everything they make reachable. The real state moves only once the set is applied.
+struct Growth {
+    start_size: u64,
+    /// The incomplete tile as stored when the growth began (what undoing the set restores).
+    start_tile: Option<Vec<u8>>,
+    next: LogState,
+}
+
+/// One leaf appended by a [`Growth`].
+struct Appended {
+    index: u64,
+    /// Every node the leaf completed, from its own hash (level 0) up: what a proof against
+    /// the new size needs before the write is applied.
+    nodes: Vec<(u8, u64, Hash)>,
+}
+
+impl Growth {
+    fn new(log: &LogState) -> Self {
+        Self {
+            start_size: log.size,
+            start_tile: (!log.tile.is_empty()).then(|| tile_value(&log.tile)),
+            next: LogState {
+                size: log.size,
+                frontier: log.frontier.clone(),
+                tile: log.tile.clone(),
+            },
+        }
+    }
+
+    /// The index the next leaf gets.
+    fn next_index(&self) -> u64 {
+        self.next.size
+    }
+
+    fn push(&mut self, ws: &mut WriteSet, leaf: Vec<u8>) -> Appended {
+        let index = self.next.size;
+        let hash = merkle::leaf_hash(&leaf);
+        let nodes = merkle::append(&mut self.next.frontier, index, hash);
+        ws.add(TreeId::LogLeaves, index.to_be_bytes(), leaf);
+        for (level, at, node) in nodes.iter().filter(|(level, _, _)| *level > TILE_LEVEL) {
+            ws.add(TreeId::LogNodes, node_key(*level, *at), node.as_slice());
+        }
+        self.next.size += 1;
+        self.next.tile.push(hash);
+        if self.next.tile.len() as u64 == TILE_LEAVES {
+            self.write_tile(ws, index / TILE_LEAVES);
+            self.next.tile.clear();
+        }
+        Appended { index, nodes }
+    }
+
+    fn write_tile(&self, ws: &mut WriteSet, block: u64) {
+        // Only the tile that was incomplete at the start can have a stored value.
+        let before = match block == self.start_size / TILE_LEAVES {
+            true => self.start_tile.as_deref(),
+            false => None,
+        };
+        ws.replace(
+            TreeId::LogTiles,
+            block.to_be_bytes(),
+            tile_value(&self.next.tile),
+            before,
+        );
+    }
+
+    /// Adds the incomplete last tile and the new size (if any leaf was appended) and returns
+    /// the state to keep once the set is applied.
+    fn finish(self, ws: &mut WriteSet) -> LogState {
+        if self.next.size != self.start_size {
+            if !self.next.tile.is_empty() {
+                self.write_tile(ws, self.next.size / TILE_LEAVES);
+            }
+            let before = self.start_size.to_be_bytes();
+            let before = (self.start_size > 0).then_some(before.as_slice());
+            ws.replace(
+                TreeId::LogMeta,
+                LOG_SIZE_KEY,
+                self.next.size.to_be_bytes(),
+                before,
+            );
+        }
+        self.next
+    }
+}
+
+/// Leaves per tile. A tile's value is the hashes of its leaves, so one read gives every node
+/// of levels 0 to [`TILE_LEVEL`] inside it.
+const TILE_LEAVES: u64 = 16;
+/// The level of a tile's root: nodes up to this level come from tiles, nodes above from
+/// `log_nodes`.
+const TILE_LEVEL: u8 = 4;
+const _: () = assert!(TILE_LEAVES == 1 << TILE_LEVEL);
+
+/// A tile's stored value: its leaf hashes, in order.
+fn tile_value(hashes: &[Hash]) -> Vec<u8> {
+    hashes.concat()
+}
+
 const LOG_SIZE_KEY: &[u8] = b"size";
+/// The first tile of the log whose value is in `log_tiles` (see [`start_tiles`]).
+const TILES_FROM_KEY: &[u8] = b"tiles_from";
 
 /// How long opening waits for a store that is locked (see [`Store::open_with_cache`]).
 const LOCK_WAIT: Duration = Duration::from_secs(1);
@@ -501,58 +594,19 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
     k
 }
 
-/// Adds a prepared leaf, its completed nodes and the new size to a write set.
-fn write_pending(ws: &mut WriteSet, p: &Pending) {
-    write_leaf(ws, p);
-    write_size(ws, p.index, p.index + 1);
-}
-
-/// Adds the log's new size to a write set.
-fn write_size(ws: &mut WriteSet, before: u64, after: u64) {
-    let old = before.to_be_bytes();
-    let old = (before > 0).then_some(old.as_slice());
-    ws.replace(TreeId::LogMeta, LOG_SIZE_KEY, after.to_be_bytes(), old);
-}
-
-/// Adds a prepared leaf and its completed nodes (not the size) to a write set.
-fn write_leaf(ws: &mut WriteSet, p: &Pending) {
-    ws.add(TreeId::LogLeaves, p.index.to_be_bytes(), p.leaf.as_slice());
-    // Level 0 is the leaf's own hash, computed from the leaf when needed.
-    for (level, index, hash) in p.nodes.iter().filter(|(level, _, _)| *level > 0) {
-        ws.add(TreeId::LogNodes, node_key(*level, *index), hash.as_slice());
+/// The log leaf of an access.
+fn access_leaf(a: &Access) -> Vec<u8> {
+    Entry::Access {
+        at: a.at,
+        caller: a.caller.to_string(),
+        purpose: a.purpose,
+        method: a.method,
+        emergency_override: a.emergency_override,
+        withheld_by_consent: a.withheld_by_consent,
+        pseudonym: *a.patient.as_bytes(),
+        results: a.results.clone(),
     }
-}
-
-/// Access leaves appended, in order, on a copy of the log's state: the state after them, and
-/// each leaf with its key in the `access` index. The real state moves only once the caller's
-/// write set is applied.
-fn prepare_accesses(log: &LogState, batch: &[&Access]) -> (LogState, Vec<(Vec<u8>, Pending)>) {
-    let mut next = LogState {
-        size: log.size,
-        frontier: log.frontier.clone(),
-    };
-    let mut pending = Vec::with_capacity(batch.len());
-    for a in batch {
-        let leaf = Entry::Access {
-            at: a.at,
-            caller: a.caller.to_string(),
-            purpose: a.purpose,
-            method: a.method,
-            emergency_override: a.emergency_override,
-            withheld_by_consent: a.withheld_by_consent,
-            pseudonym: *a.patient.as_bytes(),
-            results: a.results.clone(),
-        }
-        .encode();
-        let p = next.prepare(leaf);
-        next.size = p.index + 1;
-        next.frontier = p.frontier.clone();
-        let mut access_key = a.patient.as_bytes().to_vec();
-        access_key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
-        access_key.extend_from_slice(&p.index.to_be_bytes());
-        pending.push((access_key, p));
-    }
-    (next, pending)
+    .encode()
 }
 
 /// Reads complete-subtree hashes from memory where a batch already has them, from the store
@@ -707,15 +761,18 @@ impl NodeCache {
     }
 }
 
-/// Reads complete-subtree hashes from `log_nodes` (and leaf hashes from `log_leaves`), through
-/// a [`NodeCache`].
+/// Reads complete-subtree hashes from `log_tiles` and `log_nodes` (and, in tiles written
+/// before the store had `log_tiles`, from `log_leaves`), through a [`NodeCache`].
 ///
 /// A complete subtree's hash never changes once its write is applied, and only applied
 /// subtrees are read (proofs are for sizes up to the applied head), so the cache needs no
-/// invalidation: a write undone at open belongs to an earlier process.
+/// invalidation: a write undone at open belongs to an earlier process. An incomplete tile's
+/// stored value only grows, and holds at least the leaves of the applied head.
 struct Nodes<'a> {
     nodes: &'a sled::Tree,
+    tiles: &'a sled::Tree,
     leaves: &'a sled::Tree,
+    tiles_from: u64,
     cache: &'a NodeCache,
 }
 
@@ -723,9 +780,63 @@ impl<'a> Nodes<'a> {
     fn of(i: &'a Inner) -> Self {
         Self {
             nodes: &i.log_nodes,
+            tiles: &i.log_tiles,
             leaves: &i.log_leaves,
+            tiles_from: i.tiles_from,
             cache: &i.node_cache,
         }
+    }
+
+    /// A node inside a tile (level up to [`TILE_LEVEL`]), folded up from the tile's hashes.
+    fn in_tile(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let block = index >> (TILE_LEVEL - level);
+        let raw = self
+            .tiles
+            .get(block.to_be_bytes())?
+            .ok_or_else(|| StoreError::Corrupt(format!("log tile {block} is missing")))?;
+        let first = ((index << level) - block * TILE_LEAVES) as usize;
+        let width = 1usize << level;
+        let mut row = raw
+            .get(first * 32..(first + width) * 32)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "log tile {block} holds {} hashes, node ({level}, {index}) needs {}",
+                    raw.len() / 32,
+                    first + width
+                ))
+            })?
+            .chunks_exact(32)
+            .map(|h| {
+                let mut hash = [0; 32];
+                hash.copy_from_slice(h);
+                hash
+            })
+            .collect::<Vec<Hash>>();
+        while row.len() > 1 {
+            row = row
+                .chunks_exact(2)
+                .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        Ok(row[0])
+    }
+
+    /// A node as stores without tiles kept it: leaf hashes from the leaves, the rest in
+    /// `log_nodes`.
+    fn stored(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        if level == 0 {
+            let leaf = self
+                .leaves
+                .get(index.to_be_bytes())?
+                .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
+            return Ok(merkle::leaf_hash(&leaf));
+        }
+        let raw = self.nodes.get(node_key(level, index))?.ok_or_else(|| {
+            StoreError::Corrupt(format!("log node ({level}, {index}) is missing"))
+        })?;
+        raw.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt(format!("log node ({level}, {index}) is not 32 bytes"))
+        })
     }
 }
 
@@ -735,19 +846,10 @@ impl merkle::NodeReader for Nodes<'_> {
         if let Some(hash) = self.cache.get(level, index) {
             return Ok(hash);
         }
-        let hash = if level == 0 {
-            let leaf = self
-                .leaves
-                .get(index.to_be_bytes())?
-                .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
-            merkle::leaf_hash(&leaf)
-        } else {
-            let raw = self.nodes.get(node_key(level, index))?.ok_or_else(|| {
-                StoreError::Corrupt(format!("log node ({level}, {index}) is missing"))
-            })?;
-            raw.as_ref().try_into().map_err(|_| {
-                StoreError::Corrupt(format!("log node ({level}, {index}) is not 32 bytes"))
-            })?
+        let in_tiles = level <= TILE_LEVEL && index >> (TILE_LEVEL - level) >= self.tiles_from;
+        let hash = match in_tiles {
+            true => self.in_tile(level, index)?,
+            false => self.stored(level, index)?,
         };
         self.cache.insert(level, index, hash);
         Ok(hash)
@@ -838,6 +940,50 @@ fn latest_value(version: u32, log_index: u64) -> [u8; 12] {
 /// sled's own default page cache, 1 GiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
+/// The first tile of the log kept in `log_tiles`, from `log_meta`. A store written before tiles
+/// kept every node in `log_nodes` and has no such key: its tiles begin with the one the log is
+/// filling, whose value is built here from its leaves (at most 15 reads), once. Nothing is
+/// rewritten: the nodes of earlier tiles stay where they are and are read from there.
+fn start_tiles(inner: &Inner, size: u64) -> Result<u64, StoreError> {
+    if let Some(raw) = inner.log_meta.get(TILES_FROM_KEY)? {
+        let raw: [u8; 8] = raw
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("the log's first tile is not 8 bytes".into()))?;
+        return Ok(u64::from_be_bytes(raw));
+    }
+    let from = size / TILE_LEAVES;
+    let mut ws = WriteSet::new();
+    if !size.is_multiple_of(TILE_LEAVES) {
+        let mut hashes = Vec::new();
+        for index in from * TILE_LEAVES..size {
+            let leaf = inner
+                .log_leaves
+                .get(index.to_be_bytes())?
+                .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
+            hashes.push(merkle::leaf_hash(&leaf));
+        }
+        let key = from.to_be_bytes();
+        let before = inner.log_tiles.get(key)?;
+        ws.replace(
+            TreeId::LogTiles,
+            key,
+            tile_value(&hashes),
+            before.as_deref(),
+        );
+    }
+    ws.add(TreeId::LogMeta, TILES_FROM_KEY, from.to_be_bytes());
+    ws.apply(inner)?;
+    inner.db.flush()?;
+    if size > 0 {
+        tracing::info!(
+            first_tile = from,
+            "the log keeps its lower nodes in tiles from here on"
+        );
+    }
+    Ok(from)
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` with the default page cache
     /// ([`DEFAULT_CACHE_BYTES`]) and starts its commit thread. Dropping the last handle
@@ -873,12 +1019,11 @@ impl Store {
             access: db.open_tree("access")?,
             log_leaves: db.open_tree("log_leaves")?,
             log_nodes: db.open_tree("log_nodes")?,
+            log_tiles: db.open_tree("log_tiles")?,
+            tiles_from: 0,
             node_cache: NodeCache::default(),
             log_meta: db.open_tree("log_meta")?,
-            log: Mutex::new(LogState {
-                size: 0,
-                frontier: Vec::new(),
-            }),
+            log: Mutex::new(LogState::default()),
             applied: Mutex::new(LogState::default().head()),
             durable: Mutex::new(None),
             refreshing: AtomicBool::new(false),
@@ -908,8 +1053,34 @@ impl Store {
                     .map_err(|_| StoreError::Corrupt("log size is not 8 bytes".into()))?,
             ),
         };
+        inner.tiles_from = start_tiles(&inner, size)?;
+        let tile = match size % TILE_LEAVES {
+            0 => Vec::new(),
+            filled => {
+                let block = size / TILE_LEAVES;
+                let raw = inner.log_tiles.get(block.to_be_bytes())?;
+                let raw = raw.as_deref().unwrap_or_default();
+                if raw.len() as u64 != filled * 32 {
+                    return Err(StoreError::Corrupt(format!(
+                        "log tile {block} holds {} bytes for {filled} leaves",
+                        raw.len()
+                    )));
+                }
+                raw.chunks_exact(32)
+                    .map(|h| {
+                        let mut hash = [0; 32];
+                        hash.copy_from_slice(h);
+                        hash
+                    })
+                    .collect()
+            }
+        };
         let frontier = merkle::frontier(size, &Nodes::of(&inner)).map_err(tree_error)?;
-        let log = LogState { size, frontier };
+        let log = LogState {
+            size,
+            frontier,
+            tile,
+        };
         inner.applied = Mutex::new(log.head());
         inner.log = Mutex::new(log);
         let db = inner.db.clone();
@@ -956,13 +1127,14 @@ impl Store {
             }
             .encode();
             let mut log = self.log_state()?;
-            let pending = log.prepare(leaf);
-            rec.log_index = pending.index;
+            let mut growth = Growth::new(&log);
             let mut ws = WriteSet::new();
+            rec.log_index = growth.next_index();
             ws.replace(TreeId::Summaries, key, encode_v1(&rec), Some(&raw));
-            write_pending(&mut ws, &pending);
+            growth.push(&mut ws, leaf);
+            let next = growth.finish(&mut ws);
             ws.apply(&**i)?;
-            log.apply(pending);
+            *log = next;
             self.set_applied(log.head());
         }
         i.db.flush()?;
@@ -1020,10 +1192,7 @@ impl Store {
         let i = &self.inner;
         let mut log = self.log_state()?;
         let before_size = log.size;
-        let mut next = LogState {
-            size: log.size,
-            frontier: log.frontier.clone(),
-        };
+        let mut growth = Growth::new(&log);
         // What this batch stores, for the versions after it in the same batch.
         let mut staged_versions: HashMap<&[u8], (Hash, i64, u64)> = HashMap::new();
         let mut staged_latest: HashMap<&[u8], [u8; 12]> = HashMap::new();
@@ -1099,7 +1268,6 @@ impl Store {
                 }));
                 continue;
             }
-            let pending = next.prepare(p.leaf.clone());
             if !staged_certs.contains(&p.cert_hash)
                 && !self.certificate_cached(&p.cert_hash)
                 && !i.certs.contains_key(p.cert_hash)?
@@ -1115,7 +1283,7 @@ impl Store {
                 ));
             }
             staged_certs.insert(p.cert_hash);
-            write_leaf(&mut ws, &pending);
+            let pending = growth.push(&mut ws, p.leaf.clone());
             // The latest version has no record (its latest-version entry names its leaf); the
             // version it supersedes gets one now, unless it has one (older stores wrote a
             // record for every version).
@@ -1158,13 +1326,9 @@ impl Store {
             );
             staged_latest.insert(&p.rkey, latest);
             results.push(Ok((None, pending.index)));
-            next.size = pending.index + 1;
-            next.frontier = pending.frontier;
             written.extend(pending.nodes);
         }
-        if next.size != log.size {
-            write_size(&mut ws, log.size, next.size);
-        }
+        let next = growth.finish(&mut ws);
         ws.extend(references);
         ws.apply(&**i)?;
         for (hash, der) in new_certs {
@@ -1520,8 +1684,9 @@ impl Store {
         accesses: &[&Access],
     ) -> Result<(), StoreError> {
         let i = &self.inner;
+        let leaves: Vec<Vec<u8>> = accesses.iter().map(|a| access_leaf(a)).collect();
         let mut log = self.log_state()?;
-        let (next, pending) = prepare_accesses(&log, accesses);
+        let mut growth = Growth::new(&log);
         let mut ws = WriteSet::new();
         // Each member and patient's record, updated by every query of the batch in order.
         let mut updated: HashMap<&[u8], (ShownV1, Option<sled::IVec>)> = HashMap::new();
@@ -1565,16 +1730,19 @@ impl Store {
         for (k, v) in events {
             ws.add(TreeId::Events, k.as_slice(), v.as_slice());
         }
-        for (_, p) in &pending {
-            write_leaf(&mut ws, p);
+        let mut access_keys = Vec::with_capacity(accesses.len());
+        for (a, leaf) in accesses.iter().zip(leaves) {
+            let index = growth.push(&mut ws, leaf).index;
+            let mut key = a.patient.as_bytes().to_vec();
+            key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
+            key.extend_from_slice(&index.to_be_bytes());
+            access_keys.push(key);
         }
         // The index after the leaves it points to.
-        for (key, _) in &pending {
-            ws.add(TreeId::Access, key.as_slice(), Vec::new());
+        for key in access_keys {
+            ws.add(TreeId::Access, key, Vec::new());
         }
-        if next.size != log.size {
-            write_size(&mut ws, log.size, next.size);
-        }
+        let next = growth.finish(&mut ws);
         ws.apply(&**i)?;
         *log = next;
         self.set_applied(log.head());
@@ -1666,8 +1834,7 @@ impl Store {
         let i = &self.inner;
         let (outcome, logged) = {
             let mut log = self.log_state()?;
-            let pending = log.prepare(leaf);
-            let outcome = match i.decisions.get(&key)? {
+            match i.decisions.get(&key)? {
                 Some(raw) => {
                     let old: DecisionV1 = decode_v1(&raw)?;
                     if old.publisher != record.publisher
@@ -1680,33 +1847,29 @@ impl Store {
                             decision_id: d.decision_id.clone(),
                         });
                     }
-                    DecisionOutcome::AlreadyRecorded {
+                    let outcome = DecisionOutcome::AlreadyRecorded {
                         at: UnixMillis(old.at_ms),
                         recognised: old.recognised,
-                    }
+                    };
+                    (outcome, None)
                 }
                 None => {
+                    let mut growth = Growth::new(&log);
                     let mut ws = WriteSet::new();
-                    write_pending(&mut ws, &pending);
+                    let index = growth.push(&mut ws, leaf).index;
+                    let next = growth.finish(&mut ws);
                     ws.add(TreeId::Events, event_key, event);
                     ws.add(TreeId::Decisions, key, value);
                     ws.apply(&**i)?;
-                    DecisionOutcome::Recorded { at: d.at }
-                }
-            };
-            let logged = match outcome {
-                DecisionOutcome::Recorded { .. } => {
-                    let index = pending.index;
-                    log.apply(pending);
+                    *log = next;
                     self.set_applied(log.head());
-                    Some(Logged {
+                    let logged = Logged {
                         index,
                         head: log.head(),
-                    })
+                    };
+                    (DecisionOutcome::Recorded { at: d.at }, Some(logged))
                 }
-                DecisionOutcome::AlreadyRecorded { .. } => None,
-            };
-            (outcome, logged)
+            }
         };
         self.commit().await?;
         Ok((outcome, logged))
@@ -1745,12 +1908,12 @@ impl Store {
         let i = &self.inner;
         let (changed, index, head) = {
             let mut log = self.log_state()?;
-            let pending = log.prepare(leaf);
+            let mut growth = Growth::new(&log);
             let value = encode_v1(&ConsentV1 {
                 opted_out,
                 member: member.to_string(),
                 at_ms: at.0,
-                log_index: pending.index,
+                log_index: growth.next_index(),
             });
             let raw = i.consent.get(patient.as_bytes())?;
             let before = match &raw {
@@ -1758,7 +1921,8 @@ impl Store {
                 None => false,
             };
             let mut ws = WriteSet::new();
-            write_pending(&mut ws, &pending);
+            let index = growth.push(&mut ws, leaf).index;
+            let next = growth.finish(&mut ws);
             ws.replace(
                 TreeId::Consent,
                 patient.as_bytes().as_slice(),
@@ -1767,8 +1931,7 @@ impl Store {
             );
             ws.apply(&**i)?;
             let changed = before != opted_out;
-            let index = pending.index;
-            log.apply(pending);
+            *log = next;
             self.set_applied(log.head());
             (changed, index, log.head())
         };
@@ -2325,9 +2488,16 @@ mod tests {
             .log_accesses(&batch.iter().collect::<Vec<_>>())
             .unwrap();
         assert_eq!(store.tree_head().unwrap().size, 25);
-        // Leaf hashes are not stored: proofs compute them from the leaves.
-        assert!(store.inner.log_nodes.scan_prefix([0u8]).next().is_none());
-        assert!(store.inner.log_nodes.scan_prefix([1u8]).next().is_some());
+        // 25 leaves: one full tile and one of 9, and no node above them (the first is at 32).
+        assert!(store.inner.log_nodes.is_empty());
+        let tiles: Vec<usize> = store
+            .inner
+            .log_tiles
+            .iter()
+            .values()
+            .map(|v| v.unwrap().len())
+            .collect();
+        assert_eq!(tiles, [16 * 32, 9 * 32]);
         let mut tree = MemoryTree::new();
         for i in 0..25 {
             tree.push(&store.leaf(i).unwrap());
@@ -2361,6 +2531,113 @@ mod tests {
         assert!(!store.opted_out(&q).unwrap());
     }
 
+    /// Appends `n` access leaves to the store in batches of uneven sizes (1 to 7) and to
+    /// `tree`; returns the store's head after each batch, each checked against `tree`.
+    fn grow(store: &Store, tree: &mut MemoryTree, n: u64) -> Vec<TreeHead> {
+        let p = Pseudonym::from_slice(&[3; 32]).unwrap();
+        let mut heads = Vec::new();
+        let end = tree.size() + n;
+        while tree.size() < end {
+            let start = tree.size();
+            let len = (start % 7 + 1).min(end - start);
+            let batch: Vec<Access> = (start..start + len).map(|i| access(i as u8, p)).collect();
+            store
+                .log_accesses(&batch.iter().collect::<Vec<_>>())
+                .unwrap();
+            for i in start..start + len {
+                tree.push(&store.leaf(i).unwrap());
+            }
+            let head = store.tree_head().unwrap();
+            assert_eq!(head.size, tree.size());
+            assert_eq!(head.root, tree.root(), "root at size {}", head.size);
+            heads.push(head);
+        }
+        heads
+    }
+
+    /// Checks every leaf's inclusion proof at the store's size, and the consistency proof from
+    /// each of `heads` to it.
+    fn check_proofs(store: &Store, heads: &[TreeHead]) {
+        let last = store.tree_head().unwrap();
+        for i in 0..last.size {
+            let proof = store.inclusion_proof(i, last.size).unwrap();
+            let leaf = merkle::leaf_hash(&store.leaf(i).unwrap());
+            verify_inclusion(&leaf, i, last.size, &proof, &last.root)
+                .unwrap_or_else(|e| panic!("leaf {i} at size {}: {e}", last.size));
+        }
+        for old in heads {
+            let proof = store.consistency_proof(old.size, last.size).unwrap();
+            verify_consistency(old.size, last.size, &old.root, &last.root, &proof)
+                .unwrap_or_else(|e| panic!("size {} to {}: {e}", old.size, last.size));
+        }
+    }
+
+    /// The last, incomplete tile is stored as it fills: a reopened store reads it back and
+    /// goes on filling it, and proofs through it stay right.
+    #[tokio::test]
+    async fn a_reopened_store_goes_on_filling_its_last_tile() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = MemoryTree::new();
+        let mut heads = {
+            let store = Store::open(dir.path()).unwrap();
+            grow(&store, &mut tree, 21)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tree_head().unwrap(), *heads.last().unwrap());
+        assert_eq!(store.log_state().unwrap().tile.len(), 5);
+        heads.extend(grow(&store, &mut tree, 20));
+        check_proofs(&store, &heads);
+    }
+
+    /// A store written before tiles (every node of level 1 and up in `log_nodes`, no
+    /// `tiles_from`) reads as before, and grows with tiles from the tile it was filling.
+    #[tokio::test]
+    async fn a_store_written_before_tiles_is_read_and_grown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = MemoryTree::new();
+        let mut heads = {
+            let store = Store::open(dir.path()).unwrap();
+            let heads = grow(&store, &mut tree, 45);
+            // Rewrite the tree as those stores kept it.
+            let i = &store.inner;
+            i.log_tiles.clear().unwrap();
+            i.log_nodes.clear().unwrap();
+            i.log_meta.remove(TILES_FROM_KEY).unwrap();
+            let mut frontier = Vec::new();
+            for index in 0..45 {
+                let leaf = merkle::leaf_hash(&store.leaf(index).unwrap());
+                for (level, at, hash) in merkle::append(&mut frontier, index, leaf) {
+                    if level > 0 {
+                        i.log_nodes.insert(node_key(level, at), &hash).unwrap();
+                    }
+                }
+            }
+            i.db.flush().unwrap();
+            heads
+        };
+        let store = Store::open(dir.path()).unwrap();
+        // Tiles begin with the one the log was filling (leaves 32 to 44).
+        assert_eq!(store.inner.tiles_from, 2);
+        assert_eq!(store.tree_head().unwrap(), *heads.last().unwrap());
+        check_proofs(&store, &heads);
+        heads.extend(grow(&store, &mut tree, 40));
+        check_proofs(&store, &heads);
+        let tiles: Vec<u64> = store
+            .inner
+            .log_tiles
+            .iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
+            .collect();
+        assert_eq!(tiles, [2, 3, 4, 5]);
+        drop(store);
+        // And after another reopen, from what it wrote since.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.inner.tiles_from, 2);
+        assert_eq!(store.tree_head().unwrap().root, tree.root());
+        check_proofs(&store, &heads);
+    }
+
     /// Node places spread over the map's buckets (picked by the low bits of the hash): the
     /// same index at many levels, and neighbouring indices, do not pile into a few buckets.
     #[test]
@@ -2390,8 +2667,8 @@ mod tests {
         let p = Pseudonym::from_slice(&[1; 32]).unwrap();
         let mut tree = MemoryTree::new();
         let mut heads = Vec::new();
-        // Batches of uneven sizes up to 2^(CACHED_LEVELS + 1) + 7 leaves.
-        let total = (1u64 << (CACHED_LEVELS + 1)) + 7;
+        // Batches of uneven sizes, through tiles and the nodes above them, to 71 leaves.
+        let total = (1u64 << (TILE_LEVEL + 2)) + 7;
         let mut n = 0u64;
         while n < total {
             let len = (n % 7 + 1).min(total - n);

@@ -407,6 +407,10 @@ fn rewrite_log(db: &sled::Db, edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::R
     edit(&mut leaves);
     leaves_tree.clear()?;
     nodes.clear()?;
+    // Written the way stores before tiles kept the tree (every node in `log_nodes`), which the
+    // hub reads without a tile-by-tile rewrite.
+    db.open_tree("log_tiles")?.clear()?;
+    meta.remove("tiles_from")?;
     let mut frontier = Vec::new();
     for (i, leaf) in leaves.iter().enumerate() {
         let i = i as u64;
@@ -915,7 +919,7 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
     // alone (it names the version's leaf now).
     {
         let db = hub.open_store_db().await?;
-        for tree in ["log_leaves", "log_nodes", "log_meta", "access"] {
+        for tree in ["log_leaves", "log_nodes", "log_tiles", "log_meta", "access"] {
             db.drop_tree(tree)?;
         }
         let summaries = db.open_tree("summaries")?;

@@ -56,6 +56,7 @@ pub(super) enum TreeId {
     LogNodes = 11,
     LogMeta = 12,
     Shown = 13,
+    LogTiles = 14,
 }
 
 impl TreeId {
@@ -63,7 +64,7 @@ impl TreeId {
         use TreeId::*;
         [
             Summaries, Latest, ByPatient, Certs, Consulted, Decisions, Events, Consent, Access,
-            LogLeaves, LogNodes, LogMeta, Shown,
+            LogLeaves, LogNodes, LogMeta, Shown, LogTiles,
         ]
         .into_iter()
         .find(|t| *t as u8 == tag)
