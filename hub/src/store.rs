@@ -25,10 +25,11 @@
 //! of levels 0 to 4 inside it (at most 15 hashes to fold); `log_nodes` holds the complete
 //! subtrees above. A full tile is written once; the last, incomplete one is rewritten by each
 //! write that appends to it. So a batch of appends writes a tile per 16 leaves and a node per 32
-//! where it wrote a node per leaf (PublishBatch 5-16% faster). Stores written before tiles kept every node of level 1
-//! and up in `log_nodes` (the very first ones level 0 too); their tiles begin at `tiles_from`,
-//! the tile the log was filling when the store was first opened with tiles, and the nodes of
-//! earlier tiles are read where they are (level 0 from the leaf). Each logged
+//! where it wrote a node per leaf (PublishBatch about a tenth faster). Stores written before
+//! tiles kept every node of level 1 and up in `log_nodes` (the very first ones level 0 too):
+//! their tiles begin at `tiles_from`, the tile the log was filling when the store was first
+//! opened with tiles, and the nodes of earlier tiles are read where they are (level 0 from the
+//! leaf). Each logged
 //! write (a summary version, a decision, an access, a consent change) appends its leaf **in the
 //! same atomic write** as the write itself, so the data and the log cannot diverge. Appends
 //! (and every other write) are serialised by one mutex that also holds the frontier (the right edge of the tree, one
