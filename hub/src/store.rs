@@ -680,9 +680,10 @@ impl<'a> PreparedPut<'a> {
 /// Levels of the Merkle tree whose nodes are kept in memory once read: an inclusion proof takes
 /// one node per level, and the nodes from this level up are a quarter of the tree's leaves in
 /// number (10-20 MB per million log entries, with the map's spare room) and shared by every
-/// proof. Below it, a proof reads three nodes from sled (or [`RECENT_NODES`]): the sibling
-/// leaf, and the siblings at levels 1 and 2. Level 3 rather than 6 made FindPrior with proofs
-/// 15% faster at 100,000 summaries; level 1 gained no more than noise.
+/// proof. Below it, a proof takes three nodes (the sibling leaf's hash and the siblings at
+/// levels 1 and 2), each folded from the leaf's tile unless [`RECENT_NODES`] has it. Level 3
+/// rather than 6 made FindPrior with proofs 15% faster at 100,000 summaries (measured before
+/// tiles, when each of those was a read of its own); level 1 gained no more than noise.
 const CACHED_LEVELS: u8 = 3;
 
 /// Lower-level nodes (and leaf hashes) kept once read, at most this many (about 4 MB); the
