@@ -2666,36 +2666,16 @@ mod tests {
     async fn cached_nodes_give_the_same_proofs_as_the_tree() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let p = Pseudonym::from_slice(&[1; 32]).unwrap();
         let mut tree = MemoryTree::new();
         let mut heads = Vec::new();
-        // Batches of uneven sizes, through tiles and the nodes above them, to 71 leaves.
+        // Batches of uneven sizes, through tiles and the nodes above them, to 71 leaves, each
+        // size checked after the earlier ones have filled the cache.
         let total = (1u64 << (TILE_LEVEL + 2)) + 7;
-        let mut n = 0u64;
-        while n < total {
-            let len = (n % 7 + 1).min(total - n);
-            let batch: Vec<Access> = (n..n + len).map(|i| access(i as u8, p)).collect();
-            store
-                .log_accesses(&batch.iter().collect::<Vec<_>>())
-                .unwrap();
-            for i in n..n + len {
-                tree.push(&store.leaf(i).unwrap());
-            }
-            n += len;
-            let head = store.tree_head().unwrap();
-            assert_eq!(head.root, tree.root(), "root at size {n}");
-            for i in (0..n).step_by(3).chain([n - 1]) {
-                let proof = store.inclusion_proof(i, n).unwrap();
-                let leaf = merkle::leaf_hash(&store.leaf(i).unwrap());
-                verify_inclusion(&leaf, i, n, &proof, &head.root)
-                    .unwrap_or_else(|e| panic!("leaf {i} at size {n}: {e}"));
-            }
-            for old in &heads {
-                let old: &TreeHead = old;
-                let proof = store.consistency_proof(old.size, n).unwrap();
-                verify_consistency(old.size, n, &old.root, &head.root, &proof).unwrap();
-            }
-            heads.push(head);
+        while tree.size() < total {
+            let batch = (tree.size() % 7 + 1).min(total - tree.size());
+            let grown = grow(&store, &mut tree, batch);
+            check_proofs(&store, &heads);
+            heads.extend(grown);
         }
         let cache = &store.inner.node_cache;
         assert!(
