@@ -776,6 +776,8 @@ struct Nodes<'a> {
     leaves: &'a sled::Tree,
     tiles_from: u64,
     cache: &'a NodeCache,
+    /// The tile read last: a proof takes up to four nodes from its leaf's tile.
+    last_tile: std::cell::RefCell<Option<(u64, sled::IVec)>>,
 }
 
 impl<'a> Nodes<'a> {
@@ -786,16 +788,29 @@ impl<'a> Nodes<'a> {
             leaves: &i.log_leaves,
             tiles_from: i.tiles_from,
             cache: &i.node_cache,
+            last_tile: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Tile `block`'s value, read once for consecutive nodes inside it.
+    fn tile(&self, block: u64) -> Result<sled::IVec, StoreError> {
+        if let Some((b, raw)) = &*self.last_tile.borrow()
+            && *b == block
+        {
+            return Ok(raw.clone());
+        }
+        let raw = self
+            .tiles
+            .get(block.to_be_bytes())?
+            .ok_or_else(|| StoreError::Corrupt(format!("log tile {block} is missing")))?;
+        *self.last_tile.borrow_mut() = Some((block, raw.clone()));
+        Ok(raw)
     }
 
     /// A node inside a tile (level up to [`TILE_LEVEL`]), folded up from the tile's hashes.
     fn in_tile(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
         let block = index >> (TILE_LEVEL - level);
-        let raw = self
-            .tiles
-            .get(block.to_be_bytes())?
-            .ok_or_else(|| StoreError::Corrupt(format!("log tile {block} is missing")))?;
+        let raw = self.tile(block)?;
         let first = ((index << level) - block * TILE_LEAVES) as usize;
         let width = 1usize << level;
         let mut row = raw
