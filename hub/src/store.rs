@@ -577,6 +577,18 @@ fn tile_value(hashes: &[Hash]) -> Vec<u8> {
     hashes.concat()
 }
 
+/// The hashes in (part of) a tile's stored value; a trailing partial hash is ignored (callers
+/// check the length).
+fn tile_hashes(raw: &[u8]) -> Vec<Hash> {
+    raw.chunks_exact(32)
+        .map(|h| {
+            let mut hash = [0; 32];
+            hash.copy_from_slice(h);
+            hash
+        })
+        .collect()
+}
+
 const LOG_SIZE_KEY: &[u8] = b"size";
 /// The first tile of the log whose value is in `log_tiles` (see [`start_tiles`]).
 const TILES_FROM_KEY: &[u8] = b"tiles_from";
@@ -813,22 +825,14 @@ impl<'a> Nodes<'a> {
         let raw = self.tile(block)?;
         let first = ((index << level) - block * TILE_LEAVES) as usize;
         let width = 1usize << level;
-        let mut row = raw
-            .get(first * 32..(first + width) * 32)
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "log tile {block} holds {} hashes, node ({level}, {index}) needs {}",
-                    raw.len() / 32,
-                    first + width
-                ))
-            })?
-            .chunks_exact(32)
-            .map(|h| {
-                let mut hash = [0; 32];
-                hash.copy_from_slice(h);
-                hash
-            })
-            .collect::<Vec<Hash>>();
+        let row = raw.get(first * 32..(first + width) * 32).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "log tile {block} holds {} hashes, node ({level}, {index}) needs {}",
+                raw.len() / 32,
+                first + width
+            ))
+        })?;
+        let mut row = tile_hashes(row);
         while row.len() > 1 {
             row = row
                 .chunks_exact(2)
@@ -972,14 +976,11 @@ fn start_tiles(inner: &Inner, size: u64) -> Result<u64, StoreError> {
     let from = size / TILE_LEAVES;
     let mut ws = WriteSet::new();
     if !size.is_multiple_of(TILE_LEAVES) {
-        let mut hashes = Vec::new();
-        for index in from * TILE_LEAVES..size {
-            let leaf = inner
-                .log_leaves
-                .get(index.to_be_bytes())?
-                .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
-            hashes.push(merkle::leaf_hash(&leaf));
-        }
+        // Leaf hashes as those stores kept them: from the leaves.
+        let nodes = Nodes::of(inner);
+        let hashes = (from * TILE_LEAVES..size)
+            .map(|index| nodes.stored(0, index))
+            .collect::<Result<Vec<Hash>, _>>()?;
         let key = from.to_be_bytes();
         let before = inner.log_tiles.get(key)?;
         ws.replace(
@@ -1083,13 +1084,7 @@ impl Store {
                         raw.len()
                     )));
                 }
-                raw.chunks_exact(32)
-                    .map(|h| {
-                        let mut hash = [0; 32];
-                        hash.copy_from_slice(h);
-                        hash
-                    })
-                    .collect()
+                tile_hashes(raw)
             }
         };
         let frontier = merkle::frontier(size, &Nodes::of(&inner)).map_err(tree_error)?;
