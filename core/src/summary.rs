@@ -282,6 +282,37 @@ impl Summary {
     pub fn result_key(&self) -> String {
         format!("{}/{}", self.publisher, self.id)
     }
+
+    /// Whether this version may follow `previous`, the version before it of the same result.
+    ///
+    /// A new version corrects a result; it never moves it to another patient (an order number
+    /// reused for another patient would otherwise take the result, and its history, with it)
+    /// and never brings a voided result back. A result published for the wrong patient is
+    /// voided, and the right one published under a new summary id.
+    pub fn may_follow(&self, previous: &Summary) -> Result<(), SuccessionError> {
+        if previous.status == Status::Voided {
+            return Err(SuccessionError::AfterVoid {
+                voided_in: previous.version,
+            });
+        }
+        if self.patient != previous.patient {
+            return Err(SuccessionError::PatientChanged);
+        }
+        Ok(())
+    }
+}
+
+/// Why a version may not follow the one before it ([`Summary::may_follow`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SuccessionError {
+    #[error(
+        "a new version may not change the patient of a result: void this result and publish the correct one under a new summary id"
+    )]
+    PatientChanged,
+    #[error(
+        "version {voided_in} voided this result and a voided result stays voided: publish the corrected result under a new summary id"
+    )]
+    AfterVoid { voided_in: u32 },
 }
 
 impl TryFrom<pb::SummaryBody> for Summary {
@@ -612,6 +643,38 @@ pub(crate) mod tests {
 
     fn body_of(s: &Summary) -> pb::SummaryBody {
         pb::SummaryBody::from(s)
+    }
+
+    /// A version keeps its result's patient, and nothing follows a void.
+    #[test]
+    fn succession_keeps_the_patient_and_the_void() {
+        let first = sample();
+        let mut amended = sample();
+        amended.version = 2;
+        amended.status = Status::Amended;
+        amended.status_reason = "corrected value".into();
+        assert_eq!(amended.may_follow(&first), Ok(()));
+
+        let mut moved = amended.clone();
+        moved.patient = Pseudonym::from_bytes([8; 32]);
+        assert_eq!(
+            moved.may_follow(&first),
+            Err(SuccessionError::PatientChanged)
+        );
+
+        let mut voided = amended.clone();
+        voided.status = Status::Voided;
+        let mut revived = sample();
+        revived.version = 3;
+        revived.status = Status::Amended;
+        assert_eq!(
+            revived.may_follow(&voided),
+            Err(SuccessionError::AfterVoid { voided_in: 2 })
+        );
+        // A second void of a voided result is refused too: the first one stands.
+        let mut voided_again = revived.clone();
+        voided_again.status = Status::Voided;
+        assert!(voided_again.may_follow(&voided).is_err());
     }
 
     #[test]

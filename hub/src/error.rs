@@ -87,7 +87,9 @@ impl HubError {
             Self::Decision(_) => Code::InvalidArgument,
             Self::Store(StoreError::DecisionIdReused { .. }) => Code::AlreadyExists,
             Self::Store(StoreError::Conflict { .. }) => Code::AlreadyExists,
-            Self::Store(StoreError::OutOfOrder { .. }) => Code::FailedPrecondition,
+            Self::Store(StoreError::OutOfOrder { .. } | StoreError::Succession { .. }) => {
+                Code::FailedPrecondition
+            }
             Self::Store(_) => Code::Internal,
         }
     }

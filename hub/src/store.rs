@@ -82,7 +82,7 @@ pub use huren_core::receipt::Receipt;
 use huren_core::rules::RetestReason;
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, sha256};
 use huren_core::stats::{Event, EventKind};
-use huren_core::summary::{Summary, UnixMillis};
+use huren_core::summary::{SuccessionError, Summary, UnixMillis};
 use writeset::{TreeId, Trees, WriteSet};
 
 use crate::batch::{Worker, next_batch};
@@ -345,6 +345,12 @@ pub enum StoreError {
         key: String,
         version: u32,
         reason: String,
+    },
+    #[error("version {version} of {key} cannot be stored: {reason}")]
+    Succession {
+        key: String,
+        version: u32,
+        reason: SuccessionError,
     },
     #[error("storage engine: {0}")]
     Engine(#[from] sled::Error),
@@ -1211,6 +1217,8 @@ impl Store {
         let mut staged_certs: HashSet<Hash> = HashSet::new();
         let mut new_certs: Vec<(&Hash, &[u8])> = Vec::new();
         let mut staged_index: HashSet<&[u8]> = HashSet::new();
+        // The latest version of each result this batch stores, for a later version's check.
+        let mut staged_summaries: HashMap<&[u8], &Summary> = HashMap::new();
         let mut ws = WriteSet::new();
         // Written after the rest, so a reader never finds an index entry or a latest version
         // before the leaf (or record) it points to.
@@ -1280,6 +1288,23 @@ impl Store {
                 }));
                 continue;
             }
+            // A new version never moves a result to another patient nor revives a void.
+            if let Some((previous_version, previous_index)) = stored_latest {
+                let follows = match staged_summaries.get(p.rkey.as_slice()) {
+                    Some(&previous) => s.may_follow(previous),
+                    None => {
+                        s.may_follow(&self.stored_version(s, previous_version, previous_index)?)
+                    }
+                };
+                if let Err(reason) = follows {
+                    results.push(Err(StoreError::Succession {
+                        key: s.result_key(),
+                        version: s.version,
+                        reason,
+                    }));
+                    continue;
+                }
+            }
             if !staged_certs.contains(&p.cert_hash)
                 && !self.certificate_cached(&p.cert_hash)
                 && !i.certs.contains_key(p.cert_hash)?
@@ -1337,6 +1362,7 @@ impl Store {
                 (p.verified.body_sha256, p.accepted_at.0, pending.index),
             );
             staged_latest.insert(&p.rkey, latest);
+            staged_summaries.insert(&p.rkey, s);
             results.push(Ok((None, pending.index)));
             written.extend(pending.nodes);
         }
@@ -1436,6 +1462,36 @@ impl Store {
                 "log leaf {index} does not decode: {e}"
             ))),
         }
+    }
+
+    /// Version `version` of the result `s` belongs to, decoded from its leaf (`index`) or, in
+    /// stores written before the log held bodies, from its record: what a new version is
+    /// checked against. Only amendments and voids read it.
+    fn stored_version(
+        &self,
+        s: &Summary,
+        version: u32,
+        index: Option<u64>,
+    ) -> Result<Summary, StoreError> {
+        let body = match index {
+            Some(index) => self.summary_leaf(index)?.body,
+            None => {
+                let key = version_key(s.publisher.as_str(), s.id.as_str(), version);
+                let raw = self.inner.summaries.get(&key)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "version {version} of {} is missing",
+                        s.result_key()
+                    ))
+                })?;
+                decode_record(&raw)?.body
+            }
+        };
+        Summary::from_stored_body_bytes(&body).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "stored version {version} of {} does not decode: {e}",
+                s.result_key()
+            ))
+        })
     }
 
     /// The body digest and acceptance time of the summary version whose leaf is at `index`

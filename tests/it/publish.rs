@@ -247,8 +247,10 @@ async fn versions_superseded_in_one_batch_keep_their_receipts() -> anyhow::Resul
     Ok(())
 }
 
-/// An amendment that changes the item, the time or the patient is found where it now is, and
-/// no longer where version 1 was.
+/// An amendment that changes the item or the time is found where it now is, and no longer
+/// where version 1 was. One that changes the patient is refused (an order number reused for
+/// another patient must not take the result with it): the publisher voids the result and
+/// publishes the right one anew, and nothing follows a void.
 #[tokio::test]
 async fn an_amendment_that_moves_the_result_is_found_only_where_it_now_is() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -275,7 +277,7 @@ async fn an_amendment_that_moves_the_result_is_found_only_where_it_now_is() -> a
         "the old item still matches: {hgb:?}"
     );
     let glucose = only_prior(&mut client, &p, (LOINC, GLUCOSE)).await?;
-    assert_eq!(glucose.receipt, Some(r2));
+    assert_eq!(glucose.receipt, Some(r2.clone()));
     // As of hour 2 the result (now performed at hour 5) did not exist yet.
     let mut early = prior_request(&p, &[(LOINC, HGB), (LOINC, GLUCOSE)]);
     early.as_of_ms = hours(2);
@@ -285,22 +287,77 @@ async fn an_amendment_that_moves_the_result_is_found_only_where_it_now_is() -> a
         "old time still matches: {early:?}"
     );
 
-    // v3: it was another patient's specimen.
+    // v3: it was another patient's specimen. Moving it is refused, alone or in a batch.
     let mut v3 = amended(&v2, "specimen belonged to another patient");
     v3.patient = q;
-    let (r3, _) = receipt_of("v3", publish(&mut client, sign(&a, &v3)?).await)?;
-    let p_history = client.history(history_request(&p, 0)).await?.into_inner();
-    assert!(
-        p_history.results.is_empty(),
-        "the first patient still sees it: {p_history:?}"
+    assert_refused(
+        "v3 to another patient",
+        publish(&mut client, sign(&a, &v3)?).await,
+        Code::FailedPrecondition,
+        "may not change the patient",
     );
-    let p_prior = client
-        .find_prior(prior_request(&p, &[(LOINC, GLUCOSE)]))
+    let outcomes = client
+        .publish_batch(huren_proto::hub::PublishBatchRequest {
+            summaries: vec![sign(&a, &v3)?],
+        })
+        .await?
+        .into_inner()
+        .outcomes;
+    match outcomes.first().and_then(|o| o.outcome.as_ref()) {
+        Some(huren_proto::hub::publish_outcome::Outcome::Refused(r)) => {
+            assert_eq!(r.code, Code::FailedPrecondition as i32, "{r:?}");
+            assert!(r.message.contains("may not change the patient"), "{r:?}");
+        }
+        other => panic!("a batch moved the result to another patient: {other:?}"),
+    }
+    let still = only_prior(&mut client, &p, (LOINC, GLUCOSE)).await?;
+    assert_eq!(still.receipt, Some(r2), "the result left its patient");
+    let q_prior = client
+        .find_prior(prior_request(&q, &[(LOINC, GLUCOSE)]))
         .await?
         .into_inner();
-    assert!(p_prior.results.is_empty());
+    assert!(q_prior.results.is_empty(), "{q_prior:?}");
+
+    // The correction: void it for p, publish anew for q.
+    let mut void = amended(&v2, "specimen belonged to another patient");
+    void.status = huren_core::summary::Status::Voided;
+    receipt_of("void", publish(&mut client, sign(&a, &void)?).await)?;
+    let mut anew = lab_summary("hosp-a", "LAB-0004-R", q, GLUCOSE, hours(5))?;
+    anew.reported_at = huren_core::summary::UnixMillis(hours(6));
+    let (r_anew, _) = receipt_of("anew", publish(&mut client, sign(&a, &anew)?).await)?;
     let q_result = only_prior(&mut client, &q, (LOINC, GLUCOSE)).await?;
-    assert_eq!(q_result.receipt, Some(r3));
+    assert_eq!(q_result.receipt, Some(r_anew));
+
+    // A voided result stays voided: a later amendment (same patient or not) is refused,
+    // and so is an amendment and its void sent together in one batch followed by a revival.
+    let revived = amended(&void, "un-void");
+    assert_refused(
+        "amendment after the void",
+        publish(&mut client, sign(&a, &revived)?).await,
+        Code::FailedPrecondition,
+        "a voided result stays voided",
+    );
+    let w1 = lab_summary("hosp-a", "LAB-0004-W", p, HGB, hours(1))?;
+    let mut w2 = amended(&w1, "voided");
+    w2.status = huren_core::summary::Status::Voided;
+    let w3 = amended(&w2, "revived in the same batch");
+    let outcomes = client
+        .publish_batch(huren_proto::hub::PublishBatchRequest {
+            summaries: vec![sign(&a, &w1)?, sign(&a, &w2)?, sign(&a, &w3)?],
+        })
+        .await?
+        .into_inner()
+        .outcomes;
+    let refused: Vec<bool> = outcomes
+        .iter()
+        .map(|o| {
+            matches!(
+                o.outcome,
+                Some(huren_proto::hub::publish_outcome::Outcome::Refused(_))
+            )
+        })
+        .collect();
+    assert_eq!(refused, vec![false, false, true], "{outcomes:?}");
     Ok(())
 }
 
