@@ -1,0 +1,352 @@
+//! The one Ed25519 signature rule that the hub and every agent apply, alone and in batches.
+//!
+//! For a public key encoding `A_enc` (32 bytes), a signature `R_enc || S_enc` (32 + 32 bytes)
+//! and a message `M`, a signature is valid when:
+//!
+//! 1. `S_enc` is the canonical little-endian encoding of an integer `S < ℓ` (the order of the
+//!    base point);
+//! 2. `A_enc` and `R_enc` are canonical point encodings (decoding then encoding again gives the
+//!    same 32 bytes) of points `A` and `R` that are not of small order (`[8]P` is not the
+//!    identity);
+//! 3. with `k = SHA-512(R_enc || A_enc || M)` read little-endian modulo `ℓ`, the cofactored
+//!    equation `[8]([S]B − R − [k]A) = 0` holds.
+//!
+//! A batch of signatures is checked with fresh 128-bit coefficients `z_i`:
+//! `[8]([Σ z_i·S_i]B − Σ [z_i]R_i − Σ [z_i·k_i]A_i) = 0`, after rules 1 and 2 for each.
+//!
+//! Why this rule and not `verify_strict`'s cofactorless one: the two must never disagree, or
+//! a member could publish a summary the hub accepts in a batch and every agent refuses (one
+//! member blanking any patient's history for everyone). Write `e_i = [S_i]B − R_i − [k_i]A_i`.
+//! The group of curve points is `Z/8 × Z/ℓ`, so `[8]e_i` lies in the subgroup of prime order
+//! `ℓ`. If every signature passes alone, every `[8]e_i` is 0 and so is `Σ z_i·[8]e_i`: the
+//! batch passes. If one fails alone, `[8]e_j ≠ 0` in a group of prime order, and the batch
+//! sum is 0 only if `z_j` takes one value modulo `ℓ` given the others: probability at most
+//! `2^-128` over the fresh coefficients. `verify_strict` checks the cofactorless equation
+//! (`e = 0` exactly), which a residual `e_j` of small order (a "mixed-order" `R` that only the
+//! key holder can make) never passes, while ed25519-dalek's batch equation passes it (a test
+//! here shows it): the hub batching with one and agents checking with the other disagreed.
+//! Honest signers' `e_i` is 0, so they pass either way; this is the cofactored check of
+//! RFC 8032 section 5.1.7 with canonical encodings and small-order points refused.
+
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use sha2::{Digest, Sha512};
+
+/// A point from its encoding, if canonical and not of small order (rule 2).
+fn point(encoding: &[u8; 32]) -> Option<EdwardsPoint> {
+    let compressed = CompressedEdwardsY(*encoding);
+    let p = compressed.decompress()?;
+    (p.compress() == compressed && !p.is_small_order()).then_some(p)
+}
+
+/// A public key checked once for rule 2, to check many signatures with.
+#[derive(Clone, Copy, Debug)]
+pub struct PublicKey {
+    encoding: [u8; 32],
+    point: EdwardsPoint,
+}
+
+impl PublicKey {
+    /// The key, or `None` if its encoding is not canonical or the point is of small order.
+    pub fn from_bytes(encoding: &[u8; 32]) -> Option<Self> {
+        Some(Self {
+            encoding: *encoding,
+            point: point(encoding)?,
+        })
+    }
+}
+
+/// One signature with its terms, parsed for the equation.
+struct Terms {
+    r: EdwardsPoint,
+    s: Scalar,
+    k: Scalar,
+    a: EdwardsPoint,
+}
+
+fn terms(key: &PublicKey, message: &[u8], signature: &[u8; 64]) -> Option<Terms> {
+    let mut r_enc = [0u8; 32];
+    r_enc.copy_from_slice(&signature[..32]);
+    let mut s_enc = [0u8; 32];
+    s_enc.copy_from_slice(&signature[32..]);
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_enc))?;
+    let r = point(&r_enc)?;
+    let mut h = Sha512::new();
+    h.update(r_enc);
+    h.update(key.encoding);
+    h.update(message);
+    let mut wide = [0u8; 64];
+    wide.copy_from_slice(&h.finalize());
+    Some(Terms {
+        r,
+        s,
+        k: Scalar::from_bytes_mod_order_wide(&wide),
+        a: key.point,
+    })
+}
+
+/// Whether `signature` is valid for `message` under `key` by the rule in the module doc.
+pub fn verify(key: &PublicKey, message: &[u8], signature: &[u8; 64]) -> bool {
+    let Some(t) = terms(key, message, signature) else {
+        return false;
+    };
+    // [S]B − [k]A − R
+    let residual = EdwardsPoint::vartime_double_scalar_mul_basepoint(&t.k, &(-t.a), &t.s) - t.r;
+    residual.mul_by_cofactor().is_identity()
+}
+
+/// Whether every signature of a batch is valid by the rule in the module doc, checked with one
+/// equation: `true` only if each would pass [`verify`] alone (up to a chance of `2^-128`), and
+/// always `true` when each does. An empty batch is valid.
+pub fn verify_batch(items: &[(&PublicKey, &[u8], &[u8; 64])]) -> bool {
+    let mut all = Vec::with_capacity(items.len());
+    for (key, message, signature) in items {
+        match terms(key, message, signature) {
+            Some(t) => all.push(t),
+            None => return false,
+        }
+    }
+    if all.is_empty() {
+        return true;
+    }
+    let zs = coefficients(items, all.len());
+    let mut b_coefficient = Scalar::ZERO;
+    let mut scalars = Vec::with_capacity(2 * all.len() + 1);
+    let mut points = Vec::with_capacity(2 * all.len() + 1);
+    for (t, z) in all.iter().zip(&zs) {
+        b_coefficient += z * t.s;
+        scalars.push(-z);
+        points.push(t.r);
+        scalars.push(-(z * t.k));
+        points.push(t.a);
+    }
+    scalars.push(b_coefficient);
+    points.push(ED25519_BASEPOINT_POINT);
+    match EdwardsPoint::optional_multiscalar_mul(scalars, points.into_iter().map(Some)) {
+        Some(sum) => sum.mul_by_cofactor().is_identity(),
+        None => false,
+    }
+}
+
+/// `n` coefficients below `2^128`: SHA-512 over 32 fresh random bytes and everything in the
+/// batch, so they are unpredictable to whoever wrote the signatures (and, if the system's
+/// random source ever failed, still bound to the whole batch).
+fn coefficients(items: &[(&PublicKey, &[u8], &[u8; 64])], n: usize) -> Vec<Scalar> {
+    let mut seed = [0u8; 32];
+    // A failed random source leaves zeros: the hash of the batch alone still binds them.
+    let _ = getrandom::fill(&mut seed);
+    let mut h = Sha512::new();
+    h.update(b"huren-ed25519-batch-v1");
+    h.update(seed);
+    for (key, message, signature) in items {
+        h.update(key.encoding);
+        h.update(Sha512::digest(message));
+        h.update(signature);
+    }
+    let base = h.finalize();
+    (0..n)
+        .map(|i| {
+            let mut hi = Sha512::new();
+            hi.update(base);
+            hi.update((i as u64).to_le_bytes());
+            let d = hi.finalize();
+            let mut bytes = [0u8; 32];
+            bytes[..16].copy_from_slice(&d[..16]);
+            Scalar::from_bytes_mod_order(bytes)
+        })
+        .collect()
+}
+
+/// Signatures no honest signer makes, for tests here and in [`crate::signing`].
+#[cfg(test)]
+pub(crate) mod testonly {
+    use super::*;
+
+    /// The secret scalar `a` and nonce prefix of an RFC 8032 key, to make signatures by hand.
+    fn expanded(sk: &ed25519_dalek::SigningKey) -> (Scalar, [u8; 32]) {
+        let h = Sha512::digest(sk.to_bytes());
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&h[..32]);
+        a[0] &= 248;
+        a[31] &= 127;
+        a[31] |= 64;
+        let mut prefix = [0u8; 32];
+        prefix.copy_from_slice(&h[32..]);
+        (Scalar::from_bytes_mod_order(a), prefix)
+    }
+
+    /// A signature whose R is `[r]B + T` for a torsion point `T`, with S computed so that the
+    /// cofactored equation holds and the cofactorless one does not: what only a key holder
+    /// can make.
+    pub(crate) fn mixed_order_signature(
+        sk: &ed25519_dalek::SigningKey,
+        message: &[u8],
+        torsion: EdwardsPoint,
+    ) -> [u8; 64] {
+        let (a, prefix) = expanded(sk);
+        let r = Scalar::from_bytes_mod_order_wide(
+            &Sha512::digest([&prefix[..], message].concat()).into(),
+        );
+        let big_r = (ED25519_BASEPOINT_POINT * r + torsion).compress();
+        let k = Scalar::from_bytes_mod_order_wide(
+            &Sha512::digest([big_r.as_bytes(), sk.verifying_key().as_bytes(), message].concat())
+                .into(),
+        );
+        let s = r + k * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        sig
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testonly::mixed_order_signature;
+    use super::*;
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use ed25519_dalek::Signer;
+
+    fn key(seed: u8) -> (ed25519_dalek::SigningKey, PublicKey) {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let pk = PublicKey::from_bytes(sk.verifying_key().as_bytes()).unwrap();
+        (sk, pk)
+    }
+
+    #[test]
+    fn honest_signatures_pass_alone_and_in_batches() {
+        let (sk, pk) = key(1);
+        let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; usize::from(i) * 7]).collect();
+        let sigs: Vec<[u8; 64]> = msgs.iter().map(|m| sk.sign(m).to_bytes()).collect();
+        for (m, s) in msgs.iter().zip(&sigs) {
+            assert!(verify(&pk, m, s));
+        }
+        let items: Vec<_> = msgs
+            .iter()
+            .zip(&sigs)
+            .map(|(m, s)| (&pk, m.as_slice(), s))
+            .collect();
+        assert!(verify_batch(&items));
+        assert!(verify_batch(&[]));
+    }
+
+    /// RFC 8032 section 7.1, test 2, through this rule.
+    #[test]
+    fn rfc8032_vector_passes() {
+        let pk = PublicKey::from_bytes(
+            &hex::decode("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+        .unwrap();
+        let sig: [u8; 64] = hex::decode(
+            "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da\
+             085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        assert!(verify(&pk, &[0x72], &sig));
+        assert!(!verify(&pk, &[0x73], &sig));
+    }
+
+    /// A mixed-order R gets the same answer alone and in every batch, however often the
+    /// batch's coefficients are drawn (the cofactorless batch accepted it about half the time).
+    #[test]
+    fn mixed_order_r_gets_one_answer_alone_and_in_batches() {
+        let (sk, pk) = key(2);
+        let honest = sk.sign(b"other").to_bytes();
+        for (t, &torsion) in EIGHT_TORSION.iter().enumerate().skip(1) {
+            let m = format!("mixed {t}").into_bytes();
+            let sig = mixed_order_signature(&sk, &m, torsion);
+            // The cofactorless strict check refuses it; the shared rule gives one answer.
+            let vk = sk.verifying_key();
+            assert!(
+                vk.verify_strict(&m, &ed25519_dalek::Signature::from_bytes(&sig))
+                    .is_err()
+            );
+            let alone = verify(&pk, &m, &sig);
+            assert!(
+                alone,
+                "the cofactored rule accepts what only the key holder can make"
+            );
+            // What this rule replaced: ed25519-dalek's batch accepts such a signature (always or
+            // some of the time, by its coefficients) while its verify_strict never does.
+            if t == 4 {
+                let signature = ed25519_dalek::Signature::from_bytes(&sig);
+                let accepted = (0..64)
+                    .filter(|_| ed25519_dalek::verify_batch(&[&m[..]], &[signature], &[vk]).is_ok())
+                    .count();
+                assert!(accepted > 0, "the dalek batch never accepted it");
+            }
+            for _ in 0..64 {
+                assert_eq!(verify_batch(&[(&pk, &m, &sig)]), alone);
+                assert_eq!(
+                    verify_batch(&[(&pk, b"other", &honest), (&pk, &m, &sig)]),
+                    alone
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn small_order_points_and_non_canonical_encodings_are_refused() {
+        let (sk, pk) = key(3);
+        let m = b"message";
+        let good = sk.sign(m).to_bytes();
+        assert!(verify(&pk, m, &good));
+        // Small-order keys.
+        for t in EIGHT_TORSION {
+            assert!(PublicKey::from_bytes(t.compress().as_bytes()).is_none());
+        }
+        // Small-order R (with any S).
+        for t in EIGHT_TORSION {
+            let mut sig = good;
+            sig[..32].copy_from_slice(t.compress().as_bytes());
+            assert!(!verify(&pk, m, &sig));
+            assert!(!verify_batch(&[(&pk, m, &sig)]));
+        }
+        // S + ℓ: the same S modulo ℓ, not canonical.
+        let s = Scalar::from_canonical_bytes(good[32..].try_into().unwrap()).unwrap();
+        let mut wide = [0u8; 32];
+        // ℓ = 2^252 + 27742317777372353535851937790883648493
+        let l = hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010")
+            .unwrap();
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(s.as_bytes()[i]) + u16::from(l[i]) + carry;
+            wide[i] = v as u8;
+            carry = v >> 8;
+        }
+        let mut sig = good;
+        sig[32..].copy_from_slice(&wide);
+        assert!(!verify(&pk, m, &sig));
+        assert!(!verify_batch(&[(&pk, m, &sig)]));
+        // A non-canonical R: y + p for a point whose y is small enough (y = 1 + p is the
+        // identity's non-canonical form; the identity is small-order anyway). Key bytes with
+        // the top bit flipped encode another x sign: a different key, and the signature fails.
+        let mut flipped = *sk.verifying_key().as_bytes();
+        flipped[31] ^= 0x80;
+        if let Some(other) = PublicKey::from_bytes(&flipped) {
+            assert!(!verify(&other, m, &good));
+        }
+    }
+
+    #[test]
+    fn a_bad_signature_fails_the_batch() {
+        let (sk, pk) = key(4);
+        let msgs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 10]).collect();
+        let mut sigs: Vec<[u8; 64]> = msgs.iter().map(|m| sk.sign(m).to_bytes()).collect();
+        sigs[5][40] ^= 1;
+        let items: Vec<_> = msgs
+            .iter()
+            .zip(&sigs)
+            .map(|(m, s)| (&pk, m.as_slice(), s))
+            .collect();
+        assert!(!verify_batch(&items));
+        assert!(!verify(&pk, &msgs[5], &sigs[5]));
+    }
+}
