@@ -22,7 +22,7 @@ use crate::credentials::Credentials;
 use crate::error::AgentError;
 use crate::log::{AuditReport, LogWitness, proof_from_pb};
 use crate::verify::{
-    Expectation, VerifiedResult, check_receipt, restore_certificate, verify_stored,
+    Expectation, FailedResult, VerifiedResult, check_receipt, restore_certificate, verify_stored,
 };
 
 /// A member's agent, connected to the hub.
@@ -95,6 +95,8 @@ pub struct OrderCheck {
     pub item: Option<(String, String)>,
     pub item_name: String,
     pub best: Option<VerifiedResult>,
+    /// The hub's best result failed verification: it is not offered (`best` is `None`).
+    pub failed: Option<FailedResult>,
     pub explanation: String,
     pub candidates: u32,
 }
@@ -123,10 +125,14 @@ fn retest_reason_to_pb(r: RetestReason) -> i32 {
     }) as i32
 }
 
-/// The answer to a FindPrior or History call, every result verified.
+/// The answer to a FindPrior or History call: the results that verified, and those that did
+/// not (never shown as results; reported with their publisher).
 #[derive(Clone, Debug)]
 pub struct Answer {
     pub results: Vec<VerifiedResult>,
+    /// Results the hub returned that failed verification (signature, receipt, or not what was
+    /// asked for), in the hub's order.
+    pub failed: Vec<FailedResult>,
     /// The hub had more results than it returns in one answer.
     pub truncated: bool,
     /// The patient opted out of sharing and the purpose was not emergency: nothing returned.
@@ -598,15 +604,11 @@ impl Agent {
         }
         let mut out = Vec::with_capacity(order.len());
         for (i, (check, asked)) in response.items.into_iter().zip(order).enumerate() {
+            let mut failed = None;
             let best = match (check.best, &check.item) {
                 (Some(mut stored), Some(item)) => {
-                    restore_certificate(&mut stored, &response.signer_certificates).map_err(
-                        |reason| AgentError::Untrusted {
-                            position: i + 1,
-                            reason,
-                        },
-                    )?;
                     let proof = stored.log_proof.take();
+                    let receipt = stored.receipt.clone();
                     let items = [(item.system.clone(), item.code.clone())];
                     let expect = Expectation {
                         patient,
@@ -614,19 +616,31 @@ impl Agent {
                         from: UnixMillis(0),
                         until: as_of,
                     };
-                    let v = verify_stored(stored, &self.ca, &expect).map_err(|reason| {
-                        AgentError::Untrusted {
-                            position: i + 1,
-                            reason,
+                    match restore_certificate(&mut stored, &response.signer_certificates)
+                        .and_then(|()| verify_stored(stored, &self.ca, &expect))
+                    {
+                        Ok(v) => {
+                            if !v.verdict.as_ref().is_some_and(|v| v.recognised()) {
+                                return Err(AgentError::Protocol(
+                                    "the hub offered a best result that it does not recognise"
+                                        .into(),
+                                ));
+                            }
+                            self.check_logged(vec![(&v, proof)]).await?;
+                            Some(v)
                         }
-                    })?;
-                    if !v.verdict.as_ref().is_some_and(|v| v.recognised()) {
-                        return Err(AgentError::Protocol(
-                            "the hub offered a best result that it does not recognise".into(),
-                        ));
+                        Err(reason) => {
+                            let f = FailedResult::new(i + 1, receipt.as_ref(), reason);
+                            tracing::warn!(
+                                position = f.position,
+                                result = %f.claimed,
+                                reason = %f.reason,
+                                "a result from the hub failed verification; it is not offered"
+                            );
+                            failed = Some(f);
+                            None
+                        }
                     }
-                    self.check_logged(vec![(&v, proof)]).await?;
-                    Some(v)
                 }
                 (Some(_), None) => {
                     return Err(AgentError::Protocol(
@@ -640,6 +654,7 @@ impl Agent {
                 item: check.item.map(|i| (i.system, i.code)),
                 item_name: check.item_name,
                 best,
+                failed,
                 explanation: check.explanation,
                 candidates: check.candidates,
             });
@@ -703,7 +718,9 @@ impl Agent {
     }
 
     /// Verifies every returned result (after putting back the signing certificates an answer
-    /// carried once); one failure rejects the whole answer.
+    /// carried once). A result that fails is kept apart in [`Answer::failed`], named by its
+    /// receipt; the others are shown. (One member's bad summary must not blank a patient's
+    /// history for everyone.)
     async fn verify_all(
         &self,
         results: Vec<pb::StoredSummary>,
@@ -712,25 +729,37 @@ impl Agent {
         truncated: bool,
     ) -> Result<Answer, AgentError> {
         let mut verified = Vec::with_capacity(results.len());
+        let mut failed = Vec::new();
         let mut proofs = Vec::with_capacity(results.len());
         // Earlier versions (History) carry proofs too; they are checked like the results.
         let mut earlier_proofs = Vec::with_capacity(results.len());
         for (i, mut stored) in results.into_iter().enumerate() {
-            proofs.push(stored.log_proof.take());
-            earlier_proofs.push(
-                stored
-                    .earlier_versions
-                    .iter_mut()
-                    .map(|e| e.log_proof.take())
-                    .collect::<Vec<_>>(),
-            );
-            let v = restore_certificate(&mut stored, certificates)
+            let proof = stored.log_proof.take();
+            let earlier = stored
+                .earlier_versions
+                .iter_mut()
+                .map(|e| e.log_proof.take())
+                .collect::<Vec<_>>();
+            let receipt = stored.receipt.clone();
+            match restore_certificate(&mut stored, certificates)
                 .and_then(|()| verify_stored(stored, &self.ca, expect))
-                .map_err(|reason| AgentError::Untrusted {
-                    position: i + 1,
-                    reason,
-                })?;
-            verified.push(v);
+            {
+                Ok(v) => {
+                    verified.push(v);
+                    proofs.push(proof);
+                    earlier_proofs.push(earlier);
+                }
+                Err(reason) => {
+                    let f = FailedResult::new(i + 1, receipt.as_ref(), reason);
+                    tracing::warn!(
+                        position = f.position,
+                        result = %f.claimed,
+                        reason = %f.reason,
+                        "a result from the hub failed verification; it is not shown"
+                    );
+                    failed.push(f);
+                }
+            }
         }
         if verified
             .windows(2)
@@ -748,6 +777,7 @@ impl Agent {
         self.check_logged(logged).await?;
         Ok(Answer {
             results: verified,
+            failed,
             truncated,
             withheld_by_consent: false,
         })

@@ -38,6 +38,38 @@ fn reason_from_pb(r: i32) -> Option<Reason> {
     })
 }
 
+/// A returned result that failed verification: kept out of what is shown, and reported with
+/// the publisher and result its unverified receipt names (so a person knows whom to ask).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedResult {
+    /// 1-based position in the hub's answer.
+    pub position: usize,
+    /// `publisher/summary_id` as the receipt names it (unverified), or "?" without one.
+    pub claimed: String,
+    /// The publisher as the receipt names it (unverified), or "?".
+    pub publisher: String,
+    pub reason: String,
+}
+
+impl FailedResult {
+    /// The failure of the result at `position` (1-based), named by its unverified receipt.
+    pub fn new(position: usize, receipt: Option<&pb::Receipt>, reason: String) -> Self {
+        let (publisher, claimed) = match receipt {
+            Some(r) => (
+                r.publisher.clone(),
+                format!("{}/{} v{}", r.publisher, r.summary_id, r.version),
+            ),
+            None => ("?".into(), "?".into()),
+        };
+        Self {
+            position,
+            claimed,
+            publisher,
+            reason,
+        }
+    }
+}
+
 /// Reads the hub's verdict. A verdict that says RECOGNISED but lists reasons (or the reverse)
 /// is a protocol error.
 pub fn verdict_from_pb(v: pb::Verdict) -> Result<Verdict, String> {

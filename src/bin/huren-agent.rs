@@ -385,6 +385,17 @@ fn now() -> UnixMillis {
     UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
+/// Results the hub returned that failed verification: never shown as results, each named
+/// with the publisher its receipt claims, so the alliance can follow it up.
+fn print_failed(failed: &[huren_agent::verify::FailedResult]) {
+    for f in failed {
+        println!(
+            "验证失败 FAILED VERIFICATION: result #{} ({}, publisher {}) is not shown: {}. Report it to the alliance administrator.",
+            f.position, f.claimed, f.publisher, f.reason
+        );
+    }
+}
+
 fn print_answer(answer: &Answer, offset: time::UtcOffset) {
     if answer.withheld_by_consent {
         println!(
@@ -392,6 +403,7 @@ fn print_answer(answer: &Answer, offset: time::UtcOffset) {
         );
         return;
     }
+    print_failed(&answer.failed);
     if answer.results.is_empty() {
         println!("No results found.");
         return;
@@ -733,12 +745,20 @@ async fn run_check(
                 String::new(),
                 String::new(),
                 String::new(),
-                format!("order: {}", c.explanation),
+                match &c.failed {
+                    Some(f) => format!(
+                        "order: the hub's result #{} failed verification (see below)",
+                        f.position
+                    ),
+                    None => format!("order: {}", c.explanation),
+                },
             ]),
         }
     }
     println!("Order check as of {}:", format_time(as_of, offset));
     print!("{}", table.render());
+    let failed: Vec<_> = checks.iter().filter_map(|c| c.failed.clone()).collect();
+    print_failed(&failed);
     let reusable = checks.iter().filter(|c| c.best.is_some()).count();
     println!(
         "{reusable} of {} item(s) have a recognised prior result; record what you do with `huren-agent decide`.",

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use huren_agent::{Agent, AgentConfig, AgentError};
+use huren_agent::{Agent, AgentConfig};
 use huren_core::summary::UnixMillis;
 
 use crate::harness::{TestHub, init, run_agent_cli};
@@ -157,7 +157,8 @@ async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
-async fn agent_refuses_an_answer_with_a_summary_altered_in_the_hub_store() -> anyhow::Result<()> {
+async fn agent_marks_a_summary_altered_in_the_hub_store_and_shows_the_others() -> anyhow::Result<()>
+{
     init();
     let mut hub = TestHub::start().await?;
     let tertiary = agent(&hub, TERTIARY).await?;
@@ -190,20 +191,45 @@ async fn agent_refuses_an_answer_with_a_summary_altered_in_the_hub_store() -> an
 
     let county = agent(&hub, COUNTY).await?;
     let patient = county.pseudonymise("cn-ric", PATIENT)?;
-    let err = county
+    // The altered haemoglobin is kept out and named with its publisher; the other
+    // haemoglobin result of the patient is still shown.
+    let answer = county
         .find_prior(
             &patient,
             &[(LOINC.to_owned(), "718-7".to_owned())],
             as_of(),
             None,
         )
-        .await
-        .expect_err("an altered summary must not be shown");
-    assert!(matches!(err, AgentError::Untrusted { .. }), "{err}");
+        .await?;
+    let shown: Vec<&str> = answer
+        .results
+        .iter()
+        .map(|r| r.summary.id.as_str())
+        .collect();
+    assert_eq!(shown, ["LAB-20260902-01188-HGB"], "{answer:?}");
+    assert_eq!(answer.failed.len(), 1, "{answer:?}");
+    let failed = &answer.failed[0];
+    assert_eq!(failed.publisher, TERTIARY);
     assert!(
-        err.to_string().contains("signature does not verify"),
-        "{err}"
+        failed.claimed.contains("LAB-20261118-00731-HGB"),
+        "{failed:?}"
     );
+    assert!(
+        failed.reason.contains("signature does not verify"),
+        "{failed:?}"
+    );
+    // History, too, shows the other four and marks the altered one.
+    let history = county.history(&patient, UnixMillis(0), false).await?;
+    assert_eq!(history.results.len(), 4);
+    assert_eq!(history.failed.len(), 1);
+    // The CLI says so, with the publisher, and still lists the others.
+    let config = write_config(&hub, COUNTY)?;
+    let args = ["history", "--patient-id", PATIENT].map(str::to_owned);
+    let (ok, out, err) = run_agent_cli(&config, &args).await?;
+    assert!(ok, "history failed: {err}");
+    assert!(out.contains("FAILED VERIFICATION"), "{out}");
+    assert!(out.contains(TERTIARY), "{out}");
+    assert!(out.contains("4 result(s)"), "{out}");
     // Results that were not altered still verify.
     let ct = county
         .find_prior(
@@ -289,5 +315,89 @@ async fn cli_publishes_and_queries() -> anyhow::Result<()> {
     .await?;
     assert!(!ok);
     assert!(err.contains("wrong check character"), "{err}");
+    Ok(())
+}
+
+/// One signature rule for the hub and every agent: a summary whose signature has a mixed-order
+/// R (only its key holder can make one) is accepted by the hub alone and in batches, every
+/// time, and the county's agent shows it with the patient's other results. Before, the hub's
+/// batch accepted it and every agent's strict check refused the patient's whole answer. A
+/// small-order R is refused by the hub, alone and in a batch.
+#[tokio::test]
+async fn the_hub_and_the_agents_judge_a_signature_alike() -> anyhow::Result<()> {
+    use crate::harness::{HGB, hours, lab_summary, publish, sign_with_mixed_order_r};
+    use huren_proto::hub as pb;
+    init();
+    let hub = TestHub::start().await?;
+    let tertiary = agent(&hub, TERTIARY).await?;
+    publish_examples(&tertiary).await?;
+    let member = hub.member(TERTIARY)?;
+    let county = agent(&hub, COUNTY).await?;
+    let patient = county.pseudonymise("cn-ric", PATIENT)?;
+    let mut client = hub.client(TERTIARY).await?;
+    let mut batch = Vec::new();
+    for t in 1..8 {
+        let unary = lab_summary(
+            TERTIARY,
+            &format!("MIXED-U-{t}"),
+            patient,
+            HGB,
+            hours(t as i64),
+        )?;
+        let r = publish(&mut client, sign_with_mixed_order_r(&member, &unary, t)?).await;
+        assert!(r.is_ok(), "unary, torsion point {t}: {r:?}");
+        let batched = lab_summary(
+            TERTIARY,
+            &format!("MIXED-B-{t}"),
+            patient,
+            HGB,
+            hours(t as i64),
+        )?;
+        batch.push(sign_with_mixed_order_r(&member, &batched, t)?);
+    }
+    let outcomes = client
+        .publish_batch(pb::PublishBatchRequest { summaries: batch })
+        .await?
+        .into_inner()
+        .outcomes;
+    for o in &outcomes {
+        assert!(
+            matches!(o.outcome, Some(pb::publish_outcome::Outcome::Published(_))),
+            "{o:?}"
+        );
+    }
+    let history = county.history(&patient, UnixMillis(0), false).await?;
+    assert!(history.failed.is_empty(), "{:?}", history.failed);
+    assert_eq!(history.results.len(), 5 + 14);
+
+    // A small-order R: refused alone and in a batch.
+    let mut bad = sign_with_mixed_order_r(
+        &member,
+        &lab_summary(TERTIARY, "SMALL-R", patient, HGB, hours(9))?,
+        1,
+    )?;
+    bad.signature[..32].copy_from_slice(
+        curve25519_dalek::constants::EIGHT_TORSION[1]
+            .compress()
+            .as_bytes(),
+    );
+    let r = publish(&mut client, bad.clone()).await;
+    assert_eq!(
+        r.map(|_| ()).map_err(|s| s.code()),
+        Err(tonic::Code::InvalidArgument)
+    );
+    let outcomes = client
+        .publish_batch(pb::PublishBatchRequest {
+            summaries: vec![bad],
+        })
+        .await?
+        .into_inner()
+        .outcomes;
+    match outcomes.first().and_then(|o| o.outcome.as_ref()) {
+        Some(pb::publish_outcome::Outcome::Refused(r)) => {
+            assert_eq!(r.code, tonic::Code::InvalidArgument as i32, "{r:?}");
+        }
+        other => panic!("a small-order R was accepted in a batch: {other:?}"),
+    }
     Ok(())
 }

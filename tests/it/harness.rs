@@ -908,3 +908,54 @@ async fn harness_files_match_what_it_hands_out() -> anyhow::Result<()> {
     assert!(files.tls_cert.starts_with(hub.root()));
     Ok(())
 }
+
+/// Signs `summary` as `member`, but with R = [r]B + T for the `torsion`-th point of order
+/// dividing 8 and S made so that the cofactored equation holds: a signature only the key
+/// holder can make, which ed25519-dalek's batch and its `verify_strict` judged differently.
+pub fn sign_with_mixed_order_r(
+    member: &MemberCredentials,
+    summary: &Summary,
+    torsion: usize,
+) -> anyhow::Result<pb::SignedSummary> {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::scalar::Scalar;
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    use sha2::{Digest, Sha512};
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&member.signing.key_pem)
+        .map_err(|e| anyhow::anyhow!("signing key: {e}"))?;
+    let body = summary.to_body_bytes();
+    let message = signing_message(&body);
+    let h = Sha512::digest(key.to_bytes());
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&h[..32]);
+    a[0] &= 248;
+    a[31] &= 127;
+    a[31] |= 64;
+    let a = Scalar::from_bytes_mod_order(a);
+    let r = Scalar::from_bytes_mod_order_wide(
+        &Sha512::digest([&h[32..], &message[..]].concat()).into(),
+    );
+    let t = EIGHT_TORSION
+        .get(torsion)
+        .context("a torsion index below 8")?;
+    let big_r = (ED25519_BASEPOINT_POINT * r + t).compress();
+    let k = Scalar::from_bytes_mod_order_wide(
+        &Sha512::digest(
+            [
+                big_r.as_bytes(),
+                key.verifying_key().as_bytes(),
+                &message[..],
+            ]
+            .concat(),
+        )
+        .into(),
+    );
+    let s = r + k * a;
+    let mut signature = big_r.as_bytes().to_vec();
+    signature.extend_from_slice(s.as_bytes());
+    Ok(pb::SignedSummary {
+        body,
+        signature,
+        signer_certificate: cert_der(&member.signing.cert_pem)?,
+    })
+}
