@@ -105,7 +105,11 @@ fn civil(days: i64) -> (i64, u32, u32) {
 }
 
 fn group_key(e: &Event, by: GroupBy, utc_offset_seconds: i32) -> String {
-    let local_day = || (e.at.0 + i64::from(utc_offset_seconds) * 1000).div_euclid(DAY_MS);
+    let local_day = || {
+        e.at.0
+            .saturating_add(i64::from(utc_offset_seconds) * 1000)
+            .div_euclid(DAY_MS)
+    };
     match by {
         GroupBy::Item => e.item_code.clone(),
         GroupBy::Member => e.member.to_string(),

@@ -103,7 +103,8 @@ pub fn parse_offset(s: &str) -> Result<UtcOffset, String> {
 pub fn format_time(t: UnixMillis, offset: UtcOffset) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
         .ok()
-        .and_then(|d| d.to_offset(offset).format(TIME_FORMAT).ok())
+        // `to_offset` panics past year 9999 (a stored year-9999 time at +08:00 is in 10000).
+        .and_then(|d| d.checked_to_offset(offset)?.format(TIME_FORMAT).ok())
         .unwrap_or_else(|| format!("{} ms", t.0))
 }
 
@@ -225,5 +226,37 @@ mod tests {
             "2026-11-20 08:30"
         );
         assert!(parse_offset("8").is_err());
+    }
+
+    /// Whatever a stored time holds, formatting it never panics: the ends of the range and
+    /// year 9999 at an offset that carries it into year 10000 are written as milliseconds.
+    #[test]
+    fn any_stored_time_formats_without_panicking() {
+        let east = parse_offset("+08:00").unwrap();
+        let west = parse_offset("-12:00").unwrap();
+        // 9999-12-31T23:00:00Z
+        let late_9999 = UnixMillis(253_402_297_200_000);
+        for t in [
+            i64::MIN,
+            i64::MIN + 1,
+            -62_135_596_800_000,
+            -1,
+            0,
+            late_9999.0,
+            253_402_300_799_999,
+            i64::MAX - 1,
+            i64::MAX,
+        ] {
+            for offset in [east, west, UtcOffset::UTC] {
+                let text = format_time(UnixMillis(t), offset);
+                assert!(!text.is_empty());
+            }
+        }
+        assert_eq!(format_time(late_9999, UtcOffset::UTC), "9999-12-31 23:00");
+        assert_eq!(format_time(late_9999, east), "253402297200000 ms");
+        assert_eq!(
+            format_time(UnixMillis(i64::MAX), east),
+            format!("{} ms", i64::MAX)
+        );
     }
 }
