@@ -1,6 +1,6 @@
 //! The agent: a member's connection to the hub, its signer and its pseudonymisation key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,13 +145,7 @@ impl Agent {
     pub async fn connect(config: AgentConfig) -> Result<Self, AgentError> {
         let credentials = Credentials::load(&config)?;
         let log = match &config.log {
-            Some(l) => {
-                let dir = l
-                    .state_dir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(format!("huren-log-{}", config.institution)));
-                Some(LogWitness::open(&l.verifier_key, &dir)?)
-            }
+            Some(l) => Some(l.open_witness(&config.institution)?),
             None => None,
         };
         // Connect now, so a wrong address or certificate shows at start, not at the first call.

@@ -101,7 +101,11 @@ pub async fn backfill(
             credentials.hub_channel(config)?,
             config.outbox.clone(),
             Arc::new(Notify::new()),
-        );
+        )
+        .with_log(match &config.log {
+            Some(l) => Some(Arc::new(l.open_witness(&config.institution)?)),
+            None => None,
+        });
         let started = std::time::Instant::now();
         let n = publish_all(
             &publisher,

@@ -58,6 +58,21 @@ pub struct LogConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+impl LogConfig {
+    /// Opens the log witness state every path of this agent shares (CLI queries and
+    /// publishes, the daemon and backfill): `state_dir`, or `huren-log-<institution>`.
+    pub fn open_witness(
+        &self,
+        institution: &str,
+    ) -> Result<crate::log::LogWitness, crate::error::AgentError> {
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("huren-log-{institution}")));
+        crate::log::LogWitness::open(&self.verifier_key, &dir)
+    }
+}
+
 /// The inbox folder and what happens to files after reading. See node-agent/INBOX.md.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

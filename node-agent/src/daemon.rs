@@ -152,7 +152,12 @@ impl Daemon {
         }
 
         // Publisher.
-        let publisher = Publisher::new(store.clone(), channel, config.outbox.clone(), wake.clone());
+        let log = match &config.log {
+            Some(l) => Some(Arc::new(l.open_witness(&config.institution)?)),
+            None => None,
+        };
+        let publisher = Publisher::new(store.clone(), channel, config.outbox.clone(), wake.clone())
+            .with_log(log);
         let stopped_pub = stopped.clone();
         tasks.push((
             "publisher",

@@ -248,6 +248,25 @@ impl LogWitness {
         writeln!(file, "{index} {}", hex::encode(leaf)).map_err(|e| io_err(&path, e))
     }
 
+    /// [`LogWitness::remember`] for many entries, with one open of the file.
+    pub fn remember_all(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), AgentError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(RECEIPTS_FILE);
+        let mut text = String::new();
+        for (index, leaf) in entries {
+            text.push_str(&format!("{index} {}\n", hex::encode(leaf)));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| io_err(&path, e))
+    }
+
     /// The log entries this agent relied on, deduplicated, by index.
     pub fn remembered(&self) -> Result<Vec<(u64, Vec<u8>)>, AgentError> {
         let path = self.dir.join(RECEIPTS_FILE);

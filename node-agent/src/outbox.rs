@@ -14,6 +14,11 @@
 //!   of one result go in order: in the same call (the hub stores a call's summaries in order)
 //!   or, when one is in flight, after it is answered. A hub that does not know PublishBatch, or
 //!   refuses a whole batch, is sent one summary per Publish call from then on.
+//! - With `[log] verifier_key`, a summary counts as published only once its receipt's
+//!   inclusion proof verifies against a checkpoint signed by the hub's log key, and that
+//!   checkpoint is consistent with the last one this agent saw; each entry is remembered for
+//!   `huren-agent audit`. A receipt without a valid proof is not taken: the summary stays
+//!   queued, and the failure is logged as the hub's log failing verification.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,7 +35,10 @@ use huren_core::summary::{Summary, UnixMillis};
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
+use huren_core::logentry::summary_leaf;
+
 use crate::config::OutboxConfig;
+use crate::log::{LogWitness, proof_from_pb};
 use crate::store::{Pending, Store, StoreError};
 use crate::verify::check_receipt;
 
@@ -92,6 +100,9 @@ enum Attempt {
     Published {
         accepted_at: UnixMillis,
         already_stored: bool,
+        /// With a log witness: the entry's index, its leaf bytes and the checkpoint note that
+        /// proves it (the proof itself already checked).
+        logged: Option<(u64, Vec<u8>, String)>,
     },
     /// The hub refused the summary; retrying the same bytes cannot help.
     Refused(String),
@@ -118,6 +129,8 @@ pub struct Publisher {
     wake: Arc<Notify>,
     /// Set once the hub has shown it cannot take batches: one summary per call from then on.
     unary_only: Arc<AtomicBool>,
+    /// With `[log] verifier_key`: receipts are checked against the hub's log.
+    log: Option<Arc<LogWitness>>,
 }
 
 /// Most bytes of signed summaries the agent puts in one PublishBatch call (the hub's default
@@ -149,6 +162,53 @@ impl Publisher {
             settings,
             wake,
             unary_only: Arc::new(AtomicBool::new(false)),
+            log: None,
+        }
+    }
+
+    /// Checks every receipt's inclusion proof with `log` (and keeps the entries for audit).
+    pub fn with_log(mut self, log: Option<Arc<LogWitness>>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Takes in the checkpoints that prove one call's receipts (consistent with the last one
+    /// seen) and remembers the entries. On a failure none of them counts as published.
+    async fn accept_logged(&self, answered: &mut [(Pending, Attempt)]) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let mut notes = std::collections::BTreeSet::new();
+        let mut entries = Vec::new();
+        for (_, a) in answered.iter() {
+            if let Attempt::Published {
+                logged: Some((index, leaf, note)),
+                ..
+            } = a
+            {
+                notes.insert(note.clone());
+                entries.push((*index, leaf.clone()));
+            }
+        }
+        let mut problem = None;
+        for note in notes {
+            if let Err(e) = log.observe(&mut self.hub.clone(), &note).await {
+                problem = Some(e.to_string());
+                break;
+            }
+        }
+        if problem.is_none()
+            && let Err(e) = log.remember_all(&entries)
+        {
+            problem = Some(e.to_string());
+        }
+        if let Some(problem) = problem {
+            tracing::error!(problem = %problem, "receipts not taken: the hub's log failed verification");
+            for (_, a) in answered.iter_mut() {
+                if matches!(a, Attempt::Published { .. }) {
+                    *a = Attempt::Failed(problem.clone());
+                }
+            }
         }
     }
 
@@ -282,12 +342,13 @@ impl Publisher {
                 }
                 continue;
             };
-            let Ok(answered) = done else {
+            let Ok(mut answered) = done else {
                 // A publish task panicked: treat as a failed attempt (retried next pass).
                 counts.failed += 1;
                 failed = true;
                 continue;
             };
+            self.accept_logged(&mut answered).await;
             // Later versions of these results may now go.
             drained = false;
             for (p, attempt) in answered {
@@ -297,6 +358,7 @@ impl Publisher {
                     Attempt::Published {
                         accepted_at,
                         already_stored,
+                        ..
                     } => {
                         self.store
                             .mark_published(p.seq, accepted_at, already_stored)?;
@@ -332,14 +394,16 @@ impl Publisher {
     fn start_call(&self, calls: &mut JoinSet<Vec<(Pending, Attempt)>>, mut batch: Vec<Pending>) {
         let mut hub = self.hub.clone();
         let unary_only = self.unary_only.clone();
+        let log = self.log.clone();
         calls.spawn(async move {
+            let log = log.as_deref();
             if batch.len() == 1
                 && let Some(p) = batch.pop()
             {
-                let attempt = publish_one(&mut hub, &p).await;
+                let attempt = publish_one(&mut hub, &p, log).await;
                 return vec![(p, attempt)];
             }
-            publish_batch(&mut hub, batch, &unary_only).await
+            publish_batch(&mut hub, batch, &unary_only, log).await
         });
     }
 }
@@ -356,6 +420,7 @@ async fn publish_batch(
     hub: &mut HubClient<Channel>,
     batch: Vec<Pending>,
     unary_only: &AtomicBool,
+    log: Option<&LogWitness>,
 ) -> Vec<(Pending, Attempt)> {
     let answer = hub
         .publish_batch(pb::PublishBatchRequest {
@@ -403,7 +468,7 @@ async fn publish_batch(
             let attempt = match outcome.outcome {
                 Some(pb::publish_outcome::Outcome::Published(response)) => {
                     match Summary::from_body_bytes(&p.envelope.body) {
-                        Ok(summary) => published(response, &summary, &sha256(&p.envelope.body)),
+                        Ok(summary) => published(response, &summary, &p, log),
                         Err(e) => {
                             Attempt::Refused(format!("the queued summary does not decode: {e}"))
                         }
@@ -424,33 +489,69 @@ async fn publish_batch(
         .collect()
 }
 
-/// What a PublishResponse means for the summary sent.
-fn published(response: pb::PublishResponse, sent: &Summary, digest: &[u8; 32]) -> Attempt {
+/// What a PublishResponse means for the summary sent: its receipt, and with a log witness,
+/// its inclusion proof checked against the proof's checkpoint.
+fn published(
+    response: pb::PublishResponse,
+    sent: &Summary,
+    p: &Pending,
+    log: Option<&LogWitness>,
+) -> Attempt {
     let Some(receipt) = response.receipt else {
         return Attempt::Failed("the hub answered without a receipt".into());
     };
-    match check_receipt(receipt, sent, digest) {
-        Ok(r) => Attempt::Published {
-            accepted_at: r.accepted_at,
-            already_stored: response.already_stored,
-        },
-        Err(e) => Attempt::Failed(e),
+    let r = match check_receipt(receipt, sent, &sha256(&p.envelope.body)) {
+        Ok(r) => r,
+        Err(e) => return Attempt::Failed(e),
+    };
+    let logged = match log {
+        None => None,
+        Some(log) => {
+            let e = &p.envelope;
+            let leaf = summary_leaf(&e.body, &e.signature, &e.signer_certificate, r.accepted_at);
+            let checked = response
+                .log_proof
+                .ok_or_else(|| {
+                    crate::error::AgentError::Log(format!(
+                        "the receipt for {} version {} came without a log proof",
+                        sent.result_key(),
+                        sent.version
+                    ))
+                })
+                .and_then(proof_from_pb)
+                .and_then(|proof| log.verify_entry(&leaf, &proof).map(|_| proof));
+            match checked {
+                Ok(proof) => Some((proof.index, leaf, proof.checkpoint)),
+                Err(e) => {
+                    tracing::error!(summary = %sent.result_key(), version = sent.version, problem = %e, "receipt not taken: the hub's log failed verification");
+                    return Attempt::Failed(e.to_string());
+                }
+            }
+        }
+    };
+    Attempt::Published {
+        accepted_at: r.accepted_at,
+        already_stored: response.already_stored,
+        logged,
     }
 }
 
-async fn publish_one(hub: &mut HubClient<Channel>, p: &Pending) -> Attempt {
+async fn publish_one(
+    hub: &mut HubClient<Channel>,
+    p: &Pending,
+    log: Option<&LogWitness>,
+) -> Attempt {
     let summary = match Summary::from_body_bytes(&p.envelope.body) {
         Ok(s) => s,
         Err(e) => return Attempt::Refused(format!("the queued summary does not decode: {e}")),
     };
-    let digest = sha256(&p.envelope.body);
     let answer = hub
         .publish(pb::PublishRequest {
             summary: Some(p.envelope.clone().into()),
         })
         .await;
     match answer {
-        Ok(response) => published(response.into_inner(), &summary, &digest),
+        Ok(response) => published(response.into_inner(), &summary, p, log),
         Err(status) if is_refusal(status.code()) => {
             Attempt::Refused(format!("{:?}: {}", status.code(), status.message()))
         }

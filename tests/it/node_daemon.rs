@@ -684,3 +684,103 @@ async fn the_daemon_binary_stops_gracefully_on_sigterm() -> anyhow::Result<()> {
     assert!(!text.contains(PATIENT), "{text}");
     Ok(())
 }
+
+/// The verifier key of `hub`'s log, or (with `other`) of a log key the hub does not hold.
+fn log_verifier_key(hub: &TestHub, other: bool) -> anyhow::Result<String> {
+    let config = huren_hub::HubConfig::load(&hub.config_path)?;
+    let path = if other {
+        hub.root().join("another-log.key")
+    } else {
+        config.log_key_path()
+    };
+    let key = huren_hub::log::LogSigner::load_or_create(&path, &config.log.origin)?;
+    Ok(key.verifier_key())
+}
+
+/// Adds `[log]` to a test agent's configuration.
+fn with_log(dirs: &AgentDirs, verifier_key: &str) -> anyhow::Result<PathBuf> {
+    let state = dirs.store.with_file_name("log-state");
+    let mut text = std::fs::read_to_string(&dirs.config)?;
+    text.push_str(&format!(
+        "[log]\nverifier_key = {verifier_key:?}\nstate_dir = {state:?}\n"
+    ));
+    std::fs::write(&dirs.config, text)?;
+    Ok(state)
+}
+
+/// Every publishing path checks its receipts against the hub's log: the daemon and backfill
+/// keep each entry for `audit` (before, only the CLI's `publish` did: `audit` re-checked 0),
+/// and a receipt not proven by the configured log key is not taken (the result stays queued).
+#[tokio::test]
+async fn the_daemon_and_backfill_check_receipts_against_the_log() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let state = with_log(&dirs, &log_verifier_key(&hub, false)?)?;
+    let daemon = start_daemon(&dirs).await?;
+    for f in 0..4 {
+        let order = format!("LOGGED-{f:03}");
+        drop_file(
+            &dirs.inbox,
+            &format!("{order}.hl7"),
+            oru(&order, &ric(f), 5).as_bytes(),
+        )?;
+    }
+    wait_for("20 results published", || {
+        let c = daemon.counts();
+        Ok(c.pending == 0 && c.published == 20)
+    })
+    .await?;
+    daemon.shutdown().await?;
+    let receipts = std::fs::read_to_string(state.join("receipts")).unwrap_or_default();
+    assert_eq!(receipts.lines().count(), 20, "{receipts}");
+    let audit = |config: PathBuf| async move {
+        crate::harness::run_agent_cli(&config, &["audit".to_owned()]).await
+    };
+    let (ok, out, err) = audit(dirs.config.clone()).await?;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Entries re-checked:    20"), "{out}");
+
+    // Backfill: 5 more, kept too.
+    let archive = hub.root().join("logged-archive");
+    std::fs::create_dir_all(&archive)?;
+    std::fs::write(archive.join("one.hl7"), oru("LOGGED-ARCH", &ric(7), 5))?;
+    let args = [
+        "backfill".to_owned(),
+        archive.to_str().context("path")?.to_owned(),
+    ];
+    let (ok, out, err) = crate::harness::run_agent_cli(&dirs.config, &args).await?;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Published 5 results"), "{out}");
+    let (ok, out, err) = audit(dirs.config.clone()).await?;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Entries re-checked:    25"), "{out}");
+
+    // The same agent given another log key (and a fresh state folder): the hub's proofs do
+    // not verify under it, so nothing is marked published and nothing is remembered.
+    let text = std::fs::read_to_string(&dirs.config)?;
+    let cut = text.find("[log]").context("[log] section")?;
+    std::fs::write(&dirs.config, &text[..cut])?;
+    let county_state = with_log(&dirs, &log_verifier_key(&hub, true)?)?;
+    let text = std::fs::read_to_string(&dirs.config)?.replace("log-state", "log-state-other");
+    std::fs::write(&dirs.config, text)?;
+    let county_state = county_state.with_file_name("log-state-other");
+    let daemon = start_daemon(&dirs).await?;
+    let before = daemon.counts();
+    drop_file(
+        &dirs.inbox,
+        "unproven.hl7",
+        oru("UNPROVEN-1", &ric(9), 2).as_bytes(),
+    )?;
+    wait_for("the results queued", || {
+        Ok(inbox_files(&dirs.inbox)? == 0 && daemon.counts().pending == 2)
+    })
+    .await?;
+    // Several publish attempts (back-off is 20-200 ms in tests) without one being taken.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = daemon.counts();
+    daemon.shutdown().await?;
+    assert_eq!((c.pending, c.published), (2, before.published), "{c:?}");
+    assert!(!county_state.join("receipts").exists());
+    Ok(())
+}
