@@ -100,6 +100,8 @@ pub enum Method {
     History = 2,
     CheckOrder = 3,
     AccessReport = 4,
+    /// An administrator read a log entry's bytes (GetInclusionProof) for audit.
+    LogEntry = 5,
 }
 
 impl Method {
@@ -109,6 +111,7 @@ impl Method {
             Self::History,
             Self::CheckOrder,
             Self::AccessReport,
+            Self::LogEntry,
         ]
         .into_iter()
         .find(|m| *m as u8 == b)
@@ -120,6 +123,7 @@ impl Method {
             Self::History => "History",
             Self::CheckOrder => "CheckOrder",
             Self::AccessReport => "AccessReport",
+            Self::LogEntry => "GetInclusionProof",
         }
     }
 }

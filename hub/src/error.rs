@@ -58,6 +58,10 @@ pub enum HubError {
         "record a decision only for a result your institution looked up; {0} was not among your query answers"
     )]
     NotConsulted(String),
+    #[error(
+        "{caller} holds no results of this patient: a consent change is recorded by a member that published the patient's results, or by an alliance administrator"
+    )]
+    ConsentNotYours { caller: InstitutionId },
     #[error("the decision was refused: {0}")]
     Decision(#[from] huren_core::rules::DecisionError),
     #[error(transparent)]
@@ -76,9 +80,10 @@ impl HubError {
             }
             Self::Summary(VerifyError::Certificate(_)) => Code::PermissionDenied,
             Self::Summary(_) => Code::InvalidArgument,
-            Self::NotPublisher { .. } | Self::NotMember { .. } | Self::Revoked { .. } => {
-                Code::PermissionDenied
-            }
+            Self::NotPublisher { .. }
+            | Self::NotMember { .. }
+            | Self::Revoked { .. }
+            | Self::ConsentNotYours { .. } => Code::PermissionDenied,
             Self::Checkpoint(_) | Self::Checking => Code::Internal,
             Self::Store(StoreError::BeyondLog { .. }) => Code::OutOfRange,
             Self::Store(StoreError::Tree(_)) => Code::InvalidArgument,

@@ -12,7 +12,7 @@ use huren_core::pseudonym::Pseudonym;
 use huren_core::rules::{self, Decision, Policy, RetestReason, Verdict, check_decision};
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
 use huren_core::stats::{self, Event, EventKind, GroupBy};
-use huren_core::summary::UnixMillis;
+use huren_core::summary::{Summary, UnixMillis};
 use huren_core::trust::AllianceCa;
 
 use crate::error::HubError;
@@ -238,17 +238,27 @@ impl Hub {
         Ok((self.store.consistency_proof(old_size, new_size)?, new_size))
     }
 
-    /// Leaf `index` and its inclusion proof in the tree of `tree_size` leaves (0: the latest,
-    /// with its signed checkpoint; otherwise no checkpoint is attached).
+    /// The inclusion proof of leaf `index` in the tree of `tree_size` leaves (0: the latest),
+    /// with the signed checkpoint when that size is the latest durable one, and the leaf's
+    /// bytes when the caller may read them: its own entries (a summary it published, a
+    /// decision it recorded, an access it made, a consent change it recorded), or any entry
+    /// for an administrator, whose read is logged as an access (purpose ADMINISTRATION) to the
+    /// entry's patient. Others get the proof alone (an empty leaf): a member checks entries it
+    /// already holds; other members' contents reach it only through the queries that enforce
+    /// purpose, consent and audit.
     pub async fn inclusion_proof(
         &self,
         caller: &InstitutionId,
         index: u64,
         tree_size: u64,
     ) -> Result<(Vec<u8>, LogProof), HubError> {
-        self.member_policy(caller)?;
-        let proof = if tree_size == 0 {
-            let head = self.store.durable_head().await?;
+        let policy = self.member_policy(caller)?;
+        let head = if tree_size == 0 {
+            self.store.durable_head().await?
+        } else {
+            self.store.recent_durable_head(tree_size).await?
+        };
+        let proof = if tree_size == 0 || tree_size == head.size {
             self.log_proof(index, head)?
         } else {
             LogProof {
@@ -258,7 +268,65 @@ impl Hub {
                 checkpoint: String::new(),
             }
         };
-        Ok((self.store.leaf(index)?, proof))
+        let leaf = self.store.leaf(index)?;
+        let entry = Entry::decode(&leaf).map_err(|e| {
+            HubError::Store(crate::store::StoreError::Corrupt(format!(
+                "log leaf {index}: {e}"
+            )))
+        })?;
+        let me = caller.as_str();
+        let (own, patient) = match &entry {
+            Entry::Summary { body, .. } => {
+                let s = Summary::from_stored_body_bytes(body).map_err(|e| {
+                    HubError::Store(crate::store::StoreError::Corrupt(format!(
+                        "log leaf {index}: {e}"
+                    )))
+                })?;
+                (s.publisher == *caller, Some(s.patient))
+            }
+            Entry::Decision {
+                member,
+                publisher,
+                summary_id,
+                ..
+            } => (
+                member == me,
+                self.store
+                    .latest(publisher, summary_id)?
+                    .map(|s| s.summary.patient),
+            ),
+            Entry::Access {
+                caller: c,
+                pseudonym,
+                ..
+            } => (c == me, Some(Pseudonym::from_bytes(*pseudonym))),
+            Entry::Consent {
+                member, pseudonym, ..
+            } => (member == me, Some(Pseudonym::from_bytes(*pseudonym))),
+        };
+        if own {
+            return Ok((leaf, proof));
+        }
+        if !policy.is_administrator(caller) {
+            return Ok((Vec::new(), proof));
+        }
+        // The audit read is logged like any access to the patient's data. (A decision whose
+        // result is gone has no patient to file it under; it is filed under no one.)
+        let patient = patient.unwrap_or(Pseudonym::from_bytes([0; 32]));
+        self.journal(
+            &policy,
+            caller,
+            &[],
+            &[],
+            Purpose::Administration,
+            Method::LogEntry,
+            &patient,
+            Gate::default(),
+            now(),
+        )
+        .await?;
+        tracing::info!(index, "log entry read for audit");
+        Ok((leaf, proof))
     }
 
     /// What the patient's consent lets this purpose see.
@@ -826,14 +894,21 @@ impl Hub {
         Ok((outcome, recognised, proof))
     }
 
-    /// Records a patient's opt-out (or opt-back-in), as told to the calling member.
+    /// Records a patient's opt-out (or opt-back-in), as told to the calling member. Only a
+    /// member that holds results of the patient (it published one) or an administrator may
+    /// record it, either way; the log leaf names who did.
     pub async fn set_consent(
         &self,
         caller: &InstitutionId,
         patient: &Pseudonym,
         opted_out: bool,
     ) -> Result<(bool, UnixMillis, LogProof), HubError> {
-        self.member_policy(caller)?;
+        let policy = self.member_policy(caller)?;
+        if !policy.is_administrator(caller) && !self.store.has_published_for(patient, caller)? {
+            return Err(HubError::ConsentNotYours {
+                caller: caller.clone(),
+            });
+        }
         let at = now();
         let (changed, logged) = self
             .store

@@ -1647,6 +1647,36 @@ impl Store {
         self.resolve(hits, q, |_| true)
     }
 
+    /// Whether `publisher` has published a result for `patient` (one whose patient index entry
+    /// names it): the members who hold a patient's results may record the patient's consent.
+    pub fn has_published_for(
+        &self,
+        patient: &Pseudonym,
+        publisher: &InstitutionId,
+    ) -> Result<bool, StoreError> {
+        let mut prefix = publisher.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        for entry in self.inner.by_patient.scan_prefix(patient.as_bytes()) {
+            let (key, _) = entry?;
+            let rest = &key[32..];
+            let mut zeros = rest
+                .iter()
+                .enumerate()
+                .filter(|&(_, b)| *b == 0)
+                .map(|(i, _)| i);
+            let (Some(_), Some(code_end)) = (zeros.next(), zeros.next()) else {
+                return Err(StoreError::Corrupt("malformed patient index key".into()));
+            };
+            if rest
+                .get(code_end + 1 + 8..)
+                .is_some_and(|rkey| rkey.starts_with(&prefix))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Turns index hits into the latest versions that still match, deduplicated and sorted.
     fn resolve(
         &self,

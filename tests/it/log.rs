@@ -672,19 +672,26 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
     let q = || prior_request(&p, &[(LOINC, HGB)]);
     assert_eq!(cb.find_prior(q()).await?.into_inner().results.len(), 1);
 
-    // The patient tells hosp-c they opt out.
+    // A member that holds none of the patient's results cannot record their consent.
+    let consent = |opted_out| pb::SetConsentRequest {
+        patient_pseudonym: p.as_bytes().to_vec(),
+        opted_out,
+    };
     let mut cc = hub.client("hosp-c").await?;
-    let set = cc
-        .set_consent(pb::SetConsentRequest {
-            patient_pseudonym: p.as_bytes().to_vec(),
-            opted_out: true,
-        })
-        .await?
-        .into_inner();
+    let refused = cc.set_consent(consent(true)).await.map(|_| ());
+    assert_eq!(
+        refused.as_ref().map_err(|s| s.code()),
+        Err(Code::PermissionDenied),
+        "{refused:?}"
+    );
+    assert_eq!(cb.find_prior(q()).await?.into_inner().results.len(), 1);
+
+    // The patient tells hosp-a, which holds their result, that they opt out.
+    let set = ca.set_consent(consent(true)).await?.into_inner();
     assert!(set.changed);
     let leaf = Entry::Consent {
         at: UnixMillis(set.recorded_at_ms),
-        member: "hosp-c".into(),
+        member: "hosp-a".into(),
         pseudonym: *p.as_bytes(),
         opted_out: true,
     }
@@ -753,6 +760,8 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
         flags,
         [
             (Purpose::Treatment, false, false),
+            // After hosp-c's refused consent change: nothing changed.
+            (Purpose::Treatment, false, false),
             (Purpose::Treatment, false, true),
             (Purpose::Treatment, false, true),
             (Purpose::Treatment, false, true),
@@ -762,8 +771,16 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
         ]
     );
 
-    // Back in: treatment sees the result again.
-    agent.set_consent(&p, false).await?;
+    // Back in: hosp-b (no results of the patient) may not withdraw the opt-out; an
+    // administrator may. Then treatment sees the result again.
+    let err = agent
+        .set_consent(&p, false)
+        .await
+        .expect_err("a member without the patient's results withdrew an opt-out");
+    assert!(err.to_string().contains("holds no results"), "{err}");
+    assert!(cb.find_prior(q()).await?.into_inner().withheld_by_consent);
+    let mut admin = hub.client(ADMIN).await?;
+    admin.set_consent(consent(false)).await?;
     let r = cb.find_prior(q()).await?.into_inner();
     assert_eq!(r.results.len(), 1);
     assert!(!r.withheld_by_consent);
@@ -1176,6 +1193,101 @@ async fn a_batch_over_its_limits_is_refused_whole() -> anyhow::Result<()> {
         hub.stored_summary_count().await?,
         1,
         "only the batch within the limits stored anything"
+    );
+    Ok(())
+}
+
+/// GetInclusionProof gives a leaf's bytes only to its owner or to an administrator (whose read
+/// is logged as an access); anyone else gets the proof alone, which verifies with the bytes it
+/// already holds. Walking the indexes no longer dumps the alliance. The checkpoint comes with
+/// the proof whenever the size asked is the latest (not only for size 0).
+#[tokio::test]
+async fn log_entries_are_read_only_by_their_owner_or_an_audited_administrator() -> anyhow::Result<()>
+{
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client_a = hub.client("hosp-a").await?;
+    let mut client_b = hub.client("hosp-b").await?;
+    let mut admin = hub.client(ADMIN).await?;
+    let patient = hub.patient("E00000777");
+    let signed = sign(
+        &a,
+        &lab_summary("hosp-a", "LAB-0777", patient, HGB, hours(1))?,
+    )?;
+    let published = publish(&mut client_a, signed.clone()).await?;
+    let receipt = published.receipt.context("receipt")?;
+    let index = published.log_proof.context("proof")?.index;
+    let leaf = leaf_of(&signed, receipt.accepted_at_ms)?;
+    let key = verifier(&hub)?;
+    let ask = |tree_size: u64| pb::InclusionProofRequest { index, tree_size };
+
+    // Another member: no bytes, a proof that verifies with the bytes the publisher holds.
+    let other = client_b.get_inclusion_proof(ask(0)).await?.into_inner();
+    assert!(
+        other.leaf.is_empty(),
+        "another member read a summary's bytes"
+    );
+    let p = proof(other.proof)?;
+    ensure!(
+        !p.checkpoint.is_empty(),
+        "no checkpoint for the latest size"
+    );
+    verify_leaf(&key, &leaf, &p)?;
+    // The same at the latest size named explicitly: the checkpoint comes too.
+    let explicit = client_b
+        .get_inclusion_proof(ask(p.tree_size))
+        .await?
+        .into_inner();
+    let explicit = proof(explicit.proof)?;
+    assert_eq!(explicit.checkpoint, p.checkpoint);
+    verify_leaf(&key, &leaf, &explicit)?;
+
+    // The publisher reads its own entry.
+    let own = client_a.get_inclusion_proof(ask(0)).await?.into_inner();
+    assert_eq!(own.leaf, leaf);
+
+    // A member's own access leaf is its to read; another member's is not.
+    client_b
+        .find_prior(with_purpose(
+            prior_request(&patient, &[(LOINC, HGB)]),
+            pb::Purpose::Treatment,
+        ))
+        .await?;
+    let size = client_b
+        .get_inclusion_proof(ask(0))
+        .await?
+        .into_inner()
+        .proof
+        .context("proof")?
+        .tree_size;
+    let access = pb::InclusionProofRequest {
+        index: size - 1,
+        tree_size: 0,
+    };
+    let b_access = client_b.get_inclusion_proof(access).await?.into_inner();
+    assert!(
+        matches!(Entry::decode(&b_access.leaf)?, Entry::Access { caller, .. } if caller == "hosp-b")
+    );
+    let a_reads_b = client_a.get_inclusion_proof(access).await?.into_inner();
+    assert!(a_reads_b.leaf.is_empty(), "a member read another's access");
+
+    // An administrator reads it, and that read is in the patient's access report.
+    let audited = admin.get_inclusion_proof(ask(0)).await?.into_inner();
+    assert_eq!(audited.leaf, leaf);
+    let report = admin
+        .access_report(pb::AccessReportRequest {
+            patient_pseudonym: patient.as_bytes().to_vec(),
+            from_ms: 0,
+            to_ms: 0,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        report
+            .entries
+            .iter()
+            .any(|e| e.caller == ADMIN && e.method == "GetInclusionProof"),
+        "{report:?}"
     );
     Ok(())
 }
