@@ -161,6 +161,10 @@ pub enum Status {
     Voided,
 }
 
+/// The latest time a summary may carry, 9999-12-31T23:59:59.999Z in Unix milliseconds (the
+/// hub refuses anything after its own clock plus a small skew; this bound holds everywhere).
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
 /// One result of one catalogue item for one patient, as its publisher states it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -366,6 +370,17 @@ impl TryFrom<pb::SummaryBody> for Summary {
             return Err(BodyError::Missing {
                 field: "reported_at_ms",
             });
+        }
+        for (field, t) in [
+            ("performed_at_ms", b.performed_at_ms),
+            ("reported_at_ms", b.reported_at_ms),
+        ] {
+            if t > MAX_TIME_MS {
+                return Err(BodyError::invalid(
+                    field,
+                    "the time is after the year 9999; send Unix milliseconds (UTC)",
+                ));
+            }
         }
         if b.reported_at_ms < b.performed_at_ms {
             return Err(BodyError::invalid(
@@ -726,6 +741,8 @@ pub(crate) mod tests {
             ("category", |b| b.category = 0),
             ("category", |b| b.category = 42),
             ("performed_at_ms", |b| b.performed_at_ms = 0),
+            ("performed_at_ms", |b| b.performed_at_ms = i64::MAX),
+            ("reported_at_ms", |b| b.reported_at_ms = MAX_TIME_MS + 1),
             ("reported_at_ms", |b| {
                 b.reported_at_ms = b.performed_at_ms - 1
             }),

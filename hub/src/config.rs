@@ -87,6 +87,10 @@ pub struct Limits {
     pub request_timeout_seconds: u64,
     /// How often to check the policy file for changes, in seconds.
     pub policy_poll_seconds: u64,
+    /// How far in the future (by the hub's clock, in seconds) a summary's performed or
+    /// reported time may lie: members' clocks drift, but a result from the future would be
+    /// shown as recognised and picked by order checks.
+    pub max_clock_skew_seconds: u64,
 }
 
 impl Default for Limits {
@@ -97,6 +101,7 @@ impl Default for Limits {
             max_batch_bytes: 4 * 1024 * 1024,
             request_timeout_seconds: 30,
             policy_poll_seconds: 5,
+            max_clock_skew_seconds: 600,
         }
     }
 }

@@ -104,7 +104,8 @@ pub async fn run_with_store(
     })?;
     tracing::info!(origin = %log.origin(), size = head.size, "log opened");
     let hub = Hub::new(store.clone(), ca, policy, config.limits.max_results, log)
-        .map_err(ServerError::Threads)?;
+        .map_err(ServerError::Threads)?
+        .with_max_clock_skew(config.limits.max_clock_skew_seconds);
     let hub = Arc::new(hub);
     let closing = Arc::downgrade(&hub);
 

@@ -40,6 +40,8 @@ pub struct Hub {
     policy: Arc<PolicyHandle>,
     max_results: usize,
     log: LogSigner,
+    /// How far past the hub's clock a summary's times may lie, in milliseconds.
+    max_clock_skew_ms: i64,
 }
 
 /// A result with the verdict for the caller.
@@ -165,7 +167,14 @@ impl Hub {
             policy,
             max_results,
             log,
+            max_clock_skew_ms: 600_000,
         })
+    }
+
+    /// Sets how far past the hub's clock a summary's performed or reported time may lie.
+    pub fn with_max_clock_skew(mut self, seconds: u64) -> Self {
+        self.max_clock_skew_ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        self
     }
 
     /// The C2SP verifier key of the hub's log.
@@ -544,7 +553,8 @@ impl Hub {
             .collect())
     }
 
-    /// Whether `caller` may publish this verified summary: its own, and not revoked.
+    /// Whether `caller` may publish this verified summary: its own, not revoked, and not
+    /// dated after the hub's clock plus the allowed skew.
     fn may_publish(
         &self,
         policy: &Policy,
@@ -552,6 +562,22 @@ impl Hub {
         verified: &VerifiedSummary,
         at: UnixMillis,
     ) -> Result<(), HubError> {
+        let latest = UnixMillis(at.0.saturating_add(self.max_clock_skew_ms));
+        let s = &verified.summary;
+        for (field, t) in [
+            ("performed_at_ms", s.performed_at),
+            ("reported_at_ms", s.reported_at),
+        ] {
+            if t > latest {
+                return Err(HubError::BadRequest(format!(
+                    "{field} of {} is {}, after the hub's clock ({}) plus the {} s it allows for clock drift: a result cannot be performed or reported in the future; check the sending system's clock and time zone",
+                    s.result_key(),
+                    rfc3339(t),
+                    rfc3339(at),
+                    self.max_clock_skew_ms / 1000
+                )));
+            }
+        }
         if verified.summary.publisher != *caller {
             return Err(HubError::NotPublisher {
                 caller: caller.clone(),

@@ -491,3 +491,67 @@ async fn concurrent_conflicting_publishes_have_one_winner() -> anyhow::Result<()
     assert_eq!(stored.receipt, receipt);
     Ok(())
 }
+
+/// A result dated in the future (beyond the hub's 10 minutes for clock drift) or after the
+/// year 9999 is refused, alone and in a batch, with the field named; one a few minutes
+/// ahead (a drifting clock) is taken.
+#[tokio::test]
+async fn results_from_the_future_are_refused() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client = hub.client("hosp-a").await?;
+    let patient = hub.patient("E00000099");
+    let day = 24 * 3_600_000;
+    let tomorrow = lab_summary("hosp-a", "LAB-FUTURE-1", patient, HGB, now_ms() + day)?;
+    assert_refused(
+        "performed tomorrow",
+        publish(&mut client, sign(&a, &tomorrow)?).await,
+        Code::InvalidArgument,
+        "performed_at_ms",
+    );
+    let mut reported_later = lab_summary("hosp-a", "LAB-FUTURE-2", patient, HGB, now_ms())?;
+    reported_later.reported_at = huren_core::summary::UnixMillis(now_ms() + day);
+    let outcomes = client
+        .publish_batch(huren_proto::hub::PublishBatchRequest {
+            summaries: vec![sign(&a, &reported_later)?],
+        })
+        .await?
+        .into_inner()
+        .outcomes;
+    match outcomes.first().and_then(|o| o.outcome.as_ref()) {
+        Some(huren_proto::hub::publish_outcome::Outcome::Refused(r)) => {
+            assert_eq!(r.code, Code::InvalidArgument as i32, "{r:?}");
+            assert!(r.message.contains("reported_at_ms"), "{r:?}");
+        }
+        other => panic!("a result reported tomorrow was taken in a batch: {other:?}"),
+    }
+    // Year 9999 is refused as a malformed body (the signature is fine).
+    let mut far = lab_summary("hosp-a", "LAB-FUTURE-3", patient, HGB, hours(1))?;
+    far.performed_at = huren_core::summary::UnixMillis(253_402_300_799_999);
+    far.reported_at = huren_core::summary::UnixMillis(i64::MAX);
+    let body = huren_core::pb::SummaryBody::from(&far);
+    let signed = sign_body(&a, prost::Message::encode_to_vec(&body))?;
+    assert_refused(
+        "year 9999",
+        publish(&mut client, signed).await,
+        Code::InvalidArgument,
+        "reported_at_ms",
+    );
+    // Five minutes ahead: a drifting clock, taken.
+    let mut drift = lab_summary("hosp-a", "LAB-DRIFT", patient, HGB, now_ms() + 300_000)?;
+    drift.reported_at = drift.performed_at;
+    receipt_of(
+        "five minutes ahead",
+        publish(&mut client, sign(&a, &drift)?).await,
+    )?;
+    let history = client
+        .history(history_request(&patient, 0))
+        .await?
+        .into_inner();
+    assert_eq!(
+        history.results.len(),
+        1,
+        "only the drifting result is stored"
+    );
+    Ok(())
+}
