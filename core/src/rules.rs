@@ -506,11 +506,16 @@ pub enum DecisionError {
     NoteRequired,
     #[error("the note is {0} characters long; at most 1000 are allowed")]
     NoteTooLong(usize),
+    #[error(
+        "this result was NOT_RECOGNISED for your institution when you looked it up, so reusing it is not a mutual-recognition adoption; record the test as re-tested (with a reason), or look the result up again if its verdict has changed"
+    )]
+    NotRecognised,
 }
 
 /// Checks a decision against the verdict the asker was given.
 pub fn check_decision(recognised: bool, decision: &Decision) -> Result<(), DecisionError> {
     match decision {
+        Decision::Adopted if !recognised => Err(DecisionError::NotRecognised),
         Decision::Adopted => Ok(()),
         Decision::Retested { reason, note } => {
             let len = note.chars().count();
@@ -868,7 +873,7 @@ mod tests {
         };
         let cases: Vec<(bool, Decision, Result<(), DecisionError>)> = vec![
             (true, Decision::Adopted, Ok(())),
-            (false, Decision::Adopted, Ok(())),
+            (false, Decision::Adopted, Err(DecisionError::NotRecognised)),
             (true, retest(None, ""), Err(DecisionError::ReasonRequired)),
             (false, retest(None, ""), Ok(())),
             (true, retest(Some(Emergency), ""), Ok(())),

@@ -21,7 +21,20 @@ pub enum EventKind {
     Decision {
         adopted: bool,
         reason: Option<RetestReason>,
+        /// The consultation decided on. Of a member's decisions on one consultation only the
+        /// latest counts (a later decision replaces an earlier one; the log keeps both);
+        /// `None` for decisions stored before consultations were named, each counted.
+        consultation: Option<ConsultationKey>,
     },
+}
+
+/// One consultation of a result by a member: the result, and when the query that showed it
+/// was answered.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConsultationKey {
+    pub publisher: String,
+    pub summary_id: String,
+    pub consulted_at: UnixMillis,
 }
 
 /// One recorded event.
@@ -81,6 +94,7 @@ impl Row {
             EventKind::Decision {
                 adopted: false,
                 reason,
+                ..
             } => {
                 self.retested += 1;
                 let code = reason.map_or("unspecified", RetestReason::code);
@@ -135,7 +149,32 @@ pub fn aggregate<'a>(
         key: "total".into(),
         ..Row::default()
     };
-    for e in events {
+    let events: Vec<&Event> = events.into_iter().collect();
+    // Of a member's decisions on one consultation, the latest (the last one at the latest
+    // time) is the one that counts.
+    let mut counted: BTreeMap<(&InstitutionId, &ConsultationKey), (UnixMillis, usize)> =
+        BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        if let EventKind::Decision {
+            consultation: Some(c),
+            ..
+        } = &e.kind
+        {
+            let slot = counted.entry((&e.member, c)).or_insert((e.at, i));
+            if e.at >= slot.0 {
+                *slot = (e.at, i);
+            }
+        }
+    }
+    for (i, e) in events.iter().enumerate() {
+        if let EventKind::Decision {
+            consultation: Some(c),
+            ..
+        } = &e.kind
+            && counted.get(&(&e.member, c)).is_some_and(|&(_, j)| j != i)
+        {
+            continue;
+        }
         let key = group_key(e, by, utc_offset_seconds);
         rows.entry(key.clone())
             .or_insert_with(|| Row {
@@ -177,6 +216,7 @@ mod tests {
         EventKind::Decision {
             adopted: true,
             reason: None,
+            consultation: None,
         }
     }
 
@@ -184,7 +224,46 @@ mod tests {
         EventKind::Decision {
             adopted: false,
             reason: r,
+            consultation: None,
         }
+    }
+
+    fn on(adopted: bool, result: &str, consulted_hour: i64) -> EventKind {
+        EventKind::Decision {
+            adopted,
+            reason: (!adopted).then_some(RetestReason::PatientRequest),
+            consultation: Some(ConsultationKey {
+                publisher: "tertiary".into(),
+                summary_id: result.into(),
+                consulted_at: UnixMillis(NOV_23_0830_CST + consulted_hour * 3_600_000),
+            }),
+        }
+    }
+
+    /// Of a member's decisions on one consultation only the latest counts: a hundred
+    /// adoptions of one shown result count once, a later re-test replaces them, and a new
+    /// consultation (or another member) counts on its own.
+    #[test]
+    fn one_decision_per_member_and_consultation_counts() {
+        let mut events: Vec<Event> = (0..100)
+            .map(|_| ev(1, "county", "718-7", 500, on(true, "R1", 0)))
+            .collect();
+        let (_, total) = aggregate(&events, GroupBy::Member, CST);
+        assert_eq!(
+            (total.adopted, total.tests_avoided, total.money_saved_fen),
+            (1, 1, 500)
+        );
+        events.push(ev(2, "county", "718-7", 500, on(false, "R1", 0)));
+        let (_, total) = aggregate(&events, GroupBy::Member, CST);
+        assert_eq!(
+            (total.adopted, total.retested, total.money_saved_fen),
+            (0, 1, 0)
+        );
+        events.push(ev(3, "county", "718-7", 500, on(true, "R1", 3)));
+        events.push(ev(3, "township", "718-7", 500, on(true, "R1", 0)));
+        events.push(ev(3, "county", "718-7", 500, on(true, "R2", 0)));
+        let (_, total) = aggregate(&events, GroupBy::Member, CST);
+        assert_eq!((total.adopted, total.retested), (3, 1));
     }
 
     /// A known day at a county hospital and a township centre; every figure worked by hand.

@@ -89,6 +89,9 @@ impl HubError {
             Self::Store(StoreError::Tree(_)) => Code::InvalidArgument,
             Self::UnknownResult(_) => Code::NotFound,
             Self::NotConsulted(_) => Code::FailedPrecondition,
+            Self::Decision(huren_core::rules::DecisionError::NotRecognised) => {
+                Code::FailedPrecondition
+            }
             Self::Decision(_) => Code::InvalidArgument,
             Self::Store(StoreError::DecisionIdReused { .. }) => Code::AlreadyExists,
             Self::Store(StoreError::Conflict { .. }) => Code::AlreadyExists,

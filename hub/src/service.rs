@@ -11,7 +11,7 @@ use huren_core::merkle::Hash;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::rules::{self, Decision, Policy, RetestReason, Verdict, check_decision};
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
-use huren_core::stats::{self, Event, EventKind, GroupBy};
+use huren_core::stats::{self, ConsultationKey, Event, EventKind, GroupBy};
 use huren_core::summary::{Summary, UnixMillis};
 use huren_core::trust::AllianceCa;
 
@@ -906,7 +906,15 @@ impl Hub {
                     .map_or(0, |i| i.price_fen),
                 item_system: consulted.item_system,
                 item_code: consulted.item_code,
-                kind: EventKind::Decision { adopted, reason },
+                kind: EventKind::Decision {
+                    adopted,
+                    reason,
+                    consultation: Some(ConsultationKey {
+                        publisher: d.publisher.to_string(),
+                        summary_id: d.summary_id.clone(),
+                        consulted_at: consulted.at,
+                    }),
+                },
             },
         };
         let (outcome, logged) = self.store.record_decision_logged(&record).await?;

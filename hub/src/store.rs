@@ -81,7 +81,7 @@ use huren_core::pseudonym::Pseudonym;
 pub use huren_core::receipt::Receipt;
 use huren_core::rules::RetestReason;
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, sha256};
-use huren_core::stats::{Event, EventKind};
+use huren_core::stats::{ConsultationKey, Event, EventKind};
 use huren_core::summary::{SuccessionError, Summary, UnixMillis};
 use writeset::{TreeId, Trees, WriteSet};
 
@@ -216,6 +216,13 @@ struct EventV1 {
     adopted: bool,
     #[prost(string, tag = "10")]
     reason: String,
+    /// The consultation a decision is about (empty in decisions stored before they named one).
+    #[prost(string, tag = "11")]
+    consulted_publisher: String,
+    #[prost(string, tag = "12")]
+    consulted_summary_id: String,
+    #[prost(int64, tag = "13")]
+    consulted_at_ms: i64,
 }
 
 /// What a member was shown of a result.
@@ -2258,10 +2265,19 @@ fn event_to_record(e: &Event) -> EventV1 {
             r.found = *found;
             r.cross_member = *cross_member;
         }
-        EventKind::Decision { adopted, reason } => {
+        EventKind::Decision {
+            adopted,
+            reason,
+            consultation,
+        } => {
             r.kind = 2;
             r.adopted = *adopted;
             r.reason = reason.map(|x| x.code().to_owned()).unwrap_or_default();
+            if let Some(c) = consultation {
+                r.consulted_publisher = c.publisher.clone();
+                r.consulted_summary_id = c.summary_id.clone();
+                r.consulted_at_ms = c.consulted_at.0;
+            }
         }
     }
     r
@@ -2276,6 +2292,11 @@ fn event_from_record(r: EventV1) -> Result<Event, StoreError> {
         2 => EventKind::Decision {
             adopted: r.adopted,
             reason: RetestReason::from_code(&r.reason),
+            consultation: (!r.consulted_publisher.is_empty()).then_some(ConsultationKey {
+                publisher: r.consulted_publisher,
+                summary_id: r.consulted_summary_id,
+                consulted_at: UnixMillis(r.consulted_at_ms),
+            }),
         },
         k => return Err(StoreError::Corrupt(format!("unknown event kind {k}"))),
     };

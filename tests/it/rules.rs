@@ -528,3 +528,93 @@ async fn a_changed_policy_file_changes_verdicts_without_a_restart() -> anyhow::R
     let _ = ItemCode::default();
     Ok(())
 }
+
+/// Statistics cannot be inflated: of a member's decisions on one consultation of a result only
+/// the latest counts (a hundred adoptions with fresh ids count once; a later re-test replaces
+/// them; the log keeps them all), a new look-up is a new consultation, and adopting a result
+/// that was NOT_RECOGNISED for the member is refused.
+#[tokio::test]
+async fn one_decision_per_consultation_counts() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let p = hub.patient("E10000042");
+    publish_lab(&hub, TERTIARY, "S-HGB", p, HGB, 30).await?;
+    publish_lab(&hub, TERTIARY, "S-GLU-OLD", p, "2345-7", 24 * 5).await?;
+    let mut county = hub.client(COUNTY).await?;
+    let shown = county
+        .find_prior(prior_request(&p, &[(LOINC, HGB), (LOINC, "2345-7")]))
+        .await?
+        .into_inner();
+    assert_eq!(shown.results.len(), 2);
+    let counted = || {
+        let hub = &hub;
+        async move {
+            let mut c = hub.client(COUNTY).await?;
+            let t = c
+                .get_statistics(StatisticsRequest {
+                    from_ms: 0,
+                    to_ms: 0,
+                    group_by: GroupBy::Item as i32,
+                })
+                .await?
+                .into_inner()
+                .total
+                .unwrap_or_default();
+            anyhow::Ok((t.adopted, t.retested, t.tests_avoided))
+        }
+    };
+    for n in 0..101 {
+        decide(
+            &hub,
+            COUNTY,
+            &format!("INFLATE-{n}"),
+            (TERTIARY, "S-HGB"),
+            DecisionKind::Adopted,
+            RetestReason::Unspecified,
+        )
+        .await?;
+    }
+    assert_eq!(counted().await?, (1, 0, 1));
+    decide(
+        &hub,
+        COUNTY,
+        "CHANGED-MIND",
+        (TERTIARY, "S-HGB"),
+        DecisionKind::Retested,
+        RetestReason::ConditionChanged,
+    )
+    .await?;
+    assert_eq!(counted().await?, (0, 1, 0));
+    let err = decide(
+        &hub,
+        COUNTY,
+        "ADOPT-OLD",
+        (TERTIARY, "S-GLU-OLD"),
+        DecisionKind::Adopted,
+        RetestReason::Unspecified,
+    )
+    .await
+    .expect_err("adopting a NOT_RECOGNISED result was counted");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("NOT_RECOGNISED"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(counted().await?, (0, 1, 0));
+    // A later look-up is a new consultation: its decision counts beside the first one's.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    county
+        .find_prior(prior_request(&p, &[(LOINC, HGB)]))
+        .await?;
+    decide(
+        &hub,
+        COUNTY,
+        "SECOND-VISIT",
+        (TERTIARY, "S-HGB"),
+        DecisionKind::Adopted,
+        RetestReason::Unspecified,
+    )
+    .await?;
+    assert_eq!(counted().await?, (1, 1, 1));
+    Ok(())
+}
