@@ -207,6 +207,20 @@ pub struct Policy {
 pub struct Revocation {
     pub at: UnixMillis,
     pub reason: String,
+    /// What queries do with the summaries the hub accepted from the member at or after `at`
+    /// (by log time: a backdated revocation after a key compromise); earlier ones stay.
+    pub after: AfterRevocation,
+}
+
+/// What becomes of a revoked member's summaries accepted from its revocation on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AfterRevocation {
+    /// Returned, NOT_RECOGNISED with the reason [`Reason::PublisherRevoked`], so the person
+    /// asking sees what the compromised key signed.
+    #[default]
+    NotRecognised,
+    /// Not returned at all.
+    Withheld,
 }
 
 /// Why a result is not recognised.
@@ -219,6 +233,9 @@ pub enum Reason {
     Voided,
     Superseded,
     OutsideScope,
+    /// The hub accepted the summary at or after its publisher's revocation (a compromised
+    /// key may have signed it).
+    PublisherRevoked,
 }
 
 /// The answer for one candidate result.
@@ -261,6 +278,16 @@ impl Policy {
 
     pub fn is_administrator(&self, id: &InstitutionId) -> bool {
         self.administrators.contains(id)
+    }
+
+    /// The revocation of `publisher` that covers a summary the hub accepted at `accepted_at`
+    /// (revoked at or before it).
+    pub fn revocation_covering(
+        &self,
+        publisher: &InstitutionId,
+        accepted_at: UnixMillis,
+    ) -> Option<&Revocation> {
+        self.revoked.get(publisher).filter(|r| r.at <= accepted_at)
     }
 
     /// The revocation of `id` if it is in force at `now` (revoked at or before `now`).

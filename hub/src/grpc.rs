@@ -253,6 +253,7 @@ fn reason_to_pb(r: Reason) -> pb::NotRecognisedReason {
         Reason::Voided => pb::NotRecognisedReason::Voided,
         Reason::Superseded => pb::NotRecognisedReason::Superseded,
         Reason::OutsideScope => pb::NotRecognisedReason::OutsideScope,
+        Reason::PublisherRevoked => pb::NotRecognisedReason::PublisherRevoked,
     }
 }
 

@@ -53,6 +53,9 @@ struct RawRevocation {
     member: String,
     at: toml::value::Datetime,
     reason: String,
+    /// "not-recognised" (default) or "withheld".
+    #[serde(default)]
+    summaries_after: Option<String>,
 }
 
 fn default_offset() -> String {
@@ -404,9 +407,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
                 "must say why (e.g. \"key compromise\")",
             ));
         }
+        let after = match r.summaries_after.as_deref() {
+            None | Some("not-recognised") => huren_core::rules::AfterRevocation::NotRecognised,
+            Some("withheld") => huren_core::rules::AfterRevocation::Withheld,
+            Some(other) => {
+                return Err(c.err(
+                    at,
+                    field("summaries_after"),
+                    format!("is \"{other}\"; use \"not-recognised\" or \"withheld\""),
+                ));
+            }
+        };
         let revocation = huren_core::rules::Revocation {
             at: UnixMillis(when),
             reason: r.reason.clone(),
+            after,
         };
         if revoked.insert(member.clone(), revocation).is_some() {
             return Err(c.err(at, field("member"), format!("{member} is revoked twice")));

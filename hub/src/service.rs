@@ -9,7 +9,9 @@ use huren_core::identity::InstitutionId;
 use huren_core::logentry::{Entry, LogProof, Method, Purpose, ResultRef};
 use huren_core::merkle::Hash;
 use huren_core::pseudonym::Pseudonym;
-use huren_core::rules::{self, Decision, Policy, RetestReason, Verdict, check_decision};
+use huren_core::rules::{
+    self, AfterRevocation, Decision, Policy, Reason, RetestReason, Verdict, check_decision,
+};
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
 use huren_core::stats::{self, ConsultationKey, Event, EventKind, GroupBy};
 use huren_core::summary::{Summary, UnixMillis};
@@ -614,6 +616,14 @@ impl Hub {
             .collect())
     }
 
+    /// Whether a stored version is returned at all: not if its publisher's revocation covers
+    /// it and the policy withholds such summaries.
+    fn shown_at_all(policy: &Policy, s: &StoredSummary) -> bool {
+        !policy
+            .revocation_covering(&s.summary.publisher, s.receipt.accepted_at)
+            .is_some_and(|r| r.after == AfterRevocation::Withheld)
+    }
+
     fn judge(
         policy: &Policy,
         caller: &InstitutionId,
@@ -621,7 +631,19 @@ impl Hub {
         latest: bool,
         as_of: UnixMillis,
     ) -> Judged {
-        let verdict = rules::evaluate(policy, caller, &s.summary, latest, as_of);
+        let mut verdict = rules::evaluate(policy, caller, &s.summary, latest, as_of);
+        if let Some(r) = policy.revocation_covering(&s.summary.publisher, s.receipt.accepted_at) {
+            verdict.reasons.push((
+                Reason::PublisherRevoked,
+                format!(
+                    "publisher revoked ({}) at {}; the hub accepted this result at {}, after that",
+                    r.reason,
+                    rfc3339(r.at),
+                    rfc3339(s.receipt.accepted_at)
+                ),
+            ));
+            verdict.hr_mark = None;
+        }
         Judged {
             stored: s,
             verdict,
@@ -648,6 +670,7 @@ impl Hub {
         let mut results: Vec<Judged> = found
             .results
             .into_iter()
+            .filter(|s| Self::shown_at_all(&policy, s))
             .map(|s| Self::judge(&policy, caller, s, true, query.until))
             .collect();
         let at = now();
@@ -693,7 +716,11 @@ impl Hub {
             self.store.history(query)?
         };
         let mut results = Vec::with_capacity(found.results.len());
-        for s in found.results {
+        for s in found
+            .results
+            .into_iter()
+            .filter(|s| Self::shown_at_all(&policy, s))
+        {
             let earlier = if with_versions && s.summary.version > 1 {
                 let r = &s.receipt;
                 self.store
@@ -787,6 +814,7 @@ impl Hub {
             let judged: Vec<Judged> = found
                 .results
                 .into_iter()
+                .filter(|s| Self::shown_at_all(&policy, s))
                 .map(|s| Self::judge(&policy, caller, s, true, as_of))
                 .collect();
             let candidates = judged.len();

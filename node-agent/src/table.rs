@@ -185,6 +185,7 @@ pub fn reason_word(r: Reason) -> &'static str {
         Reason::Voided => "voided",
         Reason::Superseded => "superseded",
         Reason::OutsideScope => "outside scope",
+        Reason::PublisherRevoked => "publisher revoked",
     }
 }
 

@@ -34,6 +34,7 @@ fn reason_from_pb(r: i32) -> Option<Reason> {
         P::Voided => Reason::Voided,
         P::Superseded => Reason::Superseded,
         P::OutsideScope => Reason::OutsideScope,
+        P::PublisherRevoked => Reason::PublisherRevoked,
         P::Unspecified => return None,
     })
 }

@@ -11,8 +11,11 @@ use huren_proto::hub::{
 };
 use tonic::Code;
 
+use anyhow::Context;
+
 use crate::harness::{
-    ADMIN, HGB, LOINC, TestHub, amended, lab_summary, now_ms, prior_request, publish, sign,
+    ADMIN, HGB, LOINC, TestHub, amended, history_request, lab_summary, now_ms, prior_request,
+    publish, sign,
 };
 
 const TERTIARY: &str = "shx-prov-people"; // 全国HR for haematology and biochemistry
@@ -616,5 +619,122 @@ async fn one_decision_per_consultation_counts() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(counted().await?, (1, 1, 1));
+    Ok(())
+}
+
+/// Writes `policy` with version label `label` and waits until the hub answers under it.
+async fn reload_policy(
+    hub: &TestHub,
+    policy: &str,
+    label: &str,
+    patient: &Pseudonym,
+) -> anyhow::Result<()> {
+    std::fs::write(
+        &hub.policy_path,
+        policy.replace("version = \"2026.11-1\"", &format!("version = \"{label}\"")),
+    )?;
+    let mut c = hub.client(COUNTY).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .check_order(pb::CheckOrderRequest {
+                patient_pseudonym: patient.as_bytes().to_vec(),
+                items: vec![local("XCG-HB")],
+                as_of_ms: 0,
+                purpose: pb::Purpose::Treatment as i32,
+                with_proofs: false,
+                certificates_once: false,
+            })
+            .await?
+            .into_inner();
+        if r.policy_version == label {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "policy {label} not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A revocation dated in the past (a key compromise found late) reaches the summaries the hub
+/// accepted from that moment on: they are shown NOT_RECOGNISED with the reason, or withheld,
+/// as the policy says, and an order check never picks them; earlier ones stay recognised.
+#[tokio::test]
+async fn a_backdated_revocation_reaches_what_the_hub_accepted_after_it() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let p = hub.patient("E10000077");
+    publish_lab(&hub, TERTIARY, "K-OLD", p, HGB, 3).await?;
+    let before = now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    publish_lab(&hub, TERTIARY, "K-NEW", p, HGB, 2).await?;
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(before + 1) * 1_000_000)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let policy = std::fs::read_to_string(&hub.policy_path)?;
+    let revoked = format!(
+        "{policy}\n[[revoked]]\nmember = \"{TERTIARY}\"\nat = {at}\nreason = \"signing key compromise\"\n"
+    );
+    reload_policy(&hub, &revoked, "revoked-1", &p).await?;
+
+    let mut county = hub.client(COUNTY).await?;
+    let answer = county
+        .find_prior(prior_request(&p, &[(LOINC, HGB)]))
+        .await?
+        .into_inner();
+    let verdicts: Vec<(String, Vec<R>)> = answer
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.receipt
+                    .as_ref()
+                    .map(|r| r.summary_id.clone())
+                    .unwrap_or_default(),
+                reasons(r),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("K-NEW".to_owned(), vec![R::PublisherRevoked]),
+            ("K-OLD".to_owned(), vec![])
+        ]
+    );
+    let why = &answer.results[0]
+        .verdict
+        .as_ref()
+        .context("verdict")?
+        .reasons[0]
+        .explanation;
+    assert!(why.contains("signing key compromise"), "{why}");
+    let order = county
+        .check_order(pb::CheckOrderRequest {
+            patient_pseudonym: p.as_bytes().to_vec(),
+            items: vec![local("XCG-HB")],
+            as_of_ms: 0,
+            purpose: pb::Purpose::Treatment as i32,
+            with_proofs: false,
+            certificates_once: false,
+        })
+        .await?
+        .into_inner();
+    let best = order.items[0].best.as_ref().context("a best result")?;
+    assert_eq!(
+        best.receipt.as_ref().map(|r| r.summary_id.as_str()),
+        Some("K-OLD")
+    );
+
+    // Withheld: the later one is not returned at all.
+    let withheld = revoked.replace(
+        "reason = \"signing key compromise\"\n",
+        "reason = \"signing key compromise\"\nsummaries_after = \"withheld\"\n",
+    );
+    reload_policy(&hub, &withheld, "revoked-2", &p).await?;
+    let answer = county.history(history_request(&p, 0)).await?.into_inner();
+    let ids: Vec<&str> = answer
+        .results
+        .iter()
+        .filter_map(|r| r.receipt.as_ref().map(|r| r.summary_id.as_str()))
+        .collect();
+    assert_eq!(ids, ["K-OLD"]);
     Ok(())
 }
