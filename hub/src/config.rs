@@ -91,6 +91,22 @@ pub struct Limits {
     /// reported time may lie: members' clocks drift, but a result from the future would be
     /// shown as recognised and picked by order checks.
     pub max_clock_skew_seconds: u64,
+    /// Connections held at once, in all; one over it is closed at once. Each holds a file
+    /// descriptor and some memory: keep it below the process's descriptor limit.
+    pub max_connections: usize,
+    /// Connections held at once from one peer address. Behind a TCP load balancer (every
+    /// member arrives from its address) raise it to `max_connections`.
+    pub max_connections_per_address: usize,
+    /// Seconds a connection may take to finish its TLS handshake.
+    pub handshake_timeout_seconds: u64,
+    /// Seconds a connection may go without a byte read or written before it is closed
+    /// (agents reconnect when they need to).
+    pub idle_timeout_seconds: u64,
+    /// Seconds a write may stay blocked because the peer stopped reading before the
+    /// connection is closed (an answer held for a slow reader holds memory).
+    pub send_timeout_seconds: u64,
+    /// Requests in flight at once on one connection (HTTP/2 streams).
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -102,6 +118,12 @@ impl Default for Limits {
             request_timeout_seconds: 30,
             policy_poll_seconds: 5,
             max_clock_skew_seconds: 600,
+            max_connections: 1024,
+            max_connections_per_address: 256,
+            handshake_timeout_seconds: 10,
+            idle_timeout_seconds: 120,
+            send_timeout_seconds: 30,
+            max_streams_per_connection: 256,
         }
     }
 }

@@ -19,6 +19,7 @@
 
 mod batch;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod grpc;
 pub mod intake;

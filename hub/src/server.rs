@@ -11,6 +11,7 @@ use huren_core::trust::AllianceCa;
 use huren_proto::hub::hub_server::HubServer;
 
 use crate::config::HubConfig;
+use crate::conn::{self, ConnectionLimits};
 use crate::grpc::{HubGrpc, MessageLimits};
 use crate::log::LogSigner;
 use crate::policy::{PolicyError, PolicyHandle};
@@ -89,7 +90,10 @@ pub async fn run_with_store(
             read(&config.tls.cert)?,
             read(&config.tls.key)?,
         ))
-        .client_ca_root(Certificate::from_pem(ca_pem));
+        .client_ca_root(Certificate::from_pem(ca_pem))
+        .timeout(Duration::from_secs(
+            config.limits.handshake_timeout_seconds.max(1),
+        ));
     let policy = Arc::new(PolicyHandle::open(&config.policy).map_err(ServerError::Policy)?);
     let p = policy.get();
     tracing::info!(version = %p.version, items = p.items.len(), members = p.members.len(), "policy loaded");
@@ -125,15 +129,22 @@ pub async fn run_with_store(
 
     tracing::info!(addr = ?listener.local_addr().ok(), store = %config.store.display(), "hub listening");
     let request_timeout = Duration::from_secs(config.limits.request_timeout_seconds);
+    let connection_limits = ConnectionLimits {
+        max_connections: config.limits.max_connections,
+        max_per_address: config.limits.max_connections_per_address,
+        idle_timeout: Duration::from_secs(config.limits.idle_timeout_seconds.max(1)),
+        send_timeout: Duration::from_secs(config.limits.send_timeout_seconds.max(1)),
+    };
     let (stopping, stop_requested) = tokio::sync::oneshot::channel::<()>();
     let serving = Server::builder()
         .tls_config(tls)
         .map_err(ServerError::Tls)?
         .timeout(request_timeout)
+        .max_concurrent_streams(config.limits.max_streams_per_connection.max(1))
         .add_service(health)
         .add_service(reflection)
         .add_service(hub_service)
-        .serve_with_incoming_shutdown(no_delay(listener), async move {
+        .serve_with_incoming_shutdown(conn::incoming(listener, connection_limits), async move {
             shutdown.await;
             let _ = stopping.send(());
         });
@@ -221,20 +232,4 @@ async fn watch_policy(policy: Arc<PolicyHandle>, every: Duration) {
             break;
         }
     }
-}
-
-/// Accepted connections with Nagle's algorithm off. `serve_with_incoming` ignores tonic's own
-/// `tcp_nodelay` setting, and with Nagle on, a response written in two parts waits for the
-/// client's delayed ACK: about 40 ms per call.
-fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::warn!(error = %e, "could not turn off Nagle's algorithm on a connection");
-            }
-        })
-    })
 }

@@ -210,7 +210,9 @@ impl TestHub {
         let config = format!(
             "listen = \"127.0.0.1:0\"\nstore = {}\npolicy = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n\
              [limits]\nmax_results = {}\nmax_message_bytes = {}\nmax_batch_bytes = {}\n\
-             request_timeout_seconds = {}\npolicy_poll_seconds = 1\n",
+             request_timeout_seconds = {}\npolicy_poll_seconds = 1\n\
+             max_connections = {}\nmax_connections_per_address = {}\n\
+             handshake_timeout_seconds = {}\nidle_timeout_seconds = {}\nsend_timeout_seconds = {}\n",
             quote(&store_path)?,
             quote(&policy_path)?,
             quote(&paths.ca_cert)?,
@@ -220,6 +222,11 @@ impl TestHub {
             limits.max_message_bytes,
             limits.max_batch_bytes,
             limits.request_timeout_seconds,
+            limits.max_connections,
+            limits.max_connections_per_address,
+            limits.handshake_timeout_seconds,
+            limits.idle_timeout_seconds,
+            limits.send_timeout_seconds,
         );
         fs::write(&config_path, config)?;
         Ok(TestHub {

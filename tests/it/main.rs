@@ -3,6 +3,7 @@
 
 mod agent;
 mod bad_input;
+mod connections;
 mod durability;
 mod harness;
 mod log;
