@@ -14,6 +14,16 @@
 //!   upper case. For `cn-ric` the value must be a valid GB 11643 number: 18 characters with a
 //!   correct ISO 7064 MOD 11-2 check character, or a first-generation 15-digit number, which is
 //!   converted to its 18-character form.
+//!
+//! Which types an agent accepts is its [`IdTypes`]: the alliance-wide types (an id of one of
+//! these names the same person at every member; default [`ALLIANCE_ID_TYPES`]) and local types,
+//! each declared with its assigning authority (e.g. a hospital's record number `mrn` assigned
+//! by `shx-prov-people`). A local type's pseudonym input names the authority, so two members'
+//! record numbers never share a pseudonym:
+//!
+//! ```text
+//! pseudonym = HMAC-SHA-256(key, "huren-pseudonym-v1" || 0x00 || id_type "@" authority || 0x00 || id_value)
+//! ```
 
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
@@ -52,33 +62,156 @@ impl fmt::Debug for Pseudonym {
     }
 }
 
-/// The members' shared pseudonymisation key. Its `Debug` never shows the key.
+/// The identifier types accepted by default as alliance-wide: resident identity card,
+/// Hong Kong/Macao travel permit, passport, the regional (electronic) health card and the
+/// social-security card (社会保障卡).
+pub const ALLIANCE_ID_TYPES: &[&str] = &[
+    "cn-ric",
+    "cn-hk-mo-pass",
+    "passport",
+    "cn-health-card",
+    "cn-ssc",
+];
+
+/// The identifier types an agent accepts (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdTypes {
+    alliance_wide: Vec<String>,
+    /// (local type, its assigning authority), both normalised.
+    local: Vec<(String, String)>,
+}
+
+impl Default for IdTypes {
+    fn default() -> Self {
+        Self {
+            alliance_wide: ALLIANCE_ID_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            local: Vec::new(),
+        }
+    }
+}
+
+fn normalise_type(id_type: &str) -> Result<String, PatientIdError> {
+    let id_type = id_type.trim().to_ascii_lowercase();
+    if id_type.is_empty()
+        || id_type.len() > 32
+        || !id_type
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(PatientIdError::BadType(id_type));
+    }
+    Ok(id_type)
+}
+
+impl IdTypes {
+    /// Alliance-wide types and local `(type, assigning authority)` pairs. Types are normalised
+    /// as in [`PatientId::new`]; an authority is trimmed and lower-cased, 1–64 of `a-z 0-9 . - _ :`
+    /// (an institution id or an OID). A type may not be both, nor local twice.
+    pub fn new(
+        alliance_wide: &[String],
+        local: &[(String, String)],
+    ) -> Result<Self, PatientIdError> {
+        let alliance_wide = alliance_wide
+            .iter()
+            .map(|t| normalise_type(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(local.len());
+        for (t, authority) in local {
+            let t = normalise_type(t)?;
+            let a = authority.trim().to_ascii_lowercase();
+            if a.is_empty()
+                || a.len() > 64
+                || !a
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_:".contains(&b))
+            {
+                return Err(PatientIdError::BadAuthority(t));
+            }
+            if alliance_wide.contains(&t) || out.iter().any(|(o, _)| *o == t) {
+                return Err(PatientIdError::DuplicateType(t));
+            }
+            out.push((t, a));
+        }
+        Ok(Self {
+            alliance_wide,
+            local: out,
+        })
+    }
+
+    /// The HMAC's type input for `id_type`: the type itself if alliance-wide,
+    /// `type@authority` if local; refused otherwise, naming the accepted types.
+    fn pseudonym_type(&self, id_type: &str) -> Result<String, PatientIdError> {
+        if self.alliance_wide.iter().any(|t| t == id_type) {
+            return Ok(id_type.to_owned());
+        }
+        if let Some((t, a)) = self.local.iter().find(|(t, _)| t == id_type) {
+            return Ok(format!("{t}@{a}"));
+        }
+        let mut allowed = self.alliance_wide.clone();
+        allowed.extend(self.local.iter().map(|(t, _)| t.clone()));
+        Err(PatientIdError::TypeNotAccepted {
+            id_type: id_type.to_owned(),
+            allowed: allowed.join(", "),
+        })
+    }
+}
+
+/// The members' shared pseudonymisation key, with the identifier types this agent accepts
+/// ([`PseudonymKey::with_id_types`]). Its `Debug` never shows the key.
 #[derive(Clone)]
-pub struct PseudonymKey([u8; 32]);
+pub struct PseudonymKey([u8; 32], Option<IdTypes>);
 
 impl PseudonymKey {
+    /// A key that pseudonymises ids of any type with [`PseudonymKey::pseudonymise`]; an agent
+    /// sets its accepted types with [`PseudonymKey::with_id_types`].
     pub fn new(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+        Self(bytes, None)
+    }
+
+    /// The key restricted to `types`, for [`PseudonymKey::pseudonymise_checked`].
+    pub fn with_id_types(mut self, types: IdTypes) -> Self {
+        self.1 = Some(types);
+        self
+    }
+
+    /// The pseudonym of a patient id whose type this key accepts (all of [`IdTypes::default`]
+    /// without [`PseudonymKey::with_id_types`]); a local type's input names its authority.
+    pub fn pseudonymise_checked(&self, id: &PatientId) -> Result<Pseudonym, PatientIdError> {
+        let default;
+        let types = match &self.1 {
+            Some(t) => t,
+            None => {
+                default = IdTypes::default();
+                &default
+            }
+        };
+        let id_type = types.pseudonym_type(&id.id_type)?;
+        Ok(self.hmac(&id_type, &id.value))
     }
 
     /// Reads a key written as 64 hex characters (surrounding white space ignored).
     pub fn from_hex(text: &str) -> Result<Self, PatientIdError> {
         let mut key = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut key).map_err(|_| PatientIdError::BadKey)?;
-        Ok(Self(key))
+        Ok(Self::new(key))
     }
 
-    /// The pseudonym of a normalised patient id.
+    /// The pseudonym of a normalised patient id, whatever its type (no [`IdTypes`] check: an
+    /// agent uses [`PseudonymKey::pseudonymise_checked`]).
     pub fn pseudonymise(&self, id: &PatientId) -> Pseudonym {
+        self.hmac(&id.id_type, &id.value)
+    }
+
+    fn hmac(&self, id_type: &str, value: &str) -> Pseudonym {
         // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
         let Ok(mut mac) = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0) else {
             unreachable!("HMAC-SHA-256 takes keys of any length")
         };
         mac.update(PSEUDONYM_CONTEXT);
         mac.update(&[0]);
-        mac.update(id.id_type.as_bytes());
+        mac.update(id_type.as_bytes());
         mac.update(&[0]);
-        mac.update(id.value.as_bytes());
+        mac.update(value.as_bytes());
         Pseudonym(mac.finalize().into_bytes().into())
     }
 }
@@ -117,6 +250,16 @@ pub enum PatientIdError {
     RicChecksum,
     #[error("pseudonymisation key must be 64 hex characters (32 bytes)")]
     BadKey,
+    #[error(
+        "patient id type {id_type:?} is not accepted: use an alliance-wide type ({allowed}), or declare a local type with its assigning authority under [[pseudonym.local_types]]"
+    )]
+    TypeNotAccepted { id_type: String, allowed: String },
+    #[error(
+        "local patient id type {0:?} needs an assigning_authority of 1 to 64 of a-z, 0-9, '.', '-', '_', ':'"
+    )]
+    BadAuthority(String),
+    #[error("patient id type {0:?} is listed twice (alliance-wide or local)")]
+    DuplicateType(String),
 }
 
 /// GB 11643 / ISO 7064 MOD 11-2 check character of the first 17 digits.
@@ -134,15 +277,7 @@ fn ric_check_char(first17: &[u8]) -> char {
 impl PatientId {
     /// Normalises an id type and value (see the module doc).
     pub fn new(id_type: &str, value: &str) -> Result<Self, PatientIdError> {
-        let id_type = id_type.trim().to_ascii_lowercase();
-        if id_type.is_empty()
-            || id_type.len() > 32
-            || !id_type
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(PatientIdError::BadType(id_type));
-        }
+        let id_type = normalise_type(id_type)?;
         let mut v = String::with_capacity(value.len());
         for c in value.chars() {
             // Full-width forms U+FF01..U+FF5E map to ASCII 0x21..0x7E; U+3000 is a full-width space.
@@ -300,5 +435,57 @@ mod tests {
             PseudonymKey::from_hex("zz").unwrap_err(),
             PatientIdError::BadKey
         );
+    }
+
+    /// Issue 16, finding 12: only alliance-wide types and declared local types are accepted;
+    /// the alliance-wide pseudonym is the pinned one; a local type's pseudonym depends on its
+    /// authority. Pinned, computed independently with Python's hmac module:
+    /// hmac.new(bytes(range(32)), b'huren-pseudonym-v1\x00mrn@shx-prov-people\x00A0012345', sha256)
+    #[test]
+    fn id_types_are_checked_and_local_types_name_their_authority() {
+        let local = |authority: &str| {
+            key().with_id_types(
+                IdTypes::new(
+                    &["cn-ric".to_owned()],
+                    &[("mrn".to_owned(), authority.to_owned())],
+                )
+                .unwrap(),
+            )
+        };
+        let ric = PatientId::new("cn-ric", "11010519491231002X").unwrap();
+        assert_eq!(
+            hex::encode(local("x").pseudonymise_checked(&ric).unwrap().as_bytes()),
+            "62de25610e2b38801c7a673ca848fed41a5b5684bf4d6dd55f4e45233ad5f816"
+        );
+        let mrn = PatientId::new("MRN", "A0012345").unwrap();
+        let a = local(" SHX-PROV-PEOPLE ")
+            .pseudonymise_checked(&mrn)
+            .unwrap();
+        assert_eq!(
+            hex::encode(a.as_bytes()),
+            "4f400b62d94a1ac2374e75bdcfcff0f8496e5626eb7465d42cd222c867643fe8"
+        );
+        let b = local("lantian-county").pseudonymise_checked(&mrn).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, key().pseudonymise(&mrn));
+        // Unknown types are refused everywhere, with the accepted ones listed.
+        let err = key().pseudonymise_checked(&mrn).unwrap_err();
+        assert!(
+            err.to_string().contains("\"mrn\" is not accepted")
+                && err.to_string().contains("cn-ric, cn-hk-mo-pass, passport"),
+            "{err}"
+        );
+        let err = local("x")
+            .pseudonymise_checked(&PatientId::new("passport", "E1").unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("cn-ric, mrn"), "{err}");
+        assert!(matches!(
+            IdTypes::new(&[], &[("mrn".to_owned(), " ".to_owned())]),
+            Err(PatientIdError::BadAuthority(_))
+        ));
+        assert!(matches!(
+            IdTypes::new(&["mrn".to_owned()], &[("mrn".to_owned(), "a".to_owned())]),
+            Err(PatientIdError::DuplicateType(_))
+        ));
     }
 }

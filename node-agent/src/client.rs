@@ -393,7 +393,7 @@ impl Agent {
     pub fn pseudonymise(&self, id_type: &str, id: &str) -> Result<Pseudonym, AgentError> {
         Ok(self
             .pseudonym_key
-            .pseudonymise(&PatientId::new(id_type, id)?))
+            .pseudonymise_checked(&PatientId::new(id_type, id)?)?)
     }
 
     /// Reads and signs every result of a results file (all or nothing).

@@ -233,10 +233,51 @@ pub struct PseudonymSource {
     pub key_file: Option<PathBuf>,
     #[serde(default = "default_key_env")]
     pub key_env: String,
+    /// Patient identifier types that name one person alliance-wide and are accepted as they
+    /// are. Default: `cn-ric`, `cn-hk-mo-pass`, `passport`, `cn-health-card`, `cn-ssc`
+    /// (huren_core::pseudonym::ALLIANCE_ID_TYPES).
+    #[serde(default = "default_alliance_types")]
+    pub alliance_types: Vec<String>,
+    /// Local identifier types (e.g. a record number), each with its assigning authority, which
+    /// becomes part of the pseudonym input. Any other type is refused. Default: none.
+    #[serde(default)]
+    pub local_types: Vec<LocalIdType>,
+}
+
+/// A local patient identifier type and the authority that assigns it
+/// (`[[pseudonym.local_types]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalIdType {
+    /// E.g. `mrn`.
+    pub id_type: String,
+    /// E.g. the institution id or the OID of the assigning authority.
+    pub assigning_authority: String,
 }
 
 fn default_key_env() -> String {
     "HUREN_PSEUDONYM_KEY".into()
+}
+
+fn default_alliance_types() -> Vec<String> {
+    huren_core::pseudonym::ALLIANCE_ID_TYPES
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect()
+}
+
+impl PseudonymSource {
+    /// The identifier types this configuration accepts.
+    pub fn id_types(
+        &self,
+    ) -> Result<huren_core::pseudonym::IdTypes, huren_core::pseudonym::PatientIdError> {
+        let local: Vec<(String, String)> = self
+            .local_types
+            .iter()
+            .map(|l| (l.id_type.clone(), l.assigning_authority.clone()))
+            .collect();
+        huren_core::pseudonym::IdTypes::new(&self.alliance_types, &local)
+    }
 }
 
 impl Default for PseudonymSource {
@@ -244,6 +285,8 @@ impl Default for PseudonymSource {
         Self {
             key_file: None,
             key_env: default_key_env(),
+            alliance_types: default_alliance_types(),
+            local_types: Vec::new(),
         }
     }
 }

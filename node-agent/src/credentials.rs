@@ -123,6 +123,11 @@ fn load_pseudonym_key(config: &AgentConfig) -> Result<PseudonymKey, AgentError> 
             }
         },
     };
-    PseudonymKey::from_hex(&text)
-        .map_err(|e| AgentError::Setup(format!("{}: {e}", origin.display())))
+    let types = config
+        .pseudonym
+        .id_types()
+        .map_err(|e| AgentError::Setup(format!("[pseudonym]: {e}")))?;
+    Ok(PseudonymKey::from_hex(&text)
+        .map_err(|e| AgentError::Setup(format!("{}: {e}", origin.display())))?
+        .with_id_types(types))
 }

@@ -48,7 +48,9 @@ impl ResultDraft {
             id,
             version: self.version,
             publisher: publisher.clone(),
-            patient: key.pseudonymise(&self.patient),
+            patient: key
+                .pseudonymise_checked(&self.patient)
+                .map_err(|e| e.to_string())?,
             item: self.item,
             category: self.category,
             performed_at: self.performed_at,

@@ -215,6 +215,9 @@ fn entry_to_summary(
     SummaryId::parse(&e.id).map_err(|e| e.to_string())?;
     let patient = PatientId::new(&e.patient.id_type, &e.patient.id)
         .map_err(|err| format!("patient: {err}"))?;
+    // The type must be one this agent accepts (checked again where it is pseudonymised).
+    key.pseudonymise_checked(&patient)
+        .map_err(|err| format!("patient.id_type: {err}"))?;
     let category = Category::from_name(&e.category).ok_or_else(|| {
         format!(
             "category {:?} is not one of lab, imaging, electrophysiology, nuclear-medicine",

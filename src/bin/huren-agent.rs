@@ -34,7 +34,8 @@ struct Args {
 /// Who the patient is. The id is pseudonymised on this machine and never sent anywhere.
 #[derive(clap::Args)]
 struct Patient {
-    /// Patient id type: cn-ric (居民身份证), passport, cn-health-card, …
+    /// Patient id type: cn-ric (居民身份证), passport, cn-health-card, … (the alliance-wide
+    /// and local types of [pseudonym] in the configuration)
     #[arg(long, default_value = "cn-ric")]
     id_type: String,
     /// Patient id, or "-" to read it from standard input (keeps it out of the shell history).

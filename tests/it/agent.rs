@@ -401,3 +401,73 @@ async fn the_hub_and_the_agents_judge_a_signature_alike() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// A patient id type that is neither alliance-wide nor declared as local (with its
+/// assigning authority) is refused wherever the agent builds a patient id: the CLI's patient
+/// id and a results file. A declared local type is accepted and its pseudonym depends on the
+/// authority, so two hospitals' record numbers do not collide.
+#[tokio::test]
+async fn unknown_id_types_are_refused_and_local_types_name_their_authority() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let tertiary = agent(&hub, TERTIARY).await?;
+    let err = tertiary
+        .pseudonymise("mrn", "A0012345")
+        .expect_err("mrn is not declared");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"mrn\" is not accepted")
+            && text.contains("cn-ric")
+            && text.contains("[[pseudonym.local_types]]"),
+        "{text}"
+    );
+    tertiary.pseudonymise("cn-ric", PATIENT)?;
+
+    // A results file with an undeclared type: refused, naming the field, nothing signed.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node-agent/examples/results.json"),
+    )?;
+    let bad = hub.root().join("results-mrn.json");
+    std::fs::write(
+        &bad,
+        example.replacen("\"id_type\": \"cn-ric\"", "\"id_type\": \"mrn\"", 1),
+    )?;
+    let err = tertiary
+        .sign_results_file(&bad)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a results file with id_type mrn was signed"))?;
+    assert!(err.to_string().contains("patient.id_type"), "{err}");
+
+    // The CLI refuses it too, with the same message.
+    let config = write_config(&hub, TERTIARY)?;
+    let args: Vec<String> = ["history", "--patient-id", "A0012345", "--id-type", "mrn"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let (ok, _, err) = run_agent_cli(&config, &args).await?;
+    assert!(!ok && err.contains("\"mrn\" is not accepted"), "{err}");
+
+    // Declared with an authority: accepted; another authority gives another pseudonym.
+    let with_mrn = |id: &str, authority: &str| -> anyhow::Result<AgentConfig> {
+        let path = write_config(&hub, id)?;
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(&format!(
+            "[[pseudonym.local_types]]\nid_type = \"mrn\"\nassigning_authority = \"{authority}\"\n"
+        ));
+        std::fs::write(&path, text)?;
+        Ok(AgentConfig::load(&path)?)
+    };
+    let a = Agent::connect(with_mrn(TERTIARY, TERTIARY)?).await?;
+    let b = Agent::connect(with_mrn(COUNTY, COUNTY)?).await?;
+    let pa = a.pseudonymise("mrn", "A0012345")?;
+    let pb = b.pseudonymise("mrn", "A0012345")?;
+    assert_ne!(
+        pa, pb,
+        "two hospitals' record numbers must not share a pseudonym"
+    );
+    assert_eq!(
+        a.pseudonymise("cn-ric", PATIENT)?,
+        b.pseudonymise("cn-ric", PATIENT)?
+    );
+    Ok(())
+}
