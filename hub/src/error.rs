@@ -102,6 +102,15 @@ impl HubError {
         }
     }
 
+    /// The status the client sees, logging only an internal error: a batch's refusals are
+    /// logged together, in one line (see `grpc::publish_batch`).
+    pub fn into_status_unlogged(self) -> Status {
+        if self.code() == Code::Internal {
+            return self.into_status();
+        }
+        Status::new(self.code(), self.to_string())
+    }
+
     /// Logs the error once and turns it into the status the client sees. Internal details stay
     /// in the log; the client gets a safe message.
     pub fn into_status(self) -> Status {

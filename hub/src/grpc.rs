@@ -53,7 +53,7 @@ impl HubGrpc {
 
 /// The caller's institution, from the client certificate that TLS verified against the
 /// alliance CA. Never from a request field.
-fn caller<T>(request: &Request<T>) -> Result<InstitutionId, HubError> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<InstitutionId, HubError> {
     let certs = request.peer_certs().ok_or(HubError::NoClientCertificate)?;
     let leaf = certs.first().ok_or(HubError::NoClientCertificate)?;
     let der: &[u8] = leaf.as_ref();
@@ -448,6 +448,11 @@ impl pb::hub_server::Hub for HubGrpc {
                 let total = published.len() + malformed.len();
                 let mut malformed = malformed.into_iter().peekable();
                 let (mut stored, mut refused) = (0usize, 0usize);
+                // Refusals are logged together: a batch of a thousand bad summaries is one
+                // line with the count per code and the first reasons, not a thousand.
+                let mut by_code: std::collections::BTreeMap<&'static str, usize> =
+                    std::collections::BTreeMap::new();
+                let mut first_reasons: Vec<String> = Vec::new();
                 let mut outcomes = Vec::with_capacity(total);
                 for i in 0..total {
                     let outcome = match malformed.next_if(|(at, _)| *at == i) {
@@ -466,7 +471,11 @@ impl pb::hub_server::Hub for HubGrpc {
                             }
                             Err(e) => {
                                 refused += 1;
-                                let status = e.into_status();
+                                let status = e.into_status_unlogged();
+                                *by_code.entry(status.code().description()).or_default() += 1;
+                                if first_reasons.len() < 3 {
+                                    first_reasons.push(format!("#{i}: {}", status.message()));
+                                }
                                 pb::publish_outcome::Outcome::Refused(pb::PublishRefusal {
                                     code: status.code() as i32,
                                     message: status.message().to_owned(),
@@ -475,7 +484,17 @@ impl pb::hub_server::Hub for HubGrpc {
                         }),
                     });
                 }
-                tracing::info!(stored, refused, "summary batch handled");
+                if refused > 0 {
+                    tracing::warn!(
+                        stored,
+                        refused,
+                        codes = ?by_code,
+                        first = ?first_reasons,
+                        "summaries of a batch refused"
+                    );
+                } else {
+                    tracing::info!(stored, "summary batch handled");
+                }
                 Ok(pb::PublishBatchResponse { outcomes })
             },
         )

@@ -107,6 +107,7 @@ pub async fn run_with_store(
         source,
     })?;
     tracing::info!(origin = %log.origin(), size = head.size, "log opened");
+    let health_policy = policy.clone();
     let hub = Hub::new(store.clone(), ca, policy, config.limits.max_results, log)
         .map_err(ServerError::Threads)?
         .with_max_clock_skew(config.limits.max_clock_skew_seconds);
@@ -115,6 +116,22 @@ pub async fn run_with_store(
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<HubServer<HubGrpc>>().await;
+    // A revoked member is told so by the health check too (a load balancer or an agent's
+    // probe would otherwise see SERVING and keep sending it calls the hub refuses).
+    let health = tonic::service::interceptor::InterceptedService::new(
+        health,
+        move |request: tonic::Request<()>| {
+            let caller = crate::grpc::caller(&request).map_err(|e| e.into_status())?;
+            let now = crate::service::now();
+            match health_policy.get().revoked_at(&caller, now) {
+                None => Ok(request),
+                Some(r) => Err(tonic::Status::permission_denied(format!(
+                    "institution {caller} was revoked by the alliance ({}); its calls are refused",
+                    r.reason
+                ))),
+            }
+        },
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(huren_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -522,3 +522,39 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
     assert!(found.results.is_empty());
     Ok(())
 }
+
+/// One batch of 300 bad summaries is one WARN line in the hub's log (the count per code and
+/// the first reasons), not 300.
+#[tokio::test]
+async fn a_bad_batch_is_logged_in_one_line() -> anyhow::Result<()> {
+    let mut hub = TestHub::start_process().await?;
+    let a = hub.member("hosp-a")?;
+    let mut client = hub.client("hosp-a").await?;
+    let mut summaries = Vec::new();
+    for i in 0..300u32 {
+        summaries.push(sign_body(&a, vec![0x08, 0x01, 0xff, (i % 200) as u8])?);
+    }
+    let outcomes = client
+        .publish_batch(huren_proto::hub::PublishBatchRequest { summaries })
+        .await?
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes.len(), 300);
+    drop(client);
+    hub.stop_gracefully().await?;
+    let mut log = String::new();
+    for entry in std::fs::read_dir(hub.root())? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("hub-") && n.ends_with(".log"))
+        {
+            log.push_str(&std::fs::read_to_string(path)?);
+        }
+    }
+    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(log.contains("summaries of a batch refused"), "{log}");
+    Ok(())
+}

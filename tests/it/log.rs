@@ -862,6 +862,26 @@ async fn a_revoked_member_is_refused_but_what_it_signed_before_stays_verifiable(
             && refused.message().contains("signing key compromise"),
         "{refused:?}"
     );
+    // Its health check says so too (it said SERVING); another member's is unchanged.
+    let health = |id: &'static str| {
+        let hub = &hub;
+        async move {
+            let mut h = tonic_health::pb::health_client::HealthClient::new(hub.channel(id).await?);
+            anyhow::Ok(
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+                .map_err(|s| s.code()),
+            )
+        }
+    };
+    assert_eq!(health("hosp-c").await?, Err(Code::PermissionDenied));
+    assert_eq!(
+        health("hosp-b").await?,
+        Ok(tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    );
     let size_before = cb
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await?
