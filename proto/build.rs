@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .extern_path(".huren.summary.v1", "::huren_core::pb")
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (see src/codec.rs).
+        .codec_path("crate::codec::HurenCodec")
         .file_descriptor_set_path(out.join("huren_descriptor.bin"))
         // The descriptor set includes imports, so reflection also describes the summary messages.
         .compile_protos(&["huren/hub/v1/hub.proto"], &["."])?;

@@ -7,6 +7,8 @@
 
 #![allow(clippy::all)]
 
+pub mod codec;
+
 /// `huren.hub.v1`: the hub service, its client and server stubs and request/response messages.
 pub mod hub {
     tonic::include_proto!("huren.hub.v1");

@@ -558,3 +558,82 @@ async fn a_bad_batch_is_logged_in_one_line() -> anyhow::Result<()> {
     assert!(log.contains("summaries of a batch refused"), "{log}");
     Ok(())
 }
+
+/// Bytes sent as a request, as they are.
+#[derive(Clone, Default)]
+struct RawBytes;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// A request whose bytes are not a protobuf message of the method's type is the caller's
+/// fault: INVALID_ARGUMENT (it was INTERNAL), and the hub keeps answering.
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    for path in [
+        "/huren.hub.v1.Hub/Publish",
+        "/huren.hub.v1.Hub/FindPrior",
+        "/huren.hub.v1.Hub/PublishBatch",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(hub.channel("hosp-a").await?);
+        grpc.ready().await?;
+        let status = grpc
+            .unary(
+                tonic::Request::new(vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawBytes,
+            )
+            .await
+            .expect_err("garbage was accepted");
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert!(
+            status.message().contains("not a valid protobuf"),
+            "{status:?}"
+        );
+    }
+    let mut client = hub.client("hosp-a").await?;
+    client
+        .find_prior(prior_request(&hub.patient("E00000501"), &[(LOINC, HGB)]))
+        .await?;
+    Ok(())
+}
