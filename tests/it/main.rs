@@ -5,6 +5,7 @@ mod agent;
 mod bad_input;
 mod durability;
 mod harness;
+mod interop;
 mod log;
 mod node_daemon;
 mod publish;
