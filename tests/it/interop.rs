@@ -71,3 +71,30 @@ async fn grpcurl_lists_the_hub_service() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// OpenSSL reads every Ed25519 private key we write: a member's signing key (certs-dev) and the
+/// hub's log key (written at first start). OpenSSL 3 refuses PKCS#8 v2 Ed25519 keys.
+#[tokio::test]
+async fn openssl_reads_the_ed25519_keys_we_write() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let files = hub.member_files("hosp-a")?;
+    let mut log_key = hub.store_path.clone().into_os_string();
+    log_key.push(".log-key");
+    for key in [files.signing_key.clone(), std::path::PathBuf::from(log_key)] {
+        let output = tokio::process::Command::new("openssl")
+            .arg("pkey")
+            .arg("-in")
+            .arg(&key)
+            .arg("-noout")
+            .output()
+            .await
+            .context("running openssl (Debian: apt-get install openssl)")?;
+        assert!(
+            output.status.success(),
+            "openssl pkey refused {}: {}",
+            key.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
