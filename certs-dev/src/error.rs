@@ -9,6 +9,10 @@ pub enum Error {
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
 
+    /// An Ed25519 private key could not be re-encoded as PKCS#8 v1.
+    #[error("could not write the Ed25519 key as PKCS#8 v1: {0}")]
+    KeyEncoding(String),
+
     /// The operating system's random number generator failed.
     #[error("could not get random bytes from the operating system: {0}")]
     Random(String),

@@ -15,7 +15,8 @@
 //! - the alliance's 32-byte pseudonymisation key, shared by the members and never given to the
 //!   hub.
 //!
-//! Private keys are PKCS#8 PEM and **unencrypted**. A production alliance issues the same kinds
+//! Private keys are PKCS#8 PEM and **unencrypted**; Ed25519 signing keys are PKCS#8 v1 (seed
+//! only), which OpenSSL 3 and Python's cryptography read. A production alliance issues the same kinds
 //! of certificates from its own CA; nothing else in Huren changes.
 //!
 //! Use [`DevPki`] to make everything in memory (tests, the demo), or [`init_dir`] to write a

@@ -309,9 +309,27 @@ impl DevPki {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(PemPair {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: key_pem(&key)?,
         })
     }
+}
+
+/// A private key's PKCS#8 PEM. Ed25519 keys are written as PKCS#8 v1 (RFC 5208: version 0, the
+/// seed only): rcgen (ring) writes v2 with the public key, which OpenSSL 3 and Python's
+/// cryptography refuse. Other keys as rcgen writes them.
+pub(crate) fn key_pem(key: &KeyPair) -> Result<String, Error> {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
+    if key.algorithm() != &PKCS_ED25519 {
+        return Ok(key.serialize_pem());
+    }
+    let pkcs8 = |e: ed25519_dalek::pkcs8::Error| Error::KeyEncoding(e.to_string());
+    let signing = ed25519_dalek::SigningKey::from_pkcs8_der(&key.serialize_der()).map_err(pkcs8)?;
+    let seed_only = KeypairBytes {
+        secret_key: signing.to_bytes(),
+        public_key: None,
+    };
+    let pem = seed_only.to_pkcs8_pem(Default::default()).map_err(pkcs8)?;
+    Ok(pem.as_str().to_owned())
 }
 
 fn common_name(cn: &str) -> DistinguishedName {

@@ -514,3 +514,25 @@ fn read_pseudonym_key_parses_and_rejects() {
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert!(err.to_string().contains("nope.key"), "{err}");
 }
+
+/// The DER of an Ed25519 private key in PKCS#8 v1 (RFC 5208 / RFC 8410): version 0, the
+/// algorithm 1.3.101.112, the 32-byte seed, and nothing after it (no [1] public key).
+const PKCS8_V1_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// Member signing keys are written as PKCS#8 v1, which OpenSSL 3 and Python's cryptography
+/// read (they refuse the v2 form with the public key).
+#[test]
+fn signing_keys_are_pkcs8_v1() {
+    let pki = DevPki::generate().unwrap();
+    let member = pki.issue_member(&id("pkcs8-check")).unwrap();
+    let (label, doc) =
+        ed25519_dalek::pkcs8::SecretDocument::from_pem(&member.signing.key_pem).unwrap();
+    assert_eq!(label, "PRIVATE KEY");
+    let der = doc.as_bytes();
+    assert_eq!(der.len(), 48, "{}", hex::encode(der));
+    assert_eq!(der[..16], PKCS8_V1_ED25519_PREFIX, "{}", hex::encode(der));
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&member.signing.key_pem).unwrap();
+    assert_eq!(der[16..], key.to_bytes());
+}

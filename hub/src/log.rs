@@ -111,13 +111,25 @@ impl LogSigner {
     }
 }
 
+/// PKCS#8 v1 (RFC 5208: version 0, the seed only, no public key), which OpenSSL 3 and
+/// Python's cryptography read; ed25519-dalek's own `to_pkcs8_pem` writes v2 (RFC 5958, with the
+/// public key), which they refuse. The reader accepts both.
+fn pkcs8_v1_pem(key: &SigningKey) -> ed25519_dalek::pkcs8::Result<String> {
+    let seed_only = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    Ok(seed_only
+        .to_pkcs8_pem(Default::default())?
+        .as_str()
+        .to_owned())
+}
+
 fn create(path: &Path) -> Result<SigningKey, LogKeyError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| LogKeyError::Random(e.to_string()))?;
     let key = SigningKey::from_bytes(&seed);
-    let pem = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| LogKeyError::Random(e.to_string()))?;
+    let pem = pkcs8_v1_pem(&key).map_err(|e| LogKeyError::Random(e.to_string()))?;
     let write_err = |source| LogKeyError::Write {
         path: path.to_owned(),
         source,
@@ -163,5 +175,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PKCS#8"), "{err}");
+    }
+
+    /// The log key is written as PKCS#8 v1 (version 0, the seed, no [1] public key: 48 bytes of
+    /// DER), which OpenSSL 3 and Python's cryptography read.
+    #[test]
+    fn the_log_key_is_written_as_pkcs8_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.key");
+        let signer = LogSigner::load_or_create(&path, "huren.example/alliance-log").unwrap();
+        let pem = std::fs::read_to_string(&path).unwrap();
+        let (label, doc) = ed25519_dalek::pkcs8::SecretDocument::from_pem(&pem).unwrap();
+        assert_eq!(label, "PRIVATE KEY");
+        let der = doc.as_bytes();
+        assert_eq!(der.len(), 48, "{der:02x?}");
+        assert_eq!(
+            der[..16],
+            [
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20
+            ]
+        );
+        let reloaded = SigningKey::from_pkcs8_pem(&pem).unwrap();
+        let again = LogSigner::load_or_create(&path, "huren.example/alliance-log").unwrap();
+        assert_eq!(signer.verifier_key(), again.verifier_key());
+        assert_eq!(der[16..], reloaded.to_bytes());
+    }
+
+    /// A key written before (PKCS#8 v2, with the public key) is still read.
+    #[test]
+    fn a_pkcs8_v2_log_key_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.key");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let v2 = key.to_pkcs8_pem(Default::default()).unwrap();
+        std::fs::write(&path, v2.as_bytes()).unwrap();
+        let signer = LogSigner::load_or_create(&path, "o").unwrap();
+        let expected = NoteSigner::new("o", key).unwrap().verifier_key();
+        assert_eq!(signer.verifier_key(), expected);
     }
 }

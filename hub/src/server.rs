@@ -132,10 +132,14 @@ pub async fn run_with_store(
             }
         },
     );
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(huren_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection v1 and v1alpha: older grpcurl (up to 1.8.x) asks only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(huren_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let limits = MessageLimits {
         max_message_bytes: config.limits.max_message_bytes,
         max_batch_bytes: config.limits.max_batch_bytes,
@@ -160,6 +164,7 @@ pub async fn run_with_store(
         .max_concurrent_streams(config.limits.max_streams_per_connection.max(1))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(hub_service)
         .serve_with_incoming_shutdown(conn::incoming(listener, connection_limits), async move {
             shutdown.await;

@@ -6,6 +6,7 @@ mod bad_input;
 mod connections;
 mod durability;
 mod harness;
+mod interop;
 mod log;
 mod node_daemon;
 mod publish;

