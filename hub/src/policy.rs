@@ -134,6 +134,10 @@ pub enum PolicyError {
         field: String,
         message: String,
     },
+    #[error(
+        "{path} changed but its version is still \"{version}\": give the changed policy a new version, so every verdict names the rules it was made under"
+    )]
+    VersionUnchanged { path: PathBuf, version: String },
 }
 
 /// Collects field errors with their lines; the first one is reported.
@@ -473,6 +477,16 @@ fn day_start(d: &toml::value::Datetime, offset: UtcOffset) -> Option<i64> {
 pub struct PolicyHandle {
     path: PathBuf,
     current: RwLock<(Arc<Policy>, Option<SystemTime>)>,
+    /// The policy in force as TOML values (comments and layout aside): a reload with the same
+    /// version label must hold the same values.
+    content: RwLock<Option<toml::Table>>,
+}
+
+/// The file's TOML values, if it parses as TOML.
+fn content_of(path: &Path) -> Option<toml::Table> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -487,6 +501,7 @@ impl PolicyHandle {
         Ok(Self {
             path: path.to_owned(),
             current: RwLock::new((Arc::new(policy), stamp)),
+            content: RwLock::new(content_of(path)),
         })
     }
 
@@ -502,6 +517,21 @@ impl PolicyHandle {
     pub fn reload(&self) -> Result<Arc<Policy>, PolicyError> {
         let stamp = modified(&self.path);
         let policy = Arc::new(load(&self.path)?);
+        let content = content_of(&self.path);
+        let same_label = policy.version == self.get().version;
+        let changed = match self.content.read() {
+            Ok(c) => *c != content,
+            Err(poisoned) => *poisoned.into_inner() != content,
+        };
+        if same_label && changed {
+            return Err(PolicyError::VersionUnchanged {
+                path: self.path.clone(),
+                version: policy.version.clone(),
+            });
+        }
+        if let Ok(mut c) = self.content.write() {
+            *c = content;
+        }
         let mut g = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -546,6 +576,29 @@ mod tests {
 
     fn example() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml")
+    }
+
+    /// A changed policy under an unchanged version label is refused on reload (the one in
+    /// force stays); a comment-only edit is not a change; a new label is taken.
+    #[test]
+    fn a_changed_policy_needs_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        let text = std::fs::read_to_string(example()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let handle = PolicyHandle::open(&path).unwrap();
+        let before = handle.get();
+        let shorter = text.replacen("validity_days = 7", "validity_days = 1", 1);
+        assert_ne!(shorter, text);
+        std::fs::write(&path, &shorter).unwrap();
+        let err = handle.reload().unwrap_err();
+        assert!(matches!(err, PolicyError::VersionUnchanged { .. }), "{err}");
+        assert!(Arc::ptr_eq(&handle.get(), &before));
+        std::fs::write(&path, format!("{text}\n# a comment\n")).unwrap();
+        handle.reload().unwrap();
+        let relabelled = shorter.replacen("version = \"2026.11-1\"", "version = \"2026.11-2\"", 1);
+        std::fs::write(&path, relabelled).unwrap();
+        assert_eq!(handle.reload().unwrap().version, "2026.11-2");
     }
 
     #[test]
