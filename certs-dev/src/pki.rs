@@ -252,6 +252,17 @@ impl DevPki {
         self.sign(&params, KeyPair::generate()?)
     }
 
+    /// A TLS client certificate for `institution` from this CA without any extended key usage:
+    /// TLS path validation accepts it for every purpose, so tests use it to check that the hub
+    /// still refuses it as a member's client certificate.
+    pub fn issue_tls_without_eku(&self, institution: &InstitutionId) -> Result<PemPair, Error> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = self.member_params(institution, now - BACKDATE, now + LEAF_VALIDITY)?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = Vec::new();
+        self.sign(&params, KeyPair::generate()?)
+    }
+
     /// The member's summary-signing certificate alone.
     pub(crate) fn member_signing(
         &self,

@@ -47,6 +47,10 @@ pub enum TrustError {
     BadInstitution(String),
     #[error("the signing certificate does not hold an Ed25519 key")]
     NotEd25519,
+    #[error(
+        "the certificate is not a TLS client certificate (it lacks the clientAuth extended key usage)"
+    )]
+    NotForClientAuth,
 }
 
 /// The alliance CA certificate: the one trust anchor of an alliance.
@@ -160,6 +164,19 @@ pub fn institution_in_certificate(cert_der: &[u8]) -> Result<InstitutionId, Trus
     let (_, cert) =
         X509Certificate::from_der(cert_der).map_err(|e| TrustError::Malformed(e.to_string()))?;
     institution_of(&cert)
+}
+
+/// The institution named by a member's TLS client certificate, which must carry the clientAuth
+/// extended key usage: TLS path validation accepts a certificate without any extended key
+/// usage for every purpose, so a CA-issued certificate meant for something else would do.
+pub fn client_institution(cert_der: &[u8]) -> Result<InstitutionId, TrustError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| TrustError::Malformed(e.to_string()))?;
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) if eku.value.client_auth => institution_of(&cert),
+        Ok(_) => Err(TrustError::NotForClientAuth),
+        Err(e) => Err(TrustError::Malformed(e.to_string())),
+    }
 }
 
 fn institution_of(cert: &X509Certificate<'_>) -> Result<InstitutionId, TrustError> {

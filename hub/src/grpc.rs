@@ -13,7 +13,7 @@ use huren_core::logentry::{Entry, LogProof, Purpose};
 use huren_core::pseudonym::Pseudonym;
 use huren_core::signing::SignedEnvelope;
 use huren_core::summary::UnixMillis;
-use huren_core::trust::institution_in_certificate;
+use huren_core::trust::client_institution;
 use huren_proto::hub as pb;
 
 use huren_core::rules::{Decision, Reason, Verdict};
@@ -62,7 +62,7 @@ pub(crate) fn caller<T>(request: &Request<T>) -> Result<InstitutionId, HubError>
     {
         return Ok(id.clone());
     }
-    let id = institution_in_certificate(der).map_err(HubError::CallerCertificate)?;
+    let id = client_institution(der).map_err(HubError::CallerCertificate)?;
     if let Ok(mut known) = CALLERS.write() {
         if known.len() >= MAX_KNOWN_CALLERS {
             known.clear();

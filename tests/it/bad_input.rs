@@ -637,3 +637,21 @@ async fn an_undecodable_request_is_invalid_argument() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// A TLS client certificate from the alliance CA without the clientAuth extended key usage
+/// (TLS validation alone accepts a certificate without any for every purpose) is refused.
+#[tokio::test]
+async fn a_client_certificate_without_client_auth_is_refused() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let pem = hub
+        .pki
+        .issue_tls_without_eku(&InstitutionId::parse("hosp-a")?)?;
+    let mut client = hub.client_with_tls(&pem)?;
+    let status = client
+        .find_prior(prior_request(&hub.patient("E00000502"), &[(LOINC, HGB)]))
+        .await
+        .expect_err("a certificate without clientAuth was accepted");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("clientAuth"), "{status:?}");
+    Ok(())
+}
