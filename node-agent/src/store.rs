@@ -207,17 +207,24 @@ fn version_key(id: &str, version: u32) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                StoreError::Locked {
+        // A store this process has just dropped can stay locked for a moment (sled's
+        // background writes let go of its files a little after the last handle): wait up to a
+        // second before calling it locked by another process.
+        let locked_until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let db = loop {
+            let locked = match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock => true,
+                Err(sled::Error::Io(io)) if io.to_string().contains("lock") => true,
+                Err(other) => return Err(StoreError::Engine(other)),
+            };
+            if locked && std::time::Instant::now() >= locked_until {
+                return Err(StoreError::Locked {
                     path: path.to_owned(),
-                }
+                });
             }
-            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
-                path: path.to_owned(),
-            },
-            other => StoreError::Engine(other),
-        })?;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         Ok(Store {
             outbox: db.open_tree("outbox")?,
             published: db.open_tree("published")?,
