@@ -912,6 +912,22 @@ fn version_key(publisher: &str, id: &str, version: u32) -> Vec<u8> {
     k
 }
 
+/// The result key (`publisher 0x00 summary_id`) a patient index key ends with: past the
+/// pseudonym, the 0x00-terminated system and code, and the 8-byte time.
+fn indexed_result(key: &[u8]) -> Result<&[u8], StoreError> {
+    let malformed = || StoreError::Corrupt("malformed patient index key".into());
+    let rest = key.get(32..).ok_or_else(malformed)?;
+    let mut zeros = rest
+        .iter()
+        .enumerate()
+        .filter(|&(_, b)| *b == 0)
+        .map(|(i, _)| i);
+    let (Some(_), Some(code_end)) = (zeros.next(), zeros.next()) else {
+        return Err(malformed());
+    };
+    rest.get(code_end + 1 + 8..).ok_or_else(malformed)
+}
+
 fn item_prefix(patient: &Pseudonym, system: &str, code: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(32 + system.len() + code.len() + 2 + 8 + 64);
     k.extend_from_slice(patient.as_bytes());
@@ -1639,17 +1655,7 @@ impl Store {
         let mut hits = Vec::new();
         for entry in self.inner.by_patient.scan_prefix(q.patient.as_bytes()) {
             let (key, _) = entry?;
-            // Skip pseudonym, system, code (two 0x00-terminated fields) and the time.
-            let rest = &key[32..];
-            let mut zeros = rest
-                .iter()
-                .enumerate()
-                .filter(|&(_, b)| *b == 0)
-                .map(|(i, _)| i);
-            let (Some(_), Some(code_end)) = (zeros.next(), zeros.next()) else {
-                return Err(StoreError::Corrupt("malformed patient index key".into()));
-            };
-            hits.push(rest[code_end + 1 + 8..].to_vec());
+            hits.push(indexed_result(&key)?.to_vec());
         }
         self.resolve(hits, q, |_| true)
     }
@@ -1665,19 +1671,7 @@ impl Store {
         prefix.push(0);
         for entry in self.inner.by_patient.scan_prefix(patient.as_bytes()) {
             let (key, _) = entry?;
-            let rest = &key[32..];
-            let mut zeros = rest
-                .iter()
-                .enumerate()
-                .filter(|&(_, b)| *b == 0)
-                .map(|(i, _)| i);
-            let (Some(_), Some(code_end)) = (zeros.next(), zeros.next()) else {
-                return Err(StoreError::Corrupt("malformed patient index key".into()));
-            };
-            if rest
-                .get(code_end + 1 + 8..)
-                .is_some_and(|rkey| rkey.starts_with(&prefix))
-            {
+            if indexed_result(&key)?.starts_with(&prefix) {
                 return Ok(true);
             }
         }

@@ -624,14 +624,7 @@ impl Agent {
                             Some(v)
                         }
                         Err(reason) => {
-                            let f = FailedResult::new(i + 1, receipt.as_ref(), reason);
-                            tracing::warn!(
-                                position = f.position,
-                                result = %f.claimed,
-                                reason = %f.reason,
-                                "a result from the hub failed verification; it is not offered"
-                            );
-                            failed = Some(f);
+                            failed = Some(FailedResult::logged(i + 1, receipt.as_ref(), reason));
                             None
                         }
                     }
@@ -743,16 +736,7 @@ impl Agent {
                     proofs.push(proof);
                     earlier_proofs.push(earlier);
                 }
-                Err(reason) => {
-                    let f = FailedResult::new(i + 1, receipt.as_ref(), reason);
-                    tracing::warn!(
-                        position = f.position,
-                        result = %f.claimed,
-                        reason = %f.reason,
-                        "a result from the hub failed verification; it is not shown"
-                    );
-                    failed.push(f);
-                }
+                Err(reason) => failed.push(FailedResult::logged(i + 1, receipt.as_ref(), reason)),
             }
         }
         if verified

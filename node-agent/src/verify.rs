@@ -69,6 +69,18 @@ impl FailedResult {
             reason,
         }
     }
+
+    /// [`FailedResult::new`], logged once as a warning (no patient data is in it).
+    pub fn logged(position: usize, receipt: Option<&pb::Receipt>, reason: String) -> Self {
+        let f = Self::new(position, receipt, reason);
+        tracing::warn!(
+            position = f.position,
+            result = %f.claimed,
+            reason = %f.reason,
+            "a result from the hub failed verification; it is not shown"
+        );
+        f
+    }
 }
 
 /// Reads the hub's verdict. A verdict that says RECOGNISED but lists reasons (or the reverse)
