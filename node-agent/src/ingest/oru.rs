@@ -15,11 +15,12 @@
 //!   whose OBX-3.1 is a study-UID code; modality and body site from the mapping.
 //! - **Lab** (otherwise): one result per OBX, id = `<OBR-3.1>-<OBX-3.1>`; value from OBX-5 by
 //!   OBX-2 (NM, ST, TX, FT as text; SN as `<comparator><num>[<sep><num>]`; CE/CWE by text);
-//!   unit OBX-6 (CE: identifier, else text), range OBX-7 (components joined with `-`), flag OBX-8 (table 0078), specimen SPM-4 or OBR-15.
+//!   unit OBX-6 (CE: identifier, else text; required for a numeric NM value), range OBX-7 (components joined with `-`), flag OBX-8 (table 0078), specimen SPM-4 or OBR-15.
 //! - **Times**: performed = OBX-14, else OBR-7; reported = OBR-22, else OBX-19, else MSH-7.
 //!   Without an offset, times are at the configured local offset.
 //! - **Processing id**: MSH-11.1 `T` (training) or `D` (debugging) refuses the message.
-//! - **Status**: OBX-11 (else OBR-25): F final; C corrected (an amendment); D, W void;
+//! - **Status**: OBX-11, required (an empty one refuses the message): F final; C corrected (an
+//!   amendment); D, W void;
 //!   P, R, I, S, A, X are not final and are not published (noted, not rejected).
 //! - **Full report**: the first OBX of type ED in the OBR group (e.g. a PDF, Base64), else the
 //!   message's own bytes.
@@ -378,7 +379,15 @@ fn read_order(
                 continue;
             }
         };
-        let status_code = first_non_empty([m.text(obx, 11, 0, 0), obr_status.clone()]);
+        // OBX-11 is required: a missing status must not turn a result final (OBR-25 is the
+        // order's status, not this result's; a file cut short loses its OBX-11 first).
+        let status_code = m.text(obx, 11, 0, 0);
+        if status_code.trim().is_empty() {
+            errors.push(format!(
+                "{at}: OBX-11 (observation result status) is empty; a result is published only with its status (F final, C corrected, D or W deleted)"
+            ));
+            continue;
+        }
         let status = source_status(&status_code);
         if let SourceStatus::NotFinal(why) = &status {
             unit.skipped.push(format!("{at}: not final ({why})"));
@@ -422,6 +431,12 @@ fn read_order(
             .or(msh_reported)
             .unwrap_or(performed);
         let unit_text = first_non_empty([m.text(obx, 6, 1, 0), m.text(obx, 6, 2, 0)]);
+        if value_type == "NM" && unit_text.trim().is_empty() && status != SourceStatus::Void {
+            errors.push(format!(
+                "{at}: OBX-6 (units) is empty for a numeric (NM) value; a number is published only with its unit"
+            ));
+            continue;
+        }
         unit.findings.push(Finding {
             label: at,
             status,

@@ -508,3 +508,45 @@ fn coded_units_and_component_reference_ranges() {
     assert_eq!(hgb.unit, "g/L");
     assert_eq!(hgb.reference_range, "130-175");
 }
+
+/// A message cut inside OBX-5 ("128" becoming "12", no unit, no status) is refused, not
+/// published as a final result; so is a numeric value without its unit, and a result without
+/// OBX-11 (the order's OBR-25 no longer stands in for it).
+#[test]
+fn a_cut_result_without_status_or_unit_is_refused() {
+    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
+    let at = good.find("|128|g/L|").unwrap();
+    let end = good[at..].find('\r').map_or(good.len(), |e| at + e);
+    let check = |text: &str, fields: &[&str]| {
+        let units = parse_file(
+            text.as_bytes(),
+            &mapping("shx-prov-people"),
+            &IngestSettings::default(),
+        );
+        let r = units.units[0].1.as_ref().unwrap_err().join("\n");
+        for f in fields {
+            assert!(r.contains(f), "{f}: {r}");
+        }
+        assert!(!r.contains(PATIENT_IDS[0]), "{r}");
+    };
+    // Cut inside the value: the rest of the line is gone.
+    let cut = format!(
+        "{}|12\r{}",
+        &good[..at],
+        &good[end..].trim_start_matches('\r')
+    );
+    check(&cut, &["OBX-11"]);
+    // The line whole but without its unit.
+    check(&good.replacen("|128|g/L|", "|128||", 1), &["OBX-6", "NM"]);
+    // The line whole but without its status.
+    let line = &good[at..end];
+    let fields: Vec<&str> = line.split('|').collect();
+    assert!(fields.len() > 7, "{line}");
+    let without_status = {
+        // OBX-11 is the 8th field after OBX-5's "|128".
+        let mut f: Vec<String> = fields.iter().map(|s| (*s).to_owned()).collect();
+        f[7] = String::new();
+        f.join("|")
+    };
+    check(&good.replacen(line, &without_status, 1), &["OBX-11"]);
+}
