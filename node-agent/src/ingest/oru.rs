@@ -18,6 +18,7 @@
 //!   unit OBX-6, range OBX-7, flag OBX-8 (table 0078), specimen SPM-4 or OBR-15.
 //! - **Times**: performed = OBX-14, else OBR-7; reported = OBR-22, else OBX-19, else MSH-7.
 //!   Without an offset, times are at the configured local offset.
+//! - **Processing id**: MSH-11.1 `T` (training) or `D` (debugging) refuses the message.
 //! - **Status**: OBX-11 (else OBR-25): F final; C corrected (an amendment); D, W void;
 //!   P, R, I, S, A, X are not final and are not published (noted, not rejected).
 //! - **Full report**: the first OBX of type ED in the OBR group (e.g. a PDF, Base64), else the
@@ -65,6 +66,23 @@ pub fn read_oru(
         return Err(vec![format!(
             "message type (MSH-9) is {kind}^{event}; this agent reads ORU^R01 results"
         )]);
+    }
+    // MSH-11.1 processing id (HL7 table 0103): P production, T training, D debugging.
+    // Training and debugging messages are not real results and are never published.
+    let processing = m.text(msh, 11, 1, 0);
+    match processing.as_str() {
+        "T" | "D" => {
+            let what = if processing == "T" {
+                "training"
+            } else {
+                "debugging"
+            };
+            return Err(vec![format!(
+                "MSH-11 (processing id) is {processing} ({what}); only production (P) \
+                 messages are published as results"
+            )]);
+        }
+        _ => {}
     }
     let msh_time = m.text(msh, 7, 1, 0);
     let mut errors = Vec::new();

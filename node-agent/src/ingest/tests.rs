@@ -470,3 +470,21 @@ fn a_file_with_one_bad_message_of_two_keeps_the_good_one() {
     );
     assert!(!out.wholly_rejected());
 }
+
+#[test]
+fn training_and_debug_messages_are_refused() {
+    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
+    assert!(good.contains("|P|2.5.1|"));
+    for (id, word) in [("T", "training"), ("D", "debugging")] {
+        let text = good.replacen("|P|2.5.1|", &format!("|{id}|2.5.1|"), 1);
+        let units = parse_file(
+            text.as_bytes(),
+            &mapping("shx-prov-people"),
+            &IngestSettings::default(),
+        );
+        assert_eq!(units.units.len(), 1);
+        let r = units.units[0].1.as_ref().unwrap_err().join("\n");
+        assert!(r.contains("MSH-11") && r.contains(word), "{r}");
+        assert!(!r.contains(PATIENT_IDS[0]), "{r}");
+    }
+}
