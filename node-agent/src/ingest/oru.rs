@@ -15,7 +15,7 @@
 //!   whose OBX-3.1 is a study-UID code; modality and body site from the mapping.
 //! - **Lab** (otherwise): one result per OBX, id = `<OBR-3.1>-<OBX-3.1>`; value from OBX-5 by
 //!   OBX-2 (NM, ST, TX, FT as text; SN as `<comparator><num>[<sep><num>]`; CE/CWE by text);
-//!   unit OBX-6, range OBX-7, flag OBX-8 (table 0078), specimen SPM-4 or OBR-15.
+//!   unit OBX-6 (CE: identifier, else text), range OBX-7 (components joined with `-`), flag OBX-8 (table 0078), specimen SPM-4 or OBR-15.
 //! - **Times**: performed = OBX-14, else OBR-7; reported = OBR-22, else OBX-19, else MSH-7.
 //!   Without an offset, times are at the configured local offset.
 //! - **Processing id**: MSH-11.1 `T` (training) or `D` (debugging) refuses the message.
@@ -439,7 +439,7 @@ fn read_order(
                 outcome: Outcome::Lab(LabResult {
                     value: value.trim().to_owned(),
                     unit: unit_text.trim().to_owned(),
-                    reference_range: m.text(obx, 7, 0, 0).trim().to_owned(),
+                    reference_range: reference_range(m, obx),
                     flag,
                     specimen: specimen.trim().to_owned(),
                 }),
@@ -454,6 +454,19 @@ fn read_order(
     } else {
         Err(errors)
     }
+}
+
+/// OBX-7 (ST in v2.5.1) as text: escapes decoded; when a sender splits it into components
+/// (e.g. `3.5^5.5`), the non-empty components are joined with `-` (`3.5-5.5`).
+fn reference_range(m: &Message, obx: &Segment) -> String {
+    let parts: Vec<String> = m
+        .first(obx, 7)
+        .components()
+        .iter()
+        .map(|c| c.text().trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    parts.join("-")
 }
 
 fn first_non_empty<const N: usize>(values: [String; N]) -> String {

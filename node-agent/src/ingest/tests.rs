@@ -488,3 +488,23 @@ fn training_and_debug_messages_are_refused() {
         assert!(!r.contains(PATIENT_IDS[0]), "{r}");
     }
 }
+
+#[test]
+fn coded_units_and_component_reference_ranges() {
+    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
+    let text = good.replacen(
+        "|128|g/L|130-175|",
+        "|128|g/L^grams per litre^UCUM|130^175|",
+        1,
+    );
+    assert_ne!(text, good);
+    let units = parse_file(
+        text.as_bytes(),
+        &mapping("shx-prov-people"),
+        &IngestSettings::default(),
+    );
+    let u = units.units[0].1.as_ref().unwrap();
+    let hgb = lab(&u.findings[0]);
+    assert_eq!(hgb.unit, "g/L");
+    assert_eq!(hgb.reference_range, "130-175");
+}
