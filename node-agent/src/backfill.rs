@@ -142,7 +142,7 @@ pub fn ingest_dir(
         report.queued += outcome.queued;
         report.unchanged += outcome.duplicates;
         report.skipped += outcome.skipped.len();
-        if outcome.rejected.is_empty() {
+        if outcome.rejected.is_empty() && outcome.incomplete.is_none() {
             report.accepted_files += 1;
         } else {
             report.rejected_files += 1;
@@ -151,9 +151,15 @@ pub fn ingest_dir(
             let target = rejected.join(&flat);
             std::fs::write(&target, &bytes).map_err(|e| BackfillError::Io(target.clone(), e))?;
             let reasons: Vec<String> = outcome
-                .rejected
+                .incomplete
                 .iter()
-                .flat_map(|r| r.reasons.iter().cloned())
+                .map(|why| format!("the file is not whole: {why}"))
+                .chain(
+                    outcome
+                        .rejected
+                        .iter()
+                        .flat_map(|r| r.reasons.iter().cloned()),
+                )
                 .collect();
             write_reason(&target, &rel.to_string_lossy(), &reasons).map_err(|e| {
                 BackfillError::Io(target.clone(), std::io::Error::other(e.to_string()))

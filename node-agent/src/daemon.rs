@@ -130,6 +130,7 @@ impl Daemon {
                 done: inbox.done_dir(),
                 rejected: inbox.rejected_dir(),
                 settle: Duration::from_millis(inbox.settle_ms),
+                incomplete_hold: Duration::from_millis(inbox.incomplete_hold_ms),
             };
             dirs.create().map_err(|source| DaemonError::Inbox {
                 path: dirs.inbox.clone(),
@@ -303,10 +304,13 @@ async fn watch_inbox(
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
+    // Files held as not whole yet, to say so once per file rather than at every poll.
+    let mut held = std::collections::HashSet::new();
     loop {
         if *stopped.borrow() {
             return Ok(());
         }
+        held.retain(|p: &std::path::PathBuf| p.exists());
         let files = match dirs.ready_files() {
             Ok(f) => f,
             Err(e) => {
@@ -327,7 +331,19 @@ async fn watch_inbox(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             match result {
+                Ok(o) if o.incomplete.is_some() => {
+                    let why = o.incomplete.as_deref().unwrap_or_default();
+                    if held.insert(path.clone()) {
+                        tracing::warn!(file = %name, reason = %why, queued = o.queued, "file not whole yet; held in the inbox and tried again");
+                    } else {
+                        tracing::debug!(file = %name, reason = %why, "file still held");
+                    }
+                    if o.queued > 0 {
+                        wake.notify_one();
+                    }
+                }
                 Ok(o) => {
+                    held.remove(&path);
                     if o.wholly_rejected() {
                         tracing::warn!(file = %name, reasons = o.rejected.iter().map(|r| r.reasons.len()).sum::<usize>(), "file refused; moved to the rejected folder with a reason file");
                     } else {

@@ -10,3 +10,4 @@ mod node_daemon;
 mod publish;
 mod query;
 mod rules;
+mod security_ingest;

@@ -10,6 +10,11 @@
 //!   several HL7 messages and only some were refused, each refused message is written to
 //!   `rejected/<name>.msg<k>.hl7` with its own reason file, and the file goes to `done/`.
 //!   Reason files name segments, fields and codes; never a patient's id or name.
+//! - Held: a file that is not whole yet (MLLP frame without its end block, a last segment
+//!   without terminator, batch counts that do not add up, JSON that ends early) or that changed
+//!   while it was read stays in the inbox and is read again later; nothing of it is published
+//!   in part. Once it has not changed for `incomplete_hold` and is still not whole, it moves to
+//!   `rejected/` with the reason.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -24,6 +29,8 @@ pub struct InboxDirs {
     pub done: Option<PathBuf>,
     pub rejected: PathBuf,
     pub settle: Duration,
+    /// How long a file that is not whole may stay unchanged in the inbox before it is refused.
+    pub incomplete_hold: Duration,
 }
 
 impl InboxDirs {
@@ -87,13 +94,57 @@ pub fn process_file(
     dirs: &InboxDirs,
     path: &Path,
 ) -> Result<FileOutcome, ProcessError> {
+    let before = stamp(path)?;
     let bytes = std::fs::read(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?;
-    let outcome = ingestor.ingest(&bytes, None)?;
-    ingestor.store().flush().map_err(IngestError::from)?;
+    let held = |why: &str| FileOutcome {
+        incomplete: Some(why.to_owned()),
+        ..Default::default()
+    };
+    if stamp(path)? != before || before.0 != bytes.len() as u64 {
+        return Ok(held(
+            "the file changed while it was read (still being written); it is read again when it stops changing",
+        ));
+    }
+    let mut outcome = ingestor.ingest(&bytes, None)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
+    if let Some(why) = outcome.incomplete.clone() {
+        let unchanged_for = SystemTime::now()
+            .duration_since(before.1)
+            .unwrap_or_default();
+        if unchanged_for < dirs.incomplete_hold {
+            return Ok(outcome);
+        }
+        let target = free_name(&dirs.rejected, &name);
+        move_file(path, &target)?;
+        write_reason(
+            &target,
+            &name,
+            &[format!(
+                "the file is not whole: {why}; it did not change for {} s (incomplete_hold_ms), so it is refused rather than published in part",
+                unchanged_for.as_secs()
+            )],
+        )?;
+        outcome.incomplete = None;
+        outcome.rejected.push(super::Rejection {
+            unit: "file".into(),
+            reasons: vec![why],
+            bytes: None,
+        });
+        outcome.units = 1;
+        return Ok(outcome);
+    }
+    ingestor.store().flush().map_err(IngestError::from)?;
+    if stamp(path)? != before {
+        // Written to while it was being read: what was queued is whole messages (each is
+        // checked), and reading the file again queues nothing twice.
+        outcome.incomplete = Some(
+            "the file changed while it was read (still being written); it is read again when it stops changing".into(),
+        );
+        return Ok(outcome);
+    }
     if outcome.wholly_rejected() && outcome.queued == 0 {
         let reasons: Vec<String> = outcome
             .rejected
@@ -116,6 +167,15 @@ pub fn process_file(
         None => std::fs::remove_file(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?,
     }
     Ok(outcome)
+}
+
+/// A file's size and modification time.
+fn stamp(path: &Path) -> Result<(u64, SystemTime), ProcessError> {
+    let meta = std::fs::metadata(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?;
+    Ok((
+        meta.len(),
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -146,11 +146,37 @@ pub type ParsedUnit = (Option<Vec<u8>>, Result<Unit, Vec<String>>);
 pub struct ParsedFile {
     pub kind: Option<FileKind>,
     pub units: Vec<ParsedUnit>,
+    /// Why the file is not whole yet (see [`incomplete`]); then `units` is empty.
+    pub incomplete: Option<String>,
+}
+
+/// Why a file looks cut short or still being written (HL7 v2 framing, segment terminators,
+/// batch counts; FHIR JSON that ends before its last value), or `None`. Such a file is never
+/// read in part: the inbox holds it and tries again.
+pub fn incomplete(bytes: &[u8]) -> Option<String> {
+    match detect(bytes)? {
+        FileKind::Hl7 => hl7::incomplete(bytes),
+        FileKind::Fhir => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(e) if e.is_eof() => Some(format!(
+                "the JSON ends before its last value is closed (line {}, column {}): the file ends early",
+                e.line(),
+                e.column()
+            )),
+            _ => None,
+        },
+    }
 }
 
 /// Reads a file's bytes into units.
 pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) -> ParsedFile {
     let kind = detect(bytes);
+    if let Some(why) = incomplete(bytes) {
+        return ParsedFile {
+            kind,
+            units: Vec::new(),
+            incomplete: Some(why),
+        };
+    }
     let units = match kind {
         None => vec![(
             None,
@@ -186,7 +212,11 @@ pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) ->
             }
         },
     };
-    ParsedFile { kind, units }
+    ParsedFile {
+        kind,
+        units,
+        incomplete: None,
+    }
 }
 
 /// SHA-256 of a summary's clinical content: everything but version, status, reason and the
@@ -293,6 +323,8 @@ pub struct FileOutcome {
     pub rejected: Vec<Rejection>,
     /// Units in the file.
     pub units: usize,
+    /// The file is not whole yet (cut short or still being written): nothing was read from it.
+    pub incomplete: Option<String>,
 }
 
 impl FileOutcome {
@@ -343,8 +375,12 @@ impl Ingestor {
         let parsed = parse_file(bytes, &self.mapping, &self.settings);
         let mut outcome = FileOutcome {
             units: parsed.units.len(),
+            incomplete: parsed.incomplete,
             ..Default::default()
         };
+        if outcome.incomplete.is_some() {
+            return Ok(outcome);
+        }
         // Versions decided earlier in this file, not yet in the store.
         let mut overlay: HashMap<SummaryId, ResultState> = HashMap::new();
         for (raw, unit) in parsed.units {

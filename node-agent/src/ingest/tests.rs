@@ -290,7 +290,16 @@ fn fhir_imaging_report_and_imaging_study() {
 
 #[test]
 fn malformed_fhir_is_refused_with_reasons() {
-    let r = reasons("fhir/bad-truncated.json", "shx-prov-people");
+    // JSON that ends early is a file not yet whole: held, not read in part.
+    let truncated = parse_file(
+        &data("fhir/bad-truncated.json"),
+        &mapping("shx-prov-people"),
+        &IngestSettings::default(),
+    );
+    assert!(truncated.units.is_empty());
+    let why = truncated.incomplete.unwrap();
+    assert!(why.contains("JSON ends"), "{why}");
+    let r = reasons_of(b"{\"resourceType\": ]}");
     assert!(r.contains("not valid JSON"), "{r}");
     let r = reasons("fhir/bad-unknown-code.json", "shx-prov-people");
     assert!(
@@ -507,4 +516,88 @@ fn coded_units_and_component_reference_ranges() {
     let hgb = lab(&u.findings[0]);
     assert_eq!(hgb.unit, "g/L");
     assert_eq!(hgb.reference_range, "130-175");
+}
+
+fn reasons_of(bytes: &[u8]) -> String {
+    parse_file(
+        bytes,
+        &mapping("shx-prov-people"),
+        &IngestSettings::default(),
+    )
+    .units
+    .into_iter()
+    .filter_map(|(_, u)| u.err())
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// A file cut short or still being written is never read in part: a cut inside a segment
+/// (no final segment terminator), an MLLP frame without its end block, a batch whose BTS-1
+/// count or trailer is missing, a file header without its trailer. The same files whole are
+/// read.
+#[test]
+fn a_file_that_is_not_whole_is_held_not_read_in_part() {
+    let lab = data("hl7/oru-lab-utf8.hl7");
+    let text = String::from_utf8(lab.clone()).unwrap();
+    let incomplete = |bytes: &[u8]| {
+        parse_file(
+            bytes,
+            &mapping("shx-prov-people"),
+            &IngestSettings::default(),
+        )
+        .incomplete
+    };
+    let whole = |bytes: &[u8]| {
+        let p = parse_file(
+            bytes,
+            &mapping("shx-prov-people"),
+            &IngestSettings::default(),
+        );
+        assert!(p.incomplete.is_none(), "{:?}", p.incomplete);
+        p.units.iter().filter(|(_, u)| u.is_ok()).count()
+    };
+    assert_eq!(whole(&lab), 1);
+    // Cut inside OBX-5 ("128" becomes "12"): the last segment has no terminator.
+    let at = text.find("|128|g/L|").unwrap();
+    let cut = &text[..at + 3];
+    let why = incomplete(cut.as_bytes()).unwrap();
+    assert!(why.contains("segment terminator"), "{why}");
+    // Cut right after a segment: complete as far as plain HL7 can tell, but two messages in a
+    // batch whose trailer says three are not.
+    let batch = |count: &str, trailer: bool| {
+        let mut b = format!("FHS|^~\\&\rBHS|^~\\&\r{text}{text}");
+        if trailer {
+            b.push_str(&format!("BTS|{count}\rFTS|1\r"));
+        }
+        b
+    };
+    assert_eq!(whole(batch("2", true).as_bytes()), 2);
+    assert_eq!(whole(batch("", true).as_bytes()), 2);
+    let why = incomplete(batch("3", true).as_bytes()).unwrap();
+    assert!(
+        why.contains("BTS-1") && why.contains("3") && why.contains("2"),
+        "{why}"
+    );
+    let why = incomplete(batch("", false).as_bytes()).unwrap();
+    assert!(why.contains("BTS"), "{why}");
+    let only_fhs = format!("FHS|^~\\&\r{text}");
+    assert!(incomplete(only_fhs.as_bytes()).unwrap().contains("FTS"));
+    let fts_wrong = batch("2", true).replace("FTS|1", "FTS|2");
+    assert!(incomplete(fts_wrong.as_bytes()).unwrap().contains("FTS-1"));
+    // MLLP: the last frame without its end block, or its closing 0x0D.
+    let mllp = data("hl7/oru-ct-gb18030-mllp.hl7");
+    assert_eq!(whole(&mllp), 1);
+    let mut two = mllp.clone();
+    two.extend_from_slice(&mllp[..mllp.len() - 2]);
+    let why = incomplete(&two).unwrap();
+    assert!(why.contains("end block"), "{why}");
+    let why = incomplete(&mllp[..mllp.len() - 1]).unwrap();
+    assert!(why.contains("0x0D"), "{why}");
+    // Held files queue nothing through the ingestor either.
+    let dir = tempfile::tempdir().unwrap();
+    let ing = test_ingestor(dir.path());
+    let out = ing.ingest(cut.as_bytes(), None).unwrap();
+    assert!(out.incomplete.is_some() && out.queued == 0 && out.rejected.is_empty());
+    assert_eq!(ing.store().counts().pending, 0);
 }

@@ -1,0 +1,135 @@
+//! Issue 16, agent ingest: a wrong result must never be published as final. Through the real
+//! daemon and hub: a file still being written (cut inside a segment) is held in the inbox and
+//! read whole once complete, or refused with a reason once it stops changing; an order number
+//! reused for another patient is refused, not moved to the other patient.
+
+use std::io::Write;
+
+use huren_agent::AgentConfig;
+
+use crate::harness::{TestHub, init};
+use crate::node_daemon::{
+    AgentDirs, TERTIARY, agent_config, drop_file, inbox_files, oru, ric, start_daemon, wait_for,
+};
+
+/// Sets `[inbox] incomplete_hold_ms` of a test agent.
+fn set_incomplete_hold(dirs: &AgentDirs, ms: u64) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&dirs.config)?;
+    anyhow::ensure!(text.contains("incomplete_hold_ms = 0\n"), "{text}");
+    std::fs::write(
+        &dirs.config,
+        text.replace(
+            "incomplete_hold_ms = 0\n",
+            &format!("incomplete_hold_ms = {ms}\n"),
+        ),
+    )?;
+    Ok(())
+}
+
+/// Result ids the county hospital sees for `patient` (a resident identity card number).
+async fn seen_for(hub: &TestHub, patient: &str) -> anyhow::Result<Vec<(String, u32, String)>> {
+    let county = huren_agent::Agent::connect(AgentConfig::load(
+        &agent_config(hub, crate::node_daemon::COUNTY)?.config,
+    )?)
+    .await?;
+    let p = county.pseudonymise("cn-ric", patient)?;
+    let history = county
+        .history(&p, huren_core::summary::UnixMillis(0), false)
+        .await?;
+    let mut ids: Vec<(String, u32, String)> = history
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.summary.id.to_string(),
+                r.summary.version,
+                format!("{:?}", r.summary.status),
+            )
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// A file the interface engine is still writing (two messages, the second cut inside OBX-5, no
+/// segment terminator) is held in the inbox: nothing of it is published, even after the
+/// settle time. Once written whole it is read and all its results are published; a file that
+/// stays cut is refused with a reason naming what is missing once it stops changing.
+#[tokio::test]
+async fn a_file_still_being_written_is_held_until_whole() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    set_incomplete_hold(&dirs, 600_000)?;
+    let daemon = start_daemon(&dirs).await?;
+
+    let patient = ric(901);
+    let whole = format!(
+        "{}{}",
+        oru("GROW-1", &patient, 3),
+        oru("GROW-2", &patient, 3)
+    );
+    // Cut inside the last OBX-5: glucose "5.2" would read as "5".
+    let cut_at = whole
+        .rfind("|5.2|")
+        .map(|i| i + 2)
+        .ok_or_else(|| anyhow::anyhow!("no glucose in {whole:?}"))?;
+    let growing = dirs.inbox.join("growing.hl7");
+    std::fs::write(&growing, &whole.as_bytes()[..cut_at])?;
+
+    // A later, complete file: once it is done, the older growing file has been looked at.
+    drop_file(
+        &dirs.inbox,
+        "later.hl7",
+        oru("LATER-1", &ric(902), 2).as_bytes(),
+    )?;
+    wait_for("the later file accepted", || {
+        Ok(dirs.done().join("later.hl7").exists())
+    })
+    .await?;
+    wait_for("its 2 results published", || {
+        Ok(daemon.counts().published == 2)
+    })
+    .await?;
+    assert!(growing.exists(), "the growing file left the inbox");
+    assert_eq!(std::fs::read_dir(dirs.rejected())?.count(), 0);
+    assert_eq!(daemon.counts().pending, 0);
+    assert_eq!(seen_for(&hub, &patient).await?, []);
+
+    // The engine finishes the file: every result of both messages arrives, once.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&growing)?
+        .write_all(&whole.as_bytes()[cut_at..])?;
+    wait_for("the whole file accepted and published", || {
+        Ok(dirs.done().join("growing.hl7").exists()
+            && daemon.counts().pending == 0
+            && daemon.counts().published == 8)
+    })
+    .await?;
+    let seen = seen_for(&hub, &patient).await?;
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(seen.iter().all(|(_, v, _)| *v == 1), "{seen:?}");
+    daemon.shutdown().await?;
+
+    // With a hold of 0, a file that stays cut is refused at once, with the reason.
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let daemon = start_daemon(&dirs).await?;
+    let cut = oru("CUT-1", &ric(903), 2);
+    let cut = &cut[..cut.len() - 5];
+    drop_file(&dirs.inbox, "cut.hl7", cut.as_bytes())?;
+    wait_for(
+        "the cut file refused",
+        || Ok(inbox_files(&dirs.inbox)? == 0),
+    )
+    .await?;
+    let reason = std::fs::read_to_string(dirs.rejected().join("cut.hl7.reason.txt"))?;
+    assert!(
+        reason.contains("not whole") && reason.contains("segment terminator"),
+        "{reason}"
+    );
+    assert!(!reason.contains(&ric(903)), "{reason}");
+    assert_eq!(daemon.counts().pending + daemon.counts().published, 8);
+    daemon.shutdown().await?;
+    Ok(())
+}
