@@ -133,3 +133,68 @@ async fn a_file_still_being_written_is_held_until_whole() -> anyhow::Result<()> 
     daemon.shutdown().await?;
     Ok(())
 }
+
+/// An order number (OBR-3) published for patient P and sent again for patient Q is refused by
+/// the agent to rejected/, with a reason naming the order number and the conflict (never a
+/// patient id); P keeps the result and Q gets none. A void then a re-send does not bring the
+/// voided result back.
+#[tokio::test]
+async fn a_reused_order_number_does_not_move_a_result_to_another_patient() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let daemon = start_daemon(&dirs).await?;
+    let (p, q) = (ric(911), ric(912));
+    drop_file(&dirs.inbox, "p.hl7", oru("REUSED", &p, 2).as_bytes())?;
+    wait_for("P's 2 results published", || {
+        Ok(inbox_files(&dirs.inbox)? == 0 && daemon.counts().published == 2)
+    })
+    .await?;
+    drop_file(&dirs.inbox, "q.hl7", oru("REUSED", &q, 2).as_bytes())?;
+    wait_for("Q's file refused", || {
+        Ok(dirs.rejected().join("q.hl7.reason.txt").exists())
+    })
+    .await?;
+    let reason = std::fs::read_to_string(dirs.rejected().join("q.hl7.reason.txt"))?;
+    assert!(
+        reason.contains("OBR-3 (filler order number) \"REUSED-0\"")
+            && reason.contains("another patient")
+            && reason.contains("may not change the patient"),
+        "{reason}"
+    );
+    assert!(!reason.contains(&p) && !reason.contains(&q), "{reason}");
+    assert_eq!(daemon.counts().pending, 0);
+    assert_eq!(daemon.counts().published, 2);
+    let at_p = seen_for(&hub, &p).await?;
+    assert_eq!(
+        at_p,
+        [
+            ("REUSED-0-HGB".to_owned(), 1, "Final".to_owned()),
+            ("REUSED-1-PLT".to_owned(), 1, "Final".to_owned())
+        ]
+    );
+    assert_eq!(seen_for(&hub, &q).await?, []);
+
+    // Voided for P, then sent again as final: the void stands.
+    let final_msg = oru("REUSED", &p, 2);
+    drop_file(
+        &dirs.inbox,
+        "p-void.hl7",
+        final_msg.replace("|N|||F\r", "|N|||D\r").as_bytes(),
+    )?;
+    wait_for("the void published", || {
+        Ok(inbox_files(&dirs.inbox)? == 0 && daemon.counts().published == 4)
+    })
+    .await?;
+    drop_file(&dirs.inbox, "p-again.hl7", final_msg.as_bytes())?;
+    wait_for("the re-send refused", || {
+        Ok(dirs.rejected().join("p-again.hl7.reason.txt").exists())
+    })
+    .await?;
+    let reason = std::fs::read_to_string(dirs.rejected().join("p-again.hl7.reason.txt"))?;
+    assert!(reason.contains("a voided result stays voided"), "{reason}");
+    assert_eq!(daemon.counts().published, 4);
+    assert_eq!(daemon.counts().pending, 0);
+    daemon.shutdown().await?;
+    Ok(())
+}

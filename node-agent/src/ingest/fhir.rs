@@ -429,6 +429,7 @@ impl<'a> Reader<'a> {
             );
             unit.findings.push(Finding {
                 label: label.to_owned(),
+                id_from: format!("identifier {:?}", draft.id),
                 status,
                 report,
                 draft,
@@ -581,6 +582,7 @@ impl<'a> Reader<'a> {
         let report = &unit.reports[ctx.report];
         unit.findings.push(Finding {
             label: label.clone(),
+            id_from: format!("identifier {:?}", ctx.report_id),
             status,
             report: ctx.report,
             draft: ResultDraft {
@@ -708,6 +710,7 @@ impl<'a> Reader<'a> {
         );
         unit.findings.push(Finding {
             label: label.to_owned(),
+            id_from: format!("identifier {:?}", draft.id),
             status,
             report: 0,
             draft,

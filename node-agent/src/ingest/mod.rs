@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use huren_core::identity::InstitutionId;
-use huren_core::pseudonym::PseudonymKey;
+use huren_core::pseudonym::{Pseudonym, PseudonymKey};
 use huren_core::signing::{SummarySigner, sha256};
 use huren_core::summary::{ReportRef, Status, Summary, SummaryId};
 
@@ -77,6 +77,9 @@ pub struct Report {
 pub struct Finding {
     /// Where it is in the unit, e.g. `OBR 1, segment 5 (OBX "HGB")`; never patient data.
     pub label: String,
+    /// Where the result's id comes from, as the source names it, e.g.
+    /// `OBR-3 (filler order number) "LAB-1"`; never patient data.
+    pub id_from: String,
     pub status: SourceStatus,
     /// Index into [`Unit::reports`].
     pub report: usize,
@@ -248,14 +251,19 @@ pub enum Decision {
     Duplicate,
     /// Nothing to do (e.g. a void of a result never published), with why.
     Skip(String),
+    /// The finding may not become a new version of what was queued before; its unit is
+    /// refused with this reason.
+    Refuse(String),
 }
 
-/// Decides the version of a finding (see INBOX.md, "Versions").
+/// Decides the version of a finding for `patient` (see INBOX.md, "Versions"). A new version
+/// never changes the patient, and nothing follows a void (the hub refuses both too).
 pub fn decide(
     prev: Option<&ResultState>,
     status: &SourceStatus,
     content: &[u8; 32],
     report: &[u8; 32],
+    patient: &Pseudonym,
 ) -> Decision {
     let queue = |version, status, reason: &str| Decision::Queue {
         version,
@@ -264,6 +272,18 @@ pub fn decide(
     };
     match (prev, status) {
         (_, SourceStatus::NotFinal(why)) => Decision::Skip(format!("not final ({why})")),
+        (Some(p), _) if p.patient.is_some_and(|was| was != *patient) => Decision::Refuse(
+            "it was published for another patient, and a new version may not change the patient \
+             (an order number reused for another patient?). To correct a result sent for the \
+             wrong patient: send it again for the first patient marked deleted (OBX-11 D, FHIR \
+             entered-in-error), then send the right one under a new order number"
+                .into(),
+        ),
+        (Some(p), SourceStatus::Final | SourceStatus::Corrected) if p.voided => Decision::Refuse(
+            "it was voided, and a voided result stays voided; send the result again under a \
+             new order number"
+                .into(),
+        ),
         (None, SourceStatus::Final | SourceStatus::Corrected) => queue(1, Status::Final, ""),
         (None, SourceStatus::Void) => {
             Decision::Skip("voided at the source before it was ever published".into())
@@ -465,8 +485,15 @@ impl Ingestor {
                 Some(s) => Some(s.clone()),
                 None => self.store.result_state(&v1.id)?,
             };
-            let decision = decide(prev.as_ref(), &f.status, &content, &report_sha);
+            let decision = decide(prev.as_ref(), &f.status, &content, &report_sha, &v1.patient);
             let summary = match decision {
+                Decision::Refuse(why) => {
+                    errors.push(format!(
+                        "{}: {} (result {}): {why}",
+                        f.label, f.id_from, v1.id
+                    ));
+                    continue;
+                }
                 Decision::Duplicate => {
                     outcome.duplicates += 1;
                     continue;
@@ -510,6 +537,7 @@ impl Ingestor {
                 content,
                 report_sha256: report_sha,
                 voided: summary.status == Status::Voided,
+                patient: Some(summary.patient),
             };
             local_overlay.insert(summary.id.clone(), state.clone());
             let envelope = self.signer.sign(&summary)?;

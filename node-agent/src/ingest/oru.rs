@@ -234,15 +234,19 @@ fn read_order(
     unit: &mut Unit,
 ) -> Result<(), Vec<String>> {
     let obr = order.obr;
-    let order_id = [m.text(obr, 3, 1, 0), m.text(obr, 2, 1, 0)]
-        .into_iter()
-        .find(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
+    let (id_field, order_id) = [
+        ("OBR-3 (filler order number)", m.text(obr, 3, 1, 0)),
+        ("OBR-2 (placer order number)", m.text(obr, 2, 1, 0)),
+    ]
+    .into_iter()
+    .find(|(_, s)| !s.trim().is_empty())
+    .ok_or_else(|| {
             vec![format!(
                 "{label}: OBR-3 (filler order number) and OBR-2 (placer order number) are empty; a result needs an id"
             )]
         })?;
     let order_id = summary_id_part(order_id.trim());
+    let id_from = format!("{id_field} {:?}", order_id);
     let time = |field: &str, v: &str| -> Result<Option<i64>, String> {
         if v.trim().is_empty() {
             return Ok(None);
@@ -307,6 +311,7 @@ fn read_order(
         let status = source_status(&obr_status);
         unit.findings.push(Finding {
             label: format!("{label} ({})", service_code.trim()),
+            id_from: id_from.clone(),
             status,
             report,
             draft: ResultDraft {
@@ -424,6 +429,7 @@ fn read_order(
         let unit_text = first_non_empty([m.text(obx, 6, 1, 0), m.text(obx, 6, 2, 0)]);
         unit.findings.push(Finding {
             label: at,
+            id_from: id_from.clone(),
             status,
             report,
             draft: ResultDraft {

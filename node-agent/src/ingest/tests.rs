@@ -325,18 +325,21 @@ fn malformed_fhir_is_refused_with_reasons() {
 #[test]
 fn versions_from_source_status() {
     let content = [1; 32];
+    let p = huren_core::pseudonym::Pseudonym::from_bytes([5; 32]);
     let report = [2; 32];
     let prev = |version, voided| ResultState {
         version,
         content,
         report_sha256: report,
         voided,
+        patient: Some(p),
     };
     let q = |v, s: Status| match decide(
         Some(&prev(v, false)),
         &SourceStatus::Corrected,
         &[3; 32],
         &report,
+        &p,
     ) {
         Decision::Queue {
             version, status, ..
@@ -345,7 +348,7 @@ fn versions_from_source_status() {
     };
     assert!(q(1, Status::Amended));
     assert_eq!(
-        decide(None, &SourceStatus::Final, &content, &report),
+        decide(None, &SourceStatus::Final, &content, &report, &p),
         Decision::Queue {
             version: 1,
             status: Status::Final,
@@ -357,7 +360,8 @@ fn versions_from_source_status() {
             Some(&prev(1, false)),
             &SourceStatus::Final,
             &content,
-            &[9; 32]
+            &[9; 32],
+            &p
         ),
         Decision::Duplicate,
         "a re-sent message with the same results is not a new version"
@@ -367,7 +371,8 @@ fn versions_from_source_status() {
             Some(&prev(2, false)),
             &SourceStatus::Void,
             &content,
-            &report
+            &report,
+            &p
         ),
         Decision::Queue {
             version: 3,
@@ -376,15 +381,27 @@ fn versions_from_source_status() {
         }
     ));
     assert_eq!(
-        decide(Some(&prev(3, true)), &SourceStatus::Void, &content, &report),
+        decide(
+            Some(&prev(3, true)),
+            &SourceStatus::Void,
+            &content,
+            &report,
+            &p
+        ),
         Decision::Duplicate
     );
     assert!(matches!(
-        decide(None, &SourceStatus::Void, &content, &report),
+        decide(None, &SourceStatus::Void, &content, &report, &p),
         Decision::Skip(_)
     ));
     assert!(matches!(
-        decide(None, &SourceStatus::NotFinal("P".into()), &content, &report),
+        decide(
+            None,
+            &SourceStatus::NotFinal("P".into()),
+            &content,
+            &report,
+            &p
+        ),
         Decision::Skip(_)
     ));
 }
@@ -600,4 +617,41 @@ fn a_file_that_is_not_whole_is_held_not_read_in_part() {
     let out = ing.ingest(cut.as_bytes(), None).unwrap();
     assert!(out.incomplete.is_some() && out.queued == 0 && out.rejected.is_empty());
     assert_eq!(ing.store().counts().pending, 0);
+}
+
+/// An order number (OBR-3) already published for one patient and sent again for another is
+/// refused, naming the order number and the conflict (no patient id), and queues nothing; a
+/// voided result is not brought back by a later final or corrected message.
+#[test]
+fn a_new_version_never_changes_the_patient_and_nothing_follows_a_void() {
+    let dir = tempfile::tempdir().unwrap();
+    let ing = test_ingestor(dir.path());
+    let lab = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
+    assert_eq!(ing.ingest(lab.as_bytes(), None).unwrap().queued, 4);
+    let other = lab.replace(PATIENT_IDS[0], PATIENT_IDS[1]);
+    let out = ing.ingest(other.as_bytes(), None).unwrap();
+    assert_eq!((out.queued, out.amended, out.rejected.len()), (0, 0, 1));
+    let reason = out.rejected[0].reasons.join("\n");
+    assert!(
+        reason.contains("OBR-3 (filler order number) \"LAB-20261118-00731\"")
+            && reason.contains("another patient")
+            && reason.contains("may not change the patient"),
+        "{reason}"
+    );
+    for id in PATIENT_IDS {
+        assert!(!reason.contains(id), "{reason}");
+    }
+    assert_eq!(ing.store().pending(100).unwrap().len(), 4);
+
+    // Voided at the source, then sent again as final (or corrected): refused.
+    let void = lab.replace("|||F|||", "|||D|||");
+    let out = ing.ingest(void.as_bytes(), None).unwrap();
+    assert_eq!((out.voided, out.rejected.len()), (4, 0));
+    for resend in [lab.clone(), lab.replace("|||F|||", "|||C|||")] {
+        let out = ing.ingest(resend.as_bytes(), None).unwrap();
+        assert_eq!((out.queued, out.rejected.len()), (0, 1));
+        let reason = out.rejected[0].reasons.join("\n");
+        assert!(reason.contains("a voided result stays voided"), "{reason}");
+    }
+    assert_eq!(ing.store().pending(100).unwrap().len(), 8);
 }
