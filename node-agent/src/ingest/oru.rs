@@ -462,17 +462,45 @@ fn read_order(
     }
 }
 
-/// OBX-7 (ST in v2.5.1) as text: escapes decoded; when a sender splits it into components
-/// (e.g. `3.5^5.5`), the non-empty components are joined with `-` (`3.5-5.5`).
+/// OBX-7 (ST in v2.5.1) as text, escapes decoded. Senders also split it as a numeric range
+/// (NR: low ^ high, perhaps followed by text): both given → `low-high` (`3.5^5.5` →
+/// `3.5-5.5`); only the high limit → `<=high` (`^5.5` → `<=5.5`); only the low one → `>=low`;
+/// further non-empty components follow after a space (`3.5^5.5^mmol/L` → `3.5-5.5 mmol/L`).
+/// Repetitions (e.g. one range per sex) are kept, joined with `; `.
 fn reference_range(m: &Message, obx: &Segment) -> String {
-    let parts: Vec<String> = m
-        .first(obx, 7)
-        .components()
+    m.repetitions(obx, 7)
         .iter()
-        .map(|c| c.text().trim().to_owned())
+        .map(|rep| {
+            let parts: Vec<String> = rep
+                .components()
+                .iter()
+                .map(|c| c.text().trim().to_owned())
+                .collect();
+            let (low, high) = match parts.as_slice() {
+                [] => return String::new(),
+                [only] => return only.clone(),
+                [low, high, ..] => (low.as_str(), high.as_str()),
+            };
+            let range = match (low.is_empty(), high.is_empty()) {
+                (false, false) => format!("{low}-{high}"),
+                (true, false) => format!("<={high}"),
+                (false, true) => format!(">={low}"),
+                (true, true) => String::new(),
+            };
+            let rest: Vec<&str> = parts[2..]
+                .iter()
+                .map(String::as_str)
+                .filter(|t| !t.is_empty())
+                .collect();
+            [range, rest.join(" ")]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|t| !t.is_empty())
-        .collect();
-    parts.join("-")
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn first_non_empty<const N: usize>(values: [String; N]) -> String {

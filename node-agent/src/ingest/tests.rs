@@ -535,6 +535,44 @@ fn coded_units_and_component_reference_ranges() {
     assert_eq!(hgb.reference_range, "130-175");
 }
 
+/// HL7 v2.5.1 data types, component by component: OBX-6 (CE) is its identifier, else its
+/// text, escapes decoded; OBX-7 (ST) as a range however the sender split it, with escapes and
+/// repetitions kept.
+#[test]
+fn units_and_ranges_by_component_with_escapes_and_repeats() {
+    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
+    let read = |obx6: &str, obx7: &str| {
+        let text = good.replacen("|128|g/L|130-175|", &format!("|128|{obx6}|{obx7}|"), 1);
+        assert_ne!(text, good);
+        let units = parse_file(
+            text.as_bytes(),
+            &mapping("shx-prov-people"),
+            &IngestSettings::default(),
+        );
+        let u = units.units[0].1.as_ref().unwrap();
+        let hgb = lab(&u.findings[0]);
+        (hgb.unit.clone(), hgb.reference_range.clone())
+    };
+    assert_eq!(
+        read("mg/dL^mg/dL^UCUM", "3.5^5.5"),
+        ("mg/dL".into(), "3.5-5.5".into())
+    );
+    assert_eq!(read("^g/L^UCUM", "^175"), ("g/L".into(), "<=175".into()));
+    assert_eq!(
+        read("10\\S\\9/L", "130^"),
+        ("10^9/L".into(), ">=130".into())
+    );
+    assert_eq!(
+        read("g/L", "130^175^male~120^160^female"),
+        ("g/L".into(), "130-175 male; 120-160 female".into())
+    );
+    assert_eq!(
+        read("g/L", "130\\T\\175 \\F\\ adult"),
+        ("g/L".into(), "130&175 | adult".into())
+    );
+    assert_eq!(read("g/L", ""), ("g/L".into(), String::new()));
+}
+
 fn reasons_of(bytes: &[u8]) -> String {
     parse_file(
         bytes,
