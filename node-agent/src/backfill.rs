@@ -138,7 +138,15 @@ pub fn ingest_dir(
         }
         let bytes = std::fs::read(path).map_err(|e| BackfillError::Io(path.clone(), e))?;
         report.bytes += bytes.len() as u64;
-        let outcome = ingestor.ingest(&bytes, Some(&key))?;
+        let outcome =
+            ingestor.ingest_until(&bytes, Some(&key), &|| stop.load(Ordering::Relaxed))?;
+        if outcome.interrupted {
+            // Ctrl-C in the middle of a big file: what was queued stays, the file is not
+            // counted or marked, and the next run reads it again (queuing only the rest).
+            report.queued += outcome.queued;
+            report.interrupted = true;
+            break;
+        }
         report.queued += outcome.queued;
         report.unchanged += outcome.duplicates;
         report.skipped += outcome.skipped.len();

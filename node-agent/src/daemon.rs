@@ -9,7 +9,8 @@
 //!
 //! [`Daemon::start`] starts the three parts and returns a handle (tests run the daemon in
 //! process); [`run`] is the binary's entry point: start, wait for the shutdown signal, stop
-//! gracefully (the file being read is finished and flushed, in-flight publish calls and
+//! gracefully (the file being read stops between two messages and what was queued is
+//! flushed, the file staying in the inbox to be read again; in-flight publish calls and
 //! report fetches complete, the store is flushed).
 
 use std::future::Future;
@@ -306,6 +307,18 @@ async fn watch_inbox(
 ) -> Result<(), DaemonError> {
     // Files held as not whole yet, to say so once per file rather than at every poll.
     let mut held = std::collections::HashSet::new();
+    // Shutdown stops a big file between two messages (the blocking reader polls this flag).
+    let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut stop_watch = stopped.clone();
+    let flag = stop_flag.clone();
+    tokio::spawn(async move {
+        while !*stop_watch.borrow() {
+            if stop_watch.changed().await.is_err() {
+                break;
+            }
+        }
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     loop {
         if *stopped.borrow() {
             return Ok(());
@@ -322,15 +335,28 @@ async fn watch_inbox(
             if *stopped.borrow() {
                 return Ok(());
             }
-            let (ing, d, p) = (ingestor.clone(), dirs.clone(), path.clone());
-            let result = tokio::task::spawn_blocking(move || process_file(&ing, &d, &p))
-                .await
-                .map_err(|e| DaemonError::Task(format!("inbox: {e}")))?;
+            let (ing, d, p, f) = (
+                ingestor.clone(),
+                dirs.clone(),
+                path.clone(),
+                stop_flag.clone(),
+            );
+            let result = tokio::task::spawn_blocking(move || {
+                process_file(&ing, &d, &p, &|| {
+                    f.load(std::sync::atomic::Ordering::Relaxed)
+                })
+            })
+            .await
+            .map_err(|e| DaemonError::Task(format!("inbox: {e}")))?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             match result {
+                Ok(o) if o.interrupted => {
+                    tracing::info!(file = %name, queued = o.queued, "stopped in the middle of the file; it stays in the inbox and is read again (nothing is queued twice)");
+                    return Ok(());
+                }
                 Ok(o) if o.incomplete.is_some() => {
                     let why = o.incomplete.as_deref().unwrap_or_default();
                     if held.insert(path.clone()) {

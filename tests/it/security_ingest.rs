@@ -198,3 +198,44 @@ async fn a_reused_order_number_does_not_move_a_result_to_another_patient() -> an
     daemon.shutdown().await?;
     Ok(())
 }
+
+/// Stopping the daemon in the middle of a big batch file stops between two messages: the file
+/// stays in the inbox, and the next start reads it again and publishes every result exactly
+/// once.
+#[tokio::test]
+async fn a_big_file_stops_midway_on_shutdown_and_resumes_without_duplicates() -> anyhow::Result<()>
+{
+    init();
+    let mut hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let messages = 2000;
+    let mut big = String::new();
+    for k in 0..messages {
+        big.push_str(&oru(&format!("BIG-{k:05}"), &ric(k % 50), 1));
+    }
+    let daemon = start_daemon(&dirs).await?;
+    drop_file(&dirs.inbox, "big.hl7", big.as_bytes())?;
+    wait_for("the first results queued", || {
+        let c = daemon.counts();
+        Ok(c.pending + c.published > 0)
+    })
+    .await?;
+    daemon.shutdown().await?;
+    assert!(
+        dirs.inbox.join("big.hl7").exists(),
+        "the file was finished before stopping"
+    );
+    let daemon = start_daemon(&dirs).await?;
+    let queued_before = daemon.counts().pending + daemon.counts().published;
+    assert!(queued_before < messages, "{queued_before}");
+    wait_for("every result published once", || {
+        let c = daemon.counts();
+        Ok(inbox_files(&dirs.inbox)? == 0 && c.pending == 0 && c.published == messages)
+    })
+    .await?;
+    assert!(dirs.done().join("big.hl7").exists());
+    daemon.shutdown().await?;
+    hub.stop().await?;
+    assert_eq!(hub.stored_summary_count().await?, messages);
+    Ok(())
+}

@@ -88,11 +88,14 @@ pub fn is_candidate(path: &Path) -> bool {
 }
 
 /// Reads one inbox file, queues its results, then moves it away. Errors (store, signing,
-/// file system) leave the file in the inbox to be tried again.
+/// file system) leave the file in the inbox to be tried again; so does `stop()` turning true
+/// while it is read (shutdown in the middle of a big file): what was queued stays queued, and
+/// reading the file again queues only the rest.
 pub fn process_file(
     ingestor: &Ingestor,
     dirs: &InboxDirs,
     path: &Path,
+    stop: &dyn Fn() -> bool,
 ) -> Result<FileOutcome, ProcessError> {
     let before = stamp(path)?;
     let bytes = std::fs::read(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?;
@@ -105,7 +108,7 @@ pub fn process_file(
             "the file changed while it was read (still being written); it is read again when it stops changing",
         ));
     }
-    let mut outcome = ingestor.ingest(&bytes, None)?;
+    let mut outcome = ingestor.ingest_until(&bytes, None, stop)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -137,6 +140,9 @@ pub fn process_file(
         return Ok(outcome);
     }
     ingestor.store().flush().map_err(IngestError::from)?;
+    if outcome.interrupted {
+        return Ok(outcome);
+    }
     if stamp(path)? != before {
         // Written to while it was being read: what was queued is whole messages (each is
         // checked), and reading the file again queues nothing twice.

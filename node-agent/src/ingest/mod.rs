@@ -345,6 +345,11 @@ pub struct FileOutcome {
     pub units: usize,
     /// The file is not whole yet (cut short or still being written): nothing was read from it.
     pub incomplete: Option<String>,
+    /// Entries the file's version overlay wrote or copied: grows with the results of the file,
+    /// not with their square (checked by a test).
+    pub overlay_work: usize,
+    /// Stopped between two units (shutdown): the file is to be read again.
+    pub interrupted: bool,
 }
 
 impl FileOutcome {
@@ -392,6 +397,19 @@ impl Ingestor {
     /// Reads a file's bytes and queues its results; `file_key` (backfill) is recorded in the
     /// same transaction. Does not flush: call `store().flush()` before the file is moved.
     pub fn ingest(&self, bytes: &[u8], file_key: Option<&str>) -> Result<FileOutcome, IngestError> {
+        self.ingest_until(bytes, file_key, &|| false)
+    }
+
+    /// [`Ingestor::ingest`], stopping between two units once `stop()` says so (Ctrl-C in the
+    /// middle of a big file): the outcome is then `interrupted`, the units read so far are
+    /// queued, and the file is not marked done. Reading it again queues only what is left
+    /// (the units already queued are recognised by their content).
+    pub fn ingest_until(
+        &self,
+        bytes: &[u8],
+        file_key: Option<&str>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<FileOutcome, IngestError> {
         let parsed = parse_file(bytes, &self.mapping, &self.settings);
         let mut outcome = FileOutcome {
             units: parsed.units.len(),
@@ -402,8 +420,12 @@ impl Ingestor {
             return Ok(outcome);
         }
         // Versions decided earlier in this file, not yet in the store.
-        let mut overlay: HashMap<SummaryId, ResultState> = HashMap::new();
+        let mut overlay = Overlay::default();
         for (raw, unit) in parsed.units {
+            if stop() {
+                outcome.interrupted = true;
+                break;
+            }
             let unit = match unit {
                 Ok(u) => u,
                 Err(reasons) => {
@@ -441,8 +463,10 @@ impl Ingestor {
                 }),
             }
         }
+        outcome.overlay_work = overlay.work;
         if let Some(key) = file_key
             && outcome.rejected.is_empty()
+            && !outcome.interrupted
         {
             self.store.mark_file(key)?;
         }
@@ -453,7 +477,7 @@ impl Ingestor {
     fn prepare(
         &self,
         unit: Unit,
-        overlay: &mut HashMap<SummaryId, ResultState>,
+        overlay: &mut Overlay,
         outcome: &mut FileOutcome,
     ) -> Result<Result<Batch, Vec<String>>, IngestError> {
         let mut errors = Vec::new();
@@ -477,11 +501,11 @@ impl Ingestor {
             })
             .collect();
         let mut items = Vec::new();
-        let mut local_overlay = overlay.clone();
+        let mut local_overlay = overlay.tentative();
         for (f, v1) in checked {
             let content = content_digest(&v1);
             let report_sha = reports[f.report].sha256;
-            let prev = match local_overlay.get(&v1.id) {
+            let prev = match local_overlay.get(overlay, &v1.id) {
                 Some(s) => Some(s.clone()),
                 None => self.store.result_state(&v1.id)?,
             };
@@ -548,8 +572,47 @@ impl Ingestor {
         }
         outcome.queued += items.len();
         outcome.skipped.extend(unit.skipped);
-        *overlay = local_overlay;
+        overlay.commit(local_overlay);
         Ok(Ok(Batch { items, reports }))
+    }
+}
+
+/// Versions decided earlier in the file being read, not yet in the store. A unit's decisions
+/// are tentative until the whole unit is accepted: they are kept apart ([`Tentative`]) and
+/// merged at once, so reading a file costs the same per result however many units came before
+/// (cloning the overlay per unit made a batch file of n messages cost n²).
+#[derive(Default)]
+pub(crate) struct Overlay {
+    states: HashMap<SummaryId, ResultState>,
+    /// Entries written or copied so far: the work this overlay did (for tests).
+    work: usize,
+}
+
+/// The decisions of the unit being prepared.
+pub(crate) struct Tentative {
+    states: HashMap<SummaryId, ResultState>,
+}
+
+impl Tentative {
+    fn get<'a>(&'a self, base: &'a Overlay, id: &SummaryId) -> Option<&'a ResultState> {
+        self.states.get(id).or_else(|| base.states.get(id))
+    }
+
+    fn insert(&mut self, id: SummaryId, state: ResultState) {
+        self.states.insert(id, state);
+    }
+}
+
+impl Overlay {
+    fn tentative(&mut self) -> Tentative {
+        Tentative {
+            states: HashMap::new(),
+        }
+    }
+
+    fn commit(&mut self, t: Tentative) {
+        self.work += t.states.len();
+        self.states.extend(t.states);
     }
 }
 
