@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+use anyhow::Context;
+
 use huren_agent::AgentConfig;
 
 use crate::harness::{TestHub, init};
@@ -237,5 +239,114 @@ async fn a_big_file_stops_midway_on_shutdown_and_resumes_without_duplicates() ->
     daemon.shutdown().await?;
     hub.stop().await?;
     assert_eq!(hub.stored_summary_count().await?, messages);
+    Ok(())
+}
+
+/// A FHIR transaction Bundle of good lab results and one ImagingStudy whose procedure code the
+/// mapping does not know: the lab results are published, and the ImagingStudy is refused by
+/// its id (a copy of the file in rejected/ whose reason names `ImagingStudy/<id>`).
+#[tokio::test]
+async fn a_bundle_with_one_unreadable_resource_publishes_the_rest() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let daemon = start_daemon(&dirs).await?;
+    let fixture = |name: &str| -> anyhow::Result<serde_json::Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("node-agent/tests-data/fhir")
+            .join(name);
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    };
+    let mut bundle = fixture("bundle-referenced-lab.json")?;
+    let mut study = fixture("imaging-study.json")?;
+    study["id"] = "st-unknown".into();
+    study["procedureCode"][0]["coding"][0]["code"] = "NOT-MAPPED".into();
+    bundle["entry"]
+        .as_array_mut()
+        .context("entries")?
+        .push(serde_json::json!({ "fullUrl": "ImagingStudy/st-unknown", "resource": study }));
+    drop_file(&dirs.inbox, "bundle.json", &serde_json::to_vec(&bundle)?)?;
+    wait_for("the lab results published", || {
+        Ok(inbox_files(&dirs.inbox)? == 0 && daemon.counts().published == 2)
+    })
+    .await?;
+    assert!(dirs.done().join("bundle.json").exists());
+    let reason = std::fs::read_to_string(dirs.rejected().join("bundle.json.reason.txt"))?;
+    assert!(
+        reason.contains("ImagingStudy/st-unknown (Bundle.entry[6])")
+            && reason.contains("NOT-MAPPED"),
+        "{reason}"
+    );
+    assert!(!reason.contains("E12345678"), "{reason}");
+    assert_eq!(daemon.counts().pending, 0);
+    daemon.shutdown().await?;
+    Ok(())
+}
+
+/// `backfill` judges a file as `run` does: a file with one refused message of two is accepted,
+/// its good message queued and the refused one written apart with its reason; and after an
+/// interruption the count of files ingested is the files read, not the files listed.
+#[tokio::test]
+async fn backfill_judges_files_as_run_does_and_counts_right_when_interrupted() -> anyhow::Result<()>
+{
+    init();
+    let hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let archive = hub.root().join("archive");
+    std::fs::create_dir_all(&archive)?;
+    let bad = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("node-agent/tests-data/hl7/bad-unknown-code.hl7"),
+    )?;
+    std::fs::write(
+        archive.join("mixed.hl7"),
+        format!("{}{bad}", oru("MIXED", &ric(921), 2)),
+    )?;
+    for f in 0..3 {
+        std::fs::write(
+            archive.join(format!("more-{f}.hl7")),
+            oru(&format!("MORE-{f}"), &ric(922), 1),
+        )?;
+    }
+    let config = AgentConfig::load(&dirs.config)?;
+    let rejected = hub.root().join("archive-rejected");
+    let backfill = |stop: bool| {
+        let (config, archive, rejected) = (config.clone(), archive.clone(), rejected.clone());
+        async move {
+            huren_agent::commands::backfill(
+                &config,
+                &archive,
+                Some(rejected),
+                false,
+                false,
+                std::sync::Arc::new(std::sync::atomic::AtomicBool::new(stop)),
+            )
+            .await
+        }
+    };
+    // Interrupted before the first file: nothing was ingested.
+    let out = backfill(true).await?;
+    assert!(out.contains("Ingested 0 files"), "{out}");
+    assert!(out.contains("Interrupted"), "{out}");
+    let out = backfill(false).await?;
+    assert!(
+        out.contains("4 files (0 done in an earlier run), 4 accepted, 0 refused")
+            && out.contains("1 messages or resources of accepted files refused")
+            && out.contains("5 results queued")
+            && out.contains("Ingested 4 files"),
+        "{out}"
+    );
+    let reason = std::fs::read_to_string(rejected.join("mixed.hl7.msg1.hl7.reason.txt"))?;
+    assert!(reason.contains("XYZ9"), "{reason}");
+    assert_eq!(
+        std::fs::read_to_string(rejected.join("mixed.hl7.msg1.hl7"))?,
+        bad
+    );
+    // Done: a second run reads nothing again.
+    let out = backfill(false).await?;
+    assert!(
+        out.contains("(4 done in an earlier run)") && out.contains("Ingested 0 files"),
+        "{out}"
+    );
     Ok(())
 }

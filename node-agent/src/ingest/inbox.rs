@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{FileOutcome, IngestError, Ingestor};
+use super::{FileOutcome, IngestError, Ingestor, Rejection};
 
 /// Folder settings.
 #[derive(Clone, Debug)]
@@ -162,12 +162,7 @@ pub fn process_file(
         write_reason(&target, &name, &reasons)?;
         return Ok(outcome);
     }
-    for (k, r) in outcome.rejected.iter().enumerate() {
-        let bytes = r.bytes.as_deref().unwrap_or(&bytes);
-        let target = free_name(&dirs.rejected, &format!("{name}.msg{}.hl7", k + 1));
-        std::fs::write(&target, bytes).map_err(|e| ProcessError::Io(target.clone(), e))?;
-        write_reason(&target, &name, &r.reasons)?;
-    }
+    write_refused_units(&dirs.rejected, &name, &bytes, &outcome.rejected)?;
     match &dirs.done {
         Some(done) => move_file(path, &free_name(done, &name))?,
         None => std::fs::remove_file(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?,
@@ -213,6 +208,40 @@ fn move_file(from: &Path, to: &Path) -> Result<(), ProcessError> {
             std::fs::remove_file(from).map_err(|e| ProcessError::Io(from.to_owned(), e))
         }
     }
+}
+
+/// Writes the refused units of a file that was otherwise accepted into `dir`: each refused HL7
+/// message as `<name>.msg<k>.hl7` with its own reason file; refused FHIR resources (which have
+/// no bytes of their own) as one copy of the file `<name>` whose reason file names each
+/// refused resource (the others were accepted; reading the file again queues only what is
+/// new). The inbox and backfill both use this, so they judge a file the same way.
+pub fn write_refused_units(
+    dir: &Path,
+    name: &str,
+    file_bytes: &[u8],
+    rejected: &[Rejection],
+) -> Result<(), ProcessError> {
+    let mut whole_file_reasons = Vec::new();
+    for (k, r) in rejected.iter().enumerate() {
+        match &r.bytes {
+            Some(bytes) => {
+                let target = free_name(dir, &format!("{name}.msg{}.hl7", k + 1));
+                std::fs::write(&target, bytes).map_err(|e| ProcessError::Io(target.clone(), e))?;
+                write_reason(&target, name, &r.reasons)?;
+            }
+            None => whole_file_reasons.extend(r.reasons.iter().cloned()),
+        }
+    }
+    if !whole_file_reasons.is_empty() {
+        whole_file_reasons.push(
+            "the file's other resources were accepted; once this is corrected, the whole file can be sent again (what was accepted is not published twice)"
+                .into(),
+        );
+        let target = free_name(dir, name);
+        std::fs::write(&target, file_bytes).map_err(|e| ProcessError::Io(target.clone(), e))?;
+        write_reason(&target, name, &whole_file_reasons)?;
+    }
+    Ok(())
 }
 
 /// Writes `<target>.reason.txt`.

@@ -68,7 +68,8 @@ pub enum SourceStatus {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub sha256: [u8; 32],
-    pub bytes: Vec<u8>,
+    /// Shared: a FHIR Bundle's units all keep the file as their report.
+    pub bytes: Arc<[u8]>,
     pub media_type: String,
 }
 
@@ -188,7 +189,10 @@ pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) ->
                     .to_owned(),
             ]),
         )],
-        Some(FileKind::Fhir) => vec![(None, fhir::read_fhir(bytes, mapping, settings))],
+        Some(FileKind::Fhir) => fhir::read_fhir(bytes, mapping, settings)
+            .into_iter()
+            .map(|u| (None, u))
+            .collect(),
         Some(FileKind::Hl7) => match hl7::Message::read_all(bytes, settings.charset) {
             Err(e) => vec![(None, Err(vec![e.to_string()]))],
             Ok(messages) => {
@@ -464,8 +468,10 @@ impl Ingestor {
             }
         }
         outcome.overlay_work = overlay.work;
+        // A file is recorded as done once read, unless all of it was refused (then it is read
+        // again once the mapping is fixed); its refused units are written apart by the caller.
         if let Some(key) = file_key
-            && outcome.rejected.is_empty()
+            && !outcome.wholly_rejected()
             && !outcome.interrupted
         {
             self.store.mark_file(key)?;
@@ -497,7 +503,7 @@ impl Ingestor {
             .map(|r| ReportBytes {
                 sha256: r.sha256,
                 media_type: r.media_type,
-                bytes: r.bytes,
+                bytes: r.bytes.to_vec(),
             })
             .collect();
         let mut items = Vec::new();

@@ -138,7 +138,7 @@ pub fn read_oru(
         findings: Vec::new(),
         reports: vec![Report {
             sha256: sha256(raw),
-            bytes: raw.to_vec(),
+            bytes: raw.into(),
             media_type: HL7_MEDIA_TYPE.into(),
         }],
         skipped: Vec::new(),
@@ -586,7 +586,7 @@ fn attachment(
     };
     Ok(Report {
         sha256: sha256(&bytes),
-        bytes,
+        bytes: bytes.into(),
         media_type,
     })
 }
