@@ -182,7 +182,7 @@ fn read_fhir_file(
     for (i, dr) in &reports {
         let label = resource_label(dr, entry_of(*i));
         let mut unit = new_unit(label.clone());
-        units.push(reader.report(dr, &label, &mut unit).map(|()| unit));
+        units.push(with_checks(reader.report(dr, &label, &mut unit), unit));
     }
     for (i, (_, _, r)) in res.entries.iter().enumerate() {
         if referenced.contains(&(*r as *const Value)) {
@@ -195,7 +195,7 @@ fn read_fhir_file(
             "Observation" => reader.standalone_observation(r, &label, &mut unit),
             _ => continue,
         };
-        units.push(result.map(|()| unit));
+        units.push(with_checks(result, unit));
     }
     if units.is_empty() {
         return Err(vec![
@@ -203,6 +203,17 @@ fn read_fhir_file(
         ]);
     }
     Ok(units)
+}
+
+/// The unit, or every problem of it at once (the checks made before signing too).
+fn with_checks(read: Result<(), Vec<String>>, unit: Unit) -> Result<Unit, Vec<String>> {
+    match read {
+        Ok(()) => Ok(unit),
+        Err(mut errors) => {
+            super::check_findings(&unit.findings, super::FileKind::Fhir, &mut errors);
+            Err(errors)
+        }
+    }
 }
 
 fn refs<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {

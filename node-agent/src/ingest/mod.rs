@@ -52,6 +52,153 @@ impl Default for IngestSettings {
     }
 }
 
+/// Summary fields as the source names them, for reasons a person at the hospital can act on:
+/// (field in the summary, HL7 v2, FHIR R4).
+const SOURCE_FIELDS: &[(&str, &str, &str)] = &[
+    (
+        "performed_at_ms",
+        "OBX-14 (date/time of the observation), else OBR-7 (observation date/time)",
+        "effectiveDateTime (ImagingStudy: started)",
+    ),
+    (
+        "reported_at_ms",
+        "OBR-22 (results report/status change date/time), else OBX-19, else MSH-7",
+        "issued",
+    ),
+    (
+        "lab.value",
+        "OBX-5 (observation value)",
+        "Observation.value[x]",
+    ),
+    (
+        "lab.unit",
+        "OBX-6 (units)",
+        "Observation.valueQuantity.unit",
+    ),
+    (
+        "lab.reference_range",
+        "OBX-7 (reference range)",
+        "Observation.referenceRange",
+    ),
+    (
+        "lab.flag",
+        "OBX-8 (abnormal flags)",
+        "Observation.interpretation",
+    ),
+    (
+        "lab.specimen",
+        "SPM-4 (specimen type), else OBR-15",
+        "Observation.specimen",
+    ),
+    (
+        "exam.impression",
+        "the impression OBX-5 (impression_codes)",
+        "DiagnosticReport.conclusion",
+    ),
+    (
+        "exam.study_uid",
+        "ZDS-1 (Study Instance UID), else the OBX-5 of a study_uid_codes OBX",
+        "ImagingStudy.identifier (urn:dicom:uid)",
+    ),
+    (
+        "exam.modality",
+        "the mapping's modality of the OBR-4 item",
+        "ImagingStudy.modality",
+    ),
+    (
+        "exam.body_site",
+        "the mapping's body_site of the OBR-4 item",
+        "ImagingStudy.series.bodySite",
+    ),
+    (
+        "summary_id",
+        "the result id made of OBR-3 (filler order number) and OBX-3 (observation identifier)",
+        "identifier",
+    ),
+    (
+        "report.media_type",
+        "OBX-5 (ED attachment) type",
+        "DiagnosticReport.presentedForm.contentType",
+    ),
+    (
+        "report.locator",
+        "OBX-5 (ED attachment)",
+        "DiagnosticReport.presentedForm",
+    ),
+    (
+        "status_reason",
+        "OBX-11 (observation result status)",
+        "status",
+    ),
+];
+
+/// A reason from the summary checks with its field named as the source names it
+/// (`field reported_at_ms: …` becomes `OBR-22 (…), else OBX-19, else MSH-7: …`).
+pub fn source_names(kind: FileKind, reason: &str) -> String {
+    let mut out = reason.to_owned();
+    for (field, hl7, fhir) in SOURCE_FIELDS {
+        let name = match kind {
+            FileKind::Hl7 => hl7,
+            FileKind::Fhir => fhir,
+        };
+        out = out
+            .replace(&format!("field {field}:"), &format!("{name}:"))
+            .replace(
+                &format!("field {field} is missing"),
+                &format!("{name} is missing"),
+            );
+    }
+    out
+}
+
+/// The checks the hub makes (and [`Ingestor`] makes before signing), run on the findings of a
+/// unit that is refused anyway, so that its reasons list every problem at once rather than
+/// one stage after the other.
+pub(crate) fn check_findings(findings: &[Finding], kind: FileKind, errors: &mut Vec<String>) {
+    let Ok(probe) = InstitutionId::parse("probe") else {
+        return;
+    };
+    let key = PseudonymKey::new([0; 32]);
+    for f in findings {
+        if let Err(e) = f.draft.clone().into_summary(&probe, &key) {
+            errors.push(format!("{}: {}", f.label, source_names(kind, &e)));
+        }
+    }
+}
+
+/// A unit's reasons, each once: the same problem at several places (`<where>: <what>`) becomes
+/// one line naming the places (`OBR 1, segment 5 (OBX "HGB"); OBR 1, segment 7 (OBX "PLT"):
+/// <what>`), in the order first met.
+pub fn merge_reasons(reasons: Vec<String>) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut places: HashMap<String, Vec<String>> = HashMap::new();
+    for r in reasons {
+        let (place, what) = match r.split_once(": ") {
+            Some((p, w)) => (Some(p.to_owned()), w.to_owned()),
+            None => (None, r),
+        };
+        let entry = places.entry(what.clone()).or_insert_with(|| {
+            order.push(what.clone());
+            Vec::new()
+        });
+        if let Some(p) = place
+            && !entry.contains(&p)
+        {
+            entry.push(p);
+        }
+    }
+    order
+        .into_iter()
+        .map(|what| match places.get(&what).map(Vec::as_slice) {
+            None | Some([]) => what,
+            Some(p) if p.len() > 6 => {
+                format!("{} and {} more: {what}", p[..5].join("; "), p.len() - 5)
+            }
+            Some(p) => format!("{}: {what}", p.join("; ")),
+        })
+        .collect()
+}
+
 /// What the source says about a result's status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceStatus {
@@ -191,7 +338,7 @@ pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) ->
         )],
         Some(FileKind::Fhir) => fhir::read_fhir(bytes, mapping, settings)
             .into_iter()
-            .map(|u| (None, u))
+            .map(|u| (None, u.map_err(merge_reasons)))
             .collect(),
         Some(FileKind::Hl7) => match hl7::Message::read_all(bytes, settings.charset) {
             Err(e) => vec![(None, Err(vec![e.to_string()]))],
@@ -204,6 +351,7 @@ pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) ->
                         let unit = parsed
                             .map_err(|e| vec![e.to_string()])
                             .and_then(|m| oru::read_oru(&m, raw, mapping, settings))
+                            .map_err(merge_reasons)
                             .map_err(|errs| {
                                 if several {
                                     errs.into_iter()
@@ -415,6 +563,7 @@ impl Ingestor {
         stop: &dyn Fn() -> bool,
     ) -> Result<FileOutcome, IngestError> {
         let parsed = parse_file(bytes, &self.mapping, &self.settings);
+        let kind = parsed.kind.unwrap_or(FileKind::Hl7);
         let mut outcome = FileOutcome {
             units: parsed.units.len(),
             incomplete: parsed.incomplete,
@@ -442,7 +591,7 @@ impl Ingestor {
                 }
             };
             let label = unit.label.clone();
-            match self.prepare(unit, &mut overlay, &mut outcome)? {
+            match self.prepare(unit, &mut overlay, &mut outcome, kind)? {
                 Ok(batch) => {
                     let reports = batch.reports;
                     let new: Vec<NewResult<'_>> = batch
@@ -485,17 +634,18 @@ impl Ingestor {
         unit: Unit,
         overlay: &mut Overlay,
         outcome: &mut FileOutcome,
+        kind: FileKind,
     ) -> Result<Result<Batch, Vec<String>>, IngestError> {
         let mut errors = Vec::new();
         let mut checked = Vec::new();
         for f in unit.findings {
             match f.draft.clone().into_summary(&self.institution, &self.key) {
                 Ok(s) => checked.push((f, s)),
-                Err(e) => errors.push(format!("{}: {e}", f.label)),
+                Err(e) => errors.push(format!("{}: {}", f.label, source_names(kind, &e))),
             }
         }
         if !errors.is_empty() {
-            return Ok(Err(errors));
+            return Ok(Err(merge_reasons(errors)));
         }
         let reports: Vec<ReportBytes> = unit
             .reports
@@ -556,7 +706,7 @@ impl Ingestor {
                             s
                         }
                         Err(e) => {
-                            errors.push(format!("{}: {e}", f.label));
+                            errors.push(format!("{}: {}", f.label, source_names(kind, &e)));
                             continue;
                         }
                     }
@@ -574,7 +724,7 @@ impl Ingestor {
             items.push((summary, envelope, state, f.report));
         }
         if !errors.is_empty() {
-            return Ok(Err(errors));
+            return Ok(Err(merge_reasons(errors)));
         }
         outcome.queued += items.len();
         outcome.skipped.extend(unit.skipped);

@@ -161,6 +161,8 @@ pub fn read_oru(
     if errors.is_empty() {
         Ok(unit)
     } else {
+        // Every problem at once: the checks made before signing too.
+        super::check_findings(&unit.findings, super::FileKind::Hl7, &mut errors);
         Err(errors)
     }
 }

@@ -180,9 +180,11 @@ fn malformed_hl7_is_refused_with_reasons() {
         r.contains("XYZ9") && r.contains("not in the mapping"),
         "{r}"
     );
-    // No identifier of a configured type: refused, naming the types present only.
+    // No identifier of a configured type (the defaults replaced): refused, naming the types
+    // present only.
     let only_id = Mapping::parse(
         "format = \"huren-mapping/1\"\nignore = [\"HGB\", \"PLT\", \"MCHC\", \"ALT\", \"CREA\"]\n\
+         replace_default_patient_id_rules = true\n\
          [[patient_id]]\ntype_code = \"ID\"\nid_type = \"cn-ric\"\n",
         Path::new("only-id.toml"),
     )
@@ -755,4 +757,72 @@ fn a_file_stopped_midway_resumes_without_loss_or_duplicates() {
     assert_eq!((again.queued, again.duplicates), (120, 80));
     assert!(ing.store().file_ingested("big").unwrap());
     assert_eq!(ing.store().pending(1000).unwrap().len(), 200);
+}
+
+/// A refused message's reasons name HL7 fields as HL7 does (not the summary's internal
+/// names), say each problem once with the places it occurs, and list the problems of every
+/// stage together (a bad OBX and a date the summary checks refuse, in one report). FHIR
+/// reasons name the resource by type and id.
+#[test]
+fn reasons_name_source_fields_once_and_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ing = test_ingestor(dir.path());
+    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
+    // Reported (OBR-22) before performed (OBX-14) for every result of the first order, and an
+    // OBX without its value in the second.
+    let text = good
+        .replacen("20261118090000+0800", "20261101090000+0800", 1)
+        .replacen("|56|U/L|", "||U/L|", 1);
+    assert_ne!(text, good);
+    let out = ing.ingest(text.as_bytes(), None).unwrap();
+    assert_eq!(out.rejected.len(), 1);
+    let reasons = &out.rejected[0].reasons;
+    let all = reasons.join("\n");
+    assert!(!all.contains("_ms") && !all.contains("field "), "{all}");
+    let dates: Vec<&String> = reasons
+        .iter()
+        .filter(|r| r.contains("reported before it was performed"))
+        .collect();
+    assert_eq!(dates.len(), 1, "{all}");
+    assert!(
+        dates[0].contains("OBR-22") && dates[0].contains("\"HGB\"") && dates[0].contains("\"PLT\""),
+        "{all}"
+    );
+    assert!(
+        all.contains("OBX-5"),
+        "the empty value is in the same report: {all}"
+    );
+    for id in PATIENT_IDS {
+        assert!(!all.contains(id), "{all}");
+    }
+
+    // FHIR: the resource by type and id, its element by FHIR name.
+    let fhir = String::from_utf8(data("fhir/bundle-referenced-lab.json"))
+        .unwrap()
+        .replace("2026-11-21T09:30:00+08:00", "2026-11-01T09:30:00+08:00");
+    let out = ing.ingest(fhir.as_bytes(), None).unwrap();
+    let all = out
+        .rejected
+        .iter()
+        .flat_map(|r| r.reasons.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("DiagnosticReport/r1 (Bundle.entry[1])") && all.contains("issued:"),
+        "{all}"
+    );
+    assert!(!all.contains("_ms"), "{all}");
+}
+
+#[test]
+fn merged_reasons() {
+    let merged = merge_reasons(vec![
+        "OBX 1: empty".into(),
+        "OBX 2: empty".into(),
+        "OBX 2: empty".into(),
+        "no place".into(),
+        "no place".into(),
+        "OBX 3: other".into(),
+    ]);
+    assert_eq!(merged, ["OBX 1; OBX 2: empty", "no place", "OBX 3: other"]);
 }
