@@ -7,8 +7,8 @@
 //! - [`Ingestor`]: results to summaries (mapping, validation, versions), signing and queueing.
 //! - [`inbox`]: the watched folder and its `done/` and `rejected/` folders.
 //!
-//! A file is read in units that are accepted or rejected whole: each HL7 message, or the FHIR
-//! file. A unit is queued in one store transaction and flushed before its file leaves the
+//! A file is read in units that are accepted or rejected whole: each HL7 message, or each FHIR
+//! resource with what it refers to. A file that is not whole yet ([`incomplete`]) is not read. A unit is queued in one store transaction and flushed before its file leaves the
 //! inbox, so a crash at any point loses nothing; reading a file again queues nothing twice (an
 //! unchanged result is recognised by its content digest).
 //!
