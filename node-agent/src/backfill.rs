@@ -3,11 +3,12 @@
 //!
 //! - Files are read in path order (archives are usually laid out by date), each exactly like an
 //!   inbox file, but left where they are: refused files are copied to the rejected folder with
-//!   a reason file.
+//!   a reason file, and the refused messages or resources of accepted files are written there
+//!   apart (the inbox's own [`write_refused_units`]).
 //! - **Resumable**: each accepted file is recorded in the store (key: relative path, size and
 //!   modification time) in the same transaction as its results, so after an interruption
-//!   (Ctrl-C, a crash, a reboot) the next run skips what was done. Refused files are not
-//!   recorded, so they are read again once the mapping is fixed. Even a file read twice
+//!   (Ctrl-C, a crash, a reboot) the next run skips what was done. Wholly refused files are
+//!   not recorded, so they are read again once the mapping is fixed. Even a file read twice
 //!   queues nothing twice (results are recognised by content).
 //! - The store is flushed every [`FLUSH_EVERY`] files and at the end; a crash loses at most
 //!   the unflushed records, which the next run simply does again.
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::ingest::inbox::write_reason;
+use crate::ingest::inbox::{write_reason, write_refused_units};
 use crate::ingest::{IngestError, Ingestor, inbox::is_candidate};
 use crate::outbox::{Backoff, Publisher};
 use crate::store::StoreError;
@@ -45,6 +46,8 @@ pub struct BackfillReport {
     pub already_done: usize,
     pub accepted_files: usize,
     pub rejected_files: usize,
+    /// Messages or resources refused in files otherwise accepted.
+    pub refused_units: usize,
     pub queued: usize,
     pub unchanged: usize,
     pub skipped: usize,
@@ -138,22 +141,45 @@ pub fn ingest_dir(
         }
         let bytes = std::fs::read(path).map_err(|e| BackfillError::Io(path.clone(), e))?;
         report.bytes += bytes.len() as u64;
-        let outcome = ingestor.ingest(&bytes, Some(&key))?;
+        let outcome =
+            ingestor.ingest_until(&bytes, Some(&key), &|| stop.load(Ordering::Relaxed))?;
+        if outcome.interrupted {
+            // Ctrl-C in the middle of a big file: what was queued stays, the file is not
+            // counted or marked, and the next run reads it again (queuing only the rest).
+            report.queued += outcome.queued;
+            report.interrupted = true;
+            break;
+        }
         report.queued += outcome.queued;
         report.unchanged += outcome.duplicates;
         report.skipped += outcome.skipped.len();
-        if outcome.rejected.is_empty() {
+        let rel = path.strip_prefix(dir).unwrap_or(path);
+        let flat = rel.to_string_lossy().replace(['/', '\\'], "__");
+        if outcome.incomplete.is_none() && !outcome.wholly_rejected() {
+            // Accepted, perhaps with some messages or resources refused: exactly as the inbox
+            // does, each refused one is written apart with its reason.
             report.accepted_files += 1;
+            if !outcome.rejected.is_empty() {
+                report.refused_units += outcome.rejected.len();
+                write_refused_units(rejected, &flat, &bytes, &outcome.rejected).map_err(|e| {
+                    BackfillError::Io(rejected.to_owned(), std::io::Error::other(e.to_string()))
+                })?;
+                tracing::warn!(file = %rel.display(), refused = outcome.rejected.len(), "some messages refused; written to the rejected folder with reasons");
+            }
         } else {
             report.rejected_files += 1;
-            let rel = path.strip_prefix(dir).unwrap_or(path);
-            let flat = rel.to_string_lossy().replace(['/', '\\'], "__");
             let target = rejected.join(&flat);
             std::fs::write(&target, &bytes).map_err(|e| BackfillError::Io(target.clone(), e))?;
             let reasons: Vec<String> = outcome
-                .rejected
+                .incomplete
                 .iter()
-                .flat_map(|r| r.reasons.iter().cloned())
+                .map(|why| format!("the file is not whole: {why}"))
+                .chain(
+                    outcome
+                        .rejected
+                        .iter()
+                        .flat_map(|r| r.reasons.iter().cloned()),
+                )
                 .collect();
             write_reason(&target, &rel.to_string_lossy(), &reasons).map_err(|e| {
                 BackfillError::Io(target.clone(), std::io::Error::other(e.to_string()))

@@ -71,9 +71,10 @@ pub async fn backfill(
     .await
     .map_err(|e| CommandError::Usage(format!("backfill task: {e}")))??;
     let secs = report.elapsed.as_secs_f64().max(0.001);
-    let new_files = report.files - report.already_done;
+    // Files read in this run (not those left after an interruption).
+    let new_files = report.accepted_files + report.rejected_files;
     let mut out = format!(
-        "Backfill of {}: {} files ({} done in an earlier run), {} accepted, {} refused (copied to {} with reasons).\n\
+        "Backfill of {}: {} files ({} done in an earlier run), {} accepted, {} refused (copied to {} with reasons); {} messages or resources of accepted files refused (written there apart).\n\
          {} results queued, {} unchanged results skipped, {} not published on purpose.\n\
          Ingested {} files ({:.1} MB) in {:.1} s: {:.0} files/s, {:.0} results/s.\n",
         dir.display(),
@@ -82,6 +83,7 @@ pub async fn backfill(
         report.accepted_files,
         report.rejected_files,
         rejected.display(),
+        report.refused_units,
         report.queued,
         report.unchanged,
         report.skipped,

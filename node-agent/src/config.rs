@@ -96,6 +96,12 @@ pub struct InboxConfig {
     /// file is not taken. 0 takes files at once (for engines that write, then rename).
     #[serde(default = "default_poll_ms")]
     pub settle_ms: u64,
+    /// A file that is not whole (an MLLP frame without its end block, a last segment without
+    /// terminator, batch counts that do not add up, JSON that ends early) stays in the inbox
+    /// and is tried again; once it has not changed for this long (milliseconds) it moves to the
+    /// rejected folder with the reason. Default 600000 (10 minutes).
+    #[serde(default = "default_incomplete_hold_ms")]
+    pub incomplete_hold_ms: u64,
     /// Character set of HL7 v2 messages: "auto" (MSH-18, else UTF-8 if valid, else GB18030),
     /// "utf-8" or "gb18030".
     #[serde(default)]
@@ -111,6 +117,10 @@ fn yes() -> bool {
 
 fn default_poll_ms() -> u64 {
     2000
+}
+
+fn default_incomplete_hold_ms() -> u64 {
+    600_000
 }
 
 impl InboxConfig {

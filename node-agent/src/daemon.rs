@@ -9,7 +9,8 @@
 //!
 //! [`Daemon::start`] starts the three parts and returns a handle (tests run the daemon in
 //! process); [`run`] is the binary's entry point: start, wait for the shutdown signal, stop
-//! gracefully (the file being read is finished and flushed, in-flight publish calls and
+//! gracefully (the file being read stops between two messages and what was queued is
+//! flushed, the file staying in the inbox to be read again; in-flight publish calls and
 //! report fetches complete, the store is flushed).
 
 use std::future::Future;
@@ -130,6 +131,7 @@ impl Daemon {
                 done: inbox.done_dir(),
                 rejected: inbox.rejected_dir(),
                 settle: Duration::from_millis(inbox.settle_ms),
+                incomplete_hold: Duration::from_millis(inbox.incomplete_hold_ms),
             };
             dirs.create().map_err(|source| DaemonError::Inbox {
                 path: dirs.inbox.clone(),
@@ -308,10 +310,25 @@ async fn watch_inbox(
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
+    // Files held as not whole yet, to say so once per file rather than at every poll.
+    let mut held = std::collections::HashSet::new();
+    // Shutdown stops a big file between two messages (the blocking reader polls this flag).
+    let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut stop_watch = stopped.clone();
+    let flag = stop_flag.clone();
+    tokio::spawn(async move {
+        while !*stop_watch.borrow() {
+            if stop_watch.changed().await.is_err() {
+                break;
+            }
+        }
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     loop {
         if *stopped.borrow() {
             return Ok(());
         }
+        held.retain(|p: &std::path::PathBuf| p.exists());
         let files = match dirs.ready_files() {
             Ok(f) => f,
             Err(e) => {
@@ -323,16 +340,41 @@ async fn watch_inbox(
             if *stopped.borrow() {
                 return Ok(());
             }
-            let (ing, d, p) = (ingestor.clone(), dirs.clone(), path.clone());
-            let result = tokio::task::spawn_blocking(move || process_file(&ing, &d, &p))
-                .await
-                .map_err(|e| DaemonError::Task(format!("inbox: {e}")))?;
+            let (ing, d, p, f) = (
+                ingestor.clone(),
+                dirs.clone(),
+                path.clone(),
+                stop_flag.clone(),
+            );
+            let result = tokio::task::spawn_blocking(move || {
+                process_file(&ing, &d, &p, &|| {
+                    f.load(std::sync::atomic::Ordering::Relaxed)
+                })
+            })
+            .await
+            .map_err(|e| DaemonError::Task(format!("inbox: {e}")))?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             match result {
+                Ok(o) if o.interrupted => {
+                    tracing::info!(file = %name, queued = o.queued, "stopped in the middle of the file; it stays in the inbox and is read again (nothing is queued twice)");
+                    return Ok(());
+                }
+                Ok(o) if o.incomplete.is_some() => {
+                    let why = o.incomplete.as_deref().unwrap_or_default();
+                    if held.insert(path.clone()) {
+                        tracing::warn!(file = %name, reason = %why, queued = o.queued, "file not whole yet; held in the inbox and tried again");
+                    } else {
+                        tracing::debug!(file = %name, reason = %why, "file still held");
+                    }
+                    if o.queued > 0 {
+                        wake.notify_one();
+                    }
+                }
                 Ok(o) => {
+                    held.remove(&path);
                     if o.wholly_rejected() {
                         tracing::warn!(file = %name, reasons = o.rejected.iter().map(|r| r.reasons.len()).sum::<usize>(), "file refused; moved to the rejected folder with a reason file");
                     } else {

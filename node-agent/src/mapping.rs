@@ -32,9 +32,14 @@ struct MappingFile {
     /// OBX-3 codes whose value is the DICOM Study Instance UID (HL7 v2).
     #[serde(default = "default_study_uid_codes")]
     study_uid_codes: Vec<String>,
-    /// Which patient identifiers to use, in order of preference.
+    /// Which patient identifiers to use, in order of preference. They are tried before the
+    /// default rules ([`default_patient_id_rules`]), which stay unless
+    /// `replace_default_patient_id_rules` is true.
     #[serde(default)]
     patient_id: Vec<PatientIdRule>,
+    /// Use only the `[[patient_id]]` rules of this file, not the defaults after them.
+    #[serde(default)]
+    replace_default_patient_id_rules: bool,
     #[serde(default)]
     item: Vec<ItemEntry>,
 }
@@ -210,11 +215,16 @@ impl Mapping {
                 "local code {both:?} is both mapped and ignored"
             )));
         }
-        let patient_id_rules = if file.patient_id.is_empty() {
-            default_patient_id_rules()
-        } else {
-            file.patient_id
-        };
+        // The file's rules first; the defaults after them unless the file replaces them (adding
+        // one rule used to drop every default silently).
+        let mut patient_id_rules = file.patient_id;
+        if !file.replace_default_patient_id_rules {
+            for d in default_patient_id_rules() {
+                if !patient_id_rules.contains(&d) {
+                    patient_id_rules.push(d);
+                }
+            }
+        }
         for r in &patient_id_rules {
             if r.type_code.is_none() && r.authority.is_none() {
                 return Err(invalid(format!(
@@ -299,6 +309,26 @@ mod tests {
         assert_eq!(shx.patient_id_rules[0].id_type, "cn-ric");
         let county = Mapping::load(&example("mapping-lantian-county.toml")).unwrap();
         assert!(!county.is_empty());
+    }
+
+    /// Adding a `[[patient_id]]` rule keeps the default rules after it, unless the file says
+    /// `replace_default_patient_id_rules = true`; an empty `type_code` matches a bare PID-3.
+    #[test]
+    fn configured_patient_id_rules_keep_the_defaults() {
+        let p = Path::new("m.toml");
+        let head = "format = \"huren-mapping/1\"\n";
+        let rule = "[[patient_id]]\ntype_code = \"\"\nid_type = \"cn-ric\"\n";
+        let m = Mapping::parse(&format!("{head}{rule}"), p).unwrap();
+        assert_eq!(m.patient_id_rules[0].type_code.as_deref(), Some(""));
+        assert_eq!(m.patient_id_rules[1..], default_patient_id_rules()[..]);
+        let m = Mapping::parse(
+            &format!("{head}replace_default_patient_id_rules = true\n{rule}"),
+            p,
+        )
+        .unwrap();
+        assert_eq!(m.patient_id_rules.len(), 1);
+        let m = Mapping::parse(head, p).unwrap();
+        assert_eq!(m.patient_id_rules, default_patient_id_rules());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use huren_core::pb;
+use huren_core::pseudonym::Pseudonym;
 use huren_core::signing::{SignedEnvelope, VerifyError};
 use huren_core::summary::{SummaryId, UnixMillis};
 
@@ -80,6 +81,10 @@ struct ResultRecord {
     report_sha256: Vec<u8>,
     #[prost(bool, tag = "4")]
     voided: bool,
+    /// The patient pseudonym of the latest version (empty in records written before it was
+    /// kept).
+    #[prost(bytes = "vec", tag = "5")]
+    patient: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -106,6 +111,9 @@ pub struct ResultState {
     pub content: [u8; 32],
     pub report_sha256: [u8; 32],
     pub voided: bool,
+    /// The patient of the latest version; `None` for a result queued by an agent that did not
+    /// keep it yet.
+    pub patient: Option<Pseudonym>,
 }
 
 /// A full report to keep and serve.
@@ -248,6 +256,12 @@ impl Store {
             content: digest(&r.content, "content digest")?,
             report_sha256: digest(&r.report_sha256, "report digest")?,
             voided: r.voided,
+            patient: match r.patient.len() {
+                0 => None,
+                _ => Some(Pseudonym::from_slice(&r.patient).ok_or_else(|| {
+                    StoreError::Corrupt("patient pseudonym is not 32 bytes".into())
+                })?),
+            },
         }))
     }
 
@@ -297,6 +311,11 @@ impl Store {
                         content: r.state.content.to_vec(),
                         report_sha256: r.state.report_sha256.to_vec(),
                         voided: r.state.voided,
+                        patient: r
+                            .state
+                            .patient
+                            .map(|p| p.as_bytes().to_vec())
+                            .unwrap_or_default(),
                     };
                     res.insert(r.summary_id.as_str().as_bytes(), state.encode_to_vec())?;
                     versions.insert(
@@ -496,6 +515,7 @@ mod tests {
             content: [v as u8; 32],
             report_sha256: [9; 32],
             voided: false,
+            patient: Some(Pseudonym::from_bytes([v as u8; 32])),
         }
     }
 

@@ -12,3 +12,4 @@ mod node_daemon;
 mod publish;
 mod query;
 mod rules;
+mod security_ingest;

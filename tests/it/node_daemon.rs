@@ -18,12 +18,12 @@ use huren_core::pseudonym::PatientId;
 
 use crate::harness::{ChildGuard, TestHub, init};
 
-const TERTIARY: &str = "shx-prov-people";
-const COUNTY: &str = "lantian-county";
+pub(crate) const TERTIARY: &str = "shx-prov-people";
+pub(crate) const COUNTY: &str = "lantian-county";
 /// The patient of most fixtures (a valid resident identity card number).
-const PATIENT: &str = "610102196703151235";
+pub(crate) const PATIENT: &str = "610102196703151235";
 /// Longest a test waits for the agent to get somewhere.
-const DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,24 +36,24 @@ fn mapping(id: &str) -> PathBuf {
 }
 
 /// Folders of one test agent under the hub's temporary directory.
-struct AgentDirs {
-    config: PathBuf,
-    inbox: PathBuf,
-    store: PathBuf,
+pub(crate) struct AgentDirs {
+    pub(crate) config: PathBuf,
+    pub(crate) inbox: PathBuf,
+    pub(crate) store: PathBuf,
 }
 
 impl AgentDirs {
-    fn done(&self) -> PathBuf {
+    pub(crate) fn done(&self) -> PathBuf {
         self.inbox.join("done")
     }
 
-    fn rejected(&self) -> PathBuf {
+    pub(crate) fn rejected(&self) -> PathBuf {
         self.inbox.join("rejected")
     }
 }
 
 /// Writes a daemon configuration for member `id` (fast polling and back-off for tests).
-fn agent_config(hub: &TestHub, id: &str) -> anyhow::Result<AgentDirs> {
+pub(crate) fn agent_config(hub: &TestHub, id: &str) -> anyhow::Result<AgentDirs> {
     let files = hub.member_files(id)?;
     let root = hub.root().join(format!("agent-{id}"));
     std::fs::create_dir_all(&root)?;
@@ -67,7 +67,7 @@ fn agent_config(hub: &TestHub, id: &str) -> anyhow::Result<AgentDirs> {
          [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
          [signing]\ncert = {:?}\nkey = {:?}\n\
          [pseudonym]\nkey_file = {:?}\n\
-         [inbox]\ndir = {:?}\npoll_ms = 20\nsettle_ms = 0\n\
+         [inbox]\ndir = {:?}\npoll_ms = 20\nsettle_ms = 0\nincomplete_hold_ms = 0\n\
          [store]\npath = {:?}\n\
          [mapping]\nfile = {:?}\n\
          [outbox]\ninitial_backoff_ms = 20\nmax_backoff_ms = 200\n",
@@ -87,7 +87,7 @@ fn agent_config(hub: &TestHub, id: &str) -> anyhow::Result<AgentDirs> {
 }
 
 /// Drops a file into the inbox the way an interface engine should: write, then rename.
-fn drop_file(inbox: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn drop_file(inbox: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::create_dir_all(inbox)?;
     let tmp = inbox.join(format!("{name}.tmp"));
     std::fs::write(&tmp, bytes)?;
@@ -96,7 +96,7 @@ fn drop_file(inbox: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Polls `done` every 20 ms until it holds or `DEADLINE` passes.
-async fn wait_for(
+pub(crate) async fn wait_for(
     what: &str,
     mut done: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
@@ -113,7 +113,7 @@ async fn wait_for(
 }
 
 /// Files still waiting in the inbox (not the done/rejected folders).
-fn inbox_files(inbox: &Path) -> anyhow::Result<usize> {
+pub(crate) fn inbox_files(inbox: &Path) -> anyhow::Result<usize> {
     Ok(std::fs::read_dir(inbox)?
         .filter_map(Result::ok)
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
@@ -122,7 +122,7 @@ fn inbox_files(inbox: &Path) -> anyhow::Result<usize> {
 
 /// An ORU^R01 with `n` haemoglobin/platelet/glucose/ALT/creatinine results (one OBR per result)
 /// for patient `patient`, filler numbers `<order>-<k>`.
-fn oru(order: &str, patient: &str, n: usize) -> String {
+pub(crate) fn oru(order: &str, patient: &str, n: usize) -> String {
     let codes = [
         ("HGB", "132", "g/L"),
         ("PLT", "210", "10*9/L"),
@@ -146,7 +146,7 @@ fn oru(order: &str, patient: &str, n: usize) -> String {
 }
 
 /// Valid resident identity card numbers (GB 11643 check character computed).
-fn ric(n: usize) -> String {
+pub(crate) fn ric(n: usize) -> String {
     let first17 = format!("61010219800101{:03}", n % 1000);
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     let sum: u32 = first17
@@ -158,7 +158,7 @@ fn ric(n: usize) -> String {
     format!("{first17}{check}")
 }
 
-async fn start_daemon(dirs: &AgentDirs) -> anyhow::Result<Daemon> {
+pub(crate) async fn start_daemon(dirs: &AgentDirs) -> anyhow::Result<Daemon> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     Ok(Daemon::start(AgentConfig::load(&dirs.config)?, Some(listener)).await?)
 }

@@ -74,14 +74,42 @@ fn type_of(v: &Value) -> &str {
     s(v, "resourceType")
 }
 
-/// Reads a FHIR JSON file. Errors list every problem found and never quote a patient's id.
+/// Reads a FHIR JSON file: one unit per DiagnosticReport (with the Observations and
+/// ImagingStudies it refers to) and per Observation or ImagingStudy no report refers to, each
+/// accepted or refused on its own, so one resource the agent cannot read does not hold back
+/// the others of a Bundle. Errors name the resource (`DiagnosticReport/<id>`) and the element,
+/// list every problem found and never quote a patient's id.
 pub fn read_fhir(
     bytes: &[u8],
     mapping: &Mapping,
     settings: &IngestSettings,
-) -> Result<Unit, Vec<String>> {
+) -> Vec<Result<Unit, Vec<String>>> {
+    match read_fhir_file(bytes, mapping, settings) {
+        Ok(units) => units,
+        Err(errors) => vec![Err(errors)],
+    }
+}
+
+/// The name of a resource in a reason: `Type/id`, and where it is in a Bundle.
+fn resource_label(r: &Value, entry: Option<usize>) -> String {
+    let id = match s(r, "id") {
+        "" => "(no id)".to_owned(),
+        id => id.to_owned(),
+    };
+    match entry {
+        Some(i) => format!("{}/{id} (Bundle.entry[{i}])", type_of(r)),
+        None => format!("{}/{id}", type_of(r)),
+    }
+}
+
+fn read_fhir_file(
+    bytes: &[u8],
+    mapping: &Mapping,
+    settings: &IngestSettings,
+) -> Result<Vec<Result<Unit, Vec<String>>>, Vec<String>> {
     let root: Value =
         serde_json::from_slice(bytes).map_err(|e| vec![format!("not valid JSON: {e}")])?;
+    let in_bundle = type_of(&root) == "Bundle";
     let mut entries = Vec::new();
     match type_of(&root) {
         "Bundle" => {
@@ -116,29 +144,30 @@ pub fn read_fhir(
     let res = Resources { entries };
     let file_report = Report {
         sha256: sha256(bytes),
-        bytes: bytes.to_vec(),
+        bytes: bytes.into(),
         media_type: FHIR_MEDIA_TYPE.into(),
     };
-    let mut unit = Unit {
-        label: "file".into(),
+    let new_unit = |label: String| Unit {
+        label,
         findings: Vec::new(),
-        reports: vec![file_report],
+        reports: vec![file_report.clone()],
         skipped: Vec::new(),
     };
-    let mut errors = Vec::new();
-    let reports: Vec<&Value> = res
+    let entry_of = |i: usize| in_bundle.then_some(i);
+    let reports: Vec<(usize, &Value)> = res
         .entries
         .iter()
-        .map(|(_, _, r)| *r)
-        .filter(|r| type_of(r) == "DiagnosticReport")
+        .enumerate()
+        .map(|(i, (_, _, r))| (i, *r))
+        .filter(|(_, r)| type_of(r) == "DiagnosticReport")
         .collect();
     // Resources that a report refers to are read through it, not on their own.
-    let mut referenced: Vec<*const Value> = Vec::new();
-    for dr in &reports {
+    let mut referenced: std::collections::HashSet<*const Value> = std::collections::HashSet::new();
+    for (_, dr) in &reports {
         for key in ["result", "imagingStudy"] {
             for r in refs(dr, key) {
                 if let Some(target) = res.resolve(dr, r) {
-                    referenced.push(target as *const Value);
+                    referenced.insert(target as *const Value);
                     collect_members(&res, target, &mut referenced, 0);
                 }
             }
@@ -149,34 +178,41 @@ pub fn read_fhir(
         mapping,
         settings,
     };
-    for (i, dr) in reports.iter().enumerate() {
-        let label = format!("DiagnosticReport {}", i + 1);
-        if let Err(e) = reader.report(dr, &label, &mut unit) {
-            errors.extend(e);
-        }
+    let mut units = Vec::new();
+    for (i, dr) in &reports {
+        let label = resource_label(dr, entry_of(*i));
+        let mut unit = new_unit(label.clone());
+        units.push(with_checks(reader.report(dr, &label, &mut unit), unit));
     }
-    for (_, _, r) in &res.entries {
+    for (i, (_, _, r)) in res.entries.iter().enumerate() {
         if referenced.contains(&(*r as *const Value)) {
             continue;
         }
+        let label = resource_label(r, entry_of(i));
+        let mut unit = new_unit(label.clone());
         let result = match type_of(r) {
-            "ImagingStudy" => reader.imaging_study(r, "ImagingStudy", &mut unit),
-            "Observation" => reader.standalone_observation(r, &mut unit),
-            _ => Ok(()),
+            "ImagingStudy" => reader.imaging_study(r, &label, &mut unit),
+            "Observation" => reader.standalone_observation(r, &label, &mut unit),
+            _ => continue,
         };
-        if let Err(e) = result {
-            errors.extend(e);
-        }
+        units.push(with_checks(result, unit));
     }
-    if errors.is_empty() && unit.findings.is_empty() && unit.skipped.is_empty() {
-        errors.push(
+    if units.is_empty() {
+        return Err(vec![
             "the file holds no DiagnosticReport, Observation or ImagingStudy to publish".into(),
-        );
+        ]);
     }
-    if errors.is_empty() {
-        Ok(unit)
-    } else {
-        Err(errors)
+    Ok(units)
+}
+
+/// The unit, or every problem of it at once (the checks made before signing too).
+fn with_checks(read: Result<(), Vec<String>>, unit: Unit) -> Result<Unit, Vec<String>> {
+    match read {
+        Ok(()) => Ok(unit),
+        Err(mut errors) => {
+            super::check_findings(&unit.findings, super::FileKind::Fhir, &mut errors);
+            Err(errors)
+        }
     }
 }
 
@@ -188,13 +224,18 @@ fn refs<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
     }
 }
 
-fn collect_members(res: &Resources<'_>, obs: &Value, out: &mut Vec<*const Value>, depth: usize) {
+fn collect_members(
+    res: &Resources<'_>,
+    obs: &Value,
+    out: &mut std::collections::HashSet<*const Value>,
+    depth: usize,
+) {
     if depth >= MAX_PANEL_DEPTH {
         return;
     }
     for r in refs(obs, "hasMember") {
         if let Some(m) = res.resolve(obs, r) {
-            out.push(m as *const Value);
+            out.insert(m as *const Value);
             collect_members(res, m, out, depth + 1);
         }
     }
@@ -370,7 +411,7 @@ impl<'a> Reader<'a> {
         };
         unit.reports.push(Report {
             sha256: sha256(&bytes),
-            bytes,
+            bytes: bytes.into(),
             media_type: media.to_owned(),
         });
         Ok(unit.reports.len() - 1)
@@ -429,6 +470,7 @@ impl<'a> Reader<'a> {
             );
             unit.findings.push(Finding {
                 label: label.to_owned(),
+                id_from: format!("identifier {:?}", draft.id),
                 status,
                 report,
                 draft,
@@ -581,6 +623,7 @@ impl<'a> Reader<'a> {
         let report = &unit.reports[ctx.report];
         unit.findings.push(Finding {
             label: label.clone(),
+            id_from: format!("identifier {:?}", ctx.report_id),
             status,
             report: ctx.report,
             draft: ResultDraft {
@@ -608,8 +651,12 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    fn standalone_observation(&self, o: &Value, unit: &mut Unit) -> Result<(), Vec<String>> {
-        let label = "Observation";
+    fn standalone_observation(
+        &self,
+        o: &Value,
+        label: &str,
+        unit: &mut Unit,
+    ) -> Result<(), Vec<String>> {
         let one = |e: String| vec![e];
         let id = self.result_id(o, label).map_err(one)?;
         let patient = self.patient(o, label).map_err(one)?;
@@ -708,6 +755,7 @@ impl<'a> Reader<'a> {
         );
         unit.findings.push(Finding {
             label: label.to_owned(),
+            id_from: format!("identifier {:?}", draft.id),
             status,
             report: 0,
             draft,

@@ -184,6 +184,111 @@ fn split_plain(bytes: &[u8]) -> Result<Vec<&[u8]>, Hl7Error> {
     Ok(messages)
 }
 
+/// Why a file's bytes look like an HL7 v2 file that is not yet whole (still being written, or
+/// cut short), or `None`. Such a file is held, never published in part:
+///
+/// - MLLP: the last frame has no end block (`0x1C 0x0D`);
+/// - plain: the last segment has no segment terminator (CR or LF), i.e. the file ends inside a
+///   segment;
+/// - batches: a `BHS` without its `BTS`, or a `BTS-1` (batch message count) that differs from
+///   the messages in the batch; an `FHS` without its `FTS`, or an `FTS-1` (file batch count)
+///   that differs from the batches in the file.
+pub fn incomplete(bytes: &[u8]) -> Option<String> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    let bytes = &bytes[start..];
+    if bytes[0] == MLLP_START {
+        let last_start = bytes.iter().rposition(|&b| b == MLLP_START)?;
+        let tail = &bytes[last_start..];
+        return match tail.iter().position(|&b| b == MLLP_END) {
+            None => Some(
+                "the last MLLP frame has no end block (0x1C 0x0D): the file ends inside a message"
+                    .into(),
+            ),
+            Some(end) if tail.get(end + 1).is_none() => Some(
+                "the last MLLP frame ends with 0x1C without the 0x0D that closes the end block"
+                    .into(),
+            ),
+            Some(_) => None,
+        };
+    }
+    if !matches!(bytes.last(), Some(b'\r' | b'\n')) {
+        return Some(
+            "the last segment has no segment terminator (carriage return): the file ends inside a segment"
+                .into(),
+        );
+    }
+    // Batch envelopes: counts of messages (BTS-1) and batches (FTS-1).
+    let mut messages_in_batch: Option<usize> = None;
+    let mut batches = 0usize;
+    let mut file_open = false;
+    let mut file_closed = false;
+    for i in segment_starts(bytes) {
+        let seg = &bytes[i..];
+        let seg = &seg[..seg
+            .iter()
+            .position(|&b| matches!(b, b'\r' | b'\n'))
+            .unwrap_or(seg.len())];
+        let id = seg.get(..3).unwrap_or(seg);
+        let first_field = || -> Option<usize> {
+            let sep = *seg.get(3)?;
+            let f = seg[4..].split(|&b| b == sep).next()?;
+            let f = std::str::from_utf8(f).ok()?.trim();
+            if f.is_empty() { None } else { f.parse().ok() }
+        };
+        match id {
+            b"FHS" => file_open = true,
+            b"BHS" => {
+                if messages_in_batch.is_some() {
+                    return Some(format!(
+                        "batch {batches} has no BTS (batch trailer) before the next BHS"
+                    ));
+                }
+                batches += 1;
+                messages_in_batch = Some(0);
+            }
+            b"MSH" => {
+                if let Some(n) = messages_in_batch.as_mut() {
+                    *n += 1;
+                }
+            }
+            b"BTS" => {
+                let Some(n) = messages_in_batch.take() else {
+                    return Some("a BTS (batch trailer) without its BHS (batch header)".into());
+                };
+                if let Some(count) = first_field()
+                    && count != n
+                {
+                    return Some(format!(
+                        "BTS-1 (batch message count) of batch {batches} says {count} messages, the batch holds {n}"
+                    ));
+                }
+            }
+            b"FTS" => {
+                file_closed = true;
+                if let Some(count) = first_field()
+                    && count != batches
+                {
+                    return Some(format!(
+                        "FTS-1 (file batch count) says {count} batches, the file holds {batches}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if messages_in_batch.is_some() {
+        return Some(format!(
+            "batch {batches} has no BTS (batch trailer): the file ends inside a batch"
+        ));
+    }
+    if file_open && !file_closed {
+        return Some(
+            "the FHS (file header) has no FTS (file trailer): the file ends inside it".into(),
+        );
+    }
+    None
+}
+
 /// Normalised MSH-18 name: upper case, without spaces, hyphens and underscores.
 fn charset_name(msh18: &str) -> String {
     msh18

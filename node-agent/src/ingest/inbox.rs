@@ -10,11 +10,16 @@
 //!   several HL7 messages and only some were refused, each refused message is written to
 //!   `rejected/<name>.msg<k>.hl7` with its own reason file, and the file goes to `done/`.
 //!   Reason files name segments, fields and codes; never a patient's id or name.
+//! - Held: a file that is not whole yet (MLLP frame without its end block, a last segment
+//!   without terminator, batch counts that do not add up, JSON that ends early) or that changed
+//!   while it was read stays in the inbox and is read again later; nothing of it is published
+//!   in part. Once it has not changed for `incomplete_hold` and is still not whole, it moves to
+//!   `rejected/` with the reason.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{FileOutcome, IngestError, Ingestor};
+use super::{FileOutcome, IngestError, Ingestor, Rejection};
 
 /// Folder settings.
 #[derive(Clone, Debug)]
@@ -24,6 +29,8 @@ pub struct InboxDirs {
     pub done: Option<PathBuf>,
     pub rejected: PathBuf,
     pub settle: Duration,
+    /// How long a file that is not whole may stay unchanged in the inbox before it is refused.
+    pub incomplete_hold: Duration,
 }
 
 impl InboxDirs {
@@ -81,19 +88,69 @@ pub fn is_candidate(path: &Path) -> bool {
 }
 
 /// Reads one inbox file, queues its results, then moves it away. Errors (store, signing,
-/// file system) leave the file in the inbox to be tried again.
+/// file system) leave the file in the inbox to be tried again; so does `stop()` turning true
+/// while it is read (shutdown in the middle of a big file): what was queued stays queued, and
+/// reading the file again queues only the rest.
 pub fn process_file(
     ingestor: &Ingestor,
     dirs: &InboxDirs,
     path: &Path,
+    stop: &dyn Fn() -> bool,
 ) -> Result<FileOutcome, ProcessError> {
+    let before = stamp(path)?;
     let bytes = std::fs::read(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?;
-    let outcome = ingestor.ingest(&bytes, None)?;
-    ingestor.store().flush().map_err(IngestError::from)?;
+    let held = |why: &str| FileOutcome {
+        incomplete: Some(why.to_owned()),
+        ..Default::default()
+    };
+    if stamp(path)? != before || before.0 != bytes.len() as u64 {
+        return Ok(held(
+            "the file changed while it was read (still being written); it is read again when it stops changing",
+        ));
+    }
+    let mut outcome = ingestor.ingest_until(&bytes, None, stop)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
+    if let Some(why) = outcome.incomplete.clone() {
+        let unchanged_for = SystemTime::now()
+            .duration_since(before.1)
+            .unwrap_or_default();
+        if unchanged_for < dirs.incomplete_hold {
+            return Ok(outcome);
+        }
+        let target = free_name(&dirs.rejected, &name);
+        move_file(path, &target)?;
+        write_reason(
+            &target,
+            &name,
+            &[format!(
+                "the file is not whole: {why}; it did not change for {} s (incomplete_hold_ms), so it is refused rather than published in part",
+                unchanged_for.as_secs()
+            )],
+        )?;
+        outcome.incomplete = None;
+        outcome.rejected.push(super::Rejection {
+            unit: "file".into(),
+            reasons: vec![why],
+            bytes: None,
+        });
+        outcome.units = 1;
+        return Ok(outcome);
+    }
+    ingestor.store().flush().map_err(IngestError::from)?;
+    if outcome.interrupted {
+        return Ok(outcome);
+    }
+    if stamp(path)? != before {
+        // Written to while it was being read: what was queued is whole messages (each is
+        // checked), and reading the file again queues nothing twice.
+        outcome.incomplete = Some(
+            "the file changed while it was read (still being written); it is read again when it stops changing".into(),
+        );
+        return Ok(outcome);
+    }
     if outcome.wholly_rejected() && outcome.queued == 0 {
         let reasons: Vec<String> = outcome
             .rejected
@@ -105,17 +162,21 @@ pub fn process_file(
         write_reason(&target, &name, &reasons)?;
         return Ok(outcome);
     }
-    for (k, r) in outcome.rejected.iter().enumerate() {
-        let bytes = r.bytes.as_deref().unwrap_or(&bytes);
-        let target = free_name(&dirs.rejected, &format!("{name}.msg{}.hl7", k + 1));
-        std::fs::write(&target, bytes).map_err(|e| ProcessError::Io(target.clone(), e))?;
-        write_reason(&target, &name, &r.reasons)?;
-    }
+    write_refused_units(&dirs.rejected, &name, &bytes, &outcome.rejected)?;
     match &dirs.done {
         Some(done) => move_file(path, &free_name(done, &name))?,
         None => std::fs::remove_file(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?,
     }
     Ok(outcome)
+}
+
+/// A file's size and modification time.
+fn stamp(path: &Path) -> Result<(u64, SystemTime), ProcessError> {
+    let meta = std::fs::metadata(path).map_err(|e| ProcessError::Io(path.to_owned(), e))?;
+    Ok((
+        meta.len(),
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +208,40 @@ fn move_file(from: &Path, to: &Path) -> Result<(), ProcessError> {
             std::fs::remove_file(from).map_err(|e| ProcessError::Io(from.to_owned(), e))
         }
     }
+}
+
+/// Writes the refused units of a file that was otherwise accepted into `dir`: each refused HL7
+/// message as `<name>.msg<k>.hl7` with its own reason file; refused FHIR resources (which have
+/// no bytes of their own) as one copy of the file `<name>` whose reason file names each
+/// refused resource (the others were accepted; reading the file again queues only what is
+/// new). The inbox and backfill both use this, so they judge a file the same way.
+pub fn write_refused_units(
+    dir: &Path,
+    name: &str,
+    file_bytes: &[u8],
+    rejected: &[Rejection],
+) -> Result<(), ProcessError> {
+    let mut whole_file_reasons = Vec::new();
+    for (k, r) in rejected.iter().enumerate() {
+        match &r.bytes {
+            Some(bytes) => {
+                let target = free_name(dir, &format!("{name}.msg{}.hl7", k + 1));
+                std::fs::write(&target, bytes).map_err(|e| ProcessError::Io(target.clone(), e))?;
+                write_reason(&target, name, &r.reasons)?;
+            }
+            None => whole_file_reasons.extend(r.reasons.iter().cloned()),
+        }
+    }
+    if !whole_file_reasons.is_empty() {
+        whole_file_reasons.push(
+            "the file's other resources were accepted; once this is corrected, the whole file can be sent again (what was accepted is not published twice)"
+                .into(),
+        );
+        let target = free_name(dir, name);
+        std::fs::write(&target, file_bytes).map_err(|e| ProcessError::Io(target.clone(), e))?;
+        write_reason(&target, name, &whole_file_reasons)?;
+    }
+    Ok(())
 }
 
 /// Writes `<target>.reason.txt`.

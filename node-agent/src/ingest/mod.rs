@@ -7,8 +7,8 @@
 //! - [`Ingestor`]: results to summaries (mapping, validation, versions), signing and queueing.
 //! - [`inbox`]: the watched folder and its `done/` and `rejected/` folders.
 //!
-//! A file is read in units that are accepted or rejected whole: each HL7 message, or the FHIR
-//! file. A unit is queued in one store transaction and flushed before its file leaves the
+//! A file is read in units that are accepted or rejected whole: each HL7 message, or each FHIR
+//! resource with what it refers to. A file that is not whole yet ([`incomplete`]) is not read. A unit is queued in one store transaction and flushed before its file leaves the
 //! inbox, so a crash at any point loses nothing; reading a file again queues nothing twice (an
 //! unchanged result is recognised by its content digest).
 //!
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use huren_core::identity::InstitutionId;
-use huren_core::pseudonym::PseudonymKey;
+use huren_core::pseudonym::{Pseudonym, PseudonymKey};
 use huren_core::signing::{SummarySigner, sha256};
 use huren_core::summary::{ReportRef, Status, Summary, SummaryId};
 
@@ -52,6 +52,160 @@ impl Default for IngestSettings {
     }
 }
 
+/// Summary fields as the source names them, for reasons a person at the hospital can act on:
+/// (field in the summary, HL7 v2, FHIR R4).
+const SOURCE_FIELDS: &[(&str, &str, &str)] = &[
+    (
+        "performed_at_ms",
+        "OBX-14 (date/time of the observation), else OBR-7 (observation date/time)",
+        "effectiveDateTime (ImagingStudy: started)",
+    ),
+    (
+        "reported_at_ms",
+        "OBR-22 (results report/status change date/time), else OBX-19, else MSH-7",
+        "issued",
+    ),
+    (
+        "lab.value",
+        "OBX-5 (observation value)",
+        "Observation.value[x]",
+    ),
+    (
+        "lab.unit",
+        "OBX-6 (units)",
+        "Observation.valueQuantity.unit",
+    ),
+    (
+        "lab.reference_range",
+        "OBX-7 (reference range)",
+        "Observation.referenceRange",
+    ),
+    (
+        "lab.flag",
+        "OBX-8 (abnormal flags)",
+        "Observation.interpretation",
+    ),
+    (
+        "lab.specimen",
+        "SPM-4 (specimen type), else OBR-15",
+        "Observation.specimen",
+    ),
+    (
+        "exam.impression",
+        "the impression OBX-5 (impression_codes)",
+        "DiagnosticReport.conclusion",
+    ),
+    (
+        "exam.study_uid",
+        "ZDS-1 (Study Instance UID), else the OBX-5 of a study_uid_codes OBX",
+        "ImagingStudy.identifier (urn:dicom:uid)",
+    ),
+    (
+        "exam.modality",
+        "the mapping's modality of the OBR-4 item",
+        "ImagingStudy.modality",
+    ),
+    (
+        "exam.body_site",
+        "the mapping's body_site of the OBR-4 item",
+        "ImagingStudy.series.bodySite",
+    ),
+    (
+        "summary_id",
+        "the result id made of OBR-3 (filler order number) and OBX-3 (observation identifier)",
+        "identifier",
+    ),
+    (
+        "report.media_type",
+        "OBX-5 (ED attachment) type",
+        "DiagnosticReport.presentedForm.contentType",
+    ),
+    (
+        "report.locator",
+        "OBX-5 (ED attachment)",
+        "DiagnosticReport.presentedForm",
+    ),
+    (
+        "status_reason",
+        "OBX-11 (observation result status)",
+        "status",
+    ),
+];
+
+/// A reason from the summary checks with its field named as the source names it
+/// (`field reported_at_ms: …` becomes `OBR-22 (…), else OBX-19, else MSH-7: …`).
+pub fn source_names(kind: FileKind, reason: &str) -> String {
+    let mut out = reason.to_owned();
+    for (field, hl7, fhir) in SOURCE_FIELDS {
+        let name = match kind {
+            FileKind::Hl7 => hl7,
+            FileKind::Fhir => fhir,
+        };
+        out = out
+            .replace(&format!("field {field}:"), &format!("{name}:"))
+            .replace(
+                &format!("field {field} is missing"),
+                &format!("{name} is missing"),
+            );
+    }
+    out
+}
+
+/// The checks the hub makes (and [`Ingestor`] makes before signing), run on the findings of a
+/// unit that is refused anyway, so that its reasons list every problem at once rather than
+/// one stage after the other.
+pub(crate) fn check_findings(findings: &[Finding], kind: FileKind, errors: &mut Vec<String>) {
+    let Ok(probe) = InstitutionId::parse("probe") else {
+        return;
+    };
+    let key = PseudonymKey::new([0; 32]);
+    // The patient was checked when read; a stand-in keeps this to the summary's own checks
+    // (whatever id types the agent's real key accepts).
+    let stand_in = huren_core::pseudonym::PatientId::new("passport", "E00000000").ok();
+    for f in findings {
+        let mut draft = f.draft.clone();
+        if let Some(p) = &stand_in {
+            draft.patient = p.clone();
+        }
+        if let Err(e) = draft.into_summary(&probe, &key) {
+            errors.push(format!("{}: {}", f.label, source_names(kind, &e)));
+        }
+    }
+}
+
+/// A unit's reasons, each once: the same problem at several places (`<where>: <what>`) becomes
+/// one line naming the places (`OBR 1, segment 5 (OBX "HGB"); OBR 1, segment 7 (OBX "PLT"):
+/// <what>`), in the order first met.
+pub fn merge_reasons(reasons: Vec<String>) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut places: HashMap<String, Vec<String>> = HashMap::new();
+    for r in reasons {
+        let (place, what) = match r.split_once(": ") {
+            Some((p, w)) => (Some(p.to_owned()), w.to_owned()),
+            None => (None, r),
+        };
+        let entry = places.entry(what.clone()).or_insert_with(|| {
+            order.push(what.clone());
+            Vec::new()
+        });
+        if let Some(p) = place
+            && !entry.contains(&p)
+        {
+            entry.push(p);
+        }
+    }
+    order
+        .into_iter()
+        .map(|what| match places.get(&what).map(Vec::as_slice) {
+            None | Some([]) => what,
+            Some(p) if p.len() > 6 => {
+                format!("{} and {} more: {what}", p[..5].join("; "), p.len() - 5)
+            }
+            Some(p) => format!("{}: {what}", p.join("; ")),
+        })
+        .collect()
+}
+
 /// What the source says about a result's status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceStatus {
@@ -68,7 +222,8 @@ pub enum SourceStatus {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub sha256: [u8; 32],
-    pub bytes: Vec<u8>,
+    /// Shared: a FHIR Bundle's units all keep the file as their report.
+    pub bytes: Arc<[u8]>,
     pub media_type: String,
 }
 
@@ -77,6 +232,9 @@ pub struct Report {
 pub struct Finding {
     /// Where it is in the unit, e.g. `OBR 1, segment 5 (OBX "HGB")`; never patient data.
     pub label: String,
+    /// Where the result's id comes from, as the source names it, e.g.
+    /// `OBR-3 (filler order number) "LAB-1"`; never patient data.
+    pub id_from: String,
     pub status: SourceStatus,
     /// Index into [`Unit::reports`].
     pub report: usize,
@@ -146,11 +304,37 @@ pub type ParsedUnit = (Option<Vec<u8>>, Result<Unit, Vec<String>>);
 pub struct ParsedFile {
     pub kind: Option<FileKind>,
     pub units: Vec<ParsedUnit>,
+    /// Why the file is not whole yet (see [`incomplete`]); then `units` is empty.
+    pub incomplete: Option<String>,
+}
+
+/// Why a file looks cut short or still being written (HL7 v2 framing, segment terminators,
+/// batch counts; FHIR JSON that ends before its last value), or `None`. Such a file is never
+/// read in part: the inbox holds it and tries again.
+pub fn incomplete(bytes: &[u8]) -> Option<String> {
+    match detect(bytes)? {
+        FileKind::Hl7 => hl7::incomplete(bytes),
+        FileKind::Fhir => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(e) if e.is_eof() => Some(format!(
+                "the JSON ends before its last value is closed (line {}, column {}): the file ends early",
+                e.line(),
+                e.column()
+            )),
+            _ => None,
+        },
+    }
 }
 
 /// Reads a file's bytes into units.
 pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) -> ParsedFile {
     let kind = detect(bytes);
+    if let Some(why) = incomplete(bytes) {
+        return ParsedFile {
+            kind,
+            units: Vec::new(),
+            incomplete: Some(why),
+        };
+    }
     let units = match kind {
         None => vec![(
             None,
@@ -159,7 +343,10 @@ pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) ->
                     .to_owned(),
             ]),
         )],
-        Some(FileKind::Fhir) => vec![(None, fhir::read_fhir(bytes, mapping, settings))],
+        Some(FileKind::Fhir) => fhir::read_fhir(bytes, mapping, settings)
+            .into_iter()
+            .map(|u| (None, u.map_err(merge_reasons)))
+            .collect(),
         Some(FileKind::Hl7) => match hl7::Message::read_all(bytes, settings.charset) {
             Err(e) => vec![(None, Err(vec![e.to_string()]))],
             Ok(messages) => {
@@ -171,6 +358,7 @@ pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) ->
                         let unit = parsed
                             .map_err(|e| vec![e.to_string()])
                             .and_then(|m| oru::read_oru(&m, raw, mapping, settings))
+                            .map_err(merge_reasons)
                             .map_err(|errs| {
                                 if several {
                                     errs.into_iter()
@@ -186,7 +374,11 @@ pub fn parse_file(bytes: &[u8], mapping: &Mapping, settings: &IngestSettings) ->
             }
         },
     };
-    ParsedFile { kind, units }
+    ParsedFile {
+        kind,
+        units,
+        incomplete: None,
+    }
 }
 
 /// SHA-256 of a summary's clinical content: everything but version, status, reason and the
@@ -218,14 +410,19 @@ pub enum Decision {
     Duplicate,
     /// Nothing to do (e.g. a void of a result never published), with why.
     Skip(String),
+    /// The finding may not become a new version of what was queued before; its unit is
+    /// refused with this reason.
+    Refuse(String),
 }
 
-/// Decides the version of a finding (see INBOX.md, "Versions").
+/// Decides the version of a finding for `patient` (see INBOX.md, "Versions"). A new version
+/// never changes the patient, and nothing follows a void (the hub refuses both too).
 pub fn decide(
     prev: Option<&ResultState>,
     status: &SourceStatus,
     content: &[u8; 32],
     report: &[u8; 32],
+    patient: &Pseudonym,
 ) -> Decision {
     let queue = |version, status, reason: &str| Decision::Queue {
         version,
@@ -234,6 +431,18 @@ pub fn decide(
     };
     match (prev, status) {
         (_, SourceStatus::NotFinal(why)) => Decision::Skip(format!("not final ({why})")),
+        (Some(p), _) if p.patient.is_some_and(|was| was != *patient) => Decision::Refuse(
+            "it was published for another patient, and a new version may not change the patient \
+             (an order number reused for another patient?). To correct a result sent for the \
+             wrong patient: send it again for the first patient marked deleted (OBX-11 D, FHIR \
+             entered-in-error), then send the right one under a new order number"
+                .into(),
+        ),
+        (Some(p), SourceStatus::Final | SourceStatus::Corrected) if p.voided => Decision::Refuse(
+            "it was voided, and a voided result stays voided; send the result again under a \
+             new order number"
+                .into(),
+        ),
         (None, SourceStatus::Final | SourceStatus::Corrected) => queue(1, Status::Final, ""),
         (None, SourceStatus::Void) => {
             Decision::Skip("voided at the source before it was ever published".into())
@@ -293,6 +502,13 @@ pub struct FileOutcome {
     pub rejected: Vec<Rejection>,
     /// Units in the file.
     pub units: usize,
+    /// The file is not whole yet (cut short or still being written): nothing was read from it.
+    pub incomplete: Option<String>,
+    /// Entries the file's version overlay wrote or copied: grows with the results of the file,
+    /// not with their square (checked by a test).
+    pub overlay_work: usize,
+    /// Stopped between two units (shutdown): the file is to be read again.
+    pub interrupted: bool,
 }
 
 impl FileOutcome {
@@ -340,14 +556,36 @@ impl Ingestor {
     /// Reads a file's bytes and queues its results; `file_key` (backfill) is recorded in the
     /// same transaction. Does not flush: call `store().flush()` before the file is moved.
     pub fn ingest(&self, bytes: &[u8], file_key: Option<&str>) -> Result<FileOutcome, IngestError> {
+        self.ingest_until(bytes, file_key, &|| false)
+    }
+
+    /// [`Ingestor::ingest`], stopping between two units once `stop()` says so (Ctrl-C in the
+    /// middle of a big file): the outcome is then `interrupted`, the units read so far are
+    /// queued, and the file is not marked done. Reading it again queues only what is left
+    /// (the units already queued are recognised by their content).
+    pub fn ingest_until(
+        &self,
+        bytes: &[u8],
+        file_key: Option<&str>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<FileOutcome, IngestError> {
         let parsed = parse_file(bytes, &self.mapping, &self.settings);
+        let kind = parsed.kind.unwrap_or(FileKind::Hl7);
         let mut outcome = FileOutcome {
             units: parsed.units.len(),
+            incomplete: parsed.incomplete,
             ..Default::default()
         };
+        if outcome.incomplete.is_some() {
+            return Ok(outcome);
+        }
         // Versions decided earlier in this file, not yet in the store.
-        let mut overlay: HashMap<SummaryId, ResultState> = HashMap::new();
+        let mut overlay = Overlay::default();
         for (raw, unit) in parsed.units {
+            if stop() {
+                outcome.interrupted = true;
+                break;
+            }
             let unit = match unit {
                 Ok(u) => u,
                 Err(reasons) => {
@@ -360,7 +598,7 @@ impl Ingestor {
                 }
             };
             let label = unit.label.clone();
-            match self.prepare(unit, &mut overlay, &mut outcome)? {
+            match self.prepare(unit, &mut overlay, &mut outcome, kind)? {
                 Ok(batch) => {
                     let reports = batch.reports;
                     let new: Vec<NewResult<'_>> = batch
@@ -385,8 +623,12 @@ impl Ingestor {
                 }),
             }
         }
+        outcome.overlay_work = overlay.work;
+        // A file is recorded as done once read, unless all of it was refused (then it is read
+        // again once the mapping is fixed); its refused units are written apart by the caller.
         if let Some(key) = file_key
-            && outcome.rejected.is_empty()
+            && !outcome.wholly_rejected()
+            && !outcome.interrupted
         {
             self.store.mark_file(key)?;
         }
@@ -397,19 +639,20 @@ impl Ingestor {
     fn prepare(
         &self,
         unit: Unit,
-        overlay: &mut HashMap<SummaryId, ResultState>,
+        overlay: &mut Overlay,
         outcome: &mut FileOutcome,
+        kind: FileKind,
     ) -> Result<Result<Batch, Vec<String>>, IngestError> {
         let mut errors = Vec::new();
         let mut checked = Vec::new();
         for f in unit.findings {
             match f.draft.clone().into_summary(&self.institution, &self.key) {
                 Ok(s) => checked.push((f, s)),
-                Err(e) => errors.push(format!("{}: {e}", f.label)),
+                Err(e) => errors.push(format!("{}: {}", f.label, source_names(kind, &e))),
             }
         }
         if !errors.is_empty() {
-            return Ok(Err(errors));
+            return Ok(Err(merge_reasons(errors)));
         }
         let reports: Vec<ReportBytes> = unit
             .reports
@@ -417,20 +660,27 @@ impl Ingestor {
             .map(|r| ReportBytes {
                 sha256: r.sha256,
                 media_type: r.media_type,
-                bytes: r.bytes,
+                bytes: r.bytes.to_vec(),
             })
             .collect();
         let mut items = Vec::new();
-        let mut local_overlay = overlay.clone();
+        let mut local_overlay = overlay.tentative();
         for (f, v1) in checked {
             let content = content_digest(&v1);
             let report_sha = reports[f.report].sha256;
-            let prev = match local_overlay.get(&v1.id) {
+            let prev = match local_overlay.get(overlay, &v1.id) {
                 Some(s) => Some(s.clone()),
                 None => self.store.result_state(&v1.id)?,
             };
-            let decision = decide(prev.as_ref(), &f.status, &content, &report_sha);
+            let decision = decide(prev.as_ref(), &f.status, &content, &report_sha, &v1.patient);
             let summary = match decision {
+                Decision::Refuse(why) => {
+                    errors.push(format!(
+                        "{}: {} (result {}): {why}",
+                        f.label, f.id_from, v1.id
+                    ));
+                    continue;
+                }
                 Decision::Duplicate => {
                     outcome.duplicates += 1;
                     continue;
@@ -463,7 +713,7 @@ impl Ingestor {
                             s
                         }
                         Err(e) => {
-                            errors.push(format!("{}: {e}", f.label));
+                            errors.push(format!("{}: {}", f.label, source_names(kind, &e)));
                             continue;
                         }
                     }
@@ -474,18 +724,58 @@ impl Ingestor {
                 content,
                 report_sha256: report_sha,
                 voided: summary.status == Status::Voided,
+                patient: Some(summary.patient),
             };
             local_overlay.insert(summary.id.clone(), state.clone());
             let envelope = self.signer.sign(&summary)?;
             items.push((summary, envelope, state, f.report));
         }
         if !errors.is_empty() {
-            return Ok(Err(errors));
+            return Ok(Err(merge_reasons(errors)));
         }
         outcome.queued += items.len();
         outcome.skipped.extend(unit.skipped);
-        *overlay = local_overlay;
+        overlay.commit(local_overlay);
         Ok(Ok(Batch { items, reports }))
+    }
+}
+
+/// Versions decided earlier in the file being read, not yet in the store. A unit's decisions
+/// are tentative until the whole unit is accepted: they are kept apart ([`Tentative`]) and
+/// merged at once, so reading a file costs the same per result however many units came before
+/// (cloning the overlay per unit made a batch file of n messages cost n²).
+#[derive(Default)]
+pub(crate) struct Overlay {
+    states: HashMap<SummaryId, ResultState>,
+    /// Entries written or copied so far: the work this overlay did (for tests).
+    work: usize,
+}
+
+/// The decisions of the unit being prepared.
+pub(crate) struct Tentative {
+    states: HashMap<SummaryId, ResultState>,
+}
+
+impl Tentative {
+    fn get<'a>(&'a self, base: &'a Overlay, id: &SummaryId) -> Option<&'a ResultState> {
+        self.states.get(id).or_else(|| base.states.get(id))
+    }
+
+    fn insert(&mut self, id: SummaryId, state: ResultState) {
+        self.states.insert(id, state);
+    }
+}
+
+impl Overlay {
+    fn tentative(&mut self) -> Tentative {
+        Tentative {
+            states: HashMap::new(),
+        }
+    }
+
+    fn commit(&mut self, t: Tentative) {
+        self.work += t.states.len();
+        self.states.extend(t.states);
     }
 }
 

@@ -15,7 +15,7 @@
 //!   whose OBX-3.1 is a study-UID code; modality and body site from the mapping.
 //! - **Lab** (otherwise): one result per OBX, id = `<OBR-3.1>-<OBX-3.1>`; value from OBX-5 by
 //!   OBX-2 (NM, ST, TX, FT as text; SN as `<comparator><num>[<sep><num>]`; CE/CWE by text);
-//!   unit OBX-6 (CE: identifier, else text; required for a numeric NM value), range OBX-7 (components joined with `-`), flag OBX-8 (table 0078), specimen SPM-4 or OBR-15.
+//!   unit OBX-6 (CE: identifier, else text; required for a numeric NM value), range OBX-7 (see `reference_range`), flag OBX-8 (table 0078), specimen SPM-4 or OBR-15.
 //! - **Times**: performed = OBX-14, else OBR-7; reported = OBR-22, else OBX-19, else MSH-7.
 //!   Without an offset, times are at the configured local offset.
 //! - **Processing id**: MSH-11.1 `T` (training) or `D` (debugging) refuses the message.
@@ -139,7 +139,7 @@ pub fn read_oru(
         findings: Vec::new(),
         reports: vec![Report {
             sha256: sha256(raw),
-            bytes: raw.to_vec(),
+            bytes: raw.into(),
             media_type: HL7_MEDIA_TYPE.into(),
         }],
         skipped: Vec::new(),
@@ -162,6 +162,8 @@ pub fn read_oru(
     if errors.is_empty() {
         Ok(unit)
     } else {
+        // Every problem at once: the checks made before signing too.
+        super::check_findings(&unit.findings, super::FileKind::Hl7, &mut errors);
         Err(errors)
     }
 }
@@ -235,15 +237,19 @@ fn read_order(
     unit: &mut Unit,
 ) -> Result<(), Vec<String>> {
     let obr = order.obr;
-    let order_id = [m.text(obr, 3, 1, 0), m.text(obr, 2, 1, 0)]
-        .into_iter()
-        .find(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
+    let (id_field, order_id) = [
+        ("OBR-3 (filler order number)", m.text(obr, 3, 1, 0)),
+        ("OBR-2 (placer order number)", m.text(obr, 2, 1, 0)),
+    ]
+    .into_iter()
+    .find(|(_, s)| !s.trim().is_empty())
+    .ok_or_else(|| {
             vec![format!(
                 "{label}: OBR-3 (filler order number) and OBR-2 (placer order number) are empty; a result needs an id"
             )]
         })?;
     let order_id = summary_id_part(order_id.trim());
+    let id_from = format!("{id_field} {:?}", order_id);
     let time = |field: &str, v: &str| -> Result<Option<i64>, String> {
         if v.trim().is_empty() {
             return Ok(None);
@@ -308,6 +314,7 @@ fn read_order(
         let status = source_status(&obr_status);
         unit.findings.push(Finding {
             label: format!("{label} ({})", service_code.trim()),
+            id_from: id_from.clone(),
             status,
             report,
             draft: ResultDraft {
@@ -439,6 +446,7 @@ fn read_order(
         }
         unit.findings.push(Finding {
             label: at,
+            id_from: id_from.clone(),
             status,
             report,
             draft: ResultDraft {
@@ -471,17 +479,45 @@ fn read_order(
     }
 }
 
-/// OBX-7 (ST in v2.5.1) as text: escapes decoded; when a sender splits it into components
-/// (e.g. `3.5^5.5`), the non-empty components are joined with `-` (`3.5-5.5`).
+/// OBX-7 (ST in v2.5.1) as text, escapes decoded. Senders also split it as a numeric range
+/// (NR: low ^ high, perhaps followed by text): both given → `low-high` (`3.5^5.5` →
+/// `3.5-5.5`); only the high limit → `<=high` (`^5.5` → `<=5.5`); only the low one → `>=low`;
+/// further non-empty components follow after a space (`3.5^5.5^mmol/L` → `3.5-5.5 mmol/L`).
+/// Repetitions (e.g. one range per sex) are kept, joined with `; `.
 fn reference_range(m: &Message, obx: &Segment) -> String {
-    let parts: Vec<String> = m
-        .first(obx, 7)
-        .components()
+    m.repetitions(obx, 7)
         .iter()
-        .map(|c| c.text().trim().to_owned())
+        .map(|rep| {
+            let parts: Vec<String> = rep
+                .components()
+                .iter()
+                .map(|c| c.text().trim().to_owned())
+                .collect();
+            let (low, high) = match parts.as_slice() {
+                [] => return String::new(),
+                [only] => return only.clone(),
+                [low, high, ..] => (low.as_str(), high.as_str()),
+            };
+            let range = match (low.is_empty(), high.is_empty()) {
+                (false, false) => format!("{low}-{high}"),
+                (true, false) => format!("<={high}"),
+                (false, true) => format!(">={low}"),
+                (true, true) => String::new(),
+            };
+            let rest: Vec<&str> = parts[2..]
+                .iter()
+                .map(String::as_str)
+                .filter(|t| !t.is_empty())
+                .collect();
+            [range, rest.join(" ")]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|t| !t.is_empty())
-        .collect();
-    parts.join("-")
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn first_non_empty<const N: usize>(values: [String; N]) -> String {
@@ -567,7 +603,7 @@ fn attachment(
     };
     Ok(Report {
         sha256: sha256(&bytes),
-        bytes,
+        bytes: bytes.into(),
         media_type,
     })
 }
