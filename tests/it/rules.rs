@@ -622,6 +622,18 @@ async fn one_decision_per_consultation_counts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The county's order check for haemoglobin (local code XCG-HB) now, for treatment.
+fn order_hb_now(patient: &Pseudonym) -> pb::CheckOrderRequest {
+    pb::CheckOrderRequest {
+        patient_pseudonym: patient.as_bytes().to_vec(),
+        items: vec![local("XCG-HB")],
+        as_of_ms: 0,
+        purpose: pb::Purpose::Treatment as i32,
+        with_proofs: false,
+        certificates_once: false,
+    }
+}
+
 /// Writes `policy` with version label `label` and waits until the hub answers under it.
 async fn reload_policy(
     hub: &TestHub,
@@ -636,17 +648,7 @@ async fn reload_policy(
     let mut c = hub.client(COUNTY).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = c
-            .check_order(pb::CheckOrderRequest {
-                patient_pseudonym: patient.as_bytes().to_vec(),
-                items: vec![local("XCG-HB")],
-                as_of_ms: 0,
-                purpose: pb::Purpose::Treatment as i32,
-                with_proofs: false,
-                certificates_once: false,
-            })
-            .await?
-            .into_inner();
+        let r = c.check_order(order_hb_now(patient)).await?.into_inner();
         if r.policy_version == label {
             return Ok(());
         }
@@ -706,17 +708,7 @@ async fn a_backdated_revocation_reaches_what_the_hub_accepted_after_it() -> anyh
         .reasons[0]
         .explanation;
     assert!(why.contains("signing key compromise"), "{why}");
-    let order = county
-        .check_order(pb::CheckOrderRequest {
-            patient_pseudonym: p.as_bytes().to_vec(),
-            items: vec![local("XCG-HB")],
-            as_of_ms: 0,
-            purpose: pb::Purpose::Treatment as i32,
-            with_proofs: false,
-            certificates_once: false,
-        })
-        .await?
-        .into_inner();
+    let order = county.check_order(order_hb_now(&p)).await?.into_inner();
     let best = order.items[0].best.as_ref().context("a best result")?;
     assert_eq!(
         best.receipt.as_ref().map(|r| r.summary_id.as_str()),

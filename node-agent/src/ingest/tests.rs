@@ -698,6 +698,18 @@ fn a_new_version_never_changes_the_patient_and_nothing_follows_a_void() {
     assert_eq!(ing.store().pending(100).unwrap().len(), 8);
 }
 
+/// `n` copies of the example lab message, each with order numbers of its own
+/// (`<prefix><k>-31`, `<prefix><k>-32`): four results each.
+fn batch_of_example_messages(prefix: &str, n: usize) -> String {
+    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
+    (0..n)
+        .map(|k| {
+            good.replace("LAB-20261118-00731", &format!("{prefix}{k}-31"))
+                .replace("LAB-20261118-00732", &format!("{prefix}{k}-32"))
+        })
+        .collect()
+}
+
 /// A batch file of many messages costs the same per result as a small one: the versions
 /// decided earlier in the file are not copied for every message (they were: n messages cost
 /// n²/2 copied entries, about 9 minutes for 12,000 messages).
@@ -705,16 +717,8 @@ fn a_new_version_never_changes_the_patient_and_nothing_follows_a_void() {
 fn a_big_batch_file_is_read_in_linear_work() {
     let dir = tempfile::tempdir().unwrap();
     let ing = test_ingestor(dir.path());
-    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
     let messages = 400;
-    let mut file = String::new();
-    for k in 0..messages {
-        file.push_str(
-            &good
-                .replace("LAB-20261118-00731", &format!("B{k}-31"))
-                .replace("LAB-20261118-00732", &format!("B{k}-32")),
-        );
-    }
+    let file = batch_of_example_messages("B", messages);
     let out = ing.ingest(file.as_bytes(), None).unwrap();
     assert_eq!(out.rejected.len(), 0, "{:?}", out.rejected);
     assert_eq!(out.queued, 4 * messages);
@@ -732,15 +736,7 @@ fn a_big_batch_file_is_read_in_linear_work() {
 fn a_file_stopped_midway_resumes_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let ing = test_ingestor(dir.path());
-    let good = String::from_utf8(data("hl7/oru-lab-utf8.hl7")).unwrap();
-    let mut file = String::new();
-    for k in 0..50 {
-        file.push_str(
-            &good
-                .replace("LAB-20261118-00731", &format!("S{k}-31"))
-                .replace("LAB-20261118-00732", &format!("S{k}-32")),
-        );
-    }
+    let file = batch_of_example_messages("S", 50);
     let units = std::cell::Cell::new(0);
     let stop_after_20 = || {
         units.set(units.get() + 1);
