@@ -713,6 +713,7 @@ mod tests {
         let r = &p.revoked[&id];
         assert_eq!(r.at, UnixMillis(1_795_140_000_000));
         assert_eq!(r.reason, "key compromise");
+        assert_eq!(r.after, huren_core::rules::AfterRevocation::NotRecognised);
         assert!(p.revoked_at(&id, UnixMillis(1_795_139_999_999)).is_none());
         assert!(p.revoked_at(&id, UnixMillis(1_795_140_000_000)).is_some());
         let revoked_line = with("").matches('\n').count() - 1;
@@ -731,6 +732,11 @@ mod tests {
                 "member = \"lantian-tangyu\"\nat = 2026-11-20T10:00:00Z\nreason = \" \"",
                 "revoked[0].reason",
                 "must say why",
+            ),
+            (
+                "member = \"lantian-tangyu\"\nat = 2026-11-20T10:00:00Z\nreason = \"x\"\nsummaries_after = \"hidden\"",
+                "revoked[0].summaries_after",
+                "\"withheld\"",
             ),
         ] {
             let err = parse(Path::new("policy.toml"), &with(entry)).unwrap_err();
