@@ -7,6 +7,7 @@
 //! its TLS handshake happens inside that lifetime, so half-sent ClientHellos count too.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -241,8 +242,6 @@ impl Bounded {
         }
     }
 }
-
-use std::future::Future;
 
 impl AsyncRead for Bounded {
     fn poll_read(

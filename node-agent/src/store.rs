@@ -220,13 +220,14 @@ impl Store {
         // second before calling it locked by another process.
         let locked_until = std::time::Instant::now() + std::time::Duration::from_secs(1);
         let db = loop {
-            let locked = match sled::Config::new().path(path).open() {
+            match sled::Config::new().path(path).open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock => true,
-                Err(sled::Error::Io(io)) if io.to_string().contains("lock") => true,
+                Err(sled::Error::Io(io))
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") => {}
                 Err(other) => return Err(StoreError::Engine(other)),
-            };
-            if locked && std::time::Instant::now() >= locked_until {
+            }
+            if std::time::Instant::now() >= locked_until {
                 return Err(StoreError::Locked {
                     path: path.to_owned(),
                 });
