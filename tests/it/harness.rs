@@ -924,14 +924,29 @@ pub fn sign_with_mixed_order_r(
     summary: &Summary,
     torsion: usize,
 ) -> anyhow::Result<pb::SignedSummary> {
-    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
-    use curve25519_dalek::scalar::Scalar;
     use ed25519_dalek::pkcs8::DecodePrivateKey;
-    use sha2::{Digest, Sha512};
     let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&member.signing.key_pem)
         .map_err(|e| anyhow::anyhow!("signing key: {e}"))?;
     let body = summary.to_body_bytes();
-    let message = signing_message(&body);
+    let signature = mixed_order_signature(&key, &signing_message(&body), torsion)?;
+    Ok(pb::SignedSummary {
+        body,
+        signature: signature.to_vec(),
+        signer_certificate: cert_der(&member.signing.cert_pem)?,
+    })
+}
+
+/// An Ed25519 signature of `message` by `key` with R = [r]B + T, T the `torsion`-th point of
+/// order dividing 8, and S made so that the cofactored equation holds (the cofactorless one
+/// does not, for T not the identity).
+pub fn mixed_order_signature(
+    key: &ed25519_dalek::SigningKey,
+    message: &[u8],
+    torsion: usize,
+) -> anyhow::Result<[u8; 64]> {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::{Digest, Sha512};
     let h = Sha512::digest(key.to_bytes());
     let mut a = [0u8; 32];
     a.copy_from_slice(&h[..32]);
@@ -940,29 +955,19 @@ pub fn sign_with_mixed_order_r(
     a[31] |= 64;
     let a = Scalar::from_bytes_mod_order(a);
     let r = Scalar::from_bytes_mod_order_wide(
-        &Sha512::digest([&h[32..], &message[..]].concat()).into(),
+        &Sha512::digest([&h[32..], message].concat()).into(),
     );
     let t = EIGHT_TORSION
         .get(torsion)
         .context("a torsion index below 8")?;
     let big_r = (ED25519_BASEPOINT_POINT * r + t).compress();
     let k = Scalar::from_bytes_mod_order_wide(
-        &Sha512::digest(
-            [
-                big_r.as_bytes(),
-                key.verifying_key().as_bytes(),
-                &message[..],
-            ]
-            .concat(),
-        )
-        .into(),
+        &Sha512::digest([big_r.as_bytes(), key.verifying_key().as_bytes(), message].concat())
+            .into(),
     );
     let s = r + k * a;
-    let mut signature = big_r.as_bytes().to_vec();
-    signature.extend_from_slice(s.as_bytes());
-    Ok(pb::SignedSummary {
-        body,
-        signature,
-        signer_certificate: cert_der(&member.signing.cert_pem)?,
-    })
+    let mut signature = [0u8; 64];
+    signature[..32].copy_from_slice(big_r.as_bytes());
+    signature[32..].copy_from_slice(s.as_bytes());
+    Ok(signature)
 }

@@ -13,3 +13,4 @@ mod publish;
 mod query;
 mod rules;
 mod security_ingest;
+mod vectors;
