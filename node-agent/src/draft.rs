@@ -65,8 +65,41 @@ impl ResultDraft {
             status_reason: self.status_reason,
         };
         // The same checks the hub makes, so a bad entry is caught here, before anything is sent.
-        Summary::from_body_bytes(&summary.to_body_bytes()).map_err(|e: BodyError| e.to_string())
+        let summary = Summary::from_body_bytes(&summary.to_body_bytes())
+            .map_err(|e: BodyError| e.to_string())?;
+        check_not_future(&summary, now_ms())?;
+        Ok(summary)
     }
+}
+
+/// How far past this computer's clock a result's time may lie: the hub's default
+/// (`[limits] max_clock_skew_seconds`), so what the agent signs the hub accepts.
+pub const MAX_CLOCK_SKEW_MS: i64 = 600_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Refuses a result performed or reported later than `now_ms` plus [`MAX_CLOCK_SKEW_MS`]: a
+/// result from the future is a wrong LIS clock or time zone, and would otherwise be signed,
+/// then refused by the hub and retried for ever.
+fn check_not_future(summary: &Summary, now_ms: i64) -> Result<(), String> {
+    let latest = now_ms.saturating_add(MAX_CLOCK_SKEW_MS);
+    for (field, t) in [
+        ("performed_at_ms", summary.performed_at),
+        ("reported_at_ms", summary.reported_at),
+    ] {
+        if t.0 > latest {
+            return Err(format!(
+                "field {field}: the time is {} minutes ahead of this computer's clock (at most {} are allowed); check the sending system's clock and time zone",
+                (t.0 - now_ms) / 60_000,
+                MAX_CLOCK_SKEW_MS / 60_000
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `huren-report:<institution>/<summary id>/<version>`: where a member's agent serves a report.

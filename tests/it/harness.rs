@@ -954,9 +954,7 @@ pub fn mixed_order_signature(
     a[31] &= 127;
     a[31] |= 64;
     let a = Scalar::from_bytes_mod_order(a);
-    let r = Scalar::from_bytes_mod_order_wide(
-        &Sha512::digest([&h[32..], message].concat()).into(),
-    );
+    let r = Scalar::from_bytes_mod_order_wide(&Sha512::digest([&h[32..], message].concat()).into());
     let t = EIGHT_TORSION
         .get(torsion)
         .context("a torsion index below 8")?;

@@ -350,3 +350,75 @@ async fn backfill_judges_files_as_run_does_and_counts_right_when_interrupted() -
     );
     Ok(())
 }
+
+/// An HL7 v2 TS (`YYYYMMDDHHMMSS+0000`) `days` from now.
+fn hl7_time_from_now(days: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}+0000",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Through the real daemon: a training message (MSH-11 `T`), a debugging one (`D`) and results
+/// dated tomorrow (a wrong LIS clock or time zone) are refused to rejected/ with the HL7 field
+/// named, and nothing of them is signed or published; a good file beside them is published.
+#[tokio::test]
+async fn test_messages_and_future_results_are_refused_before_signing() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let daemon = start_daemon(&dirs).await?;
+    let (training, debugging, future, good) = (ric(921), ric(922), ric(923), ric(924));
+    let as_processing =
+        |msg: String, id: &str| msg.replace("|P|2.5.1\r", &format!("|{id}|2.5.1\r"));
+    drop_file(
+        &dirs.inbox,
+        "training.hl7",
+        as_processing(oru("TRAIN", &training, 2), "T").as_bytes(),
+    )?;
+    drop_file(
+        &dirs.inbox,
+        "debugging.hl7",
+        as_processing(oru("DEBUG", &debugging, 1), "D").as_bytes(),
+    )?;
+    let tomorrow = oru("AHEAD", &future, 2)
+        .replace("20261118074500+0800", &hl7_time_from_now(1))
+        .replace("20261118090000+0800", &hl7_time_from_now(1));
+    drop_file(&dirs.inbox, "future.hl7", tomorrow.as_bytes())?;
+    drop_file(&dirs.inbox, "good.hl7", oru("GOOD", &good, 2).as_bytes())?;
+    wait_for("the good file published and the others refused", || {
+        Ok(inbox_files(&dirs.inbox)? == 0
+            && daemon.counts().published == 2
+            && ["training", "debugging", "future"]
+                .iter()
+                .all(|f| dirs.rejected().join(format!("{f}.hl7.reason.txt")).exists()))
+    })
+    .await?;
+    let reason =
+        |f: &str| std::fs::read_to_string(dirs.rejected().join(format!("{f}.hl7.reason.txt")));
+    let r = reason("training")?;
+    assert!(r.contains("MSH-11 (processing id) is T (training)"), "{r}");
+    let r = reason("debugging")?;
+    assert!(r.contains("MSH-11 (processing id) is D"), "{r}");
+    let r = reason("future")?;
+    assert!(
+        r.contains(
+            "OBX-14 (date/time of the observation), else OBR-7 (observation date/time): the time is"
+        ) && r.contains("ahead of this computer's clock"),
+        "{r}"
+    );
+    assert!(!r.contains(&future), "{r}");
+    assert_eq!(daemon.counts().pending, 0);
+    for p in [&training, &debugging, &future] {
+        assert_eq!(seen_for(&hub, p).await?, [], "published for a refused file");
+    }
+    assert_eq!(seen_for(&hub, &good).await?.len(), 2);
+    daemon.shutdown().await?;
+    Ok(())
+}

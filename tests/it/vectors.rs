@@ -414,7 +414,10 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
         let envelope = signer.sign(summary)?;
         let certified = ca.certify_signer(&envelope.signer_certificate, accepted_at)?;
         let verified = envelope.verify_with(&certified)?;
-        ensure!(verified.summary == *summary, "the body does not decode back");
+        ensure!(
+            verified.summary == *summary,
+            "the body does not decode back"
+        );
         let leaf = summary_leaf(
             &envelope.body,
             &envelope.signature,
@@ -433,8 +436,8 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
         }));
         summary_leaves.push((leaf, envelope));
     }
-    let [(first_leaf, first), (second_leaf, _)] = <[_; 2]>::try_from(summary_leaves)
-        .map_err(|_| anyhow::anyhow!("two versions expected"))?;
+    let [(first_leaf, first), (second_leaf, _)] =
+        <[_; 2]>::try_from(summary_leaves).map_err(|_| anyhow::anyhow!("two versions expected"))?;
     let ed25519 = ed25519_cases(&key, &signing_message(&first.body), &first.signature)?;
 
     let t0 = inputs.accepted_at_ms;
@@ -509,7 +512,10 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
             .encode(),
         ),
     ];
-    ensure!(entries.len() as u64 == LOG_SIZE, "LOG_SIZE is the leaf count");
+    ensure!(
+        entries.len() as u64 == LOG_SIZE,
+        "LOG_SIZE is the leaf count"
+    );
     let mut tree = MemoryTree::new();
     let mut roots = vec![json!({"size": 0, "root": hex::encode(tree.root())})];
     let mut leaves = Vec::new();
