@@ -5,7 +5,10 @@
 //! `bytes` fields are a `u32` big-endian length followed by that many bytes (UTF-8 for `str`).
 //!
 //! ```text
-//! leaf = 0x01 (LEAF_V1) || kind:u8 || fields
+//! leaf = format:u8 || kind:u8 || fields
+//!
+//! format 0x01 (LEAF_V1) for every kind; 0x02 (LEAF_V2) for access leaves written since
+//! 2026-12-04, which end with the policy version that judged the answer (both are read).
 //!
 //! kind 0x01 summary version (publish, amendment and void alike: a void is a version)
 //!   accepted_at_ms:i64 || signer_certificate_sha256[32] || signature[64] || body:bytes
@@ -15,6 +18,7 @@
 //! kind 0x03 access (FindPrior, History, CheckOrder, AccessReport)
 //!   at_ms:i64 || caller:str || purpose:u8 || method:u8 || flags:u8 || pseudonym[32]
 //!   || count:u32 || count × (publisher:str || summary_id:str || version:u32)
+//!   [|| policy_version:str]                       format 0x02 only
 //!   flags: bit 0 = emergency override of an opt-out, bit 1 = results withheld by consent
 //! kind 0x04 consent
 //!   at_ms:i64 || member:str || pseudonym[32] || opted_out:u8
@@ -35,6 +39,9 @@ use crate::summary::UnixMillis;
 
 /// First byte of every leaf: the leaf format version.
 pub const LEAF_V1: u8 = 0x01;
+/// Format of access leaves that name the policy version in force (all access leaves written
+/// since 2026-12-04).
+pub const LEAF_V2: u8 = 0x02;
 
 /// Kind byte of a summary-version leaf.
 pub const KIND_SUMMARY: u8 = 0x01;
@@ -169,6 +176,9 @@ pub enum Entry {
         withheld_by_consent: bool,
         pseudonym: [u8; 32],
         results: Vec<ResultRef>,
+        /// The version label of the alliance policy whose rules judged the answer: `Some` in
+        /// a [`LEAF_V2`] leaf, `None` in an older [`LEAF_V1`] one.
+        policy_version: Option<String>,
     },
     Consent {
         at: UnixMillis,
@@ -186,6 +196,9 @@ struct W(Vec<u8>);
 impl W {
     fn new(kind: u8) -> Self {
         Self(vec![LEAF_V1, kind])
+    }
+    fn with_format(format: u8, kind: u8) -> Self {
+        Self(vec![format, kind])
     }
     fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
@@ -261,6 +274,7 @@ impl Entry {
                 withheld_by_consent,
                 pseudonym,
                 results,
+                policy_version,
             } => {
                 let mut flags = 0;
                 if *emergency_override {
@@ -269,7 +283,12 @@ impl Entry {
                 if *withheld_by_consent {
                     flags |= FLAG_WITHHELD;
                 }
-                let mut w = W::new(KIND_ACCESS);
+                let format = if policy_version.is_some() {
+                    LEAF_V2
+                } else {
+                    LEAF_V1
+                };
+                let mut w = W::with_format(format, KIND_ACCESS);
                 w.i64(at.0)
                     .bytes(caller.as_bytes())
                     .u8(*purpose as u8)
@@ -281,6 +300,9 @@ impl Entry {
                     w.bytes(r.publisher.as_bytes())
                         .bytes(r.summary_id.as_bytes())
                         .u32(r.version);
+                }
+                if let Some(v) = policy_version {
+                    w.bytes(v.as_bytes());
                 }
                 w.0
             }
@@ -303,11 +325,14 @@ impl Entry {
     /// Reads leaf bytes; the exact inverse of [`Entry::encode`] (trailing bytes are refused).
     pub fn decode(leaf: &[u8]) -> Result<Entry, LeafError> {
         let mut r = R(leaf);
-        let version = r.u8()?;
-        if version != LEAF_V1 {
-            return Err(LeafError::Version(version));
+        let format = r.u8()?;
+        let kind = r.u8()?;
+        match (format, kind) {
+            (LEAF_V1, _) | (LEAF_V2, KIND_ACCESS) => {}
+            (LEAF_V2, k) => return Err(LeafError::Kind(k)),
+            (f, _) => return Err(LeafError::Version(f)),
         }
-        let entry = match r.u8()? {
+        let entry = match kind {
             KIND_SUMMARY => Entry::Summary {
                 accepted_at: UnixMillis(r.i64()?),
                 signer_certificate_sha256: r.array()?,
@@ -347,6 +372,11 @@ impl Entry {
                         version: r.u32()?,
                     });
                 }
+                let policy_version = if format == LEAF_V2 {
+                    Some(r.str()?)
+                } else {
+                    None
+                };
                 Entry::Access {
                     at,
                     caller,
@@ -356,6 +386,7 @@ impl Entry {
                     withheld_by_consent: flags & FLAG_WITHHELD != 0,
                     pseudonym,
                     results,
+                    policy_version,
                 }
             }
             KIND_CONSENT => Entry::Consent {
@@ -567,9 +598,11 @@ mod tests {
         assert_eq!(hexs(&leaf), expected);
     }
 
+    /// Format 0x01 (written before 2026-12-04, still read) and format 0x02, which ends with
+    /// the policy version.
     #[test]
     fn access_leaf_bytes_are_pinned() {
-        let leaf = Entry::Access {
+        let access = |policy_version: Option<&str>| Entry::Access {
             at: UnixMillis(2),
             caller: "c".into(),
             purpose: Purpose::Emergency,
@@ -582,10 +615,10 @@ mod tests {
                 summary_id: "s".into(),
                 version: 3,
             }],
-        }
-        .encode();
-        let expected = format!(
-            "0103{}{}{}{}{}{}{}",
+            policy_version: policy_version.map(Into::into),
+        };
+        let fields = format!(
+            "{}{}{}{}{}{}{}",
             "0000000000000002",
             "0000000163",
             "030101",
@@ -594,7 +627,15 @@ mod tests {
             "00000001700000000173",
             "00000003"
         );
-        assert_eq!(hexs(&leaf), expected);
+        let v1 = access(None).encode();
+        assert_eq!(hexs(&v1), format!("0103{fields}"));
+        let v2 = access(Some("2026.11-1")).encode();
+        assert_eq!(
+            hexs(&v2),
+            format!("0203{fields}00000009{}", hexs(b"2026.11-1"))
+        );
+        assert_eq!(Entry::decode(&v1).unwrap(), access(None));
+        assert_eq!(Entry::decode(&v2).unwrap(), access(Some("2026.11-1")));
     }
 
     #[test]
@@ -646,6 +687,7 @@ mod tests {
                 withheld_by_consent: true,
                 pseudonym: [3; 32],
                 results: vec![],
+                policy_version: Some("v".into()),
             },
             Entry::Consent {
                 at: UnixMillis(9),
@@ -664,9 +706,15 @@ mod tests {
             let mut longer = leaf.clone();
             longer.push(0);
             assert_eq!(Entry::decode(&longer), Err(LeafError::Trailing));
-            let mut v2 = leaf.clone();
-            v2[0] = 2;
-            assert_eq!(Entry::decode(&v2), Err(LeafError::Version(2)));
+            let mut v3 = leaf.clone();
+            v3[0] = 3;
+            assert_eq!(Entry::decode(&v3), Err(LeafError::Version(3)));
+            // Format 2 is only for access leaves.
+            if leaf[1] != KIND_ACCESS {
+                let mut v2 = leaf.clone();
+                v2[0] = LEAF_V2;
+                assert_eq!(Entry::decode(&v2), Err(LeafError::Kind(leaf[1])));
+            }
         }
         assert_eq!(Entry::decode(&[1, 9]), Err(LeafError::Kind(9)));
     }

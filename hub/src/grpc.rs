@@ -869,6 +869,7 @@ impl pb::hub_server::Hub for HubGrpc {
                         emergency_override,
                         withheld_by_consent,
                         results,
+                        policy_version,
                         ..
                     } = a.entry
                     else {
@@ -887,6 +888,7 @@ impl pb::hub_server::Hub for HubGrpc {
                         results: u32::try_from(results.len()).unwrap_or(u32::MAX),
                         leaf: a.leaf,
                         proof: Some(log_proof_to_pb(a.proof)),
+                        policy_version: policy_version.unwrap_or_default(),
                     });
                 }
                 Ok(pb::AccessReportResponse {

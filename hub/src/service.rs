@@ -422,6 +422,7 @@ impl Hub {
                         version: j.stored.receipt.version,
                     })
                     .collect(),
+                policy_version: policy.version.clone(),
             },
         };
         self.journal.write(record).await

@@ -295,6 +295,8 @@ pub struct Access {
     pub withheld_by_consent: bool,
     pub patient: Pseudonym,
     pub results: Vec<ResultRef>,
+    /// The version label of the policy in force, whose rules judged the answer.
+    pub policy_version: String,
 }
 
 /// A result a member was shown, as remembered for its decisions.
@@ -631,6 +633,7 @@ fn access_leaf(a: &Access) -> Vec<u8> {
         withheld_by_consent: a.withheld_by_consent,
         pseudonym: *a.patient.as_bytes(),
         results: a.results.clone(),
+        policy_version: Some(a.policy_version.clone()),
     }
     .encode()
 }
@@ -2355,6 +2358,7 @@ mod tests {
             withheld_by_consent: false,
             patient,
             results: vec![],
+            policy_version: "test".into(),
         }
     }
 

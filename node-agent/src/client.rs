@@ -336,6 +336,7 @@ impl Agent {
                 withheld_by_consent,
                 pseudonym,
                 results,
+                policy_version,
             }) = Entry::decode(&e.leaf)
             else {
                 return Err(bad("its leaf is not an access entry"));
@@ -346,6 +347,7 @@ impl Agent {
                 || emergency_override != e.emergency_override
                 || withheld_by_consent != e.withheld_by_consent
                 || purpose_to_pb(purpose) != e.purpose
+                || policy_version.as_deref().unwrap_or_default() != e.policy_version
             {
                 return Err(bad("its fields do not match its logged leaf"));
             }

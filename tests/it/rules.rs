@@ -528,6 +528,34 @@ async fn a_changed_policy_file_changes_verdicts_without_a_restart() -> anyhow::R
         assert!(Instant::now() < deadline, "policy not reloaded: {v:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each answer's access leaf names the policy version that judged it: the first under
+    // 2026.11-1, the last under 2026.11-2 (issue 16, finding 8), and the report says the same.
+    let report = hub
+        .client(COUNTY)
+        .await?
+        .access_report(huren_proto::hub::AccessReportRequest {
+            patient_pseudonym: p.as_bytes().to_vec(),
+            from_ms: 0,
+            to_ms: 0,
+        })
+        .await?
+        .into_inner();
+    let finds: Vec<_> = report
+        .entries
+        .iter()
+        .filter(|e| e.method == "FindPrior")
+        .collect();
+    anyhow::ensure!(finds.len() >= 2, "{:?}", report.entries);
+    for e in &finds {
+        let huren_core::logentry::Entry::Access { policy_version, .. } =
+            huren_core::logentry::Entry::decode(&e.leaf)?
+        else {
+            anyhow::bail!("not an access leaf");
+        };
+        assert_eq!(policy_version.as_deref(), Some(e.policy_version.as_str()));
+    }
+    assert_eq!(finds[0].policy_version, "2026.11-1");
+    assert_eq!(finds[finds.len() - 1].policy_version, "2026.11-2");
     let _ = ItemCode::default();
     Ok(())
 }

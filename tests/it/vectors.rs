@@ -6,8 +6,8 @@
 //! The file's random inputs (a development CA, a member's signing certificate and key, the time
 //! they were made) were drawn once; every other value is computed from them here with the code
 //! the hub and the agents run, and the first test checks that the file says exactly that. After
-//! a deliberate format change, `HUREN_WRITE_VECTORS=1 cargo test vectors_` writes a new file
-//! with a fresh CA. The second test runs tests/vectors/verify.py, a verifier written in Python
+//! a deliberate format change, `HUREN_WRITE_VECTORS=1 cargo test --test it vectors::` writes
+//! the file anew from its own random inputs (from fresh ones when there is no file). The second test runs tests/vectors/verify.py, a verifier written in Python
 //! from VERIFYING.md alone, over the file, and over a copy with one byte changed, which it must
 //! refuse.
 
@@ -471,6 +471,7 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
                 withheld_by_consent: false,
                 pseudonym: *patient.as_bytes(),
                 results: vec![the_result(1)],
+                policy_version: Some("2026.11-1".into()),
             }
             .encode(),
         ),
@@ -496,6 +497,7 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
                 withheld_by_consent: false,
                 pseudonym: *patient.as_bytes(),
                 results: vec![the_result(1)],
+                policy_version: Some("2026.11-1".into()),
             }
             .encode(),
         ),
@@ -613,7 +615,12 @@ fn first_difference(path: &str, a: &Value, b: &Value) -> Option<String> {
 #[test]
 fn vectors_match_the_code() -> anyhow::Result<()> {
     if std::env::var_os("HUREN_WRITE_VECTORS").is_some() {
-        let vectors = compute(&Inputs::fresh()?)?;
+        // The file's own random inputs when there is one, so only what changed changes.
+        let inputs = match std::fs::read_to_string(VECTORS) {
+            Ok(text) => Inputs::from_file(&serde_json::from_str(&text)?)?,
+            Err(_) => Inputs::fresh()?,
+        };
+        let vectors = compute(&inputs)?;
         std::fs::write(VECTORS, serde_json::to_string_pretty(&vectors)? + "\n")?;
     }
     let file: Value = serde_json::from_str(
