@@ -426,10 +426,10 @@ impl Bench {
     }
 
     /// Seeds summaries straight into the store: signed like a publisher's, stored like the
-    /// hub stores them (batches through `Store::put_summaries`, each made durable before the
+    /// hub stores them (batches through `SledStore::put_summaries`, each made durable before the
     /// next counts), without the RPC (which is measured separately). Runs on its own runtime, into
     /// the store the hub then serves (it is never closed and reopened in between).
-    fn seed(&self, store: &huren_hub::store::Store) -> anyhow::Result<(u64, u64)> {
+    fn seed(&self, store: &huren_hub::store::SledStore) -> anyhow::Result<(u64, u64)> {
         let m = self.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
         let cert = pem_der(&m.signing.cert_pem)?;
         let signer = Arc::new(SummarySigner::from_pkcs8_pem(&m.signing.key_pem, cert)?);
@@ -574,8 +574,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let verify_rate =
         tokio::task::spawn_blocking(move || ed25519_verify_rate(args.seconds.min(2.0))).await?;
     let hub_config = huren_hub::HubConfig::load(&bench.config)?;
-    let store =
-        huren_hub::store::Store::open_with_cache(&bench.store, hub_config.store_cache_mb << 20)?;
+    let store = huren_hub::store::SledStore::open_with_cache(
+        &bench.store,
+        hub_config.store_cache_mb << 20,
+    )?;
     let t = Instant::now();
     let (stored, raw_bytes) = tokio::task::block_in_place(|| bench.seed(&store))?;
     let seed_secs = t.elapsed().as_secs_f64();
@@ -590,7 +592,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let hub = tokio::spawn(huren_hub::run_with_store(
         hub_config,
-        store,
+        std::sync::Arc::new(store),
         listener,
         async {
             let _ = stopped.await;

@@ -98,6 +98,8 @@ impl HubError {
             Self::Store(StoreError::OutOfOrder { .. } | StoreError::Succession { .. }) => {
                 Code::FailedPrecondition
             }
+            // The engine failed (I/O, a lost connection): worth a retry.
+            Self::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             Self::Store(_) => Code::Internal,
         }
     }
@@ -105,7 +107,7 @@ impl HubError {
     /// The status the client sees, logging only an internal error: a batch's refusals are
     /// logged together, in one line (see `grpc::publish_batch`).
     pub fn into_status_unlogged(self) -> Status {
-        if self.code() == Code::Internal {
+        if matches!(self.code(), Code::Internal | Code::Unavailable) {
             return self.into_status();
         }
         Status::new(self.code(), self.to_string())
@@ -118,6 +120,9 @@ impl HubError {
         if code == Code::Internal {
             tracing::error!(error = %self, "request failed");
             Status::internal("the hub could not complete the request; the error is in its log")
+        } else if code == Code::Unavailable {
+            tracing::error!(error = %self, "request failed");
+            Status::unavailable("the hub's store is unavailable; try again shortly")
         } else {
             tracing::warn!(code = ?code, error = %self, "request refused");
             Status::new(code, self.to_string())

@@ -751,7 +751,8 @@ impl pb::hub_server::Hub for HubGrpc {
                 }
                 let s = self
                     .hub
-                    .statistics(&caller, UnixMillis(r.from_ms), to, by)?;
+                    .statistics(&caller, UnixMillis(r.from_ms), to, by)
+                    .await?;
                 let row = |r: huren_core::stats::Row, label: String| pb::StatisticsRow {
                     key: r.key,
                     label,

@@ -16,7 +16,7 @@ use huren_core::signing::VerifiedSummary;
 use huren_core::summary::UnixMillis;
 
 use crate::batch::{Worker, next_batch};
-use crate::store::{Put, Store, StoreError, TreeHead};
+use crate::store::{Put, SharedStore, StoreError, TreeHead};
 
 /// Most summaries written in one atomic write.
 const MAX_BATCH: usize = 4096;
@@ -39,7 +39,7 @@ pub struct Intake {
 impl Intake {
     /// Starts the writer thread. Acknowledgements are sent from tasks on the current runtime.
     /// Dropping the intake waits until it has written everything it was given.
-    pub fn start(store: Store) -> std::io::Result<Self> {
+    pub fn start(store: SharedStore) -> std::io::Result<Self> {
         let runtime = Handle::current();
         Ok(Self {
             worker: Worker::start("huren-intake", move |rx| write_batches(store, rx, runtime))?,
@@ -62,14 +62,14 @@ impl Intake {
     }
 }
 
-fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, runtime: Handle) {
+fn write_batches(store: SharedStore, mut rx: mpsc::UnboundedReceiver<Job>, runtime: Handle) {
     while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |job: &Job| job.items.len()) {
         let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let items: Vec<(&VerifiedSummary, UnixMillis)> = jobs
                 .iter()
                 .flat_map(|j| j.items.iter().map(move |v| (v, j.at)))
                 .collect();
-            store.put_summaries(&items)
+            runtime.block_on(store.put_summaries(&items))
         }));
         // A panicked write drops its jobs: their callers hear that the writer stopped.
         let Ok(result) = written else {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{Worker, next_batch};
 use crate::error::HubError;
-use crate::store::{QueryRecord, Store, StoreError};
+use crate::store::{QueryRecord, SharedStore, StoreError};
 
 /// Most records written in one batch.
 const MAX_BATCH: usize = 1024;
@@ -26,9 +26,10 @@ pub struct Journal {
 impl Journal {
     /// Starts the writer thread. Dropping the journal waits until it has written every record
     /// it was given.
-    pub fn start(store: Store) -> std::io::Result<Self> {
+    pub fn start(store: SharedStore) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
         Ok(Self {
-            worker: Worker::start("huren-journal", move |rx| write_batches(store, rx))?,
+            worker: Worker::start("huren-journal", move |rx| write_batches(store, rx, runtime))?,
         })
     }
 
@@ -44,11 +45,15 @@ impl Journal {
     }
 }
 
-fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<(QueryRecord, Ack)>) {
+fn write_batches(
+    store: SharedStore,
+    mut rx: mpsc::UnboundedReceiver<(QueryRecord, Ack)>,
+    runtime: tokio::runtime::Handle,
+) {
     while let Some(batch) = next_batch(&mut rx, MAX_BATCH, |_| 1) {
         let (records, acks): (Vec<QueryRecord>, Vec<Ack>) = batch.into_iter().unzip();
         let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            store.record_query_batch(&records)
+            runtime.block_on(store.record_query_batch(&records))
         })) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

@@ -16,7 +16,7 @@ use crate::grpc::{HubGrpc, MessageLimits};
 use crate::log::LogSigner;
 use crate::policy::{PolicyError, PolicyHandle};
 use crate::service::Hub;
-use crate::store::Store;
+use crate::store::{SharedStore, SledStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -65,21 +65,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store =
-        Store::open_with_cache(&config.store, config.store_cache_mb << 20).map_err(|source| {
-            ServerError::Store {
-                path: config.store.clone(),
-                source,
-            }
-        })?;
-    run_with_store(config, store, listener, shutdown).await
+    let store = SledStore::open_with_cache(&config.store, config.store_cache_mb << 20).map_err(
+        |source| ServerError::Store {
+            path: config.store.clone(),
+            source,
+        },
+    )?;
+    run_with_store(config, Arc::new(store), listener, shutdown).await
 }
 
 /// [`run`] on a store the caller has already opened (`config.store` names it in the log):
 /// the benchmark seeds a store, then serves it without closing and reopening it.
 pub async fn run_with_store(
     config: HubConfig,
-    store: Store,
+    store: SharedStore,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -102,10 +101,13 @@ pub async fn run_with_store(
         Duration::from_secs(config.limits.policy_poll_seconds),
     ));
     let log = LogSigner::load_or_create(&config.log_key_path(), &config.log.origin)?;
-    let head = store.tree_head().map_err(|source| ServerError::Store {
-        path: config.store.clone(),
-        source,
-    })?;
+    let head = store
+        .tree_head()
+        .await
+        .map_err(|source| ServerError::Store {
+            path: config.store.clone(),
+            source,
+        })?;
     tracing::info!(origin = %log.origin(), size = head.size, "log opened");
     let health_policy = policy.clone();
     let hub = Hub::new(store.clone(), ca, policy, config.limits.max_results, log)
@@ -204,7 +206,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// After the server has stopped: waits (at most `wait`) for the last handle on the hub to go
 /// (its threads then finish what they were given, see `batch::Worker`), then flushes the
 /// store, so what the journal wrote for the last answers is on disk before the process exits.
-async fn close(hub: std::sync::Weak<Hub>, store: Store, wait: Duration) {
+async fn close(hub: std::sync::Weak<Hub>, store: SharedStore, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
     while hub.strong_count() > 0 {
         if tokio::time::Instant::now() >= deadline {

@@ -24,14 +24,14 @@ use crate::log::LogSigner;
 use crate::policy::PolicyHandle;
 use crate::signers::SignerCache;
 use crate::store::{
-    Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, QueryRecord, Shown, Store,
-    StoredSummary, TreeHead,
+    Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, QueryRecord, SharedStore,
+    Shown, StoredSummary, TreeHead,
 };
 use crate::verifier::SignatureChecks;
 
 /// The hub's domain service.
 pub struct Hub {
-    store: Store,
+    store: SharedStore,
     /// Certified signing certificates of the alliance CA, validated once each.
     signers: SignerCache,
     /// Group-commit writer for what answered queries leave behind.
@@ -154,7 +154,7 @@ impl Hub {
     /// threads started (an error only if the system refuses a thread). Call it within a tokio
     /// runtime: the intake acknowledges from tasks on it.
     pub fn new(
-        store: Store,
+        store: SharedStore,
         ca: AllianceCa,
         policy: Arc<PolicyHandle>,
         max_results: usize,
@@ -218,11 +218,11 @@ impl Hub {
     }
 
     /// The inclusion proof of leaf `index` against the signed checkpoint of `head`.
-    fn log_proof(&self, index: u64, head: TreeHead) -> Result<LogProof, HubError> {
+    async fn log_proof(&self, index: u64, head: TreeHead) -> Result<LogProof, HubError> {
         Ok(LogProof {
             index,
             tree_size: head.size,
-            proof: self.store.inclusion_proof(index, head.size)?,
+            proof: self.store.inclusion_proof(index, head.size).await?,
             checkpoint: self.sign(head)?,
         })
     }
@@ -246,7 +246,10 @@ impl Hub {
             0 => self.store.durable_head().await?.size,
             n => n,
         };
-        Ok((self.store.consistency_proof(old_size, new_size)?, new_size))
+        Ok((
+            self.store.consistency_proof(old_size, new_size).await?,
+            new_size,
+        ))
     }
 
     /// The inclusion proof of leaf `index` in the tree of `tree_size` leaves (0: the latest),
@@ -270,16 +273,16 @@ impl Hub {
             self.store.recent_durable_head(tree_size).await?
         };
         let proof = if tree_size == 0 || tree_size == head.size {
-            self.log_proof(index, head)?
+            self.log_proof(index, head).await?
         } else {
             LogProof {
                 index,
                 tree_size,
-                proof: self.store.inclusion_proof(index, tree_size)?,
+                proof: self.store.inclusion_proof(index, tree_size).await?,
                 checkpoint: String::new(),
             }
         };
-        let leaf = self.store.leaf(index)?;
+        let leaf = self.store.leaf(index).await?;
         let entry = Entry::decode(&leaf).map_err(|e| {
             HubError::Store(crate::store::StoreError::Corrupt(format!(
                 "log leaf {index}: {e}"
@@ -303,7 +306,8 @@ impl Hub {
             } => (
                 member == me,
                 self.store
-                    .latest(publisher, summary_id)?
+                    .latest(publisher, summary_id)
+                    .await?
                     .map(|s| s.summary.patient),
             ),
             Entry::Access {
@@ -341,8 +345,8 @@ impl Hub {
     }
 
     /// What the patient's consent lets this purpose see.
-    fn gate(&self, patient: &Pseudonym, purpose: Purpose) -> Result<Gate, HubError> {
-        if !self.store.opted_out(patient)? {
+    async fn gate(&self, patient: &Pseudonym, purpose: Purpose) -> Result<Gate, HubError> {
+        if !self.store.opted_out(patient).await? {
             return Ok(Gate::default());
         }
         let emergency = purpose == Purpose::Emergency;
@@ -434,7 +438,7 @@ impl Hub {
         &self,
         results: impl Iterator<Item = &'a mut Judged>,
     ) -> Result<(), HubError> {
-        let results: Vec<&mut Judged> = results.collect();
+        let mut results: Vec<&mut Judged> = results.collect();
         fn last_index(j: &Judged) -> u64 {
             j.earlier
                 .iter()
@@ -446,25 +450,19 @@ impl Hub {
         let min_size = results.iter().map(|j| last_index(j) + 1).max().unwrap_or(0);
         let head = self.store.recent_durable_head(min_size).await?;
         let checkpoint = self.sign(head)?;
-        fn attach(
-            hub: &Hub,
-            j: &mut Judged,
-            head: TreeHead,
-            checkpoint: &str,
-        ) -> Result<(), HubError> {
+        // Each result and its earlier versions, depth first, without recursing in async.
+        let mut todo: Vec<&mut Judged> = results.drain(..).collect();
+        while let Some(j) = todo.pop() {
             j.log_proof = Some(LogProof {
                 index: j.stored.log_index,
                 tree_size: head.size,
-                proof: hub.store.inclusion_proof(j.stored.log_index, head.size)?,
-                checkpoint: checkpoint.to_owned(),
+                proof: self
+                    .store
+                    .inclusion_proof(j.stored.log_index, head.size)
+                    .await?,
+                checkpoint: checkpoint.clone(),
             });
-            for e in &mut j.earlier {
-                attach(hub, e, head, checkpoint)?;
-            }
-            Ok(())
-        }
-        for j in results {
-            attach(self, j, head, &checkpoint)?;
+            todo.extend(j.earlier.iter_mut());
         }
         Ok(())
     }
@@ -662,11 +660,11 @@ impl Hub {
         ask: Ask,
     ) -> Result<JudgedAnswer, HubError> {
         let policy = self.member_policy(caller)?;
-        let gate = self.gate(&query.patient, ask.purpose)?;
+        let gate = self.gate(&query.patient, ask.purpose).await?;
         let found = if gate.withheld {
             Default::default()
         } else {
-            self.store.find_prior(query)?
+            self.store.find_prior(query).await?
         };
         let mut results: Vec<Judged> = found
             .results
@@ -710,11 +708,11 @@ impl Hub {
     ) -> Result<JudgedAnswer, HubError> {
         let policy = self.member_policy(caller)?;
         let at = now();
-        let gate = self.gate(&query.patient, ask.purpose)?;
+        let gate = self.gate(&query.patient, ask.purpose).await?;
         let found = if gate.withheld {
             Default::default()
         } else {
-            self.store.history(query)?
+            self.store.history(query).await?
         };
         let mut results = Vec::with_capacity(found.results.len());
         for s in found
@@ -725,7 +723,8 @@ impl Hub {
             let earlier = if with_versions && s.summary.version > 1 {
                 let r = &s.receipt;
                 self.store
-                    .versions(r.publisher.as_str(), r.summary_id.as_str())?
+                    .versions(r.publisher.as_str(), r.summary_id.as_str())
+                    .await?
                     .into_iter()
                     .filter(|v| v.summary.version < s.summary.version)
                     .map(|v| Self::judge(&policy, caller, v, false, at))
@@ -771,7 +770,7 @@ impl Hub {
         ask: Ask,
     ) -> Result<(Vec<OrderAnswer>, String, bool), HubError> {
         let policy = self.member_policy(caller)?;
-        let gate = self.gate(&patient, ask.purpose)?;
+        let gate = self.gate(&patient, ask.purpose).await?;
         let mut answers = Vec::with_capacity(order.len());
         let mut shown = Vec::new();
         let mut asked = Vec::new();
@@ -804,13 +803,15 @@ impl Hub {
             let found = if gate.withheld {
                 Default::default()
             } else {
-                self.store.find_prior(&PriorQuery {
-                    patient,
-                    items: vec![(system.clone(), code_in_catalogue.clone())],
-                    from: UnixMillis(0),
-                    until: as_of,
-                    limit: self.max_results,
-                })?
+                self.store
+                    .find_prior(&PriorQuery {
+                        patient,
+                        items: vec![(system.clone(), code_in_catalogue.clone())],
+                        from: UnixMillis(0),
+                        until: as_of,
+                        limit: self.max_results,
+                    })
+                    .await?
             };
             let judged: Vec<Judged> = found
                 .results
@@ -884,7 +885,11 @@ impl Hub {
                 "decision_id must be 1 to {MAX_DECISION_ID} bytes; use an id unique within your institution"
             )));
         }
-        let Some(latest) = self.store.latest(d.publisher.as_str(), &d.summary_id)? else {
+        let Some(latest) = self
+            .store
+            .latest(d.publisher.as_str(), &d.summary_id)
+            .await?
+        else {
             return Err(HubError::UnknownResult(format!(
                 "{}/{}",
                 d.publisher, d.summary_id
@@ -898,12 +903,15 @@ impl Hub {
         }
         // Looked up under the patient the result belongs to now: a result moved to another
         // patient by an amendment counts as not consulted by whoever saw it under the old one.
-        let Some(consulted) = self.store.consultation(
-            caller,
-            &latest.summary.patient,
-            d.publisher.as_str(),
-            &d.summary_id,
-        )?
+        let Some(consulted) = self
+            .store
+            .consultation(
+                caller,
+                &latest.summary.patient,
+                d.publisher.as_str(),
+                &d.summary_id,
+            )
+            .await?
         else {
             return Err(HubError::NotConsulted(format!(
                 "{}/{}",
@@ -951,9 +959,10 @@ impl Hub {
             DecisionOutcome::AlreadyRecorded { recognised, .. } => *recognised,
             DecisionOutcome::Recorded { .. } => consulted.recognised,
         };
-        let proof = logged
-            .map(|l| self.log_proof(l.index, l.head))
-            .transpose()?;
+        let proof = match logged {
+            Some(l) => Some(self.log_proof(l.index, l.head).await?),
+            None => None,
+        };
         Ok((outcome, recognised, proof))
     }
 
@@ -967,7 +976,9 @@ impl Hub {
         opted_out: bool,
     ) -> Result<(bool, UnixMillis, LogProof), HubError> {
         let policy = self.member_policy(caller)?;
-        if !policy.is_administrator(caller) && !self.store.has_published_for(patient, caller)? {
+        if !policy.is_administrator(caller)
+            && !self.store.has_published_for(patient, caller).await?
+        {
             return Err(HubError::ConsentNotYours {
                 caller: caller.clone(),
             });
@@ -978,7 +989,11 @@ impl Hub {
             .set_consent(patient, opted_out, caller, at)
             .await?;
         tracing::info!(opted_out, changed, "consent recorded");
-        Ok((changed, at, self.log_proof(logged.index, logged.head)?))
+        Ok((
+            changed,
+            at,
+            self.log_proof(logged.index, logged.head).await?,
+        ))
     }
 
     /// Who looked at a patient's results in `[from, to)`, each access with its inclusion
@@ -992,7 +1007,7 @@ impl Hub {
         to: UnixMillis,
     ) -> Result<AccessReport, HubError> {
         let policy = self.member_policy(caller)?;
-        let indexes = self.store.accesses(patient, from, to)?;
+        let indexes = self.store.accesses(patient, from, to).await?;
         let purpose = if policy.is_administrator(caller) {
             Purpose::Administration
         } else {
@@ -1014,7 +1029,7 @@ impl Hub {
         let checkpoint = self.sign(head)?;
         let mut entries = Vec::with_capacity(indexes.len());
         for index in indexes {
-            let leaf = self.store.leaf(index)?;
+            let leaf = self.store.leaf(index).await?;
             let entry = Entry::decode(&leaf).map_err(|e| {
                 HubError::Store(crate::store::StoreError::Corrupt(format!(
                     "log leaf {index}: {e}"
@@ -1025,7 +1040,7 @@ impl Hub {
                 proof: LogProof {
                     index,
                     tree_size: head.size,
-                    proof: self.store.inclusion_proof(index, head.size)?,
+                    proof: self.store.inclusion_proof(index, head.size).await?,
                     checkpoint: checkpoint.clone(),
                 },
                 leaf,
@@ -1034,12 +1049,12 @@ impl Hub {
         }
         Ok(AccessReport {
             entries,
-            opted_out: self.store.opted_out(patient)?,
+            opted_out: self.store.opted_out(patient).await?,
         })
     }
 
     /// Statistics for `[from, to)`. Administrators see everything; a member its own events.
-    pub fn statistics(
+    pub async fn statistics(
         &self,
         caller: &InstitutionId,
         from: UnixMillis,
@@ -1047,7 +1062,7 @@ impl Hub {
         by: GroupBy,
     ) -> Result<Statistics, HubError> {
         let policy = self.member_policy(caller)?;
-        let mut events = self.store.events(from, to)?;
+        let mut events = self.store.events(from, to).await?;
         if !policy.is_administrator(caller) {
             events.retain(|e| e.member == *caller);
         }

@@ -487,7 +487,7 @@ impl TestHub {
     /// Number of summary versions in the store, read directly. The hub must be stopped.
     pub async fn stored_summary_count(&self) -> anyhow::Result<usize> {
         let store = self
-            .when_store_released(|| Ok(huren_hub::store::Store::open(&self.store_path)?))
+            .when_store_released(|| Ok(huren_hub::store::SledStore::open(&self.store_path)?))
             .await?;
         Ok(usize::try_from(store.summary_count()?)?)
     }

@@ -1,0 +1,333 @@
+//! The storage seam: what the hub asks of a store, and the guarantees every backend keeps.
+//!
+//! The hub's service, intake, journal and server hold an `Arc<dyn Store>` and nothing of the
+//! engine behind it. One backend so far: [`SledStore`] (embedded, the default; module
+//! [`sled`]). A backend keeps bytes, indexes and the log; the rules about what may be stored
+//! (who may publish, which version may follow which, who may decide on what) are the
+//! service's and core's, applied before or, where they must see the stored state atomically,
+//! passed in.
+//!
+//! Every backend keeps these guarantees, which the hub's answers rely on:
+//!
+//! - **Durable before acknowledged.** A write is durable once [`Store::commit`] returns after
+//!   it (concurrent writers may share one flush or transaction: group commit). The hub sends a
+//!   receipt only then.
+//! - **Data and log together.** Each logged write (a summary version, a decision, an access, a
+//!   consent change) appends its leaf in the same atomic write as the data it logs, so the two
+//!   cannot diverge; a write cut short by a crash leaves neither.
+//! - **Append-only log, one writer at a time.** Leaves are never changed or removed; appends
+//!   are sequenced, so no two tree heads of one size ever differ. Proofs for any past size are
+//!   served from stored subtrees, not by re-reading every leaf.
+//! - **Bytes as received.** A summary's signed body, signature and certificate come back
+//!   byte for byte as they were stored.
+//! - **Layout versions.** A store records its layout version; a hub refuses a store written in
+//!   a newer layout ([`StoreError::NewerLayout`]) rather than misread it.
+//!
+//! Methods are async: a backend on a networked engine awaits it, the embedded one answers in
+//! place (its reads are short and mostly from its page cache).
+
+pub mod sled;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use huren_core::identity::InstitutionId;
+use huren_core::logentry::{Method, Purpose, ResultRef};
+use huren_core::merkle::Hash;
+use huren_core::pseudonym::Pseudonym;
+pub use huren_core::receipt::Receipt;
+use huren_core::rules::RetestReason;
+use huren_core::signing::{SignedEnvelope, VerifiedSummary};
+use huren_core::stats::Event;
+use huren_core::summary::{SuccessionError, Summary, UnixMillis};
+
+pub use self::sled::{DEFAULT_CACHE_BYTES, SledStore, TreeContents};
+
+/// What a member was shown of a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consultation {
+    pub version: u32,
+    pub recognised: bool,
+    pub item_system: String,
+    pub item_code: String,
+    pub at: UnixMillis,
+}
+
+/// A decision to record.
+#[derive(Clone, Debug)]
+pub struct DecisionRecord {
+    pub member: InstitutionId,
+    pub decision_id: String,
+    pub publisher: InstitutionId,
+    pub summary_id: String,
+    pub version: u32,
+    pub adopted: bool,
+    pub reason: Option<RetestReason>,
+    pub note: String,
+    pub at: UnixMillis,
+    pub recognised: bool,
+    pub event: Event,
+}
+
+/// What became of a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecisionOutcome {
+    Recorded { at: UnixMillis },
+    AlreadyRecorded { at: UnixMillis, recognised: bool },
+}
+
+/// A stored summary version: the envelope as published and its receipt.
+#[derive(Clone, Debug)]
+pub struct StoredSummary {
+    pub envelope: SignedEnvelope,
+    pub receipt: Receipt,
+    /// The body, decoded.
+    pub summary: Summary,
+    /// Index of the version's leaf in the log.
+    pub log_index: u64,
+}
+
+/// A tree size and its root: what a checkpoint states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeHead {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// Where a write landed in the log, and a tree head that includes it and is durable once the
+/// write's call returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub index: u64,
+    pub head: TreeHead,
+}
+
+/// An access to log (see `huren_core::logentry::Entry::Access`).
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub at: UnixMillis,
+    pub caller: InstitutionId,
+    pub purpose: Purpose,
+    pub method: Method,
+    pub emergency_override: bool,
+    pub withheld_by_consent: bool,
+    pub patient: Pseudonym,
+    pub results: Vec<ResultRef>,
+    /// The version label of the policy in force, whose rules judged the answer.
+    pub policy_version: String,
+}
+
+/// A result a member was shown, as remembered for its decisions.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    pub publisher: String,
+    pub summary_id: String,
+    pub version: u32,
+    pub item_system: String,
+    pub item_code: String,
+    pub recognised: bool,
+}
+
+/// Everything one answered query leaves behind.
+#[derive(Clone, Debug)]
+pub struct QueryRecord {
+    pub member: InstitutionId,
+    pub shown: Vec<Shown>,
+    pub events: Vec<Event>,
+    pub access: Access,
+}
+
+/// One stored (or already stored) version of a batch: its outcome, its leaf's index and the
+/// leaf's inclusion proof against the batch's tree head.
+#[derive(Clone, Debug)]
+pub struct Put {
+    pub outcome: PutOutcome,
+    pub index: u64,
+    pub proof: Vec<Hash>,
+}
+
+/// What became of a batch of puts: one result per version, in order, and the tree head right
+/// after the batch (durable once [`Store::commit`] returns).
+#[derive(Debug)]
+pub struct PutBatch {
+    pub results: Vec<Result<Put, StoreError>>,
+    pub head: TreeHead,
+}
+
+/// What became of a put.
+#[derive(Clone, Debug)]
+pub enum PutOutcome {
+    /// Newly stored.
+    Stored(Receipt),
+    /// The identical body was already stored; its original receipt.
+    AlreadyStored(Receipt),
+}
+
+/// What went wrong in the store, in the hub's terms. Every backend maps its engine's errors
+/// onto these, keeping the engine's error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another body under a version already stored (a conflict, never an overwrite).
+    #[error("version {version} of {key} is already stored with a different body")]
+    Conflict { key: String, version: u32 },
+    #[error("version {version} of {key} cannot be stored: {reason}")]
+    OutOfOrder {
+        key: String,
+        version: u32,
+        reason: String,
+    },
+    /// The new version may not follow the one before it (see `Summary::may_follow`).
+    #[error("version {version} of {key} cannot be stored: {reason}")]
+    Succession {
+        key: String,
+        version: u32,
+        reason: SuccessionError,
+    },
+    #[error("decision {decision_id} was already recorded for another result")]
+    DecisionIdReused { decision_id: String },
+    /// A tree size past the log's end (the caller asked for something not there yet).
+    #[error("the log has no tree of size {size} (it has {current} entries)")]
+    BeyondLog { size: u64, current: u64 },
+    /// A request the log cannot answer as asked (e.g. an index outside the tree).
+    #[error("log: {0}")]
+    Tree(String),
+    /// What is stored does not read back as it was written.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The engine failed (I/O, a lost connection): the request may succeed if tried again.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(
+        "the store at {} is in use by another process (is another hub running on it?)",
+        .0.display()
+    )]
+    InUse(std::path::PathBuf),
+    /// The store was written by a newer hub in a layout this one does not know.
+    #[error(
+        "the store at {} has layout version {found}, newer than this hub reads (up to {supported}): run the newer hub, or restore a backup taken before it",
+        path.display()
+    )]
+    NewerLayout {
+        path: std::path::PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("the store's commit thread has stopped")]
+    CommitterGone,
+    #[error("query journal: {0}")]
+    Journal(String),
+    #[error("publish writer: {0}")]
+    Intake(String),
+}
+
+/// What one patient query asks the store for.
+#[derive(Clone, Debug)]
+pub struct PriorQuery {
+    pub patient: Pseudonym,
+    /// (code system, code) pairs.
+    pub items: Vec<(String, String)>,
+    /// Only results performed in `[from, until]`.
+    pub from: UnixMillis,
+    pub until: UnixMillis,
+    pub limit: usize,
+}
+
+/// Results of a query, newest performed first.
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    pub results: Vec<StoredSummary>,
+    pub truncated: bool,
+}
+
+/// What the hub asks of its store (see the module doc for the guarantees).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- Summaries and the patient index ---
+
+    /// Stores a batch of verified summary versions, each with its acceptance time, in one
+    /// atomic write with their log leaves: one outcome per version, in order (a version
+    /// refused does not stop the others), and the tree head after the batch. Not durable
+    /// until [`Store::commit`] returns.
+    async fn put_summaries(
+        &self,
+        items: &[(&VerifiedSummary, UnixMillis)],
+    ) -> Result<PutBatch, StoreError>;
+    /// Makes every write before the call durable (shares the flush with concurrent callers).
+    async fn commit(&self) -> Result<(), StoreError>;
+    /// The latest versions of a patient's results of the asked items, newest performed first.
+    async fn find_prior(&self, q: &PriorQuery) -> Result<Found, StoreError>;
+    /// Every item's latest versions of a patient in the period, newest performed first.
+    async fn history(&self, q: &PriorQuery) -> Result<Found, StoreError>;
+    /// Whether `publisher` has published any result of `patient`.
+    async fn has_published_for(
+        &self,
+        patient: &Pseudonym,
+        publisher: &InstitutionId,
+    ) -> Result<bool, StoreError>;
+    /// Every stored version of one result, oldest first.
+    async fn versions(&self, publisher: &str, id: &str) -> Result<Vec<StoredSummary>, StoreError>;
+    /// The latest stored version of one result.
+    async fn latest(&self, publisher: &str, id: &str) -> Result<Option<StoredSummary>, StoreError>;
+
+    // --- Audit: queries, decisions, consent ---
+
+    /// Records answered queries (what each member was shown, statistics events, the access
+    /// leaf) in one atomic write. Not durable until [`Store::commit`] returns.
+    async fn record_query_batch(&self, batch: &[QueryRecord]) -> Result<(), StoreError>;
+    /// What `member` was last shown of a result of `patient`, if anything.
+    async fn consultation(
+        &self,
+        member: &InstitutionId,
+        patient: &Pseudonym,
+        publisher: &str,
+        id: &str,
+    ) -> Result<Option<Consultation>, StoreError>;
+    /// Records a decision with its leaf, durably; a repeated decision id is not recorded twice.
+    async fn record_decision_logged(
+        &self,
+        d: &DecisionRecord,
+    ) -> Result<(DecisionOutcome, Option<Logged>), StoreError>;
+    /// Records a patient's consent with its leaf, durably; whether it changed, and where it
+    /// was logged.
+    async fn set_consent(
+        &self,
+        patient: &Pseudonym,
+        opted_out: bool,
+        member: &InstitutionId,
+        at: UnixMillis,
+    ) -> Result<(bool, Logged), StoreError>;
+    /// Whether the patient is opted out now.
+    async fn opted_out(&self, patient: &Pseudonym) -> Result<bool, StoreError>;
+    /// The log indexes of the access leaves of one patient in `[from, to)`, oldest first.
+    async fn accesses(
+        &self,
+        patient: &Pseudonym,
+        from: UnixMillis,
+        to: UnixMillis,
+    ) -> Result<Vec<u64>, StoreError>;
+    /// Statistics events in `[from, to)`, oldest first.
+    async fn events(&self, from: UnixMillis, to: UnixMillis) -> Result<Vec<Event>, StoreError>;
+
+    // --- The log ---
+
+    /// The current tree head (it may include entries not yet durable).
+    async fn tree_head(&self) -> Result<TreeHead, StoreError>;
+    /// A durable tree head of at least `min_size` leaves, recent but perhaps not the latest.
+    async fn recent_durable_head(&self, min_size: u64) -> Result<TreeHead, StoreError>;
+    /// The latest durable tree head.
+    async fn durable_head(&self) -> Result<TreeHead, StoreError>;
+    /// The leaf bytes at `index`.
+    async fn leaf(&self, index: u64) -> Result<Vec<u8>, StoreError>;
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves.
+    async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The proof that the tree of `old_size` leaves is a prefix of the tree of `new_size`.
+    async fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Hash>, StoreError>;
+}
+
+/// A shared handle on a store of any backend.
+pub type SharedStore = Arc<dyn Store>;

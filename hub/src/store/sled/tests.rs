@@ -1,0 +1,454 @@
+use super::*;
+use crate::store::Shown;
+use huren_core::logentry::{Method, Purpose};
+use huren_core::merkle::{MemoryTree, verify_consistency, verify_inclusion};
+
+fn access(i: u8, patient: Pseudonym) -> Access {
+    Access {
+        at: UnixMillis(1_000 + i64::from(i)),
+        caller: InstitutionId::parse("hosp-a").unwrap(),
+        purpose: Purpose::Treatment,
+        method: Method::FindPrior,
+        emergency_override: false,
+        withheld_by_consent: false,
+        patient,
+        results: vec![],
+        policy_version: "test".into(),
+    }
+}
+
+fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)]) -> QueryRecord {
+    let member = InstitutionId::parse(member).unwrap();
+    let event = |code: &str| Event {
+        at: UnixMillis(at),
+        member: member.clone(),
+        item_system: "loinc".into(),
+        item_code: code.into(),
+        price_fen: 100,
+        kind: EventKind::Query {
+            found: true,
+            cross_member: false,
+        },
+    };
+    let mut a = access(0, patient);
+    a.at = UnixMillis(at);
+    QueryRecord {
+        shown: shown
+            .iter()
+            .map(|&(id, version, recognised)| Shown {
+                publisher: "hosp-a".into(),
+                summary_id: id.into(),
+                version,
+                item_system: "loinc".into(),
+                item_code: "718-7".into(),
+                recognised,
+            })
+            .collect(),
+        events: vec![event("718-7"), event("2345-7")],
+        access: a,
+        member,
+    }
+}
+
+/// A query batch keeps one record per member and patient, updated by each query in order,
+/// and groups events by millisecond without losing one; earlier layouts are still read.
+#[tokio::test]
+async fn query_records_are_grouped_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_slice(&[4; 32]).unwrap();
+    let q = Pseudonym::from_slice(&[5; 32]).unwrap();
+    let b = InstitutionId::parse("hosp-b").unwrap();
+    let c = InstitutionId::parse("hosp-c").unwrap();
+    store
+        .record_query_batch(&[
+            query("hosp-b", p, 5_000, &[("R1", 1, true), ("R2", 1, false)]),
+            query("hosp-b", p, 5_000, &[("R1", 2, false)]),
+            query("hosp-c", p, 5_001, &[("R3", 1, true)]),
+            query("hosp-b", q, 5_002, &[]),
+        ])
+        .unwrap();
+    let seen = |m: &InstitutionId, patient: &Pseudonym, id: &str| {
+        store
+            .consultation(m, patient, "hosp-a", id)
+            .unwrap()
+            .map(|c| (c.version, c.recognised, c.at.0))
+    };
+    assert_eq!(seen(&b, &p, "R1"), Some((2, false, 5_000)));
+    assert_eq!(seen(&b, &p, "R2"), Some((1, false, 5_000)));
+    assert_eq!(seen(&b, &p, "R3"), None);
+    assert_eq!(seen(&c, &p, "R3"), Some((1, true, 5_001)));
+    assert_eq!(seen(&b, &q, "R1"), None);
+    // A later batch adds to the stored record.
+    store
+        .record_query_batch(&[query("hosp-b", p, 6_000, &[("R3", 1, true)])])
+        .unwrap();
+    assert_eq!(seen(&b, &p, "R3"), Some((1, true, 6_000)));
+    assert_eq!(seen(&b, &p, "R1"), Some((2, false, 5_000)));
+    // Ten events in three milliseconds, all there, oldest first; a range cuts by time.
+    let events = store.events(UnixMillis(0), UnixMillis(10_000)).unwrap();
+    let times: Vec<i64> = events.iter().map(|e| e.at.0).collect();
+    assert_eq!(
+        times,
+        [
+            5_000, 5_000, 5_000, 5_000, 5_001, 5_001, 5_002, 5_002, 6_000, 6_000
+        ]
+    );
+    assert_eq!(
+        store
+            .events(UnixMillis(5_001), UnixMillis(5_002))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(store.tree_head().unwrap().size, 5);
+    // Written by earlier hubs: a per-result consultation and a single event.
+    let old = ConsultationV1 {
+        version: 3,
+        recognised: true,
+        item_system: "loinc".into(),
+        item_code: "718-7".into(),
+        at_ms: 100,
+    };
+    let i = &store.inner;
+    i.consulted
+        .insert(consulted_key(&c, "hosp-a", "OLD"), encode_v1(&old))
+        .unwrap();
+    let single = event_to_record(&query("hosp-c", p, 100, &[]).events[0]);
+    i.events
+        .insert(
+            store.event_key(UnixMillis(100)).unwrap(),
+            encode_v1(&single),
+        )
+        .unwrap();
+    assert_eq!(seen(&c, &q, "OLD"), Some((3, true, 100)));
+    let events = store.events(UnixMillis(0), UnixMillis(10_000)).unwrap();
+    assert_eq!(events.len(), 11);
+    assert_eq!(events[0].member, c);
+}
+
+/// Answers reuse the newest durable head when it covers what they prove; a larger one is
+/// flushed for; an old one is refreshed in the background once the log has grown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_durable_heads_cover_what_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_slice(&[6; 32]).unwrap();
+    store.log_access(&access(0, p)).unwrap();
+    store.log_access(&access(1, p)).unwrap();
+    store.commit().await.unwrap();
+    store.log_access(&access(2, p)).unwrap();
+    assert_eq!(store.recent_durable_head(2).await.unwrap().size, 2);
+    let flushed = store.recent_durable_head(3).await.unwrap();
+    assert_eq!(flushed, store.tree_head().unwrap());
+    assert_eq!(store.recent_durable_head(0).await.unwrap().size, 3);
+    store.log_access(&access(3, p)).unwrap();
+    tokio::time::sleep(DURABLE_HEAD_MAX_AGE + Duration::from_millis(50)).await;
+    // Still the old head (no waiting), with a refresh started.
+    assert_eq!(store.recent_durable_head(0).await.unwrap().size, 3);
+    let mut size = 3;
+    for _ in 0..200 {
+        size = store.recent_durable_head(0).await.unwrap().size;
+        if size == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(size, 4);
+}
+
+/// A store another handle holds open is refused with an error that says so, after a short
+/// wait (a store just dropped may be locked for a moment).
+#[tokio::test]
+async fn a_store_in_use_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let _open = SledStore::open(dir.path()).unwrap();
+    let err = SledStore::open(dir.path()).err().unwrap();
+    assert!(matches!(err, StoreError::InUse(_)), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+}
+
+/// Dropping the last handle ends the commit thread, which holds the database: the directory
+/// opens again at once, with everything committed in it (a hub restarted in the same
+/// process relies on this).
+#[tokio::test]
+async fn a_dropped_store_releases_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pseudonym::from_slice(&[4; 32]).unwrap();
+    for round in 0..5u8 {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.tree_head().unwrap().size, u64::from(round));
+        store.log_access(&access(round, p)).unwrap();
+        store.commit().await.unwrap();
+    }
+}
+
+/// A write that a crash stopped halfway is undone when the store opens: the log, its size
+/// and the access index agree, and the next append continues the tree.
+#[tokio::test]
+async fn a_write_cut_short_is_undone_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pseudonym::from_slice(&[3; 32]).unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.log_access(&access(0, p)).unwrap();
+        writeset::CUT_SHORT.with(|c| c.set(true));
+        let cut = store.log_accesses(&[&access(1, p), &access(2, p)]);
+        writeset::CUT_SHORT.with(|c| c.set(false));
+        assert!(cut.is_err());
+        assert_eq!(store.tree_head().unwrap().size, 1);
+        // Half of it is on disk: the first leaf, not the access index.
+        let leaf_1 = store.inner.log_leaves.get(1u64.to_be_bytes()).unwrap();
+        assert!(leaf_1.is_some());
+        store.commit().await.unwrap();
+    }
+    // Dropping the store released its files.
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.tree_head().unwrap().size, 1);
+    for i in 1..3u64 {
+        let leaf = store.inner.log_leaves.get(i.to_be_bytes()).unwrap();
+        assert!(leaf.is_none(), "leaf {i} is still there");
+    }
+    store.log_access(&access(3, p)).unwrap();
+    let mut tree = MemoryTree::new();
+    for i in 0..2 {
+        tree.push(&store.leaf(i).unwrap());
+    }
+    assert_eq!(store.tree_head().unwrap().root, tree.root());
+    let all = store
+        .accesses(&p, UnixMillis(0), UnixMillis(i64::MAX))
+        .unwrap();
+    assert_eq!(all, [0, 1]);
+}
+
+/// Every logged write lands in the tree; roots and proofs match a tree rebuilt from the
+/// stored leaves; the access index finds a patient's accesses.
+#[tokio::test]
+async fn logged_writes_build_the_rfc6962_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_slice(&[1; 32]).unwrap();
+    let q = Pseudonym::from_slice(&[2; 32]).unwrap();
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    let mut heads = Vec::new();
+    let mut state = std::collections::HashMap::new();
+    for i in 0..10u8 {
+        let patient = if i % 3 == 0 { q } else { p };
+        store.log_access(&access(i, patient)).unwrap();
+        assert_eq!(store.tree_head().unwrap().size, u64::from(i) * 2 + 1);
+        let (changed, logged) = store
+            .set_consent(&patient, i % 2 == 0, &member, UnixMillis(2_000))
+            .await
+            .unwrap();
+        assert_eq!(logged.index, u64::from(i) * 2 + 1);
+        assert_eq!(logged.head, store.tree_head().unwrap());
+        let before = state.insert(patient, i % 2 == 0).unwrap_or(false);
+        assert_eq!(changed, before != (i % 2 == 0));
+        heads.push(logged.head);
+    }
+    // A batch appends in order, in one atomic write.
+    let batch: Vec<Access> = (10..15).map(|i| access(i, p)).collect();
+    store
+        .log_accesses(&batch.iter().collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(store.tree_head().unwrap().size, 25);
+    // 25 leaves: one full tile and one of 9, and no node above them (the first is at 32).
+    assert!(store.inner.log_nodes.is_empty());
+    let tiles: Vec<usize> = store
+        .inner
+        .log_tiles
+        .iter()
+        .values()
+        .map(|v| v.unwrap().len())
+        .collect();
+    assert_eq!(tiles, [16 * 32, 9 * 32]);
+    let mut tree = MemoryTree::new();
+    for i in 0..25 {
+        tree.push(&store.leaf(i).unwrap());
+    }
+    assert_eq!(store.tree_head().unwrap().root, tree.root());
+    for (i, old) in heads.iter().enumerate() {
+        for new in &heads[i..] {
+            let proof = store.consistency_proof(old.size, new.size).unwrap();
+            verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+        }
+    }
+    let last = *heads.last().unwrap();
+    for i in 0..last.size {
+        let proof = store.inclusion_proof(i, last.size).unwrap();
+        let leaf = merkle::leaf_hash(&store.leaf(i).unwrap());
+        verify_inclusion(&leaf, i, last.size, &proof, &last.root).unwrap();
+    }
+    assert!(matches!(
+        store.inclusion_proof(0, 26),
+        Err(StoreError::BeyondLog {
+            size: 26,
+            current: 25
+        })
+    ));
+    let of_q = store
+        .accesses(&q, UnixMillis(0), UnixMillis(i64::MAX))
+        .unwrap();
+    assert_eq!(of_q, [0, 6, 12, 18]);
+    // p's last change was at i = 8 (opt-out), q's at i = 9 (opt-in).
+    assert!(store.opted_out(&p).unwrap());
+    assert!(!store.opted_out(&q).unwrap());
+}
+
+/// Appends `n` access leaves to the store in batches of uneven sizes (1 to 7) and to
+/// `tree`; returns the store's head after each batch, each checked against `tree`.
+fn grow(store: &SledStore, tree: &mut MemoryTree, n: u64) -> Vec<TreeHead> {
+    let p = Pseudonym::from_slice(&[3; 32]).unwrap();
+    let mut heads = Vec::new();
+    let end = tree.size() + n;
+    while tree.size() < end {
+        let start = tree.size();
+        let len = (start % 7 + 1).min(end - start);
+        let batch: Vec<Access> = (start..start + len).map(|i| access(i as u8, p)).collect();
+        store
+            .log_accesses(&batch.iter().collect::<Vec<_>>())
+            .unwrap();
+        for i in start..start + len {
+            tree.push(&store.leaf(i).unwrap());
+        }
+        let head = store.tree_head().unwrap();
+        assert_eq!(head.size, tree.size());
+        assert_eq!(head.root, tree.root(), "root at size {}", head.size);
+        heads.push(head);
+    }
+    heads
+}
+
+/// Checks every leaf's inclusion proof at the store's size, and the consistency proof from
+/// each of `heads` to it.
+fn check_proofs(store: &SledStore, heads: &[TreeHead]) {
+    let last = store.tree_head().unwrap();
+    for i in 0..last.size {
+        let proof = store.inclusion_proof(i, last.size).unwrap();
+        let leaf = merkle::leaf_hash(&store.leaf(i).unwrap());
+        verify_inclusion(&leaf, i, last.size, &proof, &last.root)
+            .unwrap_or_else(|e| panic!("leaf {i} at size {}: {e}", last.size));
+    }
+    for old in heads {
+        let proof = store.consistency_proof(old.size, last.size).unwrap();
+        verify_consistency(old.size, last.size, &old.root, &last.root, &proof)
+            .unwrap_or_else(|e| panic!("size {} to {}: {e}", old.size, last.size));
+    }
+}
+
+/// The last, incomplete tile is stored as it fills: a reopened store reads it back and
+/// goes on filling it, and proofs through it stay right.
+#[tokio::test]
+async fn a_reopened_store_goes_on_filling_its_last_tile() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tree = MemoryTree::new();
+    let mut heads = {
+        let store = SledStore::open(dir.path()).unwrap();
+        grow(&store, &mut tree, 21)
+    };
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.tree_head().unwrap(), *heads.last().unwrap());
+    assert_eq!(store.log_state().unwrap().tile.len(), 5);
+    heads.extend(grow(&store, &mut tree, 20));
+    check_proofs(&store, &heads);
+}
+
+/// A store written before tiles (every node of level 1 and up in `log_nodes`, no
+/// `tiles_from`) reads as before, and grows with tiles from the tile it was filling.
+#[tokio::test]
+async fn a_store_written_before_tiles_is_read_and_grown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tree = MemoryTree::new();
+    let mut heads = {
+        let store = SledStore::open(dir.path()).unwrap();
+        let heads = grow(&store, &mut tree, 45);
+        // Rewrite the tree as those stores kept it.
+        let i = &store.inner;
+        i.log_tiles.clear().unwrap();
+        i.log_nodes.clear().unwrap();
+        i.log_meta.remove(TILES_FROM_KEY).unwrap();
+        let mut frontier = Vec::new();
+        for index in 0..45 {
+            let leaf = merkle::leaf_hash(&store.leaf(index).unwrap());
+            for (level, at, hash) in merkle::append(&mut frontier, index, leaf) {
+                if level > 0 {
+                    i.log_nodes.insert(node_key(level, at), &hash).unwrap();
+                }
+            }
+        }
+        i.db.flush().unwrap();
+        heads
+    };
+    let store = SledStore::open(dir.path()).unwrap();
+    // Tiles begin with the one the log was filling (leaves 32 to 44).
+    assert_eq!(store.inner.tiles_from, 2);
+    assert_eq!(store.tree_head().unwrap(), *heads.last().unwrap());
+    check_proofs(&store, &heads);
+    heads.extend(grow(&store, &mut tree, 40));
+    check_proofs(&store, &heads);
+    let tiles: Vec<u64> = store
+        .inner
+        .log_tiles
+        .iter()
+        .keys()
+        .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
+        .collect();
+    assert_eq!(tiles, [2, 3, 4, 5]);
+    drop(store);
+    // And after another reopen, from what it wrote since.
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.inner.tiles_from, 2);
+    assert_eq!(store.tree_head().unwrap().root, tree.root());
+    check_proofs(&store, &heads);
+}
+
+/// Node places spread over the map's buckets (picked by the low bits of the hash): the
+/// same index at many levels, and neighbouring indices, do not pile into a few buckets.
+#[test]
+fn node_places_spread_over_buckets() {
+    use std::hash::BuildHasher;
+    let hasher = std::hash::BuildHasherDefault::<PlaceHasher>::default();
+    let places: Vec<u64> = (3..21u8)
+        .flat_map(|level| (0..1000u64).map(move |index| node_place(level, index)))
+        .collect();
+    let buckets: HashSet<u64> = places.iter().map(|p| hasher.hash_one(p) & 0xffff).collect();
+    // 18,000 places thrown at random into 65,536 buckets fill about 15,700.
+    assert!(
+        buckets.len() > 14_000,
+        "{} places fell into {} buckets",
+        places.len(),
+        buckets.len()
+    );
+}
+
+/// Proofs read through the node cache stay right as the tree grows past the cached
+/// levels: every size's proofs are checked against a tree rebuilt from the leaves, after
+/// earlier sizes have filled the cache.
+#[tokio::test]
+async fn cached_nodes_give_the_same_proofs_as_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut tree = MemoryTree::new();
+    let mut heads = Vec::new();
+    // Batches of uneven sizes, through tiles and the nodes above them, to 71 leaves, each
+    // size checked after the earlier ones have filled the cache.
+    let total = (1u64 << (TILE_LEVEL + 2)) + 7;
+    while tree.size() < total {
+        let batch = (tree.size() % 7 + 1).min(total - tree.size());
+        let grown = grow(&store, &mut tree, batch);
+        check_proofs(&store, &heads);
+        heads.extend(grown);
+    }
+    let cache = &store.inner.node_cache;
+    assert!(
+        !cache.upper.read().unwrap().is_empty(),
+        "upper levels cached"
+    );
+    assert!(
+        !cache.recent.read().unwrap().is_empty(),
+        "lower levels cached"
+    );
+}
