@@ -17,6 +17,7 @@
 //! log_leaves  index:u64                                          -> leaf bytes (huren_core::logentry)
 //! log_tiles   tile:u64                                           -> hash[32] of each of its leaves (16, fewer in the last tile)
 //! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree (level >= 5; older stores: >= 1)
+//! (default)   "huren-store-layout"                               -> layout version:u32 (STORE_LAYOUT)
 //! log_meta    "size"                                             -> tree size:u64
 //!             "tiles_from"                                       -> first tile:u64 in log_tiles
 //! ```
@@ -206,6 +207,39 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
     k
 }
 
+/// The layout this code reads and writes. Bump it when a change would make an older hub
+/// misread the store; an older hub then refuses the store by name instead of misreading it.
+/// Layout 1 covers every store written so far (their older key forms are still read).
+pub const STORE_LAYOUT: u32 = 1;
+
+/// Where the layout version lives: sled's default tree.
+const LAYOUT_KEY: &[u8] = b"huren-store-layout";
+
+/// Refuses a store in a newer layout than [`STORE_LAYOUT`], and marks a store that has no
+/// layout yet (new, or written before the key existed) with this one.
+fn check_layout(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+    match db.get(LAYOUT_KEY)? {
+        Some(raw) => {
+            let raw: [u8; 4] = raw.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt("the store's layout version is not 4 bytes".into())
+            })?;
+            let found = u32::from_be_bytes(raw);
+            if found > STORE_LAYOUT {
+                return Err(StoreError::NewerLayout {
+                    path: dir.to_owned(),
+                    found,
+                    supported: STORE_LAYOUT,
+                });
+            }
+        }
+        None => {
+            db.insert(LAYOUT_KEY, &STORE_LAYOUT.to_be_bytes())?;
+            db.flush()?;
+        }
+    }
+    Ok(())
+}
+
 /// sled's own default page cache, 1 GiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
@@ -239,6 +273,7 @@ impl SledStore {
                 opened => break opened?,
             }
         };
+        check_layout(&db, dir)?;
         let mut inner = Inner {
             consent: db.open_tree("consent")?,
             access: db.open_tree("access")?,

@@ -452,3 +452,55 @@ async fn cached_nodes_give_the_same_proofs_as_the_tree() {
         "lower levels cached"
     );
 }
+
+/// The store records its layout version when it is first opened; a store in a newer layout
+/// is refused by name and left as it was; a damaged version is refused as corruption.
+#[tokio::test]
+async fn a_store_in_a_newer_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .log_access(&access(0, Pseudonym::from_bytes([5; 32])))
+            .unwrap();
+        store.commit().await.unwrap();
+        assert_eq!(
+            store.inner.db.get(LAYOUT_KEY).unwrap().unwrap().as_ref(),
+            STORE_LAYOUT.to_be_bytes()
+        );
+    }
+    let set = |value: &[u8]| {
+        // A store just dropped may hold its lock for a moment (see `LOCK_WAIT`).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        db.insert(LAYOUT_KEY, value).unwrap();
+        db.flush().unwrap();
+    };
+    set(&(STORE_LAYOUT + 1).to_be_bytes());
+    let err = SledStore::open(dir.path()).err().unwrap();
+    assert!(
+        matches!(err, StoreError::NewerLayout { found, supported, .. } if found == STORE_LAYOUT + 1 && supported == STORE_LAYOUT),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("newer than this hub reads"),
+        "{err}"
+    );
+    set(b"\x01");
+    assert!(matches!(
+        SledStore::open(dir.path()).err().unwrap(),
+        StoreError::Corrupt(_)
+    ));
+    set(&STORE_LAYOUT.to_be_bytes());
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.tree_head().unwrap().size, 1);
+}
