@@ -19,7 +19,10 @@
 //! - **Status**: final → final; amended, corrected, appended → amendment; entered-in-error,
 //!   cancelled → void; registered, preliminary, partial, unknown → not published (noted).
 //! - **Full report**: the report's first `presentedForm` with inline `data` (e.g. a PDF); else
-//!   the file itself (media type `application/fhir+json`).
+//!   the file itself when it is one resource, and for a Bundle a `collection` Bundle of the
+//!   result's own resources (the report or result, what it refers to, its patient), never the
+//!   whole file: a Bundle may hold other patients' results (media type
+//!   `application/fhir+json`).
 
 use base64::Engine;
 use serde_json::Value;
@@ -147,10 +150,15 @@ fn read_fhir_file(
         bytes: bytes.into(),
         media_type: FHIR_MEDIA_TYPE.into(),
     };
-    let new_unit = |label: String| Unit {
+    // A unit's report 0: the file when it is one resource (one patient), else a Bundle of
+    // the unit's own resources.
+    let new_unit = |label: String, root: &Value| Unit {
         label,
         findings: Vec::new(),
-        reports: vec![file_report.clone()],
+        reports: vec![match in_bundle {
+            true => own_resources_report(&res, root),
+            false => file_report.clone(),
+        }],
         skipped: Vec::new(),
     };
     let entry_of = |i: usize| in_bundle.then_some(i);
@@ -181,7 +189,7 @@ fn read_fhir_file(
     let mut units = Vec::new();
     for (i, dr) in &reports {
         let label = resource_label(dr, entry_of(*i));
-        let mut unit = new_unit(label.clone());
+        let mut unit = new_unit(label.clone(), dr);
         units.push(with_checks(reader.report(dr, &label, &mut unit), unit));
     }
     for (i, (_, _, r)) in res.entries.iter().enumerate() {
@@ -189,7 +197,7 @@ fn read_fhir_file(
             continue;
         }
         let label = resource_label(r, entry_of(i));
-        let mut unit = new_unit(label.clone());
+        let mut unit = new_unit(label.clone(), r);
         let result = match type_of(r) {
             "ImagingStudy" => reader.imaging_study(r, &label, &mut unit),
             "Observation" => reader.standalone_observation(r, &label, &mut unit),
@@ -221,6 +229,59 @@ fn refs<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
         Some(Value::Array(a)) => a.iter().map(|r| s(r, "reference")).collect(),
         Some(r @ Value::Object(_)) => vec![s(r, "reference")],
         _ => Vec::new(),
+    }
+}
+
+/// The full report of one result read from a Bundle: a `collection` Bundle of `root` (a
+/// DiagnosticReport, Observation or ImagingStudy), the resources it refers to (results,
+/// imaging studies, panel members) and its subject, in the order of the file. Other
+/// patients' resources in the same file never reach it. Serialised with sorted keys, so the
+/// same resources always give the same bytes and digest.
+fn own_resources_report(res: &Resources<'_>, root: &Value) -> Report {
+    let mut own: std::collections::HashSet<*const Value> = std::collections::HashSet::new();
+    own.insert(root as *const Value);
+    for key in ["result", "imagingStudy"] {
+        for r in refs(root, key) {
+            if let Some(target) = res.resolve(root, r) {
+                own.insert(target as *const Value);
+                collect_members(res, target, &mut own, 0);
+            }
+        }
+    }
+    collect_members(res, root, &mut own, 0);
+    let subjects: Vec<&Value> = own
+        .iter()
+        .filter_map(|p| res.entries.iter().find(|(_, _, r)| std::ptr::eq(*r, *p)))
+        .map(|(_, _, r)| *r)
+        .filter_map(|r| r.get("subject").map(|s| (r, s)))
+        .filter_map(|(r, subject)| res.resolve(r, s(subject, "reference")))
+        .collect();
+    for subject in subjects {
+        own.insert(subject as *const Value);
+    }
+    let entries: Vec<Value> = res
+        .entries
+        .iter()
+        .filter(|(_, _, r)| own.contains(&(*r as *const Value)))
+        .map(|(full, _, r)| {
+            let mut e = serde_json::Map::new();
+            if !full.is_empty() {
+                e.insert("fullUrl".into(), Value::String(full.clone()));
+            }
+            e.insert("resource".into(), (*r).clone());
+            Value::Object(e)
+        })
+        .collect();
+    let bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": entries,
+    });
+    let bytes = serde_json::to_vec(&bundle).unwrap_or_default();
+    Report {
+        sha256: sha256(&bytes),
+        bytes: bytes.into(),
+        media_type: FHIR_MEDIA_TYPE.into(),
     }
 }
 

@@ -222,7 +222,7 @@ pub enum SourceStatus {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub sha256: [u8; 32],
-    /// Shared: a FHIR Bundle's units all keep the file as their report.
+    /// Shared where several results have one report (the findings of one HL7 message).
     pub bytes: Arc<[u8]>,
     pub media_type: String,
 }

@@ -864,3 +864,64 @@ fn a_cut_result_without_status_or_unit_is_refused() {
     };
     check(&good.replacen(line, &without_status, 1), &["OBX-11"]);
 }
+
+/// A Bundle with two patients' reports: each result's full report is a Bundle of its own
+/// resources and its own patient, never the file, so a member fetching one patient's report
+/// never sees the other patient (the file used to be every result's report).
+#[test]
+fn a_bundle_result_report_holds_only_its_own_patient() {
+    let lab: serde_json::Value =
+        serde_json::from_slice(&data("fhir/bundle-referenced-lab.json")).unwrap();
+    let mut imaging: serde_json::Value =
+        serde_json::from_slice(&data("fhir/bundle-imaging-report.json")).unwrap();
+    let other = "11010519491231002X";
+    imaging["entry"][0]["resource"]["identifier"][0]["value"] = other.into();
+    let mut merged = lab.clone();
+    let entries = merged["entry"].as_array_mut().unwrap();
+    entries.extend(imaging["entry"].as_array().unwrap().iter().cloned());
+    let bytes = serde_json::to_vec(&merged).unwrap();
+    let units: Vec<Unit> = parse_file(
+        &bytes,
+        &mapping("shx-prov-people"),
+        &IngestSettings::default(),
+    )
+    .units
+    .into_iter()
+    .map(|(_, u)| u.unwrap())
+    .collect();
+    assert_eq!(units.len(), 2);
+    let mut seen = Vec::new();
+    for u in &units {
+        let f = &u.findings[0];
+        let report = &u.reports[0];
+        assert_ne!(
+            report.sha256,
+            sha256(&bytes),
+            "{}: the whole file is its report",
+            u.label
+        );
+        let text = std::str::from_utf8(&report.bytes).unwrap();
+        let own_lab = f.draft.patient == ric("610122198807222047");
+        let (own, not_own) = match own_lab {
+            true => ("610122198807222047", other),
+            false => (other, "610122198807222047"),
+        };
+        assert!(
+            text.contains(own) && !text.contains(not_own),
+            "{}: {text}",
+            u.label
+        );
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed["resourceType"], "Bundle");
+        assert_eq!(parsed["type"], "collection");
+        seen.push(own_lab);
+        // Its own results are in it; the other report's are not.
+        if own_lab {
+            assert!(text.contains("o-hgb") && text.contains("o-plt") && !text.contains("st-88"));
+        } else {
+            assert!(text.contains("st-88") && !text.contains("o-hgb"));
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, [false, true]);
+}
