@@ -479,7 +479,10 @@ impl Bench {
                             }
                             let items: Vec<_> =
                                 chunk.iter().map(|v| (v, UnixMillis(now))).collect();
-                            for r in store2.put_summaries(&items)?.results {
+                            for r in store2
+                                .put_summaries(&items, huren_core::summary::Summary::may_follow)?
+                                .results
+                            {
                                 r?;
                             }
                             anyhow::Ok(())

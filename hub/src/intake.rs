@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use huren_core::signing::VerifiedSummary;
-use huren_core::summary::UnixMillis;
+use huren_core::summary::{Summary, UnixMillis};
 
 use crate::batch::{Worker, next_batch};
 use crate::store::{Put, SharedStore, StoreError, TreeHead};
@@ -69,7 +69,7 @@ fn write_batches(store: SharedStore, mut rx: mpsc::UnboundedReceiver<Job>, runti
                 .iter()
                 .flat_map(|j| j.items.iter().map(move |v| (v, j.at)))
                 .collect();
-            runtime.block_on(store.put_summaries(&items))
+            runtime.block_on(store.put_summaries(&items, Summary::may_follow))
         }));
         // A panicked write drops its jobs: their callers hear that the writer stopped.
         let Ok(result) = written else {

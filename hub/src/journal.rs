@@ -1,8 +1,9 @@
 //! Group commit for what answered queries leave behind (what each member was shown,
 //! statistics events, access leaves in the log).
 //!
-//! A query sends its [`QueryRecord`] here and waits for it to be written before it answers, so
-//! no answer goes out without its audit record. One thread of its own drains every record
+//! A query sends its [`QueryRecord`] here and waits for it to be written and made durable
+//! before it answers, so no answer goes out without its audit record, even if the hub is
+//! killed right after. One thread of its own drains every record
 //! waiting at that moment and writes them with [`Store::record_query_batch`]: one atomic write
 //! for the whole batch instead of one per query, and no async worker ever blocks on the log's
 //! lock.
@@ -59,8 +60,20 @@ fn write_batches(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("journal write panicked".to_string()),
         };
-        for ack in acks {
-            let _ = ack.send(result.clone());
+        if let Err(e) = result {
+            for ack in acks {
+                let _ = ack.send(Err(e.clone()));
+            }
+            continue;
         }
+        // The answers leave once their records are durable: the flush is shared with every
+        // other commit waiting (group commit), and this thread writes the next batch meanwhile.
+        let store = store.clone();
+        runtime.spawn(async move {
+            let durable = store.commit().await.map_err(|e| e.to_string());
+            for ack in acks {
+                let _ = ack.send(durable.clone());
+            }
+        });
     }
 }

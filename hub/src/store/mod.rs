@@ -249,9 +249,15 @@ pub trait Store: Send + Sync + 'static {
     /// atomic write with their log leaves: one outcome per version, in order (a version
     /// refused does not stop the others), and the tree head after the batch. Not durable
     /// until [`Store::commit`] returns.
+    ///
+    /// The store keeps versions in sequence (1, then each one more than the last; the same
+    /// version again is a no-op with the same bytes, a [`StoreError::Conflict`] with others)
+    /// and checks `follows` against the version before, in the same write: whether a version
+    /// may follow another is the caller's rule, not the store's.
     async fn put_summaries(
         &self,
         items: &[(&VerifiedSummary, UnixMillis)],
+        follows: Succession,
     ) -> Result<PutBatch, StoreError>;
     /// Makes every write before the call durable (shares the flush with concurrent callers).
     async fn commit(&self) -> Result<(), StoreError>;
@@ -328,6 +334,10 @@ pub trait Store: Send + Sync + 'static {
         new_size: u64,
     ) -> Result<Vec<Hash>, StoreError>;
 }
+
+/// Whether a new version (first) may follow the stored version before it (second); the hub
+/// passes [`Summary::may_follow`].
+pub type Succession = fn(&Summary, &Summary) -> Result<(), SuccessionError>;
 
 /// A shared handle on a store of any backend.
 pub type SharedStore = Arc<dyn Store>;

@@ -95,7 +95,8 @@ use writeset::{TreeId, Trees, WriteSet};
 
 use super::{
     Access, Consultation, DecisionOutcome, DecisionRecord, Found, Logged, PriorQuery, Put,
-    PutBatch, PutOutcome, QueryRecord, Receipt, Store, StoreError, StoredSummary, TreeHead,
+    PutBatch, PutOutcome, QueryRecord, Receipt, Store, StoreError, StoredSummary, Succession,
+    TreeHead,
 };
 use crate::batch::{Worker, next_batch};
 #[allow(unused_imports)]
@@ -551,8 +552,9 @@ impl Store for SledStore {
     async fn put_summaries(
         &self,
         items: &[(&VerifiedSummary, UnixMillis)],
+        follows: Succession,
     ) -> Result<PutBatch, StoreError> {
-        SledStore::put_summaries(self, items)
+        SledStore::put_summaries(self, items, follows)
     }
 
     async fn commit(&self) -> Result<(), StoreError> {

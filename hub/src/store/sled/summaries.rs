@@ -69,6 +69,7 @@ impl SledStore {
     pub fn put_summaries(
         &self,
         items: &[(&VerifiedSummary, UnixMillis)],
+        follows: Succession,
     ) -> Result<PutBatch, StoreError> {
         let prepared: Vec<PreparedPut> = items
             .iter()
@@ -158,10 +159,11 @@ impl SledStore {
             // A new version never moves a result to another patient nor revives a void.
             if let Some((previous_version, previous_index)) = stored_latest {
                 let follows = match staged_summaries.get(p.rkey.as_slice()) {
-                    Some(&previous) => s.may_follow(previous),
-                    None => {
-                        s.may_follow(&self.stored_version(s, previous_version, previous_index)?)
-                    }
+                    Some(&previous) => follows(s, previous),
+                    None => follows(
+                        s,
+                        &self.stored_version(s, previous_version, previous_index)?,
+                    ),
                 };
                 if let Err(reason) = follows {
                     results.push(Err(StoreError::Succession {
