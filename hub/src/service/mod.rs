@@ -1,0 +1,268 @@
+//! What the hub does, in domain terms: publish, find prior results with verdicts, list a
+//! patient's history, check an order, record decisions, compute statistics. No gRPC types here;
+//! `grpc` converts to and from them.
+//!
+//! By family: `publish` (Publish, PublishBatch), `query` (FindPrior, History, CheckOrder, with
+//! the consent gate and the query journal), `audit` (decisions, consent, access reports,
+//! statistics), `log` (checkpoints and proofs). The `Hub` itself and what they share are here.
+
+mod audit;
+mod log;
+mod publish;
+mod query;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use huren_core::identity::InstitutionId;
+use huren_core::logentry::{Entry, LogProof, Method, Purpose, ResultRef};
+use huren_core::merkle::Hash;
+use huren_core::pseudonym::Pseudonym;
+use huren_core::rules::{
+    self, AfterRevocation, Decision, Policy, Reason, RetestReason, Verdict, check_decision,
+};
+use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
+use huren_core::stats::{self, ConsultationKey, Event, EventKind, GroupBy};
+use huren_core::summary::{Summary, UnixMillis};
+use huren_core::trust::AllianceCa;
+
+use crate::error::HubError;
+use crate::intake::Intake;
+use crate::journal::Journal;
+use crate::log::LogSigner;
+use crate::policy::PolicyHandle;
+use crate::signers::SignerCache;
+use crate::store::{
+    Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, QueryRecord, SharedStore,
+    Shown, StoredSummary, TreeHead,
+};
+use crate::verifier::SignatureChecks;
+
+/// The hub's domain service.
+pub struct Hub {
+    store: SharedStore,
+    /// Certified signing certificates of the alliance CA, validated once each.
+    signers: SignerCache,
+    /// Group-commit writer for what answered queries leave behind.
+    journal: Journal,
+    /// Group-commit writer for published summaries.
+    intake: Intake,
+    signatures: SignatureChecks,
+    policy: Arc<PolicyHandle>,
+    max_results: usize,
+    log: LogSigner,
+    /// How far past the hub's clock a summary's times may lie, in milliseconds.
+    max_clock_skew_ms: i64,
+}
+
+/// A result with the verdict for the caller.
+#[derive(Clone, Debug)]
+pub struct Judged {
+    pub stored: StoredSummary,
+    pub verdict: Verdict,
+    /// Earlier versions, newest first (History with versions only).
+    pub earlier: Vec<Judged>,
+    /// The version's inclusion proof, when asked for.
+    pub log_proof: Option<LogProof>,
+}
+
+/// An answer to FindPrior or History.
+#[derive(Clone, Debug)]
+pub struct JudgedAnswer {
+    pub results: Vec<Judged>,
+    pub truncated: bool,
+    pub policy_version: String,
+    /// The patient opted out and the purpose was not emergency: nothing is returned.
+    pub withheld_by_consent: bool,
+}
+
+/// Why a query is made and whether to prove its answers.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask {
+    pub purpose: Purpose,
+    pub with_proofs: bool,
+}
+
+/// What the patient's consent lets a query see.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gate {
+    withheld: bool,
+    emergency_override: bool,
+}
+
+/// One logged access, with its inclusion proof.
+#[derive(Clone, Debug)]
+pub struct AccessRecord {
+    pub index: u64,
+    pub leaf: Vec<u8>,
+    pub entry: Entry,
+    pub proof: LogProof,
+}
+
+/// Who looked at a patient's results.
+#[derive(Clone, Debug)]
+pub struct AccessReport {
+    pub entries: Vec<AccessRecord>,
+    pub opted_out: bool,
+}
+
+/// Text shown in place of results withheld by a patient's opt-out.
+pub const WITHHELD: &str =
+    "the patient has opted out of sharing their results; only an emergency query sees them";
+
+/// One ordered item, as the caller codes it.
+#[derive(Clone, Debug)]
+pub enum OrderCode {
+    Catalogue { system: String, code: String },
+    Local(String),
+}
+
+/// The order-time answer for one item.
+#[derive(Clone, Debug)]
+pub struct OrderAnswer {
+    pub asked: OrderCode,
+    /// The catalogue item (system, code, name) the order maps to.
+    pub item: Option<(String, String, String)>,
+    pub best: Option<Judged>,
+    pub explanation: String,
+    pub candidates: usize,
+}
+
+/// A decision as the caller states it.
+#[derive(Clone, Debug)]
+pub struct DecisionRequest {
+    pub decision_id: String,
+    pub publisher: InstitutionId,
+    pub summary_id: String,
+    pub version: u32,
+    pub decision: Decision,
+}
+
+/// Statistics for a period.
+#[derive(Clone, Debug)]
+pub struct Statistics {
+    /// Rows with a label (item or member name) where the policy knows one.
+    pub rows: Vec<(stats::Row, String)>,
+    pub total: stats::Row,
+    pub policy_version: String,
+}
+
+/// The current time in Unix milliseconds.
+pub fn now() -> UnixMillis {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// Longest decision id accepted.
+const MAX_DECISION_ID: usize = 128;
+
+impl Hub {
+    /// The hub's request handling over `store`, with its journal, intake and signature-checking
+    /// threads started (an error only if the system refuses a thread). Call it within a tokio
+    /// runtime: the intake acknowledges from tasks on it.
+    pub fn new(
+        store: SharedStore,
+        ca: AllianceCa,
+        policy: Arc<PolicyHandle>,
+        max_results: usize,
+        log: LogSigner,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            journal: Journal::start(store.clone())?,
+            intake: Intake::start(store.clone())?,
+            signatures: SignatureChecks::start()?,
+            store,
+            signers: SignerCache::new(ca),
+            policy,
+            max_results,
+            log,
+            max_clock_skew_ms: 600_000,
+        })
+    }
+
+    /// Sets how far past the hub's clock a summary's performed or reported time may lie.
+    pub fn with_max_clock_skew(mut self, seconds: u64) -> Self {
+        self.max_clock_skew_ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The C2SP verifier key of the hub's log.
+    pub fn log_verifier_key(&self) -> String {
+        self.log.verifier_key()
+    }
+
+    pub fn max_results(&self) -> usize {
+        self.max_results
+    }
+
+    /// The policy in force, after checking that `caller` is a member (or an administrator).
+    fn member_policy(&self, caller: &InstitutionId) -> Result<Arc<Policy>, HubError> {
+        let policy = self.policy.get();
+        if policy.member(caller).is_none() && !policy.is_administrator(caller) {
+            return Err(HubError::NotMember {
+                caller: caller.clone(),
+                policy_version: policy.version.clone(),
+            });
+        }
+        Self::not_revoked(&policy, caller, now())?;
+        Ok(policy)
+    }
+
+    fn not_revoked(policy: &Policy, id: &InstitutionId, at: UnixMillis) -> Result<(), HubError> {
+        match policy.revoked_at(id, at) {
+            None => Ok(()),
+            Some(r) => Err(HubError::Revoked {
+                member: id.clone(),
+                at: rfc3339(r.at),
+                reason: r.reason.clone(),
+            }),
+        }
+    }
+
+    /// Signs the checkpoint of a tree head.
+    fn sign(&self, head: TreeHead) -> Result<String, HubError> {
+        self.log.sign(head).map_err(HubError::Checkpoint)
+    }
+
+    /// The inclusion proof of leaf `index` against the signed checkpoint of `head`.
+    async fn log_proof(&self, index: u64, head: TreeHead) -> Result<LogProof, HubError> {
+        Ok(LogProof {
+            index,
+            tree_size: head.size,
+            proof: self.store.inclusion_proof(index, head.size).await?,
+            checkpoint: self.sign(head)?,
+        })
+    }
+}
+
+/// A time as RFC 3339 in UTC, for messages.
+fn rfc3339(t: UnixMillis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{} ms", t.0))
+}
+
+/// Reads a re-test reason code from the wire enum's number.
+pub fn retest_reason(n: i32) -> Option<Option<RetestReason>> {
+    use RetestReason::*;
+    Some(match n {
+        0 => None,
+        1 => Some(ConditionChanged),
+        2 => Some(FastChangingValue),
+        3 => Some(CriticalStep),
+        4 => Some(Emergency),
+        5 => Some(Appraisal),
+        6 => Some(Other),
+        7 => Some(PatientRequest),
+        8 => Some(SourceFailedEqa),
+        9 => Some(TooOld),
+        10 => Some(PhysicianJudgement),
+        _ => return None,
+    })
+}

@@ -1,0 +1,388 @@
+use super::*;
+
+impl Hub {
+    /// What the patient's consent lets this purpose see.
+    pub(super) async fn gate(
+        &self,
+        patient: &Pseudonym,
+        purpose: Purpose,
+    ) -> Result<Gate, HubError> {
+        if !self.store.opted_out(patient).await? {
+            return Ok(Gate::default());
+        }
+        let emergency = purpose == Purpose::Emergency;
+        if emergency {
+            tracing::warn!("emergency access to the results of a patient who opted out");
+        }
+        Ok(Gate {
+            withheld: !emergency,
+            emergency_override: emergency,
+        })
+    }
+
+    /// Writes what an answered query leaves behind (what the caller was shown, statistics
+    /// events, the access leaf) through the journal, and waits until it is written: no answer
+    /// goes out without its audit record. (Each argument is one part of the record.)
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn journal(
+        &self,
+        policy: &Policy,
+        caller: &InstitutionId,
+        shown: &[&Judged],
+        asked: &[(String, String)],
+        purpose: Purpose,
+        method: Method,
+        patient: &Pseudonym,
+        gate: Gate,
+        at: UnixMillis,
+    ) -> Result<(), HubError> {
+        let events: Vec<Event> = asked
+            .iter()
+            .map(|(system, code)| {
+                let best = shown.iter().find(|j| {
+                    j.verdict.recognised()
+                        && j.stored.summary.item.system == *system
+                        && j.stored.summary.item.code == *code
+                });
+                Event {
+                    at,
+                    member: caller.clone(),
+                    item_system: system.clone(),
+                    item_code: code.clone(),
+                    price_fen: policy.item(system, code).map_or(0, |i| i.price_fen),
+                    kind: EventKind::Query {
+                        found: best.is_some(),
+                        cross_member: best.is_some_and(|j| j.stored.summary.publisher != *caller),
+                    },
+                }
+            })
+            .collect();
+        let record = QueryRecord {
+            member: caller.clone(),
+            shown: shown
+                .iter()
+                .map(|j| Shown {
+                    publisher: j.stored.receipt.publisher.to_string(),
+                    summary_id: j.stored.receipt.summary_id.to_string(),
+                    version: j.stored.receipt.version,
+                    item_system: j.stored.summary.item.system.clone(),
+                    item_code: j.stored.summary.item.code.clone(),
+                    recognised: j.verdict.recognised(),
+                })
+                .collect(),
+            events,
+            access: Access {
+                at,
+                caller: caller.clone(),
+                purpose,
+                method,
+                emergency_override: gate.emergency_override,
+                withheld_by_consent: gate.withheld,
+                patient: *patient,
+                results: shown
+                    .iter()
+                    .map(|j| ResultRef {
+                        publisher: j.stored.receipt.publisher.to_string(),
+                        summary_id: j.stored.receipt.summary_id.to_string(),
+                        version: j.stored.receipt.version,
+                    })
+                    .collect(),
+                policy_version: policy.version.clone(),
+            },
+        };
+        self.journal.write(record).await
+    }
+
+    /// Attaches inclusion proofs (against one durable checkpoint) to results and their earlier
+    /// versions.
+    pub(super) async fn attach_proofs<'a>(
+        &self,
+        results: impl Iterator<Item = &'a mut Judged>,
+    ) -> Result<(), HubError> {
+        let mut results: Vec<&mut Judged> = results.collect();
+        fn last_index(j: &Judged) -> u64 {
+            j.earlier
+                .iter()
+                .map(last_index)
+                .fold(j.stored.log_index, u64::max)
+        }
+        // Every result was durable before it was acknowledged, so a recent durable head
+        // covers them without a flush per query.
+        let min_size = results.iter().map(|j| last_index(j) + 1).max().unwrap_or(0);
+        let head = self.store.recent_durable_head(min_size).await?;
+        let checkpoint = self.sign(head)?;
+        // Each result and its earlier versions, depth first, without recursing in async.
+        let mut todo: Vec<&mut Judged> = results.drain(..).collect();
+        while let Some(j) = todo.pop() {
+            j.log_proof = Some(LogProof {
+                index: j.stored.log_index,
+                tree_size: head.size,
+                proof: self
+                    .store
+                    .inclusion_proof(j.stored.log_index, head.size)
+                    .await?,
+                checkpoint: checkpoint.clone(),
+            });
+            todo.extend(j.earlier.iter_mut());
+        }
+        Ok(())
+    }
+
+    /// Whether a stored version is returned at all: not if its publisher's revocation covers
+    /// it and the policy withholds such summaries.
+    pub(super) fn shown_at_all(policy: &Policy, s: &StoredSummary) -> bool {
+        !policy
+            .revocation_covering(&s.summary.publisher, s.receipt.accepted_at)
+            .is_some_and(|r| r.after == AfterRevocation::Withheld)
+    }
+
+    pub(super) fn judge(
+        policy: &Policy,
+        caller: &InstitutionId,
+        s: StoredSummary,
+        latest: bool,
+        as_of: UnixMillis,
+    ) -> Judged {
+        let mut verdict = rules::evaluate(policy, caller, &s.summary, latest, as_of);
+        if let Some(r) = policy.revocation_covering(&s.summary.publisher, s.receipt.accepted_at) {
+            verdict.reasons.push((
+                Reason::PublisherRevoked,
+                format!(
+                    "publisher revoked ({}) at {}; the hub accepted this result at {}, after that",
+                    r.reason,
+                    rfc3339(r.at),
+                    rfc3339(s.receipt.accepted_at)
+                ),
+            ));
+            verdict.hr_mark = None;
+        }
+        Judged {
+            stored: s,
+            verdict,
+            earlier: Vec::new(),
+            log_proof: None,
+        }
+    }
+
+    /// The latest versions of one patient's results for some items, newest first, each with
+    /// its verdict for the caller.
+    pub async fn find_prior(
+        &self,
+        caller: &InstitutionId,
+        query: &PriorQuery,
+        ask: Ask,
+    ) -> Result<JudgedAnswer, HubError> {
+        let policy = self.member_policy(caller)?;
+        let gate = self.gate(&query.patient, ask.purpose).await?;
+        let found = if gate.withheld {
+            Default::default()
+        } else {
+            self.store.find_prior(query).await?
+        };
+        let mut results: Vec<Judged> = found
+            .results
+            .into_iter()
+            .filter(|s| Self::shown_at_all(&policy, s))
+            .map(|s| Self::judge(&policy, caller, s, true, query.until))
+            .collect();
+        let at = now();
+        let shown = results.iter().collect::<Vec<_>>();
+        self.journal(
+            &policy,
+            caller,
+            &shown,
+            &query.items,
+            ask.purpose,
+            Method::FindPrior,
+            &query.patient,
+            gate,
+            at,
+        )
+        .await?;
+        if ask.with_proofs {
+            self.attach_proofs(results.iter_mut()).await?;
+        }
+        Ok(JudgedAnswer {
+            results,
+            truncated: found.truncated,
+            policy_version: policy.version.clone(),
+            withheld_by_consent: gate.withheld,
+        })
+    }
+
+    /// All of one patient's results, newest first, with verdicts as of now; with
+    /// `with_versions`, each result's earlier versions too.
+    pub async fn history(
+        &self,
+        caller: &InstitutionId,
+        query: &PriorQuery,
+        with_versions: bool,
+        ask: Ask,
+    ) -> Result<JudgedAnswer, HubError> {
+        let policy = self.member_policy(caller)?;
+        let at = now();
+        let gate = self.gate(&query.patient, ask.purpose).await?;
+        let found = if gate.withheld {
+            Default::default()
+        } else {
+            self.store.history(query).await?
+        };
+        let mut results = Vec::with_capacity(found.results.len());
+        for s in found
+            .results
+            .into_iter()
+            .filter(|s| Self::shown_at_all(&policy, s))
+        {
+            let earlier = if with_versions && s.summary.version > 1 {
+                let r = &s.receipt;
+                self.store
+                    .versions(r.publisher.as_str(), r.summary_id.as_str())
+                    .await?
+                    .into_iter()
+                    .filter(|v| v.summary.version < s.summary.version)
+                    .map(|v| Self::judge(&policy, caller, v, false, at))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut judged = Self::judge(&policy, caller, s, true, at);
+            judged.earlier = earlier;
+            results.push(judged);
+        }
+        let shown = results.iter().collect::<Vec<_>>();
+        self.journal(
+            &policy,
+            caller,
+            &shown,
+            &[],
+            ask.purpose,
+            Method::History,
+            &query.patient,
+            gate,
+            at,
+        )
+        .await?;
+        if ask.with_proofs {
+            self.attach_proofs(results.iter_mut()).await?;
+        }
+        Ok(JudgedAnswer {
+            results,
+            truncated: found.truncated,
+            policy_version: policy.version.clone(),
+            withheld_by_consent: gate.withheld,
+        })
+    }
+
+    /// The order-time check: per ordered item, the newest recognised result, or why none.
+    pub async fn check_order(
+        &self,
+        caller: &InstitutionId,
+        patient: Pseudonym,
+        order: Vec<OrderCode>,
+        as_of: UnixMillis,
+        ask: Ask,
+    ) -> Result<(Vec<OrderAnswer>, String, bool), HubError> {
+        let policy = self.member_policy(caller)?;
+        let gate = self.gate(&patient, ask.purpose).await?;
+        let mut answers = Vec::with_capacity(order.len());
+        let mut shown = Vec::new();
+        let mut asked = Vec::new();
+        for code in order {
+            let item = match &code {
+                OrderCode::Catalogue { system, code } => policy
+                    .item(system, code)
+                    .map(|i| (i.system.clone(), i.code.clone(), i.name.clone()))
+                    .ok_or_else(|| format!("{code} ({system}) is not in the alliance catalogue")),
+                OrderCode::Local(local) => policy
+                    .map_local(caller, local)
+                    .map(|i| (i.system.clone(), i.code.clone(), i.name.clone()))
+                    .ok_or_else(|| {
+                        format!("local code {local} is not mapped to a catalogue item for {caller}")
+                    }),
+            };
+            let (system, code_in_catalogue, name) = match item {
+                Ok(i) => i,
+                Err(explanation) => {
+                    answers.push(OrderAnswer {
+                        asked: code,
+                        item: None,
+                        best: None,
+                        explanation,
+                        candidates: 0,
+                    });
+                    continue;
+                }
+            };
+            let found = if gate.withheld {
+                Default::default()
+            } else {
+                self.store
+                    .find_prior(&PriorQuery {
+                        patient,
+                        items: vec![(system.clone(), code_in_catalogue.clone())],
+                        from: UnixMillis(0),
+                        until: as_of,
+                        limit: self.max_results,
+                    })
+                    .await?
+            };
+            let judged: Vec<Judged> = found
+                .results
+                .into_iter()
+                .filter(|s| Self::shown_at_all(&policy, s))
+                .map(|s| Self::judge(&policy, caller, s, true, as_of))
+                .collect();
+            let candidates = judged.len();
+            let best = judged.iter().find(|j| j.verdict.recognised()).cloned();
+            let explanation = match (&best, judged.first()) {
+                (None, None) if gate.withheld => WITHHELD.to_owned(),
+                (Some(b), _) => format!(
+                    "recognised ({}) from {}",
+                    b.verdict.hr_mark.as_deref().unwrap_or("no mark"),
+                    b.stored.summary.publisher
+                ),
+                (None, None) => "no result on file for this patient".to_owned(),
+                (None, Some(newest)) => format!(
+                    "no recognised result; the newest is not recognised: {}",
+                    newest
+                        .verdict
+                        .reasons
+                        .iter()
+                        .map(|(_, text)| text.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            };
+            if let Some(b) = &best {
+                shown.push(b.clone());
+            }
+            asked.push((system.clone(), code_in_catalogue.clone()));
+            answers.push(OrderAnswer {
+                asked: code,
+                item: Some((system, code_in_catalogue, name)),
+                best,
+                explanation,
+                candidates,
+            });
+        }
+        let at = now();
+        let shown_refs = shown.iter().collect::<Vec<_>>();
+        self.journal(
+            &policy,
+            caller,
+            &shown_refs,
+            &asked,
+            ask.purpose,
+            Method::CheckOrder,
+            &patient,
+            gate,
+            at,
+        )
+        .await?;
+        if ask.with_proofs {
+            self.attach_proofs(answers.iter_mut().filter_map(|a| a.best.as_mut()))
+                .await?;
+        }
+        Ok((answers, policy.version.clone(), gate.withheld))
+    }
+}
