@@ -26,6 +26,8 @@ pub mod ed25519;
 pub mod identity;
 pub mod logentry;
 pub mod merkle;
+#[cfg(test)]
+mod properties;
 pub mod pseudonym;
 pub mod receipt;
 pub mod rules;

@@ -674,6 +674,40 @@ mod tests {
         p
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// A verdict is monotonic in age: a result recognised for a member at some moment is
+        /// recognised at every earlier moment after it was performed, and the reasons it is
+        /// not only grow as it ages.
+        #[test]
+        fn verdicts_are_monotonic_in_age(
+            publisher in 0usize..4,
+            asker in 0usize..4,
+            item in 0usize..3,
+            latest in proptest::prelude::any::<bool>(),
+            younger in 0i64..(60 * DAY_MS),
+            older_by in 0i64..(60 * DAY_MS),
+        ) {
+            let members = ["tertiary", "county", "township", "gansu"];
+            let (code, category) = [
+                ("718-7", Category::Lab),
+                ("24627-2", Category::Imaging),
+                ("2345-7", Category::Lab),
+            ][item];
+            let p = policy();
+            let s = result(members[publisher], code, category);
+            let at = |age: i64| evaluate(&p, &id(members[asker]), &s, latest, UnixMillis(T0 + age));
+            let (young, old) = (at(younger), at(younger + older_by));
+            if old.recognised() {
+                proptest::prop_assert!(young.recognised(), "{:?}", young.reasons);
+            }
+            for (reason, _) in &young.reasons {
+                proptest::prop_assert!(old.has(*reason), "{reason:?} went away with age");
+            }
+        }
+    }
+
     fn result(publisher: &str, code: &str, category: Category) -> Summary {
         let mut s = sample();
         s.publisher = id(publisher);
