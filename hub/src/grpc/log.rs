@@ -1,0 +1,41 @@
+use super::*;
+
+/// The GetCheckpoint call (hub.proto): the request in domain terms, the answer back.
+pub(super) async fn get_checkpoint(
+    g: &HubGrpc,
+    caller: InstitutionId,
+    _r: pb::GetCheckpointRequest,
+) -> Result<pb::GetCheckpointResponse, HubError> {
+    Ok(pb::GetCheckpointResponse {
+        checkpoint: g.hub.checkpoint(&caller).await?,
+    })
+}
+
+/// The GetConsistencyProof call (hub.proto): the request in domain terms, the answer back.
+pub(super) async fn get_consistency_proof(
+    g: &HubGrpc,
+    caller: InstitutionId,
+    r: pb::ConsistencyProofRequest,
+) -> Result<pb::ConsistencyProofResponse, HubError> {
+    let (proof, new_size) = g
+        .hub
+        .consistency_proof(&caller, r.old_size, r.new_size)
+        .await?;
+    Ok(pb::ConsistencyProofResponse {
+        proof: proof.iter().map(|h| h.to_vec()).collect(),
+        new_size,
+    })
+}
+
+/// The GetInclusionProof call (hub.proto): the request in domain terms, the answer back.
+pub(super) async fn get_inclusion_proof(
+    g: &HubGrpc,
+    caller: InstitutionId,
+    r: pb::InclusionProofRequest,
+) -> Result<pb::InclusionProofResponse, HubError> {
+    let (leaf, proof) = g.hub.inclusion_proof(&caller, r.index, r.tree_size).await?;
+    Ok(pb::InclusionProofResponse {
+        leaf,
+        proof: Some(log_proof_to_pb(proof)),
+    })
+}

@@ -1,0 +1,552 @@
+//! The gRPC edge: takes the caller's identity from its client certificate, converts requests to
+//! domain values, calls [`Hub`], converts answers back. The only hub module that sees
+//! `huren_proto` types.
+//!
+//! The service trait's methods only run [`handle`] (caller, size limit, span, status) around a
+//! function of their family: `publish`, `query` (FindPrior, History, CheckOrder), `audit`
+//! (RecordDecision, GetStatistics, AccessReport, SetConsent), `log` (checkpoints, proofs). The
+//! conversions they share are here.
+
+mod audit;
+mod log;
+mod publish;
+mod query;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use huren_core::identity::InstitutionId;
+use huren_core::logentry::{Entry, LogProof, Purpose};
+use huren_core::pseudonym::Pseudonym;
+use huren_core::signing::SignedEnvelope;
+use huren_core::summary::UnixMillis;
+use huren_core::trust::client_institution;
+use huren_proto::hub as pb;
+
+use huren_core::rules::{Decision, Reason, Verdict};
+use huren_core::stats::GroupBy;
+
+use crate::error::HubError;
+use crate::service::{
+    Ask, DecisionRequest, Hub, Judged, JudgedAnswer, OrderCode, now, retest_reason,
+};
+use crate::store::{DecisionOutcome, PriorQuery, PutOutcome, Receipt, StoredSummary};
+
+/// Most item codes one FindPrior may ask for.
+pub const MAX_QUERY_ITEMS: usize = 200;
+
+/// Most summaries one PublishBatch may carry.
+pub const MAX_BATCH_SUMMARIES: usize = 1000;
+
+/// Implements the generated `Hub` service trait over the domain [`Hub`].
+pub struct HubGrpc {
+    hub: Arc<Hub>,
+    limits: MessageLimits,
+}
+
+/// Largest requests accepted, in bytes: PublishBatch has its own limit; every other call the
+/// ordinary one. (The transport's own limit is the larger of the two.)
+#[derive(Clone, Copy, Debug)]
+pub struct MessageLimits {
+    pub max_message_bytes: usize,
+    pub max_batch_bytes: usize,
+}
+
+impl HubGrpc {
+    pub fn new(hub: Arc<Hub>, limits: MessageLimits) -> Self {
+        Self { hub, limits }
+    }
+}
+
+/// The caller's institution, from the client certificate that TLS verified against the
+/// alliance CA. Never from a request field.
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<InstitutionId, HubError> {
+    let certs = request.peer_certs().ok_or(HubError::NoClientCertificate)?;
+    let leaf = certs.first().ok_or(HubError::NoClientCertificate)?;
+    let der: &[u8] = leaf.as_ref();
+    if let Ok(known) = CALLERS.read()
+        && let Some(id) = known.get(der)
+    {
+        return Ok(id.clone());
+    }
+    let id = client_institution(der).map_err(HubError::CallerCertificate)?;
+    if let Ok(mut known) = CALLERS.write() {
+        if known.len() >= MAX_KNOWN_CALLERS {
+            known.clear();
+        }
+        known.insert(der.to_vec(), id.clone());
+    }
+    Ok(id)
+}
+
+/// Institutions named by client certificates already parsed, by the certificate's DER: parsing
+/// X.509 on every call cost more than the rest of a small call. The institution is a function
+/// of the bytes alone, so the map is shared by every hub in the process; TLS still verifies
+/// each connection's certificate, and revocation is checked on every call.
+static CALLERS: LazyLock<RwLock<HashMap<Vec<u8>, InstitutionId>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// An alliance has a few client certificates per member; past this many the map starts over.
+const MAX_KNOWN_CALLERS: usize = 4096;
+
+/// Runs a handler inside a span that names the method and the caller, and turns its error into
+/// a status (logged once, inside the span). A request over `max_bytes` is refused before the
+/// handler runs.
+async fn handle<T, R, F, Fut>(
+    method: &'static str,
+    request: Request<T>,
+    max_bytes: usize,
+    f: F,
+) -> Result<Response<R>, Status>
+where
+    T: prost::Message,
+    F: FnOnce(InstitutionId, T) -> Fut,
+    Fut: Future<Output = Result<R, HubError>>,
+{
+    let caller = match caller(&request) {
+        Ok(c) => c,
+        Err(e) => {
+            let span = tracing::info_span!("rpc", method, caller = "?");
+            return Err(span.in_scope(|| e.into_status()));
+        }
+    };
+    let span = tracing::info_span!("rpc", method, caller = %caller);
+    let bytes = request.get_ref().encoded_len();
+    if bytes > max_bytes {
+        let e = HubError::TooLarge {
+            method,
+            bytes,
+            limit: max_bytes,
+        };
+        return Err(span.in_scope(|| e.into_status()));
+    }
+    async move {
+        match f(caller, request.into_inner()).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => Err(e.into_status()),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
+    pb::Receipt {
+        publisher: r.publisher.to_string(),
+        summary_id: r.summary_id.to_string(),
+        version: r.version,
+        body_sha256: r.body_sha256.to_vec(),
+        accepted_at_ms: r.accepted_at.0,
+    }
+}
+
+fn publish_response(outcome: &PutOutcome, proof: LogProof) -> pb::PublishResponse {
+    let (receipt, already_stored) = match outcome {
+        PutOutcome::Stored(r) => (r, false),
+        PutOutcome::AlreadyStored(r) => (r, true),
+    };
+    pb::PublishResponse {
+        receipt: Some(receipt_to_pb(receipt)),
+        already_stored,
+        log_proof: Some(log_proof_to_pb(proof)),
+    }
+}
+
+fn stored_to_pb(s: StoredSummary) -> pb::StoredSummary {
+    pb::StoredSummary {
+        receipt: Some(receipt_to_pb(&s.receipt)),
+        summary: Some(s.envelope.into()),
+        verdict: None,
+        earlier_versions: Vec::new(),
+        log_proof: None,
+        signer_certificate_index: 0,
+    }
+}
+
+/// Moves the signing certificates out of answered summaries (and their earlier versions) into
+/// one list, each once, and points each summary at its entry. A FindPrior answer is mostly
+/// certificates otherwise: a few members sign everything, with a certificate about twice the
+/// size of a summary.
+#[derive(Default)]
+struct SharedCertificates {
+    /// An answer's results come from a few members, so a list searched in order is enough.
+    list: Vec<Vec<u8>>,
+}
+
+impl SharedCertificates {
+    fn take_from(&mut self, s: &mut pb::StoredSummary) {
+        for e in &mut s.earlier_versions {
+            self.take_from(e);
+        }
+        let Some(signed) = s.summary.as_mut() else {
+            return;
+        };
+        let cert = std::mem::take(&mut signed.signer_certificate);
+        let i = match self.list.iter().position(|c| *c == cert) {
+            Some(i) => i,
+            None => {
+                self.list.push(cert);
+                self.list.len() - 1
+            }
+        };
+        // An answer holds at most a few hundred summaries.
+        s.signer_certificate_index = i as u32;
+    }
+
+    /// The certificates, when the caller asked for them once; otherwise the summaries keep
+    /// their own copies and the list is empty.
+    fn share<'a>(
+        asked: bool,
+        summaries: impl IntoIterator<Item = &'a mut pb::StoredSummary>,
+    ) -> Vec<Vec<u8>> {
+        if !asked {
+            return Vec::new();
+        }
+        let mut shared = Self::default();
+        for s in summaries {
+            shared.take_from(s);
+        }
+        shared.list
+    }
+}
+
+fn log_proof_to_pb(p: LogProof) -> pb::LogProof {
+    pb::LogProof {
+        index: p.index,
+        tree_size: p.tree_size,
+        proof: p.proof.iter().map(|h| h.to_vec()).collect(),
+        checkpoint: p.checkpoint,
+    }
+}
+
+fn purpose_to_pb(p: Purpose) -> pb::Purpose {
+    match p {
+        Purpose::Treatment => pb::Purpose::Treatment,
+        Purpose::Referral => pb::Purpose::Referral,
+        Purpose::Emergency => pb::Purpose::Emergency,
+        Purpose::PatientRequest => pb::Purpose::PatientRequest,
+        Purpose::Administration => pb::Purpose::Administration,
+        Purpose::QualityControl => pb::Purpose::QualityControl,
+    }
+}
+
+/// The purpose of a query: required.
+fn ask(purpose: i32, with_proofs: bool) -> Result<Ask, HubError> {
+    let purpose = match pb::Purpose::try_from(purpose) {
+        Ok(pb::Purpose::Treatment) => Purpose::Treatment,
+        Ok(pb::Purpose::Referral) => Purpose::Referral,
+        Ok(pb::Purpose::Emergency) => Purpose::Emergency,
+        Ok(pb::Purpose::PatientRequest) => Purpose::PatientRequest,
+        Ok(pb::Purpose::Administration) => Purpose::Administration,
+        Ok(pb::Purpose::QualityControl) => Purpose::QualityControl,
+        Ok(pb::Purpose::Unspecified) | Err(_) => {
+            return Err(HubError::BadRequest(
+                "purpose is required: say why you look at this patient's results (TREATMENT, REFERRAL, EMERGENCY, PATIENT_REQUEST, ADMINISTRATION or QUALITY_CONTROL); every access is logged with it".into(),
+            ));
+        }
+    };
+    Ok(Ask {
+        purpose,
+        with_proofs,
+    })
+}
+
+fn reason_to_pb(r: Reason) -> pb::NotRecognisedReason {
+    match r {
+        Reason::NotInCatalogue => pb::NotRecognisedReason::NotInCatalogue,
+        Reason::OutsideValidityWindow => pb::NotRecognisedReason::OutsideValidityWindow,
+        Reason::PublisherNotQualified => pb::NotRecognisedReason::PublisherNotQualified,
+        Reason::Direction => pb::NotRecognisedReason::Direction,
+        Reason::Voided => pb::NotRecognisedReason::Voided,
+        Reason::Superseded => pb::NotRecognisedReason::Superseded,
+        Reason::OutsideScope => pb::NotRecognisedReason::OutsideScope,
+        Reason::PublisherRevoked => pb::NotRecognisedReason::PublisherRevoked,
+    }
+}
+
+fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
+    pb::Verdict {
+        recognition: if v.recognised() {
+            pb::Recognition::Recognised
+        } else {
+            pb::Recognition::NotRecognised
+        } as i32,
+        reasons: v
+            .reasons
+            .iter()
+            .map(|(r, text)| pb::ReasonDetail {
+                reason: reason_to_pb(*r) as i32,
+                explanation: text.clone(),
+            })
+            .collect(),
+        hr_mark: v.hr_mark.clone().unwrap_or_default(),
+        valid_until_ms: v.valid_until.map_or(0, |t| t.0),
+        policy_version: policy_version.to_owned(),
+    }
+}
+
+fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
+    let verdict = verdict_to_pb(&j.verdict, policy_version);
+    let earlier = j
+        .earlier
+        .into_iter()
+        .map(|e| judged_to_pb(e, policy_version))
+        .collect();
+    let proof = j.log_proof.map(log_proof_to_pb);
+    let mut out = stored_to_pb(j.stored);
+    out.verdict = Some(verdict);
+    out.earlier_versions = earlier;
+    out.log_proof = proof;
+    out
+}
+
+fn answer_parts(a: JudgedAnswer) -> (Vec<pb::StoredSummary>, bool, bool) {
+    let version = a.policy_version;
+    (
+        a.results
+            .into_iter()
+            .map(|j| judged_to_pb(j, &version))
+            .collect(),
+        a.truncated,
+        a.withheld_by_consent,
+    )
+}
+
+fn order_code_to_pb(c: &OrderCode) -> pb::OrderItem {
+    pb::OrderItem {
+        code: Some(match c {
+            OrderCode::Catalogue { system, code } => {
+                pb::order_item::Code::Catalogue(pb::ItemCode {
+                    system: system.clone(),
+                    code: code.clone(),
+                })
+            }
+            OrderCode::Local(l) => pb::order_item::Code::LocalCode(l.clone()),
+        }),
+    }
+}
+
+fn as_of(ms: i64) -> Result<UnixMillis, HubError> {
+    match ms {
+        0 => Ok(now()),
+        ms if ms < 0 => Err(HubError::BadRequest("as_of_ms must not be negative".into())),
+        ms => Ok(UnixMillis(ms)),
+    }
+}
+
+fn pseudonym(bytes: &[u8]) -> Result<Pseudonym, HubError> {
+    Pseudonym::from_slice(bytes).ok_or_else(|| {
+        HubError::BadRequest(format!(
+            "patient_pseudonym must be 32 bytes (HMAC-SHA-256 computed by the agent), got {}",
+            bytes.len()
+        ))
+    })
+}
+
+fn prior_query(hub: &Hub, r: pb::FindPriorRequest) -> Result<PriorQuery, HubError> {
+    let patient = pseudonym(&r.patient_pseudonym)?;
+    if r.items.is_empty() {
+        return Err(HubError::BadRequest(
+            "name at least one item code to look for".into(),
+        ));
+    }
+    if r.items.len() > MAX_QUERY_ITEMS {
+        return Err(HubError::BadRequest(format!(
+            "{} item codes asked for; at most {MAX_QUERY_ITEMS} per call",
+            r.items.len()
+        )));
+    }
+    let mut items = Vec::with_capacity(r.items.len());
+    for (i, item) in r.items.into_iter().enumerate() {
+        if item.system.is_empty() || item.code.is_empty() {
+            return Err(HubError::BadRequest(format!(
+                "items[{i}] needs both a code system and a code"
+            )));
+        }
+        items.push((item.system, item.code));
+    }
+    if r.as_of_ms < 0 {
+        return Err(HubError::BadRequest("as_of_ms must not be negative".into()));
+    }
+    let until = if r.as_of_ms == 0 {
+        now()
+    } else {
+        UnixMillis(r.as_of_ms)
+    };
+    let from = match r.lookback_seconds {
+        0 => UnixMillis(0),
+        s => {
+            let ms = i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+            UnixMillis(until.0.saturating_sub(ms).max(0))
+        }
+    };
+    Ok(PriorQuery {
+        patient,
+        items,
+        from,
+        until,
+        limit: hub.max_results(),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::hub_server::Hub for HubGrpc {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        handle(
+            "Publish",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| publish::publish(self, caller, r),
+        )
+        .await
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        handle(
+            "PublishBatch",
+            request,
+            self.limits.max_batch_bytes,
+            |caller, r| publish::publish_batch(self, caller, r),
+        )
+        .await
+    }
+
+    async fn find_prior(
+        &self,
+        request: Request<pb::FindPriorRequest>,
+    ) -> Result<Response<pb::FindPriorResponse>, Status> {
+        handle(
+            "FindPrior",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| query::find_prior(self, caller, r),
+        )
+        .await
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        handle(
+            "History",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| query::history(self, caller, r),
+        )
+        .await
+    }
+
+    async fn check_order(
+        &self,
+        request: Request<pb::CheckOrderRequest>,
+    ) -> Result<Response<pb::CheckOrderResponse>, Status> {
+        handle(
+            "CheckOrder",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| query::check_order(self, caller, r),
+        )
+        .await
+    }
+
+    async fn record_decision(
+        &self,
+        request: Request<pb::RecordDecisionRequest>,
+    ) -> Result<Response<pb::RecordDecisionResponse>, Status> {
+        handle(
+            "RecordDecision",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| audit::record_decision(self, caller, r),
+        )
+        .await
+    }
+
+    async fn get_statistics(
+        &self,
+        request: Request<pb::StatisticsRequest>,
+    ) -> Result<Response<pb::StatisticsResponse>, Status> {
+        handle(
+            "GetStatistics",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| audit::get_statistics(self, caller, r),
+        )
+        .await
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        handle(
+            "GetCheckpoint",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| log::get_checkpoint(self, caller, r),
+        )
+        .await
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        handle(
+            "GetConsistencyProof",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| log::get_consistency_proof(self, caller, r),
+        )
+        .await
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProofResponse>, Status> {
+        handle(
+            "GetInclusionProof",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| log::get_inclusion_proof(self, caller, r),
+        )
+        .await
+    }
+
+    async fn access_report(
+        &self,
+        request: Request<pb::AccessReportRequest>,
+    ) -> Result<Response<pb::AccessReportResponse>, Status> {
+        handle(
+            "AccessReport",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| audit::access_report(self, caller, r),
+        )
+        .await
+    }
+
+    async fn set_consent(
+        &self,
+        request: Request<pb::SetConsentRequest>,
+    ) -> Result<Response<pb::SetConsentResponse>, Status> {
+        handle(
+            "SetConsent",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| audit::set_consent(self, caller, r),
+        )
+        .await
+    }
+}
