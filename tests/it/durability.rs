@@ -114,43 +114,52 @@ async fn receipts_survive_a_kill_right_after_the_last_one() -> anyhow::Result<()
 /// restarted hub lists every query.
 #[tokio::test]
 async fn the_last_answers_access_records_survive_a_graceful_stop() -> anyhow::Result<()> {
-    const QUERIES: usize = 8;
     let mut hub = TestHub::start_process().await?;
-    let p = hub.patient("E30000011");
+    let p = answer_queries(&hub, "E30000011", "G-1", 8).await?;
+    // The last answer is in: stop the hub at once, as an operator would.
+    hub.stop_gracefully().await?;
+    hub.restart().await?;
+    assert_eq!(
+        find_prior_accesses(&hub, &p).await?,
+        8,
+        "access records lost in a graceful stop"
+    );
+    Ok(())
+}
+
+/// Publishes result `id` for the patient with passport `passport` as hosp-a, then asks
+/// FindPrior for it `queries` times as hosp-b, each answered with the result.
+async fn answer_queries(
+    hub: &TestHub,
+    passport: &str,
+    id: &str,
+    queries: usize,
+) -> anyhow::Result<Pseudonym> {
+    let p = hub.patient(passport);
     let signed = sign(
         &hub.member("hosp-a")?,
-        &lab_summary("hosp-a", "G-1", p, HGB, hours(1))?,
+        &lab_summary("hosp-a", id, p, HGB, hours(1))?,
     )?;
     publish(&mut hub.client("hosp-a").await?, signed).await?;
     let mut asker = hub.client("hosp-b").await?;
-    for _ in 0..QUERIES {
+    for _ in 0..queries {
         let answer = asker
             .find_prior(prior_request(&p, &[(LOINC, HGB)]))
             .await?
             .into_inner();
-        assert_eq!(answer.results.len(), 1);
+        anyhow::ensure!(answer.results.len() == 1, "{answer:?}");
     }
-    // The last answer is in: stop the hub at once, as an operator would.
-    hub.stop_gracefully().await?;
+    Ok(p)
+}
 
-    hub.restart().await?;
-    let report = hub
-        .client(ADMIN)
+/// How many of hosp-b's FindPrior calls the access report (read by the administrator) lists.
+async fn find_prior_accesses(hub: &TestHub, p: &Pseudonym) -> anyhow::Result<usize> {
+    Ok(hub
+        .access_entries(ADMIN, p)
         .await?
-        .access_report(huren_proto::hub::AccessReportRequest {
-            patient_pseudonym: p.as_bytes().to_vec(),
-            from_ms: 0,
-            to_ms: 0,
-        })
-        .await?
-        .into_inner();
-    let by_b = report
-        .entries
         .iter()
         .filter(|e| e.caller == "hosp-b" && e.method == "FindPrior")
-        .count();
-    assert_eq!(by_b, QUERIES, "access records lost in a graceful stop");
-    Ok(())
+        .count())
 }
 
 /// A client that stops reading cannot keep the hub from stopping: past the request timeout
@@ -211,41 +220,13 @@ async fn an_in_process_restart_keeps_the_address_and_the_data() -> anyhow::Resul
 async fn the_last_answers_access_records_survive_a_kill() -> anyhow::Result<()> {
     const QUERIES: usize = 12;
     let mut hub = TestHub::start_process().await?;
-    let p = hub.patient("E30000013");
-    let signed = sign(
-        &hub.member("hosp-a")?,
-        &lab_summary("hosp-a", "K-1", p, HGB, hours(1))?,
-    )?;
-    publish(&mut hub.client("hosp-a").await?, signed).await?;
-    let mut asker = hub.client("hosp-b").await?;
-    for _ in 0..QUERIES {
-        let answer = asker
-            .find_prior(prior_request(&p, &[(LOINC, HGB)]))
-            .await?
-            .into_inner();
-        assert_eq!(answer.results.len(), 1);
-    }
+    let p = answer_queries(&hub, "E30000013", "K-1", QUERIES).await?;
     // The last answer is in: crash the hub at once.
     hub.stop().await?;
-
     hub.restart().await?;
-    let report = hub
-        .client(ADMIN)
-        .await?
-        .access_report(huren_proto::hub::AccessReportRequest {
-            patient_pseudonym: p.as_bytes().to_vec(),
-            from_ms: 0,
-            to_ms: 0,
-        })
-        .await?
-        .into_inner();
-    let by_b = report
-        .entries
-        .iter()
-        .filter(|e| e.caller == "hosp-b" && e.method == "FindPrior")
-        .count();
     assert_eq!(
-        by_b, QUERIES,
+        find_prior_accesses(&hub, &p).await?,
+        QUERIES,
         "answered queries without an access record after a kill"
     );
     let decided = hub

@@ -266,6 +266,25 @@ impl TestHub {
         PseudonymKey::new(*self.pki.pseudonym_key())
     }
 
+    /// The access report of `patient` as `who` asks for it (all time), oldest first.
+    pub async fn access_entries(
+        &self,
+        who: &str,
+        patient: &Pseudonym,
+    ) -> anyhow::Result<Vec<huren_proto::hub::AccessEntry>> {
+        Ok(self
+            .client(who)
+            .await?
+            .access_report(huren_proto::hub::AccessReportRequest {
+                patient_pseudonym: patient.as_bytes().to_vec(),
+                from_ms: 0,
+                to_ms: 0,
+            })
+            .await?
+            .into_inner()
+            .entries)
+    }
+
     /// The pseudonym of the patient with passport number `passport`.
     pub fn patient(&self, passport: &str) -> Pseudonym {
         match PatientId::new("passport", passport) {

@@ -530,22 +530,9 @@ async fn a_changed_policy_file_changes_verdicts_without_a_restart() -> anyhow::R
     }
     // Each answer's access leaf names the policy version that judged it: the first under
     // 2026.11-1, the last under 2026.11-2 (issue 16, finding 8), and the report says the same.
-    let report = hub
-        .client(COUNTY)
-        .await?
-        .access_report(huren_proto::hub::AccessReportRequest {
-            patient_pseudonym: p.as_bytes().to_vec(),
-            from_ms: 0,
-            to_ms: 0,
-        })
-        .await?
-        .into_inner();
-    let finds: Vec<_> = report
-        .entries
-        .iter()
-        .filter(|e| e.method == "FindPrior")
-        .collect();
-    anyhow::ensure!(finds.len() >= 2, "{:?}", report.entries);
+    let entries = hub.access_entries(COUNTY, &p).await?;
+    let finds: Vec<_> = entries.iter().filter(|e| e.method == "FindPrior").collect();
+    anyhow::ensure!(finds.len() >= 2, "{entries:?}");
     for e in &finds {
         let huren_core::logentry::Entry::Access { policy_version, .. } =
             huren_core::logentry::Entry::decode(&e.leaf)?
