@@ -16,7 +16,13 @@ pub enum LogFormat {
 
 /// Sets up the one tracing subscriber: level from `RUST_LOG` (default `info`), lines to stderr.
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_tracing_with_default(format, "info");
+}
+
+/// [`init_tracing`] with `default` as the filter when `RUST_LOG` is not set (the environment
+/// is read, never written: other threads may be running).
+pub fn init_tracing_with_default(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -357,12 +357,6 @@ fn summary(n: u64, per_patient: u64, now: i64, prefix: &str) -> anyhow::Result<S
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Total size of the files below `dir`.
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -443,7 +437,7 @@ impl Bench {
             bar.set_style(indicatif::ProgressStyle::with_template(
                 "seeding {bar:40} {pos}/{len} summaries  {per_sec}  eta {eta}",
             )?);
-            let now = now_ms();
+            let now = huren_core::summary::UnixMillis::now().0;
             let raw = Arc::new(AtomicU64::new(0));
             let next = Arc::new(AtomicU64::new(0));
             const CHUNK: u64 = 2000;
@@ -512,7 +506,7 @@ fn presign(
     count: u64,
     per_patient: u64,
 ) -> anyhow::Result<Vec<SignedEnvelope>> {
-    let now = now_ms();
+    let now = huren_core::summary::UnixMillis::now().0;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let per = count.div_ceil(threads);
     std::thread::scope(|scope| {

@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod checkpoint;
+pub mod config_file;
 pub mod ed25519;
 pub mod identity;
 pub mod logentry;

@@ -24,6 +24,38 @@ pub const MAX_SUMMARY_ID_LEN: usize = 128;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnixMillis(pub i64);
 
+impl UnixMillis {
+    /// This computer's clock (0 if it is set before 1970, the largest time past year 292
+    /// million): the one clock reading the hub and the agents share.
+    pub fn now() -> Self {
+        Self(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
+/// Parses a UTC offset written `+08:00` or `-05:30` (sign required, hours 0 to 23, minutes 0
+/// to 59) into seconds east of UTC: how the policy and the agents' configurations write one.
+pub fn parse_utc_offset(s: &str) -> Option<i32> {
+    let b = s.as_bytes();
+    if b.len() != 6 || b[3] != b':' {
+        return None;
+    }
+    let sign = match b[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = |i: usize| {
+        (b[i].is_ascii_digit() && b[i + 1].is_ascii_digit())
+            .then(|| i32::from(b[i] - b'0') * 10 + i32::from(b[i + 1] - b'0'))
+    };
+    let (h, m) = (digits(1)?, digits(4)?);
+    (h < 24 && m < 60).then_some(sign * (h * 3600 + m * 60))
+}
+
 /// A publisher's id for a result, stable across its versions.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SummaryId(String);
@@ -690,6 +722,18 @@ pub(crate) mod tests {
         let mut voided_again = revived.clone();
         voided_again.status = Status::Voided;
         assert!(voided_again.may_follow(&voided).is_err());
+    }
+
+    #[test]
+    fn utc_offsets_parse_as_written() {
+        assert_eq!(parse_utc_offset("+08:00"), Some(8 * 3600));
+        assert_eq!(parse_utc_offset("-05:30"), Some(-(5 * 3600 + 1800)));
+        assert_eq!(parse_utc_offset("+00:00"), Some(0));
+        for bad in [
+            "8", "+8:00", "08:00", "+08:60", "+24:00", "+08-00", "+0８:00", "Z", "",
+        ] {
+            assert_eq!(parse_utc_offset(bad), None, "{bad}");
+        }
     }
 
     #[test]

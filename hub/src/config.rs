@@ -1,5 +1,6 @@
 //! The hub's configuration file (TOML). See `hub/hub.example.toml`.
 
+use huren_core::config_file;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -128,56 +129,33 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a valid hub configuration: {message}")]
-    Parse { path: PathBuf, message: String },
-}
+pub use huren_core::config_file::ConfigError;
 
 impl HubConfig {
     /// Reads a configuration file. Relative paths inside it are taken relative to the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config: HubConfig =
-            toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, e))?;
+        let mut config: HubConfig = config_file::parse_toml(&text, path, "hub")?;
         if config.store_cache_mb < MIN_STORE_CACHE_MB {
-            return Err(ConfigError::Parse {
-                path: path.to_owned(),
-                message: format!(
+            return Err(ConfigError::invalid(
+                path,
+                "hub",
+                format!(
                     "store_cache_mb is {}: it must be at least {MIN_STORE_CACHE_MB} (MiB)",
                     config.store_cache_mb
                 ),
-            });
+            ));
         }
-        if let Some(base) = path.parent() {
-            if let Some(k) = config.log.key.as_mut()
-                && k.is_relative()
-            {
-                *k = base.join(&*k);
-            }
-            for p in [
+        config_file::relative_to_file(
+            path,
+            config.log.key.iter_mut().chain([
                 &mut config.store,
                 &mut config.policy,
                 &mut config.tls.ca,
                 &mut config.tls.cert,
                 &mut config.tls.key,
-            ] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            }
-        }
+            ]),
+        );
         Ok(config)
     }
 

@@ -197,15 +197,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     if raw.version.trim().is_empty() {
         return Err(c.err(0, "version".into(), "must not be empty"));
     }
-    let offset = UtcOffset::parse(
-        &raw.utc_offset,
-        time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]"),
-    )
-    .map_err(|_| c.err(0, "utc_offset".into(), "must look like +08:00"))?;
+    let offset_seconds = huren_core::summary::parse_utc_offset(&raw.utc_offset)
+        .ok_or_else(|| c.err(0, "utc_offset".into(), "must look like +08:00"))?;
+    let offset = UtcOffset::from_whole_seconds(offset_seconds)
+        .map_err(|_| c.err(0, "utc_offset".into(), "must look like +08:00"))?;
     let mut policy = Policy {
         version: raw.version.clone(),
         higher_recognises_lower: raw.higher_recognises_lower,
-        utc_offset_seconds: offset.whole_seconds(),
+        utc_offset_seconds: offset_seconds,
         ..Policy::default()
     };
     let _ = &raw.alliance;

@@ -1,5 +1,6 @@
 //! The agent's configuration file (TOML). See `node-agent/agent.example.toml`.
 
+use huren_core::config_file;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -301,67 +302,45 @@ impl Default for PseudonymSource {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a valid agent configuration: {message}")]
-    Parse { path: PathBuf, message: String },
-}
+pub use huren_core::config_file::ConfigError;
 
 impl AgentConfig {
     /// Reads a configuration file. Relative paths inside it are taken relative to the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config: AgentConfig =
-            toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
-        if let Some(base) = path.parent() {
-            let mut paths = vec![
-                &mut config.tls.ca,
-                &mut config.tls.cert,
-                &mut config.tls.key,
-                &mut config.signing.cert,
-                &mut config.signing.key,
-            ];
-            if let Some(k) = config.pseudonym.key_file.as_mut() {
-                paths.push(k);
-            }
-            if let Some(inbox) = config.inbox.as_mut() {
-                paths.push(&mut inbox.dir);
-                paths.extend(inbox.done.as_mut());
-                paths.extend(inbox.rejected.as_mut());
-            }
-            if let Some(store) = config.store.as_mut() {
-                paths.push(&mut store.path);
-            }
-            if let Some(mapping) = config.mapping.as_mut() {
-                paths.push(&mut mapping.file);
-            }
-            if let Some(repo) = config.repository.as_mut() {
-                paths.extend(repo.cert.as_mut());
-                paths.extend(repo.key.as_mut());
-            }
-            if let Some(log) = config.log.as_mut() {
-                let dir = log.state_dir.get_or_insert_with(|| {
-                    PathBuf::from(format!("huren-log-{}", config.institution))
-                });
-                paths.push(dir);
-            }
-            for p in paths {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            }
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, e))?;
+        let mut config: AgentConfig = config_file::parse_toml(&text, path, "agent")?;
+        let mut paths = vec![
+            &mut config.tls.ca,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.signing.cert,
+            &mut config.signing.key,
+        ];
+        if let Some(k) = config.pseudonym.key_file.as_mut() {
+            paths.push(k);
         }
+        if let Some(inbox) = config.inbox.as_mut() {
+            paths.push(&mut inbox.dir);
+            paths.extend(inbox.done.as_mut());
+            paths.extend(inbox.rejected.as_mut());
+        }
+        if let Some(store) = config.store.as_mut() {
+            paths.push(&mut store.path);
+        }
+        if let Some(mapping) = config.mapping.as_mut() {
+            paths.push(&mut mapping.file);
+        }
+        if let Some(repo) = config.repository.as_mut() {
+            paths.extend(repo.cert.as_mut());
+            paths.extend(repo.key.as_mut());
+        }
+        if let Some(log) = config.log.as_mut() {
+            let dir = log
+                .state_dir
+                .get_or_insert_with(|| PathBuf::from(format!("huren-log-{}", config.institution)));
+            paths.push(dir);
+        }
+        config_file::relative_to_file(path, paths);
         Ok(config)
     }
 }

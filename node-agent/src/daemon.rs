@@ -60,11 +60,6 @@ pub enum DaemonError {
     Task(String),
 }
 
-/// Parses "+08:00" / "-05:30" / "Z".
-pub fn parse_offset(s: &str) -> Result<time::UtcOffset, String> {
-    crate::table::parse_offset(s)
-}
-
 /// Opens the store named in the configuration.
 pub fn open_store(config: &AgentConfig) -> Result<Arc<Store>, DaemonError> {
     let store = config
@@ -88,7 +83,7 @@ pub fn ingestor(
     let mut settings = IngestSettings::default();
     if let Some(inbox) = &config.inbox {
         settings.charset = inbox.hl7_charset;
-        settings.default_offset = parse_offset(&inbox.local_utc_offset)
+        settings.default_offset = crate::table::parse_offset(&inbox.local_utc_offset)
             .map_err(|e| DaemonError::Config(format!("[inbox] local_utc_offset: {e}")))?;
     }
     Ok(Ingestor::new(

@@ -67,7 +67,7 @@ impl ResultDraft {
         // The same checks the hub makes, so a bad entry is caught here, before anything is sent.
         let summary = Summary::from_body_bytes(&summary.to_body_bytes())
             .map_err(|e: BodyError| e.to_string())?;
-        check_not_future(&summary, now_ms())?;
+        check_not_future(&summary, UnixMillis::now().0)?;
         Ok(summary)
     }
 }
@@ -75,12 +75,6 @@ impl ResultDraft {
 /// How far past this computer's clock a result's time may lie: the hub's default
 /// (`[limits] max_clock_skew_seconds`), so what the agent signs the hub accepts.
 pub const MAX_CLOCK_SKEW_MS: i64 = 600_000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// Refuses a result performed or reported later than `now_ms` plus [`MAX_CLOCK_SKEW_MS`]: a
 /// result from the future is a wrong LIS clock or time zone, and would otherwise be signed,

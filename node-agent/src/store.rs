@@ -181,13 +181,6 @@ pub struct Store {
     files: sled::Tree,
 }
 
-fn now_ms() -> i64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
 fn digest(bytes: &[u8], what: &str) -> Result<[u8; 32], StoreError> {
     bytes
         .try_into()
@@ -277,7 +270,7 @@ impl Store {
         for _ in results {
             seqs.push(self.db.generate_id()?);
         }
-        let at = now_ms();
+        let at = UnixMillis::now().0;
         let queued: Vec<(u64, Vec<u8>)> = results
             .iter()
             .zip(&seqs)
@@ -409,7 +402,7 @@ impl Store {
             return Ok(());
         };
         r.reason = reason.to_owned();
-        r.done_at_ms = now_ms();
+        r.done_at_ms = UnixMillis::now().0;
         let value = r.encode_to_vec();
         (&self.outbox, &self.dead).transaction(|(outbox, dead)| {
             outbox.remove(&seq.to_be_bytes())?;

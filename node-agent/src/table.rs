@@ -92,11 +92,9 @@ const TIME_FORMAT: &[FormatItem<'static>] =
 
 /// Parses a UTC offset such as "+08:00".
 pub fn parse_offset(s: &str) -> Result<UtcOffset, String> {
-    UtcOffset::parse(
-        s,
-        format_description!("[offset_hour sign:mandatory]:[offset_minute]"),
-    )
-    .map_err(|_| format!("{s:?} is not a UTC offset such as +08:00"))
+    huren_core::summary::parse_utc_offset(s)
+        .and_then(|seconds| UtcOffset::from_whole_seconds(seconds).ok())
+        .ok_or_else(|| format!("{s:?} is not a UTC offset such as +08:00"))
 }
 
 /// Formats a time at the given offset, e.g. "2026-11-20 08:30".

@@ -379,13 +379,6 @@ fn patient_pseudonym(
     Ok(agent.pseudonymise(&p.id_type, &id)?)
 }
 
-fn now() -> UnixMillis {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
-}
-
 /// Results the hub returned that failed verification: never shown as results, each named
 /// with the publisher its receipt claims, so the alliance can follow it up.
 fn print_failed(failed: &[huren_agent::verify::FailedResult]) {
@@ -495,7 +488,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(t) => {
                     huren_agent::results::parse_time("--as-of", &t).map_err(anyhow::Error::msg)?
                 }
-                None => now(),
+                None => UnixMillis::now(),
             };
             let lookback = lookback.as_deref().map(parse_lookback).transpose()?;
             let answer = agent
@@ -701,7 +694,7 @@ async fn run_check(
         .collect();
     let as_of = match as_of {
         Some(t) => huren_agent::results::parse_time("--as-of", &t).map_err(anyhow::Error::msg)?,
-        None => now(),
+        None => UnixMillis::now(),
     };
     let checks = agent.check_order(&pseudonym, &order, as_of).await?;
     let mut table = Table::new([
@@ -807,7 +800,7 @@ async fn run_decide(
             "{}-{}-v{version}-{}",
             publisher,
             summary_id,
-            now().0 / 60_000
+            UnixMillis::now().0 / 60_000
         )
     });
     let r = agent
@@ -841,7 +834,7 @@ async fn run_stats(
         t.map(|t| huren_agent::results::parse_time(flag, &t).map_err(anyhow::Error::msg))
             .transpose()
     };
-    let to = parse("--to", to)?.unwrap_or_else(now);
+    let to = parse("--to", to)?.unwrap_or_else(UnixMillis::now);
     let from = parse("--from", from)?.unwrap_or(UnixMillis(to.0 - 30 * 86_400_000));
     let group = match by {
         "member" => huren_proto::hub::GroupBy::Member,

@@ -73,12 +73,8 @@ fn write_agent_config(
 async fn main() -> anyhow::Result<()> {
     huren::install_crypto_provider();
     let args = Args::parse();
-    if std::env::var_os("RUST_LOG").is_none() {
-        // Keep the demo's output readable; RUST_LOG=info shows the hub's and agents' logs.
-        // SAFETY: no other thread exists yet that could read the environment.
-        unsafe { std::env::set_var("RUST_LOG", "error") };
-    }
-    huren::init_tracing(huren::LogFormat::Text);
+    // Keep the demo's output readable; RUST_LOG=info shows the hub's and agents' logs.
+    huren::init_tracing_with_default(huren::LogFormat::Text, "error");
     let temp = tempfile::tempdir()?;
     let root = match &args.dir {
         Some(d) => {

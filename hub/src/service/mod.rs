@@ -12,7 +12,6 @@ mod publish;
 mod query;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use huren_core::identity::InstitutionId;
 use huren_core::logentry::{Entry, LogProof, Method, Purpose, ResultRef};
@@ -147,12 +146,9 @@ pub struct Statistics {
     pub policy_version: String,
 }
 
-/// The current time in Unix milliseconds.
+/// The hub's clock.
 pub fn now() -> UnixMillis {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
+    UnixMillis::now()
 }
 
 /// Longest decision id accepted.
