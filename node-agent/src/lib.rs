@@ -31,6 +31,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backfill;
+pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;

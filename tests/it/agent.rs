@@ -471,3 +471,67 @@ async fn unknown_id_types_are_refused_and_local_types_name_their_authority() -> 
     );
     Ok(())
 }
+
+/// The closed sets on the command line (purpose, decision, re-test reason, consent, grouping)
+/// are checked by the argument parser, which lists the accepted values; a decision the rules
+/// refuse is refused before anything is sent; good values work against the real hub.
+#[tokio::test]
+async fn the_cli_checks_its_closed_sets_and_lists_the_accepted_values() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start().await?;
+    let config = write_config(&hub, COUNTY)?;
+    let cli = |args: &[&str]| {
+        let config = config.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move { run_agent_cli(&config, &args).await }
+    };
+    for (args, values) in [
+        (
+            vec!["--purpose", "curiosity", "history", "--patient-id", PATIENT],
+            "treatment, referral, emergency, patient-request, administration, quality-control",
+        ),
+        (
+            vec!["decide", "--result", "a/b", "--decision", "maybe"],
+            "adopted, retested",
+        ),
+        (
+            vec![
+                "decide",
+                "--result",
+                "a/b",
+                "--decision",
+                "retested",
+                "--reason",
+                "bored",
+            ],
+            "condition-changed, fast-changing-value, critical-step, emergency, appraisal, other, patient-request, source-failed-eqa, too-old, physician-judgement",
+        ),
+        (
+            vec!["consent", "--patient-id", PATIENT, "--set", "maybe"],
+            "opt-out, opt-in",
+        ),
+        (vec!["stats", "--by", "year"], "item, member, day, month"),
+    ] {
+        let (ok, _, err) = cli(&args).await?;
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(values), "{args:?}: {err}");
+    }
+    let (ok, _, err) = cli(&[
+        "decide",
+        "--result",
+        "a/b",
+        "--decision",
+        "adopted",
+        "--reason",
+        "too-old",
+    ])
+    .await?;
+    assert!(
+        !ok && err.contains("an adopted result takes no --reason"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(&["stats", "--by", "member"]).await?;
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("member ")), "{out}");
+    Ok(())
+}

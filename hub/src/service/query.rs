@@ -99,7 +99,7 @@ impl Hub {
         &self,
         results: impl Iterator<Item = &'a mut Judged>,
     ) -> Result<(), HubError> {
-        let mut results: Vec<&mut Judged> = results.collect();
+        let results: Vec<&mut Judged> = results.collect();
         fn last_index(j: &Judged) -> u64 {
             j.earlier
                 .iter()
@@ -112,7 +112,7 @@ impl Hub {
         let head = self.store.recent_durable_head(min_size).await?;
         let checkpoint = self.sign(head)?;
         // Each result and its earlier versions, depth first, without recursing in async.
-        let mut todo: Vec<&mut Judged> = results.drain(..).collect();
+        let mut todo = results;
         while let Some(j) = todo.pop() {
             j.log_proof = Some(LogProof {
                 index: j.stored.log_index,
