@@ -62,17 +62,6 @@ pub struct AccessReportAnswer {
     pub opted_out: bool,
 }
 
-fn purpose_to_pb(p: Purpose) -> i32 {
-    (match p {
-        Purpose::Treatment => pb::Purpose::Treatment,
-        Purpose::Referral => pb::Purpose::Referral,
-        Purpose::Emergency => pb::Purpose::Emergency,
-        Purpose::PatientRequest => pb::Purpose::PatientRequest,
-        Purpose::Administration => pb::Purpose::Administration,
-        Purpose::QualityControl => pb::Purpose::QualityControl,
-    }) as i32
-}
-
 /// What Publish answered.
 #[derive(Clone, Debug)]
 pub struct Published {
@@ -346,7 +335,7 @@ impl Agent {
                 || caller != e.caller
                 || emergency_override != e.emergency_override
                 || withheld_by_consent != e.withheld_by_consent
-                || purpose_to_pb(purpose) != e.purpose
+                || pb_purpose(purpose) != e.purpose
                 || policy_version.as_deref().unwrap_or_default() != e.policy_version
             {
                 return Err(bad("its fields do not match its logged leaf"));
@@ -483,7 +472,7 @@ impl Agent {
                     .collect(),
                 as_of_ms: as_of.0,
                 lookback_seconds,
-                purpose: purpose_to_pb(self.purpose),
+                purpose: pb_purpose(self.purpose),
                 with_proofs: self.log.is_some(),
                 certificates_once: true,
             })
@@ -531,7 +520,7 @@ impl Agent {
                 patient_pseudonym: patient.as_bytes().to_vec(),
                 since_ms: since.0,
                 include_earlier_versions: with_versions,
-                purpose: purpose_to_pb(self.purpose),
+                purpose: pb_purpose(self.purpose),
                 with_proofs: self.log.is_some(),
                 certificates_once: true,
             })
@@ -584,7 +573,7 @@ impl Agent {
                     })
                     .collect(),
                 as_of_ms: as_of.0,
-                purpose: purpose_to_pb(self.purpose),
+                purpose: pb_purpose(self.purpose),
                 with_proofs: self.log.is_some(),
                 certificates_once: true,
             })
@@ -762,4 +751,9 @@ impl Agent {
             withheld_by_consent: false,
         })
     }
+}
+
+/// A purpose as the wire carries it.
+fn pb_purpose(p: Purpose) -> i32 {
+    pb::Purpose::from(p) as i32
 }

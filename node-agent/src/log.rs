@@ -53,24 +53,12 @@ fn io_err(path: &Path, e: std::io::Error) -> AgentError {
 
 /// Reads proof hashes from the wire.
 pub fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, AgentError> {
-    proof
-        .iter()
-        .map(|h| {
-            h.as_slice()
-                .try_into()
-                .map_err(|_| log_err("a proof hash is not 32 bytes"))
-        })
-        .collect()
+    huren_proto::convert::hashes("proof", proof).map_err(|e| log_err(&e.to_string()))
 }
 
 /// Reads a log proof from the wire.
 pub fn proof_from_pb(p: pb::LogProof) -> Result<LogProof, AgentError> {
-    Ok(LogProof {
-        index: p.index,
-        tree_size: p.tree_size,
-        proof: hashes(&p.proof)?,
-        checkpoint: p.checkpoint,
-    })
+    LogProof::try_from(p).map_err(|e| log_err(&e.to_string()))
 }
 
 /// What `huren-agent audit` found.

@@ -6,7 +6,7 @@
 use huren_core::identity::InstitutionId;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::receipt::Receipt;
-use huren_core::rules::{Reason, Verdict};
+use huren_core::rules::Verdict;
 use huren_core::signing::SignedEnvelope;
 use huren_core::summary::{Summary, SummaryId, UnixMillis};
 use huren_core::trust::AllianceCa;
@@ -22,21 +22,6 @@ pub struct VerifiedResult {
     pub verdict: Option<Verdict>,
     /// Earlier versions of the result, newest first, each verified (History with versions).
     pub earlier: Vec<VerifiedResult>,
-}
-
-fn reason_from_pb(r: i32) -> Option<Reason> {
-    use pb::NotRecognisedReason as P;
-    Some(match P::try_from(r).ok()? {
-        P::NotInCatalogue => Reason::NotInCatalogue,
-        P::OutsideValidityWindow => Reason::OutsideValidityWindow,
-        P::PublisherNotQualified => Reason::PublisherNotQualified,
-        P::Direction => Reason::Direction,
-        P::Voided => Reason::Voided,
-        P::Superseded => Reason::Superseded,
-        P::OutsideScope => Reason::OutsideScope,
-        P::PublisherRevoked => Reason::PublisherRevoked,
-        P::Unspecified => return None,
-    })
 }
 
 /// A returned result that failed verification: kept out of what is shown, and reported with
@@ -88,7 +73,8 @@ impl FailedResult {
 pub fn verdict_from_pb(v: pb::Verdict) -> Result<Verdict, String> {
     let mut reasons = Vec::with_capacity(v.reasons.len());
     for d in v.reasons {
-        let r = reason_from_pb(d.reason).ok_or_else(|| format!("unknown reason {}", d.reason))?;
+        let r = huren_proto::convert::reason(d.reason)
+            .ok_or_else(|| format!("unknown reason {}", d.reason))?;
         reasons.push((r, d.explanation));
     }
     let recognised = v.recognition == pb::Recognition::Recognised as i32;

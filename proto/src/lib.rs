@@ -3,11 +3,13 @@
 //! `huren_core::pb`; this crate only adds the service around them.
 //!
 //! Only the edges use these types: the hub's `grpc` module and the agent's client convert them
-//! to domain types straight away.
+//! to domain types straight away, with the conversions both sides need written once in
+//! [`convert`].
 
 #![allow(clippy::all)]
 
 pub mod codec;
+pub mod convert;
 
 /// `huren.hub.v1`: the hub service, its client and server stubs and request/response messages.
 pub mod hub {

@@ -52,7 +52,7 @@ pub(super) async fn record_decision(
         already_recorded,
         recorded_at_ms: at.0,
         result_was_recognised: recognised,
-        log_proof: proof.map(log_proof_to_pb),
+        log_proof: proof.map(pb::LogProof::from),
     })
 }
 
@@ -62,17 +62,9 @@ pub(super) async fn get_statistics(
     caller: InstitutionId,
     r: pb::StatisticsRequest,
 ) -> Result<pb::StatisticsResponse, HubError> {
-    let by = match pb::GroupBy::try_from(r.group_by) {
-        Ok(pb::GroupBy::Item) => GroupBy::Item,
-        Ok(pb::GroupBy::Member) => GroupBy::Member,
-        Ok(pb::GroupBy::Day) => GroupBy::Day,
-        Ok(pb::GroupBy::Month) => GroupBy::Month,
-        _ => {
-            return Err(HubError::BadRequest(
-                "group_by must be ITEM, MEMBER, DAY or MONTH".into(),
-            ));
-        }
-    };
+    let by = convert::group_by(r.group_by).ok_or_else(|| {
+        HubError::BadRequest("group_by must be ITEM, MEMBER, DAY or MONTH".into())
+    })?;
     let to = if r.to_ms == 0 {
         now()
     } else {
@@ -150,13 +142,13 @@ pub(super) async fn access_report(
         entries.push(pb::AccessEntry {
             at_ms: at.0,
             caller,
-            purpose: purpose_to_pb(purpose) as i32,
+            purpose: pb::Purpose::from(purpose) as i32,
             method: method.name().to_owned(),
             emergency_override,
             withheld_by_consent,
             results: u32::try_from(results.len()).unwrap_or(u32::MAX),
             leaf: a.leaf,
-            proof: Some(log_proof_to_pb(a.proof)),
+            proof: Some(pb::LogProof::from(a.proof)),
             policy_version: policy_version.unwrap_or_default(),
         });
     }
@@ -176,7 +168,7 @@ pub(super) async fn set_consent(
     let (changed, at, proof) = g.hub.set_consent(&caller, &patient, r.opted_out).await?;
     Ok(pb::SetConsentResponse {
         recorded_at_ms: at.0,
-        log_proof: Some(log_proof_to_pb(proof)),
+        log_proof: Some(pb::LogProof::from(proof)),
         changed,
     })
 }

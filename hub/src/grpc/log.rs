@@ -36,6 +36,6 @@ pub(super) async fn get_inclusion_proof(
     let (leaf, proof) = g.hub.inclusion_proof(&caller, r.index, r.tree_size).await?;
     Ok(pb::InclusionProofResponse {
         leaf,
-        proof: Some(log_proof_to_pb(proof)),
+        proof: Some(pb::LogProof::from(proof)),
     })
 }

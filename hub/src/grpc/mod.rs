@@ -19,21 +19,21 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use huren_core::identity::InstitutionId;
-use huren_core::logentry::{Entry, LogProof, Purpose};
+use huren_core::logentry::{Entry, LogProof};
 use huren_core::pseudonym::Pseudonym;
 use huren_core::signing::SignedEnvelope;
 use huren_core::summary::UnixMillis;
 use huren_core::trust::client_institution;
+use huren_proto::convert;
 use huren_proto::hub as pb;
 
-use huren_core::rules::{Decision, Reason, Verdict};
-use huren_core::stats::GroupBy;
+use huren_core::rules::{Decision, Verdict};
 
 use crate::error::HubError;
 use crate::service::{
     Ask, DecisionRequest, Hub, Judged, JudgedAnswer, OrderCode, now, retest_reason,
 };
-use crate::store::{DecisionOutcome, PriorQuery, PutOutcome, Receipt, StoredSummary};
+use crate::store::{DecisionOutcome, PriorQuery, PutOutcome, StoredSummary};
 
 /// Most item codes one FindPrior may ask for.
 pub const MAX_QUERY_ITEMS: usize = 200;
@@ -133,31 +133,21 @@ where
     .await
 }
 
-fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
-    pb::Receipt {
-        publisher: r.publisher.to_string(),
-        summary_id: r.summary_id.to_string(),
-        version: r.version,
-        body_sha256: r.body_sha256.to_vec(),
-        accepted_at_ms: r.accepted_at.0,
-    }
-}
-
 fn publish_response(outcome: &PutOutcome, proof: LogProof) -> pb::PublishResponse {
     let (receipt, already_stored) = match outcome {
         PutOutcome::Stored(r) => (r, false),
         PutOutcome::AlreadyStored(r) => (r, true),
     };
     pb::PublishResponse {
-        receipt: Some(receipt_to_pb(receipt)),
+        receipt: Some(pb::Receipt::from(receipt)),
         already_stored,
-        log_proof: Some(log_proof_to_pb(proof)),
+        log_proof: Some(pb::LogProof::from(proof)),
     }
 }
 
 fn stored_to_pb(s: StoredSummary) -> pb::StoredSummary {
     pb::StoredSummary {
-        receipt: Some(receipt_to_pb(&s.receipt)),
+        receipt: Some(pb::Receipt::from(&s.receipt)),
         summary: Some(s.envelope.into()),
         verdict: None,
         earlier_versions: Vec::new(),
@@ -213,58 +203,17 @@ impl SharedCertificates {
     }
 }
 
-fn log_proof_to_pb(p: LogProof) -> pb::LogProof {
-    pb::LogProof {
-        index: p.index,
-        tree_size: p.tree_size,
-        proof: p.proof.iter().map(|h| h.to_vec()).collect(),
-        checkpoint: p.checkpoint,
-    }
-}
-
-fn purpose_to_pb(p: Purpose) -> pb::Purpose {
-    match p {
-        Purpose::Treatment => pb::Purpose::Treatment,
-        Purpose::Referral => pb::Purpose::Referral,
-        Purpose::Emergency => pb::Purpose::Emergency,
-        Purpose::PatientRequest => pb::Purpose::PatientRequest,
-        Purpose::Administration => pb::Purpose::Administration,
-        Purpose::QualityControl => pb::Purpose::QualityControl,
-    }
-}
-
 /// The purpose of a query: required.
 fn ask(purpose: i32, with_proofs: bool) -> Result<Ask, HubError> {
-    let purpose = match pb::Purpose::try_from(purpose) {
-        Ok(pb::Purpose::Treatment) => Purpose::Treatment,
-        Ok(pb::Purpose::Referral) => Purpose::Referral,
-        Ok(pb::Purpose::Emergency) => Purpose::Emergency,
-        Ok(pb::Purpose::PatientRequest) => Purpose::PatientRequest,
-        Ok(pb::Purpose::Administration) => Purpose::Administration,
-        Ok(pb::Purpose::QualityControl) => Purpose::QualityControl,
-        Ok(pb::Purpose::Unspecified) | Err(_) => {
-            return Err(HubError::BadRequest(
-                "purpose is required: say why you look at this patient's results (TREATMENT, REFERRAL, EMERGENCY, PATIENT_REQUEST, ADMINISTRATION or QUALITY_CONTROL); every access is logged with it".into(),
-            ));
-        }
-    };
+    let purpose = convert::purpose(purpose).ok_or_else(|| {
+        HubError::BadRequest(
+            "purpose is required: say why you look at this patient's results (TREATMENT, REFERRAL, EMERGENCY, PATIENT_REQUEST, ADMINISTRATION or QUALITY_CONTROL); every access is logged with it".into(),
+        )
+    })?;
     Ok(Ask {
         purpose,
         with_proofs,
     })
-}
-
-fn reason_to_pb(r: Reason) -> pb::NotRecognisedReason {
-    match r {
-        Reason::NotInCatalogue => pb::NotRecognisedReason::NotInCatalogue,
-        Reason::OutsideValidityWindow => pb::NotRecognisedReason::OutsideValidityWindow,
-        Reason::PublisherNotQualified => pb::NotRecognisedReason::PublisherNotQualified,
-        Reason::Direction => pb::NotRecognisedReason::Direction,
-        Reason::Voided => pb::NotRecognisedReason::Voided,
-        Reason::Superseded => pb::NotRecognisedReason::Superseded,
-        Reason::OutsideScope => pb::NotRecognisedReason::OutsideScope,
-        Reason::PublisherRevoked => pb::NotRecognisedReason::PublisherRevoked,
-    }
 }
 
 fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
@@ -278,7 +227,7 @@ fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
             .reasons
             .iter()
             .map(|(r, text)| pb::ReasonDetail {
-                reason: reason_to_pb(*r) as i32,
+                reason: pb::NotRecognisedReason::from(*r) as i32,
                 explanation: text.clone(),
             })
             .collect(),
@@ -295,7 +244,7 @@ fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
         .into_iter()
         .map(|e| judged_to_pb(e, policy_version))
         .collect();
-    let proof = j.log_proof.map(log_proof_to_pb);
+    let proof = j.log_proof.map(pb::LogProof::from);
     let mut out = stored_to_pb(j.stored);
     out.verdict = Some(verdict);
     out.earlier_versions = earlier;
