@@ -7,6 +7,8 @@ use clap::{Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use huren_core::stats::{GroupBy, Row};
+
 use crate::table::{Table, format_time, parse_offset, results_table, verdict_cell};
 use crate::{Agent, AgentConfig, Answer, OrderItem};
 use huren_core::logentry::Purpose;
@@ -385,7 +387,15 @@ const REASON_CODES: [&str; 11] = [
     "unspecified",
 ];
 
-fn stats_csv(r: &huren_proto::hub::StatisticsResponse) -> String {
+/// Every row of `r` and then the total, each with its label.
+fn rows_and_total(r: &crate::client::Statistics) -> impl Iterator<Item = (&Row, &str)> {
+    r.rows
+        .iter()
+        .map(|(row, label)| (row, label.as_str()))
+        .chain(std::iter::once((&r.total, "")))
+}
+
+fn stats_csv(r: &crate::client::Statistics) -> String {
     let mut out = String::from(
         "key,label,queries,recognisable_found,cross_member,adopted,retested,tests_avoided,money_saved_yuan",
     );
@@ -393,13 +403,13 @@ fn stats_csv(r: &huren_proto::hub::StatisticsResponse) -> String {
         out.push_str(&format!(",retested_{}", code.replace('-', "_")));
     }
     out.push('\n');
-    for row in r.rows.iter().chain(r.total.as_ref()) {
+    for (row, label) in rows_and_total(r) {
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{}",
             csv_field(&row.key),
-            csv_field(&row.label),
+            csv_field(label),
             row.queries,
-            row.recognisable_found,
+            row.found,
             row.cross_member,
             row.adopted,
             row.retested,
@@ -897,10 +907,10 @@ async fn run_stats(
     let to = parse("--to", to)?.unwrap_or_else(UnixMillis::now);
     let from = parse("--from", from)?.unwrap_or(UnixMillis(to.0 - 30 * 86_400_000));
     let group = match by {
-        GroupArg::Item => huren_proto::hub::GroupBy::Item,
-        GroupArg::Member => huren_proto::hub::GroupBy::Member,
-        GroupArg::Day => huren_proto::hub::GroupBy::Day,
-        GroupArg::Month => huren_proto::hub::GroupBy::Month,
+        GroupArg::Item => GroupBy::Item,
+        GroupArg::Member => GroupBy::Member,
+        GroupArg::Day => GroupBy::Day,
+        GroupArg::Month => GroupBy::Month,
     };
     let r = agent.statistics(from, to, group).await?;
     match csv {
@@ -923,7 +933,7 @@ async fn run_stats(
                 "Avoided",
                 "Saved (yuan)",
             ]);
-            for row in r.rows.iter().chain(r.total.as_ref()) {
+            for (row, label) in rows_and_total(&r) {
                 let reasons: Vec<String> = row
                     .retested_by_reason
                     .iter()
@@ -931,9 +941,9 @@ async fn run_stats(
                     .collect();
                 t.push(vec![
                     row.key.clone(),
-                    row.label.clone(),
+                    label.to_owned(),
                     row.queries.to_string(),
-                    row.recognisable_found.to_string(),
+                    row.found.to_string(),
                     row.cross_member.to_string(),
                     row.adopted.to_string(),
                     row.retested.to_string(),

@@ -62,6 +62,16 @@ pub struct AccessReportAnswer {
     pub opted_out: bool,
 }
 
+/// Recognition statistics as the hub computed them.
+#[derive(Clone, Debug)]
+pub struct Statistics {
+    /// One row per group, with the item's or member's name when the hub knows it.
+    pub rows: Vec<(huren_core::stats::Row, String)>,
+    pub total: huren_core::stats::Row,
+    /// The policy whose catalogue priced the avoided tests.
+    pub policy_version: String,
+}
+
 /// What Publish answered.
 #[derive(Clone, Debug)]
 pub struct Published {
@@ -680,19 +690,31 @@ impl Agent {
         &self,
         from: UnixMillis,
         to: UnixMillis,
-        by: pb::GroupBy,
-    ) -> Result<pb::StatisticsResponse, AgentError> {
-        Ok(self
+        by: huren_core::stats::GroupBy,
+    ) -> Result<Statistics, AgentError> {
+        let r = self
             .hub
             .clone()
             .get_statistics(pb::StatisticsRequest {
                 from_ms: from.0,
                 to_ms: to.0,
-                group_by: by as i32,
+                group_by: pb::GroupBy::from(by) as i32,
             })
             .await
             .map_err(AgentError::Hub)?
-            .into_inner())
+            .into_inner();
+        Ok(Statistics {
+            rows: r
+                .rows
+                .into_iter()
+                .map(huren_proto::convert::row_from_pb)
+                .collect(),
+            total: r
+                .total
+                .map(|t| huren_proto::convert::row_from_pb(t).0)
+                .unwrap_or_default(),
+            policy_version: r.policy_version,
+        })
     }
 
     /// Verifies every returned result (after putting back the signing certificates an answer

@@ -53,12 +53,12 @@ fn io_err(path: &Path, e: std::io::Error) -> AgentError {
 
 /// Reads proof hashes from the wire.
 pub fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, AgentError> {
-    huren_proto::convert::hashes("proof", proof).map_err(|e| log_err(&e.to_string()))
+    huren_proto::convert::hashes("proof", proof).map_err(log_err)
 }
 
 /// Reads a log proof from the wire.
 pub fn proof_from_pb(p: pb::LogProof) -> Result<LogProof, AgentError> {
-    LogProof::try_from(p).map_err(|e| log_err(&e.to_string()))
+    LogProof::try_from(p).map_err(log_err)
 }
 
 /// What `huren-agent audit` found.

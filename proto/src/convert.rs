@@ -7,7 +7,7 @@ use huren_core::logentry::{LogProof, Purpose};
 use huren_core::merkle::Hash;
 use huren_core::receipt::Receipt;
 use huren_core::rules::Reason;
-use huren_core::stats::GroupBy;
+use huren_core::stats::{GroupBy, Row};
 
 use crate::hub as pb;
 
@@ -146,6 +146,40 @@ impl From<&Receipt> for pb::Receipt {
     }
 }
 
+/// A statistics row and its label (item or member name) as the wire carries them.
+pub fn row_to_pb(r: Row, label: String) -> pb::StatisticsRow {
+    pb::StatisticsRow {
+        key: r.key,
+        label,
+        queries: r.queries,
+        recognisable_found: r.found,
+        cross_member: r.cross_member,
+        adopted: r.adopted,
+        retested: r.retested,
+        retested_by_reason: r.retested_by_reason.into_iter().collect(),
+        tests_avoided: r.tests_avoided,
+        money_saved_fen: r.money_saved_fen,
+    }
+}
+
+/// A statistics row off the wire, and its label.
+pub fn row_from_pb(r: pb::StatisticsRow) -> (Row, String) {
+    (
+        Row {
+            key: r.key,
+            queries: r.queries,
+            found: r.recognisable_found,
+            cross_member: r.cross_member,
+            adopted: r.adopted,
+            retested: r.retested,
+            retested_by_reason: r.retested_by_reason.into_iter().collect(),
+            tests_avoided: r.tests_avoided,
+            money_saved_fen: r.money_saved_fen,
+        },
+        r.label,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +227,18 @@ mod tests {
         };
         let err = LogProof::try_from(short).unwrap_err();
         assert_eq!(err.field, "LogProof.proof");
+        let row = Row {
+            key: "718-7".into(),
+            queries: 5,
+            found: 4,
+            cross_member: 3,
+            adopted: 2,
+            retested: 1,
+            retested_by_reason: [("too-old".to_owned(), 1)].into_iter().collect(),
+            tests_avoided: 2,
+            money_saved_fen: 1000,
+        };
+        let (back, label) = row_from_pb(row_to_pb(row.clone(), "血红蛋白".into()));
+        assert_eq!((back, label.as_str()), (row, "血红蛋白"));
     }
 }

@@ -325,16 +325,12 @@ async fn main() -> anyhow::Result<()> {
         &hub_url,
     )?)?)
     .await?;
-    let now = huren_core::summary::UnixMillis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as i64,
-    );
+    let now = huren_core::summary::UnixMillis::now();
     let stats = commission_agent
         .statistics(
             huren_core::summary::UnixMillis(now.0 - 86_400_000),
             huren_core::summary::UnixMillis(now.0 + 60_000),
-            huren_proto::hub::GroupBy::Item,
+            huren_core::stats::GroupBy::Item,
         )
         .await?;
     let mut table = Table::new([
@@ -346,12 +342,13 @@ async fn main() -> anyhow::Result<()> {
         "Re-tested",
         "Saved (yuan)",
     ]);
-    for r in stats.rows.iter().chain(stats.total.as_ref()) {
+    let total = (stats.total, String::new());
+    for (r, label) in stats.rows.iter().chain(std::iter::once(&total)) {
         table.push(vec![
             r.key.clone(),
-            r.label.clone(),
+            label.clone(),
             r.queries.to_string(),
-            r.recognisable_found.to_string(),
+            r.found.to_string(),
             r.adopted.to_string(),
             r.retested.to_string(),
             format!("{}.{:02}", r.money_saved_fen / 100, r.money_saved_fen % 100),

@@ -79,21 +79,13 @@ pub(super) async fn get_statistics(
         .hub
         .statistics(&caller, UnixMillis(r.from_ms), to, by)
         .await?;
-    let row = |r: huren_core::stats::Row, label: String| pb::StatisticsRow {
-        key: r.key,
-        label,
-        queries: r.queries,
-        recognisable_found: r.found,
-        cross_member: r.cross_member,
-        adopted: r.adopted,
-        retested: r.retested,
-        retested_by_reason: r.retested_by_reason.into_iter().collect(),
-        tests_avoided: r.tests_avoided,
-        money_saved_fen: r.money_saved_fen,
-    };
     Ok(pb::StatisticsResponse {
-        rows: s.rows.into_iter().map(|(r, l)| row(r, l)).collect(),
-        total: Some(row(s.total, String::new())),
+        rows: s
+            .rows
+            .into_iter()
+            .map(|(r, l)| convert::row_to_pb(r, l))
+            .collect(),
+        total: Some(convert::row_to_pb(s.total, String::new())),
         policy_version: s.policy_version,
     })
 }
