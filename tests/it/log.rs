@@ -1311,3 +1311,63 @@ async fn log_entries_are_read_only_by_their_owner_or_an_audited_administrator() 
     );
     Ok(())
 }
+
+/// Runs `huren-hub --check` on the (stopped) hub's store: exit status and standard output.
+fn store_check(hub: &TestHub) -> anyhow::Result<(bool, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huren-hub"))
+        .arg("--config")
+        .arg(&hub.config_path)
+        .arg("--check")
+        .env("RUST_LOG", "warn")
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// `huren-hub --check` on a real hub's store: nothing wrong after publishing and a query; a
+/// summary leaf changed on disk afterwards is found (the leaves no longer give the log's
+/// root), and the check exits non-zero (issue 20, part 7).
+#[tokio::test]
+async fn the_store_check_finds_a_summary_changed_on_disk() -> anyhow::Result<()> {
+    let mut hub = TestHub::start().await?;
+    let p = hub.patient("E40000001");
+    let mut a = hub.client("hosp-a").await?;
+    for (k, code) in ["718-7", "2345-7", "24627-2"].iter().enumerate() {
+        let s = lab_summary("hosp-a", &format!("CHK-{k}"), p, code, hours(2))?;
+        publish(&mut a, sign(&hub.member("hosp-a")?, &s)?).await?;
+    }
+    hub.client("hosp-b")
+        .await?
+        .find_prior(prior_request(&p, &[(LOINC, HGB)]))
+        .await?;
+    hub.stop().await?;
+    let (ok, out) = store_check(&hub)?;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("(3 summary versions)") && out.contains("no problems found"),
+        "{out}"
+    );
+
+    let db = hub.open_store_db().await?;
+    let leaves = db.open_tree("log_leaves")?;
+    let mut leaf = leaves.get(0u64.to_be_bytes())?.context("leaf 0")?.to_vec();
+    let last = leaf.len() - 1;
+    leaf[last] ^= 1;
+    leaves.insert(0u64.to_be_bytes(), leaf)?;
+    db.flush()?;
+    drop((leaves, db));
+    let (ok, out) = store_check(&hub)?;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("PROBLEM: the root of the stored leaves is not the log's root"),
+        "{out}"
+    );
+    assert!(out.contains("problem(s) found in the store"), "{out}");
+    Ok(())
+}

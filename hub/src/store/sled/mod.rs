@@ -67,6 +67,7 @@
 //! cut.
 
 mod audit;
+mod check;
 mod log;
 mod records;
 mod summaries;
@@ -99,6 +100,7 @@ use super::{
     TreeHead,
 };
 use crate::batch::{Worker, next_batch};
+pub use check::CheckReport;
 #[allow(unused_imports)]
 use {audit::*, log::*, records::*, summaries::*};
 

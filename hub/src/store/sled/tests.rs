@@ -504,3 +504,53 @@ async fn a_store_in_a_newer_layout_is_refused() {
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.tree_head().unwrap().size, 1);
 }
+
+/// `check` finds nothing wrong in a store as written, and finds a changed leaf (the root and
+/// its tile no longer match) and an access index entry pointing at the wrong leaf.
+#[tokio::test]
+async fn check_finds_a_changed_leaf_and_a_wrong_index_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_bytes([6; 32]);
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    for i in 0..20u8 {
+        store.log_access(&access(i, p)).unwrap();
+        if i % 5 == 0 {
+            store
+                .set_consent(&p, i % 10 == 0, &member, UnixMillis(3_000))
+                .await
+                .unwrap();
+        }
+    }
+    store.commit().await.unwrap();
+    let clean = store.check().unwrap();
+    assert_eq!(clean.leaves, 24);
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+
+    // A leaf changed on disk: the rebuilt root and the leaf's tile no longer match.
+    let i = &store.inner;
+    let mut leaf = i
+        .log_leaves
+        .get(3u64.to_be_bytes())
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let last = leaf.len() - 1;
+    leaf[last] ^= 1;
+    i.log_leaves.insert(3u64.to_be_bytes(), leaf).unwrap();
+    // The first access index entry (leaf 0) made to name leaf 1, the first consent change.
+    let first_access = i.access.iter().next().unwrap().unwrap().0;
+    let mut moved = first_access.to_vec();
+    moved[40..].copy_from_slice(&1u64.to_be_bytes());
+    i.access.remove(&first_access).unwrap();
+    i.access.insert(moved, Vec::<u8>::new()).unwrap();
+    let report = store.check().unwrap();
+    let all = report.problems.join("\n");
+    assert!(all.contains("not the log's root"), "{all}");
+    assert!(all.contains("log tile 0: the hash of leaf 3"), "{all}");
+    assert!(
+        all.contains("names log leaf 1, which is not an access to that patient"),
+        "{all}"
+    );
+    assert_eq!(report.problem_count, report.problems.len());
+}
