@@ -62,6 +62,10 @@ pub enum HubError {
         "{caller} holds no results of this patient: a consent change is recorded by a member that published the patient's results, or by an alliance administrator"
     )]
     ConsentNotYours { caller: InstitutionId },
+    #[error(
+        "{caller} is not an alliance administrator: a patient's access report is given by the alliance administrator, on the patient's request"
+    )]
+    AccessReportNotYours { caller: InstitutionId },
     #[error("the decision was refused: {0}")]
     Decision(#[from] huren_core::rules::DecisionError),
     #[error(transparent)]
@@ -83,7 +87,8 @@ impl HubError {
             Self::NotPublisher { .. }
             | Self::NotMember { .. }
             | Self::Revoked { .. }
-            | Self::ConsentNotYours { .. } => Code::PermissionDenied,
+            | Self::ConsentNotYours { .. }
+            | Self::AccessReportNotYours { .. } => Code::PermissionDenied,
             Self::Checkpoint(_) | Self::Checking => Code::Internal,
             Self::Store(StoreError::BeyondLog { .. }) => Code::OutOfRange,
             Self::Store(StoreError::Tree(_)) => Code::InvalidArgument,

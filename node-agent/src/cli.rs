@@ -212,7 +212,8 @@ pub enum Command {
     /// Exits non-zero on any inconsistency. Needs [log] verifier_key in the configuration.
     Audit,
     /// Who looked at a patient's results, when and why, from the hub's log; every entry's
-    /// inclusion proof is verified. For an administrator, or for a patient who asks.
+    /// inclusion proof is verified. Only the alliance administrator may ask, on the patient's
+    /// request (a member is refused).
     AccessReport {
         #[command(flatten)]
         patient: Patient,

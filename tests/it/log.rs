@@ -629,13 +629,36 @@ async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> 
         assert_eq!(&pseudonym, p.as_bytes());
     }
 
-    // A member produces the same report for the patient, verified by its agent; the
-    // administrator's report is in it now.
-    let county = log_agent(&hub, "hosp-c", "state-c").await?;
-    let mine = county
+    // A member may not have it (it would watch its peers' look-ups), the one that looked and
+    // the one that holds the result alike; nothing of theirs is logged as an access.
+    for member in ["hosp-a", "hosp-b", "hosp-c"] {
+        let refused = hub
+            .client(member)
+            .await?
+            .access_report(pb::AccessReportRequest {
+                patient_pseudonym: p.as_bytes().to_vec(),
+                from_ms: 0,
+                to_ms: 0,
+            })
+            .await
+            .expect_err("a member got an access report");
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{member}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("on the patient's request"),
+            "{refused:?}"
+        );
+    }
+    // The administrator's agent produces the same report, verified; the first report request
+    // is in it, logged as asked on the patient's behalf.
+    let commission = log_agent(&hub, ADMIN, "state-admin").await?;
+    let report = commission
         .access_report(&p, UnixMillis(0), UnixMillis(0))
         .await?;
-    let who: Vec<(&str, Purpose)> = mine
+    let who: Vec<(&str, Purpose)> = report
         .entries
         .iter()
         .map(|e| (e.caller.as_str(), e.purpose))
@@ -645,10 +668,10 @@ async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> 
         [
             ("hosp-b", Purpose::Treatment),
             ("hosp-c", Purpose::Referral),
-            (ADMIN, Purpose::Administration),
+            (ADMIN, Purpose::PatientRequest),
         ]
     );
-    assert_eq!(mine.entries[2].method, Method::AccessReport.name());
+    assert_eq!(report.entries[2].method, Method::AccessReport.name());
     Ok(())
 }
 
@@ -745,8 +768,10 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
         .await?;
     assert_eq!(answer.results.len(), 1);
 
-    // The audit shows the withheld queries and flags both emergency overrides.
-    let report = agent
+    // The audit (the administrator's, on the patient's request) shows the withheld queries and
+    // flags both emergency overrides.
+    let report = log_agent(&hub, ADMIN, "state-admin")
+        .await?
         .access_report(&p, UnixMillis(0), UnixMillis(0))
         .await?;
     assert!(report.opted_out);

@@ -530,7 +530,7 @@ async fn a_changed_policy_file_changes_verdicts_without_a_restart() -> anyhow::R
     }
     // Each answer's access leaf names the policy version that judged it: the first under
     // 2026.11-1, the last under 2026.11-2 (issue 16, finding 8), and the report says the same.
-    let entries = hub.access_entries(COUNTY, &p).await?;
+    let entries = hub.access_entries(ADMIN, &p).await?;
     let finds: Vec<_> = entries.iter().filter(|e| e.method == "FindPrior").collect();
     anyhow::ensure!(finds.len() >= 2, "{entries:?}");
     for e in &finds {

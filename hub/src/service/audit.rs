@@ -135,18 +135,21 @@ impl Hub {
         to: UnixMillis,
     ) -> Result<AccessReport, HubError> {
         let policy = self.member_policy(caller)?;
+        // The patient's right (PIPL): given to the alliance's administrators, on the patient's
+        // request, never to a member (who could otherwise watch its peers' look-ups).
+        if !policy.is_administrator(caller) {
+            tracing::warn!("an access report was asked by a member, not an administrator");
+            return Err(HubError::AccessReportNotYours {
+                caller: caller.clone(),
+            });
+        }
         let indexes = self.store.accesses(patient, from, to).await?;
-        let purpose = if policy.is_administrator(caller) {
-            Purpose::Administration
-        } else {
-            Purpose::PatientRequest
-        };
         self.journal(
             &policy,
             caller,
             &[],
             &[],
-            purpose,
+            Purpose::PatientRequest,
             Method::AccessReport,
             patient,
             Gate::default(),
