@@ -76,6 +76,10 @@ struct Args {
     /// baseline always runs. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Commit durability of the hub's store: flush (default) or fsync (the hub's
+    /// `durability` setting).
+    #[arg(long, default_value = "flush", value_parser = ["flush", "fsync"])]
+    durability: String,
 }
 
 impl Args {
@@ -571,9 +575,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let verify_rate =
         tokio::task::spawn_blocking(move || ed25519_verify_rate(args.seconds.min(2.0))).await?;
     let hub_config = huren_hub::HubConfig::load(&bench.config)?;
-    let store = huren_hub::store::SledStore::open_with_cache(
+    let durability = match args.durability.as_str() {
+        "fsync" => huren_hub::store::Durability::Fsync,
+        _ => huren_hub::store::Durability::Flush,
+    };
+    let store = huren_hub::store::SledStore::open_with(
         &bench.store,
         hub_config.store_cache_mb << 20,
+        durability,
     )?;
     let t = Instant::now();
     let (stored, raw_bytes) = tokio::task::block_in_place(|| bench.seed(&store))?;

@@ -20,6 +20,11 @@ pub struct HubConfig {
     /// working set cached, this is most of the hub's resident memory.
     #[serde(default = "default_store_cache_mb")]
     pub store_cache_mb: u64,
+    /// What each commit waits for before anything is acknowledged: "flush" (default: survives
+    /// a crash or kill of the hub) or "fsync" (also a power cut; see
+    /// `store::Durability` and README, Running it for real).
+    #[serde(default)]
+    pub durability: crate::store::Durability,
     pub tls: TlsConfig,
     #[serde(default)]
     pub limits: Limits,
@@ -180,6 +185,7 @@ mod tests {
         assert_eq!(config.listen.port(), 7443);
         assert!(config.tls.ca.is_absolute());
         assert_eq!(config.limits.max_results, 500);
+        assert_eq!(config.durability, crate::store::Durability::Flush);
         assert_eq!(config.store_cache_mb, 1024);
         assert_eq!(config.log.origin, "huren.example/alliance-log");
         assert!(config.log_key_path().is_absolute());
@@ -196,6 +202,22 @@ mod tests {
         assert!(err.contains("store_cache_mb is 8"), "{err}");
         std::fs::write(&path, format!("{base}{tls}")).unwrap();
         assert_eq!(HubConfig::load(&path).unwrap().store_cache_mb, 1024);
+    }
+
+    #[test]
+    fn durability_is_flush_or_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        let base = "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\n";
+        let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        std::fs::write(&path, format!("{base}durability = \"fsync\"\n{tls}")).unwrap();
+        assert_eq!(
+            HubConfig::load(&path).unwrap().durability,
+            crate::store::Durability::Fsync
+        );
+        std::fs::write(&path, format!("{base}durability = \"sometimes\"\n{tls}")).unwrap();
+        let err = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("sometimes") && err.contains("fsync"), "{err}");
     }
 
     #[test]

@@ -65,12 +65,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store = SledStore::open_with_cache(&config.store, config.store_cache_mb << 20).map_err(
-        |source| ServerError::Store {
-            path: config.store.clone(),
-            source,
-        },
-    )?;
+    let store = SledStore::open_with(
+        &config.store,
+        config.store_cache_mb << 20,
+        config.durability,
+    )
+    .map_err(|source| ServerError::Store {
+        path: config.store.clone(),
+        source,
+    })?;
     run_with_store(config, Arc::new(store), listener, shutdown).await
 }
 

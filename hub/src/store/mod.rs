@@ -42,7 +42,7 @@ use huren_core::signing::{SignedEnvelope, VerifiedSummary};
 use huren_core::stats::Event;
 use huren_core::summary::{SuccessionError, Summary, UnixMillis};
 
-pub use self::sled::{DEFAULT_CACHE_BYTES, SledStore, TreeContents};
+pub use self::sled::{DEFAULT_CACHE_BYTES, Durability, SledStore, TreeContents};
 
 /// What a member was shown of a result.
 #[derive(Clone, Debug, PartialEq, Eq)]

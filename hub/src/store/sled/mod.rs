@@ -243,6 +243,26 @@ fn check_layout(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a commit waits for before the hub acknowledges.
+///
+/// sled 0.34 writes its log with `pwrite` and `sync_file_range(WAIT_BEFORE | WRITE |
+/// WAIT_AFTER)`: the data reaches the device, so a crash or `kill -9` of the hub loses nothing
+/// acknowledged, but neither the file's metadata (its growing size) nor the drive's volatile
+/// write cache is flushed. sled's own flusher thread calls `fsync` on the file after each
+/// periodic flush (every 500 ms by default), so a power cut can lose or tear writes
+/// acknowledged since the last of those. [`Durability::Fsync`] closes that window: every
+/// commit also `fsync`s the file before anyone is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// sled's flush (`sync_file_range`): survives a crash of the process.
+    #[default]
+    Flush,
+    /// sled's flush, then `fsync` of the store's file: survives a power cut too, on a drive
+    /// that honours cache flushes.
+    Fsync,
+}
+
 /// sled's own default page cache, 1 GiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
@@ -257,6 +277,15 @@ impl SledStore {
     /// [`SledStore::open`] with a page cache of at most `cache_bytes`: the memory sled may use to
     /// keep the store's pages (most of the hub's resident memory once queries have read them).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(dir, cache_bytes, Durability::Flush)
+    }
+
+    /// [`SledStore::open_with_cache`] with the durability of each commit chosen.
+    pub fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
         // A store this process has just dropped can stay locked for a moment: sled's own
         // background writes let go of its files a little after the last handle.
         let locked_until = Instant::now() + LOCK_WAIT;
@@ -341,8 +370,16 @@ impl SledStore {
         inner.applied = Mutex::new(log.head());
         inner.log = Mutex::new(log);
         let db = inner.db.clone();
+        // sled keeps its log in the file `db`; with fsync durability each commit syncs it.
+        let data_file = match durability {
+            Durability::Flush => None,
+            Durability::Fsync => Some(
+                std::fs::File::open(dir.join("db"))
+                    .map_err(|e| StoreError::Unavailable(Box::new(e)))?,
+            ),
+        };
         inner.commits = Some(
-            Worker::start("huren-commit", move |rx| group_commit(db, rx))
+            Worker::start("huren-commit", move |rx| group_commit(db, data_file, rx))
                 .map_err(|e| StoreError::Unavailable(Box::new(e)))?,
         );
         let store = Self {
@@ -535,12 +572,20 @@ pub struct TreeContents {
 /// started, and answers every caller that was waiting when it started.
 fn group_commit(
     db: sled::Db,
+    data_file: Option<std::fs::File>,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
 ) {
     while let Some(waiting) = next_batch(&mut rx, usize::MAX, |_| 1) {
-        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush())) {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+        let flush = || -> Result<(), String> {
+            db.flush().map_err(|e| e.to_string())?;
+            if let Some(f) = &data_file {
+                f.sync_all()
+                    .map_err(|e| format!("fsync of the store: {e}"))?;
+            }
+            Ok(())
+        };
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(flush)) {
+            Ok(r) => r,
             Err(_) => Err("the flush panicked".to_string()),
         };
         for w in waiting {

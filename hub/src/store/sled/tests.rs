@@ -554,3 +554,21 @@ async fn check_finds_a_changed_leaf_and_a_wrong_index_entry() {
     );
     assert_eq!(report.problem_count, report.problems.len());
 }
+
+/// With fsync durability every commit also syncs the store's file; what was committed is
+/// there after the store is reopened (the sync itself is what a power cut would test).
+#[tokio::test]
+async fn fsync_durability_commits_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pseudonym::from_bytes([8; 32]);
+    {
+        let store =
+            SledStore::open_with(dir.path(), DEFAULT_CACHE_BYTES, Durability::Fsync).unwrap();
+        for i in 0..5u8 {
+            store.log_access(&access(i, p)).unwrap();
+            store.commit().await.unwrap();
+        }
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.tree_head().unwrap().size, 5);
+}
