@@ -1027,6 +1027,7 @@ mod tests {
             batch: 20,
             batches_in_flight: 2,
             only: Vec::new(),
+            durability: "fsync".into(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
