@@ -30,6 +30,8 @@ pub struct HubConfig {
     pub limits: Limits,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// The verifiable log's identity and signing key.
@@ -63,6 +65,15 @@ pub const MIN_STORE_CACHE_MB: u64 = 16;
 
 /// The log origin when the configuration names none.
 pub const DEFAULT_LOG_ORIGIN: &str = "huren.example/alliance-log";
+
+/// The metrics endpoint (`hub::metrics`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics` (plain HTTP, no certificate): keep it on 127.0.0.1 or a
+    /// management network. Absent (the default): no metrics listener.
+    pub listen: Option<SocketAddr>,
+}
 
 /// Certificates and keys, as PEM files.
 #[derive(Clone, Debug, Deserialize)]
@@ -186,6 +197,10 @@ mod tests {
         assert!(config.tls.ca.is_absolute());
         assert_eq!(config.limits.max_results, 500);
         assert_eq!(config.durability, crate::store::Durability::Flush);
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
         assert_eq!(config.store_cache_mb, 1024);
         assert_eq!(config.log.origin, "huren.example/alliance-log");
         assert!(config.log_key_path().is_absolute());

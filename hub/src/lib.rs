@@ -10,7 +10,8 @@
 //! - [`intake`], [`journal`]: the two group writers, for publishes and for what queries leave.
 //! - [`signers`]: signing certificates, validated once each; [`verifier`]: unary publishes'
 //!   signatures, checked in batches.
-//! - [`store`]: the sled store behind a domain-shaped API; group commit.
+//! - [`store`]: the storage seam ([`store::Store`]) and its sled backend; group commit.
+//! - [`metrics`]: Prometheus metrics on a listener of their own (off by default).
 //! - [`log`]: the log key that signs checkpoints ([`log::LogSigner`]).
 //! - [`error`]: [`error::HubError`] and its one mapping to gRPC status codes.
 //! - [`config`]: the TOML configuration.
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod intake;
 pub mod journal;
 pub mod log;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod service;

@@ -44,6 +44,11 @@ pub enum ServerError {
     Serve(tonic::transport::Error),
     #[error("could not start the hub's worker threads: {0}")]
     Threads(std::io::Error),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
@@ -113,6 +118,7 @@ pub async fn run_with_store(
         })?;
     tracing::info!(origin = %log.origin(), size = head.size, "log opened");
     let health_policy = policy.clone();
+    let metrics_policy = policy.clone();
     let hub = Hub::new(store.clone(), ca, policy, config.limits.max_results, log)
         .map_err(ServerError::Threads)?
         .with_max_clock_skew(config.limits.max_clock_skew_seconds);
@@ -149,7 +155,25 @@ pub async fn run_with_store(
         max_message_bytes: config.limits.max_message_bytes,
         max_batch_bytes: config.limits.max_batch_bytes,
     };
-    let hub_service = HubServer::new(HubGrpc::new(hub, limits))
+    let metrics = Arc::new(crate::metrics::HubMetrics::new());
+    let metrics_task = match config.metrics.listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Metrics { addr, source })?;
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                crate::metrics::MetricsSource {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    policy: metrics_policy,
+                },
+            )))
+        }
+    };
+    let hub_service = HubServer::new(HubGrpc::new(hub, limits, metrics))
         .max_decoding_message_size(limits.max_message_bytes.max(limits.max_batch_bytes))
         .max_encoding_message_size(16 * 1024 * 1024);
 
@@ -197,6 +221,9 @@ pub async fn run_with_store(
             Duration::ZERO
         }
     };
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     close(closing, store, wait_for_hub).await;
     tracing::info!("hub stopped");
     Ok(())

@@ -9,7 +9,9 @@ use tokio::net::TcpStream;
 
 use huren_hub::config::Limits;
 
-use crate::harness::{HGB, LOINC, TestHub, prior_request};
+use anyhow::Context;
+
+use crate::harness::{HGB, LOINC, TestHub, hours, lab_summary, prior_request, publish, sign};
 
 /// Whether the hub closed `s` within `within` (a read gives end of file or an error).
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
@@ -94,4 +96,87 @@ async fn idle_and_half_open_connections_are_bounded_and_members_still_get_answer
         .find_prior(prior_request(&patient, &[(LOINC, HGB)]))
         .await?;
     Ok(())
+}
+
+/// Sends one HTTP/1.1 request to `addr` and returns the whole answer (head and body).
+async fn http(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// The metrics endpoint (issue 20, part 7): after a publish and a query it counts both by RPC
+/// and status, shows the log's size and the policy in force, names no patient, and answers
+/// only GET /metrics.
+#[tokio::test]
+async fn the_metrics_endpoint_counts_calls_by_rpc_and_status() -> anyhow::Result<()> {
+    let (hub, metrics) = TestHub::start_with_metrics().await?;
+    let p = hub.patient("E50000001");
+    let signed = sign(
+        &hub.member("hosp-a")?,
+        &lab_summary("hosp-a", "M-1", p, HGB, hours(1))?,
+    )?;
+    publish(&mut hub.client("hosp-a").await?, signed).await?;
+    let mut b = hub.client("hosp-b").await?;
+    b.find_prior(prior_request(&p, &[(LOINC, HGB)])).await?;
+    // A query without a purpose is refused: counted with its status.
+    let mut no_purpose = prior_request(&p, &[(LOINC, HGB)]);
+    no_purpose.purpose = 0;
+    assert!(b.find_prior(no_purpose).await.is_err());
+
+    let text = http(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for line in [
+        "huren_hub_requests_total{method=\"Publish\",code=\"Ok\"} 1",
+        "huren_hub_requests_total{method=\"FindPrior\",code=\"Ok\"} 1",
+        "huren_hub_requests_total{method=\"FindPrior\",code=\"InvalidArgument\"} 1",
+        "huren_hub_policy_info{version=\"2026.11-1\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    // One summary and one access leaf at least.
+    let entries: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("huren_hub_log_entries "))
+        .context("no log size")?
+        .trim()
+        .parse()?;
+    assert!(entries >= 2, "{text}");
+    assert!(text.contains("huren_hub_request_seconds_bucket"), "{text}");
+    assert!(
+        !text.contains("E50000001") && !text.contains(&hex_of(&p)),
+        "{text}"
+    );
+    let other = http(
+        metrics,
+        "GET /admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    let post = http(
+        metrics,
+        "POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    // A client that sends half a request head is dropped, and the endpoint still answers.
+    let half = TcpStream::connect(metrics).await?;
+    let again = http(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    drop(half);
+    Ok(())
+}
+
+fn hex_of(p: &huren_core::pseudonym::Pseudonym) -> String {
+    p.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -189,6 +189,18 @@ impl TestHub {
         Ok(hub)
     }
 
+    /// Starts a hub in this process with its metrics endpoint on a free local port, returned.
+    pub async fn start_with_metrics() -> anyhow::Result<(TestHub, SocketAddr)> {
+        let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;
+        // A port the system just gave out; the hub binds it again right after.
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut config = fs::read_to_string(&hub.config_path)?;
+        config.push_str(&format!("\n[metrics]\nlisten = \"{metrics}\"\n"));
+        fs::write(&hub.config_path, config)?;
+        hub.launch().await?;
+        Ok((hub, metrics))
+    }
+
     /// Starts the real `huren-hub` binary as a child process (default limits).
     pub async fn start_process() -> anyhow::Result<TestHub> {
         let mut hub = Self::prepare(Mode::Process, &Limits::default())?;

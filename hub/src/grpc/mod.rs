@@ -30,6 +30,7 @@ use huren_proto::hub as pb;
 use huren_core::rules::{Decision, Verdict};
 
 use crate::error::HubError;
+use crate::metrics::HubMetrics;
 use crate::service::{
     Ask, DecisionRequest, Hub, Judged, JudgedAnswer, OrderCode, now, retest_reason,
 };
@@ -45,6 +46,7 @@ pub const MAX_BATCH_SUMMARIES: usize = 1000;
 pub struct HubGrpc {
     hub: Arc<Hub>,
     limits: MessageLimits,
+    metrics: Arc<HubMetrics>,
 }
 
 /// Largest requests accepted, in bytes: PublishBatch has its own limit; every other call the
@@ -56,8 +58,12 @@ pub struct MessageLimits {
 }
 
 impl HubGrpc {
-    pub fn new(hub: Arc<Hub>, limits: MessageLimits) -> Self {
-        Self { hub, limits }
+    pub fn new(hub: Arc<Hub>, limits: MessageLimits, metrics: Arc<HubMetrics>) -> Self {
+        Self {
+            hub,
+            limits,
+            metrics,
+        }
     }
 }
 
@@ -94,8 +100,31 @@ const MAX_KNOWN_CALLERS: usize = 4096;
 
 /// Runs a handler inside a span that names the method and the caller, and turns its error into
 /// a status (logged once, inside the span). A request over `max_bytes` is refused before the
-/// handler runs.
+/// handler runs. Every call, answered or refused, is counted in `metrics` with its status and
+/// how long it took.
 async fn handle<T, R, F, Fut>(
+    metrics: &HubMetrics,
+    method: &'static str,
+    request: Request<T>,
+    max_bytes: usize,
+    f: F,
+) -> Result<Response<R>, Status>
+where
+    T: prost::Message,
+    F: FnOnce(InstitutionId, T) -> Fut,
+    Fut: Future<Output = Result<R, HubError>>,
+{
+    let started = std::time::Instant::now();
+    let answer = handle_call(method, request, max_bytes, f).await;
+    let code = match &answer {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics.rpc(method, code, started.elapsed());
+    answer
+}
+
+async fn handle_call<T, R, F, Fut>(
     method: &'static str,
     request: Request<T>,
     max_bytes: usize,
@@ -348,6 +377,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         handle(
+            &self.metrics,
             "Publish",
             request,
             self.limits.max_message_bytes,
@@ -361,6 +391,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
         handle(
+            &self.metrics,
             "PublishBatch",
             request,
             self.limits.max_batch_bytes,
@@ -374,6 +405,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::FindPriorRequest>,
     ) -> Result<Response<pb::FindPriorResponse>, Status> {
         handle(
+            &self.metrics,
             "FindPrior",
             request,
             self.limits.max_message_bytes,
@@ -387,6 +419,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         handle(
+            &self.metrics,
             "History",
             request,
             self.limits.max_message_bytes,
@@ -400,6 +433,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::CheckOrderRequest>,
     ) -> Result<Response<pb::CheckOrderResponse>, Status> {
         handle(
+            &self.metrics,
             "CheckOrder",
             request,
             self.limits.max_message_bytes,
@@ -413,6 +447,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::RecordDecisionRequest>,
     ) -> Result<Response<pb::RecordDecisionResponse>, Status> {
         handle(
+            &self.metrics,
             "RecordDecision",
             request,
             self.limits.max_message_bytes,
@@ -426,6 +461,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::StatisticsRequest>,
     ) -> Result<Response<pb::StatisticsResponse>, Status> {
         handle(
+            &self.metrics,
             "GetStatistics",
             request,
             self.limits.max_message_bytes,
@@ -439,6 +475,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
         handle(
+            &self.metrics,
             "GetCheckpoint",
             request,
             self.limits.max_message_bytes,
@@ -452,6 +489,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::ConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
         handle(
+            &self.metrics,
             "GetConsistencyProof",
             request,
             self.limits.max_message_bytes,
@@ -465,6 +503,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::InclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProofResponse>, Status> {
         handle(
+            &self.metrics,
             "GetInclusionProof",
             request,
             self.limits.max_message_bytes,
@@ -478,6 +517,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::AccessReportRequest>,
     ) -> Result<Response<pb::AccessReportResponse>, Status> {
         handle(
+            &self.metrics,
             "AccessReport",
             request,
             self.limits.max_message_bytes,
@@ -491,6 +531,7 @@ impl pb::hub_server::Hub for HubGrpc {
         request: Request<pb::SetConsentRequest>,
     ) -> Result<Response<pb::SetConsentResponse>, Status> {
         handle(
+            &self.metrics,
             "SetConsent",
             request,
             self.limits.max_message_bytes,

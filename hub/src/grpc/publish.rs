@@ -39,6 +39,7 @@ pub(super) async fn publish_batch(
         )));
     }
     // A summary that does not even parse as an envelope is refused on its own.
+    g.metrics.publish_batch(r.summaries.len());
     let mut envelopes = Vec::with_capacity(r.summaries.len());
     let mut malformed = Vec::new();
     for (i, s) in r.summaries.into_iter().enumerate() {

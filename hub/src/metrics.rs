@@ -1,0 +1,236 @@
+//! Prometheus metrics of the hub, on a listener of their own (`[metrics] listen`, off by
+//! default; keep it on 127.0.0.1 or a management network: it needs no certificate).
+//!
+//! `GET /metrics` answers in the OpenMetrics text format:
+//!
+//! - `huren_hub_requests_total{method, code}`: calls answered, by RPC and gRPC status;
+//! - `huren_hub_request_seconds{method}`: how long they took (histogram);
+//! - `huren_hub_publish_batch_summaries`: summaries per PublishBatch call (histogram);
+//! - `huren_hub_log_entries`: the log's size (read at each scrape);
+//! - `huren_hub_policy_info{version}`: 1 for the alliance policy in force.
+//!
+//! Nothing in them names a patient, a pseudonym or a result.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::policy::PolicyHandle;
+use crate::store::SharedStore;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    version: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// From 0.5 ms to about 16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+}
+
+/// The hub's metrics. Cheap to share (`Arc`); recording takes no lock beyond the metric's own.
+pub struct HubMetrics {
+    registry: Registry,
+    requests: Family<RpcLabels, Counter>,
+    latency: HistogramFamily<MethodLabel>,
+    batch: Histogram,
+    log_entries: Gauge,
+    policy: Family<PolicyLabel, Gauge>,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HubMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("huren_hub");
+        let requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Calls answered, by RPC and gRPC status",
+            requests.clone(),
+        );
+        let latency: HistogramFamily<MethodLabel> =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "request_seconds",
+            "How long calls took to answer, by RPC",
+            latency.clone(),
+        );
+        let batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "publish_batch_summaries",
+            "Summaries per PublishBatch call",
+            batch.clone(),
+        );
+        let log_entries = Gauge::default();
+        registry.register(
+            "log_entries",
+            "Entries in the hub's log",
+            log_entries.clone(),
+        );
+        let policy = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The alliance policy in force (1 for its version)",
+            policy.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            batch,
+            log_entries,
+            policy,
+        }
+    }
+
+    /// One answered call: its RPC, its status and how long it took.
+    pub fn rpc(&self, method: &'static str, code: tonic::Code, took: Duration) {
+        self.requests
+            .get_or_create(&RpcLabels {
+                method: method.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabel {
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A PublishBatch call of `summaries` summaries.
+    pub fn publish_batch(&self, summaries: usize) {
+        self.batch.observe(summaries as f64);
+    }
+
+    /// The text a scrape gets, with the log's size and the policy version read now.
+    fn render(&self, log_entries: u64, policy_version: &str) -> String {
+        self.log_entries
+            .set(i64::try_from(log_entries).unwrap_or(i64::MAX));
+        self.policy.clear();
+        self.policy
+            .get_or_create(&PolicyLabel {
+                version: policy_version.to_owned(),
+            })
+            .set(1);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// What a scrape needs: the metrics and where the gauges are read.
+#[derive(Clone)]
+pub struct MetricsSource {
+    pub metrics: Arc<HubMetrics>,
+    pub store: SharedStore,
+    pub policy: Arc<PolicyHandle>,
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn answer(source: &MetricsSource, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String, kind: &str| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = hyper::header::HeaderValue::from_str(kind) {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "not found: the metrics are at /metrics\n".into(),
+            "text/plain; charset=utf-8",
+        );
+    }
+    if request.method() != Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET /metrics\n".into(),
+            "text/plain; charset=utf-8",
+        );
+    }
+    let size = match source.store.tree_head().await {
+        Ok(head) => head.size,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: the log's size could not be read");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store could not be read; the error is in the hub's log\n".into(),
+                "text/plain; charset=utf-8",
+            );
+        }
+    };
+    let body = source.metrics.render(size, &source.policy.get().version);
+    reply(StatusCode::OK, body, OPENMETRICS)
+}
+
+/// How long a metrics connection may take to send its request head, and to be served.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `GET /metrics` on `listener` until the task is dropped. Each connection is bounded in
+/// time; accept errors back off instead of spinning.
+pub async fn serve(listener: TcpListener, source: MetricsSource) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(answer(&source, &request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        });
+    }
+}
