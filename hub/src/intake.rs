@@ -15,7 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use huren_core::signing::VerifiedSummary;
 use huren_core::summary::{Summary, UnixMillis};
 
+use std::sync::Arc;
+
 use crate::batch::{Worker, next_batch};
+use crate::metrics::HubMetrics;
 use crate::store::{Put, SharedStore, StoreError, TreeHead};
 
 /// Most summaries written in one atomic write.
@@ -39,10 +42,12 @@ pub struct Intake {
 impl Intake {
     /// Starts the writer thread. Acknowledgements are sent from tasks on the current runtime.
     /// Dropping the intake waits until it has written everything it was given.
-    pub fn start(store: SharedStore) -> std::io::Result<Self> {
+    pub fn start(store: SharedStore, metrics: Arc<HubMetrics>) -> std::io::Result<Self> {
         let runtime = Handle::current();
         Ok(Self {
-            worker: Worker::start("huren-intake", move |rx| write_batches(store, rx, runtime))?,
+            worker: Worker::start("huren-intake", move |rx| {
+                write_batches(store, rx, runtime, metrics)
+            })?,
         })
     }
 
@@ -62,7 +67,12 @@ impl Intake {
     }
 }
 
-fn write_batches(store: SharedStore, mut rx: mpsc::UnboundedReceiver<Job>, runtime: Handle) {
+fn write_batches(
+    store: SharedStore,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    runtime: Handle,
+    metrics: Arc<HubMetrics>,
+) {
     while let Some(jobs) = next_batch(&mut rx, MAX_BATCH, |job: &Job| job.items.len()) {
         let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let items: Vec<(&VerifiedSummary, UnixMillis)> = jobs
@@ -88,8 +98,11 @@ fn write_batches(store: SharedStore, mut rx: mpsc::UnboundedReceiver<Job>, runti
         };
         // Acknowledge after the flush, while the next batch is already being written.
         let store = store.clone();
+        let metrics = metrics.clone();
         runtime.spawn(async move {
+            let started = std::time::Instant::now();
             let durable = store.commit().await.map_err(|e| e.to_string());
+            metrics.commit("publishes", started.elapsed());
             let mut results = batch.results.into_iter();
             for j in jobs {
                 let mine: Vec<_> = results.by_ref().take(j.items.len()).collect();

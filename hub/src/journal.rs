@@ -10,8 +10,11 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
 use crate::batch::{Worker, next_batch};
 use crate::error::HubError;
+use crate::metrics::HubMetrics;
 use crate::store::{QueryRecord, SharedStore, StoreError};
 
 /// Most records written in one batch.
@@ -27,10 +30,12 @@ pub struct Journal {
 impl Journal {
     /// Starts the writer thread. Dropping the journal waits until it has written every record
     /// it was given.
-    pub fn start(store: SharedStore) -> std::io::Result<Self> {
+    pub fn start(store: SharedStore, metrics: Arc<HubMetrics>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Handle::current();
         Ok(Self {
-            worker: Worker::start("huren-journal", move |rx| write_batches(store, rx, runtime))?,
+            worker: Worker::start("huren-journal", move |rx| {
+                write_batches(store, rx, runtime, metrics)
+            })?,
         })
     }
 
@@ -50,6 +55,7 @@ fn write_batches(
     store: SharedStore,
     mut rx: mpsc::UnboundedReceiver<(QueryRecord, Ack)>,
     runtime: tokio::runtime::Handle,
+    metrics: Arc<HubMetrics>,
 ) {
     while let Some(batch) = next_batch(&mut rx, MAX_BATCH, |_| 1) {
         let (records, acks): (Vec<QueryRecord>, Vec<Ack>) = batch.into_iter().unzip();
@@ -69,8 +75,11 @@ fn write_batches(
         // The answers leave once their records are durable: the flush is shared with every
         // other commit waiting (group commit), and this thread writes the next batch meanwhile.
         let store = store.clone();
+        let metrics = metrics.clone();
         runtime.spawn(async move {
+            let started = std::time::Instant::now();
             let durable = store.commit().await.map_err(|e| e.to_string());
+            metrics.commit("queries", started.elapsed());
             for ack in acks {
                 let _ = ack.send(durable.clone());
             }

@@ -6,6 +6,8 @@
 //! - `huren_hub_requests_total{method, code}`: calls answered, by RPC and gRPC status;
 //! - `huren_hub_request_seconds{method}`: how long they took (histogram);
 //! - `huren_hub_publish_batch_summaries`: summaries per PublishBatch call (histogram);
+//! - `huren_hub_commit_seconds{writer}`: how long the group commits of publishes and of
+//!   queries' audit records waited for the disk (histogram);
 //! - `huren_hub_log_entries`: the log's size (read at each scrape);
 //! - `huren_hub_policy_info{version}`: 1 for the alliance policy in force.
 //!
@@ -43,6 +45,11 @@ struct MethodLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriterLabel {
+    writer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabel {
     version: String,
 }
@@ -60,6 +67,7 @@ pub struct HubMetrics {
     requests: Family<RpcLabels, Counter>,
     latency: HistogramFamily<MethodLabel>,
     batch: Histogram,
+    commits: HistogramFamily<WriterLabel>,
     log_entries: Gauge,
     policy: Family<PolicyLabel, Gauge>,
 }
@@ -92,6 +100,13 @@ impl HubMetrics {
             "Summaries per PublishBatch call",
             batch.clone(),
         );
+        let commits: HistogramFamily<WriterLabel> =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "commit_seconds",
+            "How long group commits waited for the disk, by writer (publishes, queries)",
+            commits.clone(),
+        );
         let log_entries = Gauge::default();
         registry.register(
             "log_entries",
@@ -109,6 +124,7 @@ impl HubMetrics {
             requests,
             latency,
             batch,
+            commits,
             log_entries,
             policy,
         }
@@ -132,6 +148,15 @@ impl HubMetrics {
     /// A PublishBatch call of `summaries` summaries.
     pub fn publish_batch(&self, summaries: usize) {
         self.batch.observe(summaries as f64);
+    }
+
+    /// A group commit of `writer` ("publishes" or "queries") that took `took`.
+    pub fn commit(&self, writer: &'static str, took: Duration) {
+        self.commits
+            .get_or_create(&WriterLabel {
+                writer: writer.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// The text a scrape gets, with the log's size and the policy version read now.

@@ -119,9 +119,17 @@ pub async fn run_with_store(
     tracing::info!(origin = %log.origin(), size = head.size, "log opened");
     let health_policy = policy.clone();
     let metrics_policy = policy.clone();
-    let hub = Hub::new(store.clone(), ca, policy, config.limits.max_results, log)
-        .map_err(ServerError::Threads)?
-        .with_max_clock_skew(config.limits.max_clock_skew_seconds);
+    let metrics = Arc::new(crate::metrics::HubMetrics::new());
+    let hub = Hub::new(
+        store.clone(),
+        ca,
+        policy,
+        config.limits.max_results,
+        log,
+        metrics.clone(),
+    )
+    .map_err(ServerError::Threads)?
+    .with_max_clock_skew(config.limits.max_clock_skew_seconds);
     let hub = Arc::new(hub);
     let closing = Arc::downgrade(&hub);
 
@@ -155,7 +163,6 @@ pub async fn run_with_store(
         max_message_bytes: config.limits.max_message_bytes,
         max_batch_bytes: config.limits.max_batch_bytes,
     };
-    let metrics = Arc::new(crate::metrics::HubMetrics::new());
     let metrics_task = match config.metrics.listen {
         None => None,
         Some(addr) => {

@@ -149,6 +149,10 @@ async fn the_metrics_endpoint_counts_calls_by_rpc_and_status() -> anyhow::Result
         .parse()?;
     assert!(entries >= 2, "{text}");
     assert!(text.contains("huren_hub_request_seconds_bucket"), "{text}");
+    for writer in ["publishes", "queries"] {
+        let count = format!("huren_hub_commit_seconds_count{{writer=\"{writer}\"}} ");
+        assert!(text.contains(&count), "{count} missing:\n{text}");
+    }
     assert!(
         !text.contains("E50000001") && !text.contains(&hex_of(&p)),
         "{text}"

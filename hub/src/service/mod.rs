@@ -164,10 +164,11 @@ impl Hub {
         policy: Arc<PolicyHandle>,
         max_results: usize,
         log: LogSigner,
+        metrics: Arc<crate::metrics::HubMetrics>,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            journal: Journal::start(store.clone())?,
-            intake: Intake::start(store.clone())?,
+            journal: Journal::start(store.clone(), metrics.clone())?,
+            intake: Intake::start(store.clone(), metrics)?,
             signatures: SignatureChecks::start()?,
             store,
             signers: SignerCache::new(ca),
