@@ -35,13 +35,38 @@ use crate::store::SharedStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
-    method: String,
-    code: String,
+    method: &'static str,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
-    method: String,
+    method: &'static str,
+}
+
+/// A status code's name as gRPC writes it in Rust (`Ok`, `InvalidArgument`, …), without an
+/// allocation per call.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "Ok",
+        C::Cancelled => "Cancelled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,14 +159,12 @@ impl HubMetrics {
     pub fn rpc(&self, method: &'static str, code: tonic::Code, took: Duration) {
         self.requests
             .get_or_create(&RpcLabels {
-                method: method.to_owned(),
-                code: format!("{code:?}"),
+                method,
+                code: code_name(code),
             })
             .inc();
         self.latency
-            .get_or_create(&MethodLabel {
-                method: method.to_owned(),
-            })
+            .get_or_create(&MethodLabel { method })
             .observe(took.as_secs_f64());
     }
 
