@@ -103,6 +103,20 @@ impl From<SignedEnvelope> for pb::SignedSummary {
 }
 
 impl SignedEnvelope {
+    /// The envelope as one `huren.summary.v1.SignedSummary` message: how an agent keeps a
+    /// signed summary until it is published (the exact bytes signed, sent again on a retry).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        use prost::Message;
+        pb::SignedSummary::from(self.clone()).encode_to_vec()
+    }
+
+    /// Reads [`SignedEnvelope::to_bytes`]; says why bytes are not an envelope.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        use prost::Message;
+        let signed = pb::SignedSummary::decode(bytes).map_err(|e| e.to_string())?;
+        Self::try_from(signed).map_err(|e| e.to_string())
+    }
+
     /// Verifies the envelope with an already certified signer: signature first, over the exact
     /// bytes; then the body; then that the body's publisher is the certificate's institution.
     pub fn verify_with(&self, signer: &CertifiedSigner) -> Result<VerifiedSummary, VerifyError> {
@@ -298,6 +312,28 @@ mod tests {
             signing_message(b"\x08\x01"),
             b"HUREN-SUMMARY-V1\n\x08\x01".to_vec()
         );
+    }
+
+    /// The bytes an agent keeps a queued summary as are the `SignedSummary` message, byte for
+    /// byte: stores written before `to_bytes` existed still read, and what is kept is what was
+    /// signed and is sent again.
+    #[test]
+    fn stored_bytes_are_the_signed_summary_message() {
+        use prost::Message;
+        let env = SignedEnvelope {
+            body: vec![0x08, 0x01],
+            signature: [7; 64],
+            signer_certificate: vec![0x30, 0x00],
+        };
+        let mut pinned = vec![0x0a, 0x02, 0x08, 0x01, 0x12, 64];
+        pinned.extend([7; 64]);
+        pinned.extend([0x1a, 0x02, 0x30, 0x00]);
+        assert_eq!(env.to_bytes(), pinned);
+        let before = pb::SignedSummary::from(env.clone()).encode_to_vec();
+        assert_eq!(env.to_bytes(), before);
+        assert_eq!(SignedEnvelope::from_bytes(&before), Ok(env));
+        assert!(SignedEnvelope::from_bytes(&[0x12, 0x01, 0x00]).is_err());
+        assert!(SignedEnvelope::from_bytes(&[0xff]).is_err());
     }
 
     /// RFC 8032 section 7.1, test 2: the Ed25519 implementation agrees with the standard.

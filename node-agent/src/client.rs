@@ -4,25 +4,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::Channel;
-
 use huren_core::identity::InstitutionId;
 use huren_core::logentry::{Entry, LogProof, Purpose, summary_leaf};
 use huren_core::pseudonym::{PatientId, Pseudonym, PseudonymKey};
 use huren_core::receipt::Receipt;
-use huren_core::rules::{Decision, RetestReason};
+use huren_core::rules::Decision;
 use huren_core::signing::{SignedEnvelope, SummarySigner, sha256};
+use huren_core::stats::GroupBy;
 use huren_core::summary::{Summary, UnixMillis};
 use huren_core::trust::AllianceCa;
-use huren_proto::hub as pb;
-use huren_proto::hub::hub_client::HubClient;
 
 use crate::config::AgentConfig;
 use crate::credentials::Credentials;
 use crate::error::AgentError;
-use crate::log::{AuditReport, LogWitness, proof_from_pb};
+pub use crate::hub::{DecisionRecorded, Statistics};
+use crate::hub::{HubApi, SentProof};
+use crate::log::{AuditReport, LogWitness, required_proof};
 use crate::verify::{
-    Expectation, FailedResult, VerifiedResult, check_receipt, restore_certificate, verify_stored,
+    Expectation, FailedResult, Returned, VerifiedResult, check_receipt, verify_stored,
 };
 
 /// A member's agent, connected to the hub.
@@ -31,7 +30,7 @@ pub struct Agent {
     ca: AllianceCa,
     signer: Arc<SummarySigner>,
     pseudonym_key: PseudonymKey,
-    hub: HubClient<Channel>,
+    hub: HubApi,
     config: AgentConfig,
     /// The hub's log as this agent witnesses it; `None` without `[log]` in the configuration.
     log: Option<LogWitness>,
@@ -62,16 +61,6 @@ pub struct AccessReportAnswer {
     pub opted_out: bool,
 }
 
-/// Recognition statistics as the hub computed them.
-#[derive(Clone, Debug)]
-pub struct Statistics {
-    /// One row per group, with the item's or member's name when the hub knows it.
-    pub rows: Vec<(huren_core::stats::Row, String)>,
-    pub total: huren_core::stats::Row,
-    /// The policy whose catalogue priced the avoided tests.
-    pub policy_version: String,
-}
-
 /// What Publish answered.
 #[derive(Clone, Debug)]
 pub struct Published {
@@ -98,30 +87,6 @@ pub struct OrderCheck {
     pub failed: Option<FailedResult>,
     pub explanation: String,
     pub candidates: u32,
-}
-
-/// The hub's acknowledgement of a decision.
-#[derive(Clone, Debug)]
-pub struct DecisionRecorded {
-    pub already_recorded: bool,
-    pub at: UnixMillis,
-    pub result_was_recognised: bool,
-}
-
-fn retest_reason_to_pb(r: RetestReason) -> i32 {
-    use RetestReason::*;
-    (match r {
-        ConditionChanged => pb::RetestReason::ConditionChanged,
-        FastChangingValue => pb::RetestReason::FastChangingValue,
-        CriticalStep => pb::RetestReason::CriticalStep,
-        Emergency => pb::RetestReason::Emergency,
-        Appraisal => pb::RetestReason::Appraisal,
-        Other => pb::RetestReason::Other,
-        PatientRequest => pb::RetestReason::PatientRequest,
-        SourceFailedEqa => pb::RetestReason::SourceFailedEqa,
-        TooOld => pb::RetestReason::TooOld,
-        PhysicianJudgement => pb::RetestReason::PhysicianJudgement,
-    }) as i32
 }
 
 /// The answer to a FindPrior or History call: the results that verified, and those that did
@@ -168,7 +133,7 @@ impl Agent {
             ca,
             signer,
             pseudonym_key,
-            hub: HubClient::new(channel),
+            hub: HubApi::new(channel),
             config,
             log,
             purpose: Purpose::Treatment,
@@ -201,7 +166,7 @@ impl Agent {
     /// remembers it for `audit`, and checks the checkpoints' consistency.
     async fn check_logged(
         &self,
-        items: Vec<(&VerifiedResult, Option<pb::LogProof>)>,
+        items: Vec<(&VerifiedResult, SentProof)>,
     ) -> Result<(), AgentError> {
         let Some(log) = &self.log else {
             return Ok(());
@@ -209,12 +174,13 @@ impl Agent {
         let mut notes = std::collections::BTreeSet::new();
         let mut remember = Vec::with_capacity(items.len());
         for (i, (v, proof)) in items.into_iter().enumerate() {
-            let proof = proof_from_pb(proof.ok_or_else(|| {
-                AgentError::Log(format!(
+            let proof = required_proof(
+                proof,
+                &format!(
                     "result #{} came without the inclusion proof asked for",
                     i + 1
-                ))
-            })?)?;
+                ),
+            )?;
             let e = &v.envelope;
             let leaf = summary_leaf(
                 &e.body,
@@ -227,7 +193,7 @@ impl Agent {
             remember.push((proof.index, leaf));
         }
         for note in notes {
-            log.observe(&mut self.hub.clone(), &note).await?;
+            log.observe(&self.hub, &note).await?;
         }
         for (index, leaf) in remember {
             log.remember(index, &leaf)?;
@@ -238,29 +204,20 @@ impl Agent {
     /// The hub's latest checkpoint, checked for consistency with the last one seen (and kept).
     pub async fn checkpoint(&self) -> Result<String, AgentError> {
         let log = self.witness()?;
-        let note = self
-            .hub
-            .clone()
-            .get_checkpoint(pb::GetCheckpointRequest {})
-            .await
-            .map_err(AgentError::Hub)?
-            .into_inner()
-            .checkpoint;
-        log.observe(&mut self.hub.clone(), &note).await?;
+        let note = self.hub.checkpoint().await.map_err(AgentError::Hub)?;
+        log.observe(&self.hub, &note).await?;
         Ok(note)
     }
 
     /// Compares a checkpoint another member saw with ours (gossip): a hub that shows two
     /// members different logs is caught here.
     pub async fn compare_checkpoint(&self, foreign_note: &str) -> Result<(), AgentError> {
-        self.witness()?
-            .compare(&mut self.hub.clone(), foreign_note)
-            .await
+        self.witness()?.compare(&self.hub, foreign_note).await
     }
 
     /// Re-checks everything this agent holds against the hub's latest checkpoint.
     pub async fn audit(&self) -> Result<AuditReport, AgentError> {
-        self.witness()?.audit(&mut self.hub.clone()).await
+        self.witness()?.audit(&self.hub).await
     }
 
     /// Records a patient's opt-out of sharing (or opt-back-in) at the hub.
@@ -271,20 +228,12 @@ impl Agent {
     ) -> Result<(bool, UnixMillis), AgentError> {
         let r = self
             .hub
-            .clone()
-            .set_consent(pb::SetConsentRequest {
-                patient_pseudonym: patient.as_bytes().to_vec(),
-                opted_out,
-            })
+            .set_consent(patient, opted_out)
             .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
+            .map_err(AgentError::Hub)?;
         if let Some(log) = &self.log {
-            let proof =
-                proof_from_pb(r.log_proof.ok_or_else(|| {
-                    AgentError::Log("the consent came without a log proof".into())
-                })?)?;
-            let at = UnixMillis(r.recorded_at_ms);
+            let proof = required_proof(r.log_proof, "the consent came without a log proof")?;
+            let at = r.at;
             let leaf = Entry::Consent {
                 at,
                 member: self.institution.to_string(),
@@ -293,11 +242,10 @@ impl Agent {
             }
             .encode();
             log.verify_entry(&leaf, &proof)?;
-            log.observe(&mut self.hub.clone(), &proof.checkpoint)
-                .await?;
+            log.observe(&self.hub, &proof.checkpoint).await?;
             log.remember(proof.index, &leaf)?;
         }
-        Ok((r.changed, UnixMillis(r.recorded_at_ms)))
+        Ok((r.changed, r.at))
     }
 
     /// Who looked at a patient's results in `[from, to)` (to = 0: now), every entry's
@@ -310,21 +258,19 @@ impl Agent {
     ) -> Result<AccessReportAnswer, AgentError> {
         let r = self
             .hub
-            .clone()
-            .access_report(pb::AccessReportRequest {
-                patient_pseudonym: patient.as_bytes().to_vec(),
-                from_ms: from.0,
-                to_ms: to.0,
-            })
+            .access_report(patient, from, to)
             .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
+            .map_err(AgentError::Hub)?;
         let mut entries = Vec::with_capacity(r.entries.len());
         let mut notes = std::collections::BTreeSet::new();
         for (i, e) in r.entries.into_iter().enumerate() {
             let bad =
                 |what: &str| AgentError::Log(format!("access report entry #{}: {what}", i + 1));
-            let proof = proof_from_pb(e.proof.ok_or_else(|| bad("no inclusion proof"))?)?;
+            let proof = match e.proof {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err(bad("no inclusion proof")),
+                Err(why) => return Err(AgentError::Log(why)),
+            };
             // The leaf is what counts: the readable fields must say the same.
             let Ok(Entry::Access {
                 at,
@@ -341,11 +287,11 @@ impl Agent {
                 return Err(bad("its leaf is not an access entry"));
             };
             if pseudonym != *patient.as_bytes()
-                || at.0 != e.at_ms
+                || at != e.at
                 || caller != e.caller
                 || emergency_override != e.emergency_override
                 || withheld_by_consent != e.withheld_by_consent
-                || pb_purpose(purpose) != e.purpose
+                || Some(purpose) != e.purpose
                 || policy_version.as_deref().unwrap_or_default() != e.policy_version
             {
                 return Err(bad("its fields do not match its logged leaf"));
@@ -369,7 +315,7 @@ impl Agent {
         }
         if let Some(log) = &self.log {
             for note in notes {
-                log.observe(&mut self.hub.clone(), &note).await?;
+                log.observe(&self.hub, &note).await?;
             }
         }
         Ok(AccessReportAnswer {
@@ -429,28 +375,16 @@ impl Agent {
             envelope.signature,
             envelope.signer_certificate.clone(),
         );
-        let response = self
-            .hub
-            .clone()
-            .publish(pb::PublishRequest {
-                summary: Some(envelope.into()),
-            })
-            .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
+        let response = self.hub.publish(envelope).await.map_err(AgentError::Hub)?;
         let receipt = response
             .receipt
-            .ok_or_else(|| AgentError::Protocol("the hub answered without a receipt".into()))?;
-        let receipt = check_receipt(receipt, summary, &digest).map_err(AgentError::Protocol)?;
+            .and_then(|r| check_receipt(r, summary, &digest))
+            .map_err(AgentError::Protocol)?;
         if let Some(log) = &self.log {
-            let proof =
-                proof_from_pb(response.log_proof.ok_or_else(|| {
-                    AgentError::Log("the receipt came without a log proof".into())
-                })?)?;
+            let proof = required_proof(response.log_proof, "the receipt came without a log proof")?;
             let leaf = summary_leaf(&body, &signature, &cert, receipt.accepted_at);
             log.verify_entry(&leaf, &proof)?;
-            log.observe(&mut self.hub.clone(), &proof.checkpoint)
-                .await?;
+            log.observe(&self.hub, &proof.checkpoint).await?;
             log.remember(proof.index, &leaf)?;
         }
         Ok(Published {
@@ -470,25 +404,16 @@ impl Agent {
         let lookback_seconds = lookback.map_or(0, |d| d.as_secs());
         let response = self
             .hub
-            .clone()
-            .find_prior(pb::FindPriorRequest {
-                patient_pseudonym: patient.as_bytes().to_vec(),
-                items: items
-                    .iter()
-                    .map(|(system, code)| pb::ItemCode {
-                        system: system.clone(),
-                        code: code.clone(),
-                    })
-                    .collect(),
-                as_of_ms: as_of.0,
+            .find_prior(
+                patient,
+                items,
+                as_of,
                 lookback_seconds,
-                purpose: pb_purpose(self.purpose),
-                with_proofs: self.log.is_some(),
-                certificates_once: true,
-            })
+                self.purpose,
+                self.log.is_some(),
+            )
             .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
+            .map_err(AgentError::Hub)?;
         let from = match lookback_seconds {
             0 => UnixMillis(0),
             s => UnixMillis(
@@ -504,12 +429,7 @@ impl Agent {
             until: as_of,
         };
         let mut answer = self
-            .verify_all(
-                response.results,
-                &response.signer_certificates,
-                &expect,
-                response.truncated,
-            )
+            .verify_all(response.results, &expect, response.truncated)
             .await?;
         answer.withheld_by_consent = response.withheld_by_consent;
         Ok(answer)
@@ -525,18 +445,15 @@ impl Agent {
     ) -> Result<Answer, AgentError> {
         let response = self
             .hub
-            .clone()
-            .history(pb::HistoryRequest {
-                patient_pseudonym: patient.as_bytes().to_vec(),
-                since_ms: since.0,
-                include_earlier_versions: with_versions,
-                purpose: pb_purpose(self.purpose),
-                with_proofs: self.log.is_some(),
-                certificates_once: true,
-            })
+            .history(
+                patient,
+                since,
+                with_versions,
+                self.purpose,
+                self.log.is_some(),
+            )
             .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
+            .map_err(AgentError::Hub)?;
         let expect = Expectation {
             patient,
             items: None,
@@ -544,12 +461,7 @@ impl Agent {
             until: UnixMillis(i64::MAX),
         };
         let mut answer = self
-            .verify_all(
-                response.results,
-                &response.signer_certificates,
-                &expect,
-                response.truncated,
-            )
+            .verify_all(response.results, &expect, response.truncated)
             .await?;
         answer.withheld_by_consent = response.withheld_by_consent;
         Ok(answer)
@@ -565,55 +477,34 @@ impl Agent {
     ) -> Result<Vec<OrderCheck>, AgentError> {
         let response = self
             .hub
-            .clone()
-            .check_order(pb::CheckOrderRequest {
-                patient_pseudonym: patient.as_bytes().to_vec(),
-                items: order
-                    .iter()
-                    .map(|o| pb::OrderItem {
-                        code: Some(match o {
-                            OrderItem::Catalogue { system, code } => {
-                                pb::order_item::Code::Catalogue(pb::ItemCode {
-                                    system: system.clone(),
-                                    code: code.clone(),
-                                })
-                            }
-                            OrderItem::Local(l) => pb::order_item::Code::LocalCode(l.clone()),
-                        }),
-                    })
-                    .collect(),
-                as_of_ms: as_of.0,
-                purpose: pb_purpose(self.purpose),
-                with_proofs: self.log.is_some(),
-                certificates_once: true,
-            })
+            .check_order(patient, order, as_of, self.purpose, self.log.is_some())
             .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
-        if response.items.len() != order.len() {
+            .map_err(AgentError::Hub)?;
+        if response.len() != order.len() {
             return Err(AgentError::Protocol(format!(
                 "asked about {} items, the hub answered {}",
                 order.len(),
-                response.items.len()
+                response.len()
             )));
         }
         let mut out = Vec::with_capacity(order.len());
-        for (i, (check, asked)) in response.items.into_iter().zip(order).enumerate() {
+        for (i, (check, asked)) in response.into_iter().zip(order).enumerate() {
             let mut failed = None;
             let best = match (check.best, &check.item) {
-                (Some(mut stored), Some(item)) => {
-                    let proof = stored.log_proof.take();
-                    let receipt = stored.receipt.clone();
-                    let items = [(item.system.clone(), item.code.clone())];
+                (Some(returned), Some(item)) => {
+                    let Returned { claimed, parts } = returned;
+                    let items = [item.clone()];
                     let expect = Expectation {
                         patient,
                         items: Some(&items),
                         from: UnixMillis(0),
                         until: as_of,
                     };
-                    match restore_certificate(&mut stored, &response.signer_certificates)
-                        .and_then(|()| verify_stored(stored, &self.ca, &expect))
-                    {
+                    let mut proof = Ok(None);
+                    match parts.and_then(|mut u| {
+                        proof = u.take_proofs().0;
+                        verify_stored(u, &self.ca, &expect)
+                    }) {
                         Ok(v) => {
                             if !v.verdict.as_ref().is_some_and(|v| v.recognised()) {
                                 return Err(AgentError::Protocol(
@@ -625,7 +516,7 @@ impl Agent {
                             Some(v)
                         }
                         Err(reason) => {
-                            failed = Some(FailedResult::logged(i + 1, receipt.as_ref(), reason));
+                            failed = Some(FailedResult::logged(i + 1, claimed.as_ref(), reason));
                             None
                         }
                     }
@@ -639,7 +530,7 @@ impl Agent {
             };
             out.push(OrderCheck {
                 asked: asked.clone(),
-                item: check.item.map(|i| (i.system, i.code)),
+                item: check.item,
                 item_name: check.item_name,
                 best,
                 failed,
@@ -657,32 +548,10 @@ impl Agent {
         result: &Receipt,
         decision: &Decision,
     ) -> Result<DecisionRecorded, AgentError> {
-        let (kind, reason, note) = match decision {
-            Decision::Adopted => (pb::DecisionKind::Adopted, None, String::new()),
-            Decision::Retested { reason, note } => {
-                (pb::DecisionKind::Retested, *reason, note.clone())
-            }
-        };
-        let r = self
-            .hub
-            .clone()
-            .record_decision(pb::RecordDecisionRequest {
-                decision_id: decision_id.to_owned(),
-                publisher: result.publisher.to_string(),
-                summary_id: result.summary_id.to_string(),
-                version: result.version,
-                decision: kind as i32,
-                reason: reason.map_or(0, retest_reason_to_pb),
-                note,
-            })
+        self.hub
+            .record_decision(decision_id, result, decision)
             .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
-        Ok(DecisionRecorded {
-            already_recorded: r.already_recorded,
-            at: UnixMillis(r.recorded_at_ms),
-            result_was_recognised: r.result_was_recognised,
-        })
+            .map_err(AgentError::Hub)
     }
 
     /// Recognition statistics for `[from, to)`.
@@ -690,31 +559,12 @@ impl Agent {
         &self,
         from: UnixMillis,
         to: UnixMillis,
-        by: huren_core::stats::GroupBy,
+        by: GroupBy,
     ) -> Result<Statistics, AgentError> {
-        let r = self
-            .hub
-            .clone()
-            .get_statistics(pb::StatisticsRequest {
-                from_ms: from.0,
-                to_ms: to.0,
-                group_by: pb::GroupBy::from(by) as i32,
-            })
+        self.hub
+            .statistics(from, to, by)
             .await
-            .map_err(AgentError::Hub)?
-            .into_inner();
-        Ok(Statistics {
-            rows: r
-                .rows
-                .into_iter()
-                .map(huren_proto::convert::row_from_pb)
-                .collect(),
-            total: r
-                .total
-                .map(|t| huren_proto::convert::row_from_pb(t).0)
-                .unwrap_or_default(),
-            policy_version: r.policy_version,
-        })
+            .map_err(AgentError::Hub)
     }
 
     /// Verifies every returned result (after putting back the signing certificates an answer
@@ -723,8 +573,7 @@ impl Agent {
     /// history for everyone.)
     async fn verify_all(
         &self,
-        results: Vec<pb::StoredSummary>,
-        certificates: &[Vec<u8>],
+        results: Vec<Returned>,
         expect: &Expectation<'_>,
         truncated: bool,
     ) -> Result<Answer, AgentError> {
@@ -733,23 +582,18 @@ impl Agent {
         let mut proofs = Vec::with_capacity(results.len());
         // Earlier versions (History) carry proofs too; they are checked like the results.
         let mut earlier_proofs = Vec::with_capacity(results.len());
-        for (i, mut stored) in results.into_iter().enumerate() {
-            let proof = stored.log_proof.take();
-            let earlier = stored
-                .earlier_versions
-                .iter_mut()
-                .map(|e| e.log_proof.take())
-                .collect::<Vec<_>>();
-            let receipt = stored.receipt.clone();
-            match restore_certificate(&mut stored, certificates)
-                .and_then(|()| verify_stored(stored, &self.ca, expect))
-            {
+        for (i, Returned { claimed, parts }) in results.into_iter().enumerate() {
+            let (mut proof, mut earlier) = (Ok(None), Vec::new());
+            match parts.and_then(|mut u| {
+                (proof, earlier) = u.take_proofs();
+                verify_stored(u, &self.ca, expect)
+            }) {
                 Ok(v) => {
                     verified.push(v);
                     proofs.push(proof);
                     earlier_proofs.push(earlier);
                 }
-                Err(reason) => failed.push(FailedResult::logged(i + 1, receipt.as_ref(), reason)),
+                Err(reason) => failed.push(FailedResult::logged(i + 1, claimed.as_ref(), reason)),
             }
         }
         if verified
@@ -773,9 +617,4 @@ impl Agent {
             withheld_by_consent: false,
         })
     }
-}
-
-/// A purpose as the wire carries it.
-fn pb_purpose(p: Purpose) -> i32 {
-    pb::Purpose::from(p) as i32
 }

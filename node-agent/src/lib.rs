@@ -7,6 +7,8 @@
 //! - [`client::Agent`]: the connection to the hub, signing, pseudonymisation, verified queries.
 //! - [`results`]: the `huren-results/1` JSON format read by `huren-agent publish`.
 //! - [`log`]: the agent as a witness of the hub's verifiable log (proofs, checkpoints, audit).
+//! - [`hub`]: the hub's gRPC calls, requests from and answers to domain values; with
+//!   [`repository`]'s service, the only module that sees `huren_proto` types.
 //! - [`verify`]: checks on everything the hub returns.
 //! - [`table`]: result tables for the terminal.
 //! - [`config`]: the TOML configuration.
@@ -39,6 +41,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod draft;
 pub mod error;
+pub mod hub;
 pub mod ingest;
 pub mod log;
 pub mod mapping;

@@ -13,15 +13,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 use huren_core::checkpoint::{Checkpoint, NoteVerifier, open_checkpoint};
 use huren_core::logentry::{LogProof, verify_leaf};
-use huren_core::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
-use huren_proto::hub as pb;
-use huren_proto::hub::hub_client::HubClient;
+use huren_core::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 
 use crate::error::AgentError;
+use crate::hub::{HubApi, SentProof};
 
 /// File of the last checkpoint seen, in the state folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
@@ -51,14 +49,10 @@ fn io_err(path: &Path, e: std::io::Error) -> AgentError {
     AgentError::Setup(format!("log state {}: {e}", path.display()))
 }
 
-/// Reads proof hashes from the wire.
-pub fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, AgentError> {
-    huren_proto::convert::hashes("proof", proof).map_err(log_err)
-}
-
-/// Reads a log proof from the wire.
-pub fn proof_from_pb(p: pb::LogProof) -> Result<LogProof, AgentError> {
-    LogProof::try_from(p).map_err(log_err)
+/// A proof the hub sent for an entry the agent relies on: one that is missing (`missing` says
+/// what came without it) or does not read is the hub's log failing verification.
+pub fn required_proof(proof: SentProof, missing: &str) -> Result<LogProof, AgentError> {
+    proof.map_err(log_err)?.ok_or_else(|| log_err(missing))
 }
 
 /// What `huren-agent audit` found.
@@ -130,11 +124,7 @@ impl LogWitness {
 
     /// Checks that two checkpoints describe one append-only log, asking the hub for the
     /// consistency proof between their sizes.
-    async fn consistent(
-        hub: &mut HubClient<Channel>,
-        a: &Checkpoint,
-        b: &Checkpoint,
-    ) -> Result<(), AgentError> {
+    async fn consistent(hub: &HubApi, a: &Checkpoint, b: &Checkpoint) -> Result<(), AgentError> {
         let (old, new) = if a.size <= b.size { (a, b) } else { (b, a) };
         if old.size == new.size {
             if old.root != new.root {
@@ -146,10 +136,7 @@ impl LogWitness {
             return Ok(());
         }
         let proof = hub
-            .get_consistency_proof(pb::ConsistencyProofRequest {
-                old_size: old.size,
-                new_size: new.size,
-            })
+            .consistency_proof(old.size, new.size)
             .await
             .map_err(|status| {
                 if status.code() == tonic::Code::OutOfRange {
@@ -164,14 +151,8 @@ impl LogWitness {
                     AgentError::Hub(status)
                 }
             })?
-            .into_inner();
-        verify_consistency(
-            old.size,
-            new.size,
-            &old.root,
-            &new.root,
-            &hashes(&proof.proof)?,
-        )
+            .map_err(log_err)?;
+        verify_consistency(old.size, new.size, &old.root, &new.root, &proof)
         .map_err(|e| {
             log_err(format!(
                 "the log of {} entries is not an extension of the log of {} entries this agent saw: {e}",
@@ -182,11 +163,7 @@ impl LogWitness {
 
     /// Takes in a checkpoint from the hub: checks it is consistent with the last one seen and
     /// keeps the larger.
-    pub async fn observe(
-        &self,
-        hub: &mut HubClient<Channel>,
-        note: &str,
-    ) -> Result<Checkpoint, AgentError> {
+    pub async fn observe(&self, hub: &HubApi, note: &str) -> Result<Checkpoint, AgentError> {
         let checkpoint = self.open_note(note)?;
         let mut last = self.last.lock().await;
         if let Some(seen) = last.as_ref() {
@@ -205,11 +182,7 @@ impl LogWitness {
 
     /// Compares a checkpoint obtained elsewhere (gossiped by another member, say) with this
     /// agent's last one. A hub that served the two members different trees fails here.
-    pub async fn compare(
-        &self,
-        hub: &mut HubClient<Channel>,
-        foreign_note: &str,
-    ) -> Result<(), AgentError> {
+    pub async fn compare(&self, hub: &HubApi, foreign_note: &str) -> Result<(), AgentError> {
         let foreign = self.open_note(foreign_note)?;
         let last = self.last.lock().await;
         match last.as_ref() {
@@ -283,13 +256,8 @@ impl LogWitness {
     /// Re-checks everything: the hub's latest checkpoint against the last one seen, and every
     /// remembered entry against the latest checkpoint. Keeps the latest checkpoint only if
     /// nothing is wrong.
-    pub async fn audit(&self, hub: &mut HubClient<Channel>) -> Result<AuditReport, AgentError> {
-        let note = hub
-            .get_checkpoint(pb::GetCheckpointRequest {})
-            .await
-            .map_err(AgentError::Hub)?
-            .into_inner()
-            .checkpoint;
+    pub async fn audit(&self, hub: &HubApi) -> Result<AuditReport, AgentError> {
+        let note = hub.checkpoint().await.map_err(AgentError::Hub)?;
         let now = self.open_note(&note)?;
         let before = self.last().await.map(|s| s.checkpoint);
         let mut problems = Vec::new();
@@ -307,14 +275,8 @@ impl LogWitness {
                 ));
                 continue;
             }
-            let answer = hub
-                .get_inclusion_proof(pb::InclusionProofRequest {
-                    index: *index,
-                    tree_size: now.size,
-                })
-                .await;
-            let answer = match answer {
-                Ok(a) => a.into_inner(),
+            let answer = match hub.inclusion_proof(*index, now.size).await {
+                Ok(a) => a,
                 Err(status) => {
                     problems.push(format!(
                         "log entry {index}: the hub gave no inclusion proof ({})",
@@ -330,11 +292,10 @@ impl LogWitness {
                     "log entry {index} is no longer what the hub logged when this agent saw it (rewritten, dropped or reordered)"
                 ));
             }
-            let proof = match answer.proof.map(|p| hashes(&p.proof)).transpose() {
-                Ok(Some(p)) => p,
-                Ok(None) => Vec::new(),
+            let proof = match answer.proof {
+                Ok(p) => p,
                 Err(e) => {
-                    problems.push(format!("log entry {index}: {e}"));
+                    problems.push(format!("log entry {index}: {}", log_err(e)));
                     continue;
                 }
             };

@@ -30,15 +30,13 @@ use tokio::task::JoinSet;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use huren_core::logentry::summary_leaf;
 use huren_core::signing::sha256;
 use huren_core::summary::{Summary, UnixMillis};
-use huren_proto::hub as pb;
-use huren_proto::hub::hub_client::HubClient;
-
-use huren_core::logentry::summary_leaf;
 
 use crate::config::OutboxConfig;
-use crate::log::{LogWitness, proof_from_pb};
+use crate::hub::{BatchOutcome, HubApi, PublishAnswer};
+use crate::log::{LogWitness, required_proof};
 use crate::store::{Pending, Store, StoreError};
 use crate::verify::check_receipt;
 
@@ -124,7 +122,7 @@ pub fn is_refusal(code: Code) -> bool {
 /// Publishes the store's outbox to the hub until shut down.
 pub struct Publisher {
     store: Arc<Store>,
-    hub: HubClient<Channel>,
+    hub: HubApi,
     settings: OutboxConfig,
     wake: Arc<Notify>,
     /// Set once the hub has shown it cannot take batches: one summary per call from then on.
@@ -158,7 +156,7 @@ impl Publisher {
     ) -> Self {
         Self {
             store,
-            hub: HubClient::new(channel),
+            hub: HubApi::new(channel),
             settings,
             wake,
             unary_only: Arc::new(AtomicBool::new(false)),
@@ -192,7 +190,7 @@ impl Publisher {
         }
         let mut problem = None;
         for note in notes {
-            if let Err(e) = log.observe(&mut self.hub.clone(), &note).await {
+            if let Err(e) = log.observe(&self.hub, &note).await {
                 problem = Some(e.to_string());
                 break;
             }
@@ -392,7 +390,7 @@ impl Publisher {
 
     /// Starts one call for `batch`: Publish for a single summary, PublishBatch otherwise.
     fn start_call(&self, calls: &mut JoinSet<Vec<(Pending, Attempt)>>, mut batch: Vec<Pending>) {
-        let mut hub = self.hub.clone();
+        let hub = self.hub.clone();
         let unary_only = self.unary_only.clone();
         let log = self.log.clone();
         calls.spawn(async move {
@@ -400,10 +398,10 @@ impl Publisher {
             if batch.len() == 1
                 && let Some(p) = batch.pop()
             {
-                let attempt = publish_one(&mut hub, &p, log).await;
+                let attempt = publish_one(&hub, &p, log).await;
                 return vec![(p, attempt)];
             }
-            publish_batch(&mut hub, batch, &unary_only, log).await
+            publish_batch(&hub, batch, &unary_only, log).await
         });
     }
 }
@@ -417,15 +415,13 @@ fn envelope_size(p: &Pending) -> usize {
 /// does not implement the call, or refuses the batch as a whole, turns on `unary_only`, and
 /// every summary of the batch counts as failed (sent again, one per call, after the back-off).
 async fn publish_batch(
-    hub: &mut HubClient<Channel>,
+    hub: &HubApi,
     batch: Vec<Pending>,
     unary_only: &AtomicBool,
     log: Option<&LogWitness>,
 ) -> Vec<(Pending, Attempt)> {
     let answer = hub
-        .publish_batch(pb::PublishBatchRequest {
-            summaries: batch.iter().map(|p| p.envelope.clone().into()).collect(),
-        })
+        .publish_batch(batch.iter().map(|p| p.envelope.clone()).collect())
         .await;
     let all_failed = |batch: Vec<Pending>, why: String| -> Vec<(Pending, Attempt)> {
         batch
@@ -434,7 +430,7 @@ async fn publish_batch(
             .collect()
     };
     let outcomes = match answer {
-        Ok(response) => response.into_inner().outcomes,
+        Ok(outcomes) => outcomes,
         Err(status)
             if matches!(
                 status.code(),
@@ -465,8 +461,8 @@ async fn publish_batch(
         .into_iter()
         .zip(outcomes)
         .map(|(p, outcome)| {
-            let attempt = match outcome.outcome {
-                Some(pb::publish_outcome::Outcome::Published(response)) => {
+            let attempt = match outcome {
+                BatchOutcome::Published(response) => {
                     match Summary::from_body_bytes(&p.envelope.body) {
                         Ok(summary) => published(response, &summary, &p, log),
                         Err(e) => {
@@ -474,33 +470,34 @@ async fn publish_batch(
                         }
                     }
                 }
-                Some(pb::publish_outcome::Outcome::Refused(r)) => {
-                    let code = Code::from_i32(r.code);
+                BatchOutcome::Refused { code, message } => {
                     if is_refusal(code) {
-                        Attempt::Refused(format!("{code:?}: {}", r.message))
+                        Attempt::Refused(format!("{code:?}: {message}"))
                     } else {
-                        Attempt::Failed(format!("{code:?}: {}", r.message))
+                        Attempt::Failed(format!("{code:?}: {message}"))
                     }
                 }
-                None => Attempt::Failed("the hub answered without an outcome".into()),
+                BatchOutcome::Missing => {
+                    Attempt::Failed("the hub answered without an outcome".into())
+                }
             };
             (p, attempt)
         })
         .collect()
 }
 
-/// What a PublishResponse means for the summary sent: its receipt, and with a log witness,
+/// What a Publish answer means for the summary sent: its receipt, and with a log witness,
 /// its inclusion proof checked against the proof's checkpoint.
 fn published(
-    response: pb::PublishResponse,
+    response: PublishAnswer,
     sent: &Summary,
     p: &Pending,
     log: Option<&LogWitness>,
 ) -> Attempt {
-    let Some(receipt) = response.receipt else {
-        return Attempt::Failed("the hub answered without a receipt".into());
-    };
-    let r = match check_receipt(receipt, sent, &sha256(&p.envelope.body)) {
+    let r = match response
+        .receipt
+        .and_then(|r| check_receipt(r, sent, &sha256(&p.envelope.body)))
+    {
         Ok(r) => r,
         Err(e) => return Attempt::Failed(e),
     };
@@ -509,17 +506,15 @@ fn published(
         Some(log) => {
             let e = &p.envelope;
             let leaf = summary_leaf(&e.body, &e.signature, &e.signer_certificate, r.accepted_at);
-            let checked = response
-                .log_proof
-                .ok_or_else(|| {
-                    crate::error::AgentError::Log(format!(
-                        "the receipt for {} version {} came without a log proof",
-                        sent.result_key(),
-                        sent.version
-                    ))
-                })
-                .and_then(proof_from_pb)
-                .and_then(|proof| log.verify_entry(&leaf, &proof).map(|_| proof));
+            let checked = required_proof(
+                response.log_proof,
+                &format!(
+                    "the receipt for {} version {} came without a log proof",
+                    sent.result_key(),
+                    sent.version
+                ),
+            )
+            .and_then(|proof| log.verify_entry(&leaf, &proof).map(|_| proof));
             match checked {
                 Ok(proof) => Some((proof.index, leaf, proof.checkpoint)),
                 Err(e) => {
@@ -536,22 +531,13 @@ fn published(
     }
 }
 
-async fn publish_one(
-    hub: &mut HubClient<Channel>,
-    p: &Pending,
-    log: Option<&LogWitness>,
-) -> Attempt {
+async fn publish_one(hub: &HubApi, p: &Pending, log: Option<&LogWitness>) -> Attempt {
     let summary = match Summary::from_body_bytes(&p.envelope.body) {
         Ok(s) => s,
         Err(e) => return Attempt::Refused(format!("the queued summary does not decode: {e}")),
     };
-    let answer = hub
-        .publish(pb::PublishRequest {
-            summary: Some(p.envelope.clone().into()),
-        })
-        .await;
-    match answer {
-        Ok(response) => published(response.into_inner(), &summary, p, log),
+    match hub.publish(p.envelope.clone()).await {
+        Ok(response) => published(response, &summary, p, log),
         Err(status) if is_refusal(status.code()) => {
             Attempt::Refused(format!("{:?}: {}", status.code(), status.message()))
         }

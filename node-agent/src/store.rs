@@ -26,9 +26,8 @@ use prost::Message;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use huren_core::pb;
 use huren_core::pseudonym::Pseudonym;
-use huren_core::signing::{SignedEnvelope, VerifyError};
+use huren_core::signing::SignedEnvelope;
 use huren_core::summary::{SummaryId, UnixMillis};
 
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +277,7 @@ impl Store {
                 let record = QueuedRecord {
                     summary_id: r.summary_id.to_string(),
                     version: r.version,
-                    envelope: pb::SignedSummary::from(r.envelope.clone()).encode_to_vec(),
+                    envelope: r.envelope.to_bytes(),
                     enqueued_at_ms: at,
                     ..Default::default()
                 };
@@ -354,9 +353,8 @@ impl Store {
         for entry in self.outbox.iter().take(limit) {
             let (k, v) = entry?;
             let r: QueuedRecord = decode(&v, "outbox record")?;
-            let signed: pb::SignedSummary = decode(&r.envelope, "queued envelope")?;
-            let envelope = SignedEnvelope::try_from(signed)
-                .map_err(|e: VerifyError| StoreError::Corrupt(e.to_string()))?;
+            let envelope = SignedEnvelope::from_bytes(&r.envelope)
+                .map_err(|e| StoreError::Corrupt(format!("queued envelope: {e}")))?;
             out.push(Pending {
                 seq: seq_of(&k)?,
                 summary_id: r.summary_id,

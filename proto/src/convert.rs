@@ -1,13 +1,16 @@
 //! The one place where wire messages and domain values meet for what both the hub and the
-//! agents convert: purposes, groupings, reasons, log proofs and receipts. Each direction is
+//! agents convert: purposes, re-test reasons and decisions, groupings, reasons and verdicts,
+//! log proofs and receipts. Each direction is
 //! written once; a value off the wire that the domain has no place for is `None` or a
 //! [`WireError`] naming the field, never a panic.
 
+use huren_core::identity::InstitutionId;
 use huren_core::logentry::{LogProof, Purpose};
 use huren_core::merkle::Hash;
 use huren_core::receipt::Receipt;
-use huren_core::rules::Reason;
+use huren_core::rules::{Decision, Reason, RetestReason, Verdict};
 use huren_core::stats::{GroupBy, Row};
+use huren_core::summary::{SummaryId, UnixMillis};
 
 use crate::hub as pb;
 
@@ -43,6 +46,83 @@ pub fn purpose(value: i32) -> Option<Purpose> {
         pb::Purpose::QualityControl => Purpose::QualityControl,
         pb::Purpose::Unspecified => return None,
     })
+}
+
+impl From<RetestReason> for pb::RetestReason {
+    fn from(r: RetestReason) -> Self {
+        use RetestReason::*;
+        match r {
+            ConditionChanged => pb::RetestReason::ConditionChanged,
+            FastChangingValue => pb::RetestReason::FastChangingValue,
+            CriticalStep => pb::RetestReason::CriticalStep,
+            Emergency => pb::RetestReason::Emergency,
+            Appraisal => pb::RetestReason::Appraisal,
+            Other => pb::RetestReason::Other,
+            PatientRequest => pb::RetestReason::PatientRequest,
+            SourceFailedEqa => pb::RetestReason::SourceFailedEqa,
+            TooOld => pb::RetestReason::TooOld,
+            PhysicianJudgement => pb::RetestReason::PhysicianJudgement,
+        }
+    }
+}
+
+/// The re-test reason a wire value names: `Some(None)` for unspecified (no reason given),
+/// `None` for an unknown value.
+pub fn retest_reason(value: i32) -> Option<Option<RetestReason>> {
+    use pb::RetestReason as P;
+    Some(Some(match P::try_from(value).ok()? {
+        P::ConditionChanged => RetestReason::ConditionChanged,
+        P::FastChangingValue => RetestReason::FastChangingValue,
+        P::CriticalStep => RetestReason::CriticalStep,
+        P::Emergency => RetestReason::Emergency,
+        P::Appraisal => RetestReason::Appraisal,
+        P::Other => RetestReason::Other,
+        P::PatientRequest => RetestReason::PatientRequest,
+        P::SourceFailedEqa => RetestReason::SourceFailedEqa,
+        P::TooOld => RetestReason::TooOld,
+        P::PhysicianJudgement => RetestReason::PhysicianJudgement,
+        P::Unspecified => return Some(None),
+    }))
+}
+
+/// A decision as RecordDecisionRequest carries it: kind, re-test reason and note.
+pub fn decision_to_pb(d: &Decision) -> (pb::DecisionKind, pb::RetestReason, String) {
+    match d {
+        Decision::Adopted => (
+            pb::DecisionKind::Adopted,
+            pb::RetestReason::Unspecified,
+            String::new(),
+        ),
+        Decision::Retested { reason, note } => (
+            pb::DecisionKind::Retested,
+            reason.map_or(pb::RetestReason::Unspecified, pb::RetestReason::from),
+            note.clone(),
+        ),
+    }
+}
+
+/// The decision a RecordDecisionRequest's `decision`, `reason` and `note` state.
+pub fn decision(kind: i32, reason: i32, note: String) -> Result<Decision, WireError> {
+    let bad = |field, reason: &str| WireError {
+        field,
+        reason: reason.to_owned(),
+    };
+    let reason = retest_reason(reason).ok_or_else(|| WireError {
+        field: "RecordDecisionRequest.reason",
+        reason: format!("{reason} is not a known re-test reason"),
+    })?;
+    match pb::DecisionKind::try_from(kind) {
+        Ok(pb::DecisionKind::Adopted) if reason.is_some() => Err(bad(
+            "RecordDecisionRequest.reason",
+            "an adopted result takes no re-test reason",
+        )),
+        Ok(pb::DecisionKind::Adopted) => Ok(Decision::Adopted),
+        Ok(pb::DecisionKind::Retested) => Ok(Decision::Retested { reason, note }),
+        _ => Err(bad(
+            "RecordDecisionRequest.decision",
+            "must be ADOPTED or RETESTED",
+        )),
+    }
 }
 
 impl From<GroupBy> for pb::GroupBy {
@@ -98,6 +178,57 @@ pub fn reason(value: i32) -> Option<Reason> {
     })
 }
 
+/// A verdict as the wire carries it, under the policy version that made it.
+pub fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
+    pb::Verdict {
+        recognition: if v.recognised() {
+            pb::Recognition::Recognised
+        } else {
+            pb::Recognition::NotRecognised
+        } as i32,
+        reasons: v
+            .reasons
+            .iter()
+            .map(|(r, text)| pb::ReasonDetail {
+                reason: pb::NotRecognisedReason::from(*r) as i32,
+                explanation: text.clone(),
+            })
+            .collect(),
+        hr_mark: v.hr_mark.clone().unwrap_or_default(),
+        valid_until_ms: v.valid_until.map_or(0, |t| t.0),
+        policy_version: policy_version.to_owned(),
+    }
+}
+
+/// A verdict off the wire. One that says RECOGNISED but lists reasons (or the reverse)
+/// contradicts itself and is refused.
+impl TryFrom<pb::Verdict> for Verdict {
+    type Error = WireError;
+
+    fn try_from(v: pb::Verdict) -> Result<Self, WireError> {
+        let mut reasons = Vec::with_capacity(v.reasons.len());
+        for d in v.reasons {
+            let r = reason(d.reason).ok_or_else(|| WireError {
+                field: "Verdict.reasons",
+                reason: format!("unknown reason {}", d.reason),
+            })?;
+            reasons.push((r, d.explanation));
+        }
+        let recognised = v.recognition == pb::Recognition::Recognised as i32;
+        if recognised != reasons.is_empty() {
+            return Err(WireError {
+                field: "Verdict.recognition",
+                reason: "its verdict contradicts itself".into(),
+            });
+        }
+        Ok(Verdict {
+            reasons,
+            hr_mark: (!v.hr_mark.is_empty()).then_some(v.hr_mark),
+            valid_until: (v.valid_until_ms != 0).then_some(UnixMillis(v.valid_until_ms)),
+        })
+    }
+}
+
 impl From<LogProof> for pb::LogProof {
     fn from(p: LogProof) -> Self {
         pb::LogProof {
@@ -143,6 +274,30 @@ impl From<&Receipt> for pb::Receipt {
             body_sha256: r.body_sha256.to_vec(),
             accepted_at_ms: r.accepted_at.0,
         }
+    }
+}
+
+/// A receipt off the wire: the publisher and summary id must be valid ids and the digest 32
+/// bytes. Nothing here says the receipt is true; the agent checks it against the signed body.
+impl TryFrom<pb::Receipt> for Receipt {
+    type Error = WireError;
+
+    fn try_from(r: pb::Receipt) -> Result<Self, WireError> {
+        let bad = |field, reason: String| WireError { field, reason };
+        Ok(Receipt {
+            publisher: InstitutionId::parse(&r.publisher)
+                .map_err(|e| bad("Receipt.publisher", e.to_string()))?,
+            summary_id: SummaryId::parse(&r.summary_id)
+                .map_err(|e| bad("Receipt.summary_id", e.to_string()))?,
+            version: r.version,
+            body_sha256: r.body_sha256.as_slice().try_into().map_err(|_| {
+                bad(
+                    "Receipt.body_sha256",
+                    format!("{} bytes, not 32", r.body_sha256.len()),
+                )
+            })?,
+            accepted_at: UnixMillis(r.accepted_at_ms),
+        })
     }
 }
 
@@ -240,5 +395,88 @@ mod tests {
         };
         let (back, label) = row_from_pb(row_to_pb(row.clone(), "血红蛋白".into()));
         assert_eq!((back, label.as_str()), (row, "血红蛋白"));
+    }
+
+    /// Re-test reasons and decisions go to the wire and back; a decision the domain has no
+    /// place for is refused with the field named.
+    #[test]
+    fn retest_reasons_and_decisions() {
+        for r in RetestReason::ALL {
+            assert_eq!(
+                retest_reason(pb::RetestReason::from(r) as i32),
+                Some(Some(r))
+            );
+        }
+        assert_eq!(retest_reason(0), Some(None));
+        assert_eq!(retest_reason(99), None);
+        for d in [
+            Decision::Adopted,
+            Decision::Retested {
+                reason: Some(RetestReason::TooOld),
+                note: "n".into(),
+            },
+            Decision::Retested {
+                reason: None,
+                note: String::new(),
+            },
+        ] {
+            let (kind, reason, note) = decision_to_pb(&d);
+            assert_eq!(decision(kind as i32, reason as i32, note), Ok(d));
+        }
+        let adopted = pb::DecisionKind::Adopted as i32;
+        let too_old = pb::RetestReason::TooOld as i32;
+        let err = decision(adopted, too_old, String::new()).unwrap_err();
+        assert_eq!(err.field, "RecordDecisionRequest.reason");
+        assert!(err.reason.contains("adopted"), "{err}");
+        assert_eq!(
+            decision(0, 0, String::new()).unwrap_err().field,
+            "RecordDecisionRequest.decision"
+        );
+        assert!(decision(adopted, 77, String::new()).is_err());
+    }
+
+    /// Verdicts and receipts go to the wire and back; a verdict that contradicts itself and a
+    /// receipt with no valid ids do not read.
+    #[test]
+    fn verdicts_and_receipts() {
+        let not = Verdict {
+            reasons: vec![(Reason::Voided, "voided".into())],
+            hr_mark: None,
+            valid_until: Some(UnixMillis(5)),
+        };
+        assert_eq!(Verdict::try_from(verdict_to_pb(&not, "7")), Ok(not));
+        let recognised = Verdict {
+            reasons: vec![],
+            hr_mark: Some("全国HR".into()),
+            valid_until: None,
+        };
+        let wire = verdict_to_pb(&recognised, "7");
+        assert_eq!(wire.policy_version, "7");
+        assert_eq!(Verdict::try_from(wire.clone()), Ok(recognised));
+        let mut contradictory = wire;
+        contradictory.reasons.push(pb::ReasonDetail {
+            reason: pb::NotRecognisedReason::Voided as i32,
+            explanation: String::new(),
+        });
+        let err = Verdict::try_from(contradictory).unwrap_err();
+        assert_eq!(err.field, "Verdict.recognition");
+
+        let receipt = Receipt {
+            publisher: InstitutionId::parse("shx-prov-people").unwrap(),
+            summary_id: SummaryId::parse("LAB-1").unwrap(),
+            version: 2,
+            body_sha256: [9; 32],
+            accepted_at: UnixMillis(11),
+        };
+        assert_eq!(
+            Receipt::try_from(pb::Receipt::from(&receipt)),
+            Ok(receipt.clone())
+        );
+        let err = Receipt::try_from(pb::Receipt::default()).unwrap_err();
+        assert_eq!(err.field, "Receipt.publisher");
+        let mut short = pb::Receipt::from(&receipt);
+        short.body_sha256.pop();
+        let err = Receipt::try_from(short).unwrap_err();
+        assert_eq!(err.field, "Receipt.body_sha256");
     }
 }

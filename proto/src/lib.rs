@@ -2,9 +2,9 @@
 //! the reflection service publishes. The signed summary messages (`huren.summary.v1`) come from
 //! `huren_core::pb`; this crate only adds the service around them.
 //!
-//! Only the edges use these types: the hub's `grpc` module and the agent's client convert them
-//! to domain types straight away, with the conversions both sides need written once in
-//! [`convert`].
+//! Only the edges use these types: the hub's `grpc` module and the agent's `hub` module (and
+//! its repository service, `repository`) convert them to domain types straight away, with the
+//! conversions both sides need written once in [`convert`].
 
 #![allow(clippy::all)]
 
