@@ -92,6 +92,15 @@ impl Repository for RepositoryService {
                 "the publisher's copy of the report is damaged; the publisher has been alerted in its log",
             ));
         }
+        if crate::ingest::fhir::holds_several_patients(&report.media_type, &report.bytes) {
+            tracing::error!(
+                version = report.version,
+                "the stored report is a FHIR Bundle holding more than one patient; not served"
+            );
+            return Err(Status::failed_precondition(
+                "this report is a FHIR Bundle that also holds other patients' results, so it is not served; the publisher must publish the result again with a report of its own (read it again from the source after 2026-12-04)",
+            ));
+        }
         tracing::info!(
             version = report.version,
             bytes = report.bytes.len(),

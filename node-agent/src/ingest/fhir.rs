@@ -77,6 +77,39 @@ fn type_of(v: &Value) -> &str {
     s(v, "resourceType")
 }
 
+/// Whether a full report is a FHIR Bundle that holds more than one patient: several Patient
+/// resources, or subjects named by different logical identifiers. Results read from a Bundle
+/// before 2026-12-04 had the whole file as their report; the repository refuses to serve such
+/// a report to other members (it would show them other patients' results).
+pub fn holds_several_patients(media_type: &str, bytes: &[u8]) -> bool {
+    if media_type != FHIR_MEDIA_TYPE {
+        return false;
+    }
+    let Ok(root) = serde_json::from_slice::<Value>(bytes) else {
+        return false;
+    };
+    if type_of(&root) != "Bundle" {
+        return false;
+    }
+    let resources: Vec<&Value> = root
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(|entries| entries.iter().filter_map(|e| e.get("resource")).collect())
+        .unwrap_or_default();
+    let patients = resources.iter().filter(|r| type_of(r) == "Patient").count();
+    // Subjects named by a logical identifier (no Patient resource): distinct identifiers are
+    // distinct patients. References are not compared: one patient may be referred to by its
+    // fullUrl in one resource and by Patient/id in another.
+    let mut identified: Vec<String> = resources
+        .iter()
+        .filter_map(|r| r.get("subject")?.get("identifier"))
+        .map(|id| format!("{}|{}", s(id, "system"), s(id, "value")))
+        .collect();
+    identified.sort();
+    identified.dedup();
+    patients > 1 || identified.len() > 1
+}
+
 /// Reads a FHIR JSON file: one unit per DiagnosticReport (with the Observations and
 /// ImagingStudies it refers to) and per Observation or ImagingStudy no report refers to, each
 /// accepted or refused on its own, so one resource the agent cannot read does not hold back

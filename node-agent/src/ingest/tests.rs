@@ -924,4 +924,20 @@ fn a_bundle_result_report_holds_only_its_own_patient() {
     }
     seen.sort();
     assert_eq!(seen, [false, true]);
+    // The whole two-patient file, which older agents stored as each result's report, is
+    // recognised so that the repository refuses to serve it; each result's own Bundle is not.
+    use crate::ingest::fhir::{FHIR_MEDIA_TYPE, holds_several_patients};
+    assert!(holds_several_patients(FHIR_MEDIA_TYPE, &bytes));
+    for u in &units {
+        assert!(
+            !holds_several_patients(FHIR_MEDIA_TYPE, &u.reports[0].bytes),
+            "{}",
+            u.label
+        );
+    }
+    assert!(!holds_several_patients("application/pdf", &bytes));
+    assert!(!holds_several_patients(
+        FHIR_MEDIA_TYPE,
+        &data("fhir/bundle-referenced-lab.json")
+    ));
 }
