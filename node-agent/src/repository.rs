@@ -98,7 +98,7 @@ impl Repository for RepositoryService {
                 "the stored report is a FHIR Bundle holding more than one patient; not served"
             );
             return Err(Status::failed_precondition(
-                "this report is a FHIR Bundle that also holds other patients' results, so it is not served; the publisher must publish the result again with a report of its own (read it again from the source after 2026-12-04)",
+                "this report is a FHIR Bundle that also holds other patients' results, so it is not served; the publisher must send the result again from its source as a correction (FHIR status amended or corrected), which gives it a report of its own",
             ));
         }
         tracing::info!(
