@@ -27,7 +27,7 @@ use huren_core::trust::client_institution;
 use huren_proto::convert;
 use huren_proto::hub as pb;
 
-use huren_core::rules::{Decision, Verdict};
+use huren_core::rules::Decision;
 
 use crate::error::HubError;
 use crate::metrics::HubMetrics;
@@ -245,29 +245,8 @@ fn ask(purpose: i32, with_proofs: bool) -> Result<Ask, HubError> {
     })
 }
 
-fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
-    pb::Verdict {
-        recognition: if v.recognised() {
-            pb::Recognition::Recognised
-        } else {
-            pb::Recognition::NotRecognised
-        } as i32,
-        reasons: v
-            .reasons
-            .iter()
-            .map(|(r, text)| pb::ReasonDetail {
-                reason: pb::NotRecognisedReason::from(*r) as i32,
-                explanation: text.clone(),
-            })
-            .collect(),
-        hr_mark: v.hr_mark.clone().unwrap_or_default(),
-        valid_until_ms: v.valid_until.map_or(0, |t| t.0),
-        policy_version: policy_version.to_owned(),
-    }
-}
-
 fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
-    let verdict = verdict_to_pb(&j.verdict, policy_version);
+    let verdict = convert::verdict_to_pb(&j.verdict, policy_version);
     let earlier = j
         .earlier
         .into_iter()
