@@ -100,9 +100,7 @@ fn write_batches(
         let store = store.clone();
         let metrics = metrics.clone();
         runtime.spawn(async move {
-            let started = std::time::Instant::now();
-            let durable = store.commit().await.map_err(|e| e.to_string());
-            metrics.commit("publishes", started.elapsed());
+            let durable = metrics.timed_commit(&store, "publishes").await;
             let mut results = batch.results.into_iter();
             for j in jobs {
                 let mine: Vec<_> = results.by_ref().take(j.items.len()).collect();

@@ -77,9 +77,7 @@ fn write_batches(
         let store = store.clone();
         let metrics = metrics.clone();
         runtime.spawn(async move {
-            let started = std::time::Instant::now();
-            let durable = store.commit().await.map_err(|e| e.to_string());
-            metrics.commit("queries", started.elapsed());
+            let durable = metrics.timed_commit(&store, "queries").await;
             for ack in acks {
                 let _ = ack.send(durable.clone());
             }

@@ -182,6 +182,19 @@ impl HubMetrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Waits for `store`'s group commit and records how long it took for `writer`; the
+    /// error, if any, as text for the callers waiting on it.
+    pub async fn timed_commit(
+        &self,
+        store: &SharedStore,
+        writer: &'static str,
+    ) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let durable = store.commit().await.map_err(|e| e.to_string());
+        self.commit(writer, started.elapsed());
+        durable
+    }
+
     /// The text a scrape gets, with the log's size and the policy version read now.
     fn render(&self, log_entries: u64, policy_version: &str) -> String {
         self.log_entries
