@@ -13,14 +13,9 @@
 //!
 //! Nothing in them names a patient, a pseudonym or a result.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -220,78 +215,20 @@ pub struct MetricsSource {
     pub policy: Arc<PolicyHandle>,
 }
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-async fn answer(source: &MetricsSource, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, body: String, kind: &str| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        if let Ok(v) = hyper::header::HeaderValue::from_str(kind) {
-            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        r
-    };
-    if request.uri().path() != "/metrics" {
-        return reply(
-            StatusCode::NOT_FOUND,
-            "not found: the metrics are at /metrics\n".into(),
-            "text/plain; charset=utf-8",
-        );
-    }
-    if request.method() != Method::GET {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET /metrics\n".into(),
-            "text/plain; charset=utf-8",
-        );
-    }
-    let size = match source.store.tree_head().await {
-        Ok(head) => head.size,
-        Err(e) => {
-            tracing::error!(error = %e, "metrics: the log's size could not be read");
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store could not be read; the error is in the hub's log\n".into(),
-                "text/plain; charset=utf-8",
-            );
-        }
-    };
-    let body = source.metrics.render(size, &source.policy.get().version);
-    reply(StatusCode::OK, body, OPENMETRICS)
-}
-
-/// How long a metrics connection may take to send its request head, and to be served.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Serves `GET /metrics` on `listener` until the task is dropped. Each connection is bounded in
-/// time; accept errors back off instead of spinning.
+/// Serves `GET /metrics` on `listener` (see `huren_metrics_http`) until the task is aborted.
 pub async fn serve(listener: TcpListener, source: MetricsSource) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff = Duration::from_millis(10);
-                stream
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener: accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let render: huren_metrics_http::Render = Arc::new(move || {
         let source = source.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let source = source.clone();
-                async move { Ok::<_, Infallible>(answer(&source, &request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-        });
-    }
+        Box::pin(async move {
+            let head = source
+                .store
+                .tree_head()
+                .await
+                .map_err(|e| format!("the log's size could not be read: {e}"))?;
+            Ok(source
+                .metrics
+                .render(head.size, &source.policy.get().version))
+        })
+    });
+    huren_metrics_http::serve(listener, render).await;
 }

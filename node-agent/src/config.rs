@@ -39,6 +39,9 @@ pub struct AgentConfig {
     /// Serving full reports to alliance members (`run`). Without it no report is served.
     #[serde(default)]
     pub repository: Option<RepositoryConfig>,
+    /// The metrics endpoint; absent: none.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// The hub's verifiable log: with it the agent checks every receipt and result against
     /// checkpoints signed by the hub's log key (`huren-agent audit`). See node-agent/src/log.rs.
     #[serde(default)]
@@ -194,6 +197,15 @@ impl Default for OutboxConfig {
             batch_size: default_batch_size(),
         }
     }
+}
+
+/// The metrics endpoint (`huren_agent::metrics`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics` (plain HTTP, no certificate): keep it on 127.0.0.1 or a
+    /// management network.
+    pub listen: std::net::SocketAddr,
 }
 
 /// The repository service: full reports to alliance members over mutual TLS.
@@ -356,6 +368,10 @@ mod tests {
         assert_eq!(config.institution, "lantian-county");
         assert!(config.signing.key.is_absolute());
         assert_eq!(config.display_utc_offset, "+08:00");
+        assert_eq!(
+            config.metrics.as_ref().map(|m| m.listen),
+            Some("127.0.0.1:9465".parse().unwrap())
+        );
         assert!(config.pseudonym.key_file.is_some());
         let log = config.log.as_ref().unwrap();
         huren_core::checkpoint::NoteVerifier::parse(&log.verifier_key).unwrap();

@@ -103,6 +103,7 @@ pub struct Daemon {
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<(), DaemonError>>)>,
     repository_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Daemon {
@@ -197,6 +198,30 @@ impl Daemon {
                 }),
             ));
         }
+        // Metrics.
+        let mut metrics_addr = None;
+        if let Some(m) = &config.metrics {
+            let listener =
+                TcpListener::bind(m.listen)
+                    .await
+                    .map_err(|source| DaemonError::Bind {
+                        addr: m.listen.to_string(),
+                        source,
+                    })?;
+            metrics_addr = listener.local_addr().ok();
+            let store = store.clone();
+            let mut stopped_metrics = stopped.clone();
+            tasks.push((
+                "metrics",
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = crate::metrics::serve(listener, store) => {}
+                        _ = stopped_metrics.wait_for(|s| *s) => {}
+                    }
+                    Ok(())
+                }),
+            ));
+        }
         let counts = store.counts();
         tracing::info!(
             institution = %credentials.institution,
@@ -211,6 +236,7 @@ impl Daemon {
             stop,
             tasks,
             repository_addr,
+            metrics_addr,
         })
     }
 
@@ -227,6 +253,11 @@ impl Daemon {
     /// Where the repository listens, if it runs.
     pub fn repository_addr(&self) -> Option<SocketAddr> {
         self.repository_addr
+    }
+
+    /// Where the metrics endpoint listens, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Makes the publisher look at the outbox now.

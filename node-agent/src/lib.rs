@@ -45,6 +45,7 @@ pub mod hub;
 pub mod ingest;
 pub mod log;
 pub mod mapping;
+pub mod metrics;
 pub mod outbox;
 pub mod repository;
 pub mod results;

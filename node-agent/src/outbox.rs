@@ -519,6 +519,7 @@ fn published(
                 Ok(proof) => Some((proof.index, leaf, proof.checkpoint)),
                 Err(e) => {
                     tracing::error!(summary = %sent.result_key(), version = sent.version, problem = %e, "receipt not taken: the hub's log failed verification");
+                    crate::metrics::log_check_failed();
                     return Attempt::Failed(e.to_string());
                 }
             }

@@ -457,6 +457,15 @@ impl Store {
         }
     }
 
+    /// When the oldest summary still waiting in the outbox was queued (`None`: none waits).
+    pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
+        let Some((_, raw)) = self.outbox.first()? else {
+            return Ok(None);
+        };
+        let record: QueuedRecord = decode(&raw, "queued summary")?;
+        Ok(Some(record.enqueued_at_ms))
+    }
+
     /// The report of version `version` of result `id` (`None`: the latest version queued).
     pub fn report(
         &self,

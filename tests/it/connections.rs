@@ -11,7 +11,7 @@ use huren_hub::config::Limits;
 
 use anyhow::Context;
 
-use crate::harness::{HGB, LOINC, TestHub, hours, lab_summary, prior_request, publish, sign};
+use crate::harness::{HGB, LOINC, TestHub, hours, http, lab_summary, prior_request, publish, sign};
 
 /// Whether the hub closed `s` within `within` (a read gives end of file or an error).
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
@@ -96,15 +96,6 @@ async fn idle_and_half_open_connections_are_bounded_and_members_still_get_answer
         .find_prior(prior_request(&patient, &[(LOINC, HGB)]))
         .await?;
     Ok(())
-}
-
-/// Sends one HTTP/1.1 request to `addr` and returns the whole answer (head and body).
-async fn http(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await??;
-    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// The metrics endpoint (issue 20, part 7): after a publish and a query it counts both by RPC

@@ -1000,3 +1000,13 @@ pub fn mixed_order_signature(
     signature[32..].copy_from_slice(s.as_bytes());
     Ok(signature)
 }
+
+/// Sends one HTTP/1.1 request to `addr` and returns the whole answer (head and body).
+pub async fn http(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}

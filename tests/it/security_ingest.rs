@@ -422,3 +422,57 @@ async fn test_messages_and_future_results_are_refused_before_signing() -> anyhow
     daemon.shutdown().await?;
     Ok(())
 }
+
+/// The value of metric `name` (a line `name value`) in a metrics page.
+fn metric(page: &str, name: &str) -> anyhow::Result<i64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .with_context(|| format!("no {name} in:\n{page}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{name} is not a number"))
+}
+
+/// The agent daemon's metrics endpoint (issue 20, part 7): what is published, and, while the hub
+/// is down, what waits and for how long, read from the store at each scrape.
+#[tokio::test]
+async fn the_agent_metrics_show_the_outbox_and_its_oldest_wait() -> anyhow::Result<()> {
+    init();
+    let mut hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let mut text = std::fs::read_to_string(&dirs.config)?;
+    text.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&dirs.config, text)?;
+    let daemon = start_daemon(&dirs).await?;
+    let addr = daemon.metrics_addr().context("no metrics endpoint")?;
+    let get = || {
+        crate::harness::http(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+    };
+    drop_file(&dirs.inbox, "a.hl7", oru("MET-A", &ric(931), 2).as_bytes())?;
+    wait_for("2 published", || Ok(daemon.counts().published == 2)).await?;
+    let page = get().await?;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert_eq!(metric(&page, "huren_agent_outbox_published")?, 2);
+    assert_eq!(metric(&page, "huren_agent_outbox_pending")?, 0);
+    assert_eq!(metric(&page, "huren_agent_outbox_oldest_age_seconds")?, 0);
+    // Counted per process (other tests in this one may fail log checks on purpose): present.
+    metric(&page, "huren_agent_log_check_failures_total")?;
+    assert!(!page.contains(&ric(931)), "{page}");
+
+    // The hub goes away: what is read now waits, and the wait shows.
+    hub.stop().await?;
+    drop_file(&dirs.inbox, "b.hl7", oru("MET-B", &ric(932), 1).as_bytes())?;
+    wait_for("1 waiting", || Ok(daemon.counts().pending == 1)).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let page = get().await?;
+    assert_eq!(metric(&page, "huren_agent_outbox_pending")?, 1);
+    assert!(
+        metric(&page, "huren_agent_outbox_oldest_age_seconds")? >= 2,
+        "{page}"
+    );
+    daemon.shutdown().await?;
+    Ok(())
+}
