@@ -784,3 +784,86 @@ async fn the_daemon_and_backfill_check_receipts_against_the_log() -> anyhow::Res
     assert!(!county_state.join("receipts").exists());
     Ok(())
 }
+
+/// A report stored before 2026-12-04 for a result read from a FHIR Bundle was the whole file,
+/// other patients included: the repository does not serve such a report, and says how the
+/// publisher fixes it.
+#[tokio::test]
+async fn a_stored_report_holding_several_patients_is_not_served() -> anyhow::Result<()> {
+    use huren_agent::store::{NewResult, ReportBytes, ResultState};
+    use huren_core::signing::{SignedEnvelope, sha256};
+    init();
+    let hub = TestHub::start().await?;
+    let dirs = agent_config(&hub, TERTIARY)?;
+    let county = AgentConfig::load(&agent_config(&hub, COUNTY)?.config)?;
+    let daemon = start_daemon(&dirs).await?;
+    let addr = daemon
+        .repository_addr()
+        .context("no repository")?
+        .to_string();
+    // A Bundle with two patients, as older agents kept it as each result's report.
+    let patient = |id: &str, ric: &str| {
+        serde_json::json!({"resource": {"resourceType": "Patient", "id": id,
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": ric}]}})
+    };
+    let bundle = serde_json::to_vec(&serde_json::json!({
+        "resourceType": "Bundle", "type": "collection",
+        "entry": [patient("p1", &ric(941)), patient("p2", &ric(942))],
+    }))?;
+    let digest = sha256(&bundle);
+    let mut summary = crate::harness::lab_summary(
+        TERTIARY,
+        "OLD-BUNDLE-1",
+        hub.patient("E60000001"),
+        crate::harness::HGB,
+        crate::harness::hours(3),
+    )?;
+    summary.report.sha256 = digest;
+    summary.report.media_type = huren_agent::ingest::fhir::FHIR_MEDIA_TYPE.into();
+    let envelope =
+        SignedEnvelope::try_from(crate::harness::sign(&hub.member(TERTIARY)?, &summary)?)?;
+    let report = ReportBytes {
+        sha256: digest,
+        media_type: huren_agent::ingest::fhir::FHIR_MEDIA_TYPE.into(),
+        bytes: bundle,
+    };
+    daemon.store().enqueue(
+        &[NewResult {
+            envelope: &envelope,
+            summary_id: &summary.id,
+            version: 1,
+            state: ResultState {
+                version: 1,
+                content: [0; 32],
+                report_sha256: digest,
+                voided: false,
+                patient: Some(summary.patient),
+            },
+            report: &report,
+        }],
+        None,
+    )?;
+    let err = huren_agent::commands::fetch(
+        county,
+        &addr,
+        TERTIARY,
+        "OLD-BUNDLE-1",
+        0,
+        Expected::Sha256(hex::encode(digest)),
+        &hub.root().join("fetched.json"),
+        huren_agent::table::parse_offset("+08:00").map_err(anyhow::Error::msg)?,
+    )
+    .await
+    .err()
+    .context("a report holding two patients was served")?;
+    match &err {
+        CommandError::Fetch(FetchError::Refused { status, .. }) => {
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{err}");
+            assert!(status.message().contains("as a correction"), "{err}");
+        }
+        other => bail!("unexpected error: {other}"),
+    }
+    assert!(!hub.root().join("fetched.json").exists());
+    daemon.shutdown().await?;
+    Ok(())
+}
