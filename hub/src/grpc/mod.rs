@@ -115,51 +115,40 @@ where
     Fut: Future<Output = Result<R, HubError>>,
 {
     let started = std::time::Instant::now();
-    let answer = handle_call(method, request, max_bytes, f).await;
+    let answer = async {
+        let caller = match caller(&request) {
+            Ok(c) => c,
+            Err(e) => {
+                let span = tracing::info_span!("rpc", method, caller = "?");
+                return Err(span.in_scope(|| e.into_status()));
+            }
+        };
+        let span = tracing::info_span!("rpc", method, caller = %caller);
+        let bytes = request.get_ref().encoded_len();
+        if bytes > max_bytes {
+            let e = HubError::TooLarge {
+                method,
+                bytes,
+                limit: max_bytes,
+            };
+            return Err(span.in_scope(|| e.into_status()));
+        }
+        async move {
+            match f(caller, request.into_inner()).await {
+                Ok(r) => Ok(Response::new(r)),
+                Err(e) => Err(e.into_status()),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+    .await;
     let code = match &answer {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
     };
     metrics.rpc(method, code, started.elapsed());
     answer
-}
-
-async fn handle_call<T, R, F, Fut>(
-    method: &'static str,
-    request: Request<T>,
-    max_bytes: usize,
-    f: F,
-) -> Result<Response<R>, Status>
-where
-    T: prost::Message,
-    F: FnOnce(InstitutionId, T) -> Fut,
-    Fut: Future<Output = Result<R, HubError>>,
-{
-    let caller = match caller(&request) {
-        Ok(c) => c,
-        Err(e) => {
-            let span = tracing::info_span!("rpc", method, caller = "?");
-            return Err(span.in_scope(|| e.into_status()));
-        }
-    };
-    let span = tracing::info_span!("rpc", method, caller = %caller);
-    let bytes = request.get_ref().encoded_len();
-    if bytes > max_bytes {
-        let e = HubError::TooLarge {
-            method,
-            bytes,
-            limit: max_bytes,
-        };
-        return Err(span.in_scope(|| e.into_status()));
-    }
-    async move {
-        match f(caller, request.into_inner()).await {
-            Ok(r) => Ok(Response::new(r)),
-            Err(e) => Err(e.into_status()),
-        }
-    }
-    .instrument(span)
-    .await
 }
 
 fn publish_response(outcome: &PutOutcome, proof: LogProof) -> pb::PublishResponse {
