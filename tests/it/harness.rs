@@ -207,6 +207,18 @@ impl TestHub {
         Ok((hub, metrics))
     }
 
+    /// Starts a hub in this process with `more` appended to its configuration file (TOML
+    /// tables, e.g. `[[witness]]` entries).
+    pub async fn start_with_config(more: &str) -> anyhow::Result<TestHub> {
+        let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;
+        let mut config = fs::read_to_string(&hub.config_path)?;
+        config.push('\n');
+        config.push_str(more);
+        fs::write(&hub.config_path, config)?;
+        hub.launch().await?;
+        Ok(hub)
+    }
+
     /// Starts the real `huren-hub` binary as a child process (default limits).
     pub async fn start_process() -> anyhow::Result<TestHub> {
         let mut hub = Self::prepare(Mode::Process, &Limits::default())?;

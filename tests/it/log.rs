@@ -27,7 +27,7 @@ use crate::harness::{
 };
 
 /// The hub's log verifier key, read from the key file the hub created.
-fn verifier(hub: &TestHub) -> anyhow::Result<NoteVerifier> {
+pub(crate) fn verifier(hub: &TestHub) -> anyhow::Result<NoteVerifier> {
     let config = huren_hub::HubConfig::load(&hub.config_path)?;
     let key =
         huren_hub::log::LogSigner::load_or_create(&config.log_key_path(), &config.log.origin)?;
@@ -67,6 +67,16 @@ fn with_purpose(mut r: pb::FindPriorRequest, purpose: pb::Purpose) -> pb::FindPr
 
 /// An agent configuration with the log checked, its state in `state`.
 fn agent_config(hub: &TestHub, id: &str, state: &Path) -> anyhow::Result<PathBuf> {
+    agent_config_with(hub, id, state, "")
+}
+
+/// [`agent_config`] with more lines in its `[log]` section.
+pub(crate) fn agent_config_with(
+    hub: &TestHub,
+    id: &str,
+    state: &Path,
+    more_log: &str,
+) -> anyhow::Result<PathBuf> {
     let files = hub.member_files(id)?;
     let path = hub.root().join(format!("log-agent-{id}.toml"));
     std::fs::write(
@@ -76,7 +86,7 @@ fn agent_config(hub: &TestHub, id: &str, state: &Path) -> anyhow::Result<PathBuf
              [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
              [signing]\ncert = {:?}\nkey = {:?}\n\
              [pseudonym]\nkey_file = {:?}\n\
-             [log]\nverifier_key = {:?}\nstate_dir = {:?}\n",
+             [log]\nverifier_key = {:?}\nstate_dir = {:?}\n{more_log}",
             hub.url(),
             hub.paths.ca_cert,
             files.tls_cert,

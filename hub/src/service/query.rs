@@ -112,7 +112,7 @@ impl Hub {
         // covers them without a flush per query.
         let min_size = results.iter().map(|j| last_index(j) + 1).max().unwrap_or(0);
         let head = self.store.recent_durable_head(min_size).await?;
-        let checkpoint = self.sign(head)?;
+        let (head, checkpoint) = self.checkpoint_note(head).await?;
         // Each result and its earlier versions, depth first, without recursing in async.
         let mut todo = results;
         while let Some(j) = todo.pop() {
