@@ -224,6 +224,39 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Write a portable proof of one of a patient's results (huren-proof/1 JSON): the signed
+    /// summary, its certificate, its inclusion proof and the (cosigned) checkpoint, checkable
+    /// offline by anyone with the alliance CA and the log's key (`verify-file`). Needs [log].
+    /// The lookup is a History query, logged like any other.
+    ExportProof {
+        #[command(flatten)]
+        patient: Patient,
+        /// The result: publisher/summary-id, optionally @version (default the latest).
+        #[arg(long)]
+        result: String,
+        /// Where to write it; default standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a huren-proof/1 file offline: signature, certificate, the leaf's inclusion in the
+    /// log, the checkpoint's signature, and witness cosignatures if asked. Needs no
+    /// configuration and no network.
+    VerifyFile {
+        /// The proof file.
+        file: PathBuf,
+        /// The alliance CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The log's verifier key (`huren-hub --print-log-key`).
+        #[arg(long)]
+        log_key: String,
+        /// A trusted witness's verifier key (repeat for several).
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// How many of the witnesses must have cosigned (default: all given).
+        #[arg(long)]
+        quorum: Option<usize>,
+    },
     /// Record a patient's opt-out of sharing their results (or opt-back-in).
     Consent {
         #[command(flatten)]
@@ -509,11 +542,24 @@ fn print_answer(answer: &Answer, offset: time::UtcOffset) {
 /// Runs one command with the configuration at `config`, asking the hub as `asking` says.
 /// `shutdown` completes on Ctrl-C or SIGTERM (the daemon and backfill stop on it).
 pub async fn run(
-    config: &Path,
+    config: Option<&Path>,
     asking: Asking,
     command: Command,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Command::VerifyFile {
+        file,
+        ca,
+        log_key,
+        witnesses,
+        quorum,
+    } = &command
+    {
+        return verify_file(file, ca, log_key, witnesses, *quorum);
+    }
+    let config = config.ok_or_else(|| {
+        anyhow::anyhow!("give the agent's configuration with --config (or HUREN_AGENT_CONFIG)")
+    })?;
     let config = AgentConfig::load(config)?;
     let offset = parse_offset(&config.display_utc_offset).map_err(anyhow::Error::msg)?;
     let command = match command {
@@ -595,6 +641,13 @@ pub async fn run(
             );
             print_answer(&answer, offset);
         }
+        // Handled above, before the configuration is read.
+        Command::VerifyFile { .. } => {}
+        Command::ExportProof {
+            patient,
+            result,
+            out,
+        } => export_proof(&agent, &asking, &patient, &result, out.as_deref()).await?,
         Command::History {
             patient,
             since,
@@ -985,6 +1038,145 @@ async fn run_stats(
             print!("{}", t.render());
         }
     }
+    Ok(())
+}
+
+/// `export-proof`: finds the result in the patient's history (verified, with its proof) and
+/// writes its huren-proof/1 file.
+async fn export_proof(
+    agent: &Agent,
+    asking: &Asking,
+    patient: &Patient,
+    result: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let (key, version) = match result.split_once('@') {
+        Some((k, v)) => (
+            k,
+            Some(v.parse::<u32>().map_err(|_| {
+                anyhow::anyhow!("--result: the version after @ must be a number, got {v:?}")
+            })?),
+        ),
+        None => (result, None),
+    };
+    let (publisher, summary_id) = key.split_once('/').ok_or_else(|| {
+        anyhow::anyhow!("--result must be publisher/summary-id[@version], got {result:?}")
+    })?;
+    if agent.log().is_none() {
+        bail!(
+            "export-proof needs the hub's log checked: add [log] verifier_key to the configuration"
+        );
+    }
+    let pseudonym = patient_pseudonym(agent, patient)?;
+    let answer = agent
+        .history(asking, &pseudonym, UnixMillis(0), version.is_some())
+        .await?;
+    let found = answer
+        .results
+        .iter()
+        .flat_map(|r| std::iter::once(r).chain(r.earlier.iter()))
+        .find(|r| {
+            r.receipt.publisher.as_str() == publisher
+                && r.receipt.summary_id.as_str() == summary_id
+                && version.is_none_or(|v| r.receipt.version == v)
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{result} is not among this patient's results at the hub (check the publisher, the summary id and the version)"
+            )
+        })?;
+    let file = crate::proof_file::export(found)?;
+    let text = serde_json::to_string_pretty(&file)? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(path, text)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            eprintln!(
+                "Wrote the proof of {} v{} to {}; check it with huren-agent verify-file.",
+                key,
+                found.receipt.version,
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// `verify-file`: the offline check of a huren-proof/1 file.
+fn verify_file(
+    file: &Path,
+    ca: &Path,
+    log_key: &str,
+    witnesses: &[String],
+    quorum: Option<usize>,
+) -> anyhow::Result<()> {
+    use crate::proof_file::{MAX_FILE_BYTES, Trust, verify};
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
+    let ca = huren_core::trust::AllianceCa::from_pem(&String::from_utf8_lossy(&read(ca)?))
+        .map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
+    let log = huren_core::checkpoint::NoteVerifier::parse(log_key.trim())
+        .map_err(|e| anyhow::anyhow!("--log-key: {e}"))?;
+    let witnesses = witnesses
+        .iter()
+        .map(|w| {
+            huren_core::cosignature::CosignerKey::parse(w.trim())
+                .map_err(|e| anyhow::anyhow!("--witness {w:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let quorum = quorum.unwrap_or(witnesses.len());
+    if quorum > witnesses.len() {
+        bail!(
+            "--quorum {quorum} is more than the {} witnesses given",
+            witnesses.len()
+        );
+    }
+    let bytes = read(file)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        bail!(
+            "{}: over {MAX_FILE_BYTES} bytes; not a proof file",
+            file.display()
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text; not a proof file", file.display()))?;
+    let proven = verify(
+        &text,
+        &Trust {
+            ca,
+            log,
+            witnesses,
+            quorum,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{}: NOT PROVEN: {e}", file.display()))?;
+    let s = &proven.summary;
+    println!(
+        "PROVEN: {} v{} ({} {}), signed by {}, accepted by the hub at {}, entry {} of the log of {} entries{}.",
+        s.result_key(),
+        s.version,
+        s.item.code,
+        s.item.display,
+        s.publisher,
+        format_time(proven.accepted_at, time::UtcOffset::UTC),
+        proven.log_index,
+        proven.tree_size,
+        if proven.cosigned_by.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", cosigned by {}",
+                proven
+                    .cosigned_by
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
     Ok(())
 }
 

@@ -182,13 +182,16 @@ impl Agent {
 
     /// Checks that each verified result is in the hub's log (when `[log]` is configured),
     /// remembers it for `audit`, and checks the checkpoints' consistency.
+    /// Checks each result's inclusion proof (with `[log]`); the proofs, in order (none
+    /// without `[log]`).
     async fn check_logged(
         &self,
         items: Vec<(&VerifiedResult, SentProof)>,
-    ) -> Result<(), AgentError> {
+    ) -> Result<Vec<LogProof>, AgentError> {
         let Some(log) = &self.log else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let mut checked = Vec::with_capacity(items.len());
         let mut notes = std::collections::BTreeSet::new();
         let mut remember = Vec::with_capacity(items.len());
         for (i, (v, proof)) in items.into_iter().enumerate() {
@@ -209,6 +212,7 @@ impl Agent {
             log.verify_entry(&leaf, &proof)?;
             notes.insert(proof.checkpoint.clone());
             remember.push((proof.index, leaf));
+            checked.push(proof);
         }
         for note in notes {
             log.observe(&self.hub, &note).await?;
@@ -216,7 +220,7 @@ impl Agent {
         for (index, leaf) in remember {
             log.remember(index, &leaf)?;
         }
-        Ok(())
+        Ok(checked)
     }
 
     /// The hub's latest checkpoint, checked for consistency with the last one seen (and kept).
@@ -531,7 +535,8 @@ impl Agent {
                                         .into(),
                                 ));
                             }
-                            self.check_logged(vec![(&v, proof)]).await?;
+                            let mut v = v;
+                            v.log_proof = self.check_logged(vec![(&v, proof)]).await?.pop();
                             Some(v)
                         }
                         Err(reason) => {
@@ -624,11 +629,21 @@ impl Agent {
             ));
         }
         let mut logged = Vec::with_capacity(verified.len());
+        let mut earlier_counts = Vec::with_capacity(verified.len());
         for ((v, proof), earlier) in verified.iter().zip(proofs).zip(earlier_proofs) {
             logged.push((v, proof));
+            let before = logged.len();
             logged.extend(v.earlier.iter().zip(earlier));
+            earlier_counts.push(logged.len() - before);
         }
-        self.check_logged(logged).await?;
+        // Each result keeps the proof it was checked with (in the order of `logged`).
+        let mut checked = self.check_logged(logged).await?.into_iter();
+        for (v, n) in verified.iter_mut().zip(earlier_counts) {
+            v.log_proof = checked.next();
+            for e in v.earlier.iter_mut().take(n) {
+                e.log_proof = checked.next();
+            }
+        }
         Ok(Answer {
             results: verified,
             failed,

@@ -47,6 +47,7 @@ pub mod log;
 pub mod mapping;
 pub mod metrics;
 pub mod outbox;
+pub mod proof_file;
 pub mod repository;
 pub mod results;
 pub mod store;

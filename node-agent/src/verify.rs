@@ -66,6 +66,9 @@ pub struct VerifiedResult {
     pub verdict: Option<Verdict>,
     /// Earlier versions of the result, newest first, each verified (History with versions).
     pub earlier: Vec<VerifiedResult>,
+    /// The inclusion proof the result was checked with, when the agent checks the hub's log
+    /// (`[log]`): what `huren-agent export-proof` writes out.
+    pub log_proof: Option<huren_core::logentry::LogProof>,
 }
 
 /// A returned result that failed verification: kept out of what is shown, and reported with
@@ -192,6 +195,7 @@ pub fn verify_stored(
         envelope: verified.envelope,
         verdict,
         earlier,
+        log_proof: None,
     })
 }
 

@@ -13,8 +13,9 @@ use huren_agent::cli::{Command, PurposeArg};
 #[command(version)]
 struct Args {
     /// Configuration file (see node-agent/agent.example.toml).
+    /// (Every command but verify-file needs it.)
     #[arg(long, short, env = "HUREN_AGENT_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t)]
     log_format: huren::LogFormat,
@@ -38,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = huren::shutdown_signal();
     let mut asking = Asking::new(args.purpose.into());
     asking.requester = args.requester;
-    huren_agent::cli::run(&args.config, asking, args.command, shutdown).await
+    huren_agent::cli::run(args.config.as_deref(), asking, args.command, shutdown).await
 }
 
 fn requester(s: &str) -> Result<String, String> {

@@ -10,6 +10,7 @@ mod harness;
 mod interop;
 mod log;
 mod node_daemon;
+mod proof_file;
 mod publish;
 mod query;
 mod rules;
