@@ -4,6 +4,7 @@
 mod agent;
 mod bad_input;
 mod connections;
+mod crash_loop;
 mod deploy;
 mod durability;
 mod harness;
