@@ -65,6 +65,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// `--check`: the store against itself; a non-zero exit when anything is wrong.
 fn check(config: &huren_hub::HubConfig) -> anyhow::Result<()> {
+    if config.store_kind() == huren_hub::config::StoreKind::Postgres {
+        anyhow::bail!(
+            "--check reads sled stores; {} is a PostgreSQL database (its log is checked by the agents' proofs, and its tables are append-only by trigger: README, PostgreSQL)",
+            config.store_display()
+        );
+    }
     let store =
         huren_hub::store::SledStore::open_with_cache(&config.store, config.store_cache_mb << 20)
             .with_context(|| format!("opening the store {}", config.store.display()))?;

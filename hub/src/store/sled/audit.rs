@@ -1,7 +1,7 @@
 use super::*;
 
 /// The log leaf of an access.
-pub(super) fn access_leaf(a: &Access) -> Vec<u8> {
+pub(crate) fn access_leaf(a: &Access) -> Vec<u8> {
     Entry::Access {
         at: a.at,
         caller: a.caller.to_string(),

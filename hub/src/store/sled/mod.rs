@@ -67,6 +67,7 @@
 //! cut.
 
 mod audit;
+pub(crate) use audit::access_leaf;
 mod check;
 mod log;
 mod records;
