@@ -34,6 +34,7 @@ fn access(i: u64, patient: Pseudonym) -> Access {
         patient,
         results: vec![],
         policy_version: "test".into(),
+        requester: String::new(),
     }
 }
 
