@@ -1354,3 +1354,33 @@ pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+impl TestHub {
+    /// Points the stopped hub's configuration at the PostgreSQL database `url`, keeping the
+    /// log key it had (restart it afterwards).
+    pub fn use_postgres_store(&mut self, url: &str) -> anyhow::Result<()> {
+        ensure!(!self.is_running(), "stop the hub first");
+        let config = fs::read_to_string(&self.config_path)?;
+        let mut log_key = self.store_path.clone().into_os_string();
+        log_key.push(".log-key");
+        let mut out = String::new();
+        for line in config.lines() {
+            if line.starts_with("store = ") {
+                out.push_str(&format!("store = {}\n", serde_json::to_string(url)?));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if self.store_url.is_none() {
+            out.push_str(&format!(
+                "\n[log]\nkey = {}\n",
+                serde_json::to_string(&log_key.to_string_lossy())?
+            ));
+        }
+        fs::write(&self.config_path, out)?;
+        self.backend = Backend::Postgres;
+        self.store_url = Some(url.to_owned());
+        Ok(())
+    }
+}

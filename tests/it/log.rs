@@ -22,7 +22,7 @@ use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
 use crate::harness::{
-    ADMIN, HGB, LOINC, STARTUP_DEADLINE, TREATMENT, TestHub, history_request, hours, init,
+    ADMIN, Backend, HGB, LOINC, STARTUP_DEADLINE, TREATMENT, TestHub, history_request, hours, init,
     lab_summary, now_ms, prior_request, publish, sign,
 };
 
@@ -1373,5 +1373,101 @@ async fn the_store_check_finds_a_summary_changed_on_disk() -> anyhow::Result<()>
         "{out}"
     );
     assert!(out.contains("problem(s) found in the store"), "{out}");
+    Ok(())
+}
+
+/// `huren-hub migrate` copies a sled store into PostgreSQL: the log's size and root are the
+/// original's, a member's checkpoint from before is proven consistent with the copy's, and
+/// the copy answers queries with proofs and takes new publishes. A database that is not empty
+/// is refused.
+#[tokio::test]
+async fn migrate_copies_a_sled_store_into_postgres_with_the_same_log() -> anyhow::Result<()> {
+    init();
+    let mut hub = Backend::Sled.scope(TestHub::start()).await?;
+    let p = hub.patient("E50000001");
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    publish_some(&a, "MIG", p, 4).await?;
+    let v2 = crate::harness::amended(
+        &lab_summary("hosp-a", "MIG-0", p, HGB, hours(0))?,
+        "value corrected",
+    );
+    a.publish(&v2, a.sign(&v2)?).await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    let before = b.history(&TREATMENT, &p, UnixMillis(0), true).await?;
+    a.set_consent(&p, true).await?;
+    a.set_consent(&p, false).await?;
+    let old_note = b.checkpoint().await?;
+    drop((a, b));
+    hub.stop().await?;
+    drop(hub.open_store_db().await?);
+    let sled_head = huren_hub::store::SledStore::open(&hub.store_path)?.tree_head()?;
+
+    let url = huren_hub::store::postgres::cluster::shared()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .create_database()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let migrate = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-hub"))
+            .arg("migrate")
+            .arg("--from")
+            .arg(format!("sled:{}", hub.store_path.display()))
+            .arg("--to")
+            .arg(&url)
+            .env("RUST_LOG", "warn")
+            .output()
+    };
+    let out = migrate().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{} log entries", sled_head.size)),
+        "{stdout}"
+    );
+    let copy = huren_hub::store::PgStore::open(&url).await?;
+    use huren_hub::store::Store;
+    assert_eq!(copy.tree_head().await?, sled_head, "same size and root");
+    drop(copy);
+    // Copying again would mix two stores: refused.
+    let again = migrate().await?;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    hub.use_postgres_store(&url)?;
+    hub.restart().await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    // The checkpoint b kept from the sled hub is checked against the copy's.
+    let new_note = b.checkpoint().await?;
+    let v = verifier(&hub)?;
+    let (old, new) = (
+        open_checkpoint(&old_note, &v, v.name())?,
+        open_checkpoint(&new_note, &v, v.name())?,
+    );
+    assert_eq!((new.size, new.root), (sled_head.size, sled_head.root));
+    let mut c = hub.client("hosp-b").await?;
+    let proof = consistency(&mut c, old.size, new.size).await?;
+    verify_consistency(old.size, new.size, &old.root, &new.root, &proof)?;
+    // The same answers, verified with their proofs.
+    let after = b.history(&TREATMENT, &p, UnixMillis(0), true).await?;
+    let ids = |a: &huren_agent::Answer| {
+        a.results
+            .iter()
+            .map(|r| (r.summary.id.to_string(), r.summary.version, r.earlier.len()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(after.results.len(), 4);
+    // And it goes on: a new publish, and b's next checkpoint is consistent again.
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    publish_some(&a, "AFTER", p, 1).await?;
+    b.checkpoint().await?;
     Ok(())
 }

@@ -23,7 +23,7 @@ type ShownValue<'a> = (u32, bool, &'a str, &'a str, i64);
 
 /// Columns of the `events` rows a write inserts.
 #[derive(Default)]
-struct EventRows {
+pub(super) struct EventRows {
     at: Vec<i64>,
     member: Vec<String>,
     item_system: Vec<String>,
@@ -40,7 +40,7 @@ struct EventRows {
 }
 
 impl EventRows {
-    fn push(&mut self, e: &Event) {
+    pub(super) fn push(&mut self, e: &Event) {
         self.at.push(e.at.0);
         self.member.push(e.member.to_string());
         self.item_system.push(e.item_system.clone());
@@ -84,7 +84,7 @@ impl EventRows {
         self.consulted_at.push(c_at);
     }
 
-    async fn insert(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+    pub(super) async fn insert(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
         if self.at.is_empty() {
             return Ok(0);
         }

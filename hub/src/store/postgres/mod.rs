@@ -50,6 +50,7 @@
 
 mod audit;
 pub mod cluster;
+mod import;
 mod log;
 pub mod schema;
 mod summaries;
@@ -78,6 +79,7 @@ use super::{
 };
 use log::{LogState, NodeCache};
 
+pub use import::ImportReport;
 pub use schema::SCHEMA_VERSION;
 
 /// Connections the hub keeps to PostgreSQL at most.

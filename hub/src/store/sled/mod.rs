@@ -101,6 +101,7 @@ use super::{
     TreeHead,
 };
 use crate::batch::{Worker, next_batch};
+pub use audit::ShownRecord;
 pub use check::CheckReport;
 #[allow(unused_imports)]
 use {audit::*, log::*, records::*, summaries::*};
