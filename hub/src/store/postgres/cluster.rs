@@ -138,8 +138,15 @@ impl Cluster {
         })
     }
 
-    /// Starts a new cluster in a folder of its own under the system's temporary folder.
+    /// Starts a new cluster in a folder of its own under the system's temporary folder, with
+    /// `fsync` off (for tests: see the module doc).
     pub fn start() -> Result<Cluster, String> {
+        Self::start_with_fsync(false)
+    }
+
+    /// [`Cluster::start`], with `fsync` on and 1 GiB of shared buffers (like the sled store's
+    /// default page cache) when `fsync`: what the benchmark measures, as a real server runs.
+    pub fn start_with_fsync(fsync: bool) -> Result<Cluster, String> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let bin = find_binaries()?;
         let user = match is_root() {
@@ -178,12 +185,12 @@ impl Cluster {
             admin_db: "postgres".into(),
             owned: Some(owned),
         };
-        let port = cluster.boot()?;
+        let port = cluster.boot(fsync)?;
         cluster.base = format!("postgres://huren@127.0.0.1:{port}");
         Ok(cluster)
     }
 
-    fn boot(&self) -> Result<u16, String> {
+    fn boot(&self, fsync: bool) -> Result<u16, String> {
         let Some(o) = &self.owned else {
             return Err("not a cluster of this process".into());
         };
@@ -201,9 +208,12 @@ impl Cluster {
             "initdb",
         )?;
         let port = free_port()?;
+        let durability = match fsync {
+            true => "-c shared_buffers=1GB",
+            false => "-c fsync=off -c full_page_writes=off",
+        };
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-             -c max_connections=400",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=400",
             o.dir.display()
         );
         let started = run(

@@ -150,6 +150,14 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// `store` for messages: redacted when it is a PostgreSQL URL, as it is otherwise.
+pub fn redact_if_url(store: &str) -> String {
+    match is_url(store) {
+        true => redact(store),
+        false => store.to_owned(),
+    }
+}
+
 /// The connection could not be made or was lost.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach PostgreSQL at {place}: {source}")]
@@ -281,6 +289,57 @@ impl PgStore {
             return Ok(known.0);
         }
         self.read_tree_head().await
+    }
+
+    /// Bytes the database occupies on disk.
+    pub async fn database_bytes(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Each table's rows and bytes on disk (with its indexes), largest first, empty ones left
+    /// out. Counts every row: for diagnostics and the benchmark, not for a request path.
+    pub async fn table_contents(&self) -> Result<Vec<super::TreeContents>, StoreError> {
+        let client = self.client().await?;
+        let mut out = Vec::new();
+        for table in [
+            "log_leaves",
+            "log_nodes",
+            "certs",
+            "summaries",
+            "latest",
+            "by_patient",
+            "shown",
+            "decisions",
+            "events",
+            "consent",
+            "access",
+        ] {
+            let row = client
+                .query_one(
+                    &format!("SELECT count(*), pg_total_relation_size('{table}') FROM {table}"),
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            let (keys, bytes): (i64, i64) =
+                (row.try_get(0).map_err(pg)?, row.try_get(1).map_err(pg)?);
+            if keys > 0 {
+                out.push(super::TreeContents {
+                    name: table.to_owned(),
+                    keys: keys as u64,
+                    bytes: bytes as u64,
+                });
+            }
+        }
+        out.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+        Ok(out)
     }
 
     /// Number of stored summary versions.
