@@ -1,8 +1,8 @@
 //! `huren-bench`: how fast Huren is, set against what this machine allows.
 //!
-//! One run starts a real hub in this process (mutual TLS, sled store in a temporary folder),
-//! seeds it with N signed summaries straight through the store (with a progress bar), and
-//! measures, each beside its baseline:
+//! One run starts a real hub in this process (mutual TLS, sled store in a temporary folder, or
+//! a PostgreSQL database with `--store`), seeds it with N signed summaries straight through the
+//! store (with a progress bar), and measures, each beside its baseline:
 //!
 //! | figure | baseline |
 //! |---|---|
@@ -18,6 +18,12 @@
 //! threads do one batch at a time, so one near 100% is what limits the rate.
 //!
 //! Run: `cargo run --release -p huren-bench -- --summaries 1000000`
+//!
+//! `--store sled,postgres` runs the whole table once per backend, in that order, in one
+//! process, and ends with the two side by side, PostgreSQL's as a share of sled's.
+//! `postgres` is a throwaway cluster started for the run (`fsync` on, like a real server;
+//! see `huren_hub::store::postgres::cluster`); `postgres://user:password@host:port/db`
+//! names an existing empty database instead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +86,10 @@ struct Args {
     /// `durability` setting).
     #[arg(long, default_value = "flush", value_parser = ["flush", "fsync"])]
     durability: String,
+    /// The backends to measure, one run each: sled, postgres (a throwaway cluster) or
+    /// postgres://… (an existing empty database).
+    #[arg(long, value_delimiter = ',', default_value = "sled")]
+    store: Vec<String>,
 }
 
 impl Args {
@@ -432,7 +442,7 @@ impl Bench {
     /// hub stores them (batches through `SledStore::put_summaries`, each made durable before the
     /// next counts), without the RPC (which is measured separately). Runs on its own runtime, into
     /// the store the hub then serves (it is never closed and reopened in between).
-    fn seed(&self, store: &huren_hub::store::SledStore) -> anyhow::Result<(u64, u64)> {
+    fn seed(&self, store: &BenchStore) -> anyhow::Result<(u64, u64)> {
         let m = self.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
         let cert = pem_der(&m.signing.cert_pem)?;
         let signer = Arc::new(SummarySigner::from_pkcs8_pem(&m.signing.key_pem, cert)?);
@@ -467,8 +477,8 @@ impl Bench {
                             return anyhow::Ok(());
                         }
                         let to = (from + CHUNK).min(total);
-                        let (signer, store2, raw) = (signer.clone(), store.clone(), raw.clone());
-                        tokio::task::spawn_blocking(move || {
+                        let (signer, raw) = (signer.clone(), raw.clone());
+                        let chunk = tokio::task::spawn_blocking(move || {
                             let mut chunk = Vec::with_capacity((to - from) as usize);
                             for n in from..to {
                                 let s = summary(n, per_patient, now, SEED)?;
@@ -480,18 +490,19 @@ impl Bench {
                                     summary: s,
                                 });
                             }
-                            let items: Vec<_> =
-                                chunk.iter().map(|v| (v, UnixMillis(now))).collect();
-                            for r in store2
-                                .put_summaries(&items, huren_core::summary::Summary::may_follow)?
-                                .results
-                            {
-                                r?;
-                            }
-                            anyhow::Ok(())
+                            anyhow::Ok(chunk)
                         })
                         .await??;
-                        store.commit().await?;
+                        let items: Vec<_> = chunk.iter().map(|v| (v, UnixMillis(now))).collect();
+                        let shared = store.shared();
+                        for r in shared
+                            .put_summaries(&items, huren_core::summary::Summary::may_follow)
+                            .await?
+                            .results
+                        {
+                            r?;
+                        }
+                        shared.commit().await?;
                         bar.inc(to - from);
                     }
                 }));
@@ -500,11 +511,97 @@ impl Bench {
                 t.await??;
             }
             bar.finish();
-            anyhow::Ok((store.summary_count()?, raw.load(Ordering::Relaxed)))
+            anyhow::Ok((store.summary_count().await?, raw.load(Ordering::Relaxed)))
         });
         drop(rt);
         result
     }
+}
+
+/// The store a run measures.
+#[derive(Clone)]
+enum BenchStore {
+    Sled(huren_hub::store::SledStore),
+    Postgres(huren_hub::store::PgStore),
+}
+
+impl BenchStore {
+    fn shared(&self) -> huren_hub::store::SharedStore {
+        match self {
+            BenchStore::Sled(s) => Arc::new(s.clone()),
+            BenchStore::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    async fn summary_count(&self) -> anyhow::Result<u64> {
+        Ok(match self {
+            BenchStore::Sled(s) => s.summary_count()?,
+            BenchStore::Postgres(s) => s.summary_count().await?,
+        })
+    }
+
+    /// Bytes on disk: sled's folder, or the database.
+    async fn disk_bytes(&self, dir: &std::path::Path) -> anyhow::Result<u64> {
+        Ok(match self {
+            BenchStore::Sled(_) => dir_bytes(dir),
+            BenchStore::Postgres(s) => s.database_bytes().await?,
+        })
+    }
+
+    /// What each tree or table holds.
+    async fn contents(&self) -> anyhow::Result<Vec<huren_hub::store::TreeContents>> {
+        Ok(match self {
+            BenchStore::Sled(s) => tokio::task::block_in_place(|| s.tree_contents())?,
+            BenchStore::Postgres(s) => s.table_contents().await?,
+        })
+    }
+}
+
+/// Opens the store a run measures: `sled` in the bench's folder, `postgres` on a throwaway
+/// cluster (kept for the rest of the process), or an existing `postgres://` database.
+async fn open_store(
+    bench: &Bench,
+    kind: &str,
+    cache_bytes: u64,
+    durability: huren_hub::store::Durability,
+    cluster: &mut Option<huren_hub::store::postgres::cluster::Cluster>,
+) -> anyhow::Result<BenchStore> {
+    use huren_hub::store::postgres::{cluster::Cluster, is_url};
+    if kind == "sled" {
+        return Ok(BenchStore::Sled(huren_hub::store::SledStore::open_with(
+            &bench.store,
+            cache_bytes,
+            durability,
+        )?));
+    }
+    let url = if is_url(kind) {
+        kind.to_owned()
+    } else if kind == "postgres" {
+        if cluster.is_none() {
+            *cluster = Some(Cluster::start_with_fsync(true).map_err(|e| anyhow::anyhow!(e))?);
+        }
+        let c = cluster.as_ref().context("the cluster")?;
+        c.create_database().await.map_err(|e| anyhow::anyhow!(e))?
+    } else {
+        anyhow::bail!("--store takes sled, postgres or postgres://…, not {kind}");
+    };
+    Ok(BenchStore::Postgres(
+        huren_hub::store::PgStore::open(&url).await?,
+    ))
+}
+
+/// The figures of one run set side by side at the end.
+#[derive(Clone, Debug, Default)]
+struct Figures {
+    store: String,
+    echo: f64,
+    publish: Option<f64>,
+    publish_batch: Option<f64>,
+    find_prior: Option<f64>,
+    find_prior_proofs: Option<f64>,
+    find_prior_p99_ms: Option<f64>,
+    check_order: Option<f64>,
+    bytes_per_summary: f64,
 }
 
 /// Signs `count` summaries named `prefix-n` on every core, so measurements see the hub's work
@@ -567,10 +664,15 @@ async fn channels(
 }
 
 /// Runs the whole benchmark and prints the report.
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    kind: &str,
+    cluster: &mut Option<huren_hub::store::postgres::cluster::Cluster>,
+) -> anyhow::Result<Figures> {
     let bench = Bench::prepare(args.clone())?;
     println!(
-        "huren-bench: {} summaries, {} in flight, {} s per measurement, {} cores",
+        "huren-bench: store {}, {} summaries, {} in flight, {} s per measurement, {} cores",
+        huren_hub::store::postgres::redact_if_url(kind),
         args.summaries,
         args.concurrency,
         args.seconds,
@@ -584,18 +686,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "fsync" => huren_hub::store::Durability::Fsync,
         _ => huren_hub::store::Durability::Flush,
     };
-    let store = huren_hub::store::SledStore::open_with(
-        &bench.store,
+    let store = open_store(
+        &bench,
+        kind,
         hub_config.store_cache_mb << 20,
         durability,
-    )?;
+        cluster,
+    )
+    .await?;
     let t = Instant::now();
     let (stored, raw_bytes) = tokio::task::block_in_place(|| bench.seed(&store))?;
     let seed_secs = t.elapsed().as_secs_f64();
     // The footprint of the seeded summaries alone, before queries add their access records.
-    store.commit().await?;
-    let seeded_disk = dir_bytes(&bench.store);
-    let trees = tokio::task::block_in_place(|| store.tree_contents())?;
+    store.shared().commit().await?;
+    let seeded_disk = store.disk_bytes(&bench.store).await?;
+    let trees = store.contents().await?;
 
     let tls_files = hub_config.tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -603,7 +708,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let hub = tokio::spawn(huren_hub::run_with_store(
         hub_config,
-        std::sync::Arc::new(store),
+        store.shared(),
         listener,
         async {
             let _ = stopped.await;
@@ -845,7 +950,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         + publish_batch
             .as_ref()
             .map_or(0, |p| p.ok * batch_size as u64);
-    let disk = dir_bytes(&bench.store);
+    let disk = store.disk_bytes(&bench.store).await?;
+    drop(store);
 
     println!();
     println!("baselines");
@@ -947,7 +1053,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let logical: u64 = trees.iter().map(|t| t.bytes).sum();
     println!(
-        "  keys and values in the store: {:.0} bytes per summary ({:.2}x the summary bytes; sled's layout takes the rest):",
+        "  keys and values (sled) or tables with their indexes (PostgreSQL): {:.0} bytes per summary ({:.2}x the summary bytes):",
         logical as f64 / stored.max(1) as f64,
         logical as f64 / raw_bytes.max(1) as f64
     );
@@ -979,7 +1085,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     drop(bench.dir);
-    Ok(())
+    Ok(Figures {
+        store: if kind.starts_with("postgres") {
+            "PostgreSQL".into()
+        } else {
+            "sled".into()
+        },
+        echo: echo.per_second,
+        publish: publish.as_ref().map(|l| l.per_second),
+        publish_batch: publish_batch
+            .as_ref()
+            .map(|l| l.per_second * batch_size as f64),
+        find_prior: find_prior.as_ref().map(|l| l.per_second),
+        find_prior_proofs: find_prior_proofs.as_ref().map(|l| l.per_second),
+        find_prior_p99_ms: find_prior.as_ref().map(|l| l.p99.as_secs_f64() * 1e3),
+        check_order: check_order.as_ref().map(|l| l.per_second),
+        bytes_per_summary: seeded_per,
+    })
+}
+
+/// The runs side by side; each later run's figures also as a share of the first run's.
+fn compare(runs: &[Figures]) {
+    let Some(first) = runs.first() else { return };
+    println!();
+    println!("side by side (a later column's share of the first in brackets)");
+    let header: Vec<String> = runs.iter().map(|r| format!("{:>22}", r.store)).collect();
+    println!("{:<34}{}", "", header.join(""));
+    let row = |name: &str, get: &dyn Fn(&Figures) -> Option<f64>, unit: &str| {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|r| match (get(r), get(first)) {
+                (Some(v), Some(base)) if !std::ptr::eq(r, first) && base > 0.0 => {
+                    format!("{:>13.0}{unit} ({:>3.0}%)", v, 100.0 * v / base)
+                }
+                (Some(v), _) => format!("{:>15.0}{unit}      ", v),
+                (None, _) => format!("{:>22}", "-"),
+            })
+            .collect();
+        println!("{name:<34}{}", cells.join(""));
+    };
+    row("raw echo", &|f| Some(f.echo), "/s");
+    row("publish (unary, durable receipt)", &|f| f.publish, "/s");
+    row(
+        "publish (batched, group commit)",
+        &|f| f.publish_batch,
+        "/s",
+    );
+    row("FindPrior (2 items)", &|f| f.find_prior, "/s");
+    row("FindPrior, with proofs", &|f| f.find_prior_proofs, "/s");
+    row("FindPrior p99", &|f| f.find_prior_p99_ms, "ms");
+    row("CheckOrder (5 local codes)", &|f| f.check_order, "/s");
+    row(
+        "bytes stored per summary",
+        &|f| Some(f.bytes_per_summary),
+        "B ",
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -988,7 +1148,20 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(args))
+        .block_on(async {
+            let mut cluster = None;
+            let mut runs = Vec::new();
+            for (i, kind) in args.store.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                runs.push(run(args.clone(), kind, &mut cluster).await?);
+            }
+            if runs.len() > 1 {
+                compare(&runs);
+            }
+            anyhow::Ok(())
+        })
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct HubConfig {
     /// Address to listen on for members' gRPC calls (mutual TLS). Port 7443 by convention.
     pub listen: SocketAddr,
-    /// Folder of the hub's store (created if missing). Back it up; it is the alliance's record.
+    /// Folder of the hub's sled store (created if missing), or the URL of a PostgreSQL
+    /// database, `postgres://user:password@host:port/dbname` (see [`HubConfig::store_kind`]).
+    /// Back it up; it is the alliance's record.
     pub store: PathBuf,
     /// The alliance policy file (see hub/policy.example.toml). Reloaded when it changes or on
     /// SIGHUP; a policy with an error is refused and the one in force stays.
@@ -155,6 +157,13 @@ impl Default for Limits {
 
 pub use huren_core::config_file::ConfigError;
 
+/// The store's backend, from the form of `store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sled,
+    Postgres,
+}
+
 impl HubConfig {
     /// Reads a configuration file. Relative paths inside it are taken relative to the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -170,10 +179,20 @@ impl HubConfig {
                 ),
             ));
         }
+        let postgres = config.store_kind() == StoreKind::Postgres;
+        if postgres && config.log.key.is_none() {
+            return Err(ConfigError::invalid(
+                path,
+                "hub",
+                "a PostgreSQL store needs `[log] key`: the path of the checkpoint key, kept \
+                 beside the configuration (it cannot default to a path next to the store)"
+                    .to_owned(),
+            ));
+        }
+        let sled_store = (!postgres).then_some(&mut config.store);
         config_file::relative_to_file(
             path,
-            config.log.key.iter_mut().chain([
-                &mut config.store,
+            config.log.key.iter_mut().chain(sled_store).chain([
                 &mut config.policy,
                 &mut config.tls.ca,
                 &mut config.tls.cert,
@@ -181,6 +200,23 @@ impl HubConfig {
             ]),
         );
         Ok(config)
+    }
+
+    /// Which backend `store` names: a `postgres://` (or `postgresql://`) URL, or a folder.
+    pub fn store_kind(&self) -> StoreKind {
+        match self.store.to_str() {
+            Some(s) if crate::store::postgres::is_url(s) => StoreKind::Postgres,
+            _ => StoreKind::Sled,
+        }
+    }
+
+    /// The store for messages and logs: the folder, or the database's URL without user or
+    /// password.
+    pub fn store_display(&self) -> String {
+        match self.store_kind() {
+            StoreKind::Sled => self.store.display().to_string(),
+            StoreKind::Postgres => crate::store::postgres::redact(&self.store.to_string_lossy()),
+        }
     }
 
     /// Where the log key is: `[log] key`, or the store path with `.log-key` appended.
@@ -225,6 +261,27 @@ mod tests {
         assert!(err.contains("store_cache_mb is 8"), "{err}");
         std::fs::write(&path, format!("{base}{tls}")).unwrap();
         assert_eq!(HubConfig::load(&path).unwrap().store_cache_mb, 1024);
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_needs_a_log_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        let base = "listen = \"127.0.0.1:7443\"\nstore = \"postgres://hub:secret@db.example:5433/huren\"\npolicy = \"p\"\n";
+        let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        std::fs::write(&path, format!("{base}{tls}")).unwrap();
+        let err = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("needs `[log] key`"), "{err}");
+        std::fs::write(&path, format!("{base}{tls}[log]\nkey = \"log.key\"\n")).unwrap();
+        let config = HubConfig::load(&path).unwrap();
+        assert_eq!(config.store_kind(), StoreKind::Postgres);
+        // Not taken as a path relative to the file, and never shown with its password.
+        assert_eq!(
+            config.store.to_str(),
+            Some("postgres://hub:secret@db.example:5433/huren")
+        );
+        assert_eq!(config.store_display(), "postgres://db.example:5433/huren");
+        assert_eq!(config.log_key_path(), dir.path().join("log.key"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::grpc::{HubGrpc, MessageLimits};
 use crate::log::LogSigner;
 use crate::policy::{PolicyError, PolicyHandle};
 use crate::service::Hub;
-use crate::store::{SharedStore, SledStore};
+use crate::store::SharedStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -72,16 +72,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store = SledStore::open_with(
-        &config.store,
-        config.store_cache_mb << 20,
-        config.durability,
-    )
-    .map_err(|source| ServerError::Store {
-        path: config.store.clone(),
-        source,
-    })?;
-    run_with_store(config, Arc::new(store), listener, shutdown).await
+    let store = crate::store::open(&config)
+        .await
+        .map_err(|source| ServerError::Store {
+            path: config.store_display().into(),
+            source,
+        })?;
+    run_with_store(config, store, listener, shutdown).await
 }
 
 /// [`run`] on a store the caller has already opened (`config.store` names it in the log):
@@ -119,7 +116,7 @@ pub async fn run_with_store(
         .tree_head()
         .await
         .map_err(|source| ServerError::Store {
-            path: config.store.clone(),
+            path: config.store_display().into(),
             source,
         })?;
     tracing::info!(origin = %log.origin(), size = head.size, witnesses = witnesses.len(), "log opened");
@@ -191,7 +188,7 @@ pub async fn run_with_store(
         .max_decoding_message_size(limits.max_message_bytes.max(limits.max_batch_bytes))
         .max_encoding_message_size(16 * 1024 * 1024);
 
-    tracing::info!(addr = ?listener.local_addr().ok(), store = %config.store.display(), "hub listening");
+    tracing::info!(addr = ?listener.local_addr().ok(), store = %config.store_display(), "hub listening");
     let request_timeout = Duration::from_secs(config.limits.request_timeout_seconds);
     let connection_limits = ConnectionLimits {
         max_connections: config.limits.max_connections,

@@ -65,6 +65,7 @@ async fn publish_examples(tertiary: &Agent) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+on_each_store! {
 #[tokio::test]
 async fn county_finds_and_verifies_what_the_tertiary_hospital_published() -> anyhow::Result<()> {
     init();
@@ -124,7 +125,9 @@ async fn county_finds_and_verifies_what_the_tertiary_hospital_published() -> any
     assert_eq!(ids, ["US-20261121-00088", "LAB-20261120-00412-GLU"]);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> {
     init();
@@ -162,7 +165,9 @@ async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> 
     assert_eq!(second.results.len(), first.results.len());
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn agent_marks_a_summary_altered_in_the_hub_store_and_shows_the_others() -> anyhow::Result<()>
 {
@@ -176,23 +181,18 @@ async fn agent_marks_a_summary_altered_in_the_hub_store_and_shows_the_others() -
     // Someone with access to the hub's disk changes a haemoglobin value from 128 to 138 g/L
     // (the hub keeps a summary's body in its log leaf).
     {
-        let db = hub.open_store_db().await?;
-        let summaries = db.open_tree("log_leaves")?;
-        let mut altered = 0;
-        for entry in summaries.iter() {
-            let (key, value) = entry?;
-            if let Some(pos) = value.windows(4).position(|w| w == b"\x03128") {
-                let mut v = value.to_vec();
+        let altered = hub
+            .edit_stored_leaves(|_, leaf| {
+                let pos = leaf.windows(4).position(|w| w == b"\x03128")?;
+                let mut v = leaf.to_vec();
                 v[pos + 2] = b'3';
-                summaries.insert(key, v)?;
-                altered += 1;
-            }
-        }
+                Some(v)
+            })
+            .await?;
         assert_eq!(
             altered, 1,
             "the test expects exactly one stored value of 128"
         );
-        db.flush()?;
     }
     hub.restart().await?;
 
@@ -253,7 +253,9 @@ async fn agent_marks_a_summary_altered_in_the_hub_store_and_shows_the_others() -
     assert_eq!(ct.results.len(), 1);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn agent_will_not_start_with_another_institutions_signing_key() -> anyhow::Result<()> {
     init();
@@ -270,7 +272,9 @@ async fn agent_will_not_start_with_another_institutions_signing_key() -> anyhow:
     assert!(err.to_string().contains("is for shx-prov-people"), "{err}");
     Ok(())
 }
+}
 
+on_each_store! {
 /// The `huren-agent` binary, as a hospital IT engineer runs it.
 #[tokio::test]
 async fn cli_publishes_and_queries() -> anyhow::Result<()> {
@@ -362,7 +366,9 @@ async fn cli_publishes_and_queries() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
+on_each_store! {
 /// One signature rule for the hub and every agent: a summary whose signature has a mixed-order
 /// R (only its key holder can make one) is accepted by the hub alone and in batches, every
 /// time, and the county's agent shows it with the patient's other results. Before, the hub's
@@ -448,7 +454,9 @@ async fn the_hub_and_the_agents_judge_a_signature_alike() -> anyhow::Result<()> 
     }
     Ok(())
 }
+}
 
+on_each_store! {
 /// A patient id type that is neither alliance-wide nor declared as local (with its
 /// assigning authority) is refused wherever the agent builds a patient id: the CLI's patient
 /// id and a results file. A declared local type is accepted and its pseudonym depends on the
@@ -518,7 +526,9 @@ async fn unknown_id_types_are_refused_and_local_types_name_their_authority() -> 
     );
     Ok(())
 }
+}
 
+on_each_store! {
 /// The closed sets on the command line (purpose, decision, re-test reason, consent, grouping)
 /// are checked by the argument parser, which lists the accepted values; a decision the rules
 /// refuse is refused before anything is sent; good values work against the real hub.
@@ -581,4 +591,5 @@ async fn the_cli_checks_its_closed_sets_and_lists_the_accepted_values() -> anyho
     assert!(ok, "{err}");
     assert!(out.lines().any(|l| l.starts_with("member ")), "{out}");
     Ok(())
+}
 }

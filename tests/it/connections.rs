@@ -26,6 +26,7 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+on_each_store! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_open_connections_are_bounded_and_members_still_get_answers()
 -> anyhow::Result<()> {
@@ -97,7 +98,9 @@ async fn idle_and_half_open_connections_are_bounded_and_members_still_get_answer
         .await?;
     Ok(())
 }
+}
 
+on_each_store! {
 /// The metrics endpoint (issue 20, part 7): after a publish and a query it counts both by RPC
 /// and status, shows the log's size and the policy in force, names no patient, and answers
 /// only GET /metrics.
@@ -170,6 +173,7 @@ async fn the_metrics_endpoint_counts_calls_by_rpc_and_status() -> anyhow::Result
     assert!(again.starts_with("HTTP/1.1 200"), "{again}");
     drop(half);
     Ok(())
+}
 }
 
 fn hex_of(p: &huren_core::pseudonym::Pseudonym) -> String {

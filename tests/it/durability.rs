@@ -36,6 +36,7 @@ fn by_key(
         .collect()
 }
 
+on_each_store! {
 #[tokio::test]
 async fn receipts_survive_a_kill_right_after_the_last_one() -> anyhow::Result<()> {
     let mut hub = TestHub::start_process().await?;
@@ -108,7 +109,9 @@ async fn receipts_survive_a_kill_right_after_the_last_one() -> anyhow::Result<()
     assert_eq!(found.len(), acknowledged.len());
     Ok(())
 }
+}
 
+on_each_store! {
 /// An answer goes out only once its access record is written; a hub stopped by SIGTERM right
 /// after its last answers flushes those records before it exits, so the access report of the
 /// restarted hub lists every query.
@@ -125,6 +128,7 @@ async fn the_last_answers_access_records_survive_a_graceful_stop() -> anyhow::Re
         "access records lost in a graceful stop"
     );
     Ok(())
+}
 }
 
 /// Publishes result `id` for the patient with passport `passport` as hosp-a, then asks
@@ -162,6 +166,7 @@ async fn find_prior_accesses(hub: &TestHub, p: &Pseudonym) -> anyhow::Result<usi
         .count())
 }
 
+on_each_store! {
 /// A client that stops reading cannot keep the hub from stopping: past the request timeout
 /// (plus a second) the hub stops without that connection, and what it wrote is on disk.
 #[tokio::test]
@@ -190,7 +195,9 @@ async fn a_frozen_client_does_not_hold_a_stop_forever() -> anyhow::Result<()> {
     assert_eq!(again.receipt, first.receipt);
     Ok(())
 }
+}
 
+on_each_store! {
 /// The in-process hub restarts on the same address and the same store (the harness waits for
 /// the previous run to let go of the store).
 #[tokio::test]
@@ -211,7 +218,9 @@ async fn an_in_process_restart_keeps_the_address_and_the_data() -> anyhow::Resul
     assert_eq!(again.receipt, first.receipt);
     Ok(())
 }
+}
 
+on_each_store! {
 /// An answer with patient data goes out only once its access record (and what the member was
 /// shown) is durable: the hub process killed (SIGKILL) right after its last answers still
 /// lists every query in the access report after restart, and the member can record its
@@ -247,4 +256,5 @@ async fn the_last_answers_access_records_survive_a_kill() -> anyhow::Result<()> 
         .into_inner();
     assert!(!decided.already_recorded);
     Ok(())
+}
 }

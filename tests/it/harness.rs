@@ -16,6 +16,11 @@
 //! the same address and the same store. Start-up is confirmed with a health check over mTLS,
 //! never by sleeping.
 //!
+//! Each hub runs on the [`Backend`] of the test: sled in `store/`, or a PostgreSQL database of
+//! its own on the process's throwaway cluster (`huren_hub::store::postgres::cluster`: started
+//! on first use, stopped and removed when the test process ends; `HUREN_TEST_POSTGRES` names a
+//! server to use instead). A test written inside `on_each_store! { … }` runs once on each.
+//!
 //! Files in [`TestHub::root`]:
 //!
 //! ```text
@@ -62,6 +67,51 @@ use huren_proto::hub::hub_client::HubClient;
 use huren_proto::hub::{
     FindPriorRequest, HistoryRequest, ItemCode, PublishRequest, PublishResponse,
 };
+
+/// The store backend a test's hubs run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+impl Backend {
+    /// The backend of the running test: the one `on_each_store!` set, sled otherwise.
+    pub fn current() -> Backend {
+        BACKEND.try_with(|b| *b).unwrap_or(Backend::Sled)
+    }
+
+    /// Runs a test body with this backend as [`Backend::current`].
+    pub async fn scope<F: std::future::Future>(self, test: F) -> F::Output {
+        BACKEND.scope(self, test).await
+    }
+}
+
+/// Makes two tests of one: `NAME::sled` and `NAME::postgres`, the same body on each
+/// [`Backend`]. Write the test as usual (attributes, doc comment, `async fn NAME() -> …`)
+/// inside the braces.
+macro_rules! on_each_store {
+    ($(#[$attr:meta])* async fn $name:ident() $(-> $ret:ty)? $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$attr])*
+            async fn sled() $(-> $ret)? {
+                $crate::harness::Backend::Sled.scope(async move $body).await
+            }
+
+            $(#[$attr])*
+            async fn postgres() $(-> $ret)? {
+                $crate::harness::Backend::Postgres.scope(async move $body).await
+            }
+        }
+    };
+}
 
 /// How long a hub may take to come up (or a locked store to be released) before a test fails.
 /// Queries of the agent-level tests: for treatment, no one named.
@@ -154,8 +204,11 @@ pub struct TestHub {
     pub paths: DevPkiDir,
     /// The hub configuration file.
     pub config_path: PathBuf,
-    /// The hub's store folder.
+    /// The hub's store folder (sled), and the prefix of its log key's path (either backend).
     pub store_path: PathBuf,
+    /// The store's backend, and for PostgreSQL the database's URL (as its superuser).
+    pub backend: Backend,
+    pub store_url: Option<String>,
     /// The alliance policy the hub runs with: hub/policy.example.toml plus [`TEST_MEMBERS`].
     /// Rewrite it to change the policy; the hub checks it every second.
     pub policy_path: PathBuf,
@@ -190,14 +243,14 @@ impl TestHub {
 
     /// Starts a hub in this process with the given limits.
     pub async fn start_with(limits: Limits) -> anyhow::Result<TestHub> {
-        let mut hub = Self::prepare(Mode::InProcess, &limits)?;
+        let mut hub = Self::prepare(Mode::InProcess, &limits).await?;
         hub.launch().await?;
         Ok(hub)
     }
 
     /// Starts a hub in this process with its metrics endpoint on a free local port, returned.
     pub async fn start_with_metrics() -> anyhow::Result<(TestHub, SocketAddr)> {
-        let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;
+        let mut hub = Self::prepare(Mode::InProcess, &Limits::default()).await?;
         // A port the system just gave out; the hub binds it again right after.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut config = fs::read_to_string(&hub.config_path)?;
@@ -221,14 +274,25 @@ impl TestHub {
 
     /// Starts the real `huren-hub` binary as a child process (default limits).
     pub async fn start_process() -> anyhow::Result<TestHub> {
-        let mut hub = Self::prepare(Mode::Process, &Limits::default())?;
+        let mut hub = Self::prepare(Mode::Process, &Limits::default()).await?;
         hub.launch().await?;
         Ok(hub)
     }
 
     /// Makes the PKI, the configuration and the paths; does not start anything.
-    fn prepare(mode: Mode, limits: &Limits) -> anyhow::Result<TestHub> {
+    async fn prepare(mode: Mode, limits: &Limits) -> anyhow::Result<TestHub> {
         init();
+        let backend = Backend::current();
+        let store_url = match backend {
+            Backend::Sled => None,
+            Backend::Postgres => Some(
+                huren_hub::store::postgres::cluster::shared()
+                    .map_err(|e| anyhow::anyhow!("the PostgreSQL tests need a server: {e}"))?
+                    .create_database()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("a database for the test: {e}"))?,
+            ),
+        };
         let dir = tempfile::Builder::new().prefix("huren-it-").tempdir()?;
         let pki = DevPki::generate()?;
         let paths = pki.write_to(&dir.path().join("pki"), &[], &[])?;
@@ -237,13 +301,20 @@ impl TestHub {
         let policy_path = dir.path().join("policy.toml");
         fs::write(&policy_path, test_policy()?)?;
         let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy());
-        let config = format!(
+        let mut log_key = store_path.clone().into_os_string();
+        log_key.push(".log-key");
+        let log_key = PathBuf::from(log_key);
+        let store = match &store_url {
+            None => quote(&store_path)?,
+            Some(url) => serde_json::to_string(url)?,
+        };
+        let mut config = format!(
             "listen = \"127.0.0.1:0\"\nstore = {}\npolicy = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n\
              [limits]\nmax_results = {}\nmax_message_bytes = {}\nmax_batch_bytes = {}\n\
              request_timeout_seconds = {}\npolicy_poll_seconds = 1\n\
              max_connections = {}\nmax_connections_per_address = {}\n\
              handshake_timeout_seconds = {}\nidle_timeout_seconds = {}\nsend_timeout_seconds = {}\n",
-            quote(&store_path)?,
+            store,
             quote(&policy_path)?,
             quote(&paths.ca_cert)?,
             quote(&paths.hub_cert)?,
@@ -258,8 +329,14 @@ impl TestHub {
             limits.idle_timeout_seconds,
             limits.send_timeout_seconds,
         );
+        if store_url.is_some() {
+            // Beside the sled store's, where tests look for it.
+            config.push_str(&format!("\n[log]\nkey = {}\n", quote(&log_key)?));
+        }
         fs::write(&config_path, config)?;
         Ok(TestHub {
+            backend,
+            store_url,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             pki,
             dir,
@@ -543,6 +620,11 @@ impl TestHub {
 
     /// Number of summary versions in the store, read directly. The hub must be stopped.
     pub async fn stored_summary_count(&self) -> anyhow::Result<usize> {
+        if let Some(url) = &self.store_url {
+            ensure!(!self.is_running(), "stop the hub before opening its store");
+            let store = huren_hub::store::PgStore::open(url).await?;
+            return Ok(usize::try_from(store.summary_count().await?)?);
+        }
         let store = self
             .when_store_released(|| Ok(huren_hub::store::SledStore::open(&self.store_path)?))
             .await?;
@@ -552,6 +634,10 @@ impl TestHub {
     /// The stopped hub's store opened directly with sled (to inspect or tamper with it). Drop
     /// the handle before [`TestHub::restart`].
     pub async fn open_store_db(&self) -> anyhow::Result<sled::Db> {
+        ensure!(
+            self.backend == Backend::Sled,
+            "open_store_db is for sled stores"
+        );
         self.when_store_released(|| Ok(sled::open(&self.store_path)?))
             .await
     }
@@ -1037,4 +1123,276 @@ pub async fn http(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<S
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await??;
     Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Looking under a PostgreSQL store, and tampering with it, as its superuser: what someone with
+/// the database's administration might do. The hub should be stopped.
+impl TestHub {
+    /// A connection to the hub's PostgreSQL database as the superuser.
+    pub async fn sql_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let url = self
+            .store_url
+            .as_deref()
+            .context("not a PostgreSQL store")?;
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// The stored leaves in order (either backend; the hub must be stopped).
+    pub async fn stored_leaves(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        match self.backend {
+            Backend::Sled => {
+                let db = self.open_store_db().await?;
+                let leaves = db.open_tree("log_leaves")?;
+                Ok(leaves
+                    .iter()
+                    .values()
+                    .map(|v| v.map(|v| v.to_vec()))
+                    .collect::<Result<_, _>>()?)
+            }
+            Backend::Postgres => {
+                let client = self.sql_client().await?;
+                let rows = client
+                    .query("SELECT leaf FROM log_leaves ORDER BY idx", &[])
+                    .await?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            }
+        }
+    }
+
+    /// Changes stored leaves in place, bypassing the hub: `edit` returns the new bytes of a
+    /// leaf it changes. Only the leaf: the stored tree (tiles, nodes, head) stays as it was.
+    /// Returns how many leaves changed.
+    pub async fn edit_stored_leaves(
+        &self,
+        mut edit: impl FnMut(u64, &[u8]) -> Option<Vec<u8>>,
+    ) -> anyhow::Result<usize> {
+        let leaves = self.stored_leaves().await?;
+        let changes: Vec<(u64, Vec<u8>)> = leaves
+            .iter()
+            .enumerate()
+            .filter_map(|(i, leaf)| edit(i as u64, leaf).map(|new| (i as u64, new)))
+            .collect();
+        match self.backend {
+            Backend::Sled => {
+                let db = self.open_store_db().await?;
+                let tree = db.open_tree("log_leaves")?;
+                for (i, leaf) in &changes {
+                    tree.insert(i.to_be_bytes(), leaf.as_slice())?;
+                }
+                db.flush()?;
+            }
+            Backend::Postgres => {
+                let mut client = self.sql_client().await?;
+                let tx = client.transaction().await?;
+                // The append-only trigger stops the hub's own role; a superuser can lift it.
+                tx.batch_execute("ALTER TABLE log_leaves DISABLE TRIGGER USER")
+                    .await?;
+                for (i, leaf) in &changes {
+                    let n = tx
+                        .execute(
+                            "UPDATE log_leaves SET leaf = $2 WHERE idx = $1",
+                            &[&(*i as i64), leaf],
+                        )
+                        .await?;
+                    ensure!(n == 1, "leaf {i} is not stored");
+                }
+                tx.batch_execute("ALTER TABLE log_leaves ENABLE TRIGGER USER")
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(changes.len())
+    }
+
+    /// Rewrites the stopped hub's log from its leaves after `edit` changed their order or
+    /// number, tree and head included: what an operator who wants a self-consistent altered
+    /// log would do.
+    pub async fn rewrite_stored_log(
+        &self,
+        edit: impl FnOnce(&mut Vec<Vec<u8>>),
+    ) -> anyhow::Result<()> {
+        use huren_core::merkle;
+        let mut leaves = self.stored_leaves().await?;
+        edit(&mut leaves);
+        match self.backend {
+            Backend::Sled => {
+                let db = self.open_store_db().await?;
+                let leaves_tree = db.open_tree("log_leaves")?;
+                let nodes = db.open_tree("log_nodes")?;
+                let meta = db.open_tree("log_meta")?;
+                leaves_tree.clear()?;
+                nodes.clear()?;
+                // Written the way stores before tiles kept the tree (every node in
+                // `log_nodes`), which the hub reads without a tile-by-tile rewrite.
+                db.open_tree("log_tiles")?.clear()?;
+                meta.remove("tiles_from")?;
+                let mut frontier = Vec::new();
+                for (i, leaf) in leaves.iter().enumerate() {
+                    let i = i as u64;
+                    leaves_tree.insert(i.to_be_bytes(), leaf.as_slice())?;
+                    for (level, index, hash) in
+                        merkle::append(&mut frontier, i, merkle::leaf_hash(leaf))
+                    {
+                        let mut k = vec![level];
+                        k.extend_from_slice(&index.to_be_bytes());
+                        nodes.insert(k, &hash)?;
+                    }
+                }
+                meta.insert("size", &(leaves.len() as u64).to_be_bytes())?;
+                db.flush()?;
+            }
+            Backend::Postgres => {
+                let mut client = self.sql_client().await?;
+                let tx = client.transaction().await?;
+                tx.batch_execute(
+                    "ALTER TABLE log_leaves DISABLE TRIGGER USER;
+                     ALTER TABLE log_nodes DISABLE TRIGGER USER;
+                     ALTER TABLE log_head DISABLE TRIGGER USER;
+                     DELETE FROM log_leaves; DELETE FROM log_nodes;",
+                )
+                .await?;
+                let mut frontier = Vec::new();
+                for (i, leaf) in leaves.iter().enumerate() {
+                    let h = merkle::leaf_hash(leaf);
+                    tx.execute(
+                        "INSERT INTO log_leaves (idx, hash, leaf) VALUES ($1, $2, $3)",
+                        &[&(i as i64), &h.as_slice(), leaf],
+                    )
+                    .await?;
+                    for (level, index, hash) in merkle::append(&mut frontier, i as u64, h) {
+                        if level > 0 {
+                            tx.execute(
+                                "INSERT INTO log_nodes (level, idx, hash) VALUES ($1, $2, $3)",
+                                &[&i16::from(level), &(index as i64), &hash.as_slice()],
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                tx.execute(
+                    "UPDATE log_head SET size = $1, frontier = $2",
+                    &[&(leaves.len() as i64), &frontier.concat()],
+                )
+                .await?;
+                tx.batch_execute(
+                    "ALTER TABLE log_leaves ENABLE TRIGGER USER;
+                     ALTER TABLE log_nodes ENABLE TRIGGER USER;
+                     ALTER TABLE log_head ENABLE TRIGGER USER;",
+                )
+                .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the stopped hub's store aside (a sled folder, or a PostgreSQL database made
+    /// from it as a template); [`TestHub::restore_store`] puts the copy back.
+    pub async fn back_up_store(&self) -> anyhow::Result<()> {
+        match (&self.backend, &self.store_url) {
+            (Backend::Postgres, Some(url)) => {
+                let name = database_name(url)?;
+                self.admin_until_free(&format!("CREATE DATABASE {name}_backup TEMPLATE {name}"))
+                    .await
+            }
+            _ => {
+                drop(self.open_store_db().await?);
+                copy_dir(&self.store_path, &self.root().join("store-backup"))
+            }
+        }
+    }
+
+    /// Puts back the copy [`TestHub::back_up_store`] made (it can be put back again).
+    pub async fn restore_store(&self) -> anyhow::Result<()> {
+        match (&self.backend, &self.store_url) {
+            (Backend::Postgres, Some(url)) => {
+                let name = database_name(url)?;
+                self.admin_until_free(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                    .await?;
+                self.admin_until_free(&format!("CREATE DATABASE {name} TEMPLATE {name}_backup"))
+                    .await
+            }
+            _ => {
+                drop(self.open_store_db().await?);
+                std::fs::remove_dir_all(&self.store_path)?;
+                copy_dir(&self.root().join("store-backup"), &self.store_path)
+            }
+        }
+    }
+
+    /// Runs an administrative statement on the cluster, again while the database is still in
+    /// use (a stopped in-process hub closes its connections a moment after it stops).
+    async fn admin_until_free(&self, sql: &str) -> anyhow::Result<()> {
+        let cluster =
+            huren_hub::store::postgres::cluster::shared().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            match cluster.execute(sql).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.contains("being accessed by other users") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
+    }
+}
+
+/// The database a `postgres://…/NAME` URL names.
+fn database_name(url: &str) -> anyhow::Result<String> {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    ensure!(
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "unexpected database in {url}"
+    );
+    Ok(name.to_owned())
+}
+
+/// Copies a directory tree (files and folders).
+pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+impl TestHub {
+    /// Points the stopped hub's configuration at the PostgreSQL database `url`, keeping the
+    /// log key it had (restart it afterwards).
+    pub fn use_postgres_store(&mut self, url: &str) -> anyhow::Result<()> {
+        ensure!(!self.is_running(), "stop the hub first");
+        let config = fs::read_to_string(&self.config_path)?;
+        let mut log_key = self.store_path.clone().into_os_string();
+        log_key.push(".log-key");
+        let mut out = String::new();
+        for line in config.lines() {
+            if line.starts_with("store = ") {
+                out.push_str(&format!("store = {}\n", serde_json::to_string(url)?));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if self.store_url.is_none() {
+            out.push_str(&format!(
+                "\n[log]\nkey = {}\n",
+                serde_json::to_string(&log_key.to_string_lossy())?
+            ));
+        }
+        fs::write(&self.config_path, out)?;
+        self.backend = Backend::Postgres;
+        self.store_url = Some(url.to_owned());
+        Ok(())
+    }
 }

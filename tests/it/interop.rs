@@ -9,6 +9,7 @@ use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionCli
 use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 
+on_each_store! {
 /// The hub answers reflection v1alpha (grpcurl 1.8 and older ask only that version).
 #[tokio::test]
 async fn reflection_v1alpha_lists_the_hub_service() -> anyhow::Result<()> {
@@ -30,6 +31,7 @@ async fn reflection_v1alpha_lists_the_hub_service() -> anyhow::Result<()> {
     assert!(names.contains(&"huren.hub.v1.Hub"), "{names:?}");
     Ok(())
 }
+}
 
 /// Where grpcurl is: `HUREN_GRPCURL` (set by .ci/run) or `grpcurl` on PATH. A missing grpcurl
 /// fails the test: .ci/run installs it.
@@ -39,6 +41,7 @@ fn grpcurl() -> std::path::PathBuf {
         .unwrap_or_else(|| "grpcurl".into())
 }
 
+on_each_store! {
 /// A real grpcurl (1.8.6, reflection v1alpha only) lists the Hub service over mutual TLS, as
 /// the README says.
 #[tokio::test]
@@ -71,7 +74,9 @@ async fn grpcurl_lists_the_hub_service() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
+on_each_store! {
 /// OpenSSL reads every Ed25519 private key we write: a member's signing key (certs-dev) and the
 /// hub's log key (written at first start). OpenSSL 3 refuses PKCS#8 v2 Ed25519 keys.
 #[tokio::test]
@@ -97,4 +102,5 @@ async fn openssl_reads_the_ed25519_keys_we_write() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
 }

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use huren_agent::{Agent, AgentConfig, AgentError, Asking};
 use huren_core::checkpoint::{NoteVerifier, open_checkpoint};
 use huren_core::logentry::{Entry, LogProof, Method, Purpose, summary_leaf, verify_leaf};
-use huren_core::merkle::{self, Hash, verify_consistency};
+use huren_core::merkle::{Hash, verify_consistency};
 use huren_core::pb::SignedSummary;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::summary::{Summary, UnixMillis};
@@ -22,7 +22,7 @@ use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
 use crate::harness::{
-    ADMIN, HGB, LOINC, STARTUP_DEADLINE, TREATMENT, TestHub, history_request, hours, init,
+    ADMIN, Backend, HGB, LOINC, STARTUP_DEADLINE, TREATMENT, TestHub, history_request, hours, init,
     lab_summary, now_ms, prior_request, publish, sign,
 };
 
@@ -141,6 +141,7 @@ async fn consistency(c: &mut HubClient<Channel>, old: u64, new: u64) -> anyhow::
         .collect::<Result<_, _>>()?)
 }
 
+on_each_store! {
 #[tokio::test]
 async fn receipts_and_answers_verify_with_only_checkpoint_key_and_bytes() -> anyhow::Result<()> {
     init();
@@ -268,6 +269,7 @@ async fn receipts_and_answers_verify_with_only_checkpoint_key_and_bytes() -> any
     verify_leaf(&vkey, &leaf, &proof(d.log_proof)?)?;
     Ok(())
 }
+}
 
 /// RecordV1 of hub::store, mirrored to tamper with (store-private layout, version 1).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -286,6 +288,7 @@ struct StoredRecord {
     log_index: u64,
 }
 
+on_each_store! {
 #[tokio::test]
 async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<()> {
     init();
@@ -318,7 +321,9 @@ async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<(
     assert!(err.to_string().contains("not proven"), "{err}");
     Ok(())
 }
+}
 
+on_each_store! {
 /// Earlier versions in a History answer are held to the log like the results themselves.
 #[tokio::test]
 async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow::Result<()> {
@@ -363,6 +368,7 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     assert!(matches!(err, AgentError::Log(_)), "{err}");
     Ok(())
 }
+}
 
 /// In the stopped hub's store, moves the acceptance time of the one summary version that
 /// `pick` selects by a minute, in its log leaf (where the hub reads it from): what someone with
@@ -372,67 +378,29 @@ async fn move_acceptance_time(
     hub: &TestHub,
     pick: impl Fn(&Summary) -> bool,
 ) -> anyhow::Result<()> {
-    let db = hub.open_store_db().await?;
-    let leaves = db.open_tree("log_leaves")?;
-    let mut changed = 0;
-    for entry in leaves.iter() {
-        let (key, value) = entry?;
-        if let Entry::Summary {
-            accepted_at,
-            signer_certificate_sha256,
-            signature,
-            body,
-        } = Entry::decode(&value)?
-            && pick(&Summary::from_stored_body_bytes(&body)?)
-        {
-            let moved = Entry::Summary {
-                accepted_at: UnixMillis(accepted_at.0 + 60_000),
+    let changed = hub
+        .edit_stored_leaves(|_, leaf| match Entry::decode(leaf).ok()? {
+            Entry::Summary {
+                accepted_at,
                 signer_certificate_sha256,
                 signature,
                 body,
-            };
-            leaves.insert(key, moved.encode())?;
-            changed += 1;
-        }
-    }
+            } if pick(&Summary::from_stored_body_bytes(&body).ok()?) => Some(
+                Entry::Summary {
+                    accepted_at: UnixMillis(accepted_at.0 + 60_000),
+                    signer_certificate_sha256,
+                    signature,
+                    body,
+                }
+                .encode(),
+            ),
+            _ => None,
+        })
+        .await?;
     ensure!(
         changed == 1,
         "expected to change one summary leaf, changed {changed}"
     );
-    db.flush()?;
-    Ok(())
-}
-
-/// Rewrites the hub's log from its leaves, after `edit` changed their order or number: what a
-/// hub operator who wants a self-consistent altered log would do.
-fn rewrite_log(db: &sled::Db, edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<()> {
-    let leaves_tree = db.open_tree("log_leaves")?;
-    let nodes = db.open_tree("log_nodes")?;
-    let meta = db.open_tree("log_meta")?;
-    let mut leaves: Vec<Vec<u8>> = leaves_tree
-        .iter()
-        .values()
-        .map(|v| v.map(|v| v.to_vec()))
-        .collect::<Result<_, _>>()?;
-    edit(&mut leaves);
-    leaves_tree.clear()?;
-    nodes.clear()?;
-    // Written the way stores before tiles kept the tree (every node in `log_nodes`), which the
-    // hub reads without a tile-by-tile rewrite.
-    db.open_tree("log_tiles")?.clear()?;
-    meta.remove("tiles_from")?;
-    let mut frontier = Vec::new();
-    for (i, leaf) in leaves.iter().enumerate() {
-        let i = i as u64;
-        leaves_tree.insert(i.to_be_bytes(), leaf.as_slice())?;
-        for (level, index, hash) in merkle::append(&mut frontier, i, merkle::leaf_hash(leaf)) {
-            let mut k = vec![level];
-            k.extend_from_slice(&index.to_be_bytes());
-            nodes.insert(k, &hash)?;
-        }
-    }
-    meta.insert("size", &(leaves.len() as u64).to_be_bytes())?;
-    db.flush()?;
     Ok(())
 }
 
@@ -457,10 +425,7 @@ async fn audit_after(edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<Vec
         "{out}"
     );
     hub.stop().await?;
-    {
-        let db = hub.open_store_db().await?;
-        rewrite_log(&db, edit)?;
-    }
+    hub.rewrite_stored_log(edit).await?;
     hub.restart().await?;
     // `huren-agent audit` says so loudly and exits non-zero.
     let (ok, _, err) = cli_audit(&hub).await?;
@@ -476,6 +441,7 @@ async fn audit_after(edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> anyhow::Result<Vec
     Ok(report.problems)
 }
 
+on_each_store! {
 #[tokio::test]
 async fn audit_catches_a_dropped_log_entry() -> anyhow::Result<()> {
     init();
@@ -493,7 +459,9 @@ async fn audit_catches_a_dropped_log_entry() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn audit_catches_reordered_log_entries() -> anyhow::Result<()> {
     init();
@@ -508,21 +476,9 @@ async fn audit_catches_reordered_log_entries() -> anyhow::Result<()> {
     );
     Ok(())
 }
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
+on_each_store! {
 #[tokio::test]
 async fn two_members_shown_different_logs_catch_the_fork() -> anyhow::Result<()> {
     init();
@@ -537,18 +493,14 @@ async fn two_members_shown_different_logs_catch_the_fork() -> anyhow::Result<()>
     // The hub keeps a copy of its store, lets A publish, then goes back to the copy and lets B
     // publish: two logs of the same size under one key.
     hub.stop().await?;
-    let backup = hub.root().join("store-backup");
-    drop(hub.open_store_db().await?);
-    copy_dir(&hub.store_path, &backup)?;
+    hub.back_up_store().await?;
     hub.restart().await?;
     let a = log_agent(&hub, "hosp-a", "state-a").await?;
     publish_some(&a, "FA", p, 1).await?;
     let a_note = a.checkpoint().await?;
     drop(a);
     hub.stop().await?;
-    drop(hub.open_store_db().await?);
-    std::fs::remove_dir_all(&hub.store_path)?;
-    copy_dir(&backup, &hub.store_path)?;
+    hub.restore_store().await?;
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     let s = lab_summary("hosp-b", "FB-0", p, HGB, hours(3))?;
@@ -579,7 +531,9 @@ async fn two_members_shown_different_logs_catch_the_fork() -> anyhow::Result<()>
     assert!(!report.problems.is_empty());
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> {
     init();
@@ -686,7 +640,9 @@ async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> 
     assert_eq!(report.entries[2].method, Method::AccessReport.name());
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
 -> anyhow::Result<()> {
@@ -832,7 +788,9 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
     assert!(!r.withheld_by_consent);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn a_revoked_member_is_refused_but_what_it_signed_before_stays_verifiable()
 -> anyhow::Result<()> {
@@ -976,7 +934,9 @@ async fn a_revoked_member_is_refused_but_what_it_signed_before_stays_verifiable(
     assert!(receipt.accepted_at_ms <= now_ms());
     Ok(())
 }
+}
 
+// sled only: the layout of sled stores written before the log existed.
 #[tokio::test]
 async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> anyhow::Result<()> {
     init();
@@ -1071,6 +1031,7 @@ fn batch_outcome(o: &pb::PublishOutcome) -> Result<&pb::PublishResponse, (Code, 
     }
 }
 
+on_each_store! {
 #[tokio::test]
 async fn a_batch_refuses_only_its_bad_summaries_and_proves_the_rest() -> anyhow::Result<()> {
     init();
@@ -1206,7 +1167,9 @@ async fn a_batch_refuses_only_its_bad_summaries_and_proves_the_rest() -> anyhow:
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn a_batch_over_its_limits_is_refused_whole() -> anyhow::Result<()> {
     init();
@@ -1262,7 +1225,9 @@ async fn a_batch_over_its_limits_is_refused_whole() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
+on_each_store! {
 /// GetInclusionProof gives a leaf's bytes only to its owner or to an administrator (whose read
 /// is logged as an access); anyone else gets the proof alone, which verifies with the bytes it
 /// already holds. Walking the indexes no longer dumps the alliance. The checkpoint comes with
@@ -1358,6 +1323,7 @@ async fn log_entries_are_read_only_by_their_owner_or_an_audited_administrator() 
     );
     Ok(())
 }
+}
 
 /// Runs `huren-hub --check` on the (stopped) hub's store: exit status and standard output.
 fn store_check(hub: &TestHub) -> anyhow::Result<(bool, String)> {
@@ -1379,7 +1345,8 @@ fn store_check(hub: &TestHub) -> anyhow::Result<(bool, String)> {
 
 /// `huren-hub --check` on a real hub's store: nothing wrong after publishing and a query; a
 /// summary leaf changed on disk afterwards is found (the leaves no longer give the log's
-/// root), and the check exits non-zero (issue 20, part 7).
+/// root), and the check exits non-zero (issue 20, part 7). sled only: `--check` reads sled
+/// stores (a PostgreSQL store refuses it by name).
 #[tokio::test]
 async fn the_store_check_finds_a_summary_changed_on_disk() -> anyhow::Result<()> {
     let mut hub = TestHub::start().await?;
@@ -1416,5 +1383,101 @@ async fn the_store_check_finds_a_summary_changed_on_disk() -> anyhow::Result<()>
         "{out}"
     );
     assert!(out.contains("problem(s) found in the store"), "{out}");
+    Ok(())
+}
+
+/// `huren-hub migrate` copies a sled store into PostgreSQL: the log's size and root are the
+/// original's, a member's checkpoint from before is proven consistent with the copy's, and
+/// the copy answers queries with proofs and takes new publishes. A database that is not empty
+/// is refused.
+#[tokio::test]
+async fn migrate_copies_a_sled_store_into_postgres_with_the_same_log() -> anyhow::Result<()> {
+    init();
+    let mut hub = Backend::Sled.scope(TestHub::start()).await?;
+    let p = hub.patient("E50000001");
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    publish_some(&a, "MIG", p, 4).await?;
+    let v2 = crate::harness::amended(
+        &lab_summary("hosp-a", "MIG-0", p, HGB, hours(0))?,
+        "value corrected",
+    );
+    a.publish(&v2, a.sign(&v2)?).await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    let before = b.history(&TREATMENT, &p, UnixMillis(0), true).await?;
+    a.set_consent(&p, true).await?;
+    a.set_consent(&p, false).await?;
+    let old_note = b.checkpoint().await?;
+    drop((a, b));
+    hub.stop().await?;
+    drop(hub.open_store_db().await?);
+    let sled_head = huren_hub::store::SledStore::open(&hub.store_path)?.tree_head()?;
+
+    let url = huren_hub::store::postgres::cluster::shared()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .create_database()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let migrate = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_huren-hub"))
+            .arg("migrate")
+            .arg("--from")
+            .arg(format!("sled:{}", hub.store_path.display()))
+            .arg("--to")
+            .arg(&url)
+            .env("RUST_LOG", "warn")
+            .output()
+    };
+    let out = migrate().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{} log entries", sled_head.size)),
+        "{stdout}"
+    );
+    let copy = huren_hub::store::PgStore::open(&url).await?;
+    use huren_hub::store::Store;
+    assert_eq!(copy.tree_head().await?, sled_head, "same size and root");
+    drop(copy);
+    // Copying again would mix two stores: refused.
+    let again = migrate().await?;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    hub.use_postgres_store(&url)?;
+    hub.restart().await?;
+    let b = log_agent(&hub, "hosp-b", "state-b").await?;
+    // The checkpoint b kept from the sled hub is checked against the copy's.
+    let new_note = b.checkpoint().await?;
+    let v = verifier(&hub)?;
+    let (old, new) = (
+        open_checkpoint(&old_note, &v, v.name())?,
+        open_checkpoint(&new_note, &v, v.name())?,
+    );
+    assert_eq!((new.size, new.root), (sled_head.size, sled_head.root));
+    let mut c = hub.client("hosp-b").await?;
+    let proof = consistency(&mut c, old.size, new.size).await?;
+    verify_consistency(old.size, new.size, &old.root, &new.root, &proof)?;
+    // The same answers, verified with their proofs.
+    let after = b.history(&TREATMENT, &p, UnixMillis(0), true).await?;
+    let ids = |a: &huren_agent::Answer| {
+        a.results
+            .iter()
+            .map(|r| (r.summary.id.to_string(), r.summary.version, r.earlier.len()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(after.results.len(), 4);
+    // And it goes on: a new publish, and b's next checkpoint is consistent again.
+    let a = log_agent(&hub, "hosp-a", "state-a").await?;
+    publish_some(&a, "AFTER", p, 1).await?;
+    b.checkpoint().await?;
     Ok(())
 }

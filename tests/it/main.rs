@@ -1,13 +1,17 @@
 //! Huren's integration tests, one binary so it builds once. Every test starts its own hub (see
-//! `harness`) on a free port with real mutual TLS and a fresh store.
+//! `harness`) on a free port with real mutual TLS and a fresh store. Every test that stores
+//! anything runs twice, once on each backend: `on_each_store!` makes `NAME::sled` and
+//! `NAME::postgres` of a test `NAME` (PostgreSQL: a database of its own on the throwaway
+//! cluster the harness starts, see `harness::Backend`).
 
+#[macro_use]
+mod harness;
 mod agent;
 mod bad_input;
 mod connections;
 mod crash_loop;
 mod deploy;
 mod durability;
-mod harness;
 mod interop;
 mod log;
 mod node_daemon;

@@ -164,6 +164,7 @@ pub(crate) async fn start_daemon(dirs: &AgentDirs) -> anyhow::Result<Daemon> {
     Ok(Daemon::start(AgentConfig::load(&dirs.config)?, Some(listener)).await?)
 }
 
+on_each_store! {
 #[tokio::test]
 async fn hl7_and_fhir_files_reach_the_hub_and_bad_ones_are_rejected_with_reasons()
 -> anyhow::Result<()> {
@@ -253,7 +254,9 @@ async fn hl7_and_fhir_files_reach_the_hub_and_bad_ones_are_rejected_with_reasons
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn a_thousand_results_survive_a_hub_outage_and_arrive_once() -> anyhow::Result<()> {
     init();
@@ -299,7 +302,9 @@ async fn a_thousand_results_survive_a_hub_outage_and_arrive_once() -> anyhow::Re
     );
     Ok(())
 }
+}
 
+on_each_store! {
 /// A hub whose batch limit is below the agent's batches refuses them whole; the agent then
 /// publishes one summary per call, and everything arrives once.
 #[tokio::test]
@@ -333,7 +338,9 @@ async fn an_agent_falls_back_to_one_summary_per_call_when_the_hub_refuses_its_ba
     assert_eq!(hub.stored_summary_count().await?, 40);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn an_agent_killed_mid_publish_publishes_every_result_once() -> anyhow::Result<()> {
     init();
@@ -406,7 +413,9 @@ async fn an_agent_killed_mid_publish_publishes_every_result_once() -> anyhow::Re
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn reports_are_served_over_mtls_and_checked_against_the_signed_digest() -> anyhow::Result<()>
 {
@@ -537,6 +546,7 @@ async fn reports_are_served_over_mtls_and_checked_against_the_signed_digest() ->
     daemon.shutdown().await?;
     Ok(())
 }
+}
 
 /// Opens a stopped agent's store with sled (its lock is released when the daemon has stopped).
 async fn sled_open(path: &Path) -> anyhow::Result<sled::Db> {
@@ -552,6 +562,7 @@ async fn sled_open(path: &Path) -> anyhow::Result<sled::Db> {
     }
 }
 
+on_each_store! {
 #[tokio::test]
 async fn a_refused_summary_becomes_a_dead_letter_listed_by_outbox() -> anyhow::Result<()> {
     init();
@@ -599,7 +610,9 @@ async fn a_refused_summary_becomes_a_dead_letter_listed_by_outbox() -> anyhow::R
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn backfill_loads_a_folder_and_resumes() -> anyhow::Result<()> {
     init();
@@ -647,7 +660,9 @@ async fn backfill_loads_a_folder_and_resumes() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn the_daemon_binary_stops_gracefully_on_sigterm() -> anyhow::Result<()> {
     init();
@@ -691,6 +706,7 @@ async fn the_daemon_binary_stops_gracefully_on_sigterm() -> anyhow::Result<()> {
     assert!(!text.contains(PATIENT), "{text}");
     Ok(())
 }
+}
 
 /// The verifier key of `hub`'s log, or (with `other`) of a log key the hub does not hold.
 fn log_verifier_key(hub: &TestHub, other: bool) -> anyhow::Result<String> {
@@ -715,6 +731,7 @@ fn with_log(dirs: &AgentDirs, verifier_key: &str) -> anyhow::Result<PathBuf> {
     Ok(state)
 }
 
+on_each_store! {
 /// Every publishing path checks its receipts against the hub's log: the daemon and backfill
 /// keep each entry for `audit` (before, only the CLI's `publish` did: `audit` re-checked 0),
 /// and a receipt not proven by the configured log key is not taken (the result stays queued).
@@ -791,7 +808,9 @@ async fn the_daemon_and_backfill_check_receipts_against_the_log() -> anyhow::Res
     assert!(!county_state.join("receipts").exists());
     Ok(())
 }
+}
 
+on_each_store! {
 /// A report stored before 2026-12-04 for a result read from a FHIR Bundle was the whole file,
 /// other patients included: the repository does not serve such a report, and says how the
 /// publisher fixes it.
@@ -873,4 +892,5 @@ async fn a_stored_report_holding_several_patients_is_not_served() -> anyhow::Res
     assert!(!hub.root().join("fetched.json").exists());
     daemon.shutdown().await?;
     Ok(())
+}
 }

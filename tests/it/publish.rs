@@ -57,6 +57,7 @@ async fn only_prior(
     found.results.into_iter().next().context("no result")
 }
 
+on_each_store! {
 #[tokio::test]
 async fn receipt_describes_the_summary_and_a_retry_gets_the_same_receipt() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -91,7 +92,9 @@ async fn receipt_describes_the_summary_and_a_retry_gets_the_same_receipt() -> an
     assert_eq!(stored.summary, Some(signed));
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn a_different_body_under_a_stored_version_is_refused() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -115,7 +118,9 @@ async fn a_different_body_under_a_stored_version_is_refused() -> anyhow::Result<
     assert_eq!(stored.summary, Some(signed), "the stored summary changed");
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn versions_must_arrive_in_order_and_queries_return_the_latest() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -162,7 +167,9 @@ async fn versions_must_arrive_in_order_and_queries_return_the_latest() -> anyhow
     assert_eq!(stored.summary, Some(signed_v2));
     Ok(())
 }
+}
 
+on_each_store! {
 /// The hub keeps a record only for superseded versions (the latest is named by its
 /// latest-version entry): versions amended within one batch, retried later, or republished
 /// with another body still get their own receipts, and History lists every version.
@@ -229,24 +236,49 @@ async fn versions_superseded_in_one_batch_keep_their_receipts() -> anyhow::Resul
     drop(client);
     hub.stop().await?;
     assert_eq!(hub.stored_summary_count().await?, 3);
-    let db = hub.open_store_db().await?;
-    let records = db
-        .open_tree("summaries")?
-        .scan_prefix(b"hosp-a\0LAB-0012\0")
-        .count();
-    assert_eq!(records, 2, "records for versions 1 and 2 only");
-    let latest = db
-        .open_tree("latest")?
-        .get(b"hosp-a\0LAB-0012")?
-        .context("latest")?;
-    assert_eq!(
-        latest[..4],
-        3u32.to_be_bytes(),
-        "the latest entry names version 3"
-    );
+    if hub.backend == Backend::Sled {
+        let db = hub.open_store_db().await?;
+        let records = db
+            .open_tree("summaries")?
+            .scan_prefix(b"hosp-a\0LAB-0012\0")
+            .count();
+        assert_eq!(records, 2, "records for versions 1 and 2 only");
+        let latest = db
+            .open_tree("latest")?
+            .get(b"hosp-a\0LAB-0012")?
+            .context("latest")?;
+        assert_eq!(
+            latest[..4],
+            3u32.to_be_bytes(),
+            "the latest entry names version 3"
+        );
+    } else {
+        // PostgreSQL keeps a row per version and the latest apart.
+        let sql = hub.sql_client().await?;
+        let versions: Vec<i32> = sql
+            .query(
+                "SELECT version FROM summaries WHERE publisher = 'hosp-a' AND summary_id = 'LAB-0012' ORDER BY version",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [1, 2, 3]);
+        let latest: i32 = sql
+            .query_one(
+                "SELECT version FROM latest WHERE publisher = 'hosp-a' AND summary_id = 'LAB-0012'",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(latest, 3, "the latest entry names version 3");
+    }
     Ok(())
 }
+}
 
+on_each_store! {
 /// An amendment that changes the item or the time is found where it now is, and no longer
 /// where version 1 was. One that changes the patient is refused (an order number reused for
 /// another patient must not take the result with it): the publisher voids the result and
@@ -360,7 +392,9 @@ async fn an_amendment_that_moves_the_result_is_found_only_where_it_now_is() -> a
     assert_eq!(refused, vec![false, false, true], "{outcomes:?}");
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn an_imaging_summary_is_published_and_found() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -375,7 +409,9 @@ async fn an_imaging_summary_is_published_and_found() -> anyhow::Result<()> {
     assert_eq!(stored.summary, Some(signed));
     Ok(())
 }
+}
 
+on_each_store! {
 /// Many agents retrying the same summary at once: one stores it, all get the same receipt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_publishes_store_once() -> anyhow::Result<()> {
@@ -404,7 +440,9 @@ async fn concurrent_identical_publishes_store_once() -> anyhow::Result<()> {
     assert!(receipts.windows(2).all(|w| w[0] == w[1]), "{receipts:?}");
     Ok(())
 }
+}
 
+on_each_store! {
 /// Publishes arriving together have their signatures checked together (one batch equation);
 /// a bad signature among them is refused on its own and the others are stored, each caller
 /// hearing its own outcome.
@@ -460,7 +498,9 @@ async fn a_bad_signature_among_concurrent_publishes_refuses_only_itself() -> any
     );
     Ok(())
 }
+}
 
+on_each_store! {
 /// Two different bodies racing for the same version: one wins, the other gets ALREADY_EXISTS,
 /// and the stored one is the winner's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,7 +531,9 @@ async fn concurrent_conflicting_publishes_have_one_winner() -> anyhow::Result<()
     assert_eq!(stored.receipt, receipt);
     Ok(())
 }
+}
 
+on_each_store! {
 /// A result dated in the future (beyond the hub's 10 minutes for clock drift) or after the
 /// year 9999 is refused, alone and in a batch, with the field named; one a few minutes
 /// ahead (a drifting clock) is taken.
@@ -554,4 +596,5 @@ async fn results_from_the_future_are_refused() -> anyhow::Result<()> {
         "only the drifting result is stored"
     );
     Ok(())
+}
 }

@@ -121,6 +121,7 @@ impl World {
     }
 }
 
+on_each_store! {
 /// With `certificates_once`, an answer carries each signing certificate once and the
 /// summaries point at it; put back, they are byte for byte the summaries of an answer without
 /// it, and the answer is smaller by the copies left out. History shares the same way
@@ -176,7 +177,9 @@ async fn certificates_once_sends_each_signing_certificate_once() -> anyhow::Resu
 
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn find_prior_is_newest_first_and_honours_items_and_time() -> anyhow::Result<()> {
     let mut w = world().await?;
@@ -224,7 +227,9 @@ async fn find_prior_is_newest_first_and_honours_items_and_time() -> anyhow::Resu
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn history_lists_all_items_across_members_newest_first() -> anyhow::Result<()> {
     let mut w = world().await?;
@@ -236,7 +241,9 @@ async fn history_lists_all_items_across_members_newest_first() -> anyhow::Result
     assert_eq!(w.history(q, 0).await?, ["A-6"]);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn answers_over_the_limit_are_truncated_to_the_newest() -> anyhow::Result<()> {
     let hub = TestHub::start_with(Limits {
@@ -275,7 +282,9 @@ async fn answers_over_the_limit_are_truncated_to_the_newest() -> anyhow::Result<
     assert_eq!(ids(&history.results), ["T-3", "T-2"]);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn health_reports_serving_over_mtls() -> anyhow::Result<()> {
     use tonic_health::pb::HealthCheckRequest;
@@ -305,7 +314,9 @@ async fn health_reports_serving_over_mtls() -> anyhow::Result<()> {
     );
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn reflection_lists_the_hub_service() -> anyhow::Result<()> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -349,4 +360,5 @@ async fn reflection_lists_the_hub_service() -> anyhow::Result<()> {
     };
     assert!(!files.file_descriptor_proto.is_empty());
     Ok(())
+}
 }

@@ -65,6 +65,7 @@ fn id_of(s: &pb::StoredSummary) -> &str {
     s.receipt.as_ref().map_or("", |r| r.summary_id.as_str())
 }
 
+on_each_store! {
 #[tokio::test]
 async fn every_rule_reaches_the_asker() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -139,7 +140,9 @@ async fn every_rule_reaches_the_asker() -> anyhow::Result<()> {
     assert_eq!(reasons(&by_id(&tertiary_view, "C-HGB")), [R::Direction]);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn amend_and_void_only_by_the_owner_and_history_shows_the_chain() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -211,6 +214,7 @@ async fn amend_and_void_only_by_the_owner_and_history_shows_the_chain() -> anyho
     );
     Ok(())
 }
+}
 
 fn local(code: &str) -> OrderItem {
     OrderItem {
@@ -243,6 +247,7 @@ async fn decide(
     .map(tonic::Response::into_inner)
 }
 
+on_each_store! {
 /// The closed loop on a known data set: an order check, decisions, and the statistics that
 /// follow from them, worked out by hand.
 #[tokio::test]
@@ -489,7 +494,9 @@ async fn order_check_decisions_and_statistics() -> anyhow::Result<()> {
     assert_eq!(own.rows[0].key, TOWNSHIP);
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn a_changed_policy_file_changes_verdicts_without_a_restart() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
@@ -548,7 +555,9 @@ async fn a_changed_policy_file_changes_verdicts_without_a_restart() -> anyhow::R
     let _ = ItemCode::default();
     Ok(())
 }
+}
 
+on_each_store! {
 /// Statistics cannot be inflated: of a member's decisions on one consultation of a result only
 /// the latest counts (a hundred adoptions with fresh ids count once; a later re-test replaces
 /// them; the log keeps them all), a new look-up is a new consultation, and adopting a result
@@ -638,6 +647,7 @@ async fn one_decision_per_consultation_counts() -> anyhow::Result<()> {
     assert_eq!(counted().await?, (1, 1, 1));
     Ok(())
 }
+}
 
 /// The county's order check for haemoglobin (local code XCG-HB) now, for treatment.
 fn order_hb_now(patient: &Pseudonym) -> pb::CheckOrderRequest {
@@ -675,6 +685,7 @@ async fn reload_policy(
     }
 }
 
+on_each_store! {
 /// A revocation dated in the past (a key compromise found late) reaches the summaries the hub
 /// accepted from that moment on: they are shown NOT_RECOGNISED with the reason, or withheld,
 /// as the policy says, and an order check never picks them; earlier ones stay recognised.
@@ -747,4 +758,5 @@ async fn a_backdated_revocation_reaches_what_the_hub_accepted_after_it() -> anyh
         .collect();
     assert_eq!(ids, ["K-OLD"]);
     Ok(())
+}
 }

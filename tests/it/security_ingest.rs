@@ -53,6 +53,7 @@ async fn seen_for(hub: &TestHub, patient: &str) -> anyhow::Result<Vec<(String, u
     Ok(ids)
 }
 
+on_each_store! {
 /// A file the interface engine is still writing (two messages, the second cut inside OBX-5, no
 /// segment terminator) is held in the inbox: nothing of it is published, even after the
 /// settle time. Once written whole it is read and all its results are published; a file that
@@ -135,7 +136,9 @@ async fn a_file_still_being_written_is_held_until_whole() -> anyhow::Result<()> 
     daemon.shutdown().await?;
     Ok(())
 }
+}
 
+on_each_store! {
 /// An order number (OBR-3) published for patient P and sent again for patient Q is refused by
 /// the agent to rejected/, with a reason naming the order number and the conflict (never a
 /// patient id); P keeps the result and Q gets none. A void then a re-send does not bring the
@@ -200,7 +203,9 @@ async fn a_reused_order_number_does_not_move_a_result_to_another_patient() -> an
     daemon.shutdown().await?;
     Ok(())
 }
+}
 
+on_each_store! {
 /// Stopping the daemon in the middle of a big batch file stops between two messages: the file
 /// stays in the inbox, and the next start reads it again and publishes every result exactly
 /// once.
@@ -241,7 +246,9 @@ async fn a_big_file_stops_midway_on_shutdown_and_resumes_without_duplicates() ->
     assert_eq!(hub.stored_summary_count().await?, messages);
     Ok(())
 }
+}
 
+on_each_store! {
 /// A FHIR transaction Bundle of good lab results and one ImagingStudy whose procedure code the
 /// mapping does not know: the lab results are published, and the ImagingStudy is refused by
 /// its id (a copy of the file in rejected/ whose reason names `ImagingStudy/<id>`).
@@ -282,7 +289,9 @@ async fn a_bundle_with_one_unreadable_resource_publishes_the_rest() -> anyhow::R
     daemon.shutdown().await?;
     Ok(())
 }
+}
 
+on_each_store! {
 /// `backfill` judges a file as `run` does: a file with one refused message of two is accepted,
 /// its good message queued and the refused one written apart with its reason; and after an
 /// interruption the count of files ingested is the files read, not the files listed.
@@ -350,6 +359,7 @@ async fn backfill_judges_files_as_run_does_and_counts_right_when_interrupted() -
     );
     Ok(())
 }
+}
 
 /// An HL7 v2 TS (`YYYYMMDDHHMMSS+0000`) `days` from now.
 fn hl7_time_from_now(days: i64) -> String {
@@ -365,6 +375,7 @@ fn hl7_time_from_now(days: i64) -> String {
     )
 }
 
+on_each_store! {
 /// Through the real daemon: a training message (MSH-11 `T`), a debugging one (`D`) and results
 /// dated tomorrow (a wrong LIS clock or time zone) are refused to rejected/ with the HL7 field
 /// named, and nothing of them is signed or published; a good file beside them is published.
@@ -422,6 +433,7 @@ async fn test_messages_and_future_results_are_refused_before_signing() -> anyhow
     daemon.shutdown().await?;
     Ok(())
 }
+}
 
 /// The value of metric `name` (a line `name value`) in a metrics page.
 fn metric(page: &str, name: &str) -> anyhow::Result<i64> {
@@ -433,6 +445,7 @@ fn metric(page: &str, name: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("{name} is not a number"))
 }
 
+on_each_store! {
 /// The agent daemon's metrics endpoint (issue 20, part 7): what is published, and, while the hub
 /// is down, what waits and for how long, read from the store at each scrape.
 #[tokio::test]
@@ -475,4 +488,5 @@ async fn the_agent_metrics_show_the_outbox_and_its_oldest_wait() -> anyhow::Resu
     );
     daemon.shutdown().await?;
     Ok(())
+}
 }

@@ -26,6 +26,7 @@
 //! Methods are async: a backend on a networked engine awaits it, the embedded one answers in
 //! place (its reads are short and mostly from its page cache).
 
+pub mod postgres;
 pub mod sled;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use huren_core::signing::{SignedEnvelope, VerifiedSummary};
 use huren_core::stats::Event;
 use huren_core::summary::{SuccessionError, Summary, UnixMillis};
 
+pub use self::postgres::PgStore;
 pub use self::sled::{DEFAULT_CACHE_BYTES, Durability, SledStore, TreeContents};
 
 /// What a member was shown of a result.
@@ -336,6 +338,20 @@ pub trait Store: Send + Sync + 'static {
         old_size: u64,
         new_size: u64,
     ) -> Result<Vec<Hash>, StoreError>;
+}
+
+/// Opens the store `config.store` names: a sled folder or a PostgreSQL database.
+pub async fn open(config: &crate::config::HubConfig) -> Result<SharedStore, StoreError> {
+    Ok(match config.store_kind() {
+        crate::config::StoreKind::Sled => Arc::new(SledStore::open_with(
+            &config.store,
+            config.store_cache_mb << 20,
+            config.durability,
+        )?),
+        crate::config::StoreKind::Postgres => {
+            Arc::new(PgStore::open(&config.store.to_string_lossy()).await?)
+        }
+    })
 }
 
 /// Whether a new version (first) may follow the stored version before it (second); the hub

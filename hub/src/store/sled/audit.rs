@@ -1,7 +1,7 @@
 use super::*;
 
 /// The log leaf of an access.
-pub(super) fn access_leaf(a: &Access) -> Vec<u8> {
+pub(crate) fn access_leaf(a: &Access) -> Vec<u8> {
     Entry::Access {
         at: a.at,
         caller: a.caller.to_string(),
@@ -366,5 +366,60 @@ impl SledStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// One result a member was shown for a patient, as [`SledStore::shown_records`] lists them.
+#[derive(Clone, Debug)]
+pub struct ShownRecord {
+    pub member: InstitutionId,
+    pub patient: Pseudonym,
+    pub publisher: String,
+    pub summary_id: String,
+    pub consultation: Consultation,
+}
+
+impl SledStore {
+    /// Every result each member was last shown of each patient (what decisions are checked
+    /// against), for copying the store. The older per-result layout (`consulted`, which does
+    /// not name the patient) is left out; returns its number of entries too.
+    pub fn shown_records(&self) -> Result<(Vec<ShownRecord>, usize), StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.shown.iter() {
+            let (key, raw) = entry?;
+            let malformed = || StoreError::Corrupt("malformed shown key".into());
+            let split = key.len().checked_sub(33).ok_or_else(malformed)?;
+            if key.get(split) != Some(&0) {
+                return Err(malformed());
+            }
+            let member = std::str::from_utf8(&key[..split])
+                .ok()
+                .and_then(|m| InstitutionId::parse(m).ok())
+                .ok_or_else(malformed)?;
+            let patient = Pseudonym::from_slice(&key[split + 1..]).ok_or_else(malformed)?;
+            let record: ShownV1 = decode_v1(&raw)?;
+            for r in record.results {
+                let Some(c) = r.consultation else { continue };
+                out.push(ShownRecord {
+                    member: member.clone(),
+                    patient,
+                    publisher: r.publisher,
+                    summary_id: r.summary_id,
+                    consultation: Consultation {
+                        version: c.version,
+                        recognised: c.recognised,
+                        item_system: c.item_system,
+                        item_code: c.item_code,
+                        at: UnixMillis(c.at_ms),
+                    },
+                });
+            }
+        }
+        Ok((out, self.inner.consulted.len()))
+    }
+
+    /// A signing certificate's DER by the SHA-256 of it, for copying the store.
+    pub fn certificate_der(&self, hash: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(self.certificate(hash)?.to_vec())
     }
 }

@@ -67,6 +67,7 @@
 //! cut.
 
 mod audit;
+pub(crate) use audit::access_leaf;
 mod check;
 mod log;
 mod records;
@@ -100,6 +101,7 @@ use super::{
     TreeHead,
 };
 use crate::batch::{Worker, next_batch};
+pub use audit::ShownRecord;
 pub use check::CheckReport;
 #[allow(unused_imports)]
 use {audit::*, log::*, records::*, summaries::*};

@@ -1,0 +1,405 @@
+//! The PostgreSQL backend against a real server: the process's throwaway cluster
+//! ([`super::cluster::shared`]), a database of its own per test.
+
+use super::*;
+use crate::store::{Access, Shown};
+use huren_core::logentry::{Method, Purpose};
+use huren_core::merkle::{self, MemoryTree, verify_consistency, verify_inclusion};
+use huren_core::stats::EventKind;
+
+async fn fresh() -> (PgStore, String) {
+    let cluster = cluster::shared().unwrap_or_else(|e| panic!("no PostgreSQL for the tests: {e}"));
+    let url = cluster.create_database().await.unwrap();
+    (PgStore::open(&url).await.unwrap(), url)
+}
+
+/// Runs SQL on a test database as the superuser (to look under the store, or tamper with it).
+async fn sql(url: &str, statements: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let task = tokio::spawn(connection);
+    let result = client.batch_execute(statements).await;
+    drop(client);
+    let _ = task.await;
+    result
+}
+
+fn access(i: u64, patient: Pseudonym) -> Access {
+    Access {
+        at: UnixMillis(1_000 + i as i64),
+        caller: InstitutionId::parse("hosp-a").unwrap(),
+        purpose: Purpose::Treatment,
+        method: Method::FindPrior,
+        emergency_override: false,
+        withheld_by_consent: false,
+        patient,
+        results: vec![],
+        policy_version: "test".into(),
+        requester: String::new(),
+    }
+}
+
+fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)]) -> QueryRecord {
+    let member = InstitutionId::parse(member).unwrap();
+    let mut a = access(0, patient);
+    a.at = UnixMillis(at);
+    QueryRecord {
+        shown: shown
+            .iter()
+            .map(|&(id, version, recognised)| Shown {
+                publisher: "hosp-a".into(),
+                summary_id: id.into(),
+                version,
+                item_system: "loinc".into(),
+                item_code: "718-7".into(),
+                recognised,
+            })
+            .collect(),
+        events: vec![Event {
+            at: UnixMillis(at),
+            member: member.clone(),
+            item_system: "loinc".into(),
+            item_code: "718-7".into(),
+            price_fen: 100,
+            kind: EventKind::Query {
+                found: true,
+                cross_member: false,
+            },
+        }],
+        access: a,
+        member,
+    }
+}
+
+/// Appends `n` access leaves in batches of 1 to 7 and to `tree`; the head after each batch,
+/// checked against `tree`.
+async fn grow(store: &PgStore, tree: &mut MemoryTree, n: u64) -> Vec<TreeHead> {
+    let p = Pseudonym::from_slice(&[3; 32]).unwrap();
+    let mut heads = Vec::new();
+    let end = tree.size() + n;
+    while tree.size() < end {
+        let start = tree.size();
+        let len = (start % 7 + 1).min(end - start);
+        let batch: Vec<QueryRecord> = (start..start + len)
+            .map(|i| {
+                let mut q = query("hosp-b", p, 0, &[]);
+                q.access = access(i, p);
+                q.events.clear();
+                q
+            })
+            .collect();
+        store.record_query_batch(&batch).await.unwrap();
+        for i in start..start + len {
+            tree.push(&store.leaf_bytes(i).await.unwrap());
+        }
+        let head = store.read_tree_head().await.unwrap();
+        assert_eq!(head.size, tree.size());
+        assert_eq!(head.root, tree.root(), "root at size {}", head.size);
+        heads.push(head);
+    }
+    heads
+}
+
+async fn check_proofs(store: &PgStore, heads: &[TreeHead]) {
+    let last = store.read_tree_head().await.unwrap();
+    for i in 0..last.size {
+        let proof = store.inclusion(i, last.size).await.unwrap();
+        let leaf = merkle::leaf_hash(&store.leaf_bytes(i).await.unwrap());
+        verify_inclusion(&leaf, i, last.size, &proof, &last.root)
+            .unwrap_or_else(|e| panic!("leaf {i} at size {}: {e}", last.size));
+    }
+    for old in heads {
+        let proof = store.consistency(old.size, last.size).await.unwrap();
+        verify_consistency(old.size, last.size, &old.root, &last.root, &proof)
+            .unwrap_or_else(|e| panic!("size {} to {}: {e}", old.size, last.size));
+    }
+}
+
+/// Batches of appends build the RFC 6962 tree; proofs, from stored nodes, check against it,
+/// from a fresh process's store too (nothing cached); a size past the end is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_build_the_rfc6962_tree_and_proofs_come_from_stored_nodes() {
+    let (store, url) = fresh().await;
+    let mut tree = MemoryTree::new();
+    let heads = grow(&store, &mut tree, 70).await;
+    check_proofs(&store, &heads).await;
+    drop(store);
+    let reopened = PgStore::open(&url).await.unwrap();
+    assert_eq!(reopened.read_tree_head().await.unwrap().root, tree.root());
+    check_proofs(&reopened, &heads).await;
+    let more = grow(&reopened, &mut tree, 20).await;
+    check_proofs(&reopened, &[heads, more].concat()).await;
+    assert!(matches!(
+        reopened.inclusion(0, 91).await,
+        Err(StoreError::BeyondLog {
+            size: 91,
+            current: 90
+        })
+    ));
+    // Proofs read stored nodes: one missing is corruption, not a recomputation.
+    sql(
+        &url,
+        "ALTER TABLE log_nodes DISABLE TRIGGER log_nodes_append_only;
+         DELETE FROM log_nodes WHERE level = 6 AND idx = 0;",
+    )
+    .await
+    .unwrap();
+    let cold = PgStore::open(&url).await.unwrap();
+    match cold.inclusion(64, 90).await {
+        Err(StoreError::Corrupt(e)) => assert!(e.contains("(6, 0)"), "{e}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+/// A query batch records what each member was shown (the last query of the batch wins),
+/// its events and one access leaf per query, indexed by patient.
+#[tokio::test]
+async fn query_records_consultations_events_and_accesses() {
+    let (store, _) = fresh().await;
+    let p = Pseudonym::from_slice(&[4; 32]).unwrap();
+    let q = Pseudonym::from_slice(&[5; 32]).unwrap();
+    let b = InstitutionId::parse("hosp-b").unwrap();
+    let c = InstitutionId::parse("hosp-c").unwrap();
+    store
+        .record_query_batch(&[
+            query("hosp-b", p, 5_000, &[("R1", 1, true), ("R2", 1, false)]),
+            query("hosp-b", p, 5_000, &[("R1", 2, false)]),
+            query("hosp-c", p, 5_001, &[("R3", 1, true)]),
+            query("hosp-b", q, 5_002, &[]),
+        ])
+        .await
+        .unwrap();
+    let seen = async |m: &InstitutionId, patient: &Pseudonym, id: &str| {
+        store
+            .consultation(m, patient, "hosp-a", id)
+            .await
+            .unwrap()
+            .map(|c| (c.version, c.recognised, c.at.0))
+    };
+    assert_eq!(seen(&b, &p, "R1").await, Some((2, false, 5_000)));
+    assert_eq!(seen(&b, &p, "R2").await, Some((1, false, 5_000)));
+    assert_eq!(seen(&b, &p, "R3").await, None);
+    assert_eq!(seen(&c, &p, "R3").await, Some((1, true, 5_001)));
+    let events = store
+        .events(UnixMillis(5_000), UnixMillis(5_002))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2].member, c);
+    let all = UnixMillis(i64::MAX);
+    assert_eq!(
+        store.accesses(&p, UnixMillis(0), all).await.unwrap(),
+        [0, 1, 2]
+    );
+    assert_eq!(store.accesses(&q, UnixMillis(0), all).await.unwrap(), [3]);
+    assert_eq!(store.read_tree_head().await.unwrap().size, 4);
+}
+
+/// A decision is recorded once with its leaf and event; the same id again is the same
+/// decision, or refused when it names another result.
+#[tokio::test]
+async fn decisions_are_recorded_once_and_consent_is_logged() {
+    let (store, _) = fresh().await;
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    let d = DecisionRecord {
+        member: member.clone(),
+        decision_id: "d-1".into(),
+        publisher: InstitutionId::parse("hosp-a").unwrap(),
+        summary_id: "R1".into(),
+        version: 1,
+        adopted: true,
+        reason: None,
+        note: "ok".into(),
+        at: UnixMillis(7_000),
+        recognised: true,
+        event: Event {
+            at: UnixMillis(7_000),
+            member: member.clone(),
+            item_system: "loinc".into(),
+            item_code: "718-7".into(),
+            price_fen: 1,
+            kind: EventKind::Decision {
+                adopted: true,
+                reason: None,
+                consultation: None,
+            },
+        },
+    };
+    let (outcome, logged) = store.record_decision_logged(&d).await.unwrap();
+    assert_eq!(
+        outcome,
+        DecisionOutcome::Recorded {
+            at: UnixMillis(7_000)
+        }
+    );
+    let logged = logged.unwrap();
+    assert_eq!((logged.index, logged.head.size), (0, 1));
+    let mut later = d.clone();
+    later.at = UnixMillis(9_000);
+    let (again, none) = store.record_decision_logged(&later).await.unwrap();
+    assert_eq!(
+        again,
+        DecisionOutcome::AlreadyRecorded {
+            at: UnixMillis(7_000),
+            recognised: true
+        }
+    );
+    assert!(none.is_none());
+    let mut other = d.clone();
+    other.summary_id = "R2".into();
+    assert!(matches!(
+        store.record_decision_logged(&other).await,
+        Err(StoreError::DecisionIdReused { .. })
+    ));
+    assert_eq!(
+        store
+            .events(UnixMillis(0), UnixMillis(i64::MAX))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let p = Pseudonym::from_slice(&[6; 32]).unwrap();
+    assert!(!store.opted_out(&p).await.unwrap());
+    let (changed, at) = store
+        .set_consent(&p, true, &member, UnixMillis(8_000))
+        .await
+        .unwrap();
+    assert!(changed);
+    assert_eq!(at.index, 1);
+    assert!(store.opted_out(&p).await.unwrap());
+    let (changed, _) = store
+        .set_consent(&p, true, &member, UnixMillis(8_001))
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(store.read_tree_head().await.unwrap().size, 3);
+}
+
+/// Triggers refuse changes to the log even to the tables' owner; a role with the documented
+/// rights (README, PostgreSQL) runs the hub but cannot change the log at all.
+#[tokio::test]
+async fn the_log_is_append_only_and_the_hub_role_cannot_change_it() {
+    let (store, url) = fresh().await;
+    let p = Pseudonym::from_slice(&[7; 32]).unwrap();
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    store
+        .set_consent(&p, true, &member, UnixMillis(1))
+        .await
+        .unwrap();
+    for attempt in [
+        "UPDATE log_leaves SET leaf = '\\x00'",
+        "DELETE FROM log_leaves",
+        "TRUNCATE log_leaves",
+        "UPDATE log_head SET size = 0, frontier = '\\x'",
+        "DELETE FROM log_head",
+    ] {
+        let e = sql(&url, attempt).await.unwrap_err();
+        assert!(
+            e.to_string().contains("refused") || format!("{e:?}").contains("refused"),
+            "{attempt}: {e:?}"
+        );
+    }
+    // The hub's role, as README grants it.
+    let role = format!("huren_hub_{}", std::process::id());
+    sql(
+        &url,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;"),
+    )
+    .await
+    .ok();
+    sql(&url, &hub_role_grants(&role)).await.unwrap();
+    let as_hub = url.replacen("huren@", &format!("{role}@"), 1);
+    let hub = PgStore::open(&as_hub).await.unwrap();
+    hub.set_consent(&p, false, &member, UnixMillis(2))
+        .await
+        .unwrap();
+    assert_eq!(hub.read_tree_head().await.unwrap().size, 2);
+    let refused = sql(
+        &as_hub,
+        "ALTER TABLE log_leaves DISABLE TRIGGER log_leaves_append_only",
+    )
+    .await;
+    assert!(refused.is_err());
+    let refused = sql(&as_hub, "UPDATE log_leaves SET leaf = '\\x00'")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("permission denied"),
+        "{refused:?}"
+    );
+}
+
+/// The grants README documents for the hub's role.
+fn hub_role_grants(role: &str) -> String {
+    format!(
+        "GRANT SELECT ON huren_schema TO {role};
+         GRANT SELECT, INSERT ON log_leaves, log_nodes, certs, summaries, by_patient, access, events TO {role};
+         GRANT SELECT, UPDATE ON log_head TO {role};
+         GRANT SELECT, INSERT, UPDATE ON latest, shown, decisions, consent TO {role};
+         GRANT USAGE ON SEQUENCE events_seq_seq TO {role};"
+    )
+}
+
+/// A database written by a newer hub is refused by name, before anything is read.
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let (store, url) = fresh().await;
+    drop(store);
+    sql(&url, "UPDATE huren_schema SET version = 99")
+        .await
+        .unwrap();
+    match PgStore::open(&url).await {
+        Err(e @ StoreError::NewerLayout { found: 99, .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("postgres://127.0.0.1:"), "{text}");
+            assert!(
+                text.contains("newer than this hub reads (up to 1)"),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("expected NewerLayout, got {e}"),
+        Ok(_) => panic!("expected NewerLayout, the store opened"),
+    }
+}
+
+/// Several hubs opening one new database at once apply the schema once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_migrate_once() {
+    let url = cluster::shared().unwrap().create_database().await.unwrap();
+    let opens = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { PgStore::open(&url).await.map(|_| ()) })
+    });
+    for open in opens {
+        open.await.unwrap().unwrap();
+    }
+}
+
+/// A server that is not there is reported as unavailable, naming where it was looked for.
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_by_name() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://huren@127.0.0.1:{port}/nothing?connect_timeout=2");
+    match PgStore::open(&url).await {
+        Err(e @ StoreError::Unavailable(_)) => {
+            let text = format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            );
+            assert!(
+                text.contains(&format!(
+                    "cannot reach PostgreSQL at postgres://127.0.0.1:{port}/nothing"
+                )),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("expected Unavailable, got {e}"),
+        Ok(_) => panic!("expected Unavailable, it opened"),
+    }
+}
