@@ -365,27 +365,9 @@ impl fmt::Display for NoteVerifier {
 /// key ID), ignoring other keys' lines, and returns the text. Fails if the note is malformed, if
 /// any of the key's signatures does not verify, or if there is none.
 pub fn open(note: &str, verifier: &NoteVerifier) -> Result<String, NoteError> {
-    if note.chars().any(|c| c < ' ' && c != '\n') {
-        return Err(NoteError::Malformed(
-            "control characters other than newline",
-        ));
-    }
-    let split = note
-        .rfind("\n\n")
-        .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
-    let (text, signatures) = (&note[..=split], &note[split + 2..]);
-    let signatures = signatures
-        .strip_suffix('\n')
-        .filter(|s| !s.is_empty())
-        .ok_or(NoteError::Malformed(
-            "the signature lines must end with a newline",
-        ))?;
-    // Counted before any verification, so a flood of lines costs no signature checks.
-    if signatures.split('\n').nth(MAX_SIGNATURES).is_some() {
-        return Err(NoteError::Malformed("too many signatures"));
-    }
+    let (text, signatures) = split_note(note)?;
     let mut verified = false;
-    for line in signatures.split('\n') {
+    for line in signatures {
         let (name, key_id, signature) = parse_signature_line(line)?;
         if name != verifier.name || key_id != verifier.key_id {
             continue;
@@ -410,8 +392,36 @@ pub fn open(note: &str, verifier: &NoteVerifier) -> Result<String, NoteError> {
     Ok(text.to_owned())
 }
 
+/// A note's text (ending in its final newline) and its signature lines (without their
+/// newlines), checked for form: no control characters but newlines, a blank line before the
+/// signatures, at least one and at most [`MAX_SIGNATURES`] signature lines, the last ending
+/// in a newline.
+pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<&str>), NoteError> {
+    if note.chars().any(|c| c < ' ' && c != '\n') {
+        return Err(NoteError::Malformed(
+            "control characters other than newline",
+        ));
+    }
+    let split = note
+        .rfind("\n\n")
+        .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+    let (text, signatures) = (&note[..=split], &note[split + 2..]);
+    let signatures = signatures
+        .strip_suffix('\n')
+        .filter(|s| !s.is_empty())
+        .ok_or(NoteError::Malformed(
+            "the signature lines must end with a newline",
+        ))?;
+    // Counted before any verification, so a flood of lines costs no signature checks.
+    let lines: Vec<&str> = signatures.split('\n').take(MAX_SIGNATURES + 1).collect();
+    if lines.len() > MAX_SIGNATURES {
+        return Err(NoteError::Malformed("too many signatures"));
+    }
+    Ok((text, lines))
+}
+
 /// `— <name> <base64(key ID || signature)>` into name, key ID and signature bytes.
-fn parse_signature_line(line: &str) -> Result<(&str, u32, Vec<u8>), NoteError> {
+pub(crate) fn parse_signature_line(line: &str) -> Result<(&str, u32, Vec<u8>), NoteError> {
     let rest = line
         .strip_prefix(SIGNATURE_PREFIX)
         .ok_or(NoteError::Malformed(
@@ -434,7 +444,7 @@ fn parse_signature_line(line: &str) -> Result<(&str, u32, Vec<u8>), NoteError> {
     }
 }
 
-fn check_key_name(name: &str) -> Result<(), NoteError> {
+pub(crate) fn check_key_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty()
         || name
             .chars()

@@ -23,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod config_file;
+pub mod cosignature;
 pub mod ed25519;
 pub mod identity;
 pub mod logentry;

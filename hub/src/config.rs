@@ -32,6 +32,10 @@ pub struct HubConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Witnesses asked to cosign every checkpoint the hub hands out (c2sp.org/tlog-witness).
+    /// None (the default): checkpoints carry the log's signature only.
+    #[serde(default, rename = "witness")]
+    pub witnesses: Vec<crate::witness::client::WitnessEndpoint>,
 }
 
 /// The verifiable log's identity and signing key.
@@ -45,6 +49,9 @@ pub struct LogConfig {
     /// The log's origin: the first line of every checkpoint and the name of its key. Agents'
     /// `[log] verifier_key` carries it.
     pub origin: String,
+    /// How long the hub waits for a witness's cosignature, in milliseconds (default 3000). A
+    /// witness that does not answer in time adds nothing to that checkpoint.
+    pub witness_timeout_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -52,6 +59,7 @@ impl Default for LogConfig {
         Self {
             key: None,
             origin: DEFAULT_LOG_ORIGIN.into(),
+            witness_timeout_ms: 3000,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`store`]: the storage seam ([`store::Store`]) and its sled backend; group commit.
 //! - [`metrics`]: Prometheus metrics on a listener of their own (off by default).
 //! - [`log`]: the log key that signs checkpoints ([`log::LogSigner`]).
+//! - [`witness`]: the witness (`huren-witness`) and the hub's side of getting cosignatures.
 //! - [`error`]: [`error::HubError`] and its one mapping to gRPC status codes.
 //! - [`config`]: the TOML configuration.
 
@@ -33,6 +34,7 @@ pub mod service;
 pub mod signers;
 pub mod store;
 pub mod verifier;
+pub mod witness;
 
 pub use config::HubConfig;
 pub use server::{run, run_with_store};

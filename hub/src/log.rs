@@ -49,20 +49,7 @@ impl LogSigner {
     /// Loads the key at `path`, creating it (mode 0600) if the file does not exist. The key's
     /// name, and the origin line of every checkpoint, is `origin`.
     pub fn load_or_create(path: &Path, origin: &str) -> Result<Self, LogKeyError> {
-        let key = match std::fs::read_to_string(path) {
-            Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| LogKeyError::Malformed {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path)?,
-            Err(source) => {
-                return Err(LogKeyError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        Self::new(origin, key)
+        Self::new(origin, load_or_create_key(path)?)
     }
 
     /// A signer over an in-memory key.
@@ -111,6 +98,22 @@ impl LogSigner {
     }
 }
 
+/// Loads the Ed25519 key in PKCS#8 PEM at `path`, creating it (mode 0600) if the file does
+/// not exist. The log key and a witness's key (`crate::witness`) are kept this way.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, LogKeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| LogKeyError::Malformed {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
+        Err(source) => Err(LogKeyError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// PKCS#8 v1 (RFC 5208: version 0, the seed only, no public key), which OpenSSL 3 and
 /// Python's cryptography read; ed25519-dalek's own `to_pkcs8_pem` writes v2 (RFC 5958, with the
 /// public key), which they refuse. The reader accepts both.
@@ -148,7 +151,7 @@ fn create(path: &Path) -> Result<SigningKey, LogKeyError> {
     let mut file = options.open(path).map_err(write_err)?;
     file.write_all(pem.as_bytes()).map_err(write_err)?;
     file.sync_all().map_err(write_err)?;
-    tracing::info!(path = %path.display(), "created a new log key");
+    tracing::info!(path = %path.display(), "created a new signing key");
     Ok(key)
 }
 

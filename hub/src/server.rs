@@ -44,6 +44,8 @@ pub enum ServerError {
     Serve(tonic::transport::Error),
     #[error("could not start the hub's worker threads: {0}")]
     Threads(std::io::Error),
+    #[error("witnesses: {0}")]
+    Witnesses(#[from] crate::witness::client::WitnessConfigError),
     #[error("cannot listen for metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -109,6 +111,10 @@ pub async fn run_with_store(
         Duration::from_secs(config.limits.policy_poll_seconds),
     ));
     let log = LogSigner::load_or_create(&config.log_key_path(), &config.log.origin)?;
+    let witnesses = crate::witness::client::Witnesses::new(
+        &config.witnesses,
+        Duration::from_millis(config.log.witness_timeout_ms.max(1)),
+    )?;
     let head = store
         .tree_head()
         .await
@@ -116,7 +122,7 @@ pub async fn run_with_store(
             path: config.store.clone(),
             source,
         })?;
-    tracing::info!(origin = %log.origin(), size = head.size, "log opened");
+    tracing::info!(origin = %log.origin(), size = head.size, witnesses = witnesses.len(), "log opened");
     let health_policy = policy.clone();
     let metrics_policy = policy.clone();
     let metrics = Arc::new(crate::metrics::HubMetrics::new());
@@ -129,7 +135,8 @@ pub async fn run_with_store(
         metrics.clone(),
     )
     .map_err(ServerError::Threads)?
-    .with_max_clock_skew(config.limits.max_clock_skew_seconds);
+    .with_max_clock_skew(config.limits.max_clock_skew_seconds)
+    .with_witnesses(witnesses);
     let hub = Arc::new(hub);
     let closing = Arc::downgrade(&hub);
 

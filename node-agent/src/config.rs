@@ -131,6 +131,13 @@ pub struct LogConfig {
     /// member prove that the hub changed history.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Witnesses' verifier keys (`huren-witness --print-key`). With any, a checkpoint from
+    /// the hub is accepted only with the cosignatures of at least `witness_quorum` of them, so
+    /// a hub that shows this member a history the witnesses did not check is caught.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// How many of `witnesses` must have cosigned a checkpoint (default: all of them).
+    pub witness_quorum: Option<usize>,
 }
 
 impl LogConfig {
@@ -144,7 +151,29 @@ impl LogConfig {
             .state_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("huren-log-{institution}")));
-        crate::log::LogWitness::open(&self.verifier_key, &dir)
+        let witnesses = self
+            .witnesses
+            .iter()
+            .map(|w| {
+                huren_core::cosignature::CosignerKey::parse(w.trim()).map_err(|e| {
+                    crate::error::AgentError::Setup(format!("[log] witnesses: {w:?}: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let quorum = self.witness_quorum.unwrap_or(witnesses.len());
+        if quorum > witnesses.len() {
+            return Err(crate::error::AgentError::Setup(format!(
+                "[log] witness_quorum is {quorum}, but only {} witnesses are configured",
+                witnesses.len()
+            )));
+        }
+        if quorum == 0 && !witnesses.is_empty() {
+            return Err(crate::error::AgentError::Setup(
+                "[log] witness_quorum is 0: at least one witness must have cosigned a checkpoint"
+                    .into(),
+            ));
+        }
+        crate::log::LogWitness::open(&self.verifier_key, &dir)?.with_witnesses(witnesses, quorum)
     }
 }
 

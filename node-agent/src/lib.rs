@@ -57,6 +57,6 @@ pub mod table;
 pub mod verify;
 pub mod web;
 
-pub use client::{Agent, Answer, DecisionRecorded, OrderCheck, OrderItem, Published};
+pub use client::{Agent, Answer, Asking, DecisionRecorded, OrderCheck, OrderItem, Published};
 pub use config::AgentConfig;
 pub use error::AgentError;

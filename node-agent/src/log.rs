@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::Mutex;
 
 use huren_core::checkpoint::{Checkpoint, NoteVerifier, open_checkpoint};
+use huren_core::cosignature::{CosignerKey, cosigned_by};
 use huren_core::logentry::{LogProof, verify_leaf};
 use huren_core::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 
@@ -42,6 +43,9 @@ pub struct LogWitness {
     verifier: NoteVerifier,
     dir: PathBuf,
     last: Mutex<Option<Seen>>,
+    /// Witnesses whose cosignatures count, and how many a checkpoint needs (0: none).
+    witnesses: Vec<CosignerKey>,
+    quorum: usize,
 }
 
 fn log_err(what: impl std::fmt::Display) -> AgentError {
@@ -97,7 +101,20 @@ impl LogWitness {
             verifier,
             dir: dir.to_owned(),
             last: Mutex::new(last),
+            witnesses: Vec::new(),
+            quorum: 0,
         })
+    }
+
+    /// Accepts a checkpoint only with the cosignatures of at least `quorum` of `witnesses`.
+    pub fn with_witnesses(
+        mut self,
+        witnesses: Vec<CosignerKey>,
+        quorum: usize,
+    ) -> Result<Self, AgentError> {
+        self.witnesses = witnesses;
+        self.quorum = quorum;
+        Ok(self)
     }
 
     pub fn verifier(&self) -> &NoteVerifier {
@@ -109,20 +126,52 @@ impl LogWitness {
         self.last.lock().await.clone()
     }
 
-    /// Opens a checkpoint signed by the hub's log key.
+    /// Opens a checkpoint signed by the hub's log key and, with witnesses configured,
+    /// cosigned by at least a quorum of them.
     pub fn open_note(&self, note: &str) -> Result<Checkpoint, AgentError> {
-        open_checkpoint(note, &self.verifier, self.verifier.name())
-            .map_err(|e| log_err(format!("a checkpoint from the hub does not verify: {e}")))
+        let checkpoint = open_checkpoint(note, &self.verifier, self.verifier.name())
+            .map_err(|e| log_err(format!("a checkpoint from the hub does not verify: {e}")))?;
+        self.check_quorum(note, &checkpoint)?;
+        Ok(checkpoint)
+    }
+
+    fn check_quorum(&self, note: &str, checkpoint: &Checkpoint) -> Result<(), AgentError> {
+        if self.quorum == 0 {
+            return Ok(());
+        }
+        let cosigned = cosigned_by(note, &self.witnesses).map_err(|e| {
+            log_err(format!(
+                "the checkpoint of {} entries carries a witness cosignature that does not verify: {e}",
+                checkpoint.size
+            ))
+        })?;
+        if cosigned.len() < self.quorum {
+            let names: Vec<&str> = cosigned.iter().map(|(k, _)| k.name()).collect();
+            return Err(log_err(format!(
+                "the checkpoint of {} entries is cosigned by {} of the configured witnesses ({}), and {} are required: the witnesses did not check this history (a hub showing this member a fork, or witnesses unreachable from the hub)",
+                checkpoint.size,
+                cosigned.len(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                },
+                self.quorum
+            )));
+        }
+        Ok(())
     }
 
     /// Checks that `leaf` is in the log as `proof` says.
     pub fn verify_entry(&self, leaf: &[u8], proof: &LogProof) -> Result<Checkpoint, AgentError> {
-        verify_leaf(&self.verifier, leaf, proof).map_err(|e| {
+        let checkpoint = verify_leaf(&self.verifier, leaf, proof).map_err(|e| {
             log_err(format!(
                 "log entry {} is not proven by the hub's checkpoint: {e}",
                 proof.index
             ))
-        })
+        })?;
+        self.check_quorum(&proof.checkpoint, &checkpoint)?;
+        Ok(checkpoint)
     }
 
     /// Checks that two checkpoints describe one append-only log, asking the hub for the

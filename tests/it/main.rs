@@ -15,3 +15,4 @@ mod query;
 mod rules;
 mod security_ingest;
 mod vectors;
+mod witness;

@@ -130,6 +130,7 @@ impl Hub {
     pub async fn access_report(
         &self,
         caller: &InstitutionId,
+        requester: &str,
         patient: &Pseudonym,
         from: UnixMillis,
         to: UnixMillis,
@@ -150,6 +151,7 @@ impl Hub {
             &[],
             &[],
             Purpose::PatientRequest,
+            requester,
             Method::AccessReport,
             patient,
             Gate::default(),
@@ -157,7 +159,7 @@ impl Hub {
         )
         .await?;
         let head = self.store.durable_head().await?;
-        let checkpoint = self.sign(head)?;
+        let (head, checkpoint) = self.checkpoint_note(head).await?;
         let mut entries = Vec::with_capacity(indexes.len());
         for index in indexes {
             let leaf = self.store.leaf(index).await?;

@@ -5,7 +5,7 @@ impl Hub {
     pub async fn checkpoint(&self, caller: &InstitutionId) -> Result<String, HubError> {
         self.member_policy(caller)?;
         let head = self.store.durable_head().await?;
-        self.sign(head)
+        Ok(self.checkpoint_note(head).await?.1)
     }
 
     /// The consistency proof between two tree sizes (`new_size` 0: the latest durable size).
@@ -46,7 +46,9 @@ impl Hub {
         } else {
             self.store.recent_durable_head(tree_size).await?
         };
-        let proof = if tree_size == 0 || tree_size == head.size {
+        // With witnesses, the checkpoint handed out may be of a later head than asked for: a
+        // proof for an explicit size then comes without one (the caller holds that checkpoint).
+        let proof = if tree_size == 0 || (tree_size == head.size && self.witnesses.is_none()) {
             self.log_proof(index, head).await?
         } else {
             LogProof {
@@ -108,6 +110,7 @@ impl Hub {
             &[],
             &[],
             Purpose::Administration,
+            "",
             Method::LogEntry,
             &patient,
             Gate::default(),

@@ -36,6 +36,7 @@ use crate::store::{
     Shown, StoredSummary, TreeHead,
 };
 use crate::verifier::SignatureChecks;
+use crate::witness::client::Witnesses;
 
 /// The hub's domain service.
 pub struct Hub {
@@ -52,7 +53,26 @@ pub struct Hub {
     log: LogSigner,
     /// How far past the hub's clock a summary's times may lie, in milliseconds.
     max_clock_skew_ms: i64,
+    /// The witnesses asked to cosign every checkpoint handed out (none: checkpoints carry the
+    /// log's signature only).
+    witnesses: Option<Witnesses>,
+    /// The last checkpoint sent to the witnesses: one round at a time, shared by every answer
+    /// it covers.
+    cosigned: tokio::sync::Mutex<Option<Cosigned>>,
 }
+
+/// A checkpoint with the witnesses' cosignatures it got.
+struct Cosigned {
+    head: TreeHead,
+    note: String,
+    /// Whether every witness cosigned it.
+    complete: bool,
+    at: std::time::Instant,
+}
+
+/// How long a checkpoint some witness did not cosign is reused before the witnesses are asked
+/// again (when the log has not grown meanwhile).
+const RETRY_COSIGNING: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A result with the verdict for the caller.
 #[derive(Clone, Debug)]
@@ -75,10 +95,14 @@ pub struct JudgedAnswer {
     pub withheld_by_consent: bool,
 }
 
-/// Why a query is made and whether to prove its answers.
-#[derive(Clone, Copy, Debug)]
+/// Why a query is made, who asked at the caller, and whether to prove its answers.
+#[derive(Clone, Debug)]
 pub struct Ask {
     pub purpose: Purpose,
+    /// Who asked at the caller (a staff or account id checked by
+    /// `huren_core::logentry::check_requester`), empty for no one named; logged in the access
+    /// leaf.
+    pub requester: String,
     pub with_proofs: bool,
 }
 
@@ -176,7 +200,15 @@ impl Hub {
             max_results,
             log,
             max_clock_skew_ms: 600_000,
+            witnesses: None,
+            cosigned: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Asks `witnesses` to cosign every checkpoint the hub hands out.
+    pub fn with_witnesses(mut self, witnesses: Witnesses) -> Self {
+        self.witnesses = (!witnesses.is_empty()).then_some(witnesses);
+        self
     }
 
     /// Sets how far past the hub's clock a summary's performed or reported time may lie.
@@ -223,13 +255,55 @@ impl Hub {
         self.log.sign(head).map_err(HubError::Checkpoint)
     }
 
-    /// The inclusion proof of leaf `index` against the signed checkpoint of `head`.
+    /// The checkpoint to hand out for a durable tree head: without witnesses, the log's
+    /// signed checkpoint of `head`; with them, a checkpoint of at least `head`'s size with the
+    /// cosignatures of the witnesses that gave one (one round at a time: concurrent callers
+    /// share it, and a later head covers earlier ones). Proofs go against the head returned.
+    async fn checkpoint_note(&self, head: TreeHead) -> Result<(TreeHead, String), HubError> {
+        let Some(witnesses) = &self.witnesses else {
+            return Ok((head, self.sign(head)?));
+        };
+        let mut last = self.cosigned.lock().await;
+        if let Some(c) = last.as_ref()
+            && c.head.size >= head.size
+            && (c.complete || c.at.elapsed() < RETRY_COSIGNING)
+        {
+            return Ok((c.head, c.note.clone()));
+        }
+        // The newest durable head, so this round covers what arrived while waiting.
+        let current = self.store.durable_head().await?;
+        let current = if current.size >= head.size {
+            current
+        } else {
+            head
+        };
+        let note = self.sign(current)?;
+        let (note, count) = witnesses.cosign(&note, current, &self.store).await;
+        if count < witnesses.len() {
+            tracing::warn!(
+                size = current.size,
+                cosignatures = count,
+                witnesses = witnesses.len(),
+                "a checkpoint went out without every witness's cosignature"
+            );
+        }
+        *last = Some(Cosigned {
+            head: current,
+            note: note.clone(),
+            complete: count == witnesses.len(),
+            at: std::time::Instant::now(),
+        });
+        Ok((current, note))
+    }
+
+    /// The inclusion proof of leaf `index` against a checkpoint covering `head`.
     async fn log_proof(&self, index: u64, head: TreeHead) -> Result<LogProof, HubError> {
+        let (head, checkpoint) = self.checkpoint_note(head).await?;
         Ok(LogProof {
             index,
             tree_size: head.size,
             proof: self.store.inclusion_proof(index, head.size).await?,
-            checkpoint: self.sign(head)?,
+            checkpoint,
         })
     }
 }

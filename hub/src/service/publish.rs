@@ -130,22 +130,33 @@ impl Hub {
         verified: Vec<VerifiedSummary>,
         at: UnixMillis,
     ) -> Result<Vec<Result<(PutOutcome, LogProof), HubError>>, HubError> {
-        let (puts, head) = self.intake.put(verified, at).await?;
-        let checkpoint = self.sign(head)?;
-        Ok(puts
-            .into_iter()
-            .map(|put| {
-                let put = put?;
-                Ok((
-                    put.outcome,
-                    LogProof {
-                        index: put.index,
-                        tree_size: head.size,
-                        proof: put.proof,
-                        checkpoint: checkpoint.clone(),
-                    },
-                ))
-            })
-            .collect())
+        let (puts, batch_head) = self.intake.put(verified, at).await?;
+        let (head, checkpoint) = self.checkpoint_note(batch_head).await?;
+        let mut out = Vec::with_capacity(puts.len());
+        for put in puts {
+            let put = match put {
+                Ok(p) => p,
+                Err(e) => {
+                    out.push(Err(e.into()));
+                    continue;
+                }
+            };
+            // A cosigned checkpoint may cover a later head than the batch's.
+            let proof = if head == batch_head {
+                put.proof
+            } else {
+                self.store.inclusion_proof(put.index, head.size).await?
+            };
+            out.push(Ok((
+                put.outcome,
+                LogProof {
+                    index: put.index,
+                    tree_size: head.size,
+                    proof,
+                    checkpoint: checkpoint.clone(),
+                },
+            )));
+        }
+        Ok(out)
     }
 }
