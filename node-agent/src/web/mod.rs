@@ -37,6 +37,7 @@ mod i18n;
 mod pages;
 mod patient;
 mod reports;
+mod timeline;
 mod session;
 mod tls;
 mod zone;

@@ -24,6 +24,7 @@ pub fn routes() -> Router<WebState> {
         .route("/static/{name}", get(assets::serve))
         .route("/healthz", get(|| async { "ok" }))
         .merge(super::patient::routes())
+        .merge(super::timeline::routes())
         .merge(super::reports::routes())
         .fallback(not_found)
 }

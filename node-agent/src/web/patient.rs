@@ -7,8 +7,7 @@ use axum::Form;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::extract::Path;
-use axum::routing::{get, post};
+use axum::routing::post;
 use huren_core::logentry::Purpose;
 use maud::html;
 use serde::Deserialize;
@@ -22,7 +21,6 @@ use crate::store::BreakGlassRecord;
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/find", post(find))
-        .route("/p/{handle}", get(timeline))
 }
 
 /// The look-up behind `handle` for this session and the signed-in account allowed to see
@@ -46,13 +44,6 @@ pub fn patient_box(ctx: &Ctx, l: &Lookup) -> maud::Markup {
     }
 }
 
-async fn timeline(ctx: Ctx, Path(handle): Path<String>) -> Response {
-    let (_me, l) = match patient_of(&ctx, &handle) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    page(StatusCode::OK, layout(&ctx, &ctx.t("timeline-title"), patient_box(&ctx, &l)))
-}
 
 /// Longest break-glass reason kept.
 const MAX_REASON_CHARS: usize = 500;

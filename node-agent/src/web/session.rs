@@ -66,7 +66,16 @@ pub struct Lookup {
     pub id_type: String,
     pub break_glass: bool,
     created: Instant,
+    /// Results shown in this look-up (timeline, order check), verified; the pages name a
+    /// result by its place here, so no result id appears in an address either.
+    pub results: Vec<crate::verify::VerifiedResult>,
+    /// What was recorded for a result here (by place): shown back on its page.
+    pub decided: std::collections::BTreeMap<usize, String>,
 }
+
+/// Results one look-up keeps at most (then the oldest are dropped, and the pages that named
+/// them ask to go back to the timeline).
+const MAX_RESULTS_PER_LOOKUP: usize = 5_000;
 
 /// Every session and look-up of this server.
 pub struct Sessions {
@@ -181,9 +190,37 @@ impl Sessions {
                 id_type: id_type.to_owned(),
                 break_glass,
                 created: Instant::now(),
+                results: Vec::new(),
+                decided: Default::default(),
             },
         );
         handle
+    }
+
+    /// Keeps `results` in the look-up; returns the place of the first (the others follow).
+    pub fn keep_results(
+        &self,
+        session: &str,
+        handle: &str,
+        results: &[crate::verify::VerifiedResult],
+    ) -> Option<usize> {
+        let mut l = self.lookups();
+        let v = l.get_mut(handle).filter(|v| v.session == session)?;
+        if v.results.len() + results.len() > MAX_RESULTS_PER_LOOKUP {
+            v.results.clear();
+            v.decided.clear();
+        }
+        let first = v.results.len();
+        v.results.extend_from_slice(results);
+        Some(first)
+    }
+
+    /// Notes what was recorded for the result at `place`.
+    pub fn note_decision(&self, session: &str, handle: &str, place: usize, text: String) {
+        let mut l = self.lookups();
+        if let Some(v) = l.get_mut(handle).filter(|v| v.session == session) {
+            v.decided.insert(place, text);
+        }
     }
 
     /// The look-up behind `handle`, if it belongs to `session` and has not expired.
