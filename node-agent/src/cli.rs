@@ -454,7 +454,7 @@ async fn node_command(
     Ok(())
 }
 
-fn yuan(fen: u64) -> String {
+pub fn yuan(fen: u64) -> String {
     format!("{}.{:02}", fen / 100, fen % 100)
 }
 
@@ -489,7 +489,9 @@ fn rows_and_total(r: &crate::client::Statistics) -> impl Iterator<Item = (&Row, 
         .chain(std::iter::once((&r.total, "")))
 }
 
-fn stats_csv(r: &crate::client::Statistics) -> String {
+/// The statistics as CSV (RFC 4180), as `huren-agent stats --csv` writes them and the web app
+/// offers them.
+pub fn stats_csv(r: &crate::client::Statistics) -> String {
     let mut out = String::from(
         "key,label,queries,recognisable_found,cross_member,adopted,retested,tests_avoided,money_saved_yuan",
     );

@@ -93,6 +93,8 @@ struct Inner {
     sessions: session::Sessions,
     default_lang: Lang,
     secure_cookies: bool,
+    /// When this web app last saw the hub's checkpoint verified consistent (ms; 0: never).
+    last_log_check: std::sync::atomic::AtomicI64,
 }
 
 impl WebState {
@@ -121,6 +123,7 @@ impl WebState {
             catalogues,
             sessions,
             default_lang,
+            last_log_check: std::sync::atomic::AtomicI64::new(0),
         })))
     }
 
@@ -138,6 +141,22 @@ impl WebState {
 
     pub fn web_config(&self) -> &WebConfig {
         &self.0.web
+    }
+
+    /// Notes that the hub's latest checkpoint was just verified consistent with what this
+    /// agent saw before (every verified answer with `[log]` does that).
+    pub fn log_checked_now(&self) {
+        self.0.last_log_check.store(
+            huren_core::summary::UnixMillis::now().0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn last_log_check(&self) -> Option<huren_core::summary::UnixMillis> {
+        match self.0.last_log_check.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            t => Some(huren_core::summary::UnixMillis(t)),
+        }
     }
 }
 

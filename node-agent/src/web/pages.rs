@@ -101,7 +101,7 @@ pub fn layout(ctx: &Ctx, title: &str, body: Markup) -> Markup {
                     }
                 }
                 @if let Some(alarm) = log_alarm(ctx) {
-                    div.banner.alarm role="alert" { (alarm) " " a href="/log" style="color:#fff" { (ctx.t("banner-log-more")) } }
+                    div.banner.alarm role="alert" { (alarm) " " a href="/log" { (ctx.t("banner-log-more")) } }
                 }
                 main #main { h1 { (title) } (body) }
             }

@@ -239,6 +239,9 @@ async fn timeline(ctx: Ctx, Path(handle): Path<String>, Query(q): Query<Timeline
         Ok(a) => a,
         Err(e) => return agent_error(&ctx, &e),
     };
+    if ctx.state.agent().log().is_some() {
+        ctx.state.log_checked_now();
+    }
     let first = ctx
         .sessions()
         .keep_results(&ctx.session, &handle, &answer.results)
