@@ -289,6 +289,13 @@ pub enum NodeCommand {
         #[arg(long)]
         no_publish: bool,
     },
+    /// Serve the web app of [web] (without the inbox and publisher; `run` serves it too when
+    /// [web] is configured). Needs [store], where the accounts are. Stops on Ctrl-C / SIGTERM.
+    Serve,
+    /// Web app accounts (kept in [store]; stop `huren-agent run`/`serve` first: one process
+    /// opens the store at a time).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Show the outbox: pending, published, and the dead letters the hub refused, with reasons.
     Outbox {
         /// Queue every dead letter again (after fixing the cause).
@@ -324,6 +331,85 @@ pub enum NodeCommand {
     },
 }
 
+/// `huren-agent user …`: the web app's local accounts. Passwords are read from standard input
+/// (one line), never from the command line.
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add an account; its password is read from standard input.
+    Add {
+        /// Login name.
+        username: String,
+        /// The staff id the hub records as the requester of this person's queries (an id,
+        /// never a name; A-Z a-z 0-9 . _ : @ -).
+        #[arg(long)]
+        staff_id: String,
+        /// clinician, referral-desk, quality-office or administrator.
+        #[arg(long)]
+        role: String,
+    },
+    /// Disable an account (its sessions end at their next request).
+    Disable { username: String },
+    /// Enable a disabled account again.
+    Enable { username: String },
+    /// Set a new password (read from standard input) and clear the lock-out.
+    Reset { username: String },
+    /// List the accounts.
+    List,
+}
+
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprint!("Password (shown as you type; or pipe it in): ");
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn user_command(config: &AgentConfig, command: UserCommand) -> anyhow::Result<()> {
+    use crate::web::accounts;
+    let store = crate::daemon::open_store(config)?;
+    match command {
+        UserCommand::Add {
+            username,
+            staff_id,
+            role,
+        } => {
+            let password = read_password()?;
+            accounts::add(&store, &username, &staff_id, &role, &password)?;
+            println!("Account {username} added (staff id {staff_id}, role {role}).");
+        }
+        UserCommand::Disable { username } => {
+            accounts::set_disabled(&store, &username, true)?;
+            println!("Account {username} disabled.");
+        }
+        UserCommand::Enable { username } => {
+            accounts::set_disabled(&store, &username, false)?;
+            println!("Account {username} enabled.");
+        }
+        UserCommand::Reset { username } => {
+            let password = read_password()?;
+            accounts::reset(&store, &username, &password)?;
+            println!("Password of {username} set; lock-out cleared.");
+        }
+        UserCommand::List => {
+            let mut t = Table::new(["User", "Staff id", "Role", "State", "Failures"]);
+            for a in accounts::list(&store)? {
+                t.push(vec![
+                    a.username,
+                    a.staff_id,
+                    a.role,
+                    if a.disabled { "disabled" } else { "active" }.into(),
+                    a.failures.to_string(),
+                ]);
+            }
+            print!("{}", t.render());
+        }
+    }
+    Ok(())
+}
+
 async fn node_command(
     config: AgentConfig,
     asking: &Asking,
@@ -335,6 +421,8 @@ async fn node_command(
     use std::sync::atomic::{AtomicBool, Ordering};
     match command {
         NodeCommand::Run => crate::daemon::run(config, shutdown).await?,
+        NodeCommand::Serve => crate::web::run(config, shutdown).await?,
+        NodeCommand::User(c) => user_command(&config, c)?,
         NodeCommand::Backfill {
             dir,
             rejected,
@@ -399,7 +487,7 @@ async fn node_command(
     Ok(())
 }
 
-fn yuan(fen: u64) -> String {
+pub fn yuan(fen: u64) -> String {
     format!("{}.{:02}", fen / 100, fen % 100)
 }
 
@@ -434,7 +522,9 @@ fn rows_and_total(r: &crate::client::Statistics) -> impl Iterator<Item = (&Row, 
         .chain(std::iter::once((&r.total, "")))
 }
 
-fn stats_csv(r: &crate::client::Statistics) -> String {
+/// The statistics as CSV (RFC 4180), as `huren-agent stats --csv` writes them and the web app
+/// offers them.
+pub fn stats_csv(r: &crate::client::Statistics) -> String {
     let mut out = String::from(
         "key,label,queries,recognisable_found,cross_member,adopted,retested,tests_avoided,money_saved_yuan",
     );

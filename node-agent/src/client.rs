@@ -167,6 +167,33 @@ impl Agent {
         })
     }
 
+    /// Like [`Agent::connect`], but the connection to the hub is made at the first call (the
+    /// web app and the daemon start while the hub is down, and each call says if it is).
+    pub fn connect_lazily(config: AgentConfig) -> Result<Self, AgentError> {
+        let credentials = Credentials::load(&config)?;
+        let log = match &config.log {
+            Some(l) => Some(l.open_witness(&config.institution)?),
+            None => None,
+        };
+        let channel = credentials.hub_channel(&config)?;
+        let Credentials {
+            institution,
+            ca,
+            signer,
+            pseudonym_key,
+            ..
+        } = credentials;
+        Ok(Self {
+            institution,
+            ca,
+            signer,
+            pseudonym_key,
+            hub: HubApi::new(channel),
+            config,
+            log,
+        })
+    }
+
     /// The log witness, if `[log]` is configured.
     pub fn log(&self) -> Option<&LogWitness> {
         self.log.as_ref()

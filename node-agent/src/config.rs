@@ -46,6 +46,77 @@ pub struct AgentConfig {
     /// checkpoints signed by the hub's log key (`huren-agent audit`). See node-agent/src/log.rs.
     #[serde(default)]
     pub log: Option<LogConfig>,
+    /// The web app for the member's staff (`huren-agent serve`, and `run` when present).
+    /// See node-agent/src/web/mod.rs.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
+}
+
+/// The web app (`[web]`): the referral desk's and clinicians' pages, served by this agent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Address to listen on, e.g. "0.0.0.0:8443".
+    pub listen: std::net::SocketAddr,
+    /// HTTPS certificate and key (PEM); default the member's TLS certificate of `[tls]`. A
+    /// certificate the hospital's browsers trust (its own CA or a public one) avoids warnings.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS. Refused unless `listen` is a loopback address
+    /// (127.0.0.1 or ::1): for a reverse proxy on the same host, or a demonstration.
+    #[serde(default)]
+    pub plain_http_on_loopback: bool,
+    /// IANA time zone that pages show times in.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// Interface language before a person chooses one: "zh-CN" or "en".
+    #[serde(default = "default_language")]
+    pub default_language: String,
+    /// A signed-in session ends after this many minutes without a request.
+    #[serde(default = "default_session_idle_minutes")]
+    pub session_idle_minutes: u64,
+    /// A patient look-up (the handle in the page addresses) ends after this many minutes.
+    #[serde(default = "default_lookup_minutes")]
+    pub lookup_minutes: u64,
+    /// Each member's repository address (`host:port`), by institution id, so full reports can
+    /// be fetched from the publisher, e.g. `shx-prov-people = "10.1.2.3:7444"`.
+    #[serde(default)]
+    pub repositories: std::collections::BTreeMap<String, String>,
+}
+
+fn default_time_zone() -> String {
+    "Asia/Shanghai".into()
+}
+
+fn default_language() -> String {
+    "zh-CN".into()
+}
+
+fn default_session_idle_minutes() -> u64 {
+    30
+}
+
+fn default_lookup_minutes() -> u64 {
+    15
+}
+
+impl WebConfig {
+    /// A `[web]` section on `listen` with every default (tests, the demo).
+    pub fn on(listen: std::net::SocketAddr) -> Self {
+        Self {
+            listen,
+            cert: None,
+            key: None,
+            plain_http_on_loopback: false,
+            time_zone: default_time_zone(),
+            default_language: default_language(),
+            session_idle_minutes: default_session_idle_minutes(),
+            lookup_minutes: default_lookup_minutes(),
+            repositories: Default::default(),
+        }
+    }
 }
 
 /// How the agent checks the hub's log.
@@ -375,6 +446,10 @@ impl AgentConfig {
             paths.extend(repo.cert.as_mut());
             paths.extend(repo.key.as_mut());
         }
+        if let Some(web) = config.web.as_mut() {
+            paths.extend(web.cert.as_mut());
+            paths.extend(web.key.as_mut());
+        }
         if let Some(log) = config.log.as_mut() {
             let dir = log
                 .state_dir
@@ -424,6 +499,11 @@ mod tests {
         crate::mapping::Mapping::load(&mapping).unwrap();
         assert_eq!(config.outbox.max_backoff_ms, 30_000);
         assert_eq!(config.repository.unwrap().listen, "0.0.0.0:7444");
+        let web = config.web.unwrap();
+        assert_eq!(web.time_zone, "Asia/Shanghai");
+        assert_eq!(web.default_language, "zh-CN");
+        assert!(!web.plain_http_on_loopback);
+        assert_eq!(web.repositories["shx-prov-people"], "10.20.1.5:7444");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!  inbox/ ──(ingest task: read, map, sign, queue, flush, move)──▶ store ──(publisher)──▶ hub
 //!                                                                   │
 //!                       alliance members ◀──(repository, mTLS)──────┘ reports
+//!                       staff's browsers ◀──(web app, HTTPS; [web])──┘ accounts
 //! ```
 //!
 //! [`Daemon::start`] starts the three parts and returns a handle (tests run the daemon in
@@ -104,6 +105,7 @@ pub struct Daemon {
     tasks: Vec<(&'static str, JoinHandle<Result<(), DaemonError>>)>,
     repository_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    web_addr: Option<SocketAddr>,
 }
 
 impl Daemon {
@@ -222,6 +224,28 @@ impl Daemon {
                 }),
             ));
         }
+        // Web app.
+        let mut web_addr = None;
+        if let Some(web) = &config.web {
+            let agent = Arc::new(crate::Agent::connect_lazily(config.clone())?);
+            let state = crate::web::WebState::new(agent, store.clone())
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            let listener = crate::web::bind(web)
+                .await
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            web_addr = listener.local_addr().ok();
+            let mut stopped_web = stopped.clone();
+            tasks.push((
+                "web",
+                tokio::spawn(async move {
+                    crate::web::serve(state, listener, axum::Router::new(), async move {
+                        let _ = stopped_web.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .map_err(|e| DaemonError::Config(e.to_string()))
+                }),
+            ));
+        }
         let counts = store.counts();
         tracing::info!(
             institution = %credentials.institution,
@@ -237,6 +261,7 @@ impl Daemon {
             tasks,
             repository_addr,
             metrics_addr,
+            web_addr,
         })
     }
 
@@ -258,6 +283,11 @@ impl Daemon {
     /// Where the metrics endpoint listens, if it runs.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the web app listens, if it runs.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
     }
 
     /// Makes the publisher look at the outbox now.

@@ -29,6 +29,9 @@
 //! - [`backfill`]: loading an archive with progress bars, resumable.
 //! - [`credentials`]: keys and certificates, and a hub channel that connects lazily.
 //! - [`commands`]: the daemon-side CLI commands as library functions.
+//!
+//! The web app (`huren-agent serve`, or `run` with `[web]`): [`web`], for the referral desk,
+//! clinicians, the quality office and administrators; other HTTP services mount beside it.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -53,6 +56,7 @@ pub mod results;
 pub mod store;
 pub mod table;
 pub mod verify;
+pub mod web;
 
 pub use client::{Agent, Answer, Asking, DecisionRecorded, OrderCheck, OrderItem, Published};
 pub use config::AgentConfig;

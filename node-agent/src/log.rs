@@ -26,6 +26,9 @@ use crate::hub::{HubApi, SentProof};
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// File of the log entries this agent relied on, in the state folder.
 pub const RECEIPTS_FILE: &str = "receipts";
+/// File of every inconsistency this agent caught, one line each (time in ms, then the
+/// problem): once it exists the web app shows a red banner on every page.
+pub const ALARMS_FILE: &str = "alarms";
 
 /// The last checkpoint seen, opened, with its signed note.
 #[derive(Clone, Debug)]
@@ -247,6 +250,44 @@ impl LogWitness {
         std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))
     }
 
+    /// Records that the hub's log failed verification (kept in [`ALARMS_FILE`] for good:
+    /// evidence, and the web app's banner). A failure to write is logged, not returned: the
+    /// caller is already reporting the inconsistency itself.
+    pub fn raise_alarm(&self, problem: &str) {
+        let path = self.dir.join(ALARMS_FILE);
+        let line = format!(
+            "{} {}\n",
+            huren_core::summary::UnixMillis::now().0,
+            problem.replace(['\n', '\r'], " ")
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "cannot record the log alarm");
+        }
+    }
+
+    /// Every inconsistency recorded: (time, problem), oldest first.
+    pub fn alarms(&self) -> Vec<(huren_core::summary::UnixMillis, String)> {
+        let path = self.dir.join(ALARMS_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (at, what) = l.split_once(' ').unwrap_or(("0", l));
+                (
+                    huren_core::summary::UnixMillis(at.parse().unwrap_or(0)),
+                    what.to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Remembers a log entry this agent relied on, for `audit`.
     pub fn remember(&self, index: u64, leaf: &[u8]) -> Result<(), AgentError> {
         let path = self.dir.join(RECEIPTS_FILE);
@@ -354,6 +395,9 @@ impl LogWitness {
                     "log entry {index} is not in the hub's latest checkpoint: {e}"
                 ));
             }
+        }
+        for p in &problems {
+            self.raise_alarm(p);
         }
         if problems.is_empty() {
             let mut last = self.last.lock().await;

@@ -12,6 +12,8 @@
 //! versions   summary_id 0x00 version u32 -> VersionRecord  report digest of each version
 //! reports    sha256 [32]                 -> report bytes   content-addressed
 //! files      file key (utf-8)            -> FileRecord     files already ingested (backfill)
+//! web_accounts  login name (utf-8)       -> WebAccountRecord  the web app's accounts
+//! break_glass   seq u64                  -> BreakGlassRecord  emergency look-ups and their reasons
 //! ```
 //!
 //! Invariants: a result is signed once and its signed bytes are written (in one transaction
@@ -102,6 +104,48 @@ struct FileRecord {
     at_ms: i64,
 }
 
+/// A web app account (node-agent/src/web/accounts.rs).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WebAccountRecord {
+    #[prost(string, tag = "1")]
+    pub username: String,
+    /// Sent to the hub as the requester of every query (an id, never a name).
+    #[prost(string, tag = "2")]
+    pub staff_id: String,
+    #[prost(string, tag = "3")]
+    pub role: String,
+    /// Argon2id PHC string.
+    #[prost(string, tag = "4")]
+    pub password_hash: String,
+    #[prost(bool, tag = "5")]
+    pub disabled: bool,
+    /// Wrong passwords in a row.
+    #[prost(uint32, tag = "6")]
+    pub failures: u32,
+    #[prost(int64, tag = "7")]
+    pub locked_until_ms: i64,
+    #[prost(int64, tag = "8")]
+    pub created_at_ms: i64,
+}
+
+/// An emergency (break-glass) look-up made in the web app: who, when and the reason they
+/// gave. Kept here, never sent to the hub (which records the emergency purpose and staff id).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BreakGlassRecord {
+    #[prost(int64, tag = "1")]
+    pub at_ms: i64,
+    #[prost(string, tag = "2")]
+    pub username: String,
+    #[prost(string, tag = "3")]
+    pub staff_id: String,
+    #[prost(string, tag = "4")]
+    pub reason: String,
+    /// The patient's pseudonym (not the id), so the record can be matched with the hub's
+    /// access report.
+    #[prost(bytes = "vec", tag = "5")]
+    pub pseudonym: Vec<u8>,
+}
+
 /// What the agent last queued for a result id: the base for deciding the next version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResultState {
@@ -178,6 +222,8 @@ pub struct Store {
     versions: sled::Tree,
     reports: sled::Tree,
     files: sled::Tree,
+    web_accounts: sled::Tree,
+    break_glass: sled::Tree,
 }
 
 fn digest(bytes: &[u8], what: &str) -> Result<[u8; 32], StoreError> {
@@ -234,6 +280,8 @@ impl Store {
             versions: db.open_tree("versions")?,
             reports: db.open_tree("reports")?,
             files: db.open_tree("files")?,
+            web_accounts: db.open_tree("web_accounts")?,
+            break_glass: db.open_tree("break_glass")?,
             db,
         })
     }
@@ -447,6 +495,49 @@ impl Store {
         }
         self.flush()?;
         Ok(n)
+    }
+
+    /// The web account `username`, if any.
+    pub fn web_account(&self, username: &str) -> Result<Option<WebAccountRecord>, StoreError> {
+        self.web_accounts
+            .get(username.as_bytes())?
+            .map(|v| decode(&v, "web account"))
+            .transpose()
+    }
+
+    /// Writes a web account (new or changed).
+    pub fn put_web_account(&self, account: &WebAccountRecord) -> Result<(), StoreError> {
+        self.web_accounts
+            .insert(account.username.as_bytes(), account.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Every web account, by login name.
+    pub fn web_accounts(&self) -> Result<Vec<WebAccountRecord>, StoreError> {
+        self.web_accounts
+            .iter()
+            .map(|kv| decode(&kv?.1, "web account"))
+            .collect()
+    }
+
+    /// Records an emergency look-up, flushed before it returns (the look-up happens after).
+    pub fn record_break_glass(&self, record: &BreakGlassRecord) -> Result<u64, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.break_glass
+            .insert(seq.to_be_bytes(), record.encode_to_vec())?;
+        self.flush()?;
+        Ok(seq)
+    }
+
+    /// Every emergency look-up recorded, oldest first.
+    pub fn break_glass_records(&self) -> Result<Vec<(u64, BreakGlassRecord)>, StoreError> {
+        self.break_glass
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((seq_of(&k)?, decode(&v, "break-glass record")?))
+            })
+            .collect()
     }
 
     pub fn counts(&self) -> OutboxCounts {
