@@ -46,6 +46,10 @@ pub struct AgentConfig {
     /// checkpoints signed by the hub's log key (`huren-agent audit`). See node-agent/src/log.rs.
     #[serde(default)]
     pub log: Option<LogConfig>,
+    /// CDS Hooks services and the FHIR R4 read API for the hospital's EHR (`huren_agent::ehr`);
+    /// absent: none.
+    #[serde(default)]
+    pub ehr: Option<crate::ehr::EhrConfig>,
 }
 
 /// How the agent checks the hub's log.
@@ -346,6 +350,9 @@ impl AgentConfig {
             paths.extend(repo.cert.as_mut());
             paths.extend(repo.key.as_mut());
         }
+        if let Some(ehr) = config.ehr.as_mut() {
+            paths.extend(ehr.paths_mut());
+        }
         if let Some(log) = config.log.as_mut() {
             let dir = log
                 .state_dir
@@ -395,6 +402,15 @@ mod tests {
         crate::mapping::Mapping::load(&mapping).unwrap();
         assert_eq!(config.outbox.max_backoff_ms, 30_000);
         assert_eq!(config.repository.unwrap().listen, "0.0.0.0:7444");
+        let ehr = config.ehr.unwrap();
+        assert_eq!(ehr.issuers[0].id, "his");
+        assert_eq!(ehr.language, "zh-CN");
+        assert_eq!(ehr.identifier_systems[0].id_type, "cn-ric");
+        assert_eq!(ehr.override_reasons[0].maps_to, "physician-judgement");
+        assert!(
+            huren_core::rules::RetestReason::from_code(&ehr.override_reasons[0].maps_to).is_some()
+        );
+        assert_eq!(ehr.member_names["shx-prov-people"], "陕西省人民医院");
     }
 
     #[test]

@@ -29,6 +29,9 @@
 //! - [`backfill`]: loading an archive with progress bars, resumable.
 //! - [`credentials`]: keys and certificates, and a hub channel that connects lazily.
 //! - [`commands`]: the daemon-side CLI commands as library functions.
+//!
+//! For the hospital's EHR: [`ehr`], CDS Hooks 2.0 order-check services and a FHIR R4 read API
+//! (one `axum::Router`, mounted by the agent's HTTP server).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -40,6 +43,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod draft;
+pub mod ehr;
 pub mod error;
 pub mod hub;
 pub mod ingest;
