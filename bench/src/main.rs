@@ -104,6 +104,9 @@ const ITEMS: [(&str, &str); 8] = [
     ("2345-7", "SH-GLU"),
 ];
 
+/// Who the bench's queries say asks (a staff id, as the web app sends).
+const BENCH_REQUESTER: &str = "staff:D0423";
+
 /// The FindPrior the bench asks: two items for one patient, as of now.
 fn prior_request(
     p: &Pseudonym,
@@ -122,6 +125,8 @@ fn prior_request(
         as_of_ms: 0,
         lookback_seconds: 0,
         purpose: pb::Purpose::Treatment as i32,
+        // As a clinician's query from the web app names its asker.
+        requester: BENCH_REQUESTER.into(),
         with_proofs,
         certificates_once,
     }
@@ -798,6 +803,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         .collect(),
                     as_of_ms: 0,
                     purpose: pb::Purpose::Treatment as i32,
+                    requester: BENCH_REQUESTER.into(),
                     with_proofs: false,
                     // As the agent asks.
                     certificates_once: true,

@@ -7,8 +7,9 @@
 //! ```text
 //! leaf = format:u8 || kind:u8 || fields
 //!
-//! format 0x01 (LEAF_V1) for every kind; 0x02 (LEAF_V2) for access leaves written since
-//! 2026-12-04, which end with the policy version that judged the answer (both are read).
+//! format 0x01 (LEAF_V1) for every kind; 0x02 (LEAF_V2) for access leaves that end with the
+//! policy version that judged the answer; 0x03 (LEAF_V3) for access leaves that also name who
+//! asked (all access leaves the hub writes now). Every format is read.
 //!
 //! kind 0x01 summary version (publish, amendment and void alike: a void is a version)
 //!   accepted_at_ms:i64 || signer_certificate_sha256[32] || signature[64] || body:bytes
@@ -18,7 +19,8 @@
 //! kind 0x03 access (FindPrior, History, CheckOrder, AccessReport)
 //!   at_ms:i64 || caller:str || purpose:u8 || method:u8 || flags:u8 || pseudonym[32]
 //!   || count:u32 || count × (publisher:str || summary_id:str || version:u32)
-//!   [|| policy_version:str]                       format 0x02 only
+//!   [|| policy_version:str]                       formats 0x02 and 0x03
+//!   [|| requester:str]                            format 0x03 only (empty: none stated)
 //!   flags: bit 0 = emergency override of an opt-out, bit 1 = results withheld by consent
 //! kind 0x04 consent
 //!   at_ms:i64 || member:str || pseudonym[32] || opted_out:u8
@@ -42,6 +44,34 @@ pub const LEAF_V1: u8 = 0x01;
 /// Format of access leaves that name the policy version in force (all access leaves written
 /// since 2026-12-04).
 pub const LEAF_V2: u8 = 0x02;
+/// Format of access leaves that also name who asked at the calling member (see
+/// [`check_requester`]); every access leaf the hub writes now.
+pub const LEAF_V3: u8 = 0x03;
+
+/// The longest requester id an access leaf carries.
+pub const MAX_REQUESTER_LEN: usize = 64;
+
+/// Checks a requester id: who asked at the calling member, as the member names them to the
+/// alliance (a staff number, an account id, a hashed id, `ehr:` and a client id), never a
+/// person's name. 1 to [`MAX_REQUESTER_LEN`] characters of `A-Z a-z 0-9 . _ : @ -`; the
+/// closed set keeps names (and any other free text) out of the log.
+pub fn check_requester(requester: &str) -> Result<(), String> {
+    if requester.is_empty() || requester.len() > MAX_REQUESTER_LEN {
+        return Err(format!(
+            "requester must be 1 to {MAX_REQUESTER_LEN} characters; got {}",
+            requester.chars().count()
+        ));
+    }
+    match requester
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')))
+    {
+        Some(c) => Err(format!(
+            "requester may hold only the letters A-Z and a-z, the digits and . _ : @ - (a staff or account id, never a name); found {c:?}"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// Kind byte of a summary-version leaf.
 pub const KIND_SUMMARY: u8 = 0x01;
@@ -177,8 +207,12 @@ pub enum Entry {
         pseudonym: [u8; 32],
         results: Vec<ResultRef>,
         /// The version label of the alliance policy whose rules judged the answer: `Some` in
-        /// a [`LEAF_V2`] leaf, `None` in an older [`LEAF_V1`] one.
+        /// a [`LEAF_V2`] or [`LEAF_V3`] leaf, `None` in an older [`LEAF_V1`] one.
         policy_version: Option<String>,
+        /// Who asked at the caller (see [`check_requester`]; empty when the member stated
+        /// no one): `Some` in a [`LEAF_V3`] leaf, `None` in older ones. A leaf with a
+        /// requester always has a policy version (`None` is written as empty).
+        requester: Option<String>,
     },
     Consent {
         at: UnixMillis,
@@ -275,6 +309,7 @@ impl Entry {
                 pseudonym,
                 results,
                 policy_version,
+                requester,
             } => {
                 let mut flags = 0;
                 if *emergency_override {
@@ -283,10 +318,10 @@ impl Entry {
                 if *withheld_by_consent {
                     flags |= FLAG_WITHHELD;
                 }
-                let format = if policy_version.is_some() {
-                    LEAF_V2
-                } else {
-                    LEAF_V1
+                let format = match (policy_version, requester) {
+                    (_, Some(_)) => LEAF_V3,
+                    (Some(_), None) => LEAF_V2,
+                    (None, None) => LEAF_V1,
                 };
                 let mut w = W::with_format(format, KIND_ACCESS);
                 w.i64(at.0)
@@ -301,8 +336,11 @@ impl Entry {
                         .bytes(r.summary_id.as_bytes())
                         .u32(r.version);
                 }
-                if let Some(v) = policy_version {
-                    w.bytes(v.as_bytes());
+                if format != LEAF_V1 {
+                    w.bytes(policy_version.as_deref().unwrap_or_default().as_bytes());
+                }
+                if let Some(r) = requester {
+                    w.bytes(r.as_bytes());
                 }
                 w.0
             }
@@ -328,8 +366,8 @@ impl Entry {
         let format = r.u8()?;
         let kind = r.u8()?;
         match (format, kind) {
-            (LEAF_V1, _) | (LEAF_V2, KIND_ACCESS) => {}
-            (LEAF_V2, k) => return Err(LeafError::Kind(k)),
+            (LEAF_V1, _) | (LEAF_V2 | LEAF_V3, KIND_ACCESS) => {}
+            (LEAF_V2 | LEAF_V3, k) => return Err(LeafError::Kind(k)),
             (f, _) => return Err(LeafError::Version(f)),
         }
         let entry = match kind {
@@ -372,7 +410,12 @@ impl Entry {
                         version: r.u32()?,
                     });
                 }
-                let policy_version = if format == LEAF_V2 {
+                let policy_version = if format == LEAF_V1 {
+                    None
+                } else {
+                    Some(r.str()?)
+                };
+                let requester = if format == LEAF_V3 {
                     Some(r.str()?)
                 } else {
                     None
@@ -387,6 +430,7 @@ impl Entry {
                     pseudonym,
                     results,
                     policy_version,
+                    requester,
                 }
             }
             KIND_CONSENT => Entry::Consent {
@@ -598,11 +642,11 @@ mod tests {
         assert_eq!(hexs(&leaf), expected);
     }
 
-    /// Format 0x01 (written before 2026-12-04, still read) and format 0x02, which ends with
-    /// the policy version.
+    /// Format 0x01 (written before 2026-12-04, still read), format 0x02, which ends with the
+    /// policy version, and format 0x03, which then names who asked.
     #[test]
     fn access_leaf_bytes_are_pinned() {
-        let access = |policy_version: Option<&str>| Entry::Access {
+        let access = |policy_version: Option<&str>, requester: Option<&str>| Entry::Access {
             at: UnixMillis(2),
             caller: "c".into(),
             purpose: Purpose::Emergency,
@@ -616,6 +660,7 @@ mod tests {
                 version: 3,
             }],
             policy_version: policy_version.map(Into::into),
+            requester: requester.map(Into::into),
         };
         let fields = format!(
             "{}{}{}{}{}{}{}",
@@ -627,15 +672,55 @@ mod tests {
             "00000001700000000173",
             "00000003"
         );
-        let v1 = access(None).encode();
+        let v1 = access(None, None).encode();
         assert_eq!(hexs(&v1), format!("0103{fields}"));
-        let v2 = access(Some("2026.11-1")).encode();
+        let v2 = access(Some("2026.11-1"), None).encode();
+        let policy = format!("00000009{}", hexs(b"2026.11-1"));
+        assert_eq!(hexs(&v2), format!("0203{fields}{policy}"));
+        let v3 = access(Some("2026.11-1"), Some("staff:D0423")).encode();
         assert_eq!(
-            hexs(&v2),
-            format!("0203{fields}00000009{}", hexs(b"2026.11-1"))
+            hexs(&v3),
+            format!("0303{fields}{policy}0000000b{}", hexs(b"staff:D0423"))
         );
-        assert_eq!(Entry::decode(&v1).unwrap(), access(None));
-        assert_eq!(Entry::decode(&v2).unwrap(), access(Some("2026.11-1")));
+        let v3_nobody = access(Some("2026.11-1"), Some("")).encode();
+        assert_eq!(hexs(&v3_nobody), format!("0303{fields}{policy}00000000"));
+        assert_eq!(Entry::decode(&v1).unwrap(), access(None, None));
+        assert_eq!(Entry::decode(&v2).unwrap(), access(Some("2026.11-1"), None));
+        assert_eq!(
+            Entry::decode(&v3).unwrap(),
+            access(Some("2026.11-1"), Some("staff:D0423"))
+        );
+        // A requester without a policy version writes the version as empty.
+        assert_eq!(
+            Entry::decode(&access(None, Some("x")).encode()).unwrap(),
+            access(Some(""), Some("x"))
+        );
+        // A format 0x03 leaf cut after its policy version is refused, not read as 0x02.
+        assert_eq!(Entry::decode(&v3[..v2.len()]), Err(LeafError::Truncated));
+    }
+
+    #[test]
+    fn requester_ids_are_a_closed_set() {
+        for ok in [
+            "D0423",
+            "staff:D0423",
+            "ehr:his-01@ward.7",
+            "a",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(check_requester(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "张三",
+            "Zhang San",
+            "a/b",
+            "x\n",
+            &"x".repeat(65),
+            "id\u{0}",
+        ] {
+            assert!(check_requester(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -688,6 +773,7 @@ mod tests {
                 pseudonym: [3; 32],
                 results: vec![],
                 policy_version: Some("v".into()),
+                requester: Some("staff:1".into()),
             },
             Entry::Consent {
                 at: UnixMillis(9),
@@ -706,14 +792,16 @@ mod tests {
             let mut longer = leaf.clone();
             longer.push(0);
             assert_eq!(Entry::decode(&longer), Err(LeafError::Trailing));
-            let mut v3 = leaf.clone();
-            v3[0] = 3;
-            assert_eq!(Entry::decode(&v3), Err(LeafError::Version(3)));
-            // Format 2 is only for access leaves.
+            let mut v4 = leaf.clone();
+            v4[0] = 4;
+            assert_eq!(Entry::decode(&v4), Err(LeafError::Version(4)));
+            // Formats 2 and 3 are only for access leaves.
             if leaf[1] != KIND_ACCESS {
-                let mut v2 = leaf.clone();
-                v2[0] = LEAF_V2;
-                assert_eq!(Entry::decode(&v2), Err(LeafError::Kind(leaf[1])));
+                for format in [LEAF_V2, LEAF_V3] {
+                    let mut other = leaf.clone();
+                    other[0] = format;
+                    assert_eq!(Entry::decode(&other), Err(LeafError::Kind(leaf[1])));
+                }
             }
         }
         assert_eq!(Entry::decode(&[1, 9]), Err(LeafError::Kind(9)));

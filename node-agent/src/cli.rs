@@ -10,7 +10,7 @@ use std::time::Duration;
 use huren_core::stats::{GroupBy, Row};
 
 use crate::table::{Table, format_time, parse_offset, results_table, verdict_cell};
-use crate::{Agent, AgentConfig, Answer, OrderItem};
+use crate::{Agent, AgentConfig, Answer, Asking, OrderItem};
 use huren_core::logentry::Purpose;
 use huren_core::rules::{Decision, RetestReason};
 use huren_core::summary::UnixMillis;
@@ -293,6 +293,7 @@ pub enum NodeCommand {
 
 async fn node_command(
     config: AgentConfig,
+    asking: &Asking,
     command: NodeCommand,
     offset: time::UtcOffset,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -340,7 +341,11 @@ async fn node_command(
                     } else {
                         id
                     };
-                    Expected::Patient { id_type, id }
+                    Expected::Patient {
+                        id_type,
+                        id,
+                        asking: asking.clone(),
+                    }
                 }
                 (None, None) => bail!("give --sha256 or --patient-id"),
             };
@@ -501,22 +506,21 @@ fn print_answer(answer: &Answer, offset: time::UtcOffset) {
     }
 }
 
-/// Runs one command with the configuration at `config`, asking for `purpose`. `shutdown`
-/// completes on Ctrl-C or SIGTERM (the daemon and backfill stop on it).
+/// Runs one command with the configuration at `config`, asking the hub as `asking` says.
+/// `shutdown` completes on Ctrl-C or SIGTERM (the daemon and backfill stop on it).
 pub async fn run(
     config: &Path,
-    purpose: Purpose,
+    asking: Asking,
     command: Command,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = AgentConfig::load(config)?;
     let offset = parse_offset(&config.display_utc_offset).map_err(anyhow::Error::msg)?;
     let command = match command {
-        Command::Node(c) => return node_command(config, c, offset, shutdown).await,
+        Command::Node(c) => return node_command(config, &asking, c, offset, shutdown).await,
         other => other,
     };
-    let mut agent = Agent::connect(config).await?;
-    agent.set_purpose(purpose);
+    let agent = Agent::connect(config).await?;
     match command {
         // Handled above, before connecting.
         Command::Node(_) => {}
@@ -574,7 +578,7 @@ pub async fn run(
             };
             let lookback = lookback.as_deref().map(parse_lookback).transpose()?;
             let answer = agent
-                .find_prior(&pseudonym, &items, as_of, lookback)
+                .find_prior(&asking, &pseudonym, &items, as_of, lookback)
                 .await?;
             println!(
                 "Prior results as of {}{}, items: {}",
@@ -601,7 +605,7 @@ pub async fn run(
                 Some(t) => crate::results::parse_time("--since", &t).map_err(anyhow::Error::msg)?,
                 None => UnixMillis(0),
             };
-            let answer = agent.history(&pseudonym, since, versions).await?;
+            let answer = agent.history(&asking, &pseudonym, since, versions).await?;
             println!(
                 "Results across the alliance since {}:",
                 format_time(since, offset)
@@ -619,7 +623,7 @@ pub async fn run(
             patient,
             items,
             as_of,
-        } => run_check(&agent, &patient, &items, as_of, offset).await?,
+        } => run_check(&agent, &asking, &patient, &items, as_of, offset).await?,
         Command::Decide {
             result,
             version,
@@ -644,7 +648,15 @@ pub async fn run(
         }
         Command::Audit => run_audit(&agent).await?,
         Command::AccessReport { patient, from, to } => {
-            run_access_report(&agent, &patient, from, to, offset).await?
+            run_access_report(
+                &agent,
+                asking.requester.as_deref(),
+                &patient,
+                from,
+                to,
+                offset,
+            )
+            .await?
         }
         Command::Consent { patient, set } => {
             let pseudonym = patient_pseudonym(&agent, &patient)?;
@@ -705,6 +717,7 @@ fn hex_root(root: &[u8; 32]) -> String {
 
 async fn run_access_report(
     agent: &Agent,
+    requester: Option<&str>,
     patient: &Patient,
     from: Option<String>,
     to: Option<String>,
@@ -717,8 +730,16 @@ async fn run_access_report(
     };
     let from = time("--from", from, UnixMillis(0))?;
     let to = time("--to", to, UnixMillis(0))?;
-    let report = agent.access_report(&pseudonym, from, to).await?;
-    let mut table = Table::new(["Time", "Who", "Purpose", "Call", "Results", "Log entry"]);
+    let report = agent.access_report(requester, &pseudonym, from, to).await?;
+    let mut table = Table::new([
+        "Time",
+        "Member",
+        "Requester",
+        "Purpose",
+        "Call",
+        "Results",
+        "Log entry",
+    ]);
     for e in &report.entries {
         let purpose = if e.emergency_override {
             format!("{} (OVERRODE OPT-OUT)", e.purpose.name())
@@ -730,6 +751,7 @@ async fn run_access_report(
         table.push(vec![
             format_time(e.at, offset),
             e.caller.clone(),
+            e.requester.clone(),
             purpose,
             e.method.clone(),
             e.results.to_string(),
@@ -756,6 +778,7 @@ async fn run_access_report(
 
 async fn run_check(
     agent: &Agent,
+    asking: &Asking,
     patient: &Patient,
     items: &[String],
     as_of: Option<String>,
@@ -776,7 +799,7 @@ async fn run_check(
         Some(t) => crate::results::parse_time("--as-of", &t).map_err(anyhow::Error::msg)?,
         None => UnixMillis::now(),
     };
-    let checks = agent.check_order(&pseudonym, &order, as_of).await?;
+    let checks = agent.check_order(asking, &pseudonym, &order, as_of).await?;
     let mut table = Table::new([
         "Ordered",
         "Catalogue item",

@@ -34,8 +34,34 @@ pub struct Agent {
     config: AgentConfig,
     /// The hub's log as this agent witnesses it; `None` without `[log]` in the configuration.
     log: Option<LogWitness>,
-    /// The purpose of use stated with every query (default treatment).
-    purpose: Purpose,
+}
+
+/// Who asks the hub about a patient and why: stated with every query and logged in its
+/// access leaf. One `Asking` per call, so one shared agent serves many people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asking {
+    pub purpose: Purpose,
+    /// Who asks at this member, as it names them to the alliance (a staff or account id,
+    /// never a name; see `huren_core::logentry::check_requester`); `None` for no one named.
+    pub requester: Option<String>,
+}
+
+impl Asking {
+    /// Asking for `purpose`, naming no one.
+    pub fn new(purpose: Purpose) -> Self {
+        Self {
+            purpose,
+            requester: None,
+        }
+    }
+
+    /// Names who asks.
+    pub fn by(self, requester: impl Into<String>) -> Self {
+        Self {
+            requester: Some(requester.into()),
+            ..self
+        }
+    }
 }
 
 /// One access to a patient's results, from the hub's log, its inclusion proof verified.
@@ -49,6 +75,8 @@ pub struct AccessLine {
     pub emergency_override: bool,
     pub withheld_by_consent: bool,
     pub results: usize,
+    /// Who asked at the caller, as it named them ("" when it named no one).
+    pub requester: String,
     /// The leaf bytes and the proof, for anyone who wants to check again.
     pub leaf: Vec<u8>,
     pub proof: LogProof,
@@ -136,17 +164,7 @@ impl Agent {
             hub: HubApi::new(channel),
             config,
             log,
-            purpose: Purpose::Treatment,
         })
-    }
-
-    /// States `purpose` with every query from now on.
-    pub fn set_purpose(&mut self, purpose: Purpose) {
-        self.purpose = purpose;
-    }
-
-    pub fn purpose(&self) -> Purpose {
-        self.purpose
     }
 
     /// The log witness, if `[log]` is configured.
@@ -252,13 +270,14 @@ impl Agent {
     /// inclusion proof verified when `[log]` is configured.
     pub async fn access_report(
         &self,
+        requester: Option<&str>,
         patient: &Pseudonym,
         from: UnixMillis,
         to: UnixMillis,
     ) -> Result<AccessReportAnswer, AgentError> {
         let r = self
             .hub
-            .access_report(patient, from, to)
+            .access_report(requester, patient, from, to)
             .await
             .map_err(AgentError::Hub)?;
         let mut entries = Vec::with_capacity(r.entries.len());
@@ -282,6 +301,7 @@ impl Agent {
                 pseudonym,
                 results,
                 policy_version,
+                requester,
             }) = Entry::decode(&e.leaf)
             else {
                 return Err(bad("its leaf is not an access entry"));
@@ -293,6 +313,7 @@ impl Agent {
                 || withheld_by_consent != e.withheld_by_consent
                 || Some(purpose) != e.purpose
                 || policy_version.as_deref().unwrap_or_default() != e.policy_version
+                || requester.as_deref().unwrap_or_default() != e.requester
             {
                 return Err(bad("its fields do not match its logged leaf"));
             }
@@ -309,6 +330,7 @@ impl Agent {
                 emergency_override,
                 withheld_by_consent,
                 results: results.len(),
+                requester: requester.unwrap_or_default(),
                 leaf: e.leaf,
                 proof,
             });
@@ -396,6 +418,7 @@ impl Agent {
     /// Prior results of a patient for some items, verified, newest first.
     pub async fn find_prior(
         &self,
+        asking: &Asking,
         patient: &Pseudonym,
         items: &[(String, String)],
         as_of: UnixMillis,
@@ -409,7 +432,7 @@ impl Agent {
                 items,
                 as_of,
                 lookback_seconds,
-                self.purpose,
+                asking,
                 self.log.is_some(),
             )
             .await
@@ -439,19 +462,14 @@ impl Agent {
     /// `with_versions`, each result's earlier versions too.
     pub async fn history(
         &self,
+        asking: &Asking,
         patient: &Pseudonym,
         since: UnixMillis,
         with_versions: bool,
     ) -> Result<Answer, AgentError> {
         let response = self
             .hub
-            .history(
-                patient,
-                since,
-                with_versions,
-                self.purpose,
-                self.log.is_some(),
-            )
+            .history(patient, since, with_versions, asking, self.log.is_some())
             .await
             .map_err(AgentError::Hub)?;
         let expect = Expectation {
@@ -471,13 +489,14 @@ impl Agent {
     /// newest recognised result, verified, or why there is none.
     pub async fn check_order(
         &self,
+        asking: &Asking,
         patient: &Pseudonym,
         order: &[OrderItem],
         as_of: UnixMillis,
     ) -> Result<Vec<OrderCheck>, AgentError> {
         let response = self
             .hub
-            .check_order(patient, order, as_of, self.purpose, self.log.is_some())
+            .check_order(patient, order, as_of, asking, self.log.is_some())
             .await
             .map_err(AgentError::Hub)?;
         if response.len() != order.len() {

@@ -12,7 +12,7 @@ use huren_core::identity::InstitutionId;
 use huren_core::summary::{SummaryId, UnixMillis};
 
 use crate::backfill::{BackfillError, ingest_dir, publish_all};
-use crate::client::Agent;
+use crate::client::{Agent, Asking};
 use crate::config::AgentConfig;
 use crate::credentials::Credentials;
 use crate::daemon::{DaemonError, ingestor, open_store};
@@ -177,8 +177,12 @@ pub fn outbox(
 pub enum Expected {
     /// Given by the caller (64 hex characters).
     Sha256(String),
-    /// From the verified summary in the patient's history at the hub.
-    Patient { id_type: String, id: String },
+    /// From the verified summary in the patient's history at the hub, asked as `asking` says.
+    Patient {
+        id_type: String,
+        id: String,
+        asking: Asking,
+    },
 }
 
 /// `huren-agent fetch-report`: fetches a report from a publisher's repository, checks it against
@@ -206,11 +210,17 @@ pub async fn fetch(
                 .map_err(|_| CommandError::Usage("--sha256 must be 64 hex characters".into()))?;
             (d, version, "the given digest".to_owned())
         }
-        Expected::Patient { id_type, id } => {
+        Expected::Patient {
+            id_type,
+            id,
+            asking,
+        } => {
             let agent = Agent::connect(config).await?;
             let pseudonym = agent.pseudonymise(&id_type, &id)?;
             // With versions, so an older version's report can be checked too.
-            let history = agent.history(&pseudonym, UnixMillis(0), true).await?;
+            let history = agent
+                .history(&asking, &pseudonym, UnixMillis(0), true)
+                .await?;
             let found = history
                 .results
                 .into_iter()

@@ -24,7 +24,7 @@ use huren_proto::convert::{self, decision_to_pb};
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
-use crate::client::OrderItem;
+use crate::client::{Asking, OrderItem};
 use crate::verify::{Claimed, Returned, Unverified};
 
 /// A log proof as the hub sent it: `Ok(None)` when it sent none, `Err` with the reason when it
@@ -99,6 +99,7 @@ pub struct StatedAccess {
     pub emergency_override: bool,
     pub withheld_by_consent: bool,
     pub policy_version: String,
+    pub requester: String,
     /// The leaf bytes: what counts.
     pub leaf: Vec<u8>,
     pub proof: SentProof,
@@ -317,7 +318,7 @@ impl HubApi {
         items: &[(String, String)],
         as_of: UnixMillis,
         lookback_seconds: u64,
-        purpose: Purpose,
+        asking: &Asking,
         with_proofs: bool,
     ) -> Result<ResultsAnswer, Status> {
         let r = self
@@ -327,9 +328,10 @@ impl HubApi {
                 items: items.iter().map(item_code).collect(),
                 as_of_ms: as_of.0,
                 lookback_seconds,
-                purpose: pb::Purpose::from(purpose) as i32,
+                purpose: pb::Purpose::from(asking.purpose) as i32,
                 with_proofs,
                 certificates_once: true,
+                requester: asking.requester.clone().unwrap_or_default(),
             })
             .await?
             .into_inner();
@@ -347,7 +349,7 @@ impl HubApi {
         patient: &Pseudonym,
         since: UnixMillis,
         with_versions: bool,
-        purpose: Purpose,
+        asking: &Asking,
         with_proofs: bool,
     ) -> Result<ResultsAnswer, Status> {
         let r = self
@@ -356,9 +358,10 @@ impl HubApi {
                 patient_pseudonym: patient.as_bytes().to_vec(),
                 since_ms: since.0,
                 include_earlier_versions: with_versions,
-                purpose: pb::Purpose::from(purpose) as i32,
+                purpose: pb::Purpose::from(asking.purpose) as i32,
                 with_proofs,
                 certificates_once: true,
+                requester: asking.requester.clone().unwrap_or_default(),
             })
             .await?
             .into_inner();
@@ -377,7 +380,7 @@ impl HubApi {
         patient: &Pseudonym,
         order: &[OrderItem],
         as_of: UnixMillis,
-        purpose: Purpose,
+        asking: &Asking,
         with_proofs: bool,
     ) -> Result<Vec<OrderAnswer>, Status> {
         let r = self
@@ -386,9 +389,10 @@ impl HubApi {
                 patient_pseudonym: patient.as_bytes().to_vec(),
                 items: order.iter().map(order_item).collect(),
                 as_of_ms: as_of.0,
-                purpose: pb::Purpose::from(purpose) as i32,
+                purpose: pb::Purpose::from(asking.purpose) as i32,
                 with_proofs,
                 certificates_once: true,
+                requester: asking.requester.clone().unwrap_or_default(),
             })
             .await?
             .into_inner();
@@ -479,6 +483,7 @@ impl HubApi {
 
     pub async fn access_report(
         &self,
+        requester: Option<&str>,
         patient: &Pseudonym,
         from: UnixMillis,
         to: UnixMillis,
@@ -489,6 +494,7 @@ impl HubApi {
                 patient_pseudonym: patient.as_bytes().to_vec(),
                 from_ms: from.0,
                 to_ms: to.0,
+                requester: requester.unwrap_or_default().to_owned(),
             })
             .await?
             .into_inner();
@@ -503,6 +509,7 @@ impl HubApi {
                     emergency_override: e.emergency_override,
                     withheld_by_consent: e.withheld_by_consent,
                     policy_version: e.policy_version,
+                    requester: e.requester,
                     leaf: e.leaf,
                     proof: proof(e.proof),
                 })

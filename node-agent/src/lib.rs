@@ -57,6 +57,6 @@ pub mod store;
 pub mod table;
 pub mod verify;
 
-pub use client::{Agent, Answer, DecisionRecorded, OrderCheck, OrderItem, Published};
+pub use client::{Agent, Answer, Asking, DecisionRecorded, OrderCheck, OrderItem, Published};
 pub use config::AgentConfig;
 pub use error::AgentError;

@@ -5,6 +5,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 
+use huren_agent::Asking;
 use huren_agent::cli::{Command, PurposeArg};
 
 /// The Huren node agent of one member institution.
@@ -21,6 +22,10 @@ struct Args {
     /// the results of a patient who opted out, and it is flagged in the access audit.
     #[arg(long, global = true, value_enum, default_value = "treatment")]
     purpose: PurposeArg,
+    /// Who asks, as this member names them to the alliance: a staff or account id (letters,
+    /// digits and . _ : @ -, at most 64), never a name. Logged with every query.
+    #[arg(long, global = true, env = "HUREN_REQUESTER", value_parser = requester)]
+    requester: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,5 +36,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     huren::init_tracing(args.log_format);
     let shutdown = huren::shutdown_signal();
-    huren_agent::cli::run(&args.config, args.purpose.into(), args.command, shutdown).await
+    let mut asking = Asking::new(args.purpose.into());
+    asking.requester = args.requester;
+    huren_agent::cli::run(&args.config, asking, args.command, shutdown).await
+}
+
+fn requester(s: &str) -> Result<String, String> {
+    huren_core::logentry::check_requester(s)?;
+    Ok(s.to_owned())
 }

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use huren_agent::table::{Table, format_time, parse_offset, results_table, verdict_cell};
 use huren_agent::verify::VerifiedResult;
-use huren_agent::{Agent, AgentConfig, OrderItem};
+use huren_agent::{Agent, AgentConfig, Asking, OrderItem};
 use huren_certs_dev::{DevPkiDir, init_dir};
 use huren_core::identity::InstitutionId;
+use huren_core::logentry::Purpose;
 use huren_core::rules::{Decision, RetestReason};
 
 const TERTIARY: &str = "shx-prov-people";
@@ -22,6 +23,9 @@ const COUNTY: &str = "lantian-county";
 const COMMISSION: &str = "xian-health-commission";
 /// The referred patient of the demo (a synthetic id with a valid check character).
 const PATIENT_ID: &str = "610102196703151235";
+/// Who asks at the county hospital, as it names its staff to the alliance (never a name).
+const CLINICIAN: &str = "staff:LT-D0423";
+const REFERRAL_DESK: &str = "staff:LT-R0107";
 
 /// Run a demonstration alliance: one hub and two member hospitals on this machine.
 #[derive(Parser)]
@@ -200,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let answer = county_agent
         .find_prior(
+            &Asking::new(Purpose::Treatment).by(CLINICIAN),
             &pseudonym,
             &items,
             as_of,
@@ -218,7 +223,12 @@ async fn main() -> anyhow::Result<()> {
         "The referral desk looks at the patient's whole history across the alliance",
     );
     let history = county_agent
-        .history(&pseudonym, huren_core::summary::UnixMillis(0), false)
+        .history(
+            &Asking::new(Purpose::Referral).by(REFERRAL_DESK),
+            &pseudonym,
+            huren_core::summary::UnixMillis(0),
+            false,
+        )
         .await?;
     print!("{}", results_table(&history.results, offset).render());
     print_reasons(&history.results);
@@ -231,7 +241,14 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|c| OrderItem::Local((*c).to_owned()))
         .collect();
-    let checks = county_agent.check_order(&pseudonym, &order, as_of).await?;
+    let checks = county_agent
+        .check_order(
+            &Asking::new(Purpose::Treatment).by(CLINICIAN),
+            &pseudonym,
+            &order,
+            as_of,
+        )
+        .await?;
     let mut table = Table::new([
         "Ordered",
         "Catalogue item",

@@ -8,7 +8,7 @@ use anyhow::Context;
 use huren_agent::{Agent, AgentConfig};
 use huren_core::summary::UnixMillis;
 
-use crate::harness::{TestHub, init, run_agent_cli};
+use crate::harness::{ADMIN, TREATMENT, TestHub, init, run_agent_cli};
 
 const TERTIARY: &str = "shx-prov-people";
 const COUNTY: &str = "lantian-county";
@@ -81,6 +81,7 @@ async fn county_finds_and_verifies_what_the_tertiary_hospital_published() -> any
     // Last 30 days: the September haemoglobin is too old to be returned.
     let answer = county
         .find_prior(
+            &TREATMENT,
             &patient,
             &items,
             as_of(),
@@ -97,7 +98,7 @@ async fn county_finds_and_verifies_what_the_tertiary_hospital_published() -> any
 
     // No look-back limit: both haemoglobin results, newest first.
     let answer = county
-        .find_prior(&patient, &items[..1], as_of(), None)
+        .find_prior(&TREATMENT, &patient, &items[..1], as_of(), None)
         .await?;
     let ids: Vec<&str> = answer
         .results
@@ -107,10 +108,14 @@ async fn county_finds_and_verifies_what_the_tertiary_hospital_published() -> any
     assert_eq!(ids, ["LAB-20261118-00731-HGB", "LAB-20260902-01188-HGB"]);
 
     // History spans all items; the other patient's results stay apart.
-    let history = county.history(&patient, UnixMillis(0), false).await?;
+    let history = county
+        .history(&TREATMENT, &patient, UnixMillis(0), false)
+        .await?;
     assert_eq!(history.results.len(), 5);
     let other = county.pseudonymise("cn-ric", OTHER_PATIENT)?;
-    let history = county.history(&other, UnixMillis(0), false).await?;
+    let history = county
+        .history(&TREATMENT, &other, UnixMillis(0), false)
+        .await?;
     let ids: Vec<&str> = history
         .results
         .iter()
@@ -128,6 +133,7 @@ async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> 
     publish_examples(&tertiary).await?;
     let first = tertiary
         .history(
+            &TREATMENT,
             &tertiary.pseudonymise("cn-ric", PATIENT)?,
             UnixMillis(0),
             false,
@@ -147,6 +153,7 @@ async fn publishing_the_same_file_twice_changes_nothing() -> anyhow::Result<()> 
     }
     let second = tertiary
         .history(
+            &TREATMENT,
             &tertiary.pseudonymise("cn-ric", PATIENT)?,
             UnixMillis(0),
             false,
@@ -195,6 +202,7 @@ async fn agent_marks_a_summary_altered_in_the_hub_store_and_shows_the_others() -
     // haemoglobin result of the patient is still shown.
     let answer = county
         .find_prior(
+            &TREATMENT,
             &patient,
             &[(LOINC.to_owned(), "718-7".to_owned())],
             as_of(),
@@ -219,7 +227,9 @@ async fn agent_marks_a_summary_altered_in_the_hub_store_and_shows_the_others() -
         "{failed:?}"
     );
     // History, too, shows the other four and marks the altered one.
-    let history = county.history(&patient, UnixMillis(0), false).await?;
+    let history = county
+        .history(&TREATMENT, &patient, UnixMillis(0), false)
+        .await?;
     assert_eq!(history.results.len(), 4);
     assert_eq!(history.failed.len(), 1);
     // The CLI says so, with the publisher, and still lists the others.
@@ -233,6 +243,7 @@ async fn agent_marks_a_summary_altered_in_the_hub_store_and_shows_the_others() -
     // Results that were not altered still verify.
     let ct = county
         .find_prior(
+            &TREATMENT,
             &patient,
             &[(LOINC.to_owned(), "24627-2".to_owned())],
             as_of(),
@@ -309,12 +320,46 @@ async fn cli_publishes_and_queries() -> anyhow::Result<()> {
 
     // A mistyped id card number is caught locally, with a clear message and a failing exit.
     let (ok, _, err) = run(
-        county,
+        county.clone(),
         s(&["history", "--patient-id", "610102196703151236"]),
     )
     .await?;
     assert!(!ok);
     assert!(err.contains("wrong check character"), "{err}");
+
+    // Who asks is an id, never a name: a name is refused before anything is asked.
+    let (ok, _, err) = run(
+        county.clone(),
+        s(&["--requester", "王医生", "history", "--patient-id", PATIENT]),
+    )
+    .await?;
+    assert!(!ok);
+    assert!(
+        err.contains("--requester") && err.contains("never a name"),
+        "{err}"
+    );
+    // A staff id is asked with and logged: the administrator's access report shows it.
+    let (ok, _, err) = run(
+        county,
+        s(&[
+            "--requester",
+            "staff:LT-D0423",
+            "history",
+            "--patient-id",
+            PATIENT,
+        ]),
+    )
+    .await?;
+    assert!(ok, "history failed: {err}");
+    let accesses = hub
+        .access_entries(ADMIN, &hub.pseudonym_of("cn-ric", PATIENT)?)
+        .await?;
+    assert!(
+        accesses
+            .iter()
+            .any(|e| e.method == "History" && e.requester == "staff:LT-D0423"),
+        "{accesses:?}"
+    );
     Ok(())
 }
 
@@ -366,7 +411,9 @@ async fn the_hub_and_the_agents_judge_a_signature_alike() -> anyhow::Result<()> 
             "{o:?}"
         );
     }
-    let history = county.history(&patient, UnixMillis(0), false).await?;
+    let history = county
+        .history(&TREATMENT, &patient, UnixMillis(0), false)
+        .await?;
     assert!(history.failed.is_empty(), "{:?}", history.failed);
     assert_eq!(history.results.len(), 5 + 14);
 

@@ -119,6 +119,7 @@ async fn is_untouched(
 ) -> anyhow::Result<Option<String>> {
     let history = good
         .history(HistoryRequest {
+            requester: String::new(),
             patient_pseudonym: patient.as_bytes().to_vec(),
             since_ms: 0,
             include_earlier_versions: false,
@@ -427,6 +428,7 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
         r
     };
     let history = |pseudonym: Vec<u8>, since_ms: i64| HistoryRequest {
+        requester: String::new(),
         patient_pseudonym: pseudonym,
         since_ms,
         include_earlier_versions: false,
@@ -472,6 +474,22 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
             prior(&|r| r.as_of_ms = -1),
             "as_of_ms must not be negative",
         ),
+        // The requester names who asks at the member: an id, never a person's name.
+        (
+            "FindPrior naming a person as requester",
+            prior(&|r| r.requester = "张三".into()),
+            "never a name",
+        ),
+        (
+            "FindPrior with a requester holding a space",
+            prior(&|r| r.requester = "Zhang San".into()),
+            "found ' '",
+        ),
+        (
+            "FindPrior with a 65-character requester",
+            prior(&|r| r.requester = "d".repeat(65)),
+            "requester must be 1 to 64 characters; got 65",
+        ),
     ];
     for (case, req, phrase) in prior_cases {
         let result = client.find_prior(req).await;
@@ -492,6 +510,14 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
             "History with a negative since_ms",
             history(p.as_bytes().to_vec(), -5),
             "since_ms must not be negative",
+        ),
+        (
+            "History with a requester holding a line break",
+            HistoryRequest {
+                requester: "staff:1\nforged".into(),
+                ..history(p.as_bytes().to_vec(), 0)
+            },
+            "A-Z and a-z, the digits and . _ : @ -",
         ),
     ];
     for (case, req, phrase) in history_cases {
@@ -515,8 +541,29 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
         "received fatal alert",
     );
     checks.finish();
+    // None of the refused queries left an access in the log.
+    let accesses = hub.access_entries(ADMIN, &p).await?;
+    assert!(
+        accesses.iter().all(|e| e.method == "AccessReport"),
+        "{accesses:?}"
+    );
 
-    // The limits themselves are allowed: exactly 200 items.
+    // The limits themselves are allowed: exactly 200 items, a 64-character requester.
+    let longest = "d".repeat(64);
+    let named = prior(&|r| r.requester = longest.clone());
+    assert!(
+        client
+            .find_prior(named)
+            .await?
+            .into_inner()
+            .results
+            .is_empty()
+    );
+    let accesses = hub.access_entries(ADMIN, &p).await?;
+    assert!(
+        accesses.iter().any(|e| e.requester == longest),
+        "{accesses:?}"
+    );
     let full = prior(&|r| r.items = (0..200).map(item).collect());
     let found = client.find_prior(full).await?.into_inner();
     assert!(found.results.is_empty());

@@ -64,6 +64,12 @@ use huren_proto::hub::{
 };
 
 /// How long a hub may take to come up (or a locked store to be released) before a test fails.
+/// Queries of the agent-level tests: for treatment, no one named.
+pub const TREATMENT: huren_agent::Asking = huren_agent::Asking {
+    purpose: huren_core::logentry::Purpose::Treatment,
+    requester: None,
+};
+
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The name the hub's certificate carries and clients check.
@@ -288,6 +294,7 @@ impl TestHub {
             .client(who)
             .await?
             .access_report(huren_proto::hub::AccessReportRequest {
+                requester: String::new(),
                 patient_pseudonym: patient.as_bytes().to_vec(),
                 from_ms: 0,
                 to_ms: 0,
@@ -303,6 +310,13 @@ impl TestHub {
             Ok(id) => self.pseudonym_key().pseudonymise(&id),
             Err(e) => panic!("test patient id {passport:?}: {e}"),
         }
+    }
+
+    /// The pseudonym of a patient id of any type (as an agent computes it).
+    pub fn pseudonym_of(&self, id_type: &str, id: &str) -> anyhow::Result<Pseudonym> {
+        Ok(self
+            .pseudonym_key()
+            .pseudonymise(&PatientId::new(id_type, id)?))
     }
 
     /// Both certificates of member `id`, issued (and written under `pki/members/<id>/`) on first
@@ -897,6 +911,7 @@ pub async fn publish(
 /// A FindPrior request for `patient` and `(system, code)` items, as of now, no lookback limit.
 pub fn prior_request(patient: &Pseudonym, items: &[(&str, &str)]) -> FindPriorRequest {
     FindPriorRequest {
+        requester: String::new(),
         patient_pseudonym: patient.as_bytes().to_vec(),
         items: items
             .iter()
@@ -916,6 +931,7 @@ pub fn prior_request(patient: &Pseudonym, items: &[(&str, &str)]) -> FindPriorRe
 /// A History request for `patient` since `since_ms`.
 pub fn history_request(patient: &Pseudonym, since_ms: i64) -> HistoryRequest {
     HistoryRequest {
+        requester: String::new(),
         patient_pseudonym: patient.as_bytes().to_vec(),
         since_ms,
         include_earlier_versions: false,

@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use huren_agent::{Agent, AgentConfig, AgentError};
+use huren_agent::{Agent, AgentConfig, AgentError, Asking};
 use huren_core::checkpoint::{NoteVerifier, open_checkpoint};
 use huren_core::logentry::{Entry, LogProof, Method, Purpose, summary_leaf, verify_leaf};
 use huren_core::merkle::{self, Hash, verify_consistency};
@@ -22,8 +22,8 @@ use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
 use crate::harness::{
-    ADMIN, HGB, LOINC, STARTUP_DEADLINE, TestHub, history_request, hours, init, lab_summary,
-    now_ms, prior_request, publish, sign,
+    ADMIN, HGB, LOINC, STARTUP_DEADLINE, TREATMENT, TestHub, history_request, hours, init,
+    lab_summary, now_ms, prior_request, publish, sign,
 };
 
 /// The hub's log verifier key, read from the key file the hub created.
@@ -286,7 +286,7 @@ async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<(
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     let items = [(LOINC.to_owned(), HGB.to_owned())];
     assert_eq!(
-        b.find_prior(&p, &items, UnixMillis(now_ms()), None)
+        b.find_prior(&TREATMENT, &p, &items, UnixMillis(now_ms()), None)
             .await?
             .results
             .len(),
@@ -301,7 +301,7 @@ async fn a_rewritten_stored_summary_is_caught_by_the_agent() -> anyhow::Result<(
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     let err = b
-        .find_prior(&p, &items, UnixMillis(now_ms()), None)
+        .find_prior(&TREATMENT, &p, &items, UnixMillis(now_ms()), None)
         .await
         .expect_err("a summary with a changed acceptance time must be refused");
     assert!(matches!(err, AgentError::Log(_)), "{err}");
@@ -332,7 +332,7 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     let v2 = crate::harness::amended(&v1, "value corrected");
     a.publish(&v2, a.sign(&v2)?).await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
-    let chain = b.history(&p, UnixMillis(0), true).await?;
+    let chain = b.history(&TREATMENT, &p, UnixMillis(0), true).await?;
     assert_eq!(chain.results.len(), 1);
     assert_eq!(chain.results[0].earlier.len(), 1);
     drop((a, b));
@@ -343,11 +343,11 @@ async fn an_earlier_version_with_a_changed_acceptance_time_is_caught() -> anyhow
     hub.restart().await?;
     let b = log_agent(&hub, "hosp-b", "state-b").await?;
     // The latest version alone still verifies...
-    let latest = b.history(&p, UnixMillis(0), false).await?;
+    let latest = b.history(&TREATMENT, &p, UnixMillis(0), false).await?;
     assert_eq!(latest.results.len(), 1);
     // ...but the chain with the altered earlier version does not.
     let err = b
-        .history(&p, UnixMillis(0), true)
+        .history(&TREATMENT, &p, UnixMillis(0), true)
         .await
         .expect_err("an earlier version with a changed acceptance time must be refused");
     assert!(matches!(err, AgentError::Log(_)), "{err}");
@@ -603,6 +603,7 @@ async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> 
     let mut admin = hub.client(ADMIN).await?;
     let report = admin
         .access_report(pb::AccessReportRequest {
+            requester: String::new(),
             patient_pseudonym: p.as_bytes().to_vec(),
             from_ms: 0,
             to_ms: 0,
@@ -636,6 +637,7 @@ async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> 
             .client(member)
             .await?
             .access_report(pb::AccessReportRequest {
+                requester: String::new(),
                 patient_pseudonym: p.as_bytes().to_vec(),
                 from_ms: 0,
                 to_ms: 0,
@@ -656,7 +658,7 @@ async fn the_access_report_says_who_looked_when_and_why() -> anyhow::Result<()> 
     // is in it, logged as asked on the patient's behalf.
     let commission = log_agent(&hub, ADMIN, "state-admin").await?;
     let report = commission
-        .access_report(&p, UnixMillis(0), UnixMillis(0))
+        .access_report(None, &p, UnixMillis(0), UnixMillis(0))
         .await?;
     let who: Vec<(&str, Purpose)> = report
         .entries
@@ -728,6 +730,7 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
     assert!(r.results.is_empty() && r.withheld_by_consent);
     let order = cb
         .check_order(pb::CheckOrderRequest {
+            requester: String::new(),
             patient_pseudonym: p.as_bytes().to_vec(),
             items: vec![pb::OrderItem {
                 code: Some(pb::order_item::Code::Catalogue(pb::ItemCode {
@@ -756,15 +759,15 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
         .into_inner();
     assert_eq!(r.results.len(), 1);
     assert!(!r.withheld_by_consent);
-    let mut agent = log_agent(&hub, "hosp-b", "state-b").await?;
+    let agent = log_agent(&hub, "hosp-b", "state-b").await?;
     let items = [(LOINC.to_owned(), HGB.to_owned())];
     let answer = agent
-        .find_prior(&p, &items, UnixMillis(now_ms()), None)
+        .find_prior(&TREATMENT, &p, &items, UnixMillis(now_ms()), None)
         .await?;
     assert!(answer.withheld_by_consent && answer.results.is_empty());
-    agent.set_purpose(Purpose::Emergency);
+    let emergency = Asking::new(Purpose::Emergency).by("staff:ER-07");
     let answer = agent
-        .find_prior(&p, &items, UnixMillis(now_ms()), None)
+        .find_prior(&emergency, &p, &items, UnixMillis(now_ms()), None)
         .await?;
     assert_eq!(answer.results.len(), 1);
 
@@ -772,27 +775,35 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
     // flags both emergency overrides.
     let report = log_agent(&hub, ADMIN, "state-admin")
         .await?
-        .access_report(&p, UnixMillis(0), UnixMillis(0))
+        .access_report(Some("staff:QC-02"), &p, UnixMillis(0), UnixMillis(0))
         .await?;
     assert!(report.opted_out);
-    let flags: Vec<(Purpose, bool, bool)> = report
+    let flags: Vec<(Purpose, bool, bool, &str)> = report
         .entries
         .iter()
         .filter(|e| e.method != Method::AccessReport.name())
-        .map(|e| (e.purpose, e.emergency_override, e.withheld_by_consent))
+        .map(|e| {
+            (
+                e.purpose,
+                e.emergency_override,
+                e.withheld_by_consent,
+                e.requester.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         flags,
         [
-            (Purpose::Treatment, false, false),
+            (Purpose::Treatment, false, false, ""),
             // After hosp-c's refused consent change: nothing changed.
-            (Purpose::Treatment, false, false),
-            (Purpose::Treatment, false, true),
-            (Purpose::Treatment, false, true),
-            (Purpose::Treatment, false, true),
-            (Purpose::Emergency, true, false),
-            (Purpose::Treatment, false, true),
-            (Purpose::Emergency, true, false),
+            (Purpose::Treatment, false, false, ""),
+            (Purpose::Treatment, false, true, ""),
+            (Purpose::Treatment, false, true, ""),
+            (Purpose::Treatment, false, true, ""),
+            (Purpose::Emergency, true, false, ""),
+            (Purpose::Treatment, false, true, ""),
+            // Through the agent, naming who asked: the leaf says so.
+            (Purpose::Emergency, true, false, "staff:ER-07"),
         ]
     );
 
@@ -1321,6 +1332,7 @@ async fn log_entries_are_read_only_by_their_owner_or_an_audited_administrator() 
     assert_eq!(audited.leaf, leaf);
     let report = admin
         .access_report(pb::AccessReportRequest {
+            requester: String::new(),
             patient_pseudonym: patient.as_bytes().to_vec(),
             from_ms: 0,
             to_ms: 0,

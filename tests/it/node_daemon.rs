@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use huren_agent::AgentConfig;
 use huren_agent::commands::{CommandError, Expected};
 use huren_agent::daemon::Daemon;
 use huren_agent::repository::FetchError;
+use huren_agent::{AgentConfig, Asking};
+use huren_core::logentry::Purpose;
 use huren_core::pseudonym::PatientId;
 
-use crate::harness::{ChildGuard, TestHub, init};
+use crate::harness::{ChildGuard, TREATMENT, TestHub, init};
 
 pub(crate) const TERTIARY: &str = "shx-prov-people";
 pub(crate) const COUNTY: &str = "lantian-county";
@@ -225,7 +226,12 @@ async fn hl7_and_fhir_files_reach_the_hub_and_bad_ones_are_rejected_with_reasons
             .await?;
     let patient = county.pseudonymise("cn-ric", PATIENT)?;
     let history = county
-        .history(&patient, huren_core::summary::UnixMillis(0), false)
+        .history(
+            &TREATMENT,
+            &patient,
+            huren_core::summary::UnixMillis(0),
+            false,
+        )
         .await?;
     let mut ids: Vec<String> = history
         .results
@@ -429,6 +435,7 @@ async fn reports_are_served_over_mtls_and_checked_against_the_signed_digest() ->
     let by_patient = || Expected::Patient {
         id_type: "cn-ric".into(),
         id: PATIENT.into(),
+        asking: Asking::new(Purpose::Treatment),
     };
 
     // The CT report is the PDF attached to the message; its digest is in the signed summary.

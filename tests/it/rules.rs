@@ -186,6 +186,7 @@ async fn amend_and_void_only_by_the_owner_and_history_shows_the_chain() -> anyho
     let mut county = hub.client(COUNTY).await?;
     let h = county
         .history(HistoryRequest {
+            requester: String::new(),
             patient_pseudonym: p.as_bytes().to_vec(),
             since_ms: 0,
             include_earlier_versions: true,
@@ -257,6 +258,7 @@ async fn order_check_decisions_and_statistics() -> anyhow::Result<()> {
     let mut county = hub.client(COUNTY).await?;
     let order = county
         .check_order(CheckOrderRequest {
+            requester: String::new(),
             patient_pseudonym: p.as_bytes().to_vec(),
             items: vec![
                 local("XCG-HB"),
@@ -640,6 +642,7 @@ async fn one_decision_per_consultation_counts() -> anyhow::Result<()> {
 /// The county's order check for haemoglobin (local code XCG-HB) now, for treatment.
 fn order_hb_now(patient: &Pseudonym) -> pb::CheckOrderRequest {
     pb::CheckOrderRequest {
+        requester: String::new(),
         patient_pseudonym: patient.as_bytes().to_vec(),
         items: vec![local("XCG-HB")],
         as_of_ms: 0,

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use huren_agent::AgentConfig;
 
-use crate::harness::{TestHub, init};
+use crate::harness::{TREATMENT, TestHub, init};
 use crate::node_daemon::{
     AgentDirs, TERTIARY, agent_config, drop_file, inbox_files, oru, ric, start_daemon, wait_for,
 };
@@ -36,7 +36,7 @@ async fn seen_for(hub: &TestHub, patient: &str) -> anyhow::Result<Vec<(String, u
     .await?;
     let p = county.pseudonymise("cn-ric", patient)?;
     let history = county
-        .history(&p, huren_core::summary::UnixMillis(0), false)
+        .history(&TREATMENT, &p, huren_core::summary::UnixMillis(0), false)
         .await?;
     let mut ids: Vec<(String, u32, String)> = history
         .results

@@ -463,6 +463,8 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
         (
             "access",
             Entry::Access {
+                // Format 0x02 (written before format 0x03): no requester.
+                requester: None,
                 at: UnixMillis(t0 + 60_000),
                 caller: QUERIER.into(),
                 purpose: Purpose::Referral,
@@ -489,6 +491,8 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
         (
             "access",
             Entry::Access {
+                // Format 0x03: names who asked (what the hub writes now).
+                requester: Some("staff:ER-07".into()),
                 at: UnixMillis(t0 + 240_000),
                 caller: QUERIER.into(),
                 purpose: Purpose::Emergency,

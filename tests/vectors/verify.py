@@ -434,7 +434,7 @@ def decode_leaf(leaf):
     r = Reader(leaf)
     form = r.u8()
     kind = r.u8()
-    check(form == 1 or (form == 2 and kind == 3), f"unknown leaf format {form} for kind {kind}")
+    check(form == 1 or (form in (2, 3) and kind == 3), f"unknown leaf format {form} for kind {kind}")
     if kind == 1:
         out = {"kind": "summary", "accepted_at_ms": r.i64(), "cert_sha256": r.take(32),
                "signature": r.take(64), "body": r.bytes_()}
@@ -449,8 +449,10 @@ def decode_leaf(leaf):
         check(1 <= out["purpose"] <= 6 and 1 <= out["method"] <= 5, "purpose or method")
         check(out["flags"] & ~0b11 == 0, "unknown access flags")
         out["results"] = [(r.text(), r.text(), r.u32()) for _ in range(r.u32())]
-        if form == 2:
+        if form >= 2:
             out["policy_version"] = r.text()
+        if form == 3:
+            out["requester"] = r.text()
     elif kind == 4:
         out = {"kind": "consent", "at_ms": r.i64(), "member": r.text(),
                "pseudonym": r.take(32), "opted_out": r.boolean()}

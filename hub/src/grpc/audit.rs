@@ -97,6 +97,7 @@ pub(super) async fn access_report(
     r: pb::AccessReportRequest,
 ) -> Result<pb::AccessReportResponse, HubError> {
     let patient = pseudonym(&r.patient_pseudonym)?;
+    check_requester(&r.requester)?;
     let to = if r.to_ms == 0 {
         UnixMillis(i64::MAX)
     } else {
@@ -109,7 +110,7 @@ pub(super) async fn access_report(
     }
     let report = g
         .hub
-        .access_report(&caller, &patient, UnixMillis(r.from_ms), to)
+        .access_report(&caller, &r.requester, &patient, UnixMillis(r.from_ms), to)
         .await?;
     tracing::info!(entries = report.entries.len(), "access report");
     let mut entries = Vec::with_capacity(report.entries.len());
@@ -123,6 +124,7 @@ pub(super) async fn access_report(
             withheld_by_consent,
             results,
             policy_version,
+            requester,
             ..
         } = a.entry
         else {
@@ -142,6 +144,7 @@ pub(super) async fn access_report(
             leaf: a.leaf,
             proof: Some(pb::LogProof::from(a.proof)),
             policy_version: policy_version.unwrap_or_default(),
+            requester: requester.unwrap_or_default(),
         });
     }
     Ok(pb::AccessReportResponse {

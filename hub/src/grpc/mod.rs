@@ -222,16 +222,26 @@ impl SharedCertificates {
 }
 
 /// The purpose of a query: required.
-fn ask(purpose: i32, with_proofs: bool) -> Result<Ask, HubError> {
+fn ask(purpose: i32, requester: String, with_proofs: bool) -> Result<Ask, HubError> {
     let purpose = convert::purpose(purpose).ok_or_else(|| {
         HubError::BadRequest(
             "purpose is required: say why you look at this patient's results (TREATMENT, REFERRAL, EMERGENCY, PATIENT_REQUEST, ADMINISTRATION or QUALITY_CONTROL); every access is logged with it".into(),
         )
     })?;
+    check_requester(&requester)?;
     Ok(Ask {
         purpose,
+        requester,
         with_proofs,
     })
+}
+
+/// A request's `requester`: empty (no one named) or an id `check_requester` accepts.
+fn check_requester(requester: &str) -> Result<(), HubError> {
+    if requester.is_empty() {
+        return Ok(());
+    }
+    huren_core::logentry::check_requester(requester).map_err(HubError::BadRequest)
 }
 
 fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {

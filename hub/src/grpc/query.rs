@@ -4,12 +4,12 @@ use super::*;
 pub(super) async fn find_prior(
     g: &HubGrpc,
     caller: InstitutionId,
-    r: pb::FindPriorRequest,
+    mut r: pb::FindPriorRequest,
 ) -> Result<pb::FindPriorResponse, HubError> {
-    let ask = ask(r.purpose, r.with_proofs)?;
+    let ask = ask(r.purpose, std::mem::take(&mut r.requester), r.with_proofs)?;
     let certificates_once = r.certificates_once;
     let query = prior_query(&g.hub, r)?;
-    let answer = g.hub.find_prior(&caller, &query, ask).await?;
+    let answer = g.hub.find_prior(&caller, &query, &ask).await?;
     let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
     let signer_certificates = SharedCertificates::share(certificates_once, &mut results);
     tracing::info!(
@@ -31,9 +31,9 @@ pub(super) async fn find_prior(
 pub(super) async fn history(
     g: &HubGrpc,
     caller: InstitutionId,
-    r: pb::HistoryRequest,
+    mut r: pb::HistoryRequest,
 ) -> Result<pb::HistoryResponse, HubError> {
-    let ask = ask(r.purpose, r.with_proofs)?;
+    let ask = ask(r.purpose, std::mem::take(&mut r.requester), r.with_proofs)?;
     if r.since_ms < 0 {
         return Err(HubError::BadRequest("since_ms must not be negative".into()));
     }
@@ -46,7 +46,7 @@ pub(super) async fn history(
     };
     let answer = g
         .hub
-        .history(&caller, &query, r.include_earlier_versions, ask)
+        .history(&caller, &query, r.include_earlier_versions, &ask)
         .await?;
     let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
     let signer_certificates = SharedCertificates::share(r.certificates_once, &mut results);
@@ -68,9 +68,9 @@ pub(super) async fn history(
 pub(super) async fn check_order(
     g: &HubGrpc,
     caller: InstitutionId,
-    r: pb::CheckOrderRequest,
+    mut r: pb::CheckOrderRequest,
 ) -> Result<pb::CheckOrderResponse, HubError> {
-    let ask = ask(r.purpose, r.with_proofs)?;
+    let ask = ask(r.purpose, std::mem::take(&mut r.requester), r.with_proofs)?;
     let certificates_once = r.certificates_once;
     let patient = pseudonym(&r.patient_pseudonym)?;
     if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
@@ -100,7 +100,7 @@ pub(super) async fn check_order(
     }
     let at = as_of(r.as_of_ms)?;
     let (answers, version, withheld_by_consent) =
-        g.hub.check_order(&caller, patient, order, at, ask).await?;
+        g.hub.check_order(&caller, patient, order, at, &ask).await?;
     let recognised = answers.iter().filter(|a| a.best.is_some()).count();
     tracing::info!(items = answers.len(), recognised, "order checked");
     let mut items: Vec<pb::OrderCheck> = answers

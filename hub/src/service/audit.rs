@@ -130,6 +130,7 @@ impl Hub {
     pub async fn access_report(
         &self,
         caller: &InstitutionId,
+        requester: &str,
         patient: &Pseudonym,
         from: UnixMillis,
         to: UnixMillis,
@@ -150,6 +151,7 @@ impl Hub {
             &[],
             &[],
             Purpose::PatientRequest,
+            requester,
             Method::AccessReport,
             patient,
             Gate::default(),

@@ -108,6 +108,7 @@ impl Hub {
             &[],
             &[],
             Purpose::Administration,
+            "",
             Method::LogEntry,
             &patient,
             Gate::default(),

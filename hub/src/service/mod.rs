@@ -75,10 +75,14 @@ pub struct JudgedAnswer {
     pub withheld_by_consent: bool,
 }
 
-/// Why a query is made and whether to prove its answers.
-#[derive(Clone, Copy, Debug)]
+/// Why a query is made, who asked at the caller, and whether to prove its answers.
+#[derive(Clone, Debug)]
 pub struct Ask {
     pub purpose: Purpose,
+    /// Who asked at the caller (a staff or account id checked by
+    /// `huren_core::logentry::check_requester`), empty for no one named; logged in the access
+    /// leaf.
+    pub requester: String,
     pub with_proofs: bool,
 }
 

@@ -31,6 +31,7 @@ impl Hub {
         shown: &[&Judged],
         asked: &[(String, String)],
         purpose: Purpose,
+        requester: &str,
         method: Method,
         patient: &Pseudonym,
         gate: Gate,
@@ -88,6 +89,7 @@ impl Hub {
                     })
                     .collect(),
                 policy_version: policy.version.clone(),
+                requester: requester.to_owned(),
             },
         };
         self.journal.write(record).await
@@ -170,7 +172,7 @@ impl Hub {
         &self,
         caller: &InstitutionId,
         query: &PriorQuery,
-        ask: Ask,
+        ask: &Ask,
     ) -> Result<JudgedAnswer, HubError> {
         let policy = self.member_policy(caller)?;
         let gate = self.gate(&query.patient, ask.purpose).await?;
@@ -193,6 +195,7 @@ impl Hub {
             &shown,
             &query.items,
             ask.purpose,
+            &ask.requester,
             Method::FindPrior,
             &query.patient,
             gate,
@@ -217,7 +220,7 @@ impl Hub {
         caller: &InstitutionId,
         query: &PriorQuery,
         with_versions: bool,
-        ask: Ask,
+        ask: &Ask,
     ) -> Result<JudgedAnswer, HubError> {
         let policy = self.member_policy(caller)?;
         let at = now();
@@ -256,6 +259,7 @@ impl Hub {
             &shown,
             &[],
             ask.purpose,
+            &ask.requester,
             Method::History,
             &query.patient,
             gate,
@@ -280,7 +284,7 @@ impl Hub {
         patient: Pseudonym,
         order: Vec<OrderCode>,
         as_of: UnixMillis,
-        ask: Ask,
+        ask: &Ask,
     ) -> Result<(Vec<OrderAnswer>, String, bool), HubError> {
         let policy = self.member_policy(caller)?;
         let gate = self.gate(&patient, ask.purpose).await?;
@@ -373,6 +377,7 @@ impl Hub {
             &shown_refs,
             &asked,
             ask.purpose,
+            &ask.requester,
             Method::CheckOrder,
             &patient,
             gate,

@@ -116,6 +116,9 @@ pub struct Access {
     pub results: Vec<ResultRef>,
     /// The version label of the policy in force, whose rules judged the answer.
     pub policy_version: String,
+    /// Who asked at the caller, as the caller names them (checked by
+    /// `huren_core::logentry::check_requester`); empty when it named no one.
+    pub requester: String,
 }
 
 /// A result a member was shown, as remembered for its decisions.

@@ -12,6 +12,7 @@ pub(super) fn access_leaf(a: &Access) -> Vec<u8> {
         pseudonym: *a.patient.as_bytes(),
         results: a.results.clone(),
         policy_version: Some(a.policy_version.clone()),
+        requester: Some(a.requester.clone()),
     }
     .encode()
 }

@@ -14,6 +14,7 @@ fn access(i: u8, patient: Pseudonym) -> Access {
         patient,
         results: vec![],
         policy_version: "test".into(),
+        requester: format!("staff:{i}"),
     }
 }
 
