@@ -246,13 +246,12 @@ pub fn requester(issuer: &str, user: Option<&str>) -> String {
     let Some(user) = user else {
         return base;
     };
-    let user = user.replace('/', ".");
-    let ok = !user.is_empty()
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'));
-    let full = format!("{base}:{user}");
-    if ok && full.len() <= 64 { full } else { base }
+    let full = format!("{base}:{}", user.replace('/', "."));
+    if huren_core::logentry::check_requester(&full).is_ok() {
+        full
+    } else {
+        base
+    }
 }
 
 #[cfg(test)]

@@ -141,10 +141,7 @@ async fn call(
         &caller.issuer,
         request.user_id.as_deref().or(caller.user.as_deref()),
     );
-    let asking = Asking {
-        purpose: Purpose::Treatment,
-        requester: Some(requester.clone()),
-    };
+    let asking = Asking::new(Purpose::Treatment).by(requester);
     let cards = cards_for(&state, &id, &request, &asking, lang).await;
     axum::Json(json!({ "cards": cards })).into_response()
 }
@@ -417,7 +414,7 @@ async fn cards_for(
     let now = UnixMillis::now();
     let answer = tokio::time::timeout(
         state.hub_timeout(),
-        super::check_order(&state.agent, asking, &pseudonym, &order, now),
+        state.agent.check_order(asking, &pseudonym, &order, now),
     )
     .await;
     let checks = match answer {

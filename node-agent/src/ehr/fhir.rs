@@ -165,10 +165,7 @@ fn purpose_of(
 }
 
 fn asking(caller: &Caller, purpose: Purpose) -> Asking {
-    Asking {
-        purpose,
-        requester: Some(requester(&caller.issuer, caller.user.as_deref())),
-    }
+    Asking::new(purpose).by(requester(&caller.issuer, caller.user.as_deref()))
 }
 
 async fn metadata(State(state): State<Arc<EhrState>>) -> Response {
@@ -535,7 +532,7 @@ async fn search_bundle(
     let asking = asking(&caller, purpose);
     let answer = tokio::time::timeout(
         state.hub_timeout() * 5,
-        super::history(&state.agent, &asking, &patient, UnixMillis(since)),
+        state.agent.history(&asking, &patient, UnixMillis(since), false),
     )
     .await
     .map_err(|_| EhrError::Timeout)?
@@ -868,12 +865,12 @@ async fn find_again(
     let asking = asking(&caller, purpose);
     let answer = tokio::time::timeout(
         state.hub_timeout() * 5,
-        super::find_prior(
-            &state.agent,
+        state.agent.find_prior(
             &asking,
             &handed.patient,
             std::slice::from_ref(&handed.item),
             UnixMillis::now(),
+            None,
         ),
     )
     .await

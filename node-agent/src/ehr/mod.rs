@@ -34,6 +34,7 @@ use huren_core::receipt::Receipt;
 
 pub use config::EhrConfig;
 
+pub use crate::client::Asking;
 use crate::client::Agent;
 use crate::error::AgentError;
 use crate::mapping::{Mapping, PatientIdRule};
@@ -146,13 +147,6 @@ impl Lang {
             Lang::En => en,
         }
     }
-}
-
-/// Who asks and why, stated to the hub with every query this module makes.
-#[derive(Clone, Debug)]
-pub struct Asking {
-    pub purpose: Purpose,
-    pub requester: Option<String>,
 }
 
 /// A card offered for a result: what its feedback records a decision on.
@@ -426,40 +420,6 @@ pub fn router(state: Arc<EhrState>) -> Router {
         .merge(cds::routes())
         .merge(fhir::routes())
         .with_state(state)
-}
-
-// The hub calls, each stating who asks and why.
-
-pub(crate) async fn check_order(
-    agent: &Agent,
-    asking: &Asking,
-    patient: &Pseudonym,
-    order: &[crate::client::OrderItem],
-    as_of: huren_core::summary::UnixMillis,
-) -> Result<Vec<crate::client::OrderCheck>, AgentError> {
-    let _ = asking;
-    agent.check_order(patient, order, as_of).await
-}
-
-pub(crate) async fn history(
-    agent: &Agent,
-    asking: &Asking,
-    patient: &Pseudonym,
-    since: huren_core::summary::UnixMillis,
-) -> Result<crate::client::Answer, AgentError> {
-    let _ = asking;
-    agent.history(patient, since, false).await
-}
-
-pub(crate) async fn find_prior(
-    agent: &Agent,
-    asking: &Asking,
-    patient: &Pseudonym,
-    items: &[(String, String)],
-    as_of: huren_core::summary::UnixMillis,
-) -> Result<crate::client::Answer, AgentError> {
-    let _ = asking;
-    agent.find_prior(patient, items, as_of, None).await
 }
 
 #[cfg(test)]
