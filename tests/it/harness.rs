@@ -195,6 +195,18 @@ impl TestHub {
         Ok(hub)
     }
 
+    /// Starts a hub in this process whose policy is the test policy with `extra` (TOML)
+    /// appended.
+    pub async fn start_with_policy(extra: &str) -> anyhow::Result<TestHub> {
+        let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;
+        let mut policy = fs::read_to_string(&hub.policy_path)?;
+        policy.push('\n');
+        policy.push_str(extra);
+        fs::write(&hub.policy_path, policy)?;
+        hub.launch().await?;
+        Ok(hub)
+    }
+
     /// Starts a hub in this process with its metrics endpoint on a free local port, returned.
     pub async fn start_with_metrics() -> anyhow::Result<(TestHub, SocketAddr)> {
         let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;

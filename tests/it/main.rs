@@ -6,6 +6,7 @@ mod bad_input;
 mod connections;
 mod deploy;
 mod durability;
+mod ehr;
 mod harness;
 mod interop;
 mod log;

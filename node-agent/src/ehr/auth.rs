@@ -150,7 +150,11 @@ impl Authenticator {
     /// Checks the bearer token of a call to `audience` (the endpoint's URL).
     pub fn check(&self, headers: &HeaderMap, audience: &[String]) -> Result<Caller, EhrError> {
         let refuse = |why: &str, iss: Option<&str>| {
-            tracing::warn!(reason = why, issuer = iss.unwrap_or("?"), "EHR call refused: authentication");
+            tracing::warn!(
+                reason = why,
+                issuer = iss.unwrap_or("?"),
+                "EHR call refused: authentication"
+            );
             EhrError::Unauthenticated(why.to_owned())
         };
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
@@ -175,10 +179,13 @@ impl Authenticator {
             return Err(refuse("the issuer is not configured", None));
         };
         let iss = Some(issuer.id.as_str());
+        // One algorithm, the header's, once it is one of ours (the key's family must match it).
         let mut validation = Validation::new(header.alg);
-        validation.algorithms = ALGORITHMS.to_vec();
         if !ALGORITHMS.contains(&header.alg) {
-            return Err(refuse("the token's algorithm is not an asymmetric one", iss));
+            return Err(refuse(
+                "the token's algorithm is not an asymmetric one",
+                iss,
+            ));
         }
         validation.leeway = LEEWAY_SECONDS;
         validation.set_audience(audience);
@@ -205,9 +212,7 @@ impl Authenticator {
             use jsonwebtoken::errors::ErrorKind as K;
             let why = match last.as_ref().map(|e| e.kind()) {
                 Some(K::ExpiredSignature) => "the token has expired",
-                Some(K::InvalidAudience) => {
-                    "the token's aud is not the URL of the endpoint called"
-                }
+                Some(K::InvalidAudience) => "the token's aud is not the URL of the endpoint called",
                 Some(K::InvalidIssuer) => "the token's iss does not match",
                 Some(K::ImmatureSignature) => "the token is not valid yet",
                 Some(K::MissingRequiredClaim(_)) => "the token lacks a required claim",
@@ -220,10 +225,7 @@ impl Authenticator {
             return Err(refuse("the token's iat is in the future", iss));
         }
         if claims.exp > now + MAX_LIFETIME_SECONDS + LEEWAY_SECONDS {
-            return Err(refuse(
-                "the token's exp is more than 5 minutes ahead",
-                iss,
-            ));
+            return Err(refuse("the token's exp is more than 5 minutes ahead", iss));
         }
         if claims.jti.is_empty() || claims.jti.len() > 256 {
             return Err(refuse("the token's jti is empty or too long", iss));

@@ -226,7 +226,13 @@ fn parse_request(body: &[u8], hook: &str) -> Result<HookRequest, EhrError> {
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
-                    .map(|c| (s(c, "system").to_owned(), s(c, "code").trim().to_owned(), s(c, "display").to_owned()))
+                    .map(|c| {
+                        (
+                            s(c, "system").to_owned(),
+                            s(c, "code").trim().to_owned(),
+                            s(c, "display").to_owned(),
+                        )
+                    })
                     .filter(|(_, c, _)| !c.is_empty())
                     .collect()
             })
@@ -371,7 +377,11 @@ async fn cards_for(
                 cards.push(info_card(
                     state,
                     lang,
-                    lang.pick("互认提醒未运行：无法识别患者", "No recognition check: patient not identified").into(),
+                    lang.pick(
+                        "互认提醒未运行：无法识别患者",
+                        "No recognition check: patient not identified",
+                    )
+                    .into(),
                     format!(
                         "{}\n\n{}",
                         lang.pick(
@@ -401,9 +411,17 @@ async fn cards_for(
                 format!(
                     "{}{}",
                     lang.pick("未检查：", "Not checked: "),
-                    if draft_name(d).is_empty() { "?".into() } else { draft_name(d) }
+                    if draft_name(d).is_empty() {
+                        "?".into()
+                    } else {
+                        draft_name(d)
+                    }
                 ),
-                lang.pick("该医嘱没有项目编码（ServiceRequest.code.coding）。", "The order has no item code (ServiceRequest.code.coding).").into(),
+                lang.pick(
+                    "该医嘱没有项目编码（ServiceRequest.code.coding）。",
+                    "The order has no item code (ServiceRequest.code.coding).",
+                )
+                .into(),
             ));
         }
     }
@@ -467,7 +485,11 @@ fn reusable_card(
     let publisher = state.member_name(s.publisher.as_str()).to_owned();
     let date = super::fhir_date(s.performed_at.0, state.utc_offset);
     let item = if check.item_name.is_empty() {
-        if s.item.display.is_empty() { s.item.code.clone() } else { s.item.display.clone() }
+        if s.item.display.is_empty() {
+            s.item.code.clone()
+        } else {
+            s.item.display.clone()
+        }
     } else {
         check.item_name.clone()
     };
@@ -481,8 +503,12 @@ fn reusable_card(
         Outcome::Exam(e) => cut(&e.impression.replace(['\n', '\r'], " "), 30),
     };
     let summary = match lang {
-        Lang::Zh => format!("可互认结果：{publisher}，{date}，{item} {value}（{mark}）— 是否采用？"),
-        Lang::En => format!("Recognised result from {publisher}, {date}, {item} {value}, {mark} — reuse?"),
+        Lang::Zh => {
+            format!("可互认结果：{publisher}，{date}，{item} {value}（{mark}）— 是否采用？")
+        }
+        Lang::En => {
+            format!("Recognised result from {publisher}, {date}, {item} {value}, {mark} — reuse?")
+        }
     };
     let fhir_id = fhir::resource_id(s.publisher.as_str(), s.id.as_str());
     state.ids.insert(
@@ -510,12 +536,21 @@ fn reusable_card(
                 &format!("{} {}", l.value, l.unit),
             ));
             if !l.reference_range.is_empty() {
-                detail.push_str(&line(lang.pick("参考范围：", "Reference range: "), &l.reference_range));
+                detail.push_str(&line(
+                    lang.pick("参考范围：", "Reference range: "),
+                    &l.reference_range,
+                ));
             }
         }
         Outcome::Exam(e) => {
-            detail.push_str(&line(lang.pick("印象：", "Impression: "), &e.impression.replace(['\n', '\r'], " ")));
-            detail.push_str(&line(lang.pick("检查：", "Exam: "), &format!("{} {}", e.modality, e.body_site)));
+            detail.push_str(&line(
+                lang.pick("印象：", "Impression: "),
+                &e.impression.replace(['\n', '\r'], " "),
+            ));
+            detail.push_str(&line(
+                lang.pick("检查：", "Exam: "),
+                &format!("{} {}", e.modality, e.body_site),
+            ));
         }
     }
     detail.push_str(&line(
@@ -528,14 +563,20 @@ fn reusable_card(
         &if valid_until.is_empty() {
             mark.clone()
         } else {
-            format!("{mark}，{}{valid_until}", lang.pick("有效期至 ", "valid until "))
+            format!(
+                "{mark}，{}{valid_until}",
+                lang.pick("有效期至 ", "valid until ")
+            )
         },
     ));
     detail.push_str(&line(
         lang.pick("核验：", "Verified: "),
         &match lang {
             Lang::Zh => format!("发布机构签名已验证（结果 {} 第 {} 版）", s.id, s.version),
-            Lang::En => format!("publisher's signature verified (result {} version {})", s.id, s.version),
+            Lang::En => format!(
+                "publisher's signature verified (result {} version {})",
+                s.id, s.version
+            ),
         },
     ));
     let mut suggestion = json!({
@@ -571,20 +612,36 @@ fn reusable_card(
 }
 
 fn not_reusable_card(state: &EhrState, lang: Lang, draft: &Draft, check: &OrderCheck) -> Value {
-    let name = if check.item_name.is_empty() { draft_name(draft) } else { check.item_name.clone() };
+    let name = if check.item_name.is_empty() {
+        draft_name(draft)
+    } else {
+        check.item_name.clone()
+    };
     let summary = match lang {
         Lang::Zh => format!("{name}：无可互认的既往结果"),
         Lang::En => format!("{name}: no reusable prior result"),
     };
     let mut detail = match lang {
-        Lang::Zh => format!("联盟内的候选结果 {} 个，均不可互认或没有。原因：", check.candidates),
-        Lang::En => format!("{} candidate result(s) in the alliance, none reusable. Why: ", check.candidates),
+        Lang::Zh => format!(
+            "联盟内的候选结果 {} 个，均不可互认或没有。原因：",
+            check.candidates
+        ),
+        Lang::En => format!(
+            "{} candidate result(s) in the alliance, none reusable. Why: ",
+            check.candidates
+        ),
     };
     detail.push_str(&md_escape(&check.explanation));
     if let Some(f) = &check.failed {
         detail.push_str(&match lang {
-            Lang::Zh => format!("\n\n中心提供的结果未通过核验（{}），未予显示。", md_escape(&f.reason)),
-            Lang::En => format!("\n\nThe hub's result failed verification ({}) and is not shown.", md_escape(&f.reason)),
+            Lang::Zh => format!(
+                "\n\n中心提供的结果未通过核验（{}），未予显示。",
+                md_escape(&f.reason)
+            ),
+            Lang::En => format!(
+                "\n\nThe hub's result failed verification ({}) and is not shown.",
+                md_escape(&f.reason)
+            ),
         });
     }
     info_card(state, lang, summary, detail)
@@ -617,9 +674,15 @@ pub fn override_reasons(state: &EhrState, lang: Lang) -> Vec<Value> {
 pub fn reason_text(r: RetestReason, lang: Lang) -> &'static str {
     use RetestReason::*;
     match r {
-        ConditionChanged => lang.pick("病情变化或结果与临床不符", "Condition changed or result contradicts the clinical picture"),
+        ConditionChanged => lang.pick(
+            "病情变化或结果与临床不符",
+            "Condition changed or result contradicts the clinical picture",
+        ),
         FastChangingValue => lang.pick("指标变化快", "Fast-changing value"),
-        CriticalStep => lang.pick("关键诊疗环节（术前、输血等）", "Critical step (before surgery, transfusion)"),
+        CriticalStep => lang.pick(
+            "关键诊疗环节（术前、输血等）",
+            "Critical step (before surgery, transfusion)",
+        ),
         Emergency => lang.pick("急诊抢救", "Emergency"),
         Appraisal => lang.pick("司法鉴定或伤残鉴定", "Judicial or disability appraisal"),
         Other => lang.pick("其他", "Other"),
@@ -686,14 +749,20 @@ async fn record_feedback(
             ))
         })?;
         if offered.service != service {
-            return Err(at(format!("card {card} was offered by {}, not {service}", offered.service)));
+            return Err(at(format!(
+                "card {card} was offered by {}, not {service}",
+                offered.service
+            )));
         }
         let decision = match s(f, "outcome") {
             "accepted" => Decision::Adopted,
-            "overridden" => overridden(state, f).map_err(|m| {
-                EhrError::Unprocessable(format!("feedback[{i}]: {m}"))
-            })?,
-            other => return Err(at(format!("outcome {other:?} is not accepted or overridden"))),
+            "overridden" => overridden(state, f)
+                .map_err(|m| EhrError::Unprocessable(format!("feedback[{i}]: {m}")))?,
+            other => {
+                return Err(at(format!(
+                    "outcome {other:?} is not accepted or overridden"
+                )));
+            }
         };
         decisions.push((card.to_owned(), offered, decision));
     }
@@ -727,7 +796,8 @@ fn overridden(state: &EhrState, f: &Value) -> Result<Decision, String> {
     let (system, code) = (s(coding, "system"), s(coding, "code"));
     let (reason, note) = match system {
         NATIONAL_REASONS => (
-            RetestReason::from_code(code).ok_or_else(|| format!("override reason {code:?} is not on the national list"))?,
+            RetestReason::from_code(code)
+                .ok_or_else(|| format!("override reason {code:?} is not on the national list"))?,
             comment,
         ),
         LOCAL_REASONS => {
@@ -746,10 +816,17 @@ fn overridden(state: &EhrState, f: &Value) -> Result<Decision, String> {
             };
             (mapped, note)
         }
-        other => return Err(format!("override reason system {other:?} is not one the card offered")),
+        other => {
+            return Err(format!(
+                "override reason system {other:?} is not one the card offered"
+            ));
+        }
     };
     if reason == RetestReason::Other && note.is_empty() {
-        return Err("override reason \"other\" needs the user's comment (overrideReason.userComment)".into());
+        return Err(
+            "override reason \"other\" needs the user's comment (overrideReason.userComment)"
+                .into(),
+        );
     }
     let note: String = note.chars().take(1000).collect();
     Ok(Decision::Retested {
@@ -774,7 +851,22 @@ pub fn md_escape(s: &str) -> String {
     for c in s.chars() {
         if matches!(
             c,
-            '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '#' | '+' | '!' | '<' | '>' | '|' | '~'
+            '\\' | '`'
+                | '*'
+                | '_'
+                | '{'
+                | '}'
+                | '['
+                | ']'
+                | '('
+                | ')'
+                | '#'
+                | '+'
+                | '!'
+                | '<'
+                | '>'
+                | '|'
+                | '~'
         ) {
             out.push('\\');
         }
@@ -801,10 +893,22 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_refused_with_their_reason() {
-        let e = |b: &str| parse_request(b.as_bytes(), "order-sign").err().map(|e| e.to_string());
+        let e = |b: &str| {
+            parse_request(b.as_bytes(), "order-sign")
+                .err()
+                .map(|e| e.to_string())
+        };
         assert!(e("not json").unwrap().contains("not JSON"));
-        assert!(e(r#"{"hook":"order-select","hookInstance":"x","context":{}}"#).unwrap().contains("order-sign"));
-        assert!(e(r#"{"hook":"order-sign","hookInstance":"x","context":{}}"#).unwrap().contains("draftOrders"));
+        assert!(
+            e(r#"{"hook":"order-select","hookInstance":"x","context":{}}"#)
+                .unwrap()
+                .contains("order-sign")
+        );
+        assert!(
+            e(r#"{"hook":"order-sign","hookInstance":"x","context":{}}"#)
+                .unwrap()
+                .contains("draftOrders")
+        );
         assert!(e(r#"{"hook":"order-sign","hookInstance":"x","context":{"draftOrders":{"resourceType":"Bundle","entry":{}}}}"#).unwrap().contains("array"));
         let ok = parse_request(
             br#"{"hook":"order-sign","hookInstance":"x","context":{"userId":"Practitioner/1","patientId":"p","draftOrders":{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"ServiceRequest","id":"sr1","code":{"coding":[{"system":"http://loinc.org","code":"718-7"}]}}},{"resource":{"resourceType":"MedicationRequest"}}]}}}"#,
@@ -812,7 +916,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.drafts.len(), 1);
-        assert_eq!(ok.drafts[0].reference.as_deref(), Some("ServiceRequest/sr1"));
+        assert_eq!(
+            ok.drafts[0].reference.as_deref(),
+            Some("ServiceRequest/sr1")
+        );
         assert!(ok.patient.is_none());
     }
 

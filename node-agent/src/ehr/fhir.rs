@@ -306,9 +306,7 @@ fn token(v: &str) -> (Option<String>, String) {
 fn date_range(v: &str, offset_seconds: i32) -> Result<(i64, i64), String> {
     use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
     let bad = || {
-        format!(
-            "date value {v:?} is not YYYY, YYYY-MM, YYYY-MM-DD or a dateTime with a time zone"
-        )
+        format!("date value {v:?} is not YYYY, YYYY-MM, YYYY-MM-DD or a dateTime with a time zone")
     };
     let offset = UtcOffset::from_whole_seconds(offset_seconds).map_err(|_| bad())?;
     let at = |y: i32, m: u8, d: u8| -> Result<i64, String> {
@@ -367,17 +365,23 @@ fn parse_search(query: Option<&str>, offset_seconds: i32) -> Result<Search, EhrE
         match k.as_str() {
             "patient.identifier" => {
                 if s.identifier.is_some() {
-                    return Err(bad("patient.identifier is given twice; search one patient at a time".into()));
+                    return Err(bad(
+                        "patient.identifier is given twice; search one patient at a time".into(),
+                    ));
                 }
                 let (system, value) = v.split_once('|').ok_or_else(|| {
                     bad("patient.identifier must be system|value (the identifier's system, a bar, its value)".into())
                 })?;
                 if system.is_empty() || value.is_empty() {
-                    return Err(bad("patient.identifier needs both system and value: system|value".into()));
+                    return Err(bad(
+                        "patient.identifier needs both system and value: system|value".into(),
+                    ));
                 }
                 s.identifier = Some((system.to_owned(), value.to_owned()));
             }
-            "code" => s.codes.extend(v.split(',').filter(|c| !c.is_empty()).map(token)),
+            "code" => s
+                .codes
+                .extend(v.split(',').filter(|c| !c.is_empty()).map(token)),
             "category" => s
                 .categories
                 .extend(v.split(',').filter(|c| !c.is_empty()).map(token)),
@@ -412,10 +416,15 @@ fn parse_search(query: Option<&str>, offset_seconds: i32) -> Result<Search, EhrE
                     .parse::<usize>()
                     .ok()
                     .filter(|c| *c <= MAX_OFFSET)
-                    .ok_or_else(|| bad(format!("_offset must be a number from 0 to {MAX_OFFSET}")))?;
+                    .ok_or_else(|| {
+                        bad(format!("_offset must be a number from 0 to {MAX_OFFSET}"))
+                    })?;
             }
             "_format" => {
-                if !matches!(v.as_str(), "json" | "application/fhir+json" | "application/json") {
+                if !matches!(
+                    v.as_str(),
+                    "json" | "application/fhir+json" | "application/json"
+                ) {
                     return Err(bad(format!("_format {v:?}: only json is served")));
                 }
             }
@@ -459,7 +468,9 @@ fn category_coding(kind: Kind, c: Category) -> (&'static str, &'static str, &'st
         (Kind::Observation, Category::Imaging | Category::NuclearMedicine) => {
             (OBS_CATEGORY, "imaging", "Imaging")
         }
-        (Kind::Observation, Category::Electrophysiology) => (OBS_CATEGORY, "procedure", "Procedure"),
+        (Kind::Observation, Category::Electrophysiology) => {
+            (OBS_CATEGORY, "procedure", "Procedure")
+        }
     }
 }
 
@@ -479,7 +490,12 @@ async fn search_observations(
     search(&state, &headers, query.as_deref(), Kind::Observation).await
 }
 
-async fn search(state: &EhrState, headers: &HeaderMap, query: Option<&str>, kind: Kind) -> Response {
+async fn search(
+    state: &EhrState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    kind: Kind,
+) -> Response {
     match search_bundle(state, headers, query, kind).await {
         Ok(b) => fhir_json(StatusCode::OK, &b),
         Err(e) => outcome(&e, kind.name()),
@@ -516,12 +532,14 @@ async fn search_bundle(
     let codes: Vec<(Option<String>, String)> = search
         .codes
         .iter()
-        .map(|(system, code)| match state.mapping.as_ref().map(|m| m.local(code)) {
-            Some(Lookup::Mapped(m)) if system.is_none() => {
-                (Some(m.item.system.clone()), m.item.code.clone())
-            }
-            _ => (system.clone(), code.clone()),
-        })
+        .map(
+            |(system, code)| match state.mapping.as_ref().map(|m| m.local(code)) {
+                Some(Lookup::Mapped(m)) if system.is_none() => {
+                    (Some(m.item.system.clone()), m.item.code.clone())
+                }
+                _ => (system.clone(), code.clone()),
+            },
+        )
         .collect();
     let since = search
         .dates
@@ -532,7 +550,9 @@ async fn search_bundle(
     let asking = asking(&caller, purpose);
     let answer = tokio::time::timeout(
         state.hub_timeout() * 5,
-        state.agent.history(&asking, &patient, UnixMillis(since), false),
+        state
+            .agent
+            .history(&asking, &patient, UnixMillis(since), false),
     )
     .await
     .map_err(|_| EhrError::Timeout)?
@@ -667,7 +687,9 @@ fn recognition_extension(state: &EhrState, v: Option<&Verdict>) -> Option<Value>
         parts.push(json!({"url": "mark", "valueString": mark}));
     }
     if let Some(until) = v.valid_until {
-        parts.push(json!({"url": "validUntil", "valueDateTime": fhir_time(until.0, state.utc_offset)}));
+        parts.push(
+            json!({"url": "validUntil", "valueDateTime": fhir_time(until.0, state.utc_offset)}),
+        );
     }
     for (r, text) in &v.reasons {
         parts.push(json!({"url": "reason", "valueCoding": {"system": REASON_SYSTEM, "code": reason_code(*r), "display": text}}));
@@ -680,7 +702,12 @@ fn recognition_extension(state: &EhrState, v: Option<&Verdict>) -> Option<Value>
 fn common(state: &EhrState, r: &VerifiedResult, id: &str) -> serde_json::Map<String, Value> {
     let s = &r.summary;
     let e = &r.envelope;
-    let leaf = summary_leaf(&e.body, &e.signature, &e.signer_certificate, r.receipt.accepted_at);
+    let leaf = summary_leaf(
+        &e.body,
+        &e.signature,
+        &e.signer_certificate,
+        r.receipt.accepted_at,
+    );
     let leaf_hash = huren_core::merkle::leaf_hash(&leaf);
     let mut extensions = Vec::new();
     extensions.extend(recognition_extension(state, r.verdict.as_ref()));
@@ -720,8 +747,14 @@ fn common(state: &EhrState, r: &VerifiedResult, id: &str) -> serde_json::Map<Str
         code["text"] = json!(s.item.display);
     }
     m.insert("code".into(), code);
-    m.insert("effectiveDateTime".into(), json!(fhir_time(s.performed_at.0, state.utc_offset)));
-    m.insert("issued".into(), json!(fhir_time(s.reported_at.0, state.utc_offset)));
+    m.insert(
+        "effectiveDateTime".into(),
+        json!(fhir_time(s.performed_at.0, state.utc_offset)),
+    );
+    m.insert(
+        "issued".into(),
+        json!(fhir_time(s.reported_at.0, state.utc_offset)),
+    );
     m.insert(
         "performer".into(),
         json!([{
@@ -748,7 +781,10 @@ pub fn diagnostic_report(state: &EhrState, r: &VerifiedResult, id: &str) -> Valu
     m.insert("category".into(), category(Kind::Report, s.category));
     match &s.outcome {
         Outcome::Lab(_) => {
-            m.insert("result".into(), json!([{"reference": format!("Observation/{id}")}]));
+            m.insert(
+                "result".into(),
+                json!([{"reference": format!("Observation/{id}")}]),
+            );
         }
         Outcome::Exam(e) => {
             if !e.impression.is_empty() {
@@ -806,10 +842,16 @@ pub fn observation(state: &EhrState, r: &VerifiedResult, id: &str) -> Value {
                 );
             }
             if !l.reference_range.is_empty() {
-                m.insert("referenceRange".into(), json!([{"text": l.reference_range}]));
+                m.insert(
+                    "referenceRange".into(),
+                    json!([{"text": l.reference_range}]),
+                );
             }
             if !l.specimen.is_empty() {
-                m.insert("note".into(), json!([{"text": format!("specimen: {}", l.specimen)}]));
+                m.insert(
+                    "note".into(),
+                    json!([{"text": format!("specimen: {}", l.specimen)}]),
+                );
             }
         }
         Outcome::Exam(e) => {
@@ -944,7 +986,8 @@ async fn binary(state: &EhrState, headers: &HeaderMap, id: &str) -> Result<Respo
         .tls
         .as_ref()
         .ok_or_else(|| EhrError::Internal("no TLS identity to fetch reports with".into()))?;
-    let summary_id = SummaryId::parse(s.id.as_str()).map_err(|e| EhrError::Internal(e.to_string()))?;
+    let summary_id =
+        SummaryId::parse(s.id.as_str()).map_err(|e| EhrError::Internal(e.to_string()))?;
     let fetched = fetch_report(
         &PeerIdentity {
             ca: &tls.ca,
@@ -999,9 +1042,18 @@ async fn binary(state: &EhrState, headers: &HeaderMap, id: &str) -> Result<Respo
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     // Another member's file: never rendered in the EHR's origin.
-    h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
     Ok(resp)
 }
 
@@ -1022,7 +1074,14 @@ mod tests {
         assert_eq!(fhir_time(year.0, CST), "2026-01-01T00:00:00.000+08:00");
         let t = date_range("2026-11-18T09:30:00Z", CST).unwrap();
         assert_eq!(t.1 - t.0, 1000);
-        for bad in ["2026-13", "26-11-18", "2026-11-18T09:30", "yesterday", "2026-02-30", ""] {
+        for bad in [
+            "2026-13",
+            "26-11-18",
+            "2026-11-18T09:30",
+            "yesterday",
+            "2026-02-30",
+            "",
+        ] {
             assert!(date_range(bad, CST).is_err(), "{bad}");
         }
     }
@@ -1049,7 +1108,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.identifier, Some(("urn:oid:1".into(), "610102".into())));
         assert_eq!(s.codes.len(), 2);
-        assert_eq!(s.codes[0], (Some("http://loinc.org".into()), "718-7".into()));
+        assert_eq!(
+            s.codes[0],
+            (Some("http://loinc.org".into()), "718-7".into())
+        );
         assert_eq!(s.dates.len(), 2);
         assert_eq!((s.count, s.offset), (5, 5));
         assert!(!s.given.iter().any(|(k, _)| k == "_offset"));

@@ -34,8 +34,8 @@ use huren_core::receipt::Receipt;
 
 pub use config::EhrConfig;
 
-pub use crate::client::Asking;
 use crate::client::Agent;
+pub use crate::client::Asking;
 use crate::error::AgentError;
 use crate::mapping::{Mapping, PatientIdRule};
 use auth::Authenticator;
@@ -129,7 +129,12 @@ impl Lang {
             return configured;
         };
         for part in accept.split(',') {
-            let tag = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let tag = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if tag.starts_with("zh") {
                 return Lang::Zh;
             }
@@ -233,9 +238,7 @@ impl EhrState {
             }
         }
         let mapping = match &agent.config().mapping {
-            Some(m) => Some(
-                Mapping::load(&m.file).map_err(|e| AgentError::Setup(e.to_string()))?,
-            ),
+            Some(m) => Some(Mapping::load(&m.file).map_err(|e| AgentError::Setup(e.to_string()))?),
             None => None,
         };
         let credentials = crate::credentials::Credentials::load(agent.config())?;
@@ -287,9 +290,10 @@ impl EhrState {
                 if id.value.trim().is_empty() {
                     continue;
                 }
-                let type_ok = rule.type_code.as_ref().is_none_or(|t| {
-                    id.type_codes.iter().any(|c| c.eq_ignore_ascii_case(t))
-                });
+                let type_ok = rule
+                    .type_code
+                    .as_ref()
+                    .is_none_or(|t| id.type_codes.iter().any(|c| c.eq_ignore_ascii_case(t)));
                 let authority_ok = rule.authority.as_ref().is_none_or(|a| a == id.system);
                 if type_ok && authority_ok {
                     return self.pseudonymise(&rule.id_type, id.value);
@@ -299,7 +303,11 @@ impl EhrState {
         Err(EhrError::Unprocessable(format!(
             "no patient identifier has a system this agent knows (systems given: {}); configure it in [[ehr.identifier_systems]]",
             ids.iter()
-                .map(|i| if i.system.is_empty() { "(none)" } else { i.system })
+                .map(|i| if i.system.is_empty() {
+                    "(none)"
+                } else {
+                    i.system
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         )))
@@ -399,7 +407,8 @@ pub fn new_uuid() -> String {
 
 /// A time as FHIR `dateTime`/`instant` (RFC 3339 with the display offset, milliseconds).
 pub fn fhir_time(ms: i64, offset_seconds: i32) -> String {
-    let offset = time::UtcOffset::from_whole_seconds(offset_seconds).unwrap_or(time::UtcOffset::UTC);
+    let offset =
+        time::UtcOffset::from_whole_seconds(offset_seconds).unwrap_or(time::UtcOffset::UTC);
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .to_offset(offset);
@@ -430,7 +439,10 @@ mod tests {
     fn purposes_by_name_and_v3_code() {
         assert_eq!(parse_purpose("treatment"), Some(Purpose::Treatment));
         assert_eq!(parse_purpose("ETREAT"), Some(Purpose::Emergency));
-        assert_eq!(parse_purpose("Quality_Control"), Some(Purpose::QualityControl));
+        assert_eq!(
+            parse_purpose("Quality_Control"),
+            Some(Purpose::QualityControl)
+        );
         assert_eq!(parse_purpose("marketing"), None);
         for p in Purpose::ALL {
             assert_eq!(parse_purpose(purpose_name(p)), Some(p));
