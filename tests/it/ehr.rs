@@ -108,13 +108,18 @@ async fn county_ehr(hub: &TestHub, extra: &str) -> anyhow::Result<(Arc<Agent>, R
     let mapping = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("node-agent/examples/mapping-lantian-county.toml");
     let toml = format!(
-        "{}[mapping]\nfile = {:?}\n\n[ehr]\nbase_url = \"{BASE}\"\nhub_timeout_ms = 5000\n\
+        "{}[mapping]\nfile = {:?}\n\n[ehr]\nbase_url = \"{BASE}\"\n{}\
          identifier_systems = [{{ system = \"{PASSPORT_SYSTEM}\", id_type = \"passport\" }}]\n{extra}\n\
          [[ehr.issuers]]\nid = \"his\"\niss = \"{ISS}\"\npublic_keys = [{:?}]\n\
          [[ehr.override_reasons]]\ncode = \"specimen-needed\"\ndisplay = \"需要新鲜标本\"\nmaps_to = \"physician-judgement\"\n\
          [ehr.member_names]\nhosp-b = \"省立医院B\"\n",
         agent_toml(hub, COUNTY)?,
         mapping,
+        if extra.contains("hub_timeout_ms") {
+            ""
+        } else {
+            "hub_timeout_ms = 5000\n"
+        },
         public,
     );
     let path = hub.root().join("agent-county-ehr.toml");
@@ -882,5 +887,175 @@ async fn an_opted_out_patient_is_read_only_with_break_glass() -> anyhow::Result<
         "{:?}",
         report.entries
     );
+    validate.check()
+}
+
+#[tokio::test]
+async fn a_hub_that_does_not_answer_in_time_gives_no_cards() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start_process().await?;
+    let (_county, router, ehr) = county_ehr(&hub, "hub_timeout_ms = 300").await?;
+    let uri = "/cds-services/huren-order-sign";
+    let request = hook_request("order-sign", vec![draft("sr-hb", "1001", "血红蛋白")]);
+    // The hub answers while it runs (an info card: nothing on file)...
+    let a = send(
+        &router,
+        "POST",
+        uri,
+        Some(&ehr.token(&format!("{BASE}{uri}"))?),
+        &[],
+        Some(&request),
+    )
+    .await?;
+    assert_eq!(
+        a.json["cards"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        a.json
+    );
+    // ...and, frozen with the connection open, not at all: the order goes on without cards.
+    hub.freeze(true)?;
+    let a = send(
+        &router,
+        "POST",
+        uri,
+        Some(&ehr.token(&format!("{BASE}{uri}"))?),
+        &[],
+        Some(&request),
+    )
+    .await;
+    hub.freeze(false)?;
+    let a = a?;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json["cards"], json!([]), "{}", a.json);
+    let mut validate = ToValidate::default();
+    validate.cds("cds-response", "hub frozen", &a.json);
+    validate.check()
+}
+
+#[tokio::test]
+async fn binary_is_the_publishers_report_checked_against_the_signed_digest() -> anyhow::Result<()> {
+    use huren_agent::repository::{RepositoryService, serve};
+    use huren_agent::store::{NewResult, ReportBytes, ResultState, Store};
+    use huren_core::signing::sha256;
+    init();
+    let hub = TestHub::start_with_policy(QUALIFICATION).await?;
+    let publisher = plain_agent(&hub, PUBLISHER).await?;
+    let patient = hub.patient(PASSPORT);
+    // hosp-b keeps two reports: one as signed, one whose stored bytes are not what it signed.
+    let store = Arc::new(Store::open(&hub.root().join("hosp-b-store"))?);
+    let pdf = b"%PDF-1.4 Hb 132 g/L".to_vec();
+    for (id, stored) in [
+        ("LAB-HB-R", pdf.clone()),
+        ("LAB-HB-X", b"%PDF-1.4 altered".to_vec()),
+    ] {
+        let mut s = lab_summary(PUBLISHER, id, patient, "718-7", now_ms() - DAY)?;
+        s.report.sha256 = sha256(&pdf);
+        let envelope = publisher.sign(&s)?;
+        let report = ReportBytes {
+            sha256: sha256(&stored),
+            media_type: "application/pdf".into(),
+            bytes: stored,
+        };
+        store.enqueue(
+            &[NewResult {
+                envelope: &envelope,
+                summary_id: &s.id,
+                version: 1,
+                state: ResultState {
+                    version: 1,
+                    content: [0; 32],
+                    report_sha256: report.sha256,
+                    voided: false,
+                    patient: Some(patient),
+                },
+                report: &report,
+            }],
+            None,
+        )?;
+        publisher.publish(&s, envelope).await?;
+    }
+    let files = hub.member_files(PUBLISHER)?;
+    let (ca, cert, key) = (
+        hub.ca_pem().as_bytes().to_vec(),
+        std::fs::read(&files.tls_cert)?,
+        std::fs::read(&files.tls_key)?,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = RepositoryService::new(
+        store,
+        huren_core::identity::InstitutionId::parse(PUBLISHER)?,
+    );
+    let server = tokio::spawn(async move {
+        serve(service, &ca, &cert, &key, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let (_county, router, ehr) =
+        county_ehr(&hub, &format!("repositories = {{ hosp-b = \"{addr}\" }}")).await?;
+    let token = || ehr.token(&format!("{BASE}/fhir"));
+    let mut validate = ToValidate::default();
+
+    // The ids come from a search.
+    let search = send(
+        &router,
+        "GET",
+        &format!("/fhir/DiagnosticReport?patient.identifier={PASSPORT_SYSTEM}%7C{PASSPORT}"),
+        Some(&token()?),
+        &[],
+        None,
+    )
+    .await?;
+    assert_eq!(search.json["total"], 2, "{}", search.json);
+    let good = huren_agent::ehr::fhir::resource_id(PUBLISHER, "LAB-HB-R");
+    let bad = huren_agent::ehr::fhir::resource_id(PUBLISHER, "LAB-HB-X");
+
+    let raw = Request::builder()
+        .uri(format!("/fhir/Binary/{good}"))
+        .header("authorization", format!("Bearer {}", token()?))
+        .body(Body::empty())?;
+    let resp = router.clone().oneshot(raw).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/pdf");
+    assert_eq!(resp.headers()["content-disposition"], "attachment");
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    assert_eq!(bytes.as_ref(), pdf.as_slice());
+
+    let as_fhir = send(
+        &router,
+        "GET",
+        &format!("/fhir/Binary/{good}"),
+        Some(&token()?),
+        &[("accept", "application/fhir+json")],
+        None,
+    )
+    .await?;
+    assert_eq!(as_fhir.status, StatusCode::OK);
+    assert_eq!(as_fhir.json["resourceType"], "Binary");
+    validate.fhir("Binary", &as_fhir.json);
+
+    // Bytes that do not match the signed digest are never passed on.
+    let refused = send(
+        &router,
+        "GET",
+        &format!("/fhir/Binary/{bad}"),
+        Some(&token()?),
+        &[],
+        None,
+    )
+    .await?;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "{}", refused.json);
+    assert!(
+        refused.json["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("does not match"))
+    );
+    validate.fhir("Binary digest mismatch", &refused.json);
+
+    let _ = stop.send(());
+    server.await??;
     validate.check()
 }
