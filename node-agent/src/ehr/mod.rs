@@ -303,10 +303,11 @@ impl EhrState {
         Err(EhrError::Unprocessable(format!(
             "no patient identifier has a system this agent knows (systems given: {}); configure it in [[ehr.identifier_systems]]",
             ids.iter()
+                .take(5)
                 .map(|i| if i.system.is_empty() {
-                    "(none)"
+                    "(none)".to_owned()
                 } else {
-                    i.system
+                    i.system.chars().take(80).collect()
                 })
                 .collect::<Vec<_>>()
                 .join(", ")
