@@ -50,6 +50,10 @@ pub struct AgentConfig {
     /// See node-agent/src/web/mod.rs.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// CDS Hooks services and the FHIR R4 read API for the hospital's EHR (`huren_agent::ehr`);
+    /// absent: none.
+    #[serde(default)]
+    pub ehr: Option<crate::ehr::EhrConfig>,
 }
 
 /// The web app (`[web]`): the referral desk's and clinicians' pages, served by this agent.
@@ -450,6 +454,9 @@ impl AgentConfig {
             paths.extend(web.cert.as_mut());
             paths.extend(web.key.as_mut());
         }
+        if let Some(ehr) = config.ehr.as_mut() {
+            paths.extend(ehr.paths_mut());
+        }
         if let Some(log) = config.log.as_mut() {
             let dir = log
                 .state_dir
@@ -504,6 +511,15 @@ mod tests {
         assert_eq!(web.default_language, "zh-CN");
         assert!(!web.plain_http_on_loopback);
         assert_eq!(web.repositories["shx-prov-people"], "10.20.1.5:7444");
+        let ehr = config.ehr.unwrap();
+        assert_eq!(ehr.issuers[0].id, "his");
+        assert_eq!(ehr.language, "zh-CN");
+        assert_eq!(ehr.identifier_systems[0].id_type, "cn-ric");
+        assert_eq!(ehr.override_reasons[0].maps_to, "physician-judgement");
+        assert!(
+            huren_core::rules::RetestReason::from_code(&ehr.override_reasons[0].maps_to).is_some()
+        );
+        assert_eq!(ehr.member_names["shx-prov-people"], "陕西省人民医院");
     }
 
     #[test]

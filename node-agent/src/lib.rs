@@ -32,6 +32,8 @@
 //!
 //! The web app (`huren-agent serve`, or `run` with `[web]`): [`web`], for the referral desk,
 //! clinicians, the quality office and administrators; other HTTP services mount beside it.
+//! For the hospital's EHR: [`ehr`], CDS Hooks 2.0 order-check services and a FHIR R4 read API
+//! (one `axum::Router`, mounted by the agent's HTTP server).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -43,6 +45,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod draft;
+pub mod ehr;
 pub mod error;
 pub mod hub;
 pub mod ingest;

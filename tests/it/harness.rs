@@ -248,6 +248,18 @@ impl TestHub {
         Ok(hub)
     }
 
+    /// Starts a hub in this process whose policy is the test policy with `extra` (TOML)
+    /// appended.
+    pub async fn start_with_policy(extra: &str) -> anyhow::Result<TestHub> {
+        let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;
+        let mut policy = fs::read_to_string(&hub.policy_path)?;
+        policy.push('\n');
+        policy.push_str(extra);
+        fs::write(&hub.policy_path, policy)?;
+        hub.launch().await?;
+        Ok(hub)
+    }
+
     /// Starts a hub in this process with its metrics endpoint on a free local port, returned.
     pub async fn start_with_metrics() -> anyhow::Result<(TestHub, SocketAddr)> {
         let mut hub = Self::prepare(Mode::InProcess, &Limits::default()).await?;
@@ -569,6 +581,26 @@ impl TestHub {
             .domain_name(HUB_DOMAIN)
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) a hub started with [`TestHub::start_process`]: a
+    /// frozen hub keeps its connections open and answers nothing.
+    pub fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
+        let Running::Process(child) = &self.running else {
+            anyhow::bail!("only a hub run as a process can be frozen");
+        };
+        child.signal(if frozen { libc::SIGSTOP } else { libc::SIGCONT })?;
+        // A signal takes effect when the kernel next schedules the process: wait for it.
+        for _ in 0..500 {
+            if child.stopped()? == frozen {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        anyhow::bail!(
+            "the hub process did not {}",
+            if frozen { "stop" } else { "continue" }
+        )
+    }
+
     /// Whether the hub is running (as far as the harness knows).
     pub fn is_running(&self) -> bool {
         !matches!(self.running, Running::Stopped)
@@ -815,6 +847,31 @@ impl ChildGuard {
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         Ok((guard, rx))
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill(2) with a pid this guard still owns (not yet waited for) and a valid
+        // signal number; it touches no memory of ours.
+        let sent = unsafe { libc::kill(pid, signal) };
+        ensure!(sent == 0, "could not send signal {signal} to {}", self.name);
+        Ok(())
+    }
+
+    /// Whether every thread of the child is stopped (SIGSTOP), from /proc (Linux).
+    pub fn stopped(&self) -> anyhow::Result<bool> {
+        let mut all = true;
+        for task in fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let stat = fs::read_to_string(task?.path().join("stat"))?;
+            // pid (comm) state …: the state follows the last ')'.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .context("unreadable /proc stat")?;
+            all &= state == 'T';
+        }
+        Ok(all)
     }
 
     /// SIGTERM (what systemd or Ctrl-C sends), then wait for the exit.

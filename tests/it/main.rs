@@ -12,6 +12,7 @@ mod connections;
 mod crash_loop;
 mod deploy;
 mod durability;
+mod ehr;
 mod interop;
 mod log;
 mod node_daemon;
