@@ -1207,10 +1207,17 @@ mod tests {
             batches_in_flight: 2,
             only: Vec::new(),
             durability: "fsync".into(),
+            store: vec!["sled".into()],
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        rt.block_on(run(args))
+        let figures = rt.block_on(run(args, "sled", &mut None))?;
+        anyhow::ensure!(figures.echo > 0.0, "no echo rate measured");
+        anyhow::ensure!(
+            figures.find_prior.is_some_and(|r| r > 0.0),
+            "no FindPrior rate measured"
+        );
+        Ok(())
     }
 }

@@ -228,6 +228,8 @@ impl Daemon {
         let mut web_addr = None;
         if let Some(web) = &config.web {
             let agent = Arc::new(crate::Agent::connect_lazily(config.clone())?);
+            let extra = crate::ehr::extra_routes(agent.clone())
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
             let state = crate::web::WebState::new(agent, store.clone())
                 .map_err(|e| DaemonError::Config(e.to_string()))?;
             let listener = crate::web::bind(web)
@@ -238,7 +240,7 @@ impl Daemon {
             tasks.push((
                 "web",
                 tokio::spawn(async move {
-                    crate::web::serve(state, listener, axum::Router::new(), async move {
+                    crate::web::serve(state, listener, extra, async move {
                         let _ = stopped_web.wait_for(|s| *s).await;
                     })
                     .await

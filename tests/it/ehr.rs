@@ -104,6 +104,15 @@ impl Ehr {
 
 /// The county hospital's agent with `[ehr]` and its mapping, and its router.
 async fn county_ehr(hub: &TestHub, extra: &str) -> anyhow::Result<(Arc<Agent>, Router, Ehr)> {
+    county_ehr_with(hub, extra, "").await
+}
+
+/// [`county_ehr`] with `tail` (more sections) at the end of the configuration.
+async fn county_ehr_with(
+    hub: &TestHub,
+    extra: &str,
+    tail: &str,
+) -> anyhow::Result<(Arc<Agent>, Router, Ehr)> {
     let (ehr, public) = Ehr::new(hub.root())?;
     let mapping = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("node-agent/examples/mapping-lantian-county.toml");
@@ -112,7 +121,7 @@ async fn county_ehr(hub: &TestHub, extra: &str) -> anyhow::Result<(Arc<Agent>, R
          identifier_systems = [{{ system = \"{PASSPORT_SYSTEM}\", id_type = \"passport\" }}]\n{extra}\n\
          [[ehr.issuers]]\nid = \"his\"\niss = \"{ISS}\"\npublic_keys = [{:?}]\n\
          [[ehr.override_reasons]]\ncode = \"specimen-needed\"\ndisplay = \"需要新鲜标本\"\nmaps_to = \"physician-judgement\"\n\
-         [ehr.member_names]\nhosp-b = \"省立医院B\"\n",
+         [ehr.member_names]\nhosp-b = \"省立医院B\"\n{tail}",
         agent_toml(hub, COUNTY)?,
         mapping,
         if extra.contains("hub_timeout_ms") {
@@ -1054,6 +1063,67 @@ async fn binary_is_the_publishers_report_checked_against_the_signed_digest() -> 
             .is_some_and(|d| d.contains("does not match"))
     );
     validate.fhir("Binary digest mismatch", &refused.json);
+
+    let _ = stop.send(());
+    server.await??;
+    validate.check()
+}
+
+#[tokio::test]
+async fn the_agents_http_server_serves_the_ehr_endpoints() -> anyhow::Result<()> {
+    use crate::harness::http;
+    init();
+    let hub = TestHub::start_with_policy(QUALIFICATION).await?;
+    let publisher = plain_agent(&hub, PUBLISHER).await?;
+    publish_lab(&publisher, hub.patient(PASSPORT), "LAB-HB-1", "718-7", 1).await?;
+    let tail = format!(
+        "[store]\npath = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\nplain_http_on_loopback = true\n",
+        hub.root().join("county-store")
+    );
+    let (county, _router, ehr) = county_ehr_with(&hub, "", &tail).await?;
+    // What `huren-agent serve` does: the web app's server with the EHR routes mounted.
+    let store = huren_agent::daemon::open_store(county.config())?;
+    let state = huren_agent::web::WebState::new(county.clone(), store)?;
+    let extra = huren_agent::ehr::extra_routes(county.clone())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(huren_agent::web::serve(state, listener, extra, async {
+        let _ = stopped.await;
+    }));
+
+    let meta = http(
+        addr,
+        "GET /fhir/metadata HTTP/1.1\r\nHost: huren\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(meta.starts_with("HTTP/1.1 200"), "{meta}");
+    assert!(meta.contains("\"CapabilityStatement\""));
+    assert!(
+        meta.to_ascii_lowercase().contains("x-frame-options: deny"),
+        "the web app's headers apply: {meta}"
+    );
+
+    let uri = "/cds-services/huren-order-sign";
+    let body = hook_request("order-sign", vec![draft("sr-hb", "1001", "血红蛋白")]).to_string();
+    let token = ehr.token(&format!("{BASE}{uri}"))?;
+    let request = format!(
+        "POST {uri} HTTP/1.1\r\nHost: huren\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = http(addr, &request).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).context("no body")?)?;
+    assert_eq!(json["cards"][0]["indicator"], "warning", "{json}");
+    let mut validate = ToValidate::default();
+    validate.cds("cds-response", "through the HTTP server", &json);
+
+    let no_token = http(
+        addr,
+        "GET /fhir/DiagnosticReport?code=1 HTTP/1.1\r\nHost: huren\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(no_token.starts_with("HTTP/1.1 401"), "{no_token}");
 
     let _ = stop.send(());
     server.await??;

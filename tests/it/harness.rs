@@ -251,7 +251,7 @@ impl TestHub {
     /// Starts a hub in this process whose policy is the test policy with `extra` (TOML)
     /// appended.
     pub async fn start_with_policy(extra: &str) -> anyhow::Result<TestHub> {
-        let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;
+        let mut hub = Self::prepare(Mode::InProcess, &Limits::default()).await?;
         let mut policy = fs::read_to_string(&hub.policy_path)?;
         policy.push('\n');
         policy.push_str(extra);
@@ -275,7 +275,7 @@ impl TestHub {
     /// Starts a hub in this process with `more` appended to its configuration file (TOML
     /// tables, e.g. `[[witness]]` entries).
     pub async fn start_with_config(more: &str) -> anyhow::Result<TestHub> {
-        let mut hub = Self::prepare(Mode::InProcess, &Limits::default())?;
+        let mut hub = Self::prepare(Mode::InProcess, &Limits::default()).await?;
         let mut config = fs::read_to_string(&hub.config_path)?;
         config.push('\n');
         config.push_str(more);

@@ -51,7 +51,7 @@ pub struct EhrConfig {
     #[serde(default)]
     pub member_names: BTreeMap<String, String>,
     /// Repository addresses (`host:port`) of members, by institution id: where
-    /// `GET /fhir/Binary/{id}` fetches a full report.
+    /// `GET /fhir/Binary/{id}` fetches a full report. Default: `[web] repositories`.
     #[serde(default)]
     pub repositories: BTreeMap<String, String>,
     /// How long cards and FHIR resource ids are remembered for feedback and reads, in minutes

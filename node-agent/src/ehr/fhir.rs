@@ -972,16 +972,13 @@ async fn binary(state: &EhrState, headers: &HeaderMap, id: &str) -> Result<Respo
     use crate::repository::{FetchError, PeerIdentity, ReportRequest, fetch_report};
     let r = find_again(state, headers, id).await?;
     let s = &r.summary;
-    let addr = state
-        .config
-        .repositories
-        .get(s.publisher.as_str())
-        .ok_or_else(|| {
-            EhrError::NotFound(format!(
-                "the full report stays with its publisher {}, whose repository address is not configured here ([ehr.repositories])",
-                s.publisher
-            ))
-        })?;
+    let addr = state.repository_of(s.publisher.as_str()).ok_or_else(|| {
+        EhrError::NotFound(format!(
+            "the full report stays with its publisher {}, whose repository address is not configured here ([web.repositories] or [ehr.repositories])",
+            s.publisher
+        ))
+    })?;
+    let addr = &addr;
     let tls = state
         .tls
         .as_ref()

@@ -324,6 +324,21 @@ impl EhrState {
             .map_err(|e| EhrError::Unprocessable(format!("the patient identifier: {e}")))
     }
 
+    /// A publisher's repository address: `[ehr.repositories]`, else `[web] repositories`.
+    pub fn repository_of(&self, publisher: &str) -> Option<String> {
+        self.config
+            .repositories
+            .get(publisher)
+            .cloned()
+            .or_else(|| {
+                self.agent
+                    .config()
+                    .web
+                    .as_ref()
+                    .and_then(|w| w.repositories.get(publisher).cloned())
+            })
+    }
+
     /// The display name of a member.
     pub fn member_name<'a>(&'a self, id: &'a str) -> &'a str {
         self.config.member_names.get(id).map_or(id, String::as_str)
@@ -422,6 +437,17 @@ pub fn fhir_time(ms: i64, offset_seconds: i32) -> String {
 /// A date `YYYY-MM-DD` in the display offset.
 pub fn fhir_date(ms: i64, offset_seconds: i32) -> String {
     fhir_time(ms, offset_seconds).chars().take(10).collect()
+}
+
+/// What the agent's HTTP server (`web::serve`) mounts beside its pages: these endpoints when
+/// `[ehr]` is configured, else nothing.
+pub fn extra_routes(agent: Arc<Agent>) -> Result<Router, AgentError> {
+    if agent.config().ehr.is_none() {
+        return Ok(Router::new());
+    }
+    let state = EhrState::new(agent)?;
+    tracing::info!("CDS Hooks services at /cds-services and the FHIR R4 read API at /fhir");
+    Ok(router(state))
 }
 
 /// All endpoints: `/cds-services…` and `/fhir/…`.

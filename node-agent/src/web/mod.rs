@@ -259,6 +259,8 @@ pub async fn run(
     let web = config.web.clone().ok_or(crate::daemon::DaemonError::MissingSection("web"))?;
     let store = crate::daemon::open_store(&config)?;
     let agent = Arc::new(Agent::connect_lazily(config)?);
+    let extra = crate::ehr::extra_routes(agent.clone())
+        .map_err(|e| crate::daemon::DaemonError::Config(e.to_string()))?;
     let state = WebState::new(agent, store.clone())
         .map_err(|e| crate::daemon::DaemonError::Config(e.to_string()))?;
     let listener = bind(&web)
@@ -266,7 +268,7 @@ pub async fn run(
         .map_err(|e| crate::daemon::DaemonError::Config(e.to_string()))?;
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "huren-agent serve");
-    let result = serve(state, listener, Router::new(), shutdown).await;
+    let result = serve(state, listener, extra, shutdown).await;
     let _ = store.flush();
     result.map_err(|e| crate::daemon::DaemonError::Config(e.to_string()))
 }
