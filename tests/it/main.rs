@@ -22,4 +22,5 @@ mod query;
 mod rules;
 mod security_ingest;
 mod vectors;
+mod web_browser;
 mod witness;
