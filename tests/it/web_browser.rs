@@ -745,3 +745,60 @@ async fn web_break_glass_and_access_report() -> anyhow::Result<()> {
     commission.shut().await?;
     Ok(())
 }
+
+/// `huren-demo --serve`, the README's second command for newcomers: the demo alliance runs,
+/// then the county hospital's web app stays up with the printed account, shows the demo
+/// patient's results from the tertiary hospital in the browser, and stops on SIGTERM.
+#[tokio::test]
+async fn web_demo_serve_shows_the_county_web_app() -> anyhow::Result<()> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_huren-demo"));
+    command
+        .args(["--serve", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().context("starting huren-demo --serve")?;
+    let stdout = child.stdout.take().context("stdout of huren-demo")?;
+    let mut demo = crate::harness::ChildGuard::new(child, "huren-demo --serve");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let (mut url, mut account) = (None, None);
+    while !printed.contains("find the patient") {
+        let line = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .with_context(|| format!("huren-demo --serve printed no URL and account:\n{printed}"))?
+            .with_context(|| format!("huren-demo --serve ended:\n{printed}"))?;
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")) {
+            url = Some(u.trim_end_matches('/').to_owned());
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [user, "password", password, ..] = words[..] {
+            account.get_or_insert((user.to_owned(), password.to_owned()));
+        }
+    }
+    let (Some(base), Some((user, password))) = (url, account) else {
+        bail!("unreachable");
+    };
+    ensure!(printed.contains(PATIENT), "no patient to find printed:\n{printed}");
+    in_browser(|p| async move {
+        p.sign_in(&base, &user, &password).await?;
+        p.expect("查找患者").await?;
+        p.fill("证件号码", PATIENT).await?;
+        p.press("查找").await?;
+        let text = p.expect("患者检查检验时间线").await?;
+        ensure!(text.contains("shx-prov-people") && text.contains("可互认"), "{text}");
+        Ok(())
+    })
+    .await?;
+    let status = tokio::task::spawn_blocking(move || demo.terminate()).await??;
+    ensure!(status.success(), "huren-demo --serve exited with {status} on SIGTERM");
+    Ok(())
+}
