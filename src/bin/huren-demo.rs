@@ -52,23 +52,6 @@ const WEB_USERS: &[(&str, &str, &str)] = &[
 ];
 const WEB_PASSWORD: &str = "huren-demo-2026";
 
-/// Ctrl-C, or SIGTERM (a service manager's stop).
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 /// `--serve`: the county hospital's agent with a store and `[web]`, its demo accounts, and its
 /// web app on `listen` (or a free port) until Ctrl-C.
 async fn serve_county_web(
@@ -124,7 +107,7 @@ default_language = \"zh-CN\"
     println!(
         "   then find the patient: 居民身份证 (resident identity card) {PATIENT_ID}, purpose 诊疗 (treatment)"
     );
-    huren_agent::web::serve(state, listener, extra, stop_signal()).await?;
+    huren_agent::web::serve(state, listener, extra, huren::shutdown_signal()).await?;
     store.flush()?;
     println!("\n   web app stopped");
     Ok(())
