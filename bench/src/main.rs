@@ -11,6 +11,7 @@
 //! | FindPrior, throughput | sized echo: a no-op RPC answering as many bytes as FindPrior's mean answer (see [`echo`]) |
 //! | publish per second | Ed25519 verifications per second on one core (x2 for two cores) |
 //! | disk bytes per stored summary | the summary's own bytes (body + signature) |
+//! | the web app's timeline page of a patient with 200 results, p50 / p95 (see [`web`]) | a bare FindPrior, the History call under the page, and `Agent::history`, same patient, one at a time |
 //!
 //! Client and hub share the machine, as they do on a two-core test box. Each measurement
 //! also prints the CPU time of the whole process per call and how busy the hub's own threads
@@ -48,6 +49,7 @@ use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
 mod echo;
+mod web;
 
 /// The allocator the huren-hub binary runs with, so the figures are the hub's.
 #[global_allocator]
@@ -78,7 +80,7 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     batches_in_flight: usize,
     /// Measure only these (comma-separated: publish, publish-batch, find-prior, check-order,
-    /// latency); the echo
+    /// latency, web-timeline); the echo
     /// baseline always runs. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -148,6 +150,7 @@ struct Load {
     errors: u64,
     per_second: f64,
     p50: Duration,
+    p95: Duration,
     p99: Duration,
     /// CPU time of the whole process (hub and clients) per successful call: steadier than
     /// throughput on a machine whose neighbours take CPU.
@@ -303,6 +306,7 @@ where
         errors,
         per_second: all.len() as f64 / elapsed,
         p50: pct(0.50),
+        p95: pct(0.95),
         p99: pct(0.99),
         cpu_per_call,
         stages,
@@ -405,6 +409,8 @@ struct Bench {
     args: Args,
     dir: tempfile::TempDir,
     pki: DevPki,
+    /// The PKI's files (the web measurement's agents read them).
+    paths: huren_certs_dev::DevPkiDir,
     store: std::path::PathBuf,
     config: std::path::PathBuf,
 }
@@ -433,6 +439,7 @@ impl Bench {
             args,
             dir,
             pki,
+            paths,
             store,
             config,
         })
@@ -890,6 +897,12 @@ async fn run(
         Some(load(1, args.seconds, find_prior_op(asker.clone(), false)).await)
     };
 
+    let web_timeline = if !args.measures("web-timeline") {
+        None
+    } else {
+        Some(web::timeline(&bench, addr, asker.clone(), args.seconds).await?)
+    };
+
     let check_order = if !args.measures("check-order") {
         None
     } else {
@@ -932,6 +945,10 @@ async fn run(
         ("sized echo", sized_echo.as_ref().map(|(_, l)| l)),
         ("latency", find_prior_alone.as_ref()),
         ("check-order", check_order.as_ref()),
+        ("web-timeline page", web_timeline.as_ref().map(|w| &w.page)),
+        ("web-timeline FindPrior", web_timeline.as_ref().map(|w| &w.find_prior)),
+        ("web-timeline History", web_timeline.as_ref().map(|w| &w.history)),
+        ("web-timeline Agent::history", web_timeline.as_ref().map(|w| &w.verified)),
     ];
     for (name, load) in measured {
         if let Some(load) = load {
@@ -1035,6 +1052,23 @@ async fn run(
     }
     if let Some(alone) = &find_prior_alone {
         alone.line("FindPrior, one call at a time", None, "p99 <= 2 ms");
+    }
+    if let Some(w) = &web_timeline {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let row = |name: &str, l: &Load, target: &str| {
+            println!(
+                "{name:<34} p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  {target}{}",
+                ms(l.p50),
+                ms(l.p95),
+                ms(l.p99),
+                l.cpu_micros(1)
+            )
+        };
+        println!("Web app, the timeline of one patient with {} results, one request at a time:", web::RESULTS);
+        row("  timeline page (HTTP, rendered)", &w.page, "target p95 <= 300 ms");
+        row("  Agent::history (verified)", &w.verified, "");
+        row("  History RPC (bare gRPC)", &w.history, "");
+        row("  FindPrior RPC, 8 items (bare)", &w.find_prior, "");
     }
     if let Some(check_order) = &check_order {
         check_order.line(
