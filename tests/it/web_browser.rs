@@ -642,7 +642,7 @@ async fn web_clinician_timeline_decisions_order_check_and_statistics() -> anyhow
         let hb = p.client.find(Locator::XPath(&row_with("XCG-HB"))).await?.text().await?;
         ensure!(hb.contains("可采纳") && hb.contains("132 g/L") && hb.contains("hosp-b"), "{hb}");
         let cr = p.client.find(Locator::XPath(&row_with("SH-CR"))).await?.text().await?;
-        ensure!(cr.contains("需开单"), "{cr}");
+        ensure!(cr.contains("需开单") && cr.contains("联盟内没有此患者此项目可采纳的结果"), "{cr}");
         p.screenshot("order-check").await?;
 
         // The quality office reads the statistics: the decisions are in the chart and table.

@@ -625,7 +625,14 @@ async fn order_check(ctx: Ctx, Path(handle): Path<String>, Form(f): Form<OrderFo
                         } @else {
                             td { span.tag.warn { (ctx.t("order-order")) } }
                             td colspan="2" {
-                                @if c.failed.is_some() { (ctx.t("order-best-failed")) } @else { (c.explanation) }
+                                @if c.failed.is_some() { (ctx.t("order-best-failed")) }
+                                @else {
+                                    // In plain words here; the hub's own sentence beside it.
+                                    @if c.item.is_none() { (ctx.t("order-not-mapped")) }
+                                    @else if c.candidates == 0 { (ctx.t("order-none-found")) }
+                                    @else { (ctx.tw("order-none-recognised", &[("count", c.candidates.into())])) }
+                                    @if !c.explanation.is_empty() { br; span.hint { "(" (c.explanation) ")" } }
+                                }
                             }
                         }
                     }
