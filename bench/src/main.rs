@@ -11,7 +11,6 @@
 //! | FindPrior, throughput | sized echo: a no-op RPC answering as many bytes as FindPrior's mean answer (see [`echo`]) |
 //! | publish per second | Ed25519 verifications per second on one core (x2 for two cores) |
 //! | disk bytes per stored summary | the summary's own bytes (body + signature) |
-//! | the web app's timeline page of a patient with 200 results, p50 / p95 (see [`web`]) | a bare FindPrior, the History call under the page, and `Agent::history`, same patient, one at a time |
 //!
 //! Client and hub share the machine, as they do on a two-core test box. Each measurement
 //! also prints the CPU time of the whole process per call and how busy the hub's own threads
@@ -48,8 +47,8 @@ use huren_core::summary::{
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
+mod agent_paths;
 mod echo;
-mod web;
 
 /// The allocator the huren-hub binary runs with, so the figures are the hub's.
 #[global_allocator]
@@ -80,8 +79,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     batches_in_flight: usize,
     /// Measure only these (comma-separated: publish, publish-batch, find-prior, check-order,
-    /// latency, web-timeline); the echo
-    /// baseline always runs. For profiling one path at a time.
+    /// latency, agent: the CDS Hooks answer and the web timeline page); the echo baseline
+    /// always runs. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Commit durability of the hub's store: flush (default) or fsync (the hub's
@@ -150,7 +149,6 @@ struct Load {
     errors: u64,
     per_second: f64,
     p50: Duration,
-    p95: Duration,
     p99: Duration,
     /// CPU time of the whole process (hub and clients) per successful call: steadier than
     /// throughput on a machine whose neighbours take CPU.
@@ -158,6 +156,8 @@ struct Load {
     /// How busy the hub's own threads (`huren-intake`, `huren-journal`, ...) were, each a
     /// fraction of one core: a one-at-a-time stage near 100% is what limits the rate.
     stages: Vec<(String, f64)>,
+    /// The first failed call's error, to name what went wrong.
+    first_error: Option<String>,
 }
 
 impl Load {
@@ -234,7 +234,11 @@ impl Load {
             self.p99.as_secs_f64() * 1e3,
             self.cpu_micros(1),
             if self.errors > 0 {
-                format!("  ({} errors)", self.errors)
+                format!(
+                    "  ({} errors; the first: {})",
+                    self.errors,
+                    self.first_error.as_deref().unwrap_or("?")
+                )
             } else {
                 String::new()
             }
@@ -261,23 +265,31 @@ where
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            let mut first_error = None;
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 match op(n).await {
                     Ok(()) => latencies.push(t.elapsed()),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
             }
-            (latencies, errors)
+            (latencies, errors, first_error)
         }));
     }
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in tasks {
-        if let Ok((l, e)) = t.await {
+        if let Ok((l, e, first)) = t.await {
             all.extend(l);
             errors += e;
+            if first_error.is_none() {
+                first_error = first;
+            }
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -306,10 +318,10 @@ where
         errors,
         per_second: all.len() as f64 / elapsed,
         p50: pct(0.50),
-        p95: pct(0.95),
         p99: pct(0.99),
         cpu_per_call,
         stages,
+        first_error,
     }
 }
 
@@ -409,8 +421,6 @@ struct Bench {
     args: Args,
     dir: tempfile::TempDir,
     pki: DevPki,
-    /// The PKI's files (the web measurement's agents read them).
-    paths: huren_certs_dev::DevPkiDir,
     store: std::path::PathBuf,
     config: std::path::PathBuf,
 }
@@ -439,7 +449,6 @@ impl Bench {
             args,
             dir,
             pki,
-            paths,
             store,
             config,
         })
@@ -897,12 +906,6 @@ async fn run(
         Some(load(1, args.seconds, find_prior_op(asker.clone(), false)).await)
     };
 
-    let web_timeline = if !args.measures("web-timeline") {
-        None
-    } else {
-        Some(web::timeline(&bench, addr, asker.clone(), args.seconds).await?)
-    };
-
     let check_order = if !args.measures("check-order") {
         None
     } else {
@@ -934,6 +937,25 @@ async fn run(
         Some(load)
     };
 
+    // The agent's paths (CDS Hooks cards, the web app's timeline page) beside the hub calls
+    // they are built on, one request at a time.
+    let agent = if !args.measures("agent") {
+        None
+    } else {
+        Some(
+            agent_paths::measure(
+                &bench,
+                &format!("https://127.0.0.1:{}", addr.port()),
+                &publisher,
+                &asker,
+                &signer,
+                args.seconds,
+            )
+            .await
+            .context("measuring the agent's paths")?,
+        )
+    };
+
     // A measurement in which no call succeeded measured nothing: the run fails rather than
     // print a rate of zero.
     let measured = [
@@ -945,10 +967,13 @@ async fn run(
         ("sized echo", sized_echo.as_ref().map(|(_, l)| l)),
         ("latency", find_prior_alone.as_ref()),
         ("check-order", check_order.as_ref()),
-        ("web-timeline page", web_timeline.as_ref().map(|w| &w.page)),
-        ("web-timeline FindPrior", web_timeline.as_ref().map(|w| &w.find_prior)),
-        ("web-timeline History", web_timeline.as_ref().map(|w| &w.history)),
-        ("web-timeline Agent::history", web_timeline.as_ref().map(|w| &w.verified)),
+        ("CDS Hooks order-sign", agent.as_ref().map(|a| &a.cds)),
+        (
+            "CheckOrder, 10 items",
+            agent.as_ref().map(|a| &a.check_order),
+        ),
+        ("timeline page", agent.as_ref().map(|a| &a.timeline)),
+        ("History", agent.as_ref().map(|a| &a.history)),
     ];
     for (name, load) in measured {
         if let Some(load) = load {
@@ -1053,28 +1078,38 @@ async fn run(
     if let Some(alone) = &find_prior_alone {
         alone.line("FindPrior, one call at a time", None, "p99 <= 2 ms");
     }
-    if let Some(w) = &web_timeline {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let row = |name: &str, l: &Load, target: &str| {
-            println!(
-                "{name:<34} p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  {target}{}",
-                ms(l.p50),
-                ms(l.p95),
-                ms(l.p99),
-                l.cpu_micros(1)
-            )
-        };
-        println!("Web app, the timeline of one patient with {} results, one request at a time:", web::RESULTS);
-        row("  timeline page (HTTP, rendered)", &w.page, "target p95 <= 300 ms");
-        row("  Agent::history (verified)", &w.verified, "");
-        row("  History RPC (bare gRPC)", &w.history, "");
-        row("  FindPrior RPC, 8 items (bare)", &w.find_prior, "");
-    }
     if let Some(check_order) = &check_order {
         check_order.line(
             "CheckOrder (5 local codes)",
             Some(("raw echo", echo.per_second)),
             "",
+        );
+    }
+    if let Some(a) = &agent {
+        println!();
+        println!("the agent's paths, one request at a time, beside the hub call each is built on:");
+        a.check_order
+            .line("  CheckOrder, 10 catalogue items", None, "(baseline)");
+        a.cds.line(
+            &format!("  CDS order-sign, 10 items, {} cards", a.cards),
+            None,
+            &format!(
+                "p99 {:.1}x CheckOrder's; target p99 <= 500 ms",
+                a.cds.p99.as_secs_f64() / a.check_order.p99.as_secs_f64().max(1e-9)
+            ),
+        );
+        a.history.line(
+            &format!("  History, {} results", a.history_results),
+            None,
+            "(baseline)",
+        );
+        a.timeline.line(
+            "  web timeline page",
+            None,
+            &format!(
+                "p99 {:.1}x History's; target p95 <= 300 ms (p99 shown: stricter)",
+                a.timeline.p99.as_secs_f64() / a.history.p99.as_secs_f64().max(1e-9)
+            ),
         );
     }
     println!();
@@ -1179,6 +1214,14 @@ fn compare(runs: &[Figures]) {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    // The hub's errors on stderr (RUST_LOG, default error): a failed call names its cause.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
