@@ -23,4 +23,5 @@ mod query;
 mod rules;
 mod security_ingest;
 mod vectors;
+mod web_browser;
 mod witness;
