@@ -187,6 +187,162 @@ pub fn aggregate<'a>(
     (rows.into_values().collect(), total)
 }
 
+/// What a log entry contributes to the statistics, recomputed from its leaf alone (an
+/// auditor's recomputation, `huren-agent audit-stats`): a FindPrior or CheckOrder access leaf
+/// one query event per item asked, a decision leaf one decision event, exactly as the hub
+/// recorded them when it wrote the leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recomputed {
+    /// The entry's events (none for entries that count nothing: summaries, consent, policies,
+    /// History, access reports, log reads).
+    Events(Vec<Event>),
+    /// A decision or access leaf from before format 0x04, which does not carry what the
+    /// statistics need: its figures cannot be recomputed.
+    OlderFormat,
+    /// The leaf names a member that is not a valid institution id.
+    Unreadable(String),
+}
+
+/// Recomputes the statistics events of one decoded log entry (see [`Recomputed`]).
+pub fn events_of_entry(entry: &crate::logentry::Entry) -> Recomputed {
+    use crate::logentry::Entry;
+    match entry {
+        Entry::Access {
+            at,
+            caller,
+            results,
+            facts,
+            ..
+        } => {
+            let Some(facts) = facts else {
+                return Recomputed::OlderFormat;
+            };
+            if facts.asked.is_empty() {
+                return Recomputed::Events(Vec::new());
+            }
+            let member = match InstitutionId::parse(caller) {
+                Ok(m) => m,
+                Err(e) => return Recomputed::Unreadable(format!("caller {caller:?}: {e}")),
+            };
+            let events = facts
+                .asked
+                .iter()
+                .map(|(system, code)| {
+                    // The first recognised result of the item shown, as the hub counts it.
+                    let best = facts.shown.iter().zip(results).find(|(f, _)| {
+                        f.recognised && f.item_system == *system && f.item_code == *code
+                    });
+                    Event {
+                        at: *at,
+                        member: member.clone(),
+                        item_system: system.clone(),
+                        item_code: code.clone(),
+                        price_fen: 0,
+                        kind: EventKind::Query {
+                            found: best.is_some(),
+                            cross_member: best.is_some_and(|(_, r)| r.publisher != *caller),
+                        },
+                    }
+                })
+                .collect();
+            Recomputed::Events(events)
+        }
+        Entry::Decision {
+            at,
+            member,
+            publisher,
+            summary_id,
+            adopted,
+            reason,
+            facts,
+            ..
+        } => {
+            let Some(f) = facts else {
+                return Recomputed::OlderFormat;
+            };
+            let member = match InstitutionId::parse(member) {
+                Ok(m) => m,
+                Err(e) => return Recomputed::Unreadable(format!("member {member:?}: {e}")),
+            };
+            let reason = if reason.is_empty() {
+                None
+            } else {
+                match RetestReason::from_code(reason) {
+                    Some(r) => Some(r),
+                    None => return Recomputed::Unreadable(format!("re-test reason {reason:?}")),
+                }
+            };
+            Recomputed::Events(vec![Event {
+                at: *at,
+                member,
+                item_system: f.item_system.clone(),
+                item_code: f.item_code.clone(),
+                price_fen: f.price_fen,
+                kind: EventKind::Decision {
+                    adopted: *adopted,
+                    reason,
+                    consultation: Some(ConsultationKey {
+                        publisher: publisher.clone(),
+                        summary_id: summary_id.clone(),
+                        consulted_at: f.consulted_at,
+                    }),
+                },
+            }])
+        }
+        _ => Recomputed::Events(Vec::new()),
+    }
+}
+
+/// Where two sets of statistics rows differ, one line per figure: `theirs` (the hub's) against
+/// `ours` (recomputed), matched by row key, the total included.
+pub fn row_differences(theirs: &[Row], ours: &[Row]) -> Vec<String> {
+    let by_key = |rows: &[Row]| -> BTreeMap<String, Row> {
+        rows.iter().map(|r| (r.key.clone(), r.clone())).collect()
+    };
+    let (a, b) = (by_key(theirs), by_key(ours));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let empty = Row::default();
+    let mut out = Vec::new();
+    for key in keys {
+        let (x, y) = (a.get(key).unwrap_or(&empty), b.get(key).unwrap_or(&empty));
+        let figures: [(&str, u64, u64); 7] = [
+            ("queries", x.queries, y.queries),
+            ("found", x.found, y.found),
+            ("cross-member", x.cross_member, y.cross_member),
+            ("adopted", x.adopted, y.adopted),
+            ("re-tested", x.retested, y.retested),
+            ("tests avoided", x.tests_avoided, y.tests_avoided),
+            ("money saved (fen)", x.money_saved_fen, y.money_saved_fen),
+        ];
+        for (name, hub, log) in figures {
+            if hub != log {
+                out.push(format!(
+                    "{key}: {name}: the hub says {hub}, the log gives {log}"
+                ));
+            }
+        }
+        let mut reasons: Vec<&String> = x
+            .retested_by_reason
+            .keys()
+            .chain(y.retested_by_reason.keys())
+            .collect();
+        reasons.sort();
+        reasons.dedup();
+        for r in reasons {
+            let hub = x.retested_by_reason.get(r).copied().unwrap_or(0);
+            let log = y.retested_by_reason.get(r).copied().unwrap_or(0);
+            if hub != log {
+                out.push(format!(
+                    "{key}: re-tested for {r}: the hub says {hub}, the log gives {log}"
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

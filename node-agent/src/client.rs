@@ -199,7 +199,12 @@ impl Agent {
         self.log.as_ref()
     }
 
-    fn witness(&self) -> Result<&LogWitness, AgentError> {
+    /// The hub's service as this agent calls it.
+    pub(crate) fn hub_api(&self) -> &HubApi {
+        &self.hub
+    }
+
+    pub(crate) fn witness(&self) -> Result<&LogWitness, AgentError> {
         self.log.as_ref().ok_or_else(|| {
             AgentError::Setup(
                 "the hub's log is not checked: add [log] verifier_key to the configuration (huren-hub --print-log-key prints it)".into(),
@@ -333,6 +338,7 @@ impl Agent {
                 results,
                 policy_version,
                 requester,
+                ..
             }) = Entry::decode(&e.leaf)
             else {
                 return Err(bad("its leaf is not an access entry"));

@@ -21,5 +21,6 @@ mod publish;
 mod query;
 mod rules;
 mod security_ingest;
+mod trust;
 mod vectors;
 mod witness;

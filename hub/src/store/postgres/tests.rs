@@ -35,6 +35,7 @@ fn access(i: u64, patient: Pseudonym) -> Access {
         results: vec![],
         policy_version: "test".into(),
         requester: String::new(),
+        facts: Default::default(),
     }
 }
 
