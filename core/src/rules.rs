@@ -1126,6 +1126,75 @@ mod tests {
         }
     }
 
+    /// A verdict replays under the policy text it names (read from a policy leaf): the hub's
+    /// own verdict gives no difference, each kind of lie gives its line, and a leaf that is
+    /// not the named policy is refused.
+    #[test]
+    fn a_verdict_replays_under_its_logged_policy() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hub/policy.example.toml"
+        ))
+        .unwrap();
+        let mut policy = crate::policy_file::parse(std::path::Path::new("p"), &text).unwrap();
+        policy.log_index = Some(4);
+        let leaf = crate::logentry::Entry::Policy {
+            at: UnixMillis(1),
+            version: policy.version.clone(),
+            text: text.clone().into_bytes(),
+        }
+        .encode();
+        let county = id("lantian-county");
+        let mut s = result("shx-prov-people", "718-7", Category::Lab);
+        s.item.system = "http://loinc.org".into();
+        let at = UnixMillis(T0 + DAY_MS);
+        let given = judge(&policy, &county, &s, UnixMillis(T0), true, at);
+        assert!(given.recognised(), "{:?}", given.reasons);
+        assert_eq!(given.basis.as_ref().map(|b| b.policy_index), Some(4));
+        let replayed = replay(&given, &leaf, &county, &s, UnixMillis(T0), true).unwrap();
+        assert_eq!(replayed.differences, Vec::<String>::new());
+        assert_eq!(replayed.verdict, given);
+
+        let mut lie = given.clone();
+        lie.reasons.push((Reason::Direction, "no".into()));
+        lie.hr_mark = None;
+        let d = replay(&lie, &leaf, &county, &s, UnixMillis(T0), true)
+            .unwrap()
+            .differences;
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].starts_with("recognition: the hub said NOT_RECOGNISED"));
+        assert!(d[1].contains("reason direction was given by the hub but does not apply"));
+        assert!(d[2].starts_with("HR mark"));
+        // Judged as an earlier version: superseded applies and the hub did not say so.
+        let d = replay(&given, &leaf, &county, &s, UnixMillis(T0), false)
+            .unwrap()
+            .differences;
+        assert!(
+            d.iter().any(|l| l.contains("reason superseded applies")),
+            "{d:?}"
+        );
+
+        let mut other = given.clone();
+        if let Some(b) = other.basis.as_mut() {
+            b.policy_version = "another".into();
+        }
+        assert!(matches!(
+            replay(&other, &leaf, &county, &s, UnixMillis(T0), true),
+            Err(ReplayError::VersionMismatch { .. })
+        ));
+        let not_policy = crate::logentry::summary_leaf(b"x", &[0; 64], b"c", UnixMillis(0));
+        assert!(matches!(
+            replay(&given, &not_policy, &county, &s, UnixMillis(T0), true),
+            Err(ReplayError::NotAPolicy { index: 4, .. })
+        ));
+        let mut no_basis = given.clone();
+        no_basis.basis = None;
+        assert_eq!(
+            replay(&no_basis, &leaf, &county, &s, UnixMillis(T0), true).unwrap_err(),
+            ReplayError::NoBasis
+        );
+    }
+
     #[test]
     fn valid_until_is_performed_plus_window() {
         let v = evaluate(

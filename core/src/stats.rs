@@ -396,6 +396,127 @@ mod tests {
         }
     }
 
+    /// Statistics events recomputed from leaves: a format-4 FindPrior access gives one query
+    /// per item asked (found and cross-member as the hub counts them), a format-4 decision
+    /// its decision; older formats say they cannot be recomputed.
+    #[test]
+    fn events_are_recomputed_from_format_4_leaves() {
+        use crate::logentry::{
+            AccessFacts, DecisionFacts, Entry, Method, Purpose, ResultRef, ShownFact,
+        };
+        let shown = |p: &str, code: &str, recognised| {
+            (
+                ResultRef {
+                    publisher: p.into(),
+                    summary_id: format!("{p}-{code}"),
+                    version: 1,
+                },
+                ShownFact {
+                    item_system: "l".into(),
+                    item_code: code.into(),
+                    recognised,
+                },
+            )
+        };
+        let results = [
+            shown("county", "718-7", true),
+            shown("tertiary", "718-7", true),
+            shown("tertiary", "2345-7", false),
+        ];
+        let access = |facts| Entry::Access {
+            at: UnixMillis(5),
+            caller: "county".into(),
+            purpose: Purpose::Treatment,
+            method: Method::FindPrior,
+            emergency_override: false,
+            withheld_by_consent: false,
+            pseudonym: [0; 32],
+            results: results.iter().map(|(r, _)| r.clone()).collect(),
+            policy_version: Some("v".into()),
+            requester: Some(String::new()),
+            facts,
+        };
+        let facts = AccessFacts {
+            asked: vec![
+                ("l".into(), "718-7".into()),
+                ("l".into(), "2345-7".into()),
+                ("l".into(), "9-9".into()),
+            ],
+            shown: results.iter().map(|(_, f)| f.clone()).collect(),
+        };
+        let Recomputed::Events(events) = events_of_entry(&access(Some(facts))) else {
+            panic!("a format-4 access gives events");
+        };
+        let kinds: Vec<(&str, EventKind)> = events
+            .iter()
+            .map(|e| (e.item_code.as_str(), e.kind.clone()))
+            .collect();
+        // The first recognised haemoglobin is the county's own: found, not cross-member.
+        assert_eq!(
+            kinds,
+            [
+                ("718-7", q(true, false)),
+                ("2345-7", q(false, false)),
+                ("9-9", q(false, false))
+            ]
+        );
+        assert_eq!(events_of_entry(&access(None)), Recomputed::OlderFormat);
+
+        let decision = |facts| Entry::Decision {
+            at: UnixMillis(9),
+            member: "county".into(),
+            decision_id: "d".into(),
+            publisher: "tertiary".into(),
+            summary_id: "R1".into(),
+            version: 1,
+            adopted: false,
+            recognised: true,
+            reason: "too-old".into(),
+            note: String::new(),
+            facts,
+        };
+        let f = DecisionFacts {
+            item_system: "l".into(),
+            item_code: "718-7".into(),
+            price_fen: 500,
+            consulted_at: UnixMillis(5),
+        };
+        let Recomputed::Events(events) = events_of_entry(&decision(Some(f))) else {
+            panic!("a format-4 decision gives an event");
+        };
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].price_fen, 500);
+        assert_eq!(
+            events[0].kind,
+            EventKind::Decision {
+                adopted: false,
+                reason: Some(RetestReason::TooOld),
+                consultation: Some(ConsultationKey {
+                    publisher: "tertiary".into(),
+                    summary_id: "R1".into(),
+                    consulted_at: UnixMillis(5),
+                }),
+            }
+        );
+        assert_eq!(events_of_entry(&decision(None)), Recomputed::OlderFormat);
+
+        // Differences are named figure by figure, rows missing on one side included.
+        let (rows, total) = aggregate(&events, GroupBy::Item, CST);
+        let mut more = total.clone();
+        more.adopted += 1;
+        assert_eq!(
+            row_differences(&[more], &[total.clone()]),
+            ["total: adopted: the hub says 1, the log gives 0"]
+        );
+        assert_eq!(
+            row_differences(&[], &rows),
+            [
+                "718-7: re-tested: the hub says 0, the log gives 1",
+                "718-7: re-tested for too-old: the hub says 0, the log gives 1"
+            ]
+        );
+    }
+
     /// Of a member's decisions on one consultation only the latest counts: a hundred
     /// adoptions of one shown result count once, a later re-test replaces them, and a new
     /// consultation (or another member) counts on its own.
