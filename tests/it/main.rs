@@ -15,6 +15,7 @@ mod durability;
 mod ehr;
 mod interop;
 mod log;
+mod multi_hub;
 mod node_daemon;
 mod proof_file;
 mod publish;
