@@ -110,6 +110,20 @@ async fn verdicts_replay_equal_under_the_logged_policy_across_a_change() -> anyh
     assert!(replayed.differences.is_empty(), "{:?}", replayed.differences);
     assert_eq!(replayed.verdict.hr_mark.as_deref(), Some("全国HR"));
 
+    // A FindPrior's verdict (judged at the query's moment) replays the same way.
+    let found = county
+        .find_prior(
+            &treatment(),
+            &patient,
+            &[(LOINC.to_owned(), HGB.to_owned())],
+            UnixMillis(now_ms()),
+            None,
+        )
+        .await?;
+    ensure!(found.results.len() == 1, "{:?}", found.failed);
+    let replayed = county.replay_verdict(&found.results[0], true).await??;
+    assert!(replayed.differences.is_empty(), "{:?}", replayed.differences);
+
     // The policy leaf is everyone's to read; anything else is not a policy.
     let mut c = hub.client(COUNTY).await?;
     let policy = c
