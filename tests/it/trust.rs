@@ -178,6 +178,51 @@ async fn verdicts_replay_equal_under_the_logged_policy_across_a_change() -> anyh
 }
 }
 
+on_each_store! {
+/// A restart with the same policy file logs nothing new (the latest policy leaf holds it); a
+/// file changed while the hub was stopped is logged at start, before the first verdict.
+#[tokio::test]
+async fn a_policy_changed_while_the_hub_was_stopped_is_logged_at_start() -> anyhow::Result<()> {
+    let mut hub = TestHub::start().await?;
+    let patient = hub.pseudonym_of("passport", PASSPORT)?;
+    publish_hgb(&hub, "LAB-RS-1", patient, 24).await?;
+    let basis = |a: &pb::HistoryResponse| {
+        a.results
+            .first()
+            .and_then(|r| r.verdict.as_ref())
+            .map(|v| (v.policy_index, v.policy_version.clone()))
+    };
+    let history = || {
+        let mut h = crate::harness::history_request(&patient, 0);
+        h.purpose = pb::Purpose::Treatment as i32;
+        h
+    };
+    let first = basis(&hub.client(COUNTY).await?.history(history()).await?.into_inner());
+    hub.restart().await?;
+    let size = log_size(&hub).await?;
+    let again = basis(&hub.client(COUNTY).await?.history(history()).await?.into_inner());
+    assert_eq!(again, first, "a restart with the same file logged a new policy");
+    assert_eq!(log_size(&hub).await?, size + 1, "only the History's access was logged");
+
+    hub.stop().await?;
+    let text = std::fs::read_to_string(&hub.policy_path)?;
+    std::fs::write(
+        &hub.policy_path,
+        text.replacen("version = \"2026.11-1\"", "version = \"2026.12-offline\"", 1),
+    )?;
+    hub.restart().await?;
+    let (county, _) = agent(&hub, COUNTY, "state-restart").await?;
+    let answer = county.history(&treatment(), &patient, UnixMillis(0), false).await?;
+    let v = answer.results[0].verdict.as_ref().context("no verdict")?;
+    let b = v.basis.as_ref().context("no basis")?;
+    assert_eq!(b.policy_version, "2026.12-offline");
+    assert!(Some(Some(b.policy_index)) != first.as_ref().map(|f| f.0));
+    let replayed = county.replay_verdict(&answer.results[0], true).await??;
+    assert!(replayed.differences.is_empty(), "{:?}", replayed.differences);
+    Ok(())
+}
+}
+
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
