@@ -78,6 +78,9 @@ pub struct DecisionRecorded {
     pub already_recorded: bool,
     pub at: UnixMillis,
     pub result_was_recognised: bool,
+    /// The decision's leaf bytes (empty when already recorded, or from an older hub).
+    pub leaf: Vec<u8>,
+    pub log_proof: SentProof,
 }
 
 /// What SetConsent answered.
@@ -457,6 +460,8 @@ impl HubApi {
             already_recorded: r.already_recorded,
             at: UnixMillis(r.recorded_at_ms),
             result_was_recognised: r.result_was_recognised,
+            leaf: r.leaf,
+            log_proof: proof(r.log_proof),
         })
     }
 

@@ -223,6 +223,50 @@ async fn a_policy_changed_while_the_hub_was_stopped_is_logged_at_start() -> anyh
 }
 }
 
+on_each_store! {
+/// With `[log]`, an agent checks its decision's log entry: it says what was sent (and names
+/// the item and the price the statistics count), and it is in the log. A hub that hands back
+/// a leaf with another price is caught.
+#[tokio::test]
+async fn an_agent_checks_the_log_entry_of_its_decision() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let patient = hub.pseudonym_of("passport", PASSPORT)?;
+    publish_hgb(&hub, "LAB-DC-1", patient, 24).await?;
+    let (county, _) = agent(&hub, COUNTY, "state-decide").await?;
+    let answer = county
+        .history(&treatment(), &patient, UnixMillis(0), false)
+        .await?;
+    let receipt = answer.results[0].receipt.clone();
+    let recorded = county
+        .record_decision("order-1", &receipt, &huren_core::rules::Decision::Adopted)
+        .await?;
+    let Entry::Decision {
+        facts: Some(f), ..
+    } = Entry::decode(&recorded.leaf)?
+    else {
+        anyhow::bail!("not a format 0x04 decision leaf");
+    };
+    assert_eq!((f.item_code.as_str(), f.price_fen), (HGB, 500));
+    let audit = county.audit().await?;
+    assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+
+    let lying = lying_hub(&hub, COUNTY, Lie::DecisionPrice, "decide-lie").await?;
+    let liar = Agent::connect(AgentConfig::load(&lying)?).await?;
+    liar.history(&treatment(), &patient, UnixMillis(0), false)
+        .await?;
+    let err = liar
+        .record_decision("order-2", &receipt, &huren_core::rules::Decision::Adopted)
+        .await
+        .expect_err("a changed decision entry passed");
+    assert!(
+        matches!(err, huren_agent::error::AgentError::Log(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not proven"), "{err}");
+    Ok(())
+}
+}
+
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
@@ -238,6 +282,8 @@ enum Lie {
     MoreAdoptions,
     /// Gives a decision entry's leaf hash in place of its bytes, with one byte changed.
     HideADecision,
+    /// Answers a recorded decision with its leaf's price changed.
+    DecisionPrice,
 }
 
 /// Our real hub behind a proxy that forwards every call as one member and edits answers.
@@ -298,7 +344,44 @@ impl pb::hub_server::Hub for LyingHub {
         &self,
         r: Request<pb::RecordDecisionRequest>,
     ) -> Answer<pb::RecordDecisionResponse> {
-        self.up.clone().record_decision(r.into_inner()).await
+        let mut a = self
+            .up
+            .clone()
+            .record_decision(r.into_inner())
+            .await?
+            .into_inner();
+        if let Lie::DecisionPrice = self.lie
+            && let Ok(Entry::Decision {
+                facts: Some(mut f),
+                at,
+                member,
+                decision_id,
+                publisher,
+                summary_id,
+                version,
+                adopted,
+                recognised,
+                reason,
+                note,
+            }) = Entry::decode(&a.leaf)
+        {
+            f.price_fen += 100;
+            a.leaf = Entry::Decision {
+                facts: Some(f),
+                at,
+                member,
+                decision_id,
+                publisher,
+                summary_id,
+                version,
+                adopted,
+                recognised,
+                reason,
+                note,
+            }
+            .encode();
+        }
+        Ok(Response::new(a))
     }
     async fn get_statistics(
         &self,
