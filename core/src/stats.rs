@@ -505,7 +505,7 @@ mod tests {
         let mut more = total.clone();
         more.adopted += 1;
         assert_eq!(
-            row_differences(&[more], &[total.clone()]),
+            row_differences(&[more], std::slice::from_ref(&total)),
             ["total: adopted: the hub says 1, the log gives 0"]
         );
         assert_eq!(
