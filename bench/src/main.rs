@@ -49,6 +49,7 @@ use huren_proto::hub::hub_client::HubClient;
 
 mod agent_paths;
 mod echo;
+mod soak;
 
 /// The allocator the huren-hub binary runs with, so the figures are the hub's.
 #[global_allocator]
@@ -91,6 +92,19 @@ struct Args {
     /// postgres://… (an existing empty database).
     #[arg(long, value_delimiter = ',', default_value = "sled")]
     store: Vec<String>,
+    /// Instead of the table: a soak run of this many seconds at half the peak publish and
+    /// FindPrior rates (sled), sampled every 10 s into --soak-csv.
+    #[arg(long)]
+    soak: Option<u64>,
+    /// Where the soak run writes its samples.
+    #[arg(long, default_value = "soak.csv")]
+    soak_csv: std::path::PathBuf,
+    /// The soak's publish load, as a share of the peak unary publish rate.
+    #[arg(long, default_value_t = 0.5)]
+    soak_publish_share: f64,
+    /// The soak's FindPrior load, as a share of the peak FindPrior rate.
+    #[arg(long, default_value_t = 0.5)]
+    soak_query_share: f64,
 }
 
 impl Args {
@@ -1226,6 +1240,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
+            if let Some(seconds) = args.soak {
+                return soak::run(args.clone(), seconds, args.soak_csv.clone()).await;
+            }
             let mut cluster = None;
             let mut runs = Vec::new();
             for (i, kind) in args.store.iter().enumerate() {
@@ -1285,6 +1302,10 @@ mod tests {
             only: Vec::new(),
             durability: "fsync".into(),
             store: vec!["sled".into()],
+            soak: None,
+            soak_csv: "soak.csv".into(),
+            soak_publish_share: 0.5,
+            soak_query_share: 0.5,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

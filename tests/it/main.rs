@@ -24,4 +24,5 @@ mod rules;
 mod security_ingest;
 mod trust;
 mod vectors;
+mod web_browser;
 mod witness;
