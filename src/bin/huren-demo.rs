@@ -99,7 +99,9 @@ default_language = \"zh-CN\"
     let agent = std::sync::Arc::new(Agent::connect(config).await?);
     let extra = huren_agent::ehr::extra_routes(agent.clone())?;
     let state = huren_agent::web::WebState::new(agent, store.clone())?;
-    println!("   http://{addr}/  (plain HTTP on this machine only; Ctrl-C stops the web app and the hub)");
+    println!(
+        "   http://{addr}/  (plain HTTP on this machine only; Ctrl-C stops the web app and the hub)"
+    );
     println!("   sign in as:");
     for (user, _, role) in WEB_USERS {
         println!("     {user:<8} password {WEB_PASSWORD}   ({role})");

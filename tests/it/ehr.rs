@@ -1129,3 +1129,172 @@ async fn the_agents_http_server_serves_the_ehr_endpoints() -> anyhow::Result<()>
     server.await??;
     validate.check()
 }
+
+/// An EHR's TLS client: a certificate with `name` issued by `ca` (or a fresh CA of its own).
+struct TlsClient {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn his_ca() -> anyhow::Result<(rcgen::Issuer<'static, rcgen::KeyPair>, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "HIS client CA (test)");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key)?;
+    Ok((rcgen::Issuer::new(params, key), cert.pem()))
+}
+
+fn tls_client(
+    ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    name: &str,
+) -> anyhow::Result<TlsClient> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, ca)?;
+    Ok(TlsClient {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// One HTTP/1.1 request over TLS to the agent's server (checked as `localhost` against the
+/// alliance CA), with `client`'s certificate if given; the whole answer.
+async fn https(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    client: Option<&TlsClient>,
+    request: &str,
+) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder.with_client_auth_cert(
+            CertificateDer::pem_slice_iter(c.cert_pem.as_bytes()).collect::<Result<_, _>>()?,
+            PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())?,
+        )?,
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut answer),
+    )
+    .await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn an_ehr_is_let_in_by_its_tls_client_certificate_as_an_option() -> anyhow::Result<()> {
+    init();
+    let hub = TestHub::start_with_policy(QUALIFICATION).await?;
+    let publisher = plain_agent(&hub, PUBLISHER).await?;
+    publish_lab(&publisher, hub.patient(PASSPORT), "LAB-HB-1", "718-7", 1).await?;
+    let (ca, ca_pem) = his_ca()?;
+    let ca_path = hub.root().join("his-client-ca.pem");
+    std::fs::write(&ca_path, &ca_pem)?;
+    let his = tls_client(&ca, "his.lantian.test")?;
+    let unlisted = tls_client(&ca, "lab-terminal.lantian.test")?;
+    let (stranger_ca, _) = his_ca()?;
+    let stranger = tls_client(&stranger_ca, "his.lantian.test")?;
+    // HTTPS with a certificate for `localhost` from the alliance CA (the hub's, in this test).
+    let extra = format!(
+        "client_ca = {:?}\ntls_clients = [{{ id = \"his-tls\", name = \"his.lantian.test\" }}]\n",
+        ca_path
+    );
+    let tail = format!(
+        "[store]\npath = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+        hub.root().join("county-store"),
+        hub.paths.hub_cert,
+        hub.paths.hub_key,
+    );
+    let (county, _router, _ehr) = county_ehr_with(&hub, &extra, &tail).await?;
+    let store = huren_agent::daemon::open_store(county.config())?;
+    let state = huren_agent::web::WebState::new(county.clone(), store)?;
+    let routes = huren_agent::ehr::extra_routes(county.clone())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(huren_agent::web::serve(state, listener, routes, async {
+        let _ = stopped.await;
+    }));
+
+    let body = hook_request("order-sign", vec![draft("sr-hb", "1001", "血红蛋白")]).to_string();
+    let post = |more: &str| {
+        format!(
+            "POST /cds-services/huren-order-sign HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{more}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let ca = hub.ca_pem();
+
+    // The listed client's certificate, no JWT: in, with the card.
+    let answer = https(addr, ca, Some(&his), &post("")).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).context("no body")?)?;
+    assert_eq!(json["cards"][0]["indicator"], "warning", "{json}");
+    let mut validate = ToValidate::default();
+    validate.cds("cds-response", "by client certificate", &json);
+
+    // No certificate (a browser): served, but the EHR endpoints want a JWT or a certificate.
+    let answer = https(addr, ca, None, &post("")).await?;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // The header the server passes the names in, sent by the caller: removed, still 401.
+    let answer = https(
+        addr,
+        ca,
+        None,
+        &post("X-Huren-Tls-Client: his.lantian.test\r\n"),
+    )
+    .await?;
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "a forged header let a caller in: {answer}"
+    );
+    // A certificate from the right CA for a name not listed: 401.
+    let answer = https(addr, ca, Some(&unlisted), &post("")).await?;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A certificate with the listed name from another CA: refused in the handshake.
+    let refused = https(addr, ca, Some(&stranger), &post("")).await;
+    assert!(
+        refused
+            .as_ref()
+            .map_or(true, |a| !a.starts_with("HTTP/1.1 200")),
+        "a certificate from another CA was let in: {refused:?}"
+    );
+    // The web app's pages still open without a certificate.
+    let page = https(
+        addr,
+        ca,
+        None,
+        "GET /sign-in HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+
+    let _ = stop.send(());
+    server.await??;
+    validate.check()
+}

@@ -34,7 +34,7 @@ use huren_agent::web::{WebState, accounts};
 use huren_agent::{Agent, AgentConfig};
 use huren_core::summary::{Item, Outcome};
 
-use crate::harness::{ADMIN, HGB, GLUCOSE, TestHub, init, lab_summary, now_ms};
+use crate::harness::{ADMIN, GLUCOSE, HGB, TestHub, init, lab_summary, now_ms};
 
 const COUNTY: &str = "lantian-county";
 /// The referred patient (a resident identity card number with a valid check character).
@@ -159,13 +159,25 @@ async fn browser() -> anyhow::Result<Client> {
         .capabilities(caps)
         .connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("chromium did not start through chromedriver at {url}: {e}; {INSTALL_HINT}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "chromium did not start through chromedriver at {url}: {e}; {INSTALL_HINT}"
+            )
+        })?;
     // A page area (not a window) of 1366×768: the window is larger by its own frame.
     let frame = client
         .execute("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];", vec![])
         .await?;
-    let extra = |i: usize| frame.get(i).and_then(serde_json::Value::as_u64).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
-    client.set_window_size(1366 + extra(0), 768 + extra(1)).await?;
+    let extra = |i: usize| {
+        frame
+            .get(i)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
+    };
+    client
+        .set_window_size(1366 + extra(0), 768 + extra(1))
+        .await?;
     Ok(client)
 }
 
@@ -203,7 +215,10 @@ fn lit(s: &str) -> String {
 
 impl Page {
     async fn open(&self, url: &str) -> anyhow::Result<()> {
-        self.client.goto(url).await.with_context(|| format!("opening {url}"))
+        self.client
+            .goto(url)
+            .await
+            .with_context(|| format!("opening {url}"))
     }
 
     /// The page's visible text.
@@ -213,7 +228,12 @@ impl Page {
 
     /// The main heading.
     async fn heading(&self) -> anyhow::Result<String> {
-        Ok(self.client.find(Locator::Css("main h1")).await?.text().await?)
+        Ok(self
+            .client
+            .find(Locator::Css("main h1"))
+            .await?
+            .text()
+            .await?)
     }
 
     /// Waits until the page shows `needle`; fails with what it shows instead.
@@ -271,7 +291,8 @@ impl Page {
     /// Presses the button whose text is `text`, and waits for the page it leads to.
     async fn press(&self, text: &str) -> anyhow::Result<()> {
         let xpath = format!("//button[normalize-space(.)={}]", lit(text));
-        self.click_and_wait(&xpath, &format!("button {text:?}")).await
+        self.click_and_wait(&xpath, &format!("button {text:?}"))
+            .await
     }
 
     /// Follows the link whose text contains `text` (inside `within`, an XPath, if given), and
@@ -294,15 +315,24 @@ impl Page {
         let deadline = tokio::time::Instant::now() + PAGE_DEADLINE;
         // The old document's root goes stale once the next page replaced it.
         while old.tag_name().await.is_ok() {
-            ensure!(tokio::time::Instant::now() < deadline, "the {what} led to no new page");
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the {what} led to no new page"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         loop {
-            let state = self.client.execute("return document.readyState;", vec![]).await;
+            let state = self
+                .client
+                .execute("return document.readyState;", vec![])
+                .await;
             if state.ok().as_ref().and_then(serde_json::Value::as_str) == Some("complete") {
                 return Ok(());
             }
-            ensure!(tokio::time::Instant::now() < deadline, "the page after the {what} did not load");
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the page after the {what} did not load"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -319,10 +349,16 @@ impl Page {
     /// docs/screenshots/`name`.png when HUREN_SCREENSHOTS=1.
     async fn screenshot(&self, name: &str) -> anyhow::Result<()> {
         let png = self.client.screenshot().await?;
-        ensure!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 24, "{name}: not a PNG");
+        ensure!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 24,
+            "{name}: not a PNG"
+        );
         let width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
         let height = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
-        ensure!((width, height) == (1366, 768), "{name}: {width}×{height}, not 1366×768");
+        ensure!(
+            (width, height) == (1366, 768),
+            "{name}: {width}×{height}, not 1366×768"
+        );
         if std::env::var("HUREN_SCREENSHOTS").is_ok_and(|v| v == "1") {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
             std::fs::create_dir_all(&dir)?;
@@ -417,7 +453,13 @@ async fn web_app(hub: &TestHub, id: &str, users: &[(&str, &str, &str)]) -> anyho
 async fn member_agent(hub: &TestHub, id: &str) -> anyhow::Result<Agent> {
     let dir = hub.root().join(format!("agent-store-{id}"));
     let path = hub.root().join(format!("agent-{id}.toml"));
-    std::fs::write(&path, agent_toml(hub, id, &dir)?.split("[web]").next().unwrap_or_default())?;
+    std::fs::write(
+        &path,
+        agent_toml(hub, id, &dir)?
+            .split("[web]")
+            .next()
+            .unwrap_or_default(),
+    )?;
     Ok(Agent::connect(AgentConfig::load(&path)?).await?)
 }
 
@@ -432,7 +474,13 @@ fn result(
     days_ago: f64,
 ) -> anyhow::Result<huren_core::summary::Summary> {
     let patient = hub.pseudonym_of("cn-ric", PATIENT)?;
-    let mut s = lab_summary(publisher, id, patient, code, now_ms() - (days_ago * DAY as f64) as i64)?;
+    let mut s = lab_summary(
+        publisher,
+        id,
+        patient,
+        code,
+        now_ms() - (days_ago * DAY as f64) as i64,
+    )?;
     s.item = Item {
         display: name.into(),
         ..s.item
@@ -460,10 +508,30 @@ async fn alliance() -> anyhow::Result<TestHub> {
     let b = member_agent(&hub, "hosp-b").await?;
     let hgb = "血红蛋白 Hemoglobin";
     for (agent, s) in [
-        (&b, result(&hub, "hosp-b", "LAB-B-HGB-2", HGB, hgb, "132", 1.5)?),
-        (&a, result(&hub, "hosp-a", "LAB-A-HGB-1", HGB, hgb, "128", 0.5)?),
-        (&b, result(&hub, "hosp-b", "LAB-B-GLU-1", GLUCOSE, "葡萄糖 Glucose", "5.4", 10.0)?),
-        (&b, result(&hub, "hosp-b", "LAB-B-HGB-1", HGB, hgb, "141", 4.0)?),
+        (
+            &b,
+            result(&hub, "hosp-b", "LAB-B-HGB-2", HGB, hgb, "132", 1.5)?,
+        ),
+        (
+            &a,
+            result(&hub, "hosp-a", "LAB-A-HGB-1", HGB, hgb, "128", 0.5)?,
+        ),
+        (
+            &b,
+            result(
+                &hub,
+                "hosp-b",
+                "LAB-B-GLU-1",
+                GLUCOSE,
+                "葡萄糖 Glucose",
+                "5.4",
+                10.0,
+            )?,
+        ),
+        (
+            &b,
+            result(&hub, "hosp-b", "LAB-B-HGB-1", HGB, hgb, "141", 4.0)?,
+        ),
     ] {
         let signed = agent.sign(&s)?;
         agent.publish(&s, signed).await?;
@@ -478,7 +546,10 @@ async fn alliance() -> anyhow::Result<TestHub> {
             Some(v)
         })
         .await?;
-    ensure!(altered == 1, "expected one stored value of 141, changed {altered}");
+    ensure!(
+        altered == 1,
+        "expected one stored value of 141, changed {altered}"
+    );
     hub.restart().await?;
     Ok(hub)
 }
@@ -504,7 +575,15 @@ fn row_with(text: &str) -> String {
 async fn web_sign_in_lock_out_csrf_and_english() -> anyhow::Result<()> {
     init();
     let hub = TestHub::start().await?;
-    let mut county = web_app(&hub, COUNTY, &[("doctor", "LT-D0423", "clinician"), ("nurse", "LT-N0001", "referral-desk")]).await?;
+    let mut county = web_app(
+        &hub,
+        COUNTY,
+        &[
+            ("doctor", "LT-D0423", "clinician"),
+            ("nurse", "LT-N0001", "referral-desk"),
+        ],
+    )
+    .await?;
     let base = county.base.clone();
     in_browser(|p| async move {
         // Not signed in: the sign-in page, in Chinese.
@@ -583,34 +662,85 @@ async fn web_clinician_timeline_decisions_order_check_and_statistics() -> anyhow
         p.press("查找").await?;
         let text = p.expect("患者检查检验时间线").await?;
         let url = p.client.current_url().await?.to_string();
-        ensure!(!url.contains(PATIENT) && !url.contains("1235"), "patient id in {url}");
-        ensure!(text.contains("6101**********1235"), "masked id missing:\n{text}");
+        ensure!(
+            !url.contains(PATIENT) && !url.contains("1235"),
+            "patient id in {url}"
+        );
+        ensure!(
+            text.contains("6101**********1235"),
+            "masked id missing:\n{text}"
+        );
         // Results from two publishers, each with its verdict.
         ensure!(text.contains("共 3 条结果，来自 2 家机构"), "{text}");
-        let b_row = p.client.find(Locator::XPath(&row_with("132 g/L"))).await?.text().await?;
-        ensure!(b_row.contains("hosp-b") && b_row.contains("可互认") && b_row.contains("全国HR"), "{b_row}");
-        let a_row = p.client.find(Locator::XPath(&row_with("128 g/L"))).await?.text().await?;
-        ensure!(a_row.contains("hosp-a") && a_row.contains("不可互认"), "{a_row}");
-        ensure!(a_row.contains("发布机构在检查日期未取得该项目的质控资质"), "{a_row}");
-        let glu_row = p.client.find(Locator::XPath(&row_with("5.4 mmol/L"))).await?.text().await?;
-        ensure!(glu_row.contains("超出该项目的参考时限"), "every reason: {glu_row}");
-        ensure!(glu_row.contains("发布机构在检查日期未取得该项目的质控资质"), "every reason: {glu_row}");
+        let b_row = p
+            .client
+            .find(Locator::XPath(&row_with("132 g/L")))
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            b_row.contains("hosp-b") && b_row.contains("可互认") && b_row.contains("全国HR"),
+            "{b_row}"
+        );
+        let a_row = p
+            .client
+            .find(Locator::XPath(&row_with("128 g/L")))
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            a_row.contains("hosp-a") && a_row.contains("不可互认"),
+            "{a_row}"
+        );
+        ensure!(
+            a_row.contains("发布机构在检查日期未取得该项目的质控资质"),
+            "{a_row}"
+        );
+        let glu_row = p
+            .client
+            .find(Locator::XPath(&row_with("5.4 mmol/L")))
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            glu_row.contains("超出该项目的参考时限"),
+            "every reason: {glu_row}"
+        );
+        ensure!(
+            glu_row.contains("发布机构在检查日期未取得该项目的质控资质"),
+            "every reason: {glu_row}"
+        );
         ensure!(glu_row.contains("10 天前"), "{glu_row}");
         // The summary altered in the hub's store: named as failing, its value not shown.
-        ensure!(text.contains("验证失败") && text.contains("LAB-B-HGB-1"), "{text}");
-        ensure!(!text.contains("151") && !text.contains("141"), "an altered value is shown:\n{text}");
+        ensure!(
+            text.contains("验证失败") && text.contains("LAB-B-HGB-1"),
+            "{text}"
+        );
+        ensure!(
+            !text.contains("151") && !text.contains("141"),
+            "an altered value is shown:\n{text}"
+        );
         p.screenshot("timeline").await?;
 
         // hosp-b's haemoglobin: detail, then adopt it.
         p.follow(&row_with("hosp-b"), "132 g/L").await?;
         let text = p.expect("结果详情").await?;
-        ensure!(text.contains("130-175") && text.contains("LAB-B-HGB-2"), "{text}");
-        ensure!(text.contains("全国HR") && text.contains("签名有效"), "{text}");
+        ensure!(
+            text.contains("130-175") && text.contains("LAB-B-HGB-2"),
+            "{text}"
+        );
+        ensure!(
+            text.contains("全国HR") && text.contains("签名有效"),
+            "{text}"
+        );
         // A re-test of a recognised result needs a reason: refused without one.
         p.choose("重新检查").await?;
         p.press("记录决定").await?;
         p.expect("未能记录").await?;
-        ensure!(!p.text().await?.contains("已记录："), "recorded without a reason");
+        ensure!(
+            !p.text().await?.contains("已记录："),
+            "recorded without a reason"
+        );
         p.choose("采纳（不重复检查）").await?;
         p.press("记录决定").await?;
         p.expect("已记录：采纳（不重复检查） · LT-D0423").await?;
@@ -621,14 +751,21 @@ async fn web_clinician_timeline_decisions_order_check_and_statistics() -> anyhow
         p.expect("患者检查检验时间线").await?;
         p.follow(&row_with("hosp-a"), "128 g/L").await?;
         let text = p.expect("结果详情").await?;
-        ensure!(text.contains("此结果对本机构不可互认，只能记录为重新检查"), "{text}");
+        ensure!(
+            text.contains("此结果对本机构不可互认，只能记录为重新检查"),
+            "{text}"
+        );
         let adopt = p.field("采纳（不重复检查）").await?;
-        ensure!(!adopt.is_enabled().await?, "adopting a NOT_RECOGNISED result is offered");
+        ensure!(
+            !adopt.is_enabled().await?,
+            "adopting a NOT_RECOGNISED result is offered"
+        );
         p.choose("重新检查").await?;
         p.select("重新检查原因", "病情变化或结果与临床不符").await?;
         p.fill("说明", "咳嗽加重").await?;
         p.press("记录决定").await?;
-        p.expect("已记录：重新检查: 病情变化或结果与临床不符").await?;
+        p.expect("已记录：重新检查: 病情变化或结果与临床不符")
+            .await?;
 
         // Order check by the county's local codes: haemoglobin reusable, creatinine not.
         p.follow("", "返回时间线").await?;
@@ -639,10 +776,26 @@ async fn web_clinician_timeline_decisions_order_check_and_statistics() -> anyhow
         p.press("核查").await?;
         let text = p.expect("核查结果").await?;
         ensure!(text.contains("2 个项目中有 1 个可采纳既往结果"), "{text}");
-        let hb = p.client.find(Locator::XPath(&row_with("XCG-HB"))).await?.text().await?;
-        ensure!(hb.contains("可采纳") && hb.contains("132 g/L") && hb.contains("hosp-b"), "{hb}");
-        let cr = p.client.find(Locator::XPath(&row_with("SH-CR"))).await?.text().await?;
-        ensure!(cr.contains("需开单") && cr.contains("联盟内没有此患者此项目可采纳的结果"), "{cr}");
+        let hb = p
+            .client
+            .find(Locator::XPath(&row_with("XCG-HB")))
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            hb.contains("可采纳") && hb.contains("132 g/L") && hb.contains("hosp-b"),
+            "{hb}"
+        );
+        let cr = p
+            .client
+            .find(Locator::XPath(&row_with("SH-CR")))
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            cr.contains("需开单") && cr.contains("联盟内没有此患者此项目可采纳的结果"),
+            "{cr}"
+        );
         p.screenshot("order-check").await?;
 
         // The quality office reads the statistics: the decisions are in the chart and table.
@@ -651,7 +804,10 @@ async fn web_clinician_timeline_decisions_order_check_and_statistics() -> anyhow
         p.expect("quality (质控办)").await?;
         p.follow("//nav", "统计").await?;
         let text = p.expect("各组找到、采纳和重新检查的次数").await?;
-        let bars = p.client.find_all(Locator::Css("svg[role=img] rect")).await?;
+        let bars = p
+            .client
+            .find_all(Locator::Css("svg[role=img] rect"))
+            .await?;
         ensure!(bars.len() >= 6, "a chart with {} bars", bars.len());
         let total = p
             .client
@@ -662,9 +818,20 @@ async fn web_clinician_timeline_decisions_order_check_and_statistics() -> anyhow
             .await?;
         // The order check's two queries (one found a recognised result, from another member),
         // the adoption (a test avoided, 5 yuan saved) and the re-test with its reason.
-        ensure!(total == "合计 2 1 50.0% 1 1 1 病情变化或结果与临床不符 1 1 5.00", "{total}");
-        let hgb = p.client.find(Locator::XPath(&row_with("718-7"))).await?.text().await?;
-        ensure!(hgb == "718-7 血红蛋白 Hemoglobin 1 1 100.0% 1 1 1 病情变化或结果与临床不符 1 1 5.00", "{hgb}");
+        ensure!(
+            total == "合计 2 1 50.0% 1 1 1 病情变化或结果与临床不符 1 1 5.00",
+            "{total}"
+        );
+        let hgb = p
+            .client
+            .find(Locator::XPath(&row_with("718-7")))
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            hgb == "718-7 血红蛋白 Hemoglobin 1 1 100.0% 1 1 1 病情变化或结果与临床不符 1 1 5.00",
+            "{hgb}"
+        );
         p.screenshot("statistics").await?;
         // A clinician may not see them.
         p.press("退出登录").await?;
@@ -685,7 +852,8 @@ async fn web_clinician_timeline_decisions_order_check_and_statistics() -> anyhow
 async fn web_break_glass_and_access_report() -> anyhow::Result<()> {
     let hub = alliance().await?;
     let b = member_agent(&hub, "hosp-b").await?;
-    b.set_consent(&hub.pseudonym_of("cn-ric", PATIENT)?, true).await?;
+    b.set_consent(&hub.pseudonym_of("cn-ric", PATIENT)?, true)
+        .await?;
     let mut county = web_app(&hub, COUNTY, COUNTY_USERS).await?;
     let mut commission = web_app(&hub, ADMIN, &[("admin", "XHC-A0001", "administrator")]).await?;
     let (county_base, admin_base) = (county.base.clone(), commission.base.clone());
@@ -697,7 +865,10 @@ async fn web_break_glass_and_access_report() -> anyhow::Result<()> {
         p.choose("转诊").await?;
         p.press("查找").await?;
         let text = p.expect("患者已拒绝共享检查检验结果").await?;
-        ensure!(!text.contains("132 g/L"), "results shown despite the opt-out:\n{text}");
+        ensure!(
+            !text.contains("132 g/L"),
+            "results shown despite the opt-out:\n{text}"
+        );
         // Break-glass without the confirmation, then without a reason: refused.
         p.follow("//nav", "查找患者").await?;
         p.fill("证件号码", PATIENT).await?;
@@ -716,7 +887,10 @@ async fn web_break_glass_and_access_report() -> anyhow::Result<()> {
         }
         p.press("查找").await?;
         let text = p.expect("患者检查检验时间线").await?;
-        ensure!(text.contains("破窗访问") && text.contains("132 g/L"), "{text}");
+        ensure!(
+            text.contains("破窗访问") && text.contains("132 g/L"),
+            "{text}"
+        );
         p.press("退出登录").await?;
 
         // The administrator (the health commission) prints who looked.
@@ -727,16 +901,30 @@ async fn web_break_glass_and_access_report() -> anyhow::Result<()> {
         p.press("生成访问报告").await?;
         let text = p.expect("访问报告：居民身份证 6101**********1235").await?;
         ensure!(text.contains("患者已拒绝共享"), "{text}");
-        let rows = p.client.find_all(Locator::XPath(&format!("{}[contains(., 'LT-R0107')]", row_with(COUNTY)))).await?;
-        ensure!(rows.len() == 2, "{} accesses by the referral desk:\n{text}", rows.len());
+        let rows = p
+            .client
+            .find_all(Locator::XPath(&format!(
+                "{}[contains(., 'LT-R0107')]",
+                row_with(COUNTY)
+            )))
+            .await?;
+        ensure!(
+            rows.len() == 2,
+            "{} accesses by the referral desk:\n{text}",
+            rows.len()
+        );
         let mut referral = false;
         let mut emergency = false;
         for r in rows {
             let t = r.text().await?;
             referral |= t.contains("转诊") && t.contains("因拒绝共享未显示");
-            emergency |= t.contains("急诊破窗") && t.contains("破窗") && !t.contains("因拒绝共享未显示");
+            emergency |=
+                t.contains("急诊破窗") && t.contains("破窗") && !t.contains("因拒绝共享未显示");
         }
-        ensure!(referral && emergency, "the look-ups are not both listed as they were made:\n{text}");
+        ensure!(
+            referral && emergency,
+            "the look-ups are not both listed as they were made:\n{text}"
+        );
         ensure!(!text.contains(PATIENT), "the full patient id on the page");
         Ok(())
     })
@@ -776,7 +964,10 @@ async fn web_demo_serve_shows_the_county_web_app() -> anyhow::Result<()> {
             .with_context(|| format!("huren-demo --serve ended:\n{printed}"))?;
         printed.push_str(&line);
         printed.push('\n');
-        if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://127.0.0.1:")) {
+        if let Some(u) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:"))
+        {
             url = Some(u.trim_end_matches('/').to_owned());
         }
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -787,18 +978,27 @@ async fn web_demo_serve_shows_the_county_web_app() -> anyhow::Result<()> {
     let (Some(base), Some((user, password))) = (url, account) else {
         bail!("unreachable");
     };
-    ensure!(printed.contains(PATIENT), "no patient to find printed:\n{printed}");
+    ensure!(
+        printed.contains(PATIENT),
+        "no patient to find printed:\n{printed}"
+    );
     in_browser(|p| async move {
         p.sign_in(&base, &user, &password).await?;
         p.expect("查找患者").await?;
         p.fill("证件号码", PATIENT).await?;
         p.press("查找").await?;
         let text = p.expect("患者检查检验时间线").await?;
-        ensure!(text.contains("shx-prov-people") && text.contains("可互认"), "{text}");
+        ensure!(
+            text.contains("shx-prov-people") && text.contains("可互认"),
+            "{text}"
+        );
         Ok(())
     })
     .await?;
     let status = tokio::task::spawn_blocking(move || demo.terminate()).await??;
-    ensure!(status.success(), "huren-demo --serve exited with {status} on SIGTERM");
+    ensure!(
+        status.success(),
+        "huren-demo --serve exited with {status} on SIGTERM"
+    );
     Ok(())
 }

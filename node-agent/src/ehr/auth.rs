@@ -5,6 +5,11 @@
 //! `jti` not seen before (replays are refused). The FHIR read API takes the same tokens with
 //! `aud` = `{base_url}/fhir`.
 //!
+//! With `[ehr] client_ca`, mutual TLS is the other way in: a call without an Authorization
+//! header whose connection presented a client certificate verified against that CA, with a
+//! name listed in `tls_clients`, is that client's. The web server's layer passes the verified
+//! names in [`crate::web::TLS_CLIENT_HEADER`], removing any such header a caller sent.
+//!
 //! A refusal is logged with its reason and the issuer it claimed (never the token, never a
 //! patient detail) and answered 401.
 
@@ -17,7 +22,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::EhrError;
-use super::config::IssuerConfig;
+use super::config::{IssuerConfig, TlsClientConfig};
 use super::recent::Recent;
 
 /// Leeway for clock differences between the EHR and this agent, seconds.
@@ -51,6 +56,8 @@ struct Issuer {
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     seen: Recent<String, ()>,
+    /// EHR systems allowed in by client certificate: (certificate name, id).
+    tls_clients: Vec<(String, String)>,
 }
 
 /// Who called, once authenticated.
@@ -83,7 +90,23 @@ fn valid_issuer_id(id: &str) -> bool {
 
 impl Authenticator {
     /// Loads every issuer's keys; a missing or unreadable key file is an error at start.
-    pub fn load(issuers: &[IssuerConfig]) -> Result<Self, String> {
+    pub fn load(issuers: &[IssuerConfig], tls_clients: &[TlsClientConfig]) -> Result<Self, String> {
+        let mut clients = Vec::with_capacity(tls_clients.len());
+        for c in tls_clients {
+            if !valid_issuer_id(&c.id) {
+                return Err(format!(
+                    "[[ehr.tls_clients]] id {:?}: use 1 to 24 characters of A-Z a-z 0-9 . _ -",
+                    c.id
+                ));
+            }
+            if c.name.is_empty() || c.name.contains(',') {
+                return Err(format!(
+                    "[[ehr.tls_clients]] {}: name must be the certificate's DNS name or URI",
+                    c.id
+                ));
+            }
+            clients.push((c.name.clone(), c.id.clone()));
+        }
         let mut out = Vec::with_capacity(issuers.len());
         for i in issuers {
             if !valid_issuer_id(&i.id) {
@@ -144,6 +167,7 @@ impl Authenticator {
                 Duration::from_secs(MAX_LIFETIME_SECONDS + 2 * LEEWAY_SECONDS),
                 1_000_000,
             ),
+            tls_clients: clients,
         })
     }
 
@@ -158,7 +182,12 @@ impl Authenticator {
             EhrError::Unauthenticated(why.to_owned())
         };
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(refuse("no Authorization header", None));
+            return self.by_certificate(headers).ok_or_else(|| {
+                refuse(
+                    "no Authorization header (and no client certificate of a configured TLS client)",
+                    None,
+                )
+            });
         };
         let token = value
             .to_str()
@@ -237,6 +266,22 @@ impl Authenticator {
         Ok(Caller {
             issuer: issuer.id.clone(),
             user: claims.fhir_user.or(claims.sub),
+        })
+    }
+}
+
+impl Authenticator {
+    /// The caller named by the verified client certificate the web server passed on, if it
+    /// is one of `tls_clients`.
+    fn by_certificate(&self, headers: &HeaderMap) -> Option<Caller> {
+        let names = headers.get(crate::web::TLS_CLIENT_HEADER)?.to_str().ok()?;
+        let (_, id) = self
+            .tls_clients
+            .iter()
+            .find(|(name, _)| names.split(',').any(|n| n == name))?;
+        Some(Caller {
+            issuer: id.clone(),
+            user: None,
         })
     }
 }

@@ -58,6 +58,26 @@ pub struct EhrConfig {
     /// (default 1440: one day). They are kept in memory only.
     #[serde(default = "default_remember_minutes")]
     pub remember_minutes: u64,
+    /// Mutual TLS, beside JWTs: the CA (PEM) whose client certificates the agent's HTTPS
+    /// server asks for (browsers without one are still served). A call that carries no
+    /// Authorization header is then authenticated by its verified client certificate when a
+    /// name in it is one of `tls_clients`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// The EHR systems allowed in by client certificate: a DNS or URI name of the certificate
+    /// and the short id recorded as the requester (`ehr:<id>`).
+    #[serde(default)]
+    pub tls_clients: Vec<TlsClientConfig>,
+}
+
+/// An EHR system authenticated by its TLS client certificate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientConfig {
+    /// Short name in the access audit's requester (`ehr:<id>`), as for `[[ehr.issuers]]`.
+    pub id: String,
+    /// A DNS name or URI in the certificate's subject alternative names.
+    pub name: String,
 }
 
 /// One EHR allowed to call (`[[ehr.issuers]]`).
@@ -130,6 +150,7 @@ impl EhrConfig {
             out.extend(i.public_keys.iter_mut());
             out.extend(i.jwks_file.as_mut());
         }
+        out.extend(self.client_ca.as_mut());
         out
     }
 }

@@ -206,7 +206,8 @@ impl EhrState {
                 config.base_url
             )));
         }
-        let auth = Authenticator::load(&config.issuers).map_err(AgentError::Setup)?;
+        let auth =
+            Authenticator::load(&config.issuers, &config.tls_clients).map_err(AgentError::Setup)?;
         let lang = match config.language.as_str() {
             "zh-CN" | "zh" => Lang::Zh,
             "en" | "en-US" | "en-GB" => Lang::En,

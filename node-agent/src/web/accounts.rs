@@ -56,7 +56,10 @@ impl Role {
 
     /// May look at patients' results.
     pub fn sees_patients(self) -> bool {
-        matches!(self, Role::Clinician | Role::ReferralDesk | Role::Administrator)
+        matches!(
+            self,
+            Role::Clinician | Role::ReferralDesk | Role::Administrator
+        )
     }
 
     /// May read statistics.
@@ -94,7 +97,9 @@ impl Account {
 pub enum AccountError {
     #[error("the login name must be 1 to 64 characters of letters, digits and . _ - @")]
     BadUsername,
-    #[error("the staff id must be 1 to 64 characters of A-Z a-z 0-9 . _ : @ - (an id, never a name)")]
+    #[error(
+        "the staff id must be 1 to 64 characters of A-Z a-z 0-9 . _ : @ - (an id, never a name)"
+    )]
     BadStaffId,
     #[error("unknown role {0:?}: use clinician, referral-desk, quality-office or administrator")]
     BadRole(String),
@@ -228,9 +233,11 @@ pub fn sign_in(
     if r.locked_until_ms > now.0 {
         return Ok(SignIn::Locked(UnixMillis(r.locked_until_ms)));
     }
-    let right = PasswordHash::new(&r.password_hash)
-        .ok()
-        .is_some_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok());
+    let right = PasswordHash::new(&r.password_hash).ok().is_some_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    });
     if !right {
         r.failures = r.failures.saturating_add(1);
         let lock = lock_ms(r.failures);
@@ -268,23 +275,48 @@ mod tests {
             add(&store, "nurse1", "S-0043", "clinician", "correct horse"),
             Err(AccountError::Exists(_))
         ));
-        assert!(matches!(add(&store, "n2", "张三", "clinician", "correct horse"), Err(AccountError::BadStaffId)));
-        assert!(matches!(add(&store, "n2", "S1", "doctor", "correct horse"), Err(AccountError::BadRole(_))));
-        assert!(matches!(add(&store, "n2", "S1", "clinician", "short"), Err(AccountError::ShortPassword)));
+        assert!(matches!(
+            add(&store, "n2", "张三", "clinician", "correct horse"),
+            Err(AccountError::BadStaffId)
+        ));
+        assert!(matches!(
+            add(&store, "n2", "S1", "doctor", "correct horse"),
+            Err(AccountError::BadRole(_))
+        ));
+        assert!(matches!(
+            add(&store, "n2", "S1", "clinician", "short"),
+            Err(AccountError::ShortPassword)
+        ));
         let r = store.web_account("nurse1").unwrap().unwrap();
-        assert!(r.password_hash.starts_with("$argon2id$"), "{}", r.password_hash);
+        assert!(
+            r.password_hash.starts_with("$argon2id$"),
+            "{}",
+            r.password_hash
+        );
         let t = UnixMillis(1_000_000);
-        assert_eq!(sign_in(&store, "nurse1", "correct horse", t).unwrap(), SignIn::Ok);
-        assert_eq!(sign_in(&store, "nobody", "correct horse", t).unwrap(), SignIn::Wrong);
+        assert_eq!(
+            sign_in(&store, "nurse1", "correct horse", t).unwrap(),
+            SignIn::Ok
+        );
+        assert_eq!(
+            sign_in(&store, "nobody", "correct horse", t).unwrap(),
+            SignIn::Wrong
+        );
         for _ in 0..FREE_FAILURES {
-            assert_eq!(sign_in(&store, "nurse1", "wrong", t).unwrap(), SignIn::Wrong);
+            assert_eq!(
+                sign_in(&store, "nurse1", "wrong", t).unwrap(),
+                SignIn::Wrong
+            );
         }
         assert_eq!(
             sign_in(&store, "nurse1", "wrong", t).unwrap(),
             SignIn::Locked(UnixMillis(t.0 + 30_000))
         );
         // Locked: even the right password is refused until the time passes.
-        assert!(matches!(sign_in(&store, "nurse1", "correct horse", t).unwrap(), SignIn::Locked(_)));
+        assert!(matches!(
+            sign_in(&store, "nurse1", "correct horse", t).unwrap(),
+            SignIn::Locked(_)
+        ));
         let later = UnixMillis(t.0 + 30_001);
         assert_eq!(
             sign_in(&store, "nurse1", "wrong", later).unwrap(),
@@ -292,9 +324,15 @@ mod tests {
             "the lock doubles"
         );
         reset(&store, "nurse1", "new password 1").unwrap();
-        assert_eq!(sign_in(&store, "nurse1", "new password 1", later).unwrap(), SignIn::Ok);
+        assert_eq!(
+            sign_in(&store, "nurse1", "new password 1", later).unwrap(),
+            SignIn::Ok
+        );
         set_disabled(&store, "nurse1", true).unwrap();
-        assert_eq!(sign_in(&store, "nurse1", "new password 1", later).unwrap(), SignIn::Disabled);
+        assert_eq!(
+            sign_in(&store, "nurse1", "new password 1", later).unwrap(),
+            SignIn::Disabled
+        );
         assert_eq!(list(&store).unwrap().len(), 1);
     }
 

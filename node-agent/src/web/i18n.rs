@@ -132,7 +132,10 @@ mod tests {
         assert!(zh.len() > 20);
         let only_zh: Vec<_> = zh.difference(&en).collect();
         let only_en: Vec<_> = en.difference(&zh).collect();
-        assert!(only_zh.is_empty() && only_en.is_empty(), "{only_zh:?} {only_en:?}");
+        assert!(
+            only_zh.is_empty() && only_en.is_empty(),
+            "{only_zh:?} {only_en:?}"
+        );
         for id in &zh {
             assert_ne!(&c.get(Lang::ZhCn, id), id);
             assert_ne!(&c.get(Lang::En, id), id);
@@ -156,7 +159,11 @@ mod tests {
                 for (i, _) in text.match_indices(marker) {
                     let rest = &text[i + marker.len()..];
                     let id = &rest[..rest.find('"').unwrap()];
-                    assert!(zh.contains(id), "{}: message {id:?} is not in the catalogues", path.display());
+                    assert!(
+                        zh.contains(id),
+                        "{}: message {id:?} is not in the catalogues",
+                        path.display()
+                    );
                     used += 1;
                 }
             }

@@ -37,12 +37,12 @@ mod i18n;
 mod pages;
 mod patient;
 mod reports;
-mod timeline;
 mod session;
-mod tls;
-mod zone;
 #[cfg(test)]
 mod tests;
+mod timeline;
+mod tls;
+mod zone;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -153,11 +153,37 @@ impl WebState {
     }
 
     fn last_log_check(&self) -> Option<huren_core::summary::UnixMillis> {
-        match self.0.last_log_check.load(std::sync::atomic::Ordering::Relaxed) {
+        match self
+            .0
+            .last_log_check
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             0 => None,
             t => Some(huren_core::summary::UnixMillis(t)),
         }
     }
+}
+
+/// The header in which the server passes the names of a connection's verified TLS client
+/// certificate to the routes (the EHR's authentication). Whatever a caller sends in it is
+/// removed first.
+pub const TLS_CLIENT_HEADER: &str = "x-huren-tls-client";
+
+/// Replaces [`TLS_CLIENT_HEADER`] with the names of the connection's verified client
+/// certificate, if any (never what the caller sent).
+async fn tls_client_names(mut request: Request, next: Next) -> Response {
+    request.headers_mut().remove(TLS_CLIENT_HEADER);
+    let names = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<tls::PeerNames>>()
+        .map(|c| c.0.0.join(","))
+        .unwrap_or_default();
+    if !names.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&names)
+    {
+        request.headers_mut().insert(TLS_CLIENT_HEADER, v);
+    }
+    next.run(request).await
 }
 
 /// The whole application: the pages (behind sessions and CSRF checks) and `extra` (see the
@@ -173,6 +199,7 @@ pub fn app(state: WebState, extra: Router) -> Router {
         .merge(pages)
         .merge(extra)
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(tls_client_names))
 }
 
 /// Content-Security-Policy of every response: scripts and styles only from this server (no
@@ -228,12 +255,19 @@ pub async fn serve(
         let config = state.config();
         let cert_path = web.cert.clone().unwrap_or_else(|| config.tls.cert.clone());
         let key_path = web.key.clone().unwrap_or_else(|| config.tls.key.clone());
-        let acceptor = tls::acceptor(&read(&cert_path)?, &read(&key_path)?)?;
+        let client_ca = match config.ehr.as_ref().and_then(|e| e.client_ca.as_ref()) {
+            Some(path) => Some(read(path)?),
+            None => None,
+        };
+        let acceptor = tls::acceptor(&read(&cert_path)?, &read(&key_path)?, client_ca.as_deref())?;
         tracing::info!(addr = %local, "web app serving HTTPS");
-        axum::serve(tls::TlsListener::new(listener, acceptor), app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(WebError::Serve)
+        axum::serve(
+            tls::TlsListener::new(listener, acceptor),
+            app.into_make_service_with_connect_info::<tls::PeerNames>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(WebError::Serve)
     }
 }
 
@@ -256,7 +290,10 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::daemon::DaemonError> {
-    let web = config.web.clone().ok_or(crate::daemon::DaemonError::MissingSection("web"))?;
+    let web = config
+        .web
+        .clone()
+        .ok_or(crate::daemon::DaemonError::MissingSection("web"))?;
     let store = crate::daemon::open_store(&config)?;
     let agent = Arc::new(Agent::connect_lazily(config)?);
     let extra = crate::ehr::extra_routes(agent.clone())

@@ -43,7 +43,8 @@ pub fn role_name(ctx: &Ctx, role: Role) -> String {
 fn log_alarm(ctx: &Ctx) -> Option<String> {
     let witness = ctx.state.agent().log()?;
     let alarms = witness.alarms();
-    (!alarms.is_empty()).then(|| ctx.tw("banner-log-inconsistent", &[("count", alarms.len().into())]))
+    (!alarms.is_empty())
+        .then(|| ctx.tw("banner-log-inconsistent", &[("count", alarms.len().into())]))
 }
 
 /// The page around `body`: header with navigation, account and language switch, banners.
@@ -156,7 +157,9 @@ impl IntoResponse for Refusal {
 
 /// The signed-in account, or a redirect to the sign-in page.
 pub fn signed_in(ctx: &Ctx) -> Result<&accounts::Account, Refusal> {
-    ctx.account.as_ref().ok_or_else(|| see_other("/sign-in").into())
+    ctx.account
+        .as_ref()
+        .ok_or_else(|| see_other("/sign-in").into())
 }
 
 /// The signed-in account if its role allows `allowed`, else 403 (or the sign-in page).
@@ -256,7 +259,10 @@ async fn sign_in(ctx: Ctx, Form(f): Form<SignInForm>) -> Response {
             tracing::warn!(user = %username, "web app: sign-in refused, account locked");
             (
                 StatusCode::TOO_MANY_REQUESTS,
-                ctx.tw("sign-in-locked", &[("until", ctx.zone().minute(until).into())]),
+                ctx.tw(
+                    "sign-in-locked",
+                    &[("until", ctx.zone().minute(until).into())],
+                ),
             )
         }
         Ok(Ok(SignIn::Disabled)) => (StatusCode::FORBIDDEN, ctx.t("sign-in-disabled")),
@@ -315,7 +321,14 @@ mod tests {
     #[test]
     fn the_language_switch_returns_only_to_local_pages() {
         assert_eq!(super::local_page("/statistics"), "/statistics");
-        for bad in ["//evil.example/", "https://evil.example/", "", "/\\evil", "/x?y", "/sign-out"] {
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "",
+            "/\\evil",
+            "/x?y",
+            "/sign-out",
+        ] {
             assert_eq!(super::local_page(bad), "/", "{bad}");
         }
     }

@@ -19,8 +19,7 @@ use super::session::{Ctx, Lookup, see_other};
 use crate::store::BreakGlassRecord;
 
 pub fn routes() -> Router<WebState> {
-    Router::new()
-        .route("/find", post(find))
+    Router::new().route("/find", post(find))
 }
 
 /// The look-up behind `handle` for this session and the signed-in account allowed to see
@@ -43,7 +42,6 @@ pub fn patient_box(ctx: &Ctx, l: &Lookup) -> maud::Markup {
         }
     }
 }
-
 
 /// Longest break-glass reason kept.
 const MAX_REASON_CHARS: usize = 500;
@@ -113,13 +111,22 @@ pub struct FindForm {
 }
 
 /// The find-patient page (also the home page of roles that see patients).
-pub fn find_page(ctx: &Ctx, me: &Account, form: Option<(&FindForm, String)>, status: StatusCode) -> Response {
+pub fn find_page(
+    ctx: &Ctx,
+    me: &Account,
+    form: Option<(&FindForm, String)>,
+    status: StatusCode,
+) -> Response {
     let (f, error) = match form {
         Some((f, e)) => (Some(f), Some(e)),
         None => (None, None),
     };
     let chosen_type = f.map_or("cn-ric", |f| f.id_type.as_str());
-    let default_purpose = if me.role == Role::ReferralDesk { "referral" } else { "treatment" };
+    let default_purpose = if me.role == Role::ReferralDesk {
+        "referral"
+    } else {
+        "treatment"
+    };
     let chosen_purpose = f.map_or(default_purpose, |f| f.purpose.as_str());
     let body = html! {
         @if let Some(e) = &error {
@@ -168,7 +175,14 @@ async fn find(ctx: Ctx, Form(f): Form<FindForm>) -> Response {
         Ok(a) => a.clone(),
         Err(r) => return r.into_response(),
     };
-    let again = |message: String| find_page(&ctx, &me, Some((&f, message)), StatusCode::UNPROCESSABLE_ENTITY);
+    let again = |message: String| {
+        find_page(
+            &ctx,
+            &me,
+            Some((&f, message)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+    };
     let purpose = match f.purpose.as_str() {
         "treatment" => Purpose::Treatment,
         "referral" => Purpose::Referral,
@@ -210,7 +224,11 @@ async fn find(ctx: Ctx, Form(f): Form<FindForm>) -> Response {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "web app: the break-glass record could not be written; look-up refused");
-                return error_page(&ctx, StatusCode::INTERNAL_SERVER_ERROR, &ctx.t("error-internal"));
+                return error_page(
+                    &ctx,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &ctx.t("error-internal"),
+                );
             }
         }
     }

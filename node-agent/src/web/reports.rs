@@ -56,14 +56,22 @@ struct Period {
 fn period(ctx: &Ctx, q: &StatsQuery) -> Result<Period, String> {
     let zone = ctx.zone();
     let today = zone.day(UnixMillis::now());
-    let to_day = if q.to.trim().is_empty() { today } else { q.to.trim().to_owned() };
-    let last = zone.parse_day(&to_day).ok_or_else(|| ctx.t("stats-bad-date"))?;
+    let to_day = if q.to.trim().is_empty() {
+        today
+    } else {
+        q.to.trim().to_owned()
+    };
+    let last = zone
+        .parse_day(&to_day)
+        .ok_or_else(|| ctx.t("stats-bad-date"))?;
     let from_day = if q.from.trim().is_empty() {
         zone.day(UnixMillis(last.0 - 29 * DAY_MS))
     } else {
         q.from.trim().to_owned()
     };
-    let from = zone.parse_day(&from_day).ok_or_else(|| ctx.t("stats-bad-date"))?;
+    let from = zone
+        .parse_day(&from_day)
+        .ok_or_else(|| ctx.t("stats-bad-date"))?;
     if from.0 > last.0 {
         return Err(ctx.t("stats-bad-period"));
     }
@@ -140,8 +148,10 @@ fn stats_table(ctx: &Ctx, s: &Statistics) -> Markup {
         row.retested_by_reason
             .iter()
             .map(|(code, n)| {
-                let name = huren_core::rules::RetestReason::from_code(code)
-                    .map_or_else(|| code.clone(), |r| super::timeline::retest_reason_text(ctx, r));
+                let name = huren_core::rules::RetestReason::from_code(code).map_or_else(
+                    || code.clone(),
+                    |r| super::timeline::retest_reason_text(ctx, r),
+                );
                 format!("{name} {n}")
             })
             .collect::<Vec<_>>()
@@ -208,7 +218,11 @@ async fn statistics(ctx: Ctx, Query(q): Query<StatsQuery>) -> Response {
         Err(message) => {
             return page(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                layout(&ctx, &ctx.t("nav-statistics"), html! { div.error-summary role="alert" { p { (message) } } (form(None)) }),
+                layout(
+                    &ctx,
+                    &ctx.t("nav-statistics"),
+                    html! { div.error-summary role="alert" { p { (message) } } (form(None)) },
+                ),
             );
         }
     };
@@ -216,7 +230,10 @@ async fn statistics(ctx: Ctx, Query(q): Query<StatsQuery>) -> Response {
         Ok(s) => s,
         Err(e) => return agent_error(&ctx, &e),
     };
-    let csv = format!("/statistics.csv?from={}&to={}&by={}", p.from_day, p.to_day, p.by_code);
+    let csv = format!(
+        "/statistics.csv?from={}&to={}&by={}",
+        p.from_day, p.to_day, p.by_code
+    );
     let body = html! {
         (form(Some(&p)))
         p { (ctx.tw("stats-period", &[("from", p.from_day.clone().into()), ("to", p.to_day.clone().into()), ("policy", s.policy_version.clone().into())])) }
@@ -239,7 +256,10 @@ async fn statistics_csv(ctx: Ctx, Query(q): Query<StatsQuery>) -> Response {
     match ctx.state.agent().statistics(p.from, p.to, p.by).await {
         Ok(s) => (
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                ),
                 (
                     header::CONTENT_DISPOSITION,
                     HeaderValue::from_str(&format!(
@@ -264,12 +284,26 @@ struct AccessForm {
     id: String,
 }
 
-fn access_page(ctx: &Ctx, f: &AccessForm, error: Option<String>, answer: Option<Markup>, status: StatusCode) -> Response {
+fn access_page(
+    ctx: &Ctx,
+    f: &AccessForm,
+    error: Option<String>,
+    answer: Option<Markup>,
+    status: StatusCode,
+) -> Response {
     let types: Vec<String> = {
         let p = &ctx.state.config().pseudonym;
-        p.alliance_types.iter().cloned().chain(p.local_types.iter().map(|l| l.id_type.clone())).collect()
+        p.alliance_types
+            .iter()
+            .cloned()
+            .chain(p.local_types.iter().map(|l| l.id_type.clone()))
+            .collect()
     };
-    let chosen = if f.id_type.is_empty() { "cn-ric" } else { f.id_type.as_str() };
+    let chosen = if f.id_type.is_empty() {
+        "cn-ric"
+    } else {
+        f.id_type.as_str()
+    };
     let body = html! {
         @if let Some(e) = error { div.error-summary role="alert" { p { (e) } } }
         p.hint.no-print { (ctx.t("access-intro")) }
@@ -349,7 +383,16 @@ async fn access_report(ctx: Ctx, Form(f): Form<AccessForm>) -> Response {
         }
         p.hint { @if ctx.state.agent().log().is_some() { (ctx.t("access-verified")) } @else { (ctx.t("log-proof-off")) } }
     };
-    access_page(&ctx, &AccessForm { id_type: f.id_type.clone(), id: String::new() }, None, Some(answer), StatusCode::OK)
+    access_page(
+        &ctx,
+        &AccessForm {
+            id_type: f.id_type.clone(),
+            id: String::new(),
+        },
+        None,
+        Some(answer),
+        StatusCode::OK,
+    )
 }
 
 async fn log_status(ctx: Ctx) -> Response {

@@ -45,7 +45,10 @@ pub fn token() -> String {
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && !a.is_empty()
-        && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 struct Session {
@@ -324,7 +327,11 @@ pub async fn layer(State(state): State<WebState>, request: Request, next: Next) 
     let sessions = &state.0.sessions;
     let existing = cookie(&parts.headers, SESSION_COOKIE)
         .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .and_then(|id| sessions.touch(id).map(|(csrf, user)| (id.to_owned(), csrf, user)));
+        .and_then(|id| {
+            sessions
+                .touch(id)
+                .map(|(csrf, user)| (id.to_owned(), csrf, user))
+        });
     let (session, csrf, user, fresh) = match existing {
         Some((id, csrf, user)) => (id, csrf, user, false),
         None => {
@@ -365,7 +372,7 @@ pub async fn layer(State(state): State<WebState>, request: Request, next: Next) 
                     &ctx,
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &ctx.t("error-too-large"),
-                )
+                );
             }
         };
         let sent = form_urlencoded::parse(&bytes)
@@ -393,13 +400,22 @@ pub async fn layer(State(state): State<WebState>, request: Request, next: Next) 
     let h = response.headers_mut();
     match change {
         Some(SessionChange::New(id)) => {
-            h.append(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, &id, None));
+            h.append(
+                header::SET_COOKIE,
+                set_cookie(&state, SESSION_COOKIE, &id, None),
+            );
         }
         Some(SessionChange::Ended) => {
-            h.append(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, "", Some(0)));
+            h.append(
+                header::SET_COOKIE,
+                set_cookie(&state, SESSION_COOKIE, "", Some(0)),
+            );
         }
         None if fresh => {
-            h.append(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, &session, None));
+            h.append(
+                header::SET_COOKIE,
+                set_cookie(&state, SESSION_COOKIE, &session, None),
+            );
         }
         None => {}
     }
@@ -410,7 +426,10 @@ pub async fn layer(State(state): State<WebState>, request: Request, next: Next) 
 pub fn see_other(to: &str) -> Response {
     (
         StatusCode::SEE_OTHER,
-        [(header::LOCATION, HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/")))],
+        [(
+            header::LOCATION,
+            HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/")),
+        )],
     )
         .into_response()
 }
@@ -431,7 +450,10 @@ mod tests {
         let p = Pseudonym::from_bytes([7; 32]);
         let h = s.add_lookup(&new, p, Purpose::Treatment, "passport", "E*".into(), false);
         assert!(s.lookup(&new, &h).is_some());
-        assert!(s.lookup("other-session", &h).is_none(), "a handle is bound to its session");
+        assert!(
+            s.lookup("other-session", &h).is_none(),
+            "a handle is bound to its session"
+        );
         s.end_user("nurse1");
         assert!(s.touch(&new).is_none());
         assert!(s.lookup(&new, &h).is_none());
@@ -447,7 +469,10 @@ mod tests {
     #[test]
     fn cookies_are_read_by_exact_name() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("x_huren_session=1; huren_session=abc; huren_lang=en"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x_huren_session=1; huren_session=abc; huren_lang=en"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, LANG_COOKIE), Some("en"));
         assert_eq!(cookie(&h, "nope"), None);

@@ -26,7 +26,14 @@ fn state(dir: &std::path::Path) -> WebState {
     .unwrap();
     let config = AgentConfig::load(&path).unwrap();
     let store = crate::daemon::open_store(&config).unwrap();
-    accounts::add(&store, "nurse1", "S-0042", "referral-desk", "correct horse 1").unwrap();
+    accounts::add(
+        &store,
+        "nurse1",
+        "S-0042",
+        "referral-desk",
+        "correct horse 1",
+    )
+    .unwrap();
     let agent = Arc::new(Agent::connect_lazily(config).unwrap());
     WebState::new(agent, store).unwrap()
 }
@@ -54,14 +61,23 @@ impl Browser {
             }
         }
         let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
     }
 
     async fn get(&mut self, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
-        self.send(Request::get(path).body(Body::empty()).unwrap()).await
+        self.send(Request::get(path).body(Body::empty()).unwrap())
+            .await
     }
 
-    async fn post(&mut self, path: &str, form: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    async fn post(
+        &mut self,
+        path: &str,
+        form: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
         self.send(
             Request::post(path)
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -95,29 +111,52 @@ async fn headers_sessions_csrf_sign_in_and_language() {
     assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
     assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
     assert_eq!(h[header::CACHE_CONTROL], "no-store");
-    assert!(page.contains("lang=\"zh-CN\"") && page.contains("登录"), "Chinese first");
+    assert!(
+        page.contains("lang=\"zh-CN\"") && page.contains("登录"),
+        "Chinese first"
+    );
     assert!(!page.contains("<script>"), "no inline script");
     // The stylesheet is served from the binary.
-    let css = page.split("href=\"/static/").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let css = page
+        .split("href=\"/static/")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
     let (status, h, body) = b.get(&format!("/static/{css}")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/css"));
+    assert!(
+        h[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
     assert!(body.contains("@media print"));
     assert_eq!(b.get("/static/evil.css").await.0, StatusCode::NOT_FOUND);
     // A form without its token changes nothing.
-    let (status, _, page) = b.post("/sign-in", "username=nurse1&password=correct+horse+1").await;
+    let (status, _, page) = b
+        .post("/sign-in", "username=nurse1&password=correct+horse+1")
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(page.contains("表单已过期"));
     let (_, _, page) = b.get("/sign-in").await;
     let csrf = csrf_of(&page);
     let (status, _, page) = b
-        .post("/sign-in", &format!("csrf={csrf}&username=nurse1&password=wrong+horse"))
+        .post(
+            "/sign-in",
+            &format!("csrf={csrf}&username=nurse1&password=wrong+horse"),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(page.contains("用户名或密码不正确"));
     let before = b.cookies.clone();
     let (status, h, _) = b
-        .post("/sign-in", &format!("csrf={csrf}&username=nurse1&password=correct+horse+1"))
+        .post(
+            "/sign-in",
+            &format!("csrf={csrf}&username=nurse1&password=correct+horse+1"),
+        )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let set = h[header::SET_COOKIE].to_str().unwrap();
@@ -159,6 +198,11 @@ async fn plain_http_is_refused_off_loopback() {
     let agent = Arc::new(Agent::connect_lazily(config).unwrap());
     let s2 = WebState::new(agent, s.store().clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let err = serve(s2, listener, Router::new(), async {}).await.unwrap_err();
-    assert!(err.to_string().contains("only allowed on 127.0.0.1"), "{err}");
+    let err = serve(s2, listener, Router::new(), async {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("only allowed on 127.0.0.1"),
+        "{err}"
+    );
 }

@@ -41,11 +41,17 @@ pub fn agent_error(ctx: &Ctx, e: &AgentError) -> Response {
                 w.raise_alarm(what);
             }
             tracing::error!(error = %e, "web app: the hub's log failed verification");
-            error_page(ctx, StatusCode::BAD_GATEWAY, &ctx.tw("error-log", &[("detail", e.to_string().into())]))
+            error_page(
+                ctx,
+                StatusCode::BAD_GATEWAY,
+                &ctx.tw("error-log", &[("detail", e.to_string().into())]),
+            )
         }
-        AgentError::Connect { .. } => {
-            error_page(ctx, StatusCode::SERVICE_UNAVAILABLE, &ctx.t("error-hub-down"))
-        }
+        AgentError::Connect { .. } => error_page(
+            ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ctx.t("error-hub-down"),
+        ),
         AgentError::Hub(status) => {
             let (code, key) = match status.code() {
                 tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "error-hub-denied"),
@@ -58,11 +64,19 @@ pub fn agent_error(ctx: &Ctx, e: &AgentError) -> Response {
                 _ => (StatusCode::BAD_GATEWAY, "error-hub-refused"),
             };
             tracing::warn!(code = ?status.code(), message = status.message(), "web app: the hub refused a call");
-            error_page(ctx, code, &ctx.tw(key, &[("detail", status.message().to_owned().into())]))
+            error_page(
+                ctx,
+                code,
+                &ctx.tw(key, &[("detail", status.message().to_owned().into())]),
+            )
         }
         other => {
             tracing::warn!(error = %other, "web app: a call to the hub failed");
-            error_page(ctx, StatusCode::BAD_GATEWAY, &ctx.tw("error-hub-refused", &[("detail", other.to_string().into())]))
+            error_page(
+                ctx,
+                StatusCode::BAD_GATEWAY,
+                &ctx.tw("error-hub-refused", &[("detail", other.to_string().into())]),
+            )
         }
     }
 }
@@ -180,7 +194,13 @@ fn failed_markup(ctx: &Ctx, failed: &[FailedResult]) -> Markup {
     }
 }
 
-fn result_rows(ctx: &Ctx, handle: &str, rows: &[(usize, &VerifiedResult)], now: UnixMillis, item_column: bool) -> Markup {
+fn result_rows(
+    ctx: &Ctx,
+    handle: &str,
+    rows: &[(usize, &VerifiedResult)],
+    now: UnixMillis,
+    item_column: bool,
+) -> Markup {
     html! {
         table {
             thead { tr {
@@ -225,7 +245,11 @@ struct TimelineQuery {
     by: String,
 }
 
-async fn timeline(ctx: Ctx, Path(handle): Path<String>, Query(q): Query<TimelineQuery>) -> Response {
+async fn timeline(
+    ctx: Ctx,
+    Path(handle): Path<String>,
+    Query(q): Query<TimelineQuery>,
+) -> Response {
     let (me, l) = match patient_of(&ctx, &handle) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
@@ -248,14 +272,22 @@ async fn timeline(ctx: Ctx, Path(handle): Path<String>, Query(q): Query<Timeline
         .unwrap_or(0);
     let now = UnixMillis::now();
     let by_visit = q.by == "visit";
-    let numbered: Vec<(usize, &VerifiedResult)> =
-        answer.results.iter().enumerate().map(|(i, r)| (first + i, r)).collect();
+    let numbered: Vec<(usize, &VerifiedResult)> = answer
+        .results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (first + i, r))
+        .collect();
     // Groups in newest-first order of their newest result.
     let mut groups: Vec<(String, Vec<(usize, &VerifiedResult)>)> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for (place, r) in &numbered {
         let key = if by_visit {
-            format!("{} · {}", ctx.zone().day(r.summary.performed_at), r.summary.publisher)
+            format!(
+                "{} · {}",
+                ctx.zone().day(r.summary.performed_at),
+                r.summary.publisher
+            )
         } else {
             item_text(r)
         };
@@ -267,8 +299,11 @@ async fn timeline(ctx: Ctx, Path(handle): Path<String>, Query(q): Query<Timeline
             group.1.push((*place, r));
         }
     }
-    let publishers: std::collections::BTreeSet<String> =
-        answer.results.iter().map(|r| r.summary.publisher.to_string()).collect();
+    let publishers: std::collections::BTreeSet<String> = answer
+        .results
+        .iter()
+        .map(|r| r.summary.publisher.to_string())
+        .collect();
     let body = html! {
         (patient_box(&ctx, &l))
         p.no-print {
@@ -299,7 +334,12 @@ async fn timeline(ctx: Ctx, Path(handle): Path<String>, Query(q): Query<Timeline
     page(StatusCode::OK, layout(&ctx, &ctx.t("timeline-title"), body))
 }
 
-fn result_at(ctx: &Ctx, l: &Lookup, handle: &str, place: &str) -> Result<(usize, VerifiedResult), Refusal> {
+fn result_at(
+    ctx: &Ctx,
+    l: &Lookup,
+    handle: &str,
+    place: &str,
+) -> Result<(usize, VerifiedResult), Refusal> {
     place
         .parse::<usize>()
         .ok()
@@ -307,12 +347,21 @@ fn result_at(ctx: &Ctx, l: &Lookup, handle: &str, place: &str) -> Result<(usize,
         .ok_or_else(|| {
             let mut r = error_page(ctx, StatusCode::NOT_FOUND, &ctx.t("error-result-gone"));
             let _ = handle;
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Refusal::from(r)
         })
 }
 
-fn detail_page(ctx: &Ctx, handle: &str, l: &Lookup, place: usize, r: &VerifiedResult, notice: Option<(bool, String)>, status: StatusCode) -> Response {
+fn detail_page(
+    ctx: &Ctx,
+    handle: &str,
+    l: &Lookup,
+    place: usize,
+    r: &VerifiedResult,
+    notice: Option<(bool, String)>,
+    status: StatusCode,
+) -> Response {
     let s = &r.summary;
     let recognised = r.verdict.as_ref().is_some_and(|v| v.recognised());
     let decision_id = super::session::token()[..24].to_owned();
@@ -419,7 +468,11 @@ struct DecideForm {
     decision_id: String,
 }
 
-async fn decide(ctx: Ctx, Path((handle, place)): Path<(String, String)>, Form(f): Form<DecideForm>) -> Response {
+async fn decide(
+    ctx: Ctx,
+    Path((handle, place)): Path<(String, String)>,
+    Form(f): Form<DecideForm>,
+) -> Response {
     let (me, l) = match patient_of(&ctx, &handle) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
@@ -428,7 +481,17 @@ async fn decide(ctx: Ctx, Path((handle, place)): Path<(String, String)>, Form(f)
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
-    let refuse = |text: String| detail_page(&ctx, &handle, &l, n, &r, Some((false, text)), StatusCode::UNPROCESSABLE_ENTITY);
+    let refuse = |text: String| {
+        detail_page(
+            &ctx,
+            &handle,
+            &l,
+            n,
+            &r,
+            Some((false, text)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+    };
     let reason = match f.reason.as_str() {
         "" => None,
         code => match RetestReason::from_code(code) {
@@ -440,10 +503,16 @@ async fn decide(ctx: Ctx, Path((handle, place)): Path<(String, String)>, Form(f)
     let decision = match f.decision.as_str() {
         "adopted" if reason.is_some() => return refuse(ctx.t("decide-adopt-no-reason")),
         "adopted" => Decision::Adopted,
-        "retested" => Decision::Retested { reason, note: note.clone() },
+        "retested" => Decision::Retested {
+            reason,
+            note: note.clone(),
+        },
         _ => return refuse(ctx.t("decide-choose")),
     };
-    if let Err(e) = huren_core::rules::check_decision(r.verdict.as_ref().is_some_and(|v| v.recognised()), &decision) {
+    if let Err(e) = huren_core::rules::check_decision(
+        r.verdict.as_ref().is_some_and(|v| v.recognised()),
+        &decision,
+    ) {
         return refuse(ctx.tw("decide-refused", &[("detail", e.to_string().into())]));
     }
     let id_ok = f.decision_id.len() == 24 && f.decision_id.bytes().all(|b| b.is_ascii_hexdigit());
@@ -451,22 +520,42 @@ async fn decide(ctx: Ctx, Path((handle, place)): Path<(String, String)>, Form(f)
         return refuse(ctx.t("decide-choose"));
     }
     let decision_id = format!("web-{}-{}", me.staff_id, f.decision_id);
-    match ctx.state.agent().record_decision(&decision_id, &r.receipt, &decision).await {
+    match ctx
+        .state
+        .agent()
+        .record_decision(&decision_id, &r.receipt, &decision)
+        .await
+    {
         Ok(_) => {
             let what = match &decision {
                 Decision::Adopted => ctx.t("decide-adopt"),
                 Decision::Retested { reason, .. } => format!(
                     "{}: {}",
                     ctx.t("decide-retest"),
-                    reason.map_or_else(|| ctx.t("decide-reason-none"), |rr| retest_reason_text(&ctx, rr))
+                    reason.map_or_else(
+                        || ctx.t("decide-reason-none"),
+                        |rr| retest_reason_text(&ctx, rr)
+                    )
                 ),
             };
-            let text = format!("{what} · {} · {}", me.staff_id, ctx.zone().minute(UnixMillis::now()));
+            let text = format!(
+                "{what} · {} · {}",
+                me.staff_id,
+                ctx.zone().minute(UnixMillis::now())
+            );
             ctx.sessions().note_decision(&ctx.session, &handle, n, text);
             see_other(&format!("/p/{handle}/r/{n}"))
         }
-        Err(AgentError::Hub(status)) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) => {
-            refuse(ctx.tw("decide-refused", &[("detail", status.message().to_owned().into())]))
+        Err(AgentError::Hub(status))
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+            ) =>
+        {
+            refuse(ctx.tw(
+                "decide-refused",
+                &[("detail", status.message().to_owned().into())],
+            ))
         }
         Err(e) => agent_error(&ctx, &e),
     }
@@ -482,14 +571,30 @@ async fn report(ctx: Ctx, Path((handle, place)): Path<(String, String)>) -> Resp
         Err(r) => return r.into_response(),
     };
     let s = &r.summary;
-    let Some(addr) = ctx.state.web_config().repositories.get(s.publisher.as_str()) else {
-        return error_page(&ctx, StatusCode::NOT_FOUND, &ctx.tw("report-no-repository", &[("publisher", s.publisher.to_string().into())]));
+    let Some(addr) = ctx
+        .state
+        .web_config()
+        .repositories
+        .get(s.publisher.as_str())
+    else {
+        return error_page(
+            &ctx,
+            StatusCode::NOT_FOUND,
+            &ctx.tw(
+                "report-no-repository",
+                &[("publisher", s.publisher.to_string().into())],
+            ),
+        );
     };
     let creds = match crate::credentials::Credentials::load(ctx.state.config()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "web app: credentials for a report fetch");
-            return error_page(&ctx, StatusCode::INTERNAL_SERVER_ERROR, &ctx.t("error-internal"));
+            return error_page(
+                &ctx,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &ctx.t("error-internal"),
+            );
         }
     };
     let me = crate::repository::PeerIdentity {
@@ -512,29 +617,51 @@ async fn report(ctx: Ctx, Path((handle, place)): Path<(String, String)>) -> Resp
             let disposition = format!(
                 "{}; filename=\"report-{}-v{}.{ext}\"",
                 if pdf { "inline" } else { "attachment" },
-                s.id.as_str().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+                s.id.as_str()
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
                 rep.version
             );
             // Only a PDF is shown inline; anything else is a download, whatever type the
             // publisher claimed (a member's bytes are never rendered as a page of this site).
-            let ctype = HeaderValue::from_static(if pdf { "application/pdf" } else { "application/octet-stream" });
+            let ctype = HeaderValue::from_static(if pdf {
+                "application/pdf"
+            } else {
+                "application/octet-stream"
+            });
             (
                 [
                     (header::CONTENT_TYPE, ctype),
-                    (header::CONTENT_DISPOSITION, HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment"))),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        HeaderValue::from_str(&disposition)
+                            .unwrap_or(HeaderValue::from_static("attachment")),
+                    ),
                 ],
                 rep.content,
             )
                 .into_response()
         }
-        Err(crate::repository::FetchError::DigestMismatch { .. }) => {
-            error_page(&ctx, StatusCode::BAD_GATEWAY, &ctx.t("report-digest-mismatch"))
-        }
-        Err(e) => error_page(&ctx, StatusCode::BAD_GATEWAY, &ctx.tw("report-fetch-failed", &[("detail", e.to_string().into())])),
+        Err(crate::repository::FetchError::DigestMismatch { .. }) => error_page(
+            &ctx,
+            StatusCode::BAD_GATEWAY,
+            &ctx.t("report-digest-mismatch"),
+        ),
+        Err(e) => error_page(
+            &ctx,
+            StatusCode::BAD_GATEWAY,
+            &ctx.tw("report-fetch-failed", &[("detail", e.to_string().into())]),
+        ),
     }
 }
 
-fn order_page(ctx: &Ctx, handle: &str, l: &Lookup, codes: &str, answer: Option<Markup>, status: StatusCode) -> Response {
+fn order_page(
+    ctx: &Ctx,
+    handle: &str,
+    l: &Lookup,
+    codes: &str,
+    answer: Option<Markup>,
+    status: StatusCode,
+) -> Response {
     let body = html! {
         (patient_box(ctx, l))
         p.no-print { a href=(format!("/p/{handle}")) { (ctx.t("back-to-timeline")) } }
@@ -579,21 +706,41 @@ async fn order_check(ctx: Ctx, Path(handle): Path<String>, Form(f): Form<OrderFo
         .map(str::to_owned)
         .collect();
     if codes.is_empty() || codes.len() > MAX_ORDER_ITEMS || codes.iter().any(|c| c.len() > 128) {
-        return order_page(&ctx, &handle, &l, &f.codes, Some(html! { div.error-summary role="alert" { p { (ctx.tw("order-bad", &[("max", MAX_ORDER_ITEMS.into())])) } } }), StatusCode::UNPROCESSABLE_ENTITY);
+        return order_page(
+            &ctx,
+            &handle,
+            &l,
+            &f.codes,
+            Some(
+                html! { div.error-summary role="alert" { p { (ctx.tw("order-bad", &[("max", MAX_ORDER_ITEMS.into())])) } } },
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
     }
     let order: Vec<OrderItem> = codes
         .iter()
         .map(|c| match c.split_once('|') {
-            Some((system, code)) => OrderItem::Catalogue { system: system.to_owned(), code: code.to_owned() },
+            Some((system, code)) => OrderItem::Catalogue {
+                system: system.to_owned(),
+                code: code.to_owned(),
+            },
             None => OrderItem::Local(c.clone()),
         })
         .collect();
-    let checks = match ctx.state.agent().check_order(&asking(&me, &l), &l.pseudonym, &order, UnixMillis::now()).await {
+    let checks = match ctx
+        .state
+        .agent()
+        .check_order(&asking(&me, &l), &l.pseudonym, &order, UnixMillis::now())
+        .await
+    {
         Ok(c) => c,
         Err(e) => return agent_error(&ctx, &e),
     };
     let best: Vec<VerifiedResult> = checks.iter().filter_map(|c| c.best.clone()).collect();
-    let first = ctx.sessions().keep_results(&ctx.session, &handle, &best).unwrap_or(0);
+    let first = ctx
+        .sessions()
+        .keep_results(&ctx.session, &handle, &best)
+        .unwrap_or(0);
     let mut next = first;
     let failed: Vec<FailedResult> = checks.iter().filter_map(|c| c.failed.clone()).collect();
     let reusable = best.len();
