@@ -15,7 +15,9 @@
 //! - [`checkpoint`]: C2SP checkpoints of the log in Ed25519-signed notes.
 //! - [`logentry`]: the log's leaf layouts (summaries, decisions, accesses, consent) and the
 //!   pure verifier of a leaf against a signed checkpoint.
-//! - [`rules`]: the alliance policy model, recognition verdicts and decision checks.
+//! - [`rules`]: the alliance policy model, recognition verdicts (and their replay) and
+//!   decision checks.
+//! - [`policy_file`]: the policy file's TOML read into a [`rules::Policy`].
 //! - [`stats`]: closed-loop statistics, a pure fold over recorded events.
 //! - [`pb`]: the generated `huren.summary.v1` messages, the byte format of a signed body.
 
@@ -28,6 +30,7 @@ pub mod ed25519;
 pub mod identity;
 pub mod logentry;
 pub mod merkle;
+pub mod policy_file;
 #[cfg(test)]
 mod properties;
 pub mod pseudonym;

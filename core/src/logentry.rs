@@ -9,21 +9,27 @@
 //!
 //! format 0x01 (LEAF_V1) for every kind; 0x02 (LEAF_V2) for access leaves that end with the
 //! policy version that judged the answer; 0x03 (LEAF_V3) for access leaves that also name who
-//! asked (all access leaves the hub writes now). Every format is read.
+//! asked; 0x04 (LEAF_V4) for decision and access leaves that also carry what the statistics
+//! are computed from (all decision and access leaves the hub writes now). Every format is read.
 //!
 //! kind 0x01 summary version (publish, amendment and void alike: a void is a version)
 //!   accepted_at_ms:i64 || signer_certificate_sha256[32] || signature[64] || body:bytes
 //! kind 0x02 decision
 //!   at_ms:i64 || member:str || decision_id:str || publisher:str || summary_id:str
 //!   || version:u32 || adopted:u8 || recognised:u8 || reason:str || note:str
+//!   [|| item_system:str || item_code:str || price_fen:u64 || consulted_at_ms:i64]   format 0x04
 //! kind 0x03 access (FindPrior, History, CheckOrder, AccessReport)
 //!   at_ms:i64 || caller:str || purpose:u8 || method:u8 || flags:u8 || pseudonym[32]
 //!   || count:u32 || count × (publisher:str || summary_id:str || version:u32)
 //!   [|| policy_version:str]                       formats 0x02 and 0x03
-//!   [|| requester:str]                            format 0x03 only (empty: none stated)
+//!   [|| requester:str]                            formats 0x03 and 0x04 (empty: none stated)
+//!   [|| asked:u32 || asked × (system:str || code:str)
+//!    || count × (item_system:str || item_code:str || recognised:u8)]   format 0x04
 //!   flags: bit 0 = emergency override of an opt-out, bit 1 = results withheld by consent
 //! kind 0x04 consent
 //!   at_ms:i64 || member:str || pseudonym[32] || opted_out:u8
+//! kind 0x05 policy (a policy the hub put in force, logged before any verdict uses it)
+//!   at_ms:i64 || version:str || text:bytes          text: the policy file's exact bytes (TOML)
 //! ```
 //!
 //! A summary leaf commits to the exact signed body bytes, the signature, the signing
@@ -47,6 +53,11 @@ pub const LEAF_V2: u8 = 0x02;
 /// Format of access leaves that also name who asked at the calling member (see
 /// [`check_requester`]); every access leaf the hub writes now.
 pub const LEAF_V3: u8 = 0x03;
+
+/// Format of decision and access leaves that also carry what the statistics are computed
+/// from ([`DecisionFacts`], [`AccessFacts`]); every decision and access leaf the hub writes
+/// now.
+pub const LEAF_V4: u8 = 0x04;
 
 /// The longest requester id an access leaf carries.
 pub const MAX_REQUESTER_LEN: usize = 64;
@@ -81,6 +92,8 @@ pub const KIND_DECISION: u8 = 0x02;
 pub const KIND_ACCESS: u8 = 0x03;
 /// Kind byte of a consent leaf.
 pub const KIND_CONSENT: u8 = 0x04;
+/// Kind byte of a policy leaf.
+pub const KIND_POLICY: u8 = 0x05;
 
 /// Why a query was made (purpose of use). The numbers are the leaf bytes and the wire values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -173,6 +186,38 @@ pub struct ResultRef {
     pub version: u32,
 }
 
+/// What a decision leaf of format [`LEAF_V4`] adds: the item decided on, its reference price
+/// under the policy in force, and the consultation decided on (statistics count only a
+/// member's latest decision per consultation, `stats::ConsultationKey`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionFacts {
+    pub item_system: String,
+    pub item_code: String,
+    /// The item's reference price when the decision was recorded, in fen.
+    pub price_fen: u64,
+    /// When the query that showed the result was answered (its access leaf's `at_ms`).
+    pub consulted_at: UnixMillis,
+}
+
+/// What an access leaf of format [`LEAF_V4`] adds: the items asked for (FindPrior and
+/// CheckOrder: one statistics query each) and, for each result shown (in the order of
+/// `results`), its item and whether it was recognised for the caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessFacts {
+    /// (code system, code) of each item asked for.
+    pub asked: Vec<(String, String)>,
+    /// One per result shown, in the same order.
+    pub shown: Vec<ShownFact>,
+}
+
+/// A shown result's item and verdict, in an access leaf of format [`LEAF_V4`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShownFact {
+    pub item_system: String,
+    pub item_code: String,
+    pub recognised: bool,
+}
+
 /// A logged event, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -194,6 +239,8 @@ pub enum Entry {
         /// Re-test reason code, empty for none.
         reason: String,
         note: String,
+        /// What the statistics count the decision under: `Some` in a [`LEAF_V4`] leaf.
+        facts: Option<DecisionFacts>,
     },
     Access {
         at: UnixMillis,
@@ -210,15 +257,25 @@ pub enum Entry {
         /// a [`LEAF_V2`] or [`LEAF_V3`] leaf, `None` in an older [`LEAF_V1`] one.
         policy_version: Option<String>,
         /// Who asked at the caller (see [`check_requester`]; empty when the member stated
-        /// no one): `Some` in a [`LEAF_V3`] leaf, `None` in older ones. A leaf with a
-        /// requester always has a policy version (`None` is written as empty).
+        /// no one): `Some` in a [`LEAF_V3`] or [`LEAF_V4`] leaf, `None` in older ones. A
+        /// leaf with a requester always has a policy version (`None` is written as empty).
         requester: Option<String>,
+        /// What the statistics count the access under: `Some` in a [`LEAF_V4`] leaf (which
+        /// always has a requester and a policy version; `None` are written as empty).
+        facts: Option<AccessFacts>,
     },
     Consent {
         at: UnixMillis,
         member: String,
         pseudonym: [u8; 32],
         opted_out: bool,
+    },
+    /// A policy the hub put in force: its version label and the policy file's exact text,
+    /// which `policy_file::parse` reads (every verdict names this leaf's index).
+    Policy {
+        at: UnixMillis,
+        version: String,
+        text: Vec<u8>,
     },
 }
 
@@ -243,6 +300,10 @@ impl W {
         self
     }
     fn i64(&mut self, v: i64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
         self.0.extend_from_slice(&v.to_be_bytes());
         self
     }
@@ -285,8 +346,10 @@ impl Entry {
                 recognised,
                 reason,
                 note,
+                facts,
             } => {
-                let mut w = W::new(KIND_DECISION);
+                let format = if facts.is_some() { LEAF_V4 } else { LEAF_V1 };
+                let mut w = W::with_format(format, KIND_DECISION);
                 w.i64(at.0)
                     .bytes(member.as_bytes())
                     .bytes(decision_id.as_bytes())
@@ -297,6 +360,12 @@ impl Entry {
                     .u8(u8::from(*recognised))
                     .bytes(reason.as_bytes())
                     .bytes(note.as_bytes());
+                if let Some(f) = facts {
+                    w.bytes(f.item_system.as_bytes())
+                        .bytes(f.item_code.as_bytes())
+                        .u64(f.price_fen)
+                        .i64(f.consulted_at.0);
+                }
                 w.0
             }
             Entry::Access {
@@ -310,6 +379,7 @@ impl Entry {
                 results,
                 policy_version,
                 requester,
+                facts,
             } => {
                 let mut flags = 0;
                 if *emergency_override {
@@ -319,6 +389,7 @@ impl Entry {
                     flags |= FLAG_WITHHELD;
                 }
                 let format = match (policy_version, requester) {
+                    _ if facts.is_some() => LEAF_V4,
                     (_, Some(_)) => LEAF_V3,
                     (Some(_), None) => LEAF_V2,
                     (None, None) => LEAF_V1,
@@ -339,8 +410,24 @@ impl Entry {
                 if format != LEAF_V1 {
                     w.bytes(policy_version.as_deref().unwrap_or_default().as_bytes());
                 }
-                if let Some(r) = requester {
-                    w.bytes(r.as_bytes());
+                if format == LEAF_V3 || format == LEAF_V4 {
+                    w.bytes(requester.as_deref().unwrap_or_default().as_bytes());
+                }
+                if let Some(f) = facts {
+                    w.u32(u32::try_from(f.asked.len()).unwrap_or(u32::MAX));
+                    for (system, code) in &f.asked {
+                        w.bytes(system.as_bytes()).bytes(code.as_bytes());
+                    }
+                    // One per result: a missing one is written as an unknown, unrecognised item.
+                    for i in 0..results.len() {
+                        match f.shown.get(i) {
+                            Some(x) => w
+                                .bytes(x.item_system.as_bytes())
+                                .bytes(x.item_code.as_bytes())
+                                .u8(u8::from(x.recognised)),
+                            None => w.bytes(b"").bytes(b"").u8(0),
+                        };
+                    }
                 }
                 w.0
             }
@@ -357,6 +444,11 @@ impl Entry {
                     .u8(u8::from(*opted_out));
                 w.0
             }
+            Entry::Policy { at, version, text } => {
+                let mut w = W::new(KIND_POLICY);
+                w.i64(at.0).bytes(version.as_bytes()).bytes(text);
+                w.0
+            }
         }
     }
 
@@ -366,8 +458,9 @@ impl Entry {
         let format = r.u8()?;
         let kind = r.u8()?;
         match (format, kind) {
-            (LEAF_V1, _) | (LEAF_V2 | LEAF_V3, KIND_ACCESS) => {}
-            (LEAF_V2 | LEAF_V3, k) => return Err(LeafError::Kind(k)),
+            (LEAF_V1, _) | (LEAF_V2 | LEAF_V3 | LEAF_V4, KIND_ACCESS) => {}
+            (LEAF_V4, KIND_DECISION) => {}
+            (LEAF_V2 | LEAF_V3 | LEAF_V4, k) => return Err(LeafError::Kind(k)),
             (f, _) => return Err(LeafError::Version(f)),
         }
         let entry = match kind {
@@ -388,6 +481,16 @@ impl Entry {
                 recognised: r.bool()?,
                 reason: r.str()?,
                 note: r.str()?,
+                facts: if format == LEAF_V4 {
+                    Some(DecisionFacts {
+                        item_system: r.str()?,
+                        item_code: r.str()?,
+                        price_fen: r.u64()?,
+                        consulted_at: UnixMillis(r.i64()?),
+                    })
+                } else {
+                    None
+                },
             },
             KIND_ACCESS => {
                 let at = UnixMillis(r.i64()?);
@@ -415,8 +518,26 @@ impl Entry {
                 } else {
                     Some(r.str()?)
                 };
-                let requester = if format == LEAF_V3 {
+                let requester = if format == LEAF_V3 || format == LEAF_V4 {
                     Some(r.str()?)
+                } else {
+                    None
+                };
+                let facts = if format == LEAF_V4 {
+                    let asked_n = r.u32()?;
+                    let mut asked = Vec::new();
+                    for _ in 0..asked_n {
+                        asked.push((r.str()?, r.str()?));
+                    }
+                    let mut shown = Vec::with_capacity(results.len());
+                    for _ in 0..results.len() {
+                        shown.push(ShownFact {
+                            item_system: r.str()?,
+                            item_code: r.str()?,
+                            recognised: r.bool()?,
+                        });
+                    }
+                    Some(AccessFacts { asked, shown })
                 } else {
                     None
                 };
@@ -431,6 +552,7 @@ impl Entry {
                     results,
                     policy_version,
                     requester,
+                    facts,
                 }
             }
             KIND_CONSENT => Entry::Consent {
@@ -438,6 +560,11 @@ impl Entry {
                 member: r.str()?,
                 pseudonym: r.array()?,
                 opted_out: r.bool()?,
+            },
+            KIND_POLICY => Entry::Policy {
+                at: UnixMillis(r.i64()?),
+                version: r.str()?,
+                text: r.bytes()?.to_vec(),
             },
             k => return Err(LeafError::Kind(k)),
         };
@@ -513,6 +640,9 @@ impl<'a> R<'a> {
     }
     fn i64(&mut self) -> Result<i64, LeafError> {
         Ok(i64::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, LeafError> {
+        Ok(u64::from_be_bytes(self.array()?))
     }
     fn bytes(&mut self) -> Result<&'a [u8], LeafError> {
         let n = self.u32()? as usize;
@@ -624,6 +754,7 @@ mod tests {
             recognised: true,
             reason: "too-old".into(),
             note: "".into(),
+            facts: None,
         }
         .encode();
         let expected = concat!(
@@ -640,6 +771,75 @@ mod tests {
             "00000000"
         );
         assert_eq!(hexs(&leaf), expected);
+    }
+
+    /// Format 0x04 adds the item, the price in force and the consultation.
+    #[test]
+    fn decision_leaf_v4_bytes_are_pinned() {
+        let entry = Entry::Decision {
+            at: UnixMillis(1),
+            member: "m".into(),
+            decision_id: "d".into(),
+            publisher: "p".into(),
+            summary_id: "s".into(),
+            version: 2,
+            adopted: true,
+            recognised: true,
+            reason: "".into(),
+            note: "".into(),
+            facts: Some(DecisionFacts {
+                item_system: "l".into(),
+                item_code: "7".into(),
+                price_fen: 500,
+                consulted_at: UnixMillis(0x10),
+            }),
+        };
+        let leaf = entry.encode();
+        let expected = concat!(
+            "0402",
+            "0000000000000001",
+            "000000016d",
+            "0000000164",
+            "0000000170",
+            "0000000173",
+            "00000002",
+            "01",
+            "01",
+            "00000000",
+            "00000000",
+            "000000016c",
+            "0000000137",
+            "00000000000001f4",
+            "0000000000000010"
+        );
+        assert_eq!(hexs(&leaf), expected);
+        assert_eq!(Entry::decode(&leaf).unwrap(), entry);
+    }
+
+    #[test]
+    fn policy_leaf_bytes_are_pinned() {
+        let entry = Entry::Policy {
+            at: UnixMillis(2),
+            version: "v1".into(),
+            text: b"version = \"v1\"\n".to_vec(),
+        };
+        let leaf = entry.encode();
+        assert_eq!(
+            hexs(&leaf),
+            format!(
+                "0105{}{}{}{}",
+                "0000000000000002",
+                "000000027631",
+                "0000000f",
+                hexs(b"version = \"v1\"\n")
+            )
+        );
+        assert_eq!(Entry::decode(&leaf).unwrap(), entry);
+        for format in [LEAF_V2, LEAF_V3, LEAF_V4] {
+            let mut other = leaf.clone();
+            other[0] = format;
+            assert_eq!(Entry::decode(&other), Err(LeafError::Kind(KIND_POLICY)));
+        }
     }
 
     /// Format 0x01 (written before 2026-12-04, still read), format 0x02, which ends with the
@@ -661,6 +861,7 @@ mod tests {
             }],
             policy_version: policy_version.map(Into::into),
             requester: requester.map(Into::into),
+            facts: None,
         };
         let fields = format!(
             "{}{}{}{}{}{}{}",
@@ -697,6 +898,30 @@ mod tests {
         );
         // A format 0x03 leaf cut after its policy version is refused, not read as 0x02.
         assert_eq!(Entry::decode(&v3[..v2.len()]), Err(LeafError::Truncated));
+        // Format 0x04: the items asked, then each shown result's item and verdict.
+        let mut v4_entry = access(Some("2026.11-1"), Some("staff:D0423"));
+        if let Entry::Access { facts, .. } = &mut v4_entry {
+            *facts = Some(AccessFacts {
+                asked: vec![("l".into(), "7".into())],
+                shown: vec![ShownFact {
+                    item_system: "l".into(),
+                    item_code: "7".into(),
+                    recognised: true,
+                }],
+            });
+        }
+        let v4 = v4_entry.encode();
+        assert_eq!(
+            hexs(&v4),
+            format!(
+                "0403{fields}{policy}0000000b{}{}{}",
+                hexs(b"staff:D0423"),
+                "00000001000000016c0000000137",
+                "000000016c000000013701"
+            )
+        );
+        assert_eq!(Entry::decode(&v4).unwrap(), v4_entry);
+        assert_eq!(Entry::decode(&v4[..v3.len()]), Err(LeafError::Truncated));
     }
 
     #[test]
@@ -762,6 +987,7 @@ mod tests {
                 recognised: true,
                 reason: String::new(),
                 note: "n".into(),
+                facts: None,
             },
             Entry::Access {
                 at: UnixMillis(9),
@@ -774,6 +1000,12 @@ mod tests {
                 results: vec![],
                 policy_version: Some("v".into()),
                 requester: Some("staff:1".into()),
+                facts: Some(AccessFacts::default()),
+            },
+            Entry::Policy {
+                at: UnixMillis(9),
+                version: "v".into(),
+                text: b"x".to_vec(),
             },
             Entry::Consent {
                 at: UnixMillis(9),
@@ -792,9 +1024,9 @@ mod tests {
             let mut longer = leaf.clone();
             longer.push(0);
             assert_eq!(Entry::decode(&longer), Err(LeafError::Trailing));
-            let mut v4 = leaf.clone();
-            v4[0] = 4;
-            assert_eq!(Entry::decode(&v4), Err(LeafError::Version(4)));
+            let mut v5 = leaf.clone();
+            v5[0] = 5;
+            assert_eq!(Entry::decode(&v5), Err(LeafError::Version(5)));
             // Formats 2 and 3 are only for access leaves.
             if leaf[1] != KIND_ACCESS {
                 for format in [LEAF_V2, LEAF_V3] {

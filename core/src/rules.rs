@@ -200,6 +200,10 @@ pub struct Policy {
     /// Members whose certificates the administrator revoked, and from when. From that moment
     /// the hub refuses the member's calls and new summaries; what it published before stays.
     pub revoked: BTreeMap<InstitutionId, Revocation>,
+    /// The index of the log leaf that holds this policy's text (`logentry::Entry::Policy`):
+    /// the hub logs every policy before it puts it in force, and every verdict names it.
+    /// `None` for a policy that is not (yet) in a log.
+    pub log_index: Option<u64>,
 }
 
 /// A member's revocation: from `at` on, its certificates are no longer honoured.
@@ -238,6 +242,22 @@ pub enum Reason {
     PublisherRevoked,
 }
 
+impl Reason {
+    /// A short code for reports (`not-in-catalogue`, `outside-validity-window`, …).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotInCatalogue => "not-in-catalogue",
+            Self::OutsideValidityWindow => "outside-validity-window",
+            Self::PublisherNotQualified => "publisher-not-qualified",
+            Self::Direction => "direction",
+            Self::Voided => "voided",
+            Self::Superseded => "superseded",
+            Self::OutsideScope => "outside-scope",
+            Self::PublisherRevoked => "publisher-revoked",
+        }
+    }
+}
+
 /// The answer for one candidate result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -247,6 +267,22 @@ pub struct Verdict {
     pub hr_mark: Option<String>,
     /// Last moment the result is inside its validity window (catalogue items only).
     pub valid_until: Option<UnixMillis>,
+    /// What the verdict was made under: set by the hub on every verdict it gives, so anyone
+    /// can replay it ([`replay`]); `None` from [`evaluate`] alone, and in answers of hubs
+    /// from before policies were logged.
+    pub basis: Option<Basis>,
+}
+
+/// What a verdict was made under: the policy (its log leaf and version label) and the moment
+/// judged at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Basis {
+    /// The index of the policy's leaf in the hub's log.
+    pub policy_index: u64,
+    /// The policy's version label.
+    pub policy_version: String,
+    /// The moment the result was judged at (a query's as-of time, or when it was answered).
+    pub as_of: UnixMillis,
 }
 
 impl Verdict {
@@ -457,7 +493,194 @@ pub fn evaluate(
         reasons,
         hr_mark,
         valid_until,
+        basis: None,
     }
+}
+
+/// The verdict the hub gives: [`evaluate`], plus the publisher's revocation when it covers the
+/// time the hub accepted the summary (`accepted_at`, from its log leaf), under a policy with
+/// a log index, named in [`Verdict::basis`]. The one function the hub judges with and a
+/// verifier replays with.
+pub fn judge(
+    policy: &Policy,
+    asker: &InstitutionId,
+    summary: &Summary,
+    accepted_at: UnixMillis,
+    is_latest: bool,
+    as_of: UnixMillis,
+) -> Verdict {
+    let mut verdict = evaluate(policy, asker, summary, is_latest, as_of);
+    if let Some(r) = policy.revocation_covering(&summary.publisher, accepted_at) {
+        verdict.reasons.push((
+            Reason::PublisherRevoked,
+            format!(
+                "publisher revoked ({}) at {}; the hub accepted this result at {}, after that",
+                r.reason,
+                rfc3339(r.at),
+                rfc3339(accepted_at)
+            ),
+        ));
+        verdict.hr_mark = None;
+    }
+    verdict.basis = policy.log_index.map(|policy_index| Basis {
+        policy_index,
+        policy_version: policy.version.clone(),
+        as_of,
+    });
+    verdict
+}
+
+/// A time as RFC 3339 (UTC), or its milliseconds when it has no calendar date.
+pub fn rfc3339(t: UnixMillis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{} ms", t.0))
+}
+
+/// Where a replayed verdict differs from the one given: each difference as a line for people.
+/// Reasons are compared by code (their sentences are for people and may be worded
+/// differently by another release), the HR mark and the end of the validity window exactly.
+pub fn verdict_differences(given: &Verdict, replayed: &Verdict) -> Vec<String> {
+    let mut out = Vec::new();
+    let word = |v: &Verdict| {
+        if v.recognised() {
+            "RECOGNISED"
+        } else {
+            "NOT_RECOGNISED"
+        }
+    };
+    if given.recognised() != replayed.recognised() {
+        out.push(format!(
+            "recognition: the hub said {}, the policy gives {}",
+            word(given),
+            word(replayed)
+        ));
+    }
+    let codes = |v: &Verdict| {
+        v.reasons
+            .iter()
+            .map(|(r, _)| *r)
+            .collect::<BTreeSet<Reason>>()
+    };
+    let (g, r) = (codes(given), codes(replayed));
+    for missing in r.difference(&g) {
+        out.push(format!(
+            "reason {} applies but the hub did not give it",
+            missing.code()
+        ));
+    }
+    for extra in g.difference(&r) {
+        out.push(format!(
+            "reason {} was given by the hub but does not apply",
+            extra.code()
+        ));
+    }
+    if given.hr_mark != replayed.hr_mark {
+        out.push(format!(
+            "HR mark: the hub said {:?}, the policy gives {:?}",
+            given.hr_mark.as_deref().unwrap_or(""),
+            replayed.hr_mark.as_deref().unwrap_or("")
+        ));
+    }
+    if given.valid_until != replayed.valid_until {
+        out.push(format!(
+            "valid until: the hub said {}, the policy gives {}",
+            given.valid_until.map_or("-".into(), rfc3339),
+            replayed.valid_until.map_or("-".into(), rfc3339)
+        ));
+    }
+    out
+}
+
+/// Why a verdict could not be replayed at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error(
+        "the verdict does not name the policy it was made under (a hub from before policies were logged?)"
+    )]
+    NoBasis,
+    #[error("log entry {index} is not a policy: {reason}")]
+    NotAPolicy { index: u64, reason: String },
+    #[error("the policy in log entry {index} does not parse: {reason}")]
+    Unreadable { index: u64, reason: String },
+    #[error(
+        "the verdict names policy version {named:?} but log entry {index} holds version {logged:?}"
+    )]
+    VersionMismatch {
+        index: u64,
+        named: String,
+        logged: String,
+    },
+}
+
+/// A replayed verdict: the policy it was replayed under and how it compares.
+#[derive(Clone, Debug)]
+pub struct Replayed {
+    /// The verdict the policy gives.
+    pub verdict: Verdict,
+    /// Where the hub's verdict differs from it; empty when the hub judged correctly.
+    pub differences: Vec<String>,
+}
+
+/// Replays a verdict the hub gave: reads the policy from its log leaf (`policy_leaf`, the
+/// bytes of the leaf at `given.basis.policy_index`, whose inclusion the caller has checked),
+/// judges the summary again with [`judge`] for `asker` at the verdict's moment, and compares.
+/// `accepted_at` is the hub's acceptance time from the summary's own log leaf; `is_latest`
+/// whether the result was shown as its latest version.
+pub fn replay(
+    given: &Verdict,
+    policy_leaf: &[u8],
+    asker: &InstitutionId,
+    summary: &Summary,
+    accepted_at: UnixMillis,
+    is_latest: bool,
+) -> Result<Replayed, ReplayError> {
+    let basis = given.basis.as_ref().ok_or(ReplayError::NoBasis)?;
+    let index = basis.policy_index;
+    let (version, text) = match crate::logentry::Entry::decode(policy_leaf) {
+        Ok(crate::logentry::Entry::Policy { version, text, .. }) => (version, text),
+        Ok(_) => {
+            return Err(ReplayError::NotAPolicy {
+                index,
+                reason: "it is another kind of entry".into(),
+            });
+        }
+        Err(e) => {
+            return Err(ReplayError::NotAPolicy {
+                index,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let text = String::from_utf8(text).map_err(|_| ReplayError::Unreadable {
+        index,
+        reason: "its text is not UTF-8".into(),
+    })?;
+    let mut policy =
+        crate::policy_file::parse(std::path::Path::new("policy"), &text).map_err(|e| {
+            ReplayError::Unreadable {
+                index,
+                reason: e.to_string(),
+            }
+        })?;
+    if policy.version != version || version != basis.policy_version {
+        return Err(ReplayError::VersionMismatch {
+            index,
+            named: basis.policy_version.clone(),
+            logged: version,
+        });
+    }
+    policy.log_index = Some(index);
+    let verdict = judge(&policy, asker, summary, accepted_at, is_latest, basis.as_of);
+    let differences = verdict_differences(given, &verdict);
+    Ok(Replayed {
+        verdict,
+        differences,
+    })
 }
 
 /// Coded reasons for re-testing instead of reusing a result.
@@ -901,6 +1124,75 @@ mod tests {
                 c.name
             );
         }
+    }
+
+    /// A verdict replays under the policy text it names (read from a policy leaf): the hub's
+    /// own verdict gives no difference, each kind of lie gives its line, and a leaf that is
+    /// not the named policy is refused.
+    #[test]
+    fn a_verdict_replays_under_its_logged_policy() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hub/policy.example.toml"
+        ))
+        .unwrap();
+        let mut policy = crate::policy_file::parse(std::path::Path::new("p"), &text).unwrap();
+        policy.log_index = Some(4);
+        let leaf = crate::logentry::Entry::Policy {
+            at: UnixMillis(1),
+            version: policy.version.clone(),
+            text: text.clone().into_bytes(),
+        }
+        .encode();
+        let county = id("lantian-county");
+        let mut s = result("shx-prov-people", "718-7", Category::Lab);
+        s.item.system = "http://loinc.org".into();
+        let at = UnixMillis(T0 + DAY_MS);
+        let given = judge(&policy, &county, &s, UnixMillis(T0), true, at);
+        assert!(given.recognised(), "{:?}", given.reasons);
+        assert_eq!(given.basis.as_ref().map(|b| b.policy_index), Some(4));
+        let replayed = replay(&given, &leaf, &county, &s, UnixMillis(T0), true).unwrap();
+        assert_eq!(replayed.differences, Vec::<String>::new());
+        assert_eq!(replayed.verdict, given);
+
+        let mut lie = given.clone();
+        lie.reasons.push((Reason::Direction, "no".into()));
+        lie.hr_mark = None;
+        let d = replay(&lie, &leaf, &county, &s, UnixMillis(T0), true)
+            .unwrap()
+            .differences;
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].starts_with("recognition: the hub said NOT_RECOGNISED"));
+        assert!(d[1].contains("reason direction was given by the hub but does not apply"));
+        assert!(d[2].starts_with("HR mark"));
+        // Judged as an earlier version: superseded applies and the hub did not say so.
+        let d = replay(&given, &leaf, &county, &s, UnixMillis(T0), false)
+            .unwrap()
+            .differences;
+        assert!(
+            d.iter().any(|l| l.contains("reason superseded applies")),
+            "{d:?}"
+        );
+
+        let mut other = given.clone();
+        if let Some(b) = other.basis.as_mut() {
+            b.policy_version = "another".into();
+        }
+        assert!(matches!(
+            replay(&other, &leaf, &county, &s, UnixMillis(T0), true),
+            Err(ReplayError::VersionMismatch { .. })
+        ));
+        let not_policy = crate::logentry::summary_leaf(b"x", &[0; 64], b"c", UnixMillis(0));
+        assert!(matches!(
+            replay(&given, &not_policy, &county, &s, UnixMillis(T0), true),
+            Err(ReplayError::NotAPolicy { index: 4, .. })
+        ));
+        let mut no_basis = given.clone();
+        no_basis.basis = None;
+        assert_eq!(
+            replay(&no_basis, &leaf, &county, &s, UnixMillis(T0), true).unwrap_err(),
+            ReplayError::NoBasis
+        );
     }
 
     #[test]

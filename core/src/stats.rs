@@ -187,6 +187,162 @@ pub fn aggregate<'a>(
     (rows.into_values().collect(), total)
 }
 
+/// What a log entry contributes to the statistics, recomputed from its leaf alone (an
+/// auditor's recomputation, `huren-agent audit-stats`): a FindPrior or CheckOrder access leaf
+/// one query event per item asked, a decision leaf one decision event, exactly as the hub
+/// recorded them when it wrote the leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recomputed {
+    /// The entry's events (none for entries that count nothing: summaries, consent, policies,
+    /// History, access reports, log reads).
+    Events(Vec<Event>),
+    /// A decision or access leaf from before format 0x04, which does not carry what the
+    /// statistics need: its figures cannot be recomputed.
+    OlderFormat,
+    /// The leaf names a member that is not a valid institution id.
+    Unreadable(String),
+}
+
+/// Recomputes the statistics events of one decoded log entry (see [`Recomputed`]).
+pub fn events_of_entry(entry: &crate::logentry::Entry) -> Recomputed {
+    use crate::logentry::Entry;
+    match entry {
+        Entry::Access {
+            at,
+            caller,
+            results,
+            facts,
+            ..
+        } => {
+            let Some(facts) = facts else {
+                return Recomputed::OlderFormat;
+            };
+            if facts.asked.is_empty() {
+                return Recomputed::Events(Vec::new());
+            }
+            let member = match InstitutionId::parse(caller) {
+                Ok(m) => m,
+                Err(e) => return Recomputed::Unreadable(format!("caller {caller:?}: {e}")),
+            };
+            let events = facts
+                .asked
+                .iter()
+                .map(|(system, code)| {
+                    // The first recognised result of the item shown, as the hub counts it.
+                    let best = facts.shown.iter().zip(results).find(|(f, _)| {
+                        f.recognised && f.item_system == *system && f.item_code == *code
+                    });
+                    Event {
+                        at: *at,
+                        member: member.clone(),
+                        item_system: system.clone(),
+                        item_code: code.clone(),
+                        price_fen: 0,
+                        kind: EventKind::Query {
+                            found: best.is_some(),
+                            cross_member: best.is_some_and(|(_, r)| r.publisher != *caller),
+                        },
+                    }
+                })
+                .collect();
+            Recomputed::Events(events)
+        }
+        Entry::Decision {
+            at,
+            member,
+            publisher,
+            summary_id,
+            adopted,
+            reason,
+            facts,
+            ..
+        } => {
+            let Some(f) = facts else {
+                return Recomputed::OlderFormat;
+            };
+            let member = match InstitutionId::parse(member) {
+                Ok(m) => m,
+                Err(e) => return Recomputed::Unreadable(format!("member {member:?}: {e}")),
+            };
+            let reason = if reason.is_empty() {
+                None
+            } else {
+                match RetestReason::from_code(reason) {
+                    Some(r) => Some(r),
+                    None => return Recomputed::Unreadable(format!("re-test reason {reason:?}")),
+                }
+            };
+            Recomputed::Events(vec![Event {
+                at: *at,
+                member,
+                item_system: f.item_system.clone(),
+                item_code: f.item_code.clone(),
+                price_fen: f.price_fen,
+                kind: EventKind::Decision {
+                    adopted: *adopted,
+                    reason,
+                    consultation: Some(ConsultationKey {
+                        publisher: publisher.clone(),
+                        summary_id: summary_id.clone(),
+                        consulted_at: f.consulted_at,
+                    }),
+                },
+            }])
+        }
+        _ => Recomputed::Events(Vec::new()),
+    }
+}
+
+/// Where two sets of statistics rows differ, one line per figure: `theirs` (the hub's) against
+/// `ours` (recomputed), matched by row key, the total included.
+pub fn row_differences(theirs: &[Row], ours: &[Row]) -> Vec<String> {
+    let by_key = |rows: &[Row]| -> BTreeMap<String, Row> {
+        rows.iter().map(|r| (r.key.clone(), r.clone())).collect()
+    };
+    let (a, b) = (by_key(theirs), by_key(ours));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let empty = Row::default();
+    let mut out = Vec::new();
+    for key in keys {
+        let (x, y) = (a.get(key).unwrap_or(&empty), b.get(key).unwrap_or(&empty));
+        let figures: [(&str, u64, u64); 7] = [
+            ("queries", x.queries, y.queries),
+            ("found", x.found, y.found),
+            ("cross-member", x.cross_member, y.cross_member),
+            ("adopted", x.adopted, y.adopted),
+            ("re-tested", x.retested, y.retested),
+            ("tests avoided", x.tests_avoided, y.tests_avoided),
+            ("money saved (fen)", x.money_saved_fen, y.money_saved_fen),
+        ];
+        for (name, hub, log) in figures {
+            if hub != log {
+                out.push(format!(
+                    "{key}: {name}: the hub says {hub}, the log gives {log}"
+                ));
+            }
+        }
+        let mut reasons: Vec<&String> = x
+            .retested_by_reason
+            .keys()
+            .chain(y.retested_by_reason.keys())
+            .collect();
+        reasons.sort();
+        reasons.dedup();
+        for r in reasons {
+            let hub = x.retested_by_reason.get(r).copied().unwrap_or(0);
+            let log = y.retested_by_reason.get(r).copied().unwrap_or(0);
+            if hub != log {
+                out.push(format!(
+                    "{key}: re-tested for {r}: the hub says {hub}, the log gives {log}"
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +394,127 @@ mod tests {
                 consulted_at: UnixMillis(NOV_23_0830_CST + consulted_hour * 3_600_000),
             }),
         }
+    }
+
+    /// Statistics events recomputed from leaves: a format-4 FindPrior access gives one query
+    /// per item asked (found and cross-member as the hub counts them), a format-4 decision
+    /// its decision; older formats say they cannot be recomputed.
+    #[test]
+    fn events_are_recomputed_from_format_4_leaves() {
+        use crate::logentry::{
+            AccessFacts, DecisionFacts, Entry, Method, Purpose, ResultRef, ShownFact,
+        };
+        let shown = |p: &str, code: &str, recognised| {
+            (
+                ResultRef {
+                    publisher: p.into(),
+                    summary_id: format!("{p}-{code}"),
+                    version: 1,
+                },
+                ShownFact {
+                    item_system: "l".into(),
+                    item_code: code.into(),
+                    recognised,
+                },
+            )
+        };
+        let results = [
+            shown("county", "718-7", true),
+            shown("tertiary", "718-7", true),
+            shown("tertiary", "2345-7", false),
+        ];
+        let access = |facts| Entry::Access {
+            at: UnixMillis(5),
+            caller: "county".into(),
+            purpose: Purpose::Treatment,
+            method: Method::FindPrior,
+            emergency_override: false,
+            withheld_by_consent: false,
+            pseudonym: [0; 32],
+            results: results.iter().map(|(r, _)| r.clone()).collect(),
+            policy_version: Some("v".into()),
+            requester: Some(String::new()),
+            facts,
+        };
+        let facts = AccessFacts {
+            asked: vec![
+                ("l".into(), "718-7".into()),
+                ("l".into(), "2345-7".into()),
+                ("l".into(), "9-9".into()),
+            ],
+            shown: results.iter().map(|(_, f)| f.clone()).collect(),
+        };
+        let Recomputed::Events(events) = events_of_entry(&access(Some(facts))) else {
+            panic!("a format-4 access gives events");
+        };
+        let kinds: Vec<(&str, EventKind)> = events
+            .iter()
+            .map(|e| (e.item_code.as_str(), e.kind.clone()))
+            .collect();
+        // The first recognised haemoglobin is the county's own: found, not cross-member.
+        assert_eq!(
+            kinds,
+            [
+                ("718-7", q(true, false)),
+                ("2345-7", q(false, false)),
+                ("9-9", q(false, false))
+            ]
+        );
+        assert_eq!(events_of_entry(&access(None)), Recomputed::OlderFormat);
+
+        let decision = |facts| Entry::Decision {
+            at: UnixMillis(9),
+            member: "county".into(),
+            decision_id: "d".into(),
+            publisher: "tertiary".into(),
+            summary_id: "R1".into(),
+            version: 1,
+            adopted: false,
+            recognised: true,
+            reason: "too-old".into(),
+            note: String::new(),
+            facts,
+        };
+        let f = DecisionFacts {
+            item_system: "l".into(),
+            item_code: "718-7".into(),
+            price_fen: 500,
+            consulted_at: UnixMillis(5),
+        };
+        let Recomputed::Events(events) = events_of_entry(&decision(Some(f))) else {
+            panic!("a format-4 decision gives an event");
+        };
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].price_fen, 500);
+        assert_eq!(
+            events[0].kind,
+            EventKind::Decision {
+                adopted: false,
+                reason: Some(RetestReason::TooOld),
+                consultation: Some(ConsultationKey {
+                    publisher: "tertiary".into(),
+                    summary_id: "R1".into(),
+                    consulted_at: UnixMillis(5),
+                }),
+            }
+        );
+        assert_eq!(events_of_entry(&decision(None)), Recomputed::OlderFormat);
+
+        // Differences are named figure by figure, rows missing on one side included.
+        let (rows, total) = aggregate(&events, GroupBy::Item, CST);
+        let mut more = total.clone();
+        more.adopted += 1;
+        assert_eq!(
+            row_differences(&[more], std::slice::from_ref(&total)),
+            ["total: adopted: the hub says 1, the log gives 0"]
+        );
+        assert_eq!(
+            row_differences(&[], &rows),
+            [
+                "718-7: re-tested: the hub says 0, the log gives 1",
+                "718-7: re-tested for too-old: the hub says 0, the log gives 1"
+            ]
+        );
     }
 
     /// Of a member's decisions on one consultation only the latest counts: a hundred

@@ -66,6 +66,13 @@ pub enum HubError {
         "{caller} is not an alliance administrator: a patient's access report is given by the alliance administrator, on the patient's request"
     )]
     AccessReportNotYours { caller: InstitutionId },
+    #[error("{0}")]
+    NotAPolicy(String),
+    /// A statistics audit (GetLogEntries) asked by a member, not an administrator.
+    #[error(
+        "{caller} is not an alliance administrator: the log's decision and access entries are read in bulk only by an administrator, for a statistics audit"
+    )]
+    AuditNotYours { caller: InstitutionId },
     #[error("the decision was refused: {0}")]
     Decision(#[from] huren_core::rules::DecisionError),
     #[error(transparent)]
@@ -88,7 +95,9 @@ impl HubError {
             | Self::NotMember { .. }
             | Self::Revoked { .. }
             | Self::ConsentNotYours { .. }
-            | Self::AccessReportNotYours { .. } => Code::PermissionDenied,
+            | Self::AccessReportNotYours { .. }
+            | Self::AuditNotYours { .. } => Code::PermissionDenied,
+            Self::NotAPolicy(_) => Code::NotFound,
             Self::Checkpoint(_) | Self::Checking => Code::Internal,
             Self::Store(StoreError::BeyondLog { .. }) => Code::OutOfRange,
             Self::Store(StoreError::Tree(_)) => Code::InvalidArgument,

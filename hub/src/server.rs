@@ -34,6 +34,8 @@ pub enum ServerError {
     },
     #[error("policy: {0}")]
     Policy(PolicyError),
+    #[error("the policy could not be logged: {0}")]
+    PolicyLog(String),
     #[error("log key: {0}")]
     LogKey(#[from] crate::log::LogKeyError),
     #[error("TLS set-up: {0}")]
@@ -103,10 +105,6 @@ pub async fn run_with_store(
     let policy = Arc::new(PolicyHandle::open(&config.policy).map_err(ServerError::Policy)?);
     let p = policy.get();
     tracing::info!(version = %p.version, items = p.items.len(), members = p.members.len(), "policy loaded");
-    tokio::spawn(watch_policy(
-        policy.clone(),
-        Duration::from_secs(config.limits.policy_poll_seconds),
-    ));
     let log = LogSigner::load_or_create(&config.log_key_path(), &config.log.origin)?;
     let witnesses = crate::witness::client::Witnesses::new(
         &config.witnesses,
@@ -135,6 +133,14 @@ pub async fn run_with_store(
     .with_max_clock_skew(config.limits.max_clock_skew_seconds)
     .with_witnesses(witnesses);
     let hub = Arc::new(hub);
+    // Every policy put in force is in the log first: the one read at start too.
+    hub.log_policy_in_force()
+        .await
+        .map_err(|e| ServerError::PolicyLog(e.to_string()))?;
+    tokio::spawn(watch_policy(
+        Arc::downgrade(&hub),
+        Duration::from_secs(config.limits.policy_poll_seconds),
+    ));
     let closing = Arc::downgrade(&hub);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -266,9 +272,10 @@ async fn close(hub: std::sync::Weak<Hub>, store: SharedStore, wait: Duration) {
     }
 }
 
-/// Reloads the policy when its file changes (checked every `every`) or on SIGHUP. A policy that
-/// fails its checks is logged and the one in force stays.
-async fn watch_policy(policy: Arc<PolicyHandle>, every: Duration) {
+/// Reloads the policy when its file changes (checked every `every`) or on SIGHUP, logging
+/// each new one before it is put in force. A policy that fails its checks is logged and the
+/// one in force stays. Stops when the hub is gone.
+async fn watch_policy(hub: std::sync::Weak<Hub>, every: Duration) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
@@ -285,16 +292,16 @@ async fn watch_policy(policy: Arc<PolicyHandle>, every: Duration) {
         };
         #[cfg(not(unix))]
         let hangup = std::future::pending::<()>();
-        tokio::select! {
-            _ = tick.tick() => policy.reload_if_changed(),
-            () = hangup => {
-                tracing::info!("SIGHUP: reloading the policy");
-                policy.reload_logged();
-            }
-        }
-        // Stop when the hub is gone (only this task holds the handle then).
-        if Arc::strong_count(&policy) == 1 {
-            break;
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            () = hangup => true,
+        };
+        let Some(hub) = hub.upgrade() else { break };
+        if forced {
+            tracing::info!("SIGHUP: reloading the policy");
+            hub.reload_policy().await;
+        } else {
+            hub.reload_policy_if_changed().await;
         }
     }
 }

@@ -207,6 +207,35 @@ pub enum Command {
         #[arg(long)]
         csv: Option<PathBuf>,
     },
+    /// Recompute the statistics of a period from the hub's log and compare them with the
+    /// hub's (`stats`), figure by figure. Reads every entry of the log (decisions and
+    /// accesses whole, the rest as hashes) and checks the tree's root against a checkpoint.
+    /// Exits non-zero when a figure differs. Administrators only; needs [log]. Give a period
+    /// that has ended: queries answered while the audit runs may count in one and not the
+    /// other.
+    AuditStats {
+        /// Start of the period (RFC 3339); default 30 days ago.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (RFC 3339); default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// How to group the figures.
+        #[arg(long, value_enum, default_value = "item")]
+        by: GroupArg,
+    },
+    /// Replay the hub's verdicts on a patient's results: for each result shown (or the one
+    /// named), fetch the policy version its verdict names from the hub's log (with its
+    /// inclusion proof), judge the result again with the same rules, and say whether the hub
+    /// judged correctly. Exits non-zero when a verdict differs or cannot be replayed. Needs
+    /// [log]. The lookup is a History query (with earlier versions), logged like any other.
+    VerifyVerdict {
+        #[command(flatten)]
+        patient: Patient,
+        /// Only this result: publisher/summary-id.
+        #[arg(long)]
+        result: Option<String>,
+    },
     /// Re-check the hub's verifiable log: the latest checkpoint against the last one this
     /// agent saw (consistency proof), and every entry this agent relied on (inclusion proofs).
     /// Exits non-zero on any inconsistency. Needs [log] verifier_key in the configuration.
@@ -790,6 +819,10 @@ pub async fn run(
             run_stats(&agent, from, to, by, csv, offset).await?
         }
         Command::Audit => run_audit(&agent).await?,
+        Command::AuditStats { from, to, by } => run_audit_stats(&agent, from, to, by).await?,
+        Command::VerifyVerdict { patient, result } => {
+            run_verify_verdict(&agent, &asking, &patient, result.as_deref(), offset).await?
+        }
         Command::AccessReport { patient, from, to } => {
             run_access_report(
                 &agent,
@@ -816,6 +849,167 @@ pub async fn run(
                 if changed { "" } else { " (no change)" }
             );
         }
+    }
+    Ok(())
+}
+
+/// The period of `stats` and `audit-stats`: `--to` default now, `--from` default 30 days
+/// before it.
+fn period(from: Option<String>, to: Option<String>) -> anyhow::Result<(UnixMillis, UnixMillis)> {
+    let parse = |flag: &str, t: Option<String>| -> anyhow::Result<Option<UnixMillis>> {
+        t.map(|t| crate::results::parse_time(flag, &t).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let to = parse("--to", to)?.unwrap_or_else(UnixMillis::now);
+    let from = parse("--from", from)?.unwrap_or(UnixMillis(to.0 - 30 * 86_400_000));
+    Ok((from, to))
+}
+
+fn group_by(by: GroupArg) -> GroupBy {
+    match by {
+        GroupArg::Item => GroupBy::Item,
+        GroupArg::Member => GroupBy::Member,
+        GroupArg::Day => GroupBy::Day,
+        GroupArg::Month => GroupBy::Month,
+    }
+}
+
+/// `huren-agent audit-stats`: the hub's figures against the log's, non-zero exit on a
+/// difference.
+async fn run_audit_stats(
+    agent: &Agent,
+    from: Option<String>,
+    to: Option<String>,
+    by: GroupArg,
+) -> anyhow::Result<()> {
+    let (from, to) = period(from, to)?;
+    let audit = agent.audit_statistics(from, to, group_by(by)).await?;
+    println!(
+        "Read the hub's whole log ({} entries); its root matches the checkpoint.",
+        audit.tree_size
+    );
+    if let Some(v) = &audit.policy_version {
+        println!("Newest policy in the log: {v}");
+    }
+    let (rows, total) = &audit.recomputed;
+    println!(
+        "Recomputed from the log: {} row(s); total {} queries, {} found, {} cross-member, {} adopted, {} re-tested, {} avoided, {} yuan saved.",
+        rows.len(),
+        total.queries,
+        total.found,
+        total.cross_member,
+        total.adopted,
+        total.retested,
+        total.tests_avoided,
+        yuan(total.money_saved_fen)
+    );
+    if audit.older_format > 0 {
+        println!(
+            "Note: {} decision or access entr(ies) of the period are in a leaf format before 0x04 and cannot be recomputed.",
+            audit.older_format
+        );
+    }
+    for u in &audit.unreadable {
+        println!("Unreadable: {u}");
+    }
+    if audit.differences.is_empty() {
+        println!(
+            "OK: every figure the hub gives (stats --by {}) is the log's.",
+            by.name()
+        );
+        return Ok(());
+    }
+    eprintln!("!!! THE HUB'S STATISTICS DIFFER FROM ITS LOG !!!");
+    for d in &audit.differences {
+        eprintln!("  - {d}");
+    }
+    bail!("{} figure(s) differ from the log", audit.differences.len())
+}
+
+/// `huren-agent verify-verdict`: replays each shown result's verdict; non-zero exit when one
+/// differs or cannot be replayed.
+async fn run_verify_verdict(
+    agent: &Agent,
+    asking: &Asking,
+    patient: &Patient,
+    only: Option<&str>,
+    offset: time::UtcOffset,
+) -> anyhow::Result<()> {
+    let (publisher, summary_id) = match only {
+        Some(r) => {
+            let (p, id) = r.split_once('/').ok_or_else(|| {
+                anyhow::anyhow!("--result must be publisher/summary-id, got {r:?}")
+            })?;
+            (Some(p), Some(id))
+        }
+        None => (None, None),
+    };
+    if agent.log().is_none() {
+        bail!(
+            "verify-verdict needs the hub's log checked: add [log] verifier_key to the configuration"
+        );
+    }
+    let pseudonym = patient_pseudonym(agent, patient)?;
+    let answer = agent
+        .history(asking, &pseudonym, UnixMillis(0), true)
+        .await?;
+    let mut shown: Vec<(&crate::verify::VerifiedResult, bool)> = Vec::new();
+    for r in &answer.results {
+        shown.push((r, true));
+        shown.extend(r.earlier.iter().map(|e| (e, false)));
+    }
+    shown.retain(|(r, _)| {
+        publisher.is_none_or(|p| r.receipt.publisher.as_str() == p)
+            && summary_id.is_none_or(|id| r.receipt.summary_id.as_str() == id)
+    });
+    if shown.is_empty() {
+        bail!(
+            "no result to replay: the hub showed none for this patient{}",
+            match only {
+                Some(r) => format!(" named {r}"),
+                None => String::new(),
+            }
+        );
+    }
+    let mut wrong = 0;
+    for (r, latest) in shown {
+        let name = format!(
+            "{}/{} v{}",
+            r.receipt.publisher, r.receipt.summary_id, r.receipt.version
+        );
+        let given = crate::table::verdict_cell(r.verdict.as_ref());
+        let basis = r
+            .verdict
+            .as_ref()
+            .and_then(|v| v.basis.as_ref())
+            .map(|b| {
+                format!(
+                    "policy {} (log entry {}), judged at {}",
+                    b.policy_version,
+                    b.policy_index,
+                    format_time(b.as_of, offset)
+                )
+            })
+            .unwrap_or_else(|| "no policy named".into());
+        match agent.replay_verdict(r, latest).await? {
+            Ok(replayed) if replayed.differences.is_empty() => {
+                println!("{name}: {given}; {basis}: replayed, the same.");
+            }
+            Ok(replayed) => {
+                wrong += 1;
+                println!("{name}: {given}; {basis}: THE HUB JUDGED WRONGLY:");
+                for d in &replayed.differences {
+                    println!("  - {d}");
+                }
+            }
+            Err(e) => {
+                wrong += 1;
+                println!("{name}: {given}: CANNOT BE REPLAYED: {e}");
+            }
+        }
+    }
+    if wrong > 0 {
+        bail!("{wrong} verdict(s) differ from the logged policy's or cannot be replayed");
     }
     Ok(())
 }

@@ -199,7 +199,12 @@ impl Agent {
         self.log.as_ref()
     }
 
-    fn witness(&self) -> Result<&LogWitness, AgentError> {
+    /// The hub's service as this agent calls it.
+    pub(crate) fn hub_api(&self) -> &HubApi {
+        &self.hub
+    }
+
+    pub(crate) fn witness(&self) -> Result<&LogWitness, AgentError> {
         self.log.as_ref().ok_or_else(|| {
             AgentError::Setup(
                 "the hub's log is not checked: add [log] verifier_key to the configuration (huren-hub --print-log-key prints it)".into(),
@@ -333,6 +338,7 @@ impl Agent {
                 results,
                 policy_version,
                 requester,
+                ..
             }) = Entry::decode(&e.leaf)
             else {
                 return Err(bad("its leaf is not an access entry"));
@@ -599,10 +605,75 @@ impl Agent {
         result: &Receipt,
         decision: &Decision,
     ) -> Result<DecisionRecorded, AgentError> {
-        self.hub
+        let recorded = self
+            .hub
             .record_decision(decision_id, result, decision)
             .await
-            .map_err(AgentError::Hub)
+            .map_err(AgentError::Hub)?;
+        if let Some(log) = &self.log
+            && !recorded.already_recorded
+        {
+            self.check_decision_leaf(log, decision_id, result, decision, &recorded)
+                .await?;
+        }
+        Ok(recorded)
+    }
+
+    /// With `[log]`: the decision's leaf says what this agent sent (and names the item and
+    /// price the statistics count it under), and its inclusion proof verifies against a
+    /// checkpoint consistent with the last one seen; the entry is remembered for `audit`.
+    async fn check_decision_leaf(
+        &self,
+        log: &LogWitness,
+        decision_id: &str,
+        result: &Receipt,
+        decision: &Decision,
+        recorded: &DecisionRecorded,
+    ) -> Result<(), AgentError> {
+        let proof = required_proof(
+            recorded.log_proof.clone(),
+            "the decision was recorded without its inclusion proof",
+        )?;
+        let (want_adopted, want_reason, want_note) = match decision {
+            Decision::Adopted => (true, String::new(), String::new()),
+            Decision::Retested { reason, note } => (
+                false,
+                reason.map(|r| r.code().to_owned()).unwrap_or_default(),
+                note.clone(),
+            ),
+        };
+        let says_what_was_sent = matches!(
+            Entry::decode(&recorded.leaf),
+            Ok(Entry::Decision {
+                at,
+                member,
+                decision_id: id,
+                publisher,
+                summary_id,
+                version,
+                adopted,
+                reason,
+                note,
+                facts: Some(_),
+                ..
+            }) if at == recorded.at
+                && member == self.institution.as_str()
+                && id == decision_id
+                && publisher == result.publisher.as_str()
+                && summary_id == result.summary_id.as_str()
+                && version == result.version
+                && adopted == want_adopted
+                && reason == want_reason
+                && note == want_note
+        );
+        if !says_what_was_sent {
+            return Err(AgentError::Log(format!(
+                "the log entry of decision {decision_id} does not say what this agent sent"
+            )));
+        }
+        log.verify_entry(&recorded.leaf, &proof)?;
+        log.observe(&self.hub, &proof.checkpoint).await?;
+        log.remember(proof.index, &recorded.leaf)
     }
 
     /// Recognition statistics for `[from, to)`.

@@ -78,6 +78,9 @@ pub struct DecisionRecorded {
     pub already_recorded: bool,
     pub at: UnixMillis,
     pub result_was_recognised: bool,
+    /// The decision's leaf bytes (empty when already recorded, or from an older hub).
+    pub leaf: Vec<u8>,
+    pub log_proof: SentProof,
 }
 
 /// What SetConsent answered.
@@ -130,6 +133,30 @@ pub struct InclusionAnswer {
     pub leaf: Vec<u8>,
     /// The proof's hashes (none when the hub sent no proof), or why they do not read.
     pub proof: Result<Vec<Hash>, String>,
+}
+
+/// A policy leaf as GetPolicy answers it, unverified.
+#[derive(Clone, Debug)]
+pub struct PolicyAnswer {
+    pub leaf: Vec<u8>,
+    pub proof: SentProof,
+}
+
+/// One entry of a GetLogEntries page, unverified: its bytes, or its leaf hash alone.
+#[derive(Clone, Debug)]
+pub enum PageEntry {
+    Leaf(Vec<u8>),
+    /// The leaf hash, or why it does not read.
+    Hash(Result<Hash, String>),
+}
+
+/// A page of a statistics audit (GetLogEntries), unverified.
+#[derive(Clone, Debug)]
+pub struct LogPage {
+    pub entries: Vec<(u64, PageEntry)>,
+    pub tree_size: u64,
+    /// The signed checkpoint of `tree_size` (asked with tree size 0), else empty.
+    pub checkpoint: String,
 }
 
 /// The hub's gRPC service as the agent calls it. Cheap to clone (one channel).
@@ -433,6 +460,8 @@ impl HubApi {
             already_recorded: r.already_recorded,
             at: UnixMillis(r.recorded_at_ms),
             result_was_recognised: r.result_was_recognised,
+            leaf: r.leaf,
+            log_proof: proof(r.log_proof),
         })
     }
 
@@ -540,6 +569,60 @@ impl HubApi {
             .await?
             .into_inner();
         Ok(convert::hashes("proof", &r.proof).map_err(|e| e.to_string()))
+    }
+
+    /// A policy leaf with its inclusion proof (GetPolicy).
+    pub async fn get_policy(&self, index: u64) -> Result<PolicyAnswer, Status> {
+        let r = self
+            .client()
+            .get_policy(pb::GetPolicyRequest { index })
+            .await?
+            .into_inner();
+        Ok(PolicyAnswer {
+            leaf: r.leaf,
+            proof: proof(r.proof),
+        })
+    }
+
+    /// Log entries `[start, end)` of the tree of `tree_size` leaves (0: the latest), for a
+    /// statistics audit (GetLogEntries, administrators only).
+    pub async fn log_entries(
+        &self,
+        start: u64,
+        end: u64,
+        tree_size: u64,
+    ) -> Result<LogPage, Status> {
+        let r = self
+            .client()
+            .get_log_entries(pb::LogEntriesRequest {
+                start,
+                end,
+                tree_size,
+            })
+            .await?
+            .into_inner();
+        Ok(LogPage {
+            entries: r
+                .entries
+                .into_iter()
+                .map(|e| {
+                    let entry = if e.leaf.is_empty() {
+                        PageEntry::Hash(Hash::try_from(e.leaf_hash.as_slice()).map_err(|_| {
+                            format!(
+                                "entry {}: a leaf hash of {} bytes",
+                                e.index,
+                                e.leaf_hash.len()
+                            )
+                        }))
+                    } else {
+                        PageEntry::Leaf(e.leaf)
+                    };
+                    (e.index, entry)
+                })
+                .collect(),
+            tree_size: r.tree_size,
+            checkpoint: r.checkpoint,
+        })
     }
 
     pub async fn inclusion_proof(

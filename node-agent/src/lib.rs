@@ -58,6 +58,7 @@ pub mod repository;
 pub mod results;
 pub mod store;
 pub mod table;
+pub mod trust_checks;
 pub mod verify;
 pub mod web;
 

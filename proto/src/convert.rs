@@ -8,7 +8,7 @@ use huren_core::identity::InstitutionId;
 use huren_core::logentry::{LogProof, Purpose};
 use huren_core::merkle::Hash;
 use huren_core::receipt::Receipt;
-use huren_core::rules::{Decision, Reason, RetestReason, Verdict};
+use huren_core::rules::{Basis, Decision, Reason, RetestReason, Verdict};
 use huren_core::stats::{GroupBy, Row};
 use huren_core::summary::{SummaryId, UnixMillis};
 
@@ -178,7 +178,9 @@ pub fn reason(value: i32) -> Option<Reason> {
     })
 }
 
-/// A verdict as the wire carries it, under the policy version that made it.
+/// A verdict as the wire carries it, under the policy version that made it (its
+/// [`Verdict::basis`] when it has one, which also names the policy's log leaf and the moment
+/// judged at).
 pub fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
     pb::Verdict {
         recognition: if v.recognised() {
@@ -196,7 +198,13 @@ pub fn verdict_to_pb(v: &Verdict, policy_version: &str) -> pb::Verdict {
             .collect(),
         hr_mark: v.hr_mark.clone().unwrap_or_default(),
         valid_until_ms: v.valid_until.map_or(0, |t| t.0),
-        policy_version: policy_version.to_owned(),
+        policy_version: v
+            .basis
+            .as_ref()
+            .map_or(policy_version, |b| b.policy_version.as_str())
+            .to_owned(),
+        policy_index: v.basis.as_ref().map(|b| b.policy_index),
+        as_of_ms: v.basis.as_ref().map_or(0, |b| b.as_of.0),
     }
 }
 
@@ -225,6 +233,11 @@ impl TryFrom<pb::Verdict> for Verdict {
             reasons,
             hr_mark: (!v.hr_mark.is_empty()).then_some(v.hr_mark),
             valid_until: (v.valid_until_ms != 0).then_some(UnixMillis(v.valid_until_ms)),
+            basis: v.policy_index.map(|policy_index| Basis {
+                policy_index,
+                policy_version: v.policy_version,
+                as_of: UnixMillis(v.as_of_ms),
+            }),
         })
     }
 }
@@ -443,12 +456,29 @@ mod tests {
             reasons: vec![(Reason::Voided, "voided".into())],
             hr_mark: None,
             valid_until: Some(UnixMillis(5)),
+            basis: None,
         };
         assert_eq!(Verdict::try_from(verdict_to_pb(&not, "7")), Ok(not));
+        // The basis (policy leaf, version, moment) goes to the wire and back.
+        let based = Verdict {
+            reasons: vec![],
+            hr_mark: Some("全国HR".into()),
+            valid_until: None,
+            basis: Some(Basis {
+                policy_index: 0,
+                policy_version: "2026.11-1".into(),
+                as_of: UnixMillis(9),
+            }),
+        };
+        let wire = verdict_to_pb(&based, "ignored");
+        assert_eq!(wire.policy_version, "2026.11-1");
+        assert_eq!(wire.policy_index, Some(0));
+        assert_eq!(Verdict::try_from(wire), Ok(based));
         let recognised = Verdict {
             reasons: vec![],
             hr_mark: Some("全国HR".into()),
             valid_until: None,
+            basis: None,
         };
         let wire = verdict_to_pb(&recognised, "7");
         assert_eq!(wire.policy_version, "7");

@@ -253,19 +253,54 @@ async fn receipts_and_answers_verify_with_only_checkpoint_key_and_bytes() -> any
         })
         .await?
         .into_inner();
-    let leaf = Entry::Decision {
-        at: UnixMillis(d.recorded_at_ms),
-        member: "hosp-b".into(),
-        decision_id: "order-1".into(),
-        publisher: r.publisher.clone(),
-        summary_id: r.summary_id.clone(),
-        version: r.version,
-        adopted: false,
-        recognised: d.result_was_recognised,
-        reason: "condition-changed".into(),
-        note: String::new(),
-    }
-    .encode();
+    // The leaf comes with the answer (format 0x04: it also names the item, the price in force
+    // and the consultation); its fields are what was sent, and the proof verifies with it.
+    let leaf = d.leaf.clone();
+    let Entry::Decision {
+        at,
+        member,
+        decision_id,
+        publisher,
+        summary_id,
+        version,
+        adopted,
+        recognised,
+        reason,
+        note,
+        facts: Some(facts),
+    } = Entry::decode(&leaf)?
+    else {
+        anyhow::bail!("not a format 0x04 decision leaf");
+    };
+    assert_eq!(
+        (
+            at.0,
+            member.as_str(),
+            decision_id.as_str(),
+            publisher.as_str(),
+            summary_id.as_str(),
+            version,
+            adopted,
+            recognised,
+            reason.as_str(),
+            note.as_str()
+        ),
+        (
+            d.recorded_at_ms,
+            "hosp-b",
+            "order-1",
+            r.publisher.as_str(),
+            r.summary_id.as_str(),
+            r.version,
+            false,
+            d.result_was_recognised,
+            "condition-changed",
+            ""
+        )
+    );
+    assert_eq!((facts.item_system.as_str(), facts.item_code.as_str()), (LOINC, HGB));
+    assert_eq!(facts.price_fen, 500, "the haemoglobin's reference price");
+    assert!(facts.consulted_at.0 > 0 && facts.consulted_at.0 <= d.recorded_at_ms);
     verify_leaf(&vkey, &leaf, &proof(d.log_proof)?)?;
     Ok(())
 }

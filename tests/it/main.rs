@@ -22,6 +22,7 @@ mod publish;
 mod query;
 mod rules;
 mod security_ingest;
+mod trust;
 mod vectors;
 mod web_browser;
 mod witness;

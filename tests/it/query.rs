@@ -133,6 +133,8 @@ async fn certificates_once_sends_each_signing_certificate_once() -> anyhow::Resu
     let mut w = world().await?;
     let p = w.p;
     let mut plain = prior_request(&p, &[(LOINC, HGB), (LOINC, GLUCOSE)]);
+    // One moment for both answers: a verdict names the moment it judged at.
+    plain.as_of_ms = crate::harness::now_ms();
     let full = w.client.find_prior(plain.clone()).await?.into_inner();
     plain.certificates_once = true;
     let shared = w.client.find_prior(plain).await?.into_inner();

@@ -23,7 +23,9 @@ use sha2::{Digest, Sha512};
 use huren_core::checkpoint::{Checkpoint, NoteSigner, sign_checkpoint};
 use huren_core::ed25519;
 use huren_core::identity::InstitutionId;
-use huren_core::logentry::{Entry, Method, Purpose, ResultRef, summary_leaf};
+use huren_core::logentry::{
+    AccessFacts, DecisionFacts, Entry, Method, Purpose, ResultRef, ShownFact, summary_leaf,
+};
 use huren_core::merkle::{MemoryTree, consistency_proof, inclusion_proof, leaf_hash};
 use huren_core::pseudonym::{
     ALLIANCE_ID_TYPES, IdTypes, PSEUDONYM_CONTEXT, PatientId, Pseudonym, PseudonymKey,
@@ -48,7 +50,10 @@ const PUBLISHER: &str = "shx-prov-people";
 /// The member that queries and decides in the log vectors.
 const QUERIER: &str = "lantian-county";
 /// The largest tree of the log vectors: every root, inclusion and consistency proof up to it.
-const LOG_SIZE: u64 = 7;
+const LOG_SIZE: u64 = 9;
+
+/// The policy text of the vectors' policy leaf (a valid policy file).
+const VECTOR_POLICY: &str = "version = \"2026.12-1\"\nutc_offset = \"+08:00\"\n\n[[members]]\nid = \"shx-prov-people\"\nname = \"陕西省人民医院\"\nlevel = \"tertiary\"\nregion = \"610102\"\n\n[[items]]\ncode = \"718-7\"\nname = \"血红蛋白 Hemoglobin\"\ncategory = \"lab\"\ngroup = \"haematology\"\nvalidity_days = 7\nscope = \"national\"\nprice_yuan = 5.00\n";
 
 /// The pseudonymisation key of the vectors: bytes 0, 1, …, 31.
 fn pseudonym_key_bytes() -> [u8; 32] {
@@ -457,7 +462,10 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
         recognised: true,
         reason: reason.into(),
         note: note.into(),
+        facts: None,
     };
+    huren_core::policy_file::parse(std::path::Path::new("the vectors' policy"), VECTOR_POLICY)
+        .context("the vectors' policy text is not a valid policy")?;
     let entries = [
         ("summary", first_leaf),
         (
@@ -474,6 +482,7 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
                 pseudonym: *patient.as_bytes(),
                 results: vec![the_result(1)],
                 policy_version: Some("2026.11-1".into()),
+                facts: None,
             }
             .encode(),
         ),
@@ -502,19 +511,68 @@ fn compute(inputs: &Inputs) -> anyhow::Result<Value> {
                 pseudonym: *patient.as_bytes(),
                 results: vec![the_result(1)],
                 policy_version: Some("2026.11-1".into()),
+                facts: None,
             }
             .encode(),
         ),
         ("summary", second_leaf),
         (
             "decision",
-            decision(
-                t0 + day + 60_000,
-                2,
-                false,
-                "condition-changed",
-                "病情变化 condition changed",
-            )
+            // Format 0x04: with the item, the price in force and the consultation.
+            {
+                let mut d = decision(
+                    t0 + day + 60_000,
+                    2,
+                    false,
+                    "condition-changed",
+                    "病情变化 condition changed",
+                );
+                if let Entry::Decision { facts, .. } = &mut d {
+                    *facts = Some(DecisionFacts {
+                        item_system: "http://loinc.org".into(),
+                        item_code: "718-7".into(),
+                        price_fen: 500,
+                        consulted_at: UnixMillis(t0 + day + 30_000),
+                    });
+                }
+                d.encode()
+            },
+        ),
+        (
+            "policy",
+            Entry::Policy {
+                at: UnixMillis(t0 + day + 90_000),
+                version: "2026.12-1".into(),
+                text: VECTOR_POLICY.as_bytes().to_vec(),
+            }
+            .encode(),
+        ),
+        (
+            "access",
+            Entry::Access {
+                // Format 0x04: the items asked for and each shown result's item and verdict.
+                requester: Some("staff:LT-D0423".into()),
+                at: UnixMillis(t0 + day + 120_000),
+                caller: QUERIER.into(),
+                purpose: Purpose::Treatment,
+                method: Method::FindPrior,
+                emergency_override: false,
+                withheld_by_consent: false,
+                pseudonym: *patient.as_bytes(),
+                results: vec![the_result(2)],
+                policy_version: Some("2026.12-1".into()),
+                facts: Some(AccessFacts {
+                    asked: vec![
+                        ("http://loinc.org".into(), "718-7".into()),
+                        ("http://loinc.org".into(), "2160-0".into()),
+                    ],
+                    shown: vec![ShownFact {
+                        item_system: "http://loinc.org".into(),
+                        item_code: "718-7".into(),
+                        recognised: true,
+                    }],
+                }),
+            }
             .encode(),
         ),
     ];

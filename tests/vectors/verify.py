@@ -423,6 +423,9 @@ class Reader:
     def i64(self):
         return int.from_bytes(self.take(8), "big", signed=True)
 
+    def u64(self):
+        return int.from_bytes(self.take(8), "big")
+
     def bytes_(self):
         return self.take(self.u32())
 
@@ -434,7 +437,8 @@ def decode_leaf(leaf):
     r = Reader(leaf)
     form = r.u8()
     kind = r.u8()
-    check(form == 1 or (form in (2, 3) and kind == 3), f"unknown leaf format {form} for kind {kind}")
+    check(form == 1 or (form in (2, 3, 4) and kind == 3) or (form == 4 and kind == 2),
+          f"unknown leaf format {form} for kind {kind}")
     if kind == 1:
         out = {"kind": "summary", "accepted_at_ms": r.i64(), "cert_sha256": r.take(32),
                "signature": r.take(64), "body": r.bytes_()}
@@ -443,6 +447,10 @@ def decode_leaf(leaf):
                "decision_id": r.text(), "publisher": r.text(), "summary_id": r.text(),
                "version": r.u32(), "adopted": r.boolean(), "recognised": r.boolean(),
                "reason": r.text(), "note": r.text()}
+        if form == 4:
+            out["item"] = (r.text(), r.text())
+            out["price_fen"] = r.u64()
+            out["consulted_at_ms"] = r.i64()
     elif kind == 3:
         out = {"kind": "access", "at_ms": r.i64(), "caller": r.text(), "purpose": r.u8(),
                "method": r.u8(), "flags": r.u8(), "pseudonym": r.take(32)}
@@ -451,11 +459,17 @@ def decode_leaf(leaf):
         out["results"] = [(r.text(), r.text(), r.u32()) for _ in range(r.u32())]
         if form >= 2:
             out["policy_version"] = r.text()
-        if form == 3:
+        if form >= 3:
             out["requester"] = r.text()
+        if form == 4:
+            out["asked"] = [(r.text(), r.text()) for _ in range(r.u32())]
+            out["shown"] = [(r.text(), r.text(), r.boolean()) for _ in out["results"]]
     elif kind == 4:
         out = {"kind": "consent", "at_ms": r.i64(), "member": r.text(),
                "pseudonym": r.take(32), "opted_out": r.boolean()}
+    elif kind == 5:
+        out = {"kind": "policy", "at_ms": r.i64(), "version": r.text(), "text": r.bytes_()}
+        out["text"].decode("utf-8")
     else:
         raise Failure(f"unknown leaf kind {kind}")
     check(r.i == len(leaf), "the leaf has bytes after its last field")

@@ -52,7 +52,11 @@ pub(super) async fn record_decision(
         already_recorded,
         recorded_at_ms: at.0,
         result_was_recognised: recognised,
-        log_proof: proof.map(pb::LogProof::from),
+        leaf: proof
+            .as_ref()
+            .map(|(_, leaf)| leaf.clone())
+            .unwrap_or_default(),
+        log_proof: proof.map(|(p, _)| pb::LogProof::from(p)),
     })
 }
 

@@ -490,6 +490,34 @@ impl pb::hub_server::Hub for HubGrpc {
         .await
     }
 
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        handle(
+            &self.metrics,
+            "GetPolicy",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| log::get_policy(self, caller, r),
+        )
+        .await
+    }
+
+    async fn get_log_entries(
+        &self,
+        request: Request<pb::LogEntriesRequest>,
+    ) -> Result<Response<pb::LogEntriesResponse>, Status> {
+        handle(
+            &self.metrics,
+            "GetLogEntries",
+            request,
+            self.limits.max_message_bytes,
+            |caller, r| log::get_log_entries(self, caller, r),
+        )
+        .await
+    }
+
     async fn access_report(
         &self,
         request: Request<pb::AccessReportRequest>,

@@ -6,7 +6,7 @@ impl Hub {
         &self,
         caller: &InstitutionId,
         d: DecisionRequest,
-    ) -> Result<(DecisionOutcome, bool, Option<LogProof>), HubError> {
+    ) -> Result<(DecisionOutcome, bool, Option<(LogProof, Vec<u8>)>), HubError> {
         let policy = self.member_policy(caller)?;
         if d.decision_id.is_empty() || d.decision_id.len() > MAX_DECISION_ID {
             return Err(HubError::BadRequest(format!(
@@ -88,7 +88,7 @@ impl Hub {
             DecisionOutcome::Recorded { .. } => consulted.recognised,
         };
         let proof = match logged {
-            Some(l) => Some(self.log_proof(l.index, l.head).await?),
+            Some(l) => Some((self.log_proof(l.index, l.head).await?, record.leaf())),
             None => None,
         };
         Ok((outcome, recognised, proof))
@@ -125,8 +125,10 @@ impl Hub {
     }
 
     /// Who looked at a patient's results in `[from, to)`, each access with its inclusion
-    /// proof. Any member may ask (on the patient's behalf); the report is itself logged as an
-    /// access (purpose ADMINISTRATION for an administrator, PATIENT_REQUEST for a member).
+    /// proof. Only an administrator of the policy may ask, on the patient's request (a member
+    /// gets `AccessReportNotYours`, PERMISSION_DENIED, and nothing is logged); each report is
+    /// itself logged as an access (method AccessReport, purpose PATIENT_REQUEST) before it is
+    /// answered.
     pub async fn access_report(
         &self,
         caller: &InstitutionId,

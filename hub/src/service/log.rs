@@ -94,6 +94,8 @@ impl Hub {
             Entry::Consent {
                 member, pseudonym, ..
             } => (member == me, Some(Pseudonym::from_bytes(*pseudonym))),
+            // The policies verdicts were made under are everyone's to read.
+            Entry::Policy { .. } => (true, None),
         };
         if own {
             return Ok((leaf, proof));
@@ -119,5 +121,105 @@ impl Hub {
         .await?;
         tracing::info!(index, "log entry read for audit");
         Ok((leaf, proof))
+    }
+}
+
+/// Most entries one GetLogEntries call returns.
+pub const MAX_LOG_ENTRIES: u64 = 1000;
+
+/// One entry of a statistics audit: its bytes (decision, access, policy) or its leaf hash.
+#[derive(Clone, Debug)]
+pub enum AuditEntry {
+    Leaf(Vec<u8>),
+    Hash(Hash),
+}
+
+/// Entries `[start, end)` of one tree, for a statistics audit.
+#[derive(Clone, Debug)]
+pub struct LogEntries {
+    pub entries: Vec<(u64, AuditEntry)>,
+    pub tree_size: u64,
+    /// The signed checkpoint of `tree_size`, when the latest was asked for.
+    pub checkpoint: String,
+}
+
+impl Hub {
+    /// Entries `[start, end)` of the tree of `tree_size` leaves (0: the latest durable
+    /// checkpoint, which comes with them), for an administrator's statistics audit: decision,
+    /// access and policy entries with their bytes, the others (summaries, consent changes) as
+    /// leaf hashes. Each patient whose access entries are returned gets an access of their
+    /// own in the log (method GetInclusionProof, purpose ADMINISTRATION), as for any
+    /// administrator's read of a log entry.
+    pub async fn log_entries(
+        &self,
+        caller: &InstitutionId,
+        start: u64,
+        end: u64,
+        tree_size: u64,
+    ) -> Result<LogEntries, HubError> {
+        let policy = self.member_policy(caller)?;
+        if !policy.is_administrator(caller) {
+            tracing::warn!("a member asked for the log's entries in bulk");
+            return Err(HubError::AuditNotYours {
+                caller: caller.clone(),
+            });
+        }
+        if end < start || end - start > MAX_LOG_ENTRIES {
+            return Err(HubError::BadRequest(format!(
+                "ask for 0 to {MAX_LOG_ENTRIES} entries at a time, with start ≤ end (asked [{start}, {end}))"
+            )));
+        }
+        let durable = self.store.durable_head().await?;
+        let (size, checkpoint) = if tree_size == 0 {
+            let (head, note) = self.checkpoint_note(durable).await?;
+            (head.size, note)
+        } else if tree_size > durable.size {
+            return Err(HubError::BadRequest(format!(
+                "the log has no checkpoint of {tree_size} entries yet (it has {})",
+                durable.size
+            )));
+        } else {
+            (tree_size, String::new())
+        };
+        if end > size {
+            return Err(HubError::BadRequest(format!(
+                "entries up to {end} asked from a tree of {size}"
+            )));
+        }
+        let mut entries = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
+        let mut patients = std::collections::BTreeSet::new();
+        for index in start..end {
+            let leaf = self.store.leaf(index).await?;
+            let entry = match Entry::decode(&leaf) {
+                Ok(Entry::Access { pseudonym, .. }) => {
+                    patients.insert(pseudonym);
+                    AuditEntry::Leaf(leaf)
+                }
+                Ok(Entry::Decision { .. } | Entry::Policy { .. }) => AuditEntry::Leaf(leaf),
+                _ => AuditEntry::Hash(huren_core::merkle::leaf_hash(&leaf)),
+            };
+            entries.push((index, entry));
+        }
+        for patient in patients {
+            self.journal(
+                &policy,
+                caller,
+                &[],
+                &[],
+                Purpose::Administration,
+                "",
+                Method::LogEntry,
+                &Pseudonym::from_bytes(patient),
+                Gate::default(),
+                now(),
+            )
+            .await?;
+        }
+        tracing::info!(start, end, size, "log entries read for a statistics audit");
+        Ok(LogEntries {
+            entries,
+            tree_size: size,
+            checkpoint,
+        })
     }
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod log;
+pub use log::{AuditEntry, LogEntries, MAX_LOG_ENTRIES};
 mod publish;
 mod query;
 
@@ -18,7 +19,7 @@ use huren_core::logentry::{Entry, LogProof, Method, Purpose, ResultRef};
 use huren_core::merkle::Hash;
 use huren_core::pseudonym::Pseudonym;
 use huren_core::rules::{
-    self, AfterRevocation, Decision, Policy, Reason, RetestReason, Verdict, check_decision,
+    self, AfterRevocation, Decision, Policy, RetestReason, Verdict, check_decision,
 };
 use huren_core::signing::{SignedEnvelope, VerifiedSummary, VerifyError, verify_many};
 use huren_core::stats::{self, ConsultationKey, Event, EventKind, GroupBy};
@@ -226,6 +227,105 @@ impl Hub {
         self.max_results
     }
 
+    /// Makes sure the policy in force is the log's latest policy leaf and records that leaf's
+    /// index, which every verdict from now on names. The server calls it once before it
+    /// serves: a policy put in force at a start is appended like one put in force by a reload,
+    /// unless the latest policy leaf already holds the same text (a restart).
+    pub async fn log_policy_in_force(&self) -> Result<u64, HubError> {
+        let (policy, text) = self.policy.get_with_text();
+        if let Some((index, leaf)) = self.store.latest_policy().await?
+            && let Ok(Entry::Policy {
+                version,
+                text: logged,
+                ..
+            }) = Entry::decode(&leaf)
+            && version == policy.version
+            && logged == text.as_bytes()
+        {
+            self.policy.set_logged(&policy, index);
+            tracing::info!(version = %policy.version, index, "policy in force, as logged before");
+            return Ok(index);
+        }
+        let logged = self
+            .store
+            .append_policy(
+                Entry::Policy {
+                    at: now(),
+                    version: policy.version.clone(),
+                    text: text.into_bytes(),
+                }
+                .encode(),
+            )
+            .await?;
+        self.policy.set_logged(&policy, logged.index);
+        tracing::info!(version = %policy.version, index = logged.index, "policy in force, logged");
+        Ok(logged.index)
+    }
+
+    /// Reads the policy file again and, when it changed, logs the new policy and puts it in
+    /// force; a policy that fails its checks, or cannot be logged, is refused and the one in
+    /// force stays (the error is logged).
+    pub async fn reload_policy(&self) {
+        let candidate = match self.policy.read_candidate() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "policy refused; keeping the policy in force");
+                self.policy.refused();
+                return;
+            }
+        };
+        if self.policy.is_in_force(&candidate) {
+            self.policy.refused();
+            return;
+        }
+        let leaf = Entry::Policy {
+            at: now(),
+            version: candidate.policy.version.clone(),
+            text: candidate.text.clone().into_bytes(),
+        }
+        .encode();
+        match self.store.append_policy(leaf).await {
+            Ok(logged) => {
+                let p = self.policy.install(candidate, Some(logged.index));
+                tracing::info!(version = %p.version, index = logged.index, items = p.items.len(), members = p.members.len(), "policy loaded and logged");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the new policy could not be logged; keeping the policy in force");
+            }
+        }
+    }
+
+    /// Reloads the policy when its file's time changed.
+    pub async fn reload_policy_if_changed(&self) {
+        if self.policy.changed_on_disk() {
+            self.reload_policy().await;
+        }
+    }
+
+    /// A policy leaf of the log with its inclusion proof against the latest checkpoint: any
+    /// member may read the policies verdicts were made under (they hold no patient data).
+    pub async fn policy_entry(
+        &self,
+        caller: &InstitutionId,
+        index: u64,
+    ) -> Result<(Vec<u8>, LogProof), HubError> {
+        self.member_policy(caller)?;
+        let head = self.store.durable_head().await?;
+        if index >= head.size {
+            return Err(HubError::NotAPolicy(format!(
+                "log entry {index} does not exist (the log has {} entries)",
+                head.size
+            )));
+        }
+        let leaf = self.store.leaf(index).await?;
+        if !matches!(Entry::decode(&leaf), Ok(Entry::Policy { .. })) {
+            return Err(HubError::NotAPolicy(format!(
+                "log entry {index} is not a policy"
+            )));
+        }
+        Ok((leaf, self.log_proof(index, head).await?))
+    }
+
     /// The policy in force, after checking that `caller` is a member (or an administrator).
     fn member_policy(&self, caller: &InstitutionId) -> Result<Arc<Policy>, HubError> {
         let policy = self.policy.get();
@@ -308,16 +408,7 @@ impl Hub {
     }
 }
 
-/// A time as RFC 3339 in UTC, for messages.
-fn rfc3339(t: UnixMillis) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{} ms", t.0))
-}
+use huren_core::rules::rfc3339;
 
 /// Reads a re-test reason code from the wire enum's number.
 pub fn retest_reason(n: i32) -> Option<Option<RetestReason>> {

@@ -1,4 +1,5 @@
 use super::*;
+use huren_core::logentry::{AccessFacts, ShownFact};
 
 impl Hub {
     /// What the patient's consent lets this purpose see.
@@ -90,6 +91,17 @@ impl Hub {
                     .collect(),
                 policy_version: policy.version.clone(),
                 requester: requester.to_owned(),
+                facts: AccessFacts {
+                    asked: asked.to_vec(),
+                    shown: shown
+                        .iter()
+                        .map(|j| ShownFact {
+                            item_system: j.stored.summary.item.system.clone(),
+                            item_code: j.stored.summary.item.code.clone(),
+                            recognised: j.verdict.recognised(),
+                        })
+                        .collect(),
+                },
             },
         };
         self.journal.write(record).await
@@ -145,19 +157,14 @@ impl Hub {
         latest: bool,
         as_of: UnixMillis,
     ) -> Judged {
-        let mut verdict = rules::evaluate(policy, caller, &s.summary, latest, as_of);
-        if let Some(r) = policy.revocation_covering(&s.summary.publisher, s.receipt.accepted_at) {
-            verdict.reasons.push((
-                Reason::PublisherRevoked,
-                format!(
-                    "publisher revoked ({}) at {}; the hub accepted this result at {}, after that",
-                    r.reason,
-                    rfc3339(r.at),
-                    rfc3339(s.receipt.accepted_at)
-                ),
-            ));
-            verdict.hr_mark = None;
-        }
+        let verdict = rules::judge(
+            policy,
+            caller,
+            &s.summary,
+            s.receipt.accepted_at,
+            latest,
+            as_of,
+        );
         Judged {
             stored: s,
             verdict,

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use huren_core::identity::InstitutionId;
-use huren_core::logentry::{Method, Purpose, ResultRef};
+use huren_core::logentry::{AccessFacts, DecisionFacts, Entry, Method, Purpose, ResultRef};
 use huren_core::merkle::Hash;
 use huren_core::pseudonym::Pseudonym;
 pub use huren_core::receipt::Receipt;
@@ -70,6 +70,39 @@ pub struct DecisionRecord {
     pub at: UnixMillis,
     pub recognised: bool,
     pub event: Event,
+}
+
+impl DecisionRecord {
+    /// The decision's log leaf (format 0x04: with the item, the price in force and the
+    /// consultation, from its statistics event), the same for every backend.
+    pub fn leaf(&self) -> Vec<u8> {
+        let consulted_at = match &self.event.kind {
+            huren_core::stats::EventKind::Decision {
+                consultation: Some(c),
+                ..
+            } => c.consulted_at,
+            _ => UnixMillis(0),
+        };
+        Entry::Decision {
+            at: self.at,
+            member: self.member.to_string(),
+            decision_id: self.decision_id.clone(),
+            publisher: self.publisher.to_string(),
+            summary_id: self.summary_id.clone(),
+            version: self.version,
+            adopted: self.adopted,
+            recognised: self.recognised,
+            reason: self.reason.map(|r| r.code().to_owned()).unwrap_or_default(),
+            note: self.note.clone(),
+            facts: Some(DecisionFacts {
+                item_system: self.event.item_system.clone(),
+                item_code: self.event.item_code.clone(),
+                price_fen: self.event.price_fen,
+                consulted_at,
+            }),
+        }
+        .encode()
+    }
 }
 
 /// What became of a decision.
@@ -121,6 +154,8 @@ pub struct Access {
     /// Who asked at the caller, as the caller names them (checked by
     /// `huren_core::logentry::check_requester`); empty when it named no one.
     pub requester: String,
+    /// The items asked for and each shown result's item and verdict (the statistics' facts).
+    pub facts: AccessFacts,
 }
 
 /// A result a member was shown, as remembered for its decisions.
@@ -330,6 +365,11 @@ pub trait Store: Send + Sync + 'static {
     async fn durable_head(&self) -> Result<TreeHead, StoreError>;
     /// The leaf bytes at `index`.
     async fn leaf(&self, index: u64) -> Result<Vec<u8>, StoreError>;
+    /// Appends a policy leaf (`Entry::Policy`) to the log, durably: the policy may be put in
+    /// force once this returns. The store remembers it as the latest policy.
+    async fn append_policy(&self, leaf: Vec<u8>) -> Result<Logged, StoreError>;
+    /// The latest policy leaf appended (its index and bytes), if any.
+    async fn latest_policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// The inclusion proof of leaf `index` in the tree of `size` leaves.
     async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
     /// The proof that the tree of `old_size` leaves is a prefix of the tree of `new_size`.

@@ -320,21 +320,7 @@ impl PgStore {
             return Ok((outcome, None));
         }
         let mut growth = Growth::new(log);
-        let index = growth.push(
-            Entry::Decision {
-                at: d.at,
-                member: d.member.to_string(),
-                decision_id: d.decision_id.clone(),
-                publisher: publisher.clone(),
-                summary_id: d.summary_id.clone(),
-                version: d.version,
-                adopted: d.adopted,
-                recognised: d.recognised,
-                reason: reason.clone(),
-                note: d.note.clone(),
-            }
-            .encode(),
-        )?;
+        let index = growth.push(d.leaf())?;
         let idx = to_i64(index)?;
         let mut events = EventRows::default();
         events.push(&d.event);
@@ -425,6 +411,42 @@ impl PgStore {
         self.saw_head(head);
         self.cache_written(&growth.written);
         Ok((before != opted_out, Logged { index, head }))
+    }
+
+    /// Appends a policy leaf, in a transaction of its own.
+    pub async fn append_policy(&self, leaf: Vec<u8>) -> Result<Logged, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let mut growth = Growth::new(lock_head(&tx).await?);
+        let index = growth.push(leaf)?;
+        tx.execute(
+            "INSERT INTO policies (log_index) VALUES ($1)",
+            &[&to_i64(index)?],
+        )
+        .await
+        .map_err(pg)?;
+        growth.write(&tx).await?;
+        tx.commit().await.map_err(pg)?;
+        let head = growth.next.head();
+        self.saw_head(head);
+        self.cache_written(&growth.written);
+        Ok(Logged { index, head })
+    }
+
+    /// The latest policy leaf appended, with its index.
+    pub async fn latest_policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT max(log_index) FROM policies", &[])
+            .await
+            .map_err(pg)?;
+        let Some(index) = row.try_get::<_, Option<i64>>(0).map_err(pg)? else {
+            return Ok(None);
+        };
+        let index = u64::try_from(index)
+            .map_err(|_| StoreError::Corrupt(format!("policies: log index {index}")))?;
+        drop(client);
+        Ok(Some((index, self.leaf_bytes(index).await?)))
     }
 
     /// Whether the patient has opted out of sharing.

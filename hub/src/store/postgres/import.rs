@@ -133,6 +133,7 @@ impl PgStore {
                         recognised,
                         reason,
                         note,
+                        ..
                     } => chunk.decisions.push((
                         member,
                         decision_id,
@@ -161,6 +162,7 @@ impl PgStore {
                         chunk.a_at.push(at.0);
                         chunk.a_idx.push(idx);
                     }
+                    Entry::Policy { .. } => chunk.policies.push(idx),
                 }
             }
             chunk.write(&tx).await?;
@@ -258,11 +260,19 @@ struct Chunk {
     a_patient: Vec<Vec<u8>>,
     a_at: Vec<i64>,
     a_idx: Vec<i64>,
+    policies: Vec<i64>,
 }
 
 impl Chunk {
     async fn write(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
         let e = |e| pg(e);
+        let p: [P; 1] = [&self.policies];
+        tx.execute(
+            "INSERT INTO policies (log_index) SELECT * FROM unnest($1::bigint[])",
+            &p,
+        )
+        .await
+        .map_err(e)?;
         let p: [P; 2] = [&self.c_hash, &self.c_der];
         tx.execute(
             "INSERT INTO certs (sha256, der) SELECT * FROM unnest($1::bytea[], $2::bytea[])

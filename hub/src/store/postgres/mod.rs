@@ -18,6 +18,7 @@
 //! events       seq -> a statistics event (at, member, item, kind, ...)
 //! consent      patient -> opted_out, member, at, log_index
 //! access       (patient, at, log_index)            the access leaves of each patient
+//! policies     log_index                           the policy leaves (the latest is in force)
 //! huren_schema one row: the schema version (see schema::SCHEMA_VERSION)
 //! ```
 //!
@@ -453,6 +454,14 @@ impl Store for PgStore {
     async fn durable_head(&self) -> Result<TreeHead, StoreError> {
         // A committed head is durable.
         self.read_tree_head().await
+    }
+
+    async fn append_policy(&self, leaf: Vec<u8>) -> Result<Logged, StoreError> {
+        PgStore::append_policy(self, leaf).await
+    }
+
+    async fn latest_policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        PgStore::latest_policy(self).await
     }
 
     async fn leaf(&self, index: u64) -> Result<Vec<u8>, StoreError> {

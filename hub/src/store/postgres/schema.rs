@@ -12,13 +12,21 @@ use super::{Place, pg};
 use crate::store::StoreError;
 
 /// The schema this code reads and writes: the last migration's version.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The advisory lock migrations run under ("huren" and a 1, as one number).
 const MIGRATION_LOCK: i64 = 0x6875_7265_6e00_0001;
 
 /// Each migration's version and SQL, oldest first.
-const MIGRATIONS: &[(u32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(u32, &str)] = &[(1, V1), (2, V2)];
+
+/// Version 2: the log indexes of the policy leaves (the latest is the policy last put in
+/// force).
+const V2: &str = r#"
+CREATE TABLE policies (
+    log_index bigint PRIMARY KEY
+);
+"#;
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 

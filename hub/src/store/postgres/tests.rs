@@ -35,6 +35,7 @@ fn access(i: u64, patient: Pseudonym) -> Access {
         results: vec![],
         policy_version: "test".into(),
         requester: String::new(),
+        facts: Default::default(),
     }
 }
 
@@ -353,13 +354,43 @@ async fn a_newer_schema_is_refused() {
             let text = e.to_string();
             assert!(text.contains("postgres://127.0.0.1:"), "{text}");
             assert!(
-                text.contains("newer than this hub reads (up to 1)"),
+                text.contains(&format!(
+                    "newer than this hub reads (up to {})",
+                    super::schema::SCHEMA_VERSION
+                )),
                 "{text}"
             );
         }
         Err(e) => panic!("expected NewerLayout, got {e}"),
         Ok(_) => panic!("expected NewerLayout, the store opened"),
     }
+}
+
+/// A database of schema 1 (from before policies were logged) is migrated to the current
+/// schema at open: the policies table is there and a policy leaf is remembered in it.
+#[tokio::test]
+async fn a_schema_1_database_is_migrated() {
+    let (store, url) = fresh().await;
+    drop(store);
+    sql(
+        &url,
+        "DROP TABLE policies; UPDATE huren_schema SET version = 1",
+    )
+    .await
+    .unwrap();
+    let store = PgStore::open(&url).await.unwrap();
+    assert!(store.latest_policy().await.unwrap().is_none());
+    let leaf = huren_core::logentry::Entry::Policy {
+        at: UnixMillis(1),
+        version: "v".into(),
+        text: b"version = \"v\"".to_vec(),
+    }
+    .encode();
+    let logged = store.append_policy(leaf.clone()).await.unwrap();
+    assert_eq!(
+        store.latest_policy().await.unwrap(),
+        Some((logged.index, leaf))
+    );
 }
 
 /// Several hubs opening one new database at once apply the schema once.

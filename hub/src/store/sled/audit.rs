@@ -13,6 +13,7 @@ pub(crate) fn access_leaf(a: &Access) -> Vec<u8> {
         results: a.results.clone(),
         policy_version: Some(a.policy_version.clone()),
         requester: Some(a.requester.clone()),
+        facts: Some(a.facts.clone()),
     }
     .encode()
 }
@@ -191,19 +192,7 @@ impl SledStore {
             at_ms: d.at.0,
             recognised: d.recognised,
         };
-        let leaf = Entry::Decision {
-            at: d.at,
-            member: d.member.to_string(),
-            decision_id: d.decision_id.clone(),
-            publisher: record.publisher.clone(),
-            summary_id: record.summary_id.clone(),
-            version: record.version,
-            adopted: record.adopted,
-            recognised: record.recognised,
-            reason: record.reason.clone(),
-            note: record.note.clone(),
-        }
-        .encode();
+        let leaf = d.leaf();
         let event_key = self.event_key(d.at)?;
         let event = encode_v1(&event_to_record(&d.event));
         let value = encode_v1(&record);
@@ -313,6 +302,42 @@ impl SledStore {
         };
         self.commit().await?;
         Ok((changed, Logged { index, head }))
+    }
+
+    /// Appends a policy leaf, durably.
+    pub async fn append_policy(&self, leaf: Vec<u8>) -> Result<Logged, StoreError> {
+        let i = &self.inner;
+        let (index, head) = {
+            let mut log = self.log_state()?;
+            let mut growth = Growth::new(&log);
+            let mut ws = WriteSet::new();
+            let index = growth.push(&mut ws, leaf).index;
+            let next = growth.finish(&mut ws);
+            let before = i.log_meta.get(POLICY_KEY)?;
+            ws.replace(
+                TreeId::LogMeta,
+                POLICY_KEY,
+                index.to_be_bytes(),
+                before.as_deref(),
+            );
+            ws.apply(&**i)?;
+            *log = next;
+            self.set_applied(log.head());
+            (index, log.head())
+        };
+        self.commit().await?;
+        Ok(Logged { index, head })
+    }
+
+    /// The latest policy leaf appended, with its index.
+    pub fn latest_policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let Some(raw) = self.inner.log_meta.get(POLICY_KEY)? else {
+            return Ok(None);
+        };
+        let index = <[u8; 8]>::try_from(raw.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt("log_meta policy is not a u64".into()))?;
+        Ok(Some((index, self.leaf(index)?)))
     }
 
     /// Whether the patient has opted out of sharing.

@@ -20,6 +20,7 @@
 //! (default)   "huren-store-layout"                               -> layout version:u32 (STORE_LAYOUT)
 //! log_meta    "size"                                             -> tree size:u64
 //!             "tiles_from"                                       -> first tile:u64 in log_tiles
+//!             "policy"                                           -> latest policy leaf:u64
 //! ```
 //!
 //! The log (RFC 6962 tree, see `huren_core::merkle`): `log_leaves` holds every leaf, `log_meta`
@@ -197,6 +198,8 @@ impl LogState {
 const LOG_SIZE_KEY: &[u8] = b"size";
 /// The first tile of the log whose value is in `log_tiles` (see [`start_tiles`]).
 const TILES_FROM_KEY: &[u8] = b"tiles_from";
+/// `log_meta` key of the latest policy leaf's index.
+const POLICY_KEY: &[u8] = b"policy";
 
 /// How long opening waits for a store that is locked (see [`SledStore::open_with_cache`]).
 const LOCK_WAIT: Duration = Duration::from_secs(1);
@@ -696,6 +699,14 @@ impl Store for SledStore {
 
     async fn leaf(&self, index: u64) -> Result<Vec<u8>, StoreError> {
         SledStore::leaf(self, index)
+    }
+
+    async fn append_policy(&self, leaf: Vec<u8>) -> Result<Logged, StoreError> {
+        SledStore::append_policy(self, leaf).await
+    }
+
+    async fn latest_policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        SledStore::latest_policy(self)
     }
 
     async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {

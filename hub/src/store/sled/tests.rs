@@ -15,6 +15,7 @@ fn access(i: u8, patient: Pseudonym) -> Access {
         results: vec![],
         policy_version: "test".into(),
         requester: format!("staff:{i}"),
+        facts: Default::default(),
     }
 }
 
