@@ -92,8 +92,8 @@ struct Args {
     /// postgres://… (an existing empty database).
     #[arg(long, value_delimiter = ',', default_value = "sled")]
     store: Vec<String>,
-    /// Instead of the table: a soak run of this many seconds at half the peak publish and
-    /// FindPrior rates (sled), sampled every 10 s into --soak-csv.
+    /// Instead of the table: a soak run of this many seconds at a share of the peak publish
+    /// and FindPrior rates, on the first --store, sampled every 10 s into --soak-csv.
     #[arg(long)]
     soak: Option<u64>,
     /// Where the soak run writes its samples.

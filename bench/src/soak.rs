@@ -23,8 +23,8 @@ use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
 use super::{
-    Args, Bench, PUBLISHER, SEED, channels, dir_bytes, load, open_store, patient, pem_der,
-    prior_request, rss_bytes, summary,
+    Args, Bench, PUBLISHER, SEED, channels, load, open_store, patient, pem_der, prior_request,
+    rss_bytes, summary,
 };
 
 const SAMPLE: Duration = Duration::from_secs(10);
@@ -69,9 +69,10 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
     let bench = Bench::prepare(args.clone())?;
     let hub_config = huren_hub::HubConfig::load(&bench.config)?;
     let mut cluster = None;
+    let kind = args.store.first().map_or("sled", String::as_str);
     let store = open_store(
         &bench,
-        "sled",
+        kind,
         hub_config.store_cache_mb << 20,
         huren_hub::store::Durability::Flush,
         &mut cluster,
@@ -172,7 +173,7 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
     let mut stopped_early = None;
     while Instant::now() < end {
         tick.tick().await;
-        if let Some(free) = free_bytes(&bench.store)
+        if let Some(free) = free_bytes(bench.dir.path())
             && free < MIN_FREE
         {
             stopped_early = Some(free);
@@ -185,7 +186,7 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
             start.elapsed().as_secs(),
             rss_bytes().unwrap_or(0) as f64 / 1e6,
             open_fds(),
-            dir_bytes(&bench.store) as f64 / 1e6,
+            store.disk_bytes(&bench.store).await.unwrap_or(0) as f64 / 1e6,
             win.publish.len(),
             p99(&mut win.publish),
             win.query.len(),
@@ -209,6 +210,8 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
     }
     let _ = stop.send(());
     hub.await??;
+    drop(store);
+    drop(cluster);
     println!(
         "soak: done after {:.0} s; {} summaries published",
         start.elapsed().as_secs_f64(),
