@@ -47,7 +47,9 @@ use huren_core::summary::{
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
+mod agent_paths;
 mod echo;
+mod soak;
 
 /// The allocator the huren-hub binary runs with, so the figures are the hub's.
 #[global_allocator]
@@ -78,8 +80,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     batches_in_flight: usize,
     /// Measure only these (comma-separated: publish, publish-batch, find-prior, check-order,
-    /// latency); the echo
-    /// baseline always runs. For profiling one path at a time.
+    /// latency, agent: the CDS Hooks answer and the web timeline page); the echo baseline
+    /// always runs. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Commit durability of the hub's store: flush (default) or fsync (the hub's
@@ -90,6 +92,19 @@ struct Args {
     /// postgres://… (an existing empty database).
     #[arg(long, value_delimiter = ',', default_value = "sled")]
     store: Vec<String>,
+    /// Instead of the table: a soak run of this many seconds at half the peak publish and
+    /// FindPrior rates (sled), sampled every 10 s into --soak-csv.
+    #[arg(long)]
+    soak: Option<u64>,
+    /// Where the soak run writes its samples.
+    #[arg(long, default_value = "soak.csv")]
+    soak_csv: std::path::PathBuf,
+    /// The soak's publish load, as a share of the peak unary publish rate.
+    #[arg(long, default_value_t = 0.5)]
+    soak_publish_share: f64,
+    /// The soak's FindPrior load, as a share of the peak FindPrior rate.
+    #[arg(long, default_value_t = 0.5)]
+    soak_query_share: f64,
 }
 
 impl Args {
@@ -155,6 +170,8 @@ struct Load {
     /// How busy the hub's own threads (`huren-intake`, `huren-journal`, ...) were, each a
     /// fraction of one core: a one-at-a-time stage near 100% is what limits the rate.
     stages: Vec<(String, f64)>,
+    /// The first failed call's error, to name what went wrong.
+    first_error: Option<String>,
 }
 
 impl Load {
@@ -231,7 +248,11 @@ impl Load {
             self.p99.as_secs_f64() * 1e3,
             self.cpu_micros(1),
             if self.errors > 0 {
-                format!("  ({} errors)", self.errors)
+                format!(
+                    "  ({} errors; the first: {})",
+                    self.errors,
+                    self.first_error.as_deref().unwrap_or("?")
+                )
             } else {
                 String::new()
             }
@@ -258,23 +279,31 @@ where
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            let mut first_error = None;
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 match op(n).await {
                     Ok(()) => latencies.push(t.elapsed()),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
             }
-            (latencies, errors)
+            (latencies, errors, first_error)
         }));
     }
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in tasks {
-        if let Ok((l, e)) = t.await {
+        if let Ok((l, e, first)) = t.await {
             all.extend(l);
             errors += e;
+            if first_error.is_none() {
+                first_error = first;
+            }
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -306,6 +335,7 @@ where
         p99: pct(0.99),
         cpu_per_call,
         stages,
+        first_error,
     }
 }
 
@@ -921,6 +951,25 @@ async fn run(
         Some(load)
     };
 
+    // The agent's paths (CDS Hooks cards, the web app's timeline page) beside the hub calls
+    // they are built on, one request at a time.
+    let agent = if !args.measures("agent") {
+        None
+    } else {
+        Some(
+            agent_paths::measure(
+                &bench,
+                &format!("https://127.0.0.1:{}", addr.port()),
+                &publisher,
+                &asker,
+                &signer,
+                args.seconds,
+            )
+            .await
+            .context("measuring the agent's paths")?,
+        )
+    };
+
     // A measurement in which no call succeeded measured nothing: the run fails rather than
     // print a rate of zero.
     let measured = [
@@ -932,6 +981,13 @@ async fn run(
         ("sized echo", sized_echo.as_ref().map(|(_, l)| l)),
         ("latency", find_prior_alone.as_ref()),
         ("check-order", check_order.as_ref()),
+        ("CDS Hooks order-sign", agent.as_ref().map(|a| &a.cds)),
+        (
+            "CheckOrder, 10 items",
+            agent.as_ref().map(|a| &a.check_order),
+        ),
+        ("timeline page", agent.as_ref().map(|a| &a.timeline)),
+        ("History", agent.as_ref().map(|a| &a.history)),
     ];
     for (name, load) in measured {
         if let Some(load) = load {
@@ -1043,6 +1099,33 @@ async fn run(
             "",
         );
     }
+    if let Some(a) = &agent {
+        println!();
+        println!("the agent's paths, one request at a time, beside the hub call each is built on:");
+        a.check_order
+            .line("  CheckOrder, 10 catalogue items", None, "(baseline)");
+        a.cds.line(
+            &format!("  CDS order-sign, 10 items, {} cards", a.cards),
+            None,
+            &format!(
+                "p99 {:.1}x CheckOrder's; target p99 <= 500 ms",
+                a.cds.p99.as_secs_f64() / a.check_order.p99.as_secs_f64().max(1e-9)
+            ),
+        );
+        a.history.line(
+            &format!("  History, {} results", a.history_results),
+            None,
+            "(baseline)",
+        );
+        a.timeline.line(
+            "  web timeline page",
+            None,
+            &format!(
+                "p99 {:.1}x History's; target p95 <= 300 ms (p99 shown: stricter)",
+                a.timeline.p99.as_secs_f64() / a.history.p99.as_secs_f64().max(1e-9)
+            ),
+        );
+    }
     println!();
     let raw_per = raw_bytes as f64 / stored.max(1) as f64;
     let seeded_per = seeded_disk as f64 / stored.max(1) as f64;
@@ -1145,10 +1228,21 @@ fn compare(runs: &[Figures]) {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    // The hub's errors on stderr (RUST_LOG, default error): a failed call names its cause.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async {
+            if let Some(seconds) = args.soak {
+                return soak::run(args.clone(), seconds, args.soak_csv.clone()).await;
+            }
             let mut cluster = None;
             let mut runs = Vec::new();
             for (i, kind) in args.store.iter().enumerate() {
@@ -1208,6 +1302,10 @@ mod tests {
             only: Vec::new(),
             durability: "fsync".into(),
             store: vec!["sled".into()],
+            soak: None,
+            soak_csv: "soak.csv".into(),
+            soak_publish_share: 0.5,
+            soak_query_share: 0.5,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -4,6 +4,8 @@
 //! a free local port, and runs two members' agents: 陕西省人民医院 (shx-prov-people, a tertiary
 //! hospital) publishes signed results; 蓝田县人民医院 (lantian-county, a county hospital) looks
 //! for a referred patient's prior results and verifies every one against the alliance CA.
+//! With `--serve`, the county hospital's web app stays up afterwards (demo accounts printed)
+//! until Ctrl-C.
 
 use anyhow::Context;
 use clap::Parser;
@@ -34,6 +36,81 @@ struct Args {
     /// of a temporary one that is removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// After the demo, leave the county hospital's web app running (plain HTTP on this machine
+    /// only) with demo accounts, until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Where the web app of `--serve` listens (a loopback address); a free port if taken.
+    #[arg(long, default_value = "127.0.0.1:8480", requires = "serve")]
+    listen: std::net::SocketAddr,
+}
+
+/// The demo accounts of `--serve` (username, staff id, role) and their password.
+const WEB_USERS: &[(&str, &str, &str)] = &[
+    ("demo", "LT-D0423", "clinician"),
+    ("quality", "LT-Q0001", "quality-office"),
+];
+const WEB_PASSWORD: &str = "huren-demo-2026";
+
+/// `--serve`: the county hospital's agent with a store and `[web]`, its demo accounts, and its
+/// web app on `listen` (or a free port) until Ctrl-C.
+async fn serve_county_web(
+    root: &Path,
+    county_config: &Path,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        listen.ip().is_loopback(),
+        "--listen {listen}: the demo serves plain HTTP, so only on a loopback address"
+    );
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind((listen.ip(), 0)).await?,
+    };
+    let addr = listener.local_addr()?;
+    let path = root.join(format!("agent-{COUNTY}-web.toml"));
+    let text = format!(
+        "{}
+[store]
+path = {:?}
+
+[web]
+listen = \"{addr}\"
+plain_http_on_loopback = true
+time_zone = \"Asia/Shanghai\"
+default_language = \"zh-CN\"
+",
+        std::fs::read_to_string(county_config)?,
+        root.join("county-agent-store"),
+    );
+    std::fs::write(&path, text)?;
+    let config = AgentConfig::load(&path)?;
+    let store = huren_agent::daemon::open_store(&config)?;
+    for (user, staff, role) in WEB_USERS {
+        match huren_agent::web::accounts::add(&store, user, staff, role, WEB_PASSWORD) {
+            Ok(()) => {}
+            // A kept --dir from an earlier run: the account is there; its password again.
+            Err(huren_agent::web::accounts::AccountError::Exists(_)) => {
+                huren_agent::web::accounts::reset(&store, user, WEB_PASSWORD)?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let agent = std::sync::Arc::new(Agent::connect(config).await?);
+    let extra = huren_agent::ehr::extra_routes(agent.clone())?;
+    let state = huren_agent::web::WebState::new(agent, store.clone())?;
+    println!("   http://{addr}/  (plain HTTP on this machine only; Ctrl-C stops the web app and the hub)");
+    println!("   sign in as:");
+    for (user, _, role) in WEB_USERS {
+        println!("     {user:<8} password {WEB_PASSWORD}   ({role})");
+    }
+    println!(
+        "   then find the patient: 居民身份证 (resident identity card) {PATIENT_ID}, purpose 诊疗 (treatment)"
+    );
+    huren_agent::web::serve(state, listener, extra, huren::shutdown_signal()).await?;
+    store.flush()?;
+    println!("\n   web app stopped");
+    Ok(())
 }
 
 /// Spells out why each unrecognised result is not recognised.
@@ -136,10 +213,8 @@ async fn main() -> anyhow::Result<()> {
         &root, &pki, &tertiary, &hub_url,
     )?)?)
     .await?;
-    let county_agent = Agent::connect(AgentConfig::load(&write_agent_config(
-        &root, &pki, &county, &hub_url,
-    )?)?)
-    .await?;
+    let county_config = write_agent_config(&root, &pki, &county, &hub_url)?;
+    let county_agent = Agent::connect(AgentConfig::load(&county_config)?).await?;
 
     step(
         3,
@@ -394,6 +469,19 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Err(e) = county_agent.sign(&summary) {
         println!("   and the county agent will not sign in another hospital's name: {e}");
+    }
+
+    if args.serve {
+        step(
+            11,
+            "The county hospital's web app, for its clinicians and quality office (zh-CN; English on every page)",
+        );
+        let served = serve_county_web(&root, &county_config, args.listen).await;
+        let _ = stop_tx.send(());
+        hub_task.await??;
+        served?;
+        println!("\nDemo finished.");
+        return Ok(());
     }
 
     let _ = stop_tx.send(());

@@ -273,10 +273,19 @@ impl TestHub {
     }
 
     /// Starts a hub in this process with `more` appended to its configuration file (TOML
-    /// tables, e.g. `[[witness]]` entries).
+    /// tables, e.g. `[[witness]]` entries). A `[log]` table in `more` replaces the one the
+    /// harness writes for PostgreSQL (it must then name the log key).
     pub async fn start_with_config(more: &str) -> anyhow::Result<TestHub> {
         let mut hub = Self::prepare(Mode::InProcess, &Limits::default()).await?;
         let mut config = fs::read_to_string(&hub.config_path)?;
+        if more.lines().any(|l| l.trim() == "[log]")
+            && let Some(at) = config.find("\n[log]\nkey = ")
+        {
+            let end = config[at + 1..]
+                .find("\n\n")
+                .map_or(config.len(), |e| at + 1 + e + 1);
+            config.replace_range(at..end, "");
+        }
         config.push('\n');
         config.push_str(more);
         fs::write(&hub.config_path, config)?;
@@ -486,16 +495,30 @@ impl TestHub {
 
     /// An mTLS channel to the hub with member `id`'s TLS certificate.
     pub async fn channel(&self, id: &str) -> anyhow::Result<Channel> {
+        self.channel_at(self.addr, id).await
+    }
+
+    /// An mTLS channel of member `id` to the hub at `addr` (this hub or a [`Sibling`]).
+    pub async fn channel_at(&self, addr: SocketAddr, id: &str) -> anyhow::Result<Channel> {
         let m = self.member(id)?;
         let tls = self
             .tls()
             .identity(Identity::from_pem(&m.tls.cert_pem, &m.tls.key_pem));
-        let channel = Channel::from_shared(self.url())?
+        let channel = Channel::from_shared(format!("https://{addr}"))?
             .tls_config(tls)?
             .connect()
             .await
-            .with_context(|| format!("connecting to the hub at {} as {id}", self.addr))?;
+            .with_context(|| format!("connecting to the hub at {addr} as {id}"))?;
         Ok(channel)
+    }
+
+    /// A Hub client of member `id` to the hub at `addr` (this hub or a [`Sibling`]).
+    pub async fn client_at(
+        &self,
+        addr: SocketAddr,
+        id: &str,
+    ) -> anyhow::Result<HubClient<Channel>> {
+        Ok(HubClient::new(self.channel_at(addr, id).await?))
     }
 
     /// A Hub client of member `id` over mutual TLS.
@@ -745,20 +768,54 @@ impl TestHub {
     /// it prints, then waits for a health check to pass.
     async fn launch_process(&mut self) -> anyhow::Result<()> {
         let log_path = self.root().join(format!("hub-{}.log", self.starts));
-        let log = fs::File::create(&log_path)?;
+        let (child, addr) = self.spawn_process(self.addr, &log_path).await?;
+        self.addr = addr;
+        self.running = Running::Process(child);
+        Ok(())
+    }
+
+    /// Runs one more `huren-hub` process on this hub's configuration (so on its PostgreSQL
+    /// database, with its log key and certificate) on a free port of its own: several hubs,
+    /// one log (README, "Several hubs"). Only a PostgreSQL hub can have siblings (a sled
+    /// store is one process's).
+    pub async fn start_sibling(&self) -> anyhow::Result<Sibling> {
+        ensure!(
+            self.store_url.is_some(),
+            "only hubs on PostgreSQL share a store; run the test on Backend::Postgres"
+        );
+        let n = SIBLINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = self.root().join(format!("sibling-{n}.log"));
+        let (child, addr) = self
+            .spawn_process(SocketAddr::from(([127, 0, 0, 1], 0)), &log_path)
+            .await?;
+        Ok(Sibling {
+            addr,
+            child: Some(child),
+            log_path,
+        })
+    }
+
+    /// Spawns `huren-hub --config <this hub's> --listen <listen>` with stderr in `log_path`,
+    /// and returns it once it answers a health check at the address it printed.
+    async fn spawn_process(
+        &self,
+        listen: SocketAddr,
+        log_path: &Path,
+    ) -> anyhow::Result<(ChildGuard, SocketAddr)> {
+        let log = fs::File::create(log_path)?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_huren-hub"));
         command
             .arg("--config")
             .arg(&self.config_path)
             .arg("--listen")
-            .arg(self.addr.to_string())
+            .arg(listen.to_string())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
         let (child, line) = ChildGuard::spawn_reading_first_line(command, "huren-hub")?;
         let log_tail = || {
-            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let text = fs::read_to_string(log_path).unwrap_or_default();
             let lines: Vec<_> = text.lines().rev().take(20).collect();
             lines.into_iter().rev().collect::<Vec<_>>().join("\n")
         };
@@ -772,10 +829,8 @@ impl TestHub {
             .strip_prefix("huren-hub listening on ")
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .with_context(|| format!("unexpected first line {line:?}\n{}", log_tail()))?;
-        self.addr = addr;
-        self.running = Running::Process(child);
-        match tokio::time::timeout(STARTUP_DEADLINE, self.probe()).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(STARTUP_DEADLINE, self.probe_at(addr)).await {
+            Ok(Ok(())) => Ok((child, addr)),
             Ok(Err(e)) => Err(e.context(log_tail())),
             Err(_) => bail!("huren-hub did not answer a health check\n{}", log_tail()),
         }
@@ -783,7 +838,12 @@ impl TestHub {
 
     /// One health check over mTLS: the hub is up and serving.
     async fn probe(&self) -> anyhow::Result<()> {
-        let mut health = HealthClient::new(self.channel(PROBE_MEMBER).await?);
+        self.probe_at(self.addr).await
+    }
+
+    /// One health check over mTLS of the hub at `addr` (this hub or a sibling).
+    async fn probe_at(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let mut health = HealthClient::new(self.channel_at(addr, PROBE_MEMBER).await?);
         let status = health
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -793,6 +853,35 @@ impl TestHub {
             .status();
         ensure!(status == ServingStatus::Serving, "hub health is {status:?}");
         Ok(())
+    }
+}
+
+/// Siblings started in this test process, for their log files' names.
+static SIBLINGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// One more `huren-hub` process on a [`TestHub`]'s PostgreSQL database
+/// ([`TestHub::start_sibling`]); killed (SIGKILL) by [`Sibling::kill`] or when dropped.
+pub struct Sibling {
+    pub addr: SocketAddr,
+    child: Option<ChildGuard>,
+    /// Its stderr.
+    pub log_path: PathBuf,
+}
+
+impl Sibling {
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+        }
+        Ok(())
+    }
+
+    /// The last lines of its stderr (for a failing test's message).
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<_> = text.lines().rev().take(20).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 }
 

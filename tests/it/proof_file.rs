@@ -14,6 +14,7 @@ use crate::log::{agent_config_with, verifier};
 
 const PASSPORT: &str = "E30000001";
 
+on_each_store! {
 #[tokio::test]
 async fn an_exported_proof_verifies_offline_and_every_changed_byte_is_caught() -> anyhow::Result<()>
 {
@@ -188,6 +189,7 @@ async fn an_exported_proof_verifies_offline_and_every_changed_byte_is_caught() -
         "{err}"
     );
     Ok(())
+}
 }
 
 /// `verify-file` on what is not a proof file says so and fails.

@@ -307,6 +307,7 @@ async fn publish(agent: &Agent, id: &str, n: i64) -> Result<(), AgentError> {
     agent.publish(&s, envelope).await.map(|_| ())
 }
 
+on_each_store! {
 #[tokio::test]
 async fn agents_accept_checkpoints_only_with_a_quorum_of_witnesses() -> anyhow::Result<()> {
     init();
@@ -355,7 +356,9 @@ async fn agents_accept_checkpoints_only_with_a_quorum_of_witnesses() -> anyhow::
     w3.stop().await?;
     Ok(())
 }
+}
 
+on_each_store! {
 #[tokio::test]
 async fn a_fork_shown_to_another_member_is_refused_by_the_witness_and_caught() -> anyhow::Result<()>
 {
@@ -391,4 +394,5 @@ async fn a_fork_shown_to_another_member_is_refused_by_the_witness_and_caught() -
     // The honest member goes on.
     publish(&a, "F-3", 3).await?;
     Ok(())
+}
 }

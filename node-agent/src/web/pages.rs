@@ -138,25 +138,41 @@ async fn not_found(ctx: Ctx) -> Response {
     error_page(&ctx, StatusCode::NOT_FOUND, &ctx.t("error-not-found"))
 }
 
+/// The page to answer instead of the one asked for (sign in first, not allowed, no such
+/// result…): a boxed [`Response`], so the `Result`s that carry it stay small.
+pub struct Refusal(Box<Response>);
+
+impl From<Response> for Refusal {
+    fn from(r: Response) -> Self {
+        Refusal(Box::new(r))
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
 /// The signed-in account, or a redirect to the sign-in page.
-pub fn signed_in(ctx: &Ctx) -> Result<&accounts::Account, Response> {
-    ctx.account.as_ref().ok_or_else(|| see_other("/sign-in"))
+pub fn signed_in(ctx: &Ctx) -> Result<&accounts::Account, Refusal> {
+    ctx.account.as_ref().ok_or_else(|| see_other("/sign-in").into())
 }
 
 /// The signed-in account if its role allows `allowed`, else 403 (or the sign-in page).
-pub fn allowed(ctx: &Ctx, allowed: fn(Role) -> bool) -> Result<&accounts::Account, Response> {
+pub fn allowed(ctx: &Ctx, allowed: fn(Role) -> bool) -> Result<&accounts::Account, Refusal> {
     let a = signed_in(ctx)?;
     if allowed(a.role) {
         Ok(a)
     } else {
-        Err(error_page(ctx, StatusCode::FORBIDDEN, &ctx.t("error-role")))
+        Err(error_page(ctx, StatusCode::FORBIDDEN, &ctx.t("error-role")).into())
     }
 }
 
 async fn home(ctx: Ctx) -> Response {
     let me = match signed_in(&ctx) {
         Ok(a) => a.clone(),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if me.role.sees_patients() {
         return super::patient::find_page(&ctx, &me, None, StatusCode::OK);

@@ -6,7 +6,7 @@
 use axum::Form;
 use axum::Router;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use huren_core::logentry::Purpose;
 use maud::html;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::WebState;
 use super::accounts::{Account, Role};
-use super::pages::{allowed, error_page, layout, page};
+use super::pages::{Refusal, allowed, error_page, layout, page};
 use super::session::{Ctx, Lookup, see_other};
 use crate::store::BreakGlassRecord;
 
@@ -25,11 +25,11 @@ pub fn routes() -> Router<WebState> {
 
 /// The look-up behind `handle` for this session and the signed-in account allowed to see
 /// patients, or the page to answer instead.
-pub fn patient_of(ctx: &Ctx, handle: &str) -> Result<(Account, Lookup), Response> {
+pub fn patient_of(ctx: &Ctx, handle: &str) -> Result<(Account, Lookup), Refusal> {
     let me = allowed(ctx, Role::sees_patients)?.clone();
     match ctx.sessions().lookup(&ctx.session, handle) {
         Some(l) => Ok((me, l)),
-        None => Err(error_page(ctx, StatusCode::NOT_FOUND, &ctx.t("error-lookup-expired"))),
+        None => Err(error_page(ctx, StatusCode::NOT_FOUND, &ctx.t("error-lookup-expired")).into()),
     }
 }
 
@@ -166,7 +166,7 @@ pub fn find_page(ctx: &Ctx, me: &Account, form: Option<(&FindForm, String)>, sta
 async fn find(ctx: Ctx, Form(f): Form<FindForm>) -> Response {
     let me = match allowed(&ctx, Role::sees_patients) {
         Ok(a) => a.clone(),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let again = |message: String| find_page(&ctx, &me, Some((&f, message)), StatusCode::UNPROCESSABLE_ENTITY);
     let purpose = match f.purpose.as_str() {

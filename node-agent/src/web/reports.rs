@@ -162,9 +162,10 @@ fn stats_table(ctx: &Ctx, s: &Statistics) -> Markup {
                 th.num scope="col" { (ctx.t("stats-saved")) }
             } }
             tbody {
-                @for (row, label) in s.rows.iter().map(|(r, l)| (r, l.as_str())).chain(std::iter::once((&s.total, ""))) {
+                @for (row, label, total) in s.rows.iter().map(|(r, l)| (r, l.as_str(), false)).chain(std::iter::once((&s.total, "", true))) {
                     tr {
-                        @if row.key.is_empty() && label.is_empty() { th scope="row" { (ctx.t("stats-total")) } }
+                        // The total row's key is the hub's own word ("total"): named here.
+                        @if total { th scope="row" { (ctx.t("stats-total")) } }
                         @else { td { (row.key) @if !label.is_empty() { " " (label) } } }
                         td.num { (row.queries) }
                         td.num { (row.found) }
@@ -184,7 +185,7 @@ fn stats_table(ctx: &Ctx, s: &Statistics) -> Markup {
 
 async fn statistics(ctx: Ctx, Query(q): Query<StatsQuery>) -> Response {
     if let Err(r) = allowed(&ctx, Role::sees_statistics) {
-        return r;
+        return r.into_response();
     }
     let form = |p: Option<&Period>| {
         html! {
@@ -229,7 +230,7 @@ async fn statistics(ctx: Ctx, Query(q): Query<StatsQuery>) -> Response {
 
 async fn statistics_csv(ctx: Ctx, Query(q): Query<StatsQuery>) -> Response {
     if let Err(r) = allowed(&ctx, Role::sees_statistics) {
-        return r;
+        return r.into_response();
     }
     let p = match period(&ctx, &q) {
         Ok(p) => p,
@@ -286,7 +287,7 @@ fn access_page(ctx: &Ctx, f: &AccessForm, error: Option<String>, answer: Option<
 
 async fn access_form(ctx: Ctx) -> Response {
     if let Err(r) = allowed(&ctx, Role::sees_access_reports) {
-        return r;
+        return r.into_response();
     }
     access_page(&ctx, &AccessForm::default(), None, None, StatusCode::OK)
 }
@@ -294,7 +295,7 @@ async fn access_form(ctx: Ctx) -> Response {
 async fn access_report(ctx: Ctx, Form(f): Form<AccessForm>) -> Response {
     let me = match allowed(&ctx, Role::sees_access_reports) {
         Ok(a) => a.clone(),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let pseudonym = match ctx.state.agent().pseudonymise(&f.id_type, &f.id) {
         Ok(p) => p,
@@ -353,7 +354,7 @@ async fn access_report(ctx: Ctx, Form(f): Form<AccessForm>) -> Response {
 
 async fn log_status(ctx: Ctx) -> Response {
     if let Err(r) = signed_in(&ctx) {
-        return r;
+        return r.into_response();
     }
     let agent = ctx.state.agent();
     let body = match agent.log() {
@@ -395,7 +396,7 @@ async fn log_status(ctx: Ctx) -> Response {
 
 async fn log_check(ctx: Ctx) -> Response {
     if let Err(r) = signed_in(&ctx) {
-        return r;
+        return r.into_response();
     }
     match ctx.state.agent().checkpoint().await {
         Ok(_) => {

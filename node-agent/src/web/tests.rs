@@ -1,5 +1,5 @@
-//! The web app through its router (no browser: tests/it/web.rs drives a real Chromium over
-//! HTTPS against a real hub): headers, sessions, CSRF, sign-in, language.
+//! The web app through its router (no browser: tests/it/web_browser.rs drives a real Chromium
+//! against a real hub): headers, sessions, CSRF, sign-in, language.
 
 use std::sync::Arc;
 

@@ -18,7 +18,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::WebState;
-use super::pages::{error_page, layout, page};
+use super::pages::{Refusal, error_page, layout, page};
 use super::patient::{patient_box, patient_of};
 use super::session::{Ctx, Lookup, see_other};
 use crate::verify::{FailedResult, VerifiedResult};
@@ -228,7 +228,7 @@ struct TimelineQuery {
 async fn timeline(ctx: Ctx, Path(handle): Path<String>, Query(q): Query<TimelineQuery>) -> Response {
     let (me, l) = match patient_of(&ctx, &handle) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let answer = match ctx
         .state
@@ -299,7 +299,7 @@ async fn timeline(ctx: Ctx, Path(handle): Path<String>, Query(q): Query<Timeline
     page(StatusCode::OK, layout(&ctx, &ctx.t("timeline-title"), body))
 }
 
-fn result_at(ctx: &Ctx, l: &Lookup, handle: &str, place: &str) -> Result<(usize, VerifiedResult), Response> {
+fn result_at(ctx: &Ctx, l: &Lookup, handle: &str, place: &str) -> Result<(usize, VerifiedResult), Refusal> {
     place
         .parse::<usize>()
         .ok()
@@ -308,7 +308,7 @@ fn result_at(ctx: &Ctx, l: &Lookup, handle: &str, place: &str) -> Result<(usize,
             let mut r = error_page(ctx, StatusCode::NOT_FOUND, &ctx.t("error-result-gone"));
             let _ = handle;
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r
+            Refusal::from(r)
         })
 }
 
@@ -399,11 +399,11 @@ pub fn retest_reason_text(ctx: &Ctx, r: RetestReason) -> String {
 async fn detail(ctx: Ctx, Path((handle, place)): Path<(String, String)>) -> Response {
     let (_me, l) = match patient_of(&ctx, &handle) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match result_at(&ctx, &l, &handle, &place) {
         Ok((n, r)) => detail_page(&ctx, &handle, &l, n, &r, None, StatusCode::OK),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -422,11 +422,11 @@ struct DecideForm {
 async fn decide(ctx: Ctx, Path((handle, place)): Path<(String, String)>, Form(f): Form<DecideForm>) -> Response {
     let (me, l) = match patient_of(&ctx, &handle) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (n, r) = match result_at(&ctx, &l, &handle, &place) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let refuse = |text: String| detail_page(&ctx, &handle, &l, n, &r, Some((false, text)), StatusCode::UNPROCESSABLE_ENTITY);
     let reason = match f.reason.as_str() {
@@ -475,11 +475,11 @@ async fn decide(ctx: Ctx, Path((handle, place)): Path<(String, String)>, Form(f)
 async fn report(ctx: Ctx, Path((handle, place)): Path<(String, String)>) -> Response {
     let (_me, l) = match patient_of(&ctx, &handle) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (_, r) = match result_at(&ctx, &l, &handle, &place) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let s = &r.summary;
     let Some(addr) = ctx.state.web_config().repositories.get(s.publisher.as_str()) else {
@@ -554,7 +554,7 @@ fn order_page(ctx: &Ctx, handle: &str, l: &Lookup, codes: &str, answer: Option<M
 async fn order_form(ctx: Ctx, Path(handle): Path<String>) -> Response {
     match patient_of(&ctx, &handle) {
         Ok((_, l)) => order_page(&ctx, &handle, &l, "", None, StatusCode::OK),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -570,7 +570,7 @@ const MAX_ORDER_ITEMS: usize = 50;
 async fn order_check(ctx: Ctx, Path(handle): Path<String>, Form(f): Form<OrderForm>) -> Response {
     let (me, l) = match patient_of(&ctx, &handle) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let codes: Vec<String> = f
         .codes
@@ -625,7 +625,14 @@ async fn order_check(ctx: Ctx, Path(handle): Path<String>, Form(f): Form<OrderFo
                         } @else {
                             td { span.tag.warn { (ctx.t("order-order")) } }
                             td colspan="2" {
-                                @if c.failed.is_some() { (ctx.t("order-best-failed")) } @else { (c.explanation) }
+                                @if c.failed.is_some() { (ctx.t("order-best-failed")) }
+                                @else {
+                                    // In plain words here; the hub's own sentence beside it.
+                                    @if c.item.is_none() { (ctx.t("order-not-mapped")) }
+                                    @else if c.candidates == 0 { (ctx.t("order-none-found")) }
+                                    @else { (ctx.tw("order-none-recognised", &[("count", c.candidates.into())])) }
+                                    @if !c.explanation.is_empty() { br; span.hint { "(" (c.explanation) ")" } }
+                                }
                             }
                         }
                     }

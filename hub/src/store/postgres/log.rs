@@ -197,11 +197,15 @@ impl NodeCache {
 }
 
 /// The node reader of one proof: the cache, nodes the caller knows (a batch's own), nodes
-/// fetched for it; in its first pass, a missing node is noted and stands in as zeros.
+/// fetched for it; in its first pass, a missing node is noted and stands in as zeros. What the
+/// first pass took from the cache is kept for the second: another request may clear the
+/// cache's lower levels in between (they are bounded), and the second pass must not then
+/// find a node it did not fetch missing.
 struct Lookup<'a> {
     cache: &'a NodeCache,
     known: &'a HashMap<(u8, u64), Hash>,
     fetched: HashMap<(u8, u64), Hash>,
+    from_cache: RefCell<HashMap<(u8, u64), Hash>>,
     missing: RefCell<Vec<(u8, u64)>>,
     strict: bool,
 }
@@ -215,7 +219,11 @@ impl merkle::NodeReader for Lookup<'_> {
         if let Some(h) = self.fetched.get(&(level, index)) {
             return Ok(*h);
         }
+        if let Some(h) = self.from_cache.borrow().get(&(level, index)) {
+            return Ok(*h);
+        }
         if let Some(h) = self.cache.get(level, index) {
+            self.from_cache.borrow_mut().insert((level, index), h);
             return Ok(h);
         }
         if self.strict {
@@ -250,6 +258,7 @@ impl PgStore {
             cache: &self.inner.nodes,
             known,
             fetched: HashMap::new(),
+            from_cache: RefCell::new(HashMap::new()),
             missing: RefCell::new(Vec::new()),
             strict: false,
         };
@@ -367,5 +376,36 @@ impl merkle::NodeReader for Reader<'_> {
     type Error = StoreError;
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
         (self.0)(level, index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use merkle::NodeReader;
+
+    /// A node the first pass read from the cache is still there in the second pass when the
+    /// cache was cleared in between (as another request's insert does past RECENT_NODES).
+    #[test]
+    fn the_second_pass_keeps_what_the_first_read_from_the_cache() {
+        let cache = NodeCache::default();
+        cache.insert(2, 7, [7; 32]);
+        let known = HashMap::new();
+        let mut lookup = Lookup {
+            cache: &cache,
+            known: &known,
+            fetched: HashMap::new(),
+            from_cache: RefCell::new(HashMap::new()),
+            missing: RefCell::new(Vec::new()),
+            strict: false,
+        };
+        assert_eq!(lookup.node(2, 7).ok(), Some([7; 32]));
+        assert!(lookup.missing.borrow().is_empty());
+        if let Ok(mut recent) = cache.recent.write() {
+            recent.clear();
+        }
+        lookup.strict = true;
+        assert_eq!(lookup.node(2, 7).ok(), Some([7; 32]));
+        assert!(lookup.node(2, 8).is_err(), "a node never read is missing");
     }
 }
