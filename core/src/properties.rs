@@ -176,6 +176,44 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any id of a non-RIC type (passport, local numbers), typed in either case, with spaces,
+    /// hyphens and full-width characters, gets one pseudonym; a different id another.
+    #[test]
+    fn any_id_typed_any_way_gets_one_pseudonym_and_another_id_another(
+        value in "[A-Z0-9]{1,40}",
+        other in "[A-Z0-9]{1,40}",
+        marks in proptest::collection::vec((0usize..4, any::<bool>(), any::<bool>()), 40),
+    ) {
+        let key = PseudonymKey::new([9; 32]);
+        let mut typed = String::new();
+        for (c, (mark, wide, lower)) in value.chars().zip(&marks) {
+            match mark {
+                1 => typed.push(' '),
+                2 => typed.push('-'),
+                3 => typed.push('\u{3000}'),
+                _ => {}
+            }
+            let c = if *lower { c.to_ascii_lowercase() } else { c };
+            if *wide {
+                typed.push(char::from_u32(c as u32 + 0xFEE0).expect("a full-width form"));
+            } else {
+                typed.push(c);
+            }
+        }
+        let a = key.pseudonymise(&PatientId::new("passport", &value).expect("a valid id"));
+        let b = key.pseudonymise(&PatientId::new(" Passport ", &typed).expect("the same id"));
+        prop_assert_eq!(a, b);
+        let c = key.pseudonymise(&PatientId::new("passport", &other).expect("a valid id"));
+        prop_assert_eq!(a == c, value == other);
+        // The type is part of the input: the same value under another type is another person.
+        let d = key.pseudonymise(&PatientId::new("hospital-card", &value).expect("a valid id"));
+        prop_assert_ne!(a, d);
+    }
+}
+
 /// A tree of 5,000 leaves built once for the Merkle properties.
 fn tree() -> &'static MemoryTree {
     static TREE: std::sync::OnceLock<MemoryTree> = std::sync::OnceLock::new();
@@ -206,6 +244,47 @@ fn every_inclusion_and_consistency_proof_up_to_200_leaves_verifies() {
             let proof = consistency_proof(old, size, t).unwrap();
             verify_consistency(old, size, &old_root, &root, &proof)
                 .unwrap_or_else(|e| panic!("{old} to {size}: {e}"));
+        }
+    }
+}
+
+/// Largest tree whose every (index, size) pair is proven exhaustively (about 2.1 million
+/// proofs), and whose every (old, new) pair of sizes is proven consistent (about 2.1 million).
+const EXHAUSTIVE_LEAVES: u64 = 2_048;
+
+/// Every leaf of every tree up to [`EXHAUSTIVE_LEAVES`] is proven in it: each (index, size)
+/// pair, with the proof the tree gives.
+#[test]
+fn every_inclusion_proof_up_to_2048_leaves_verifies() {
+    let t = tree();
+    let leaves: Vec<_> = (0..EXHAUSTIVE_LEAVES)
+        .map(|i| merkle::leaf_hash(&(i as u32).to_be_bytes()))
+        .collect();
+    let mut checked = 0u64;
+    for size in 1..=EXHAUSTIVE_LEAVES {
+        let root = merkle::root(size, t).unwrap();
+        for index in 0..size {
+            let proof = inclusion_proof(index, size, t).unwrap();
+            verify_inclusion(&leaves[index as usize], index, size, &proof, &root)
+                .unwrap_or_else(|e| panic!("leaf {index} of {size}: {e}"));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, EXHAUSTIVE_LEAVES * (EXHAUSTIVE_LEAVES + 1) / 2);
+}
+
+/// Every tree up to [`EXHAUSTIVE_LEAVES`] is proven a prefix of every larger one up to it.
+#[test]
+fn every_consistency_proof_up_to_2048_leaves_verifies() {
+    let t = tree();
+    let roots: Vec<_> = (0..=EXHAUSTIVE_LEAVES)
+        .map(|n| merkle::root(n, t).unwrap())
+        .collect();
+    for new in 0..=EXHAUSTIVE_LEAVES {
+        for old in 0..=new {
+            let proof = consistency_proof(old, new, t).unwrap();
+            verify_consistency(old, new, &roots[old as usize], &roots[new as usize], &proof)
+                .unwrap_or_else(|e| panic!("{old} to {new}: {e}"));
         }
     }
 }

@@ -162,7 +162,24 @@ pub fn load_results(
         path: path.to_owned(),
         source,
     })?;
-    let file: ResultsFile = serde_json::from_str(&text).map_err(|e| ResultsError::Json {
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_results(&text, path, publisher, key, &|file| {
+        let path = base.join(file);
+        std::fs::read(&path).map_err(|err| format!("report.file {}: {err}", path.display()))
+    })
+}
+
+/// Reads the text of a results file (`path` only names it in errors), with `read_report`
+/// giving the bytes of a report named by `report.file`: what [`load_results`] does once the
+/// file is read, and what the fuzz target `results` runs.
+pub fn parse_results(
+    text: &str,
+    path: &Path,
+    publisher: &InstitutionId,
+    key: &PseudonymKey,
+    read_report: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<Vec<Summary>, ResultsError> {
+    let file: ResultsFile = serde_json::from_str(text).map_err(|e| ResultsError::Json {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
@@ -172,13 +189,12 @@ pub fn load_results(
             found: file.format,
         });
     }
-    let base = path.parent().unwrap_or(Path::new("."));
     let total = file.results.len();
     let mut summaries = Vec::with_capacity(total);
     let mut errors = Vec::new();
     for (i, entry) in file.results.into_iter().enumerate() {
         let label = format!("results[{i}] (id {:?})", entry.id);
-        match entry_to_summary(entry, publisher, key, base) {
+        match entry_to_summary(entry, publisher, key, read_report) {
             Ok(s) => summaries.push(s),
             Err(e) => errors.push(format!("  {label}: {e}")),
         }
@@ -210,7 +226,7 @@ fn entry_to_summary(
     e: ResultEntry,
     publisher: &InstitutionId,
     key: &PseudonymKey,
-    base: &Path,
+    read_report: &dyn Fn(&str) -> Result<Vec<u8>, String>,
 ) -> Result<Summary, String> {
     SummaryId::parse(&e.id).map_err(|e| e.to_string())?;
     let patient = PatientId::new(&e.patient.id_type, &e.patient.id)
@@ -256,12 +272,7 @@ fn entry_to_summary(
         }
     };
     let sha256 = match (&e.report.file, &e.report.sha256) {
-        (Some(file), None) => {
-            let path = base.join(file);
-            let bytes = std::fs::read(&path)
-                .map_err(|err| format!("report.file {}: {err}", path.display()))?;
-            sha256(&bytes)
-        }
+        (Some(file), None) => sha256(&read_report(file)?),
         (None, Some(hex_digest)) => {
             let mut d = [0u8; 32];
             hex::decode_to_slice(hex_digest.trim(), &mut d)

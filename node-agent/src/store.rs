@@ -242,6 +242,35 @@ fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     })?))
 }
 
+/// One outbox entry read back: its key (the sequence number) and its record (a `QueuedRecord`
+/// holding the signed envelope). A record that does not read is `Corrupt`, never a panic: the
+/// fuzz target `outbox_record` runs this on any bytes.
+pub fn read_outbox_record(key: &[u8], value: &[u8]) -> Result<Pending, StoreError> {
+    let r: QueuedRecord = decode(value, "outbox record")?;
+    let envelope = SignedEnvelope::from_bytes(&r.envelope)
+        .map_err(|e| StoreError::Corrupt(format!("queued envelope: {e}")))?;
+    Ok(Pending {
+        seq: seq_of(key)?,
+        summary_id: r.summary_id,
+        version: r.version,
+        envelope,
+    })
+}
+
+/// An outbox record's bytes as the store writes them, for the fuzz corpus and tests.
+pub fn encode_outbox_record(summary_id: &str, version: u32, envelope: &SignedEnvelope) -> Vec<u8> {
+    QueuedRecord {
+        summary_id: summary_id.to_owned(),
+        version,
+        envelope: envelope.to_bytes(),
+        enqueued_at_ms: 0,
+        done_at_ms: 0,
+        already_stored: false,
+        reason: String::new(),
+    }
+    .encode_to_vec()
+}
+
 fn version_key(id: &str, version: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 5);
     k.extend_from_slice(id.as_bytes());
@@ -400,15 +429,7 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.outbox.iter().take(limit) {
             let (k, v) = entry?;
-            let r: QueuedRecord = decode(&v, "outbox record")?;
-            let envelope = SignedEnvelope::from_bytes(&r.envelope)
-                .map_err(|e| StoreError::Corrupt(format!("queued envelope: {e}")))?;
-            out.push(Pending {
-                seq: seq_of(&k)?,
-                summary_id: r.summary_id,
-                version: r.version,
-                envelope,
-            });
+            out.push(read_outbox_record(&k, &v)?);
         }
         Ok(out)
     }

@@ -84,14 +84,18 @@ async fn the_hub_survives_a_crash_loop_under_load() -> anyhow::Result<()> {
     let mut rng = Rng(seed);
     let mut hub = TestHub::start_process().await?;
     let log_key = verifier(&hub)?;
-    let patients: Vec<Pseudonym> = (0..PATIENTS)
-        .map(|i| hub.patient(&format!("E4000000{i}")))
-        .collect();
+    // Patients of their own each round, so no patient's History outgrows `max_results` however
+    // many rounds run; every check reads every round's patients.
+    let mut all_patients: Vec<Pseudonym> = Vec::new();
     let acked: Shared = Arc::default();
     let started = Instant::now();
     let mut check_time = Duration::ZERO;
 
     for round in 0..rounds {
+        let first = all_patients.len();
+        all_patients
+            .extend((0..PATIENTS).map(|i| hub.patient(&format!("E{:07}{i}", 4_000_000 + round))));
+        let patients = all_patients[first..].to_vec();
         // Load: two publishers, one asker that decides on what it was shown.
         let mut load = JoinSet::new();
         for member in ["hosp-a", "hosp-b"] {
@@ -142,7 +146,7 @@ async fn the_hub_survives_a_crash_loop_under_load() -> anyhow::Result<()> {
                     let answer = answer.into_inner();
                     {
                         let mut a = lock(&acked);
-                        *a.answered.entry(i).or_default() += 1;
+                        *a.answered.entry(first + i).or_default() += 1;
                         for r in &answer.results {
                             if let Some(p) = &r.log_proof
                                 && let Ok(c) =
@@ -204,7 +208,7 @@ async fn the_hub_survives_a_crash_loop_under_load() -> anyhow::Result<()> {
             );
         }
         hub.restart().await?;
-        check(&hub, &acked, &patients, &log_key)
+        check(&hub, &acked, &all_patients, &log_key)
             .await
             .with_context(|| format!("round {round} (seed {seed})"))?;
         check_time += checking.elapsed();
@@ -247,12 +251,9 @@ async fn check(
     let mut reader = hub.client("hosp-c").await?;
     let mut found = BTreeMap::new();
     for p in patients {
-        for r in reader
-            .history(history_request(p, 0))
-            .await?
-            .into_inner()
-            .results
-        {
+        let answer = reader.history(history_request(p, 0)).await?.into_inner();
+        ensure!(!answer.truncated, "a History answer was truncated");
+        for r in answer.results {
             let receipt = r.receipt.context("a result without its receipt")?;
             found.insert(
                 (receipt.publisher.clone(), receipt.summary_id.clone()),

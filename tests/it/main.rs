@@ -7,6 +7,7 @@
 #[macro_use]
 mod harness;
 mod agent;
+mod agent_crash_loop;
 mod bad_input;
 mod connections;
 mod crash_loop;

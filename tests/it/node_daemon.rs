@@ -709,7 +709,7 @@ async fn the_daemon_binary_stops_gracefully_on_sigterm() -> anyhow::Result<()> {
 }
 
 /// The verifier key of `hub`'s log, or (with `other`) of a log key the hub does not hold.
-fn log_verifier_key(hub: &TestHub, other: bool) -> anyhow::Result<String> {
+pub(crate) fn log_verifier_key(hub: &TestHub, other: bool) -> anyhow::Result<String> {
     let config = huren_hub::HubConfig::load(&hub.config_path)?;
     let path = if other {
         hub.root().join("another-log.key")
@@ -721,7 +721,7 @@ fn log_verifier_key(hub: &TestHub, other: bool) -> anyhow::Result<String> {
 }
 
 /// Adds `[log]` to a test agent's configuration.
-fn with_log(dirs: &AgentDirs, verifier_key: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn with_log(dirs: &AgentDirs, verifier_key: &str) -> anyhow::Result<PathBuf> {
     let state = dirs.store.with_file_name("log-state");
     let mut text = std::fs::read_to_string(&dirs.config)?;
     text.push_str(&format!(

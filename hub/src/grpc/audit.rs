@@ -6,43 +6,8 @@ pub(super) async fn record_decision(
     caller: InstitutionId,
     r: pb::RecordDecisionRequest,
 ) -> Result<pb::RecordDecisionResponse, HubError> {
-    let publisher = InstitutionId::parse(&r.publisher)
-        .map_err(|e| HubError::BadRequest(format!("publisher: {e}")))?;
-    let reason = retest_reason(r.reason).ok_or_else(|| {
-        HubError::BadRequest(format!("reason {} is not a known re-test reason", r.reason))
-    })?;
-    let decision = match pb::DecisionKind::try_from(r.decision) {
-        Ok(pb::DecisionKind::Adopted) => {
-            if reason.is_some() {
-                return Err(HubError::BadRequest(
-                    "an adopted result takes no re-test reason".into(),
-                ));
-            }
-            Decision::Adopted
-        }
-        Ok(pb::DecisionKind::Retested) => Decision::Retested {
-            reason,
-            note: r.note,
-        },
-        _ => {
-            return Err(HubError::BadRequest(
-                "decision must be ADOPTED or RETESTED".into(),
-            ));
-        }
-    };
-    let (outcome, recognised, proof) = g
-        .hub
-        .record_decision(
-            &caller,
-            DecisionRequest {
-                decision_id: r.decision_id,
-                publisher,
-                summary_id: r.summary_id,
-                version: r.version,
-                decision,
-            },
-        )
-        .await?;
+    let decision = requests::record_decision(r)?;
+    let (outcome, recognised, proof) = g.hub.record_decision(&caller, decision).await?;
     let (already_recorded, at) = match outcome {
         DecisionOutcome::Recorded { at } => (false, at),
         DecisionOutcome::AlreadyRecorded { at, .. } => (true, at),
@@ -66,23 +31,8 @@ pub(super) async fn get_statistics(
     caller: InstitutionId,
     r: pb::StatisticsRequest,
 ) -> Result<pb::StatisticsResponse, HubError> {
-    let by = convert::group_by(r.group_by).ok_or_else(|| {
-        HubError::BadRequest("group_by must be ITEM, MEMBER, DAY or MONTH".into())
-    })?;
-    let to = if r.to_ms == 0 {
-        now()
-    } else {
-        UnixMillis(r.to_ms)
-    };
-    if r.from_ms < 0 || to.0 < r.from_ms {
-        return Err(HubError::BadRequest(
-            "the period must have 0 <= from_ms <= to_ms".into(),
-        ));
-    }
-    let s = g
-        .hub
-        .statistics(&caller, UnixMillis(r.from_ms), to, by)
-        .await?;
+    let (from, to, by) = requests::statistics(r)?;
+    let s = g.hub.statistics(&caller, from, to, by).await?;
     Ok(pb::StatisticsResponse {
         rows: s
             .rows
@@ -100,21 +50,10 @@ pub(super) async fn access_report(
     caller: InstitutionId,
     r: pb::AccessReportRequest,
 ) -> Result<pb::AccessReportResponse, HubError> {
-    let patient = pseudonym(&r.patient_pseudonym)?;
-    check_requester(&r.requester)?;
-    let to = if r.to_ms == 0 {
-        UnixMillis(i64::MAX)
-    } else {
-        UnixMillis(r.to_ms)
-    };
-    if r.from_ms < 0 || to.0 < r.from_ms {
-        return Err(HubError::BadRequest(
-            "the period must have 0 <= from_ms <= to_ms".into(),
-        ));
-    }
+    let (patient, requester, from, to) = requests::access_report(r)?;
     let report = g
         .hub
-        .access_report(&caller, &r.requester, &patient, UnixMillis(r.from_ms), to)
+        .access_report(&caller, &requester, &patient, from, to)
         .await?;
     tracing::info!(entries = report.entries.len(), "access report");
     let mut entries = Vec::with_capacity(report.entries.len());
@@ -163,8 +102,8 @@ pub(super) async fn set_consent(
     caller: InstitutionId,
     r: pb::SetConsentRequest,
 ) -> Result<pb::SetConsentResponse, HubError> {
-    let patient = pseudonym(&r.patient_pseudonym)?;
-    let (changed, at, proof) = g.hub.set_consent(&caller, &patient, r.opted_out).await?;
+    let (patient, opted_out) = requests::set_consent(r)?;
+    let (changed, at, proof) = g.hub.set_consent(&caller, &patient, opted_out).await?;
     Ok(pb::SetConsentResponse {
         recorded_at_ms: at.0,
         log_proof: Some(pb::LogProof::from(proof)),

@@ -11,6 +11,7 @@ mod audit;
 mod log;
 mod publish;
 mod query;
+pub mod requests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -20,27 +21,16 @@ use tracing::Instrument;
 
 use huren_core::identity::InstitutionId;
 use huren_core::logentry::{Entry, LogProof};
-use huren_core::pseudonym::Pseudonym;
-use huren_core::signing::SignedEnvelope;
-use huren_core::summary::UnixMillis;
 use huren_core::trust::client_institution;
 use huren_proto::convert;
 use huren_proto::hub as pb;
 
-use huren_core::rules::Decision;
-
 use crate::error::HubError;
 use crate::metrics::HubMetrics;
-use crate::service::{
-    Ask, DecisionRequest, Hub, Judged, JudgedAnswer, OrderCode, now, retest_reason,
-};
-use crate::store::{DecisionOutcome, PriorQuery, PutOutcome, StoredSummary};
+use crate::service::{Hub, Judged, JudgedAnswer, OrderCode};
+use crate::store::{DecisionOutcome, PutOutcome, StoredSummary};
 
-/// Most item codes one FindPrior may ask for.
-pub const MAX_QUERY_ITEMS: usize = 200;
-
-/// Most summaries one PublishBatch may carry.
-pub const MAX_BATCH_SUMMARIES: usize = 1000;
+pub use requests::{MAX_BATCH_SUMMARIES, MAX_QUERY_ITEMS};
 
 /// Implements the generated `Hub` service trait over the domain [`Hub`].
 pub struct HubGrpc {
@@ -221,29 +211,6 @@ impl SharedCertificates {
     }
 }
 
-/// The purpose of a query: required.
-fn ask(purpose: i32, requester: String, with_proofs: bool) -> Result<Ask, HubError> {
-    let purpose = convert::purpose(purpose).ok_or_else(|| {
-        HubError::BadRequest(
-            "purpose is required: say why you look at this patient's results (TREATMENT, REFERRAL, EMERGENCY, PATIENT_REQUEST, ADMINISTRATION or QUALITY_CONTROL); every access is logged with it".into(),
-        )
-    })?;
-    check_requester(&requester)?;
-    Ok(Ask {
-        purpose,
-        requester,
-        with_proofs,
-    })
-}
-
-/// A request's `requester`: empty (no one named) or an id `check_requester` accepts.
-fn check_requester(requester: &str) -> Result<(), HubError> {
-    if requester.is_empty() {
-        return Ok(());
-    }
-    huren_core::logentry::check_requester(requester).map_err(HubError::BadRequest)
-}
-
 fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
     let verdict = convert::verdict_to_pb(&j.verdict, policy_version);
     let earlier = j
@@ -283,69 +250,6 @@ fn order_code_to_pb(c: &OrderCode) -> pb::OrderItem {
             OrderCode::Local(l) => pb::order_item::Code::LocalCode(l.clone()),
         }),
     }
-}
-
-fn as_of(ms: i64) -> Result<UnixMillis, HubError> {
-    match ms {
-        0 => Ok(now()),
-        ms if ms < 0 => Err(HubError::BadRequest("as_of_ms must not be negative".into())),
-        ms => Ok(UnixMillis(ms)),
-    }
-}
-
-fn pseudonym(bytes: &[u8]) -> Result<Pseudonym, HubError> {
-    Pseudonym::from_slice(bytes).ok_or_else(|| {
-        HubError::BadRequest(format!(
-            "patient_pseudonym must be 32 bytes (HMAC-SHA-256 computed by the agent), got {}",
-            bytes.len()
-        ))
-    })
-}
-
-fn prior_query(hub: &Hub, r: pb::FindPriorRequest) -> Result<PriorQuery, HubError> {
-    let patient = pseudonym(&r.patient_pseudonym)?;
-    if r.items.is_empty() {
-        return Err(HubError::BadRequest(
-            "name at least one item code to look for".into(),
-        ));
-    }
-    if r.items.len() > MAX_QUERY_ITEMS {
-        return Err(HubError::BadRequest(format!(
-            "{} item codes asked for; at most {MAX_QUERY_ITEMS} per call",
-            r.items.len()
-        )));
-    }
-    let mut items = Vec::with_capacity(r.items.len());
-    for (i, item) in r.items.into_iter().enumerate() {
-        if item.system.is_empty() || item.code.is_empty() {
-            return Err(HubError::BadRequest(format!(
-                "items[{i}] needs both a code system and a code"
-            )));
-        }
-        items.push((item.system, item.code));
-    }
-    if r.as_of_ms < 0 {
-        return Err(HubError::BadRequest("as_of_ms must not be negative".into()));
-    }
-    let until = if r.as_of_ms == 0 {
-        now()
-    } else {
-        UnixMillis(r.as_of_ms)
-    };
-    let from = match r.lookback_seconds {
-        0 => UnixMillis(0),
-        s => {
-            let ms = i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
-            UnixMillis(until.0.saturating_sub(ms).max(0))
-        }
-    };
-    Ok(PriorQuery {
-        patient,
-        items,
-        from,
-        until,
-        limit: hub.max_results(),
-    })
 }
 
 #[tonic::async_trait]

@@ -6,10 +6,7 @@ pub(super) async fn publish(
     caller: InstitutionId,
     r: pb::PublishRequest,
 ) -> Result<pb::PublishResponse, HubError> {
-    let signed = r
-        .summary
-        .ok_or_else(|| HubError::BadRequest("summary is missing".into()))?;
-    let envelope = SignedEnvelope::try_from(signed)?;
+    let envelope = requests::publish(r)?;
     let (outcome, proof) = g.hub.publish(&caller, envelope).await?;
     let response = publish_response(&outcome, proof);
     if let Some(receipt) = &response.receipt {
@@ -29,25 +26,9 @@ pub(super) async fn publish_batch(
     caller: InstitutionId,
     r: pb::PublishBatchRequest,
 ) -> Result<pb::PublishBatchResponse, HubError> {
-    if r.summaries.is_empty() {
-        return Err(HubError::BadRequest("the batch has no summaries".into()));
-    }
-    if r.summaries.len() > MAX_BATCH_SUMMARIES {
-        return Err(HubError::BadRequest(format!(
-            "the batch has {} summaries; at most {MAX_BATCH_SUMMARIES} per call",
-            r.summaries.len()
-        )));
-    }
-    // A summary that does not even parse as an envelope is refused on its own.
     g.metrics.publish_batch(r.summaries.len());
-    let mut envelopes = Vec::with_capacity(r.summaries.len());
-    let mut malformed = Vec::new();
-    for (i, s) in r.summaries.into_iter().enumerate() {
-        match SignedEnvelope::try_from(s) {
-            Ok(e) => envelopes.push(e),
-            Err(e) => malformed.push((i, HubError::from(e))),
-        }
-    }
+    // A summary that does not even parse as an envelope is refused on its own.
+    let (envelopes, malformed) = requests::publish_batch(r)?;
     let mut published = g.hub.publish_batch(&caller, envelopes).await?.into_iter();
     let total = published.len() + malformed.len();
     let mut malformed = malformed.into_iter().peekable();

@@ -4,11 +4,9 @@ use super::*;
 pub(super) async fn find_prior(
     g: &HubGrpc,
     caller: InstitutionId,
-    mut r: pb::FindPriorRequest,
+    r: pb::FindPriorRequest,
 ) -> Result<pb::FindPriorResponse, HubError> {
-    let ask = ask(r.purpose, std::mem::take(&mut r.requester), r.with_proofs)?;
-    let certificates_once = r.certificates_once;
-    let query = prior_query(&g.hub, r)?;
+    let (ask, certificates_once, query) = requests::find_prior(r, g.hub.max_results())?;
     let answer = g.hub.find_prior(&caller, &query, &ask).await?;
     let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
     let signer_certificates = SharedCertificates::share(certificates_once, &mut results);
@@ -31,25 +29,17 @@ pub(super) async fn find_prior(
 pub(super) async fn history(
     g: &HubGrpc,
     caller: InstitutionId,
-    mut r: pb::HistoryRequest,
+    r: pb::HistoryRequest,
 ) -> Result<pb::HistoryResponse, HubError> {
-    let ask = ask(r.purpose, std::mem::take(&mut r.requester), r.with_proofs)?;
-    if r.since_ms < 0 {
-        return Err(HubError::BadRequest("since_ms must not be negative".into()));
-    }
-    let query = PriorQuery {
-        patient: pseudonym(&r.patient_pseudonym)?,
-        items: vec![],
-        from: UnixMillis(r.since_ms),
-        until: UnixMillis(i64::MAX),
-        limit: g.hub.max_results(),
-    };
+    let (include_earlier_versions, certificates_once) =
+        (r.include_earlier_versions, r.certificates_once);
+    let (ask, query) = requests::history(r, g.hub.max_results())?;
     let answer = g
         .hub
-        .history(&caller, &query, r.include_earlier_versions, &ask)
+        .history(&caller, &query, include_earlier_versions, &ask)
         .await?;
     let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
-    let signer_certificates = SharedCertificates::share(r.certificates_once, &mut results);
+    let signer_certificates = SharedCertificates::share(certificates_once, &mut results);
     tracing::info!(
         results = results.len(),
         purpose = ask.purpose.name(),
@@ -68,37 +58,15 @@ pub(super) async fn history(
 pub(super) async fn check_order(
     g: &HubGrpc,
     caller: InstitutionId,
-    mut r: pb::CheckOrderRequest,
+    r: pb::CheckOrderRequest,
 ) -> Result<pb::CheckOrderResponse, HubError> {
-    let ask = ask(r.purpose, std::mem::take(&mut r.requester), r.with_proofs)?;
-    let certificates_once = r.certificates_once;
-    let patient = pseudonym(&r.patient_pseudonym)?;
-    if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
-        return Err(HubError::BadRequest(format!(
-            "name 1 to {MAX_QUERY_ITEMS} ordered items; got {}",
-            r.items.len()
-        )));
-    }
-    let mut order = Vec::with_capacity(r.items.len());
-    for (i, item) in r.items.into_iter().enumerate() {
-        order.push(match item.code {
-            Some(pb::order_item::Code::Catalogue(c))
-                if !c.system.is_empty() && !c.code.is_empty() =>
-            {
-                OrderCode::Catalogue {
-                    system: c.system,
-                    code: c.code,
-                }
-            }
-            Some(pb::order_item::Code::LocalCode(l)) if !l.trim().is_empty() => OrderCode::Local(l),
-            _ => {
-                return Err(HubError::BadRequest(format!(
-                    "items[{i}] needs a catalogue code (system and code) or a local code"
-                )));
-            }
-        });
-    }
-    let at = as_of(r.as_of_ms)?;
+    let requests::OrderRequest {
+        ask,
+        certificates_once,
+        patient,
+        order,
+        at,
+    } = requests::check_order(r)?;
     let (answers, version, withheld_by_consent) =
         g.hub.check_order(&caller, patient, order, at, &ask).await?;
     let recognised = answers.iter().filter(|a| a.best.is_some()).count();
