@@ -305,6 +305,41 @@ pub fn requester(issuer: &str, user: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    /// A TLS client with a bad id or a name that could not be one certificate name is
+    /// refused at start, naming the entry; a certificate name is matched whole, never as a
+    /// part of another, and a header without a listed name lets no one in.
+    #[test]
+    fn tls_clients_are_checked_at_start_and_matched_whole() {
+        use super::super::config::TlsClientConfig;
+        let client = |id: &str, name: &str| TlsClientConfig {
+            id: id.into(),
+            name: name.into(),
+        };
+        for bad in [client("", "his.example"), client("his tls", "his.example")] {
+            let err = Authenticator::load(&[], &[bad]).err().unwrap_or_default();
+            assert!(err.contains("[[ehr.tls_clients]] id"), "{err}");
+        }
+        for bad in [client("his", ""), client("his", "a.example,b.example")] {
+            let err = Authenticator::load(&[], &[bad]).err().unwrap_or_default();
+            assert!(err.contains("name must be"), "{err}");
+        }
+        let auth = Authenticator::load(&[], &[client("his", "his.example")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let with = |names: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                crate::web::TLS_CLIENT_HEADER,
+                names.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
+            h
+        };
+        assert!(auth.check(&with("his.example"), &[]).is_ok());
+        assert!(auth.check(&with("x.test,his.example"), &[]).is_ok());
+        assert!(auth.check(&with("his.example.evil"), &[]).is_err());
+        assert!(auth.check(&with("evil.his.example"), &[]).is_err());
+        assert!(auth.check(&HeaderMap::new(), &[]).is_err());
+    }
+
     #[test]
     fn requester_keeps_the_charset() {
         assert_eq!(requester("his1", None), "ehr:his1");
