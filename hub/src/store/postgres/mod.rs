@@ -203,6 +203,23 @@ impl PgStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("huren-hub");
+        // Every statement the hub runs is an index lookup, prepared once per connection and
+        // run many times with other values: one plan serves every run. PostgreSQL's default
+        // plans each of the first five runs anew and then keeps planning whenever that looks
+        // cheaper (a fifth of the server's CPU under FindPrior load). A plan made once must
+        // not depend on the tables' sizes at that moment (a hub started on an empty database
+        // would scan whole tables for the life of the connection), so sequential scans and
+        // hash or merge joins are priced out: each lookup stays an index scan. (That price
+        // would set off JIT compilation of every statement on the one-row log head, so JIT is
+        // off: it never pays for statements this small.) Options in the URL come after these,
+        // so an operator's own settings win.
+        const PLANNING: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+             -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
+        let options = match config.get_options() {
+            Some(given) if !given.is_empty() => format!("{PLANNING} {given}"),
+            _ => PLANNING.to_string(),
+        };
+        config.options(&options);
         let place = Place::of(&config);
         let manager = Manager::from_config(
             config,

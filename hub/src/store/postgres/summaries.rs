@@ -73,6 +73,24 @@ fn version_row(row: &tokio_postgres::Row) -> Result<VersionRow, StoreError> {
     ))
 }
 
+/// FindPrior's one statement: the latest versions of a patient's results for some items
+/// (`$2`, `$3`: systems and codes), performed in `[$4, $5]`, each with its leaf.
+pub(super) const FIND_PRIOR: &str = "WITH hits AS (
+        SELECT DISTINCT b.publisher, b.summary_id
+        FROM unnest($2::text[], $3::text[]) AS q(sys, code)
+        JOIN by_patient b ON b.patient = $1 AND b.item_system = q.sys
+            AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5)
+     SELECT l.publisher, l.summary_id, l.version, l.log_index, lf.leaf
+     FROM hits JOIN latest l ON l.publisher = hits.publisher AND l.summary_id = hits.summary_id
+     JOIN log_leaves lf ON lf.idx = l.log_index";
+
+/// The stored versions among those a publish batch names (`$1`, `$2`, `$3`: publishers, ids
+/// and versions).
+pub(super) const STORED_VERSIONS: &str =
+    "SELECT s.publisher, s.summary_id, s.version, s.body_sha256, s.accepted_at, s.log_index
+     FROM unnest($1::text[], $2::text[], $3::int[]) AS k(p, i, v)
+     JOIN summaries s ON s.publisher = k.p AND s.summary_id = k.i AND s.version = k.v";
+
 impl PgStore {
     /// Stores summary versions in one transaction (see [`crate::store::Store::put_summaries`]):
     /// durable once this returns.
@@ -114,11 +132,7 @@ impl PgStore {
              JOIN latest l ON l.publisher = k.p AND l.summary_id = k.i
              LEFT JOIN log_leaves lf ON k.amend AND lf.idx = l.log_index",
         );
-        let q_versions = tx.prepare_cached(
-            "SELECT s.publisher, s.summary_id, s.version, s.body_sha256, s.accepted_at, s.log_index
-             FROM unnest($1::text[], $2::text[], $3::int[]) AS k(p, i, v)
-             JOIN summaries s ON s.publisher = k.p AND s.summary_id = k.i AND s.version = k.v",
-        );
+        let q_versions = tx.prepare_cached(STORED_VERSIONS);
         let (q_latest, q_versions) = tokio::try_join!(q_latest, q_versions).map_err(pg)?;
         let p_latest: [P; 3] = [&k_pub, &k_id, &k_amend];
         let p_versions: [P; 3] = [&v_pub, &v_id, &v_ver];
@@ -472,19 +486,7 @@ impl PgStore {
         let systems: Vec<&str> = q.items.iter().map(|(s, _)| s.as_str()).collect();
         let codes: Vec<&str> = q.items.iter().map(|(_, c)| c.as_str()).collect();
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "WITH hits AS (
-                    SELECT DISTINCT b.publisher, b.summary_id
-                    FROM unnest($2::text[], $3::text[]) AS q(sys, code)
-                    JOIN by_patient b ON b.patient = $1 AND b.item_system = q.sys
-                        AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5)
-                 SELECT l.publisher, l.summary_id, l.version, l.log_index, lf.leaf
-                 FROM hits JOIN latest l ON l.publisher = hits.publisher AND l.summary_id = hits.summary_id
-                 JOIN log_leaves lf ON lf.idx = l.log_index",
-            )
-            .await
-            .map_err(pg)?;
+        let stmt = client.prepare_cached(FIND_PRIOR).await.map_err(pg)?;
         let rows = client
             .query(
                 &stmt,

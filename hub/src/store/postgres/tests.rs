@@ -434,3 +434,108 @@ async fn an_unreachable_server_is_unavailable_by_name() {
         Ok(_) => panic!("expected Unavailable, it opened"),
     }
 }
+
+/// What a pooled connection's `SHOW name` says.
+async fn setting(client: &deadpool_postgres::Client, name: &str) -> String {
+    client
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The hub's connections plan each statement once, as index lookups, without JIT; an
+/// operator's own options in the URL win over the hub's.
+#[tokio::test]
+async fn connections_plan_once_unless_the_url_says_otherwise() {
+    let (store, url) = fresh().await;
+    let client = store.client().await.unwrap();
+    for (name, want) in [
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+        ("enable_hashjoin", "off"),
+        ("enable_mergejoin", "off"),
+        ("jit", "off"),
+    ] {
+        assert_eq!(setting(&client, name).await, want, "{name}");
+    }
+    drop(client);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let own = PgStore::open(&format!(
+        "{url}{separator}options=-c%20plan_cache_mode%3Dauto"
+    ))
+    .await
+    .unwrap();
+    let client = own.client().await.unwrap();
+    assert_eq!(setting(&client, "plan_cache_mode").await, "auto");
+    assert_eq!(setting(&client, "enable_seqscan").await, "off");
+}
+
+/// A plan made on an empty database still looks results up by index once the tables are
+/// large: a hub started on a new database must not scan whole tables for as long as its
+/// connections live (what a plan chosen for the sizes of the moment would do).
+#[tokio::test]
+async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
+    let (store, url) = fresh().await;
+    let client = store.client().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "PREPARE find_prior (bytea, text[], text[], bigint, bigint) AS {};
+             PREPARE stored_versions (text[], text[], int[]) AS {};",
+            summaries::FIND_PRIOR,
+            summaries::STORED_VERSIONS,
+        ))
+        .await
+        .unwrap();
+    let statements = [
+        (
+            "find_prior(int8send(7), '{loinc}', '{718-7}', 0, 100)",
+            &["by_patient", "latest", "log_leaves"][..],
+        ),
+        (
+            "stored_versions('{hosp-a}', '{r7}', '{1}')",
+            &["summaries"][..],
+        ),
+    ];
+    // Run once on the empty tables: the plan is made at the first run, and kept until the
+    // tables are next analysed (which autovacuum may not do for a long while; the test does
+    // not).
+    for (statement, _) in statements {
+        client
+            .batch_execute(&format!("EXECUTE {statement}"))
+            .await
+            .unwrap();
+    }
+    sql(
+        &url,
+        "INSERT INTO by_patient SELECT int8send(g), 'loinc', '718-7', g, 'hosp-a', 'r' || g
+             FROM generate_series(1, 20000) g;
+         INSERT INTO latest SELECT 'hosp-a', 'r' || g, 1, g FROM generate_series(1, 20000) g;
+         INSERT INTO summaries SELECT 'hosp-a', 'r' || g, 1, '\\x00', 0, g
+             FROM generate_series(1, 20000) g;
+         INSERT INTO log_leaves SELECT g, sha256(int8send(g)), '\\x00'
+             FROM generate_series(1, 20000) g;",
+    )
+    .await
+    .unwrap();
+    for (statement, tables) in statements {
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN EXECUTE {statement}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        for table in tables {
+            assert!(
+                !plan.contains(&format!("Seq Scan on {table}")),
+                "{statement}: {table} is scanned whole:\n{plan}"
+            );
+            assert!(
+                plan.contains(&format!("{table}_pkey")),
+                "{statement}:\n{plan}"
+            );
+        }
+    }
+}
