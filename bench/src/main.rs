@@ -92,6 +92,10 @@ struct Args {
     /// postgres://… (an existing empty database).
     #[arg(long, value_delimiter = ',', default_value = "sled")]
     store: Vec<String>,
+    /// Connections the hub keeps to PostgreSQL (its `store_connections`); default four per
+    /// core of this machine, where the throwaway cluster runs too.
+    #[arg(long)]
+    store_connections: Option<usize>,
     /// Instead of the table: a soak run of this many seconds at a share of the peak publish
     /// and FindPrior rates, on the first --store, sampled every 10 s into --soak-csv.
     #[arg(long)]
@@ -108,6 +112,12 @@ struct Args {
 }
 
 impl Args {
+    /// The PostgreSQL connections the hub keeps: as asked, or four per core.
+    fn pg_connections(&self) -> usize {
+        self.store_connections
+            .unwrap_or_else(|| 4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     fn measures(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
@@ -616,7 +626,7 @@ async fn open_store(
         anyhow::bail!("--store takes sled, postgres or postgres://…, not {kind}");
     };
     Ok(BenchStore::Postgres(
-        huren_hub::store::PgStore::open(&url).await?,
+        huren_hub::store::PgStore::open_with(&url, bench.args.pg_connections()).await?,
     ))
 }
 
@@ -708,6 +718,12 @@ async fn run(
         args.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if kind != "sled" {
+        println!(
+            "PostgreSQL: {} connections from the hub (--store-connections)",
+            args.pg_connections()
+        );
+    }
 
     let verify_rate =
         tokio::task::spawn_blocking(move || ed25519_verify_rate(args.seconds.min(2.0))).await?;

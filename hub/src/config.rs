@@ -27,6 +27,11 @@ pub struct HubConfig {
     /// `store::Durability` and README, Running it for real).
     #[serde(default)]
     pub durability: crate::store::Durability,
+    /// With a PostgreSQL store, the connections the hub keeps open to it at most (default 16,
+    /// 1 to 1000). More than two to four per core of the database server only adds switching
+    /// between its processes; ignored for sled.
+    #[serde(default = "default_store_connections")]
+    pub store_connections: usize,
     pub tls: TlsConfig,
     #[serde(default)]
     pub limits: Limits,
@@ -64,6 +69,10 @@ impl Default for LogConfig {
             witness_timeout_ms: 3000,
         }
     }
+}
+
+fn default_store_connections() -> usize {
+    crate::store::postgres::DEFAULT_CONNECTIONS
 }
 
 fn default_store_cache_mb() -> u64 {
@@ -179,6 +188,16 @@ impl HubConfig {
                 ),
             ));
         }
+        if !(1..=1000).contains(&config.store_connections) {
+            return Err(ConfigError::invalid(
+                path,
+                "hub",
+                format!(
+                    "store_connections is {}: it must be from 1 to 1000",
+                    config.store_connections
+                ),
+            ));
+        }
         let postgres = config.store_kind() == StoreKind::Postgres;
         if postgres && config.log.key.is_none() {
             return Err(ConfigError::invalid(
@@ -261,6 +280,26 @@ mod tests {
         assert!(err.contains("store_cache_mb is 8"), "{err}");
         std::fs::write(&path, format!("{base}{tls}")).unwrap();
         assert_eq!(HubConfig::load(&path).unwrap().store_cache_mb, 1024);
+    }
+
+    #[test]
+    fn store_connections_out_of_range_are_refused_and_a_missing_one_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        let base = "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\n";
+        let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        for bad in [0, 1001] {
+            std::fs::write(&path, format!("{base}store_connections = {bad}\n{tls}")).unwrap();
+            let err = HubConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("store_connections is {bad}")),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, format!("{base}store_connections = 4\n{tls}")).unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().store_connections, 4);
+        std::fs::write(&path, format!("{base}{tls}")).unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().store_connections, 16);
     }
 
     #[test]

@@ -388,9 +388,9 @@ pub async fn open(config: &crate::config::HubConfig) -> Result<SharedStore, Stor
             config.store_cache_mb << 20,
             config.durability,
         )?),
-        crate::config::StoreKind::Postgres => {
-            Arc::new(PgStore::open(&config.store.to_string_lossy()).await?)
-        }
+        crate::config::StoreKind::Postgres => Arc::new(
+            PgStore::open_with(&config.store.to_string_lossy(), config.store_connections).await?,
+        ),
     })
 }
 

@@ -83,8 +83,9 @@ use log::{LogState, NodeCache};
 pub use import::ImportReport;
 pub use schema::SCHEMA_VERSION;
 
-/// Connections the hub keeps to PostgreSQL at most.
-const POOL_SIZE: usize = 16;
+/// Connections the hub keeps to PostgreSQL at most, unless its configuration says
+/// (`store_connections`).
+pub const DEFAULT_CONNECTIONS: usize = 16;
 
 /// How long a connection may take to open before the store counts as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,6 +197,11 @@ impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/dbname`),
     /// applies the migrations it lacks (refusing a newer schema) and reads the log's head.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, DEFAULT_CONNECTIONS).await
+    }
+
+    /// [`PgStore::open`], keeping at most `connections` connections open.
+    pub async fn open_with(url: &str, connections: usize) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("the PostgreSQL URL does not parse: {e}").into())
         })?;
@@ -229,7 +235,7 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(connections.max(1))
             .build()
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let store = Self {
