@@ -1318,6 +1318,7 @@ mod tests {
             only: Vec::new(),
             durability: "fsync".into(),
             store: vec!["sled".into()],
+            store_connections: None,
             soak: None,
             soak_csv: "soak.csv".into(),
             soak_publish_share: 0.5,
