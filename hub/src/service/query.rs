@@ -8,17 +8,22 @@ impl Hub {
         patient: &Pseudonym,
         purpose: Purpose,
     ) -> Result<Gate, HubError> {
-        if !self.store.opted_out(patient).await? {
-            return Ok(Gate::default());
+        Ok(Self::gate_of(self.store.opted_out(patient).await?, purpose))
+    }
+
+    /// What a patient's consent lets a query of this purpose see.
+    fn gate_of(opted_out: bool, purpose: Purpose) -> Gate {
+        if !opted_out {
+            return Gate::default();
         }
         let emergency = purpose == Purpose::Emergency;
         if emergency {
             tracing::warn!("emergency access to the results of a patient who opted out");
         }
-        Ok(Gate {
+        Gate {
             withheld: !emergency,
             emergency_override: emergency,
-        })
+        }
     }
 
     /// Writes what an answered query leaves behind (what the caller was shown, statistics
@@ -182,11 +187,12 @@ impl Hub {
         ask: &Ask,
     ) -> Result<JudgedAnswer, HubError> {
         let policy = self.member_policy(caller)?;
-        let gate = self.gate(&query.patient, ask.purpose).await?;
+        let (opted_out, found) = self.store.find_prior_gated(query).await?;
+        let gate = Self::gate_of(opted_out, ask.purpose);
         let found = if gate.withheld {
             Default::default()
         } else {
-            self.store.find_prior(query).await?
+            found
         };
         let mut results: Vec<Judged> = found
             .results

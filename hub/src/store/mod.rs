@@ -345,6 +345,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(bool, Logged), StoreError>;
     /// Whether the patient is opted out now.
     async fn opted_out(&self, patient: &Pseudonym) -> Result<bool, StoreError>;
+    /// [`Store::opted_out`] and [`Store::find_prior`] in one read where the backend can
+    /// (one statement instead of two on PostgreSQL). The results come whatever the consent:
+    /// the caller withholds them (an emergency may still see them).
+    async fn find_prior_gated(&self, q: &PriorQuery) -> Result<(bool, Found), StoreError> {
+        let opted_out = self.opted_out(&q.patient).await?;
+        Ok((opted_out, self.find_prior(q).await?))
+    }
     /// The log indexes of the access leaves of one patient in `[from, to)`, oldest first.
     async fn accesses(
         &self,

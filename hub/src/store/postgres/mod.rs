@@ -453,6 +453,10 @@ impl Store for PgStore {
         PgStore::opted_out(self, patient).await
     }
 
+    async fn find_prior_gated(&self, q: &PriorQuery) -> Result<(bool, Found), StoreError> {
+        PgStore::find_prior_gated(self, q).await
+    }
+
     async fn accesses(
         &self,
         patient: &Pseudonym,

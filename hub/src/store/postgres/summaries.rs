@@ -62,27 +62,51 @@ type IndexRow<'a> = (&'a [u8; 32], &'a str, &'a str, i64, &'a str, &'a str);
 type VersionRow = (String, String, u32, u64, Vec<u8>);
 
 fn version_row(row: &tokio_postgres::Row) -> Result<VersionRow, StoreError> {
-    let version: i32 = row.try_get(2).map_err(pg)?;
+    version_row_at(row, 0)
+}
+
+/// A [`VersionRow`] from the row's columns `first` to `first + 4`.
+fn version_row_at(row: &tokio_postgres::Row, first: usize) -> Result<VersionRow, StoreError> {
+    let version: i32 = row.try_get(first + 2).map_err(pg)?;
     Ok((
-        row.try_get(0).map_err(pg)?,
-        row.try_get(1).map_err(pg)?,
+        row.try_get(first).map_err(pg)?,
+        row.try_get(first + 1).map_err(pg)?,
         u32::try_from(version)
             .map_err(|_| StoreError::Corrupt(format!("version {version} is negative")))?,
-        index_of(row.try_get(3).map_err(pg)?)?,
-        row.try_get(4).map_err(pg)?,
+        index_of(row.try_get(first + 3).map_err(pg)?)?,
+        row.try_get(first + 4).map_err(pg)?,
     ))
 }
 
-/// FindPrior's one statement: the latest versions of a patient's results for some items
-/// (`$2`, `$3`: systems and codes), performed in `[$4, $5]`, each with its leaf.
-pub(super) const FIND_PRIOR: &str = "WITH hits AS (
-        SELECT DISTINCT b.publisher, b.summary_id
-        FROM unnest($2::text[], $3::text[]) AS q(sys, code)
-        JOIN by_patient b ON b.patient = $1 AND b.item_system = q.sys
-            AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5)
-     SELECT l.publisher, l.summary_id, l.version, l.log_index, lf.leaf
-     FROM hits JOIN latest l ON l.publisher = hits.publisher AND l.summary_id = hits.summary_id
-     JOIN log_leaves lf ON lf.idx = l.log_index";
+/// The latest versions of a patient's results for some items (`$2`, `$3`: systems and
+/// codes), performed in `[$4, $5]`, each with its leaf.
+macro_rules! find_prior_sql {
+    () => {
+        "WITH hits AS (
+            SELECT DISTINCT b.publisher, b.summary_id
+            FROM unnest($2::text[], $3::text[]) AS q(sys, code)
+            JOIN by_patient b ON b.patient = $1 AND b.item_system = q.sys
+                AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5)
+         SELECT l.publisher, l.summary_id, l.version, l.log_index, lf.leaf
+         FROM hits JOIN latest l ON l.publisher = hits.publisher AND l.summary_id = hits.summary_id
+         JOIN log_leaves lf ON lf.idx = l.log_index"
+    };
+}
+
+/// FindPrior's read (see [`find_prior_sql`]).
+pub(super) const FIND_PRIOR: &str = find_prior_sql!();
+
+/// FindPrior's read with the patient's consent: whether opted out, then the result's
+/// columns (NULL when there is none), one row at least.
+pub(super) const FIND_PRIOR_GATED: &str = concat!(
+    "WITH consent_now AS (
+        SELECT coalesce((SELECT opted_out FROM consent WHERE patient = $1), false) AS opted_out),
+     prior AS (",
+    find_prior_sql!(),
+    ")
+     SELECT c.opted_out, p.publisher, p.summary_id, p.version, p.log_index, p.leaf
+     FROM consent_now c LEFT JOIN prior p ON true"
+);
 
 /// The stored versions among those a publish batch names (`$1`, `$2`, `$3`: publishers, ids
 /// and versions).
@@ -511,6 +535,52 @@ impl PgStore {
                 .any(|(sys, code)| s.item.system == *sys && s.item.code == *code)
         })
         .await
+    }
+
+    /// Whether the patient opted out, and [`PgStore::find_prior`]'s results, in one
+    /// statement.
+    pub async fn find_prior_gated(&self, q: &PriorQuery) -> Result<(bool, Found), StoreError> {
+        let systems: Vec<&str> = q.items.iter().map(|(s, _)| s.as_str()).collect();
+        let codes: Vec<&str> = q.items.iter().map(|(_, c)| c.as_str()).collect();
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(FIND_PRIOR_GATED).await.map_err(pg)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &q.patient.as_bytes().as_slice(),
+                    &systems,
+                    &codes,
+                    &q.from.0,
+                    &q.until.0,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        drop(client);
+        let opted_out = match rows.first() {
+            Some(row) => row.try_get(0).map_err(pg)?,
+            None => {
+                return Err(StoreError::Corrupt(
+                    "FindPrior's read returned no row, not even the consent".into(),
+                ));
+            }
+        };
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let publisher: Option<&str> = row.try_get(1).map_err(pg)?;
+            if publisher.is_some() {
+                found.push(version_row_at(row, 1)?);
+            }
+        }
+        let found = self
+            .resolve(found, q, |s| {
+                q.items
+                    .iter()
+                    .any(|(sys, code)| s.item.system == *sys && s.item.code == *code)
+            })
+            .await?;
+        Ok((opted_out, found))
     }
 
     /// Latest versions of all of a patient's results in the period, newest first.

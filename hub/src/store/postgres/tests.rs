@@ -539,3 +539,34 @@ async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
         }
     }
 }
+
+/// FindPrior's one-statement read says whether the patient opted out even when there is no
+/// result to return, and follows the consent as it changes.
+#[tokio::test]
+async fn the_gated_read_reports_consent_with_or_without_results() {
+    let (store, _) = fresh().await;
+    let p = Pseudonym::from_slice(&[8; 32]).unwrap();
+    let member = InstitutionId::parse("hosp-a").unwrap();
+    let q = PriorQuery {
+        patient: p,
+        items: vec![("loinc".into(), "718-7".into())],
+        from: UnixMillis(0),
+        until: UnixMillis(i64::MAX),
+        limit: 10,
+    };
+    let read = async || {
+        let (opted_out, found) = store.find_prior_gated(&q).await.unwrap();
+        (opted_out, found.results.len())
+    };
+    assert_eq!(read().await, (false, 0));
+    store
+        .set_consent(&p, true, &member, UnixMillis(1))
+        .await
+        .unwrap();
+    assert_eq!(read().await, (true, 0));
+    store
+        .set_consent(&p, false, &member, UnixMillis(2))
+        .await
+        .unwrap();
+    assert_eq!(read().await, (false, 0));
+}
