@@ -58,8 +58,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Measure Huren against this machine's limits.
 #[derive(Parser, Debug, Clone)]
 struct Args {
-    /// Summaries to seed before measuring queries.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Summaries to seed before measuring queries; several sizes (comma-separated, e.g.
+    /// 100000,1000000,10000000) measure each on a store of its own, one after the other, and
+    /// end with a table of every size.
+    #[arg(long = "summaries", value_delimiter = ',', default_value = "1000000")]
+    sizes: Vec<u64>,
+    /// The size this run seeds (one of `sizes`).
+    #[arg(skip)]
     summaries: u64,
     /// Results per patient in the seeded data.
     #[arg(long, default_value_t = 20)]
@@ -185,6 +190,12 @@ struct Load {
 }
 
 impl Load {
+    /// CPU µs of the process per call, or per item when a call carries several.
+    fn cpu_us(&self, per_call_items: u64) -> Option<f64> {
+        self.cpu_per_call
+            .map(|c| c.as_secs_f64() * 1e6 / per_call_items.max(1) as f64)
+    }
+
     fn cpu_micros(&self, per_call_items: u64) -> String {
         let cpu = self.cpu_per_call.map_or(String::new(), |c| {
             format!(
@@ -642,6 +653,19 @@ struct Figures {
     find_prior_p99_ms: Option<f64>,
     check_order: Option<f64>,
     bytes_per_summary: f64,
+    /// Summaries seeded.
+    size: u64,
+    /// CPU time of the process per call (per summary for PublishBatch), in µs.
+    publish_cpu: Option<f64>,
+    publish_batch_cpu: Option<f64>,
+    find_prior_cpu: Option<f64>,
+    find_prior_proofs_cpu: Option<f64>,
+    check_order_cpu: Option<f64>,
+    /// FindPrior one call at a time, p99 in ms.
+    alone_p99_ms: Option<f64>,
+    /// The bench process's resident memory with the store just opened and at the end, MB.
+    rss_open_mb: Option<f64>,
+    rss_end_mb: Option<f64>,
 }
 
 /// Signs `count` summaries named `prefix-n` on every core, so measurements see the hub's work
@@ -1200,50 +1224,138 @@ async fn run(
         find_prior_p99_ms: find_prior.as_ref().map(|l| l.p99.as_secs_f64() * 1e3),
         check_order: check_order.as_ref().map(|l| l.per_second),
         bytes_per_summary: seeded_per,
+        size: args.summaries,
+        publish_cpu: publish.as_ref().and_then(|l| l.cpu_us(1)),
+        publish_batch_cpu: publish_batch
+            .as_ref()
+            .and_then(|l| l.cpu_us(batch_size as u64)),
+        find_prior_cpu: find_prior.as_ref().and_then(|l| l.cpu_us(1)),
+        find_prior_proofs_cpu: find_prior_proofs.as_ref().and_then(|l| l.cpu_us(1)),
+        check_order_cpu: check_order.as_ref().and_then(|l| l.cpu_us(1)),
+        alone_p99_ms: find_prior_alone.as_ref().map(|l| l.p99.as_secs_f64() * 1e3),
+        rss_open_mb: rss_hub.map(|b| b as f64 / 1e6),
+        rss_end_mb: rss.map(|b| b as f64 / 1e6),
     })
 }
 
-/// The runs side by side; each later run's figures also as a share of the first run's.
-fn compare(runs: &[Figures]) {
-    let Some(first) = runs.first() else { return };
+/// A size for a column heading: 100k, 1M, 10M.
+fn size_label(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// The runs side by side, in brackets each as a share of a base run (`base_of`, none for a
+/// run that is its own base).
+fn table(runs: &[Figures], title: &str, base_of: &dyn Fn(&Figures) -> Option<usize>) {
     println!();
-    println!("side by side (a later column's share of the first in brackets)");
-    let header: Vec<String> = runs.iter().map(|r| format!("{:>22}", r.store)).collect();
-    println!("{:<34}{}", "", header.join(""));
+    println!("{title}");
+    let header: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:>24}", format!("{} {}", r.store, size_label(r.size))))
+        .collect();
+    println!("{:<40}{}", "", header.join(""));
     let row = |name: &str, get: &dyn Fn(&Figures) -> Option<f64>, unit: &str| {
+        if runs.iter().all(|r| get(r).is_none()) {
+            return;
+        }
         let cells: Vec<String> = runs
             .iter()
-            .map(|r| match (get(r), get(first)) {
-                (Some(v), Some(base)) if !std::ptr::eq(r, first) && base > 0.0 => {
-                    format!("{:>13.0}{unit} ({:>3.0}%)", v, 100.0 * v / base)
+            .map(|r| {
+                let base = base_of(r).and_then(|b| runs.get(b)).and_then(get);
+                match (get(r), base) {
+                    (Some(v), Some(base)) if base > 0.0 => {
+                        format!("{:>15.0}{unit:<3} ({:>3.0}%)", v, 100.0 * v / base)
+                    }
+                    (Some(v), _) => format!("{:>15.0}{unit:<3}       ", v),
+                    (None, _) => format!("{:>24}", "-"),
                 }
-                (Some(v), _) => format!("{:>15.0}{unit}      ", v),
-                (None, _) => format!("{:>22}", "-"),
             })
             .collect();
-        println!("{name:<34}{}", cells.join(""));
+        println!("{name:<40}{}", cells.join(""));
     };
     row("raw echo", &|f| Some(f.echo), "/s");
     row("publish (unary, durable receipt)", &|f| f.publish, "/s");
+    row("  cpu per publish", &|f| f.publish_cpu, "us");
     row(
         "publish (batched, group commit)",
         &|f| f.publish_batch,
         "/s",
     );
+    row("  cpu per summary", &|f| f.publish_batch_cpu, "us");
     row("FindPrior (2 items)", &|f| f.find_prior, "/s");
+    row("  cpu per call", &|f| f.find_prior_cpu, "us");
     row("FindPrior, with proofs", &|f| f.find_prior_proofs, "/s");
-    row("FindPrior p99", &|f| f.find_prior_p99_ms, "ms");
+    row("  cpu per call", &|f| f.find_prior_proofs_cpu, "us");
+    row(
+        "FindPrior p99 (64 in flight)",
+        &|f| f.find_prior_p99_ms,
+        "ms",
+    );
+    row(
+        "FindPrior one at a time, p99",
+        &|f| f.alone_p99_ms.map(|ms| ms * 1e3),
+        "us",
+    );
     row("CheckOrder (5 local codes)", &|f| f.check_order, "/s");
+    row("  cpu per call", &|f| f.check_order_cpu, "us");
     row(
         "bytes stored per summary",
         &|f| Some(f.bytes_per_summary),
-        "B ",
+        "B",
     );
+    row("RSS, store just opened", &|f| f.rss_open_mb, "MB");
+    row("RSS at the end", &|f| f.rss_end_mb, "MB");
+}
+
+/// The runs side by side: each store against the first store at the same size, and each
+/// size against the next smaller size of the same store.
+fn compare(runs: &[Figures]) {
+    let stores: Vec<&str> = runs
+        .iter()
+        .map(|r| r.store.as_str())
+        .fold(Vec::new(), |mut v, s| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+            v
+        });
+    let sizes: Vec<u64> = runs.iter().map(|r| r.size).fold(Vec::new(), |mut v, s| {
+        if !v.contains(&s) {
+            v.push(s);
+        }
+        v
+    });
+    if stores.len() > 1 {
+        table(
+            runs,
+            "side by side (in brackets: the share of the first store's figure at the same size)",
+            &|r| {
+                runs.iter()
+                    .position(|b| b.store == stores[0] && b.size == r.size)
+                    .filter(|&b| !std::ptr::eq(&runs[b], r))
+            },
+        );
+    }
+    if sizes.len() > 1 {
+        table(
+            runs,
+            "by size (in brackets: the share of the same store's figure at the size before)",
+            &|r| {
+                let before = sizes.iter().position(|&s| s == r.size)?.checked_sub(1)?;
+                runs.iter()
+                    .position(|b| b.store == r.store && b.size == sizes[before])
+            },
+        );
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.summaries = args.sizes.first().copied().unwrap_or(1_000_000);
     // The hub's errors on stderr (RUST_LOG, default error): a failed call names its cause.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -1261,11 +1373,15 @@ fn main() -> anyhow::Result<()> {
             }
             let mut cluster = None;
             let mut runs = Vec::new();
-            for (i, kind) in args.store.iter().enumerate() {
-                if i > 0 {
-                    println!();
+            for kind in &args.store {
+                for &size in &args.sizes {
+                    if !runs.is_empty() {
+                        println!();
+                    }
+                    let mut one = args.clone();
+                    one.summaries = size;
+                    runs.push(run(one, kind, &mut cluster).await?);
                 }
-                runs.push(run(args.clone(), kind, &mut cluster).await?);
             }
             if runs.len() > 1 {
                 compare(&runs);
@@ -1308,6 +1424,7 @@ mod tests {
     fn runs_on_a_small_data_set() -> anyhow::Result<()> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let args = Args {
+            sizes: vec![400],
             summaries: 400,
             per_patient: 20,
             concurrency: 4,
