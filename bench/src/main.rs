@@ -97,6 +97,9 @@ struct Args {
     /// postgres://… (an existing empty database).
     #[arg(long, value_delimiter = ',', default_value = "sled")]
     store: Vec<String>,
+    /// sled's page cache in MiB (the hub's `store_cache_mb`; default its default, 1024).
+    #[arg(long)]
+    store_cache_mb: Option<u64>,
     /// Connections the hub keeps to PostgreSQL (its `store_connections`); default four per
     /// core of this machine, where the throwaway cluster runs too.
     #[arg(long)]
@@ -759,7 +762,7 @@ async fn run(
     let store = open_store(
         &bench,
         kind,
-        hub_config.store_cache_mb << 20,
+        args.store_cache_mb.unwrap_or(hub_config.store_cache_mb) << 20,
         durability,
         cluster,
     )
@@ -1436,6 +1439,7 @@ mod tests {
             durability: "fsync".into(),
             store: vec!["sled".into()],
             store_connections: None,
+            store_cache_mb: None,
             soak: None,
             soak_csv: "soak.csv".into(),
             soak_publish_share: 0.5,
