@@ -47,6 +47,7 @@ use huren_core::summary::{
 use huren_proto::hub as pb;
 use huren_proto::hub::hub_client::HubClient;
 
+mod agent_ingest;
 mod agent_paths;
 mod echo;
 mod soak;
@@ -85,8 +86,9 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     batches_in_flight: usize,
     /// Measure only these (comma-separated: publish, publish-batch, find-prior, check-order,
-    /// latency, agent: the CDS Hooks answer and the web timeline page); the echo baseline
-    /// always runs. For profiling one path at a time.
+    /// latency, agent: the CDS Hooks answer and the web timeline page; ingest: the agent's
+    /// HL7 ingest on one thread, run only when named, without a hub); the echo baseline
+    /// always runs with the hub's paths. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Commit durability of the hub's store: flush (default) or fsync (the hub's
@@ -100,6 +102,9 @@ struct Args {
     /// sled's page cache in MiB (the hub's `store_cache_mb`; default its default, 1024).
     #[arg(long)]
     store_cache_mb: Option<u64>,
+    /// Messages per file for `--only ingest` (the agent's HL7 ingest; only run when asked).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    ingest_messages: Vec<usize>,
     /// Connections the hub keeps to PostgreSQL (its `store_connections`); default four per
     /// core of this machine, where the throwaway cluster runs too.
     #[arg(long)]
@@ -1374,6 +1379,14 @@ fn main() -> anyhow::Result<()> {
             if let Some(seconds) = args.soak {
                 return soak::run(args.clone(), seconds, args.soak_csv.clone()).await;
             }
+            if args.only.iter().any(|o| o == "ingest") {
+                let (sizes, seconds) = (args.ingest_messages.clone(), args.seconds);
+                tokio::task::spawn_blocking(move || agent_ingest::run(&sizes, seconds)).await??;
+                if args.only.iter().all(|o| o == "ingest") {
+                    return anyhow::Ok(());
+                }
+                println!();
+            }
             let mut cluster = None;
             let mut runs = Vec::new();
             for kind in &args.store {
@@ -1440,6 +1453,7 @@ mod tests {
             store: vec!["sled".into()],
             store_connections: None,
             store_cache_mb: None,
+            ingest_messages: vec![20],
             soak: None,
             soak_csv: "soak.csv".into(),
             soak_publish_share: 0.5,
