@@ -29,17 +29,13 @@ pub struct IngestRun {
     pub cpu_per_result: Duration,
 }
 
-/// A check digit for an 18-character resident identity card number (GB 11643, ISO 7064 MOD
-/// 11-2), so each generated patient is a valid one.
+/// An 18-character resident identity card number from its first 17 digits, so each
+/// generated patient is a valid one.
 fn with_check_digit(first17: &str) -> String {
-    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    const CODES: &[u8; 11] = b"10X98765432";
-    let sum: u32 = first17
-        .bytes()
-        .zip(WEIGHTS)
-        .map(|(b, w)| u32::from(b - b'0') * w)
-        .sum();
-    format!("{first17}{}", CODES[(sum % 11) as usize] as char)
+    format!(
+        "{first17}{}",
+        huren_core::pseudonym::ric_check_char(first17.as_bytes())
+    )
 }
 
 /// `n` ORU^R01 messages, each for a patient of its own (ten results per patient across the

@@ -262,8 +262,8 @@ pub enum PatientIdError {
     DuplicateType(String),
 }
 
-/// GB 11643 / ISO 7064 MOD 11-2 check character of the first 17 digits.
-fn ric_check_char(first17: &[u8]) -> char {
+/// GB 11643 / ISO 7064 MOD 11-2 check character of the first 17 digits (ASCII digits).
+pub fn ric_check_char(first17: &[u8]) -> char {
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     const CHARS: &[u8; 11] = b"10X98765432";
     let sum: u32 = first17

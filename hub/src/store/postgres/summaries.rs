@@ -504,14 +504,17 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Latest versions of a patient's results for some items, performed within the window,
-    /// newest first.
-    pub async fn find_prior(&self, q: &PriorQuery) -> Result<Found, StoreError> {
+    /// Runs a FindPrior read (`FIND_PRIOR` or `FIND_PRIOR_GATED`) with the query's values.
+    async fn prior_rows(
+        &self,
+        sql: &str,
+        q: &PriorQuery,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let systems: Vec<&str> = q.items.iter().map(|(s, _)| s.as_str()).collect();
         let codes: Vec<&str> = q.items.iter().map(|(_, c)| c.as_str()).collect();
         let client = self.client().await?;
-        let stmt = client.prepare_cached(FIND_PRIOR).await.map_err(pg)?;
-        let rows = client
+        let stmt = client.prepare_cached(sql).await.map_err(pg)?;
+        client
             .query(
                 &stmt,
                 &[
@@ -523,12 +526,15 @@ impl PgStore {
                 ],
             )
             .await
-            .map_err(pg)?;
-        drop(client);
-        let rows = rows
-            .iter()
-            .map(version_row)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map_err(pg)
+    }
+
+    /// The latest versions among `rows` that are still of one of the asked items.
+    async fn resolve_prior(
+        &self,
+        rows: Vec<VersionRow>,
+        q: &PriorQuery,
+    ) -> Result<Found, StoreError> {
         self.resolve(rows, q, |s| {
             q.items
                 .iter()
@@ -537,27 +543,22 @@ impl PgStore {
         .await
     }
 
+    /// Latest versions of a patient's results for some items, performed within the window,
+    /// newest first.
+    pub async fn find_prior(&self, q: &PriorQuery) -> Result<Found, StoreError> {
+        let rows = self
+            .prior_rows(FIND_PRIOR, q)
+            .await?
+            .iter()
+            .map(version_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.resolve_prior(rows, q).await
+    }
+
     /// Whether the patient opted out, and [`PgStore::find_prior`]'s results, in one
     /// statement.
     pub async fn find_prior_gated(&self, q: &PriorQuery) -> Result<(bool, Found), StoreError> {
-        let systems: Vec<&str> = q.items.iter().map(|(s, _)| s.as_str()).collect();
-        let codes: Vec<&str> = q.items.iter().map(|(_, c)| c.as_str()).collect();
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(FIND_PRIOR_GATED).await.map_err(pg)?;
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &q.patient.as_bytes().as_slice(),
-                    &systems,
-                    &codes,
-                    &q.from.0,
-                    &q.until.0,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        drop(client);
+        let rows = self.prior_rows(FIND_PRIOR_GATED, q).await?;
         let opted_out = match rows.first() {
             Some(row) => row.try_get(0).map_err(pg)?,
             None => {
@@ -573,14 +574,7 @@ impl PgStore {
                 found.push(version_row_at(row, 1)?);
             }
         }
-        let found = self
-            .resolve(found, q, |s| {
-                q.items
-                    .iter()
-                    .any(|(sys, code)| s.item.system == *sys && s.item.code == *code)
-            })
-            .await?;
-        Ok((opted_out, found))
+        Ok((opted_out, self.resolve_prior(found, q).await?))
     }
 
     /// Latest versions of all of a patient's results in the period, newest first.
