@@ -31,21 +31,20 @@ pub struct IngestRun {
 
 /// An 18-character resident identity card number from its first 17 digits, so each
 /// generated patient is a valid one.
-fn with_check_digit(first17: &str) -> String {
-    format!(
-        "{first17}{}",
-        huren_core::pseudonym::ric_check_char(first17.as_bytes())
-    )
+fn with_check_digit(first17: &str) -> anyhow::Result<String> {
+    let check = huren_core::pseudonym::ric_check_char(first17.as_bytes())
+        .with_context(|| format!("{first17} is not 17 digits"))?;
+    Ok(format!("{first17}{check}"))
 }
 
 /// `n` ORU^R01 messages, each for a patient of its own (ten results per patient across the
 /// file) with two orders (a blood count of three observations, a liver panel of two), as a
 /// laboratory system exports them: segments ended by CR, one message after another.
-pub fn oru_file(n: usize) -> Vec<u8> {
+pub fn oru_file(n: usize) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(n * 1100);
     for i in 0..n {
         let patient = i / 5;
-        let id = with_check_digit(&format!("6101021967{:07}", patient % 10_000_000));
+        let id = with_check_digit(&format!("6101021967{:07}", patient % 10_000_000))?;
         let segments = [
             format!(
                 "MSH|^~\\&|LIS|SHXPH|HUREN|ALLIANCE|20261118091500+0800||ORU^R01^ORU_R01|BENCH{i:09}|P|2.5.1|||||CHN|UNICODE UTF-8"
@@ -73,7 +72,7 @@ pub fn oru_file(n: usize) -> Vec<u8> {
             out.push(b'\r');
         }
     }
-    out
+    Ok(out)
 }
 
 fn signer(pki: &huren_certs_dev::DevPki) -> anyhow::Result<SummarySigner> {
@@ -116,7 +115,7 @@ pub fn ingest_once(
     mapping: &Mapping,
     messages: usize,
 ) -> anyhow::Result<IngestRun> {
-    let file = oru_file(messages);
+    let file = oru_file(messages)?;
     let store = Arc::new(Store::open(&dir.join(format!("outbox-{messages}")))?);
     let ingestor = Ingestor::new(
         InstitutionId::parse(MEMBER)?,
@@ -222,9 +221,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_patients_have_valid_identity_numbers() {
+    fn generated_patients_have_valid_identity_numbers() -> anyhow::Result<()> {
         // A published example number and its check digit.
-        assert_eq!(with_check_digit("11010519491231002"), "11010519491231002X");
+        assert_eq!(with_check_digit("11010519491231002")?, "11010519491231002X");
+        assert!(with_check_digit("1101051949123100").is_err());
+        assert!(with_check_digit("1101051949123100A").is_err());
+        Ok(())
     }
 
     /// A small file goes through the real ingest path: every result queued once, figures

@@ -262,16 +262,20 @@ pub enum PatientIdError {
     DuplicateType(String),
 }
 
-/// GB 11643 / ISO 7064 MOD 11-2 check character of the first 17 digits (ASCII digits).
-pub fn ric_check_char(first17: &[u8]) -> char {
+/// GB 11643 / ISO 7064 MOD 11-2 check character of the first 17 digits of a resident
+/// identity card number; `None` unless given exactly 17 ASCII digits.
+pub fn ric_check_char(first17: &[u8]) -> Option<char> {
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     const CHARS: &[u8; 11] = b"10X98765432";
+    if first17.len() != 17 || !first17.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
     let sum: u32 = first17
         .iter()
         .zip(WEIGHTS)
         .map(|(d, w)| u32::from(d - b'0') * w)
         .sum();
-    CHARS[(sum % 11) as usize] as char
+    Some(CHARS[(sum % 11) as usize] as char)
 }
 
 impl PatientId {
@@ -318,7 +322,7 @@ fn normalise_ric(v: &str) -> Result<String, PatientIdError> {
             if !b[..17].iter().all(u8::is_ascii_digit) {
                 return Err(PatientIdError::BadCharacters);
             }
-            if ric_check_char(&b[..17]) != b[17] as char {
+            if ric_check_char(&b[..17]) != Some(b[17] as char) {
                 return Err(PatientIdError::RicChecksum);
             }
             Ok(v.to_owned())
@@ -329,7 +333,7 @@ fn normalise_ric(v: &str) -> Result<String, PatientIdError> {
             }
             // First-generation cards omit the century (always 19xx) and the check character.
             let first17 = format!("{}19{}", &v[..6], &v[6..]);
-            let check = ric_check_char(first17.as_bytes());
+            let check = ric_check_char(first17.as_bytes()).ok_or(PatientIdError::BadCharacters)?;
             Ok(format!("{first17}{check}"))
         }
         _ => Err(PatientIdError::RicLength),
