@@ -2,8 +2,9 @@
 //! store, measures the peak unary publish and FindPrior rates for a few seconds, then runs
 //! both at a share of their peak (`--soak-publish-share`, `--soak-query-share`, half by
 //! default) for SECONDS and every 10 s appends one line to FILE: the process's
-//! resident memory and open descriptors, the store's size on disk, and the p99 latency and
-//! count of each kind of call in those 10 s. `docs/soak-chart.py` draws the file.
+//! resident memory and open descriptors, the store's size on disk, the p99 latency and
+//! count of each kind of call in those 10 s, and, on a PostgreSQL cluster the bench started,
+//! the server's memory (its processes' summed proportional set sizes). `docs/soak-chart.py` draws the file.
 //!
 //! The load is paced (a call starts every 1/rate seconds across the workers, never more at
 //! once than the workers), so latency is measured at a steady offered load, not at
@@ -63,6 +64,50 @@ const MIN_FREE: u64 = 5 << 30;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// A process's proportional set size (its private pages plus its share of shared ones, such
+/// as PostgreSQL's shared buffers), in bytes.
+fn pss_bytes(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The memory of a PostgreSQL cluster: the summed proportional set sizes of its postmaster
+/// (the first line of `postmaster.pid` in its data folder) and the postmaster's children, so
+/// shared buffers count once.
+fn server_bytes(data: &std::path::Path) -> Option<u64> {
+    let pid: u32 = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut total = pss_bytes(pid)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command in brackets: state, then the parent's pid.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += pss_bytes(child).unwrap_or(0);
+        }
+    }
+    Some(total)
 }
 
 pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::Result<()> {
@@ -167,8 +212,13 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
     use std::io::Write;
     writeln!(
         out,
-        "seconds,rss_mb,open_fds,disk_mb,publishes,publish_p99_ms,queries,query_p99_ms,errors"
+        "seconds,rss_mb,open_fds,disk_mb,publishes,publish_p99_ms,queries,query_p99_ms,errors,db_server_mb"
     )?;
+    // The database server's own memory, when the store is a cluster the bench started.
+    let server_data = cluster
+        .as_ref()
+        .and_then(|c: &huren_hub::store::postgres::cluster::Cluster| c.dir())
+        .map(|d| d.join("data"));
     let mut tick = tokio::time::interval_at((start + SAMPLE).into(), SAMPLE);
     let mut stopped_early = None;
     while Instant::now() < end {
@@ -182,7 +232,7 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
         let mut win = std::mem::take(&mut *window.lock().await);
         writeln!(
             out,
-            "{},{:.1},{},{:.1},{},{:.2},{},{:.2},{}",
+            "{},{:.1},{},{:.1},{},{:.2},{},{:.2},{},{:.1}",
             start.elapsed().as_secs(),
             rss_bytes().unwrap_or(0) as f64 / 1e6,
             open_fds(),
@@ -192,6 +242,7 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
             win.query.len(),
             p99(&mut win.query),
             win.errors,
+            server_data.as_deref().and_then(server_bytes).unwrap_or(0) as f64 / 1e6,
         )?;
         out.flush()?;
     }

@@ -16,10 +16,79 @@ use crate::store::{
     Consultation, DecisionOutcome, DecisionRecord, Logged, QueryRecord, StoreError,
 };
 
-/// (member, patient, publisher, summary_id) of a `shown` row.
-type ShownKey<'a> = (&'a str, &'a [u8; 32], &'a str, &'a str);
-/// (version, recognised, item_system, item_code, at) of a `shown` row.
-type ShownValue<'a> = (u32, bool, &'a str, &'a str, i64);
+/// What members were shown, as `shown_to` rows: per (member, patient), a JSON object from
+/// `publisher/summary_id` to `[version, recognised, item_system, item_code, at]` (the last
+/// consultation of each result wins). Publisher and summary ids cannot hold a `/`, so the key
+/// names one result.
+#[derive(Default)]
+pub(super) struct ShownRows<'a> {
+    rows: HashMap<(&'a str, &'a [u8; 32]), serde_json::Map<String, serde_json::Value>>,
+}
+
+impl<'a> ShownRows<'a> {
+    pub(super) fn push(
+        &mut self,
+        member: &'a str,
+        patient: &'a Pseudonym,
+        publisher: &str,
+        summary_id: &str,
+        c: &Consultation,
+    ) {
+        self.rows
+            .entry((member, patient.as_bytes()))
+            .or_default()
+            .insert(
+                shown_key(publisher, summary_id),
+                serde_json::json!([c.version, c.recognised, c.item_system, c.item_code, c.at.0]),
+            );
+    }
+
+    /// Upserts the rows, merging each object into what the row held (`||`: the batch's
+    /// entries replace those of the same results).
+    pub(super) async fn upsert(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+        let (mut member, mut patient, mut results) = (vec![], vec![], vec![]);
+        for ((m, p), map) in &self.rows {
+            member.push(*m);
+            patient.push(p.as_slice());
+            results.push(serde_json::Value::Object(map.clone()).to_string());
+        }
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO shown_to (member, patient, results)
+                 SELECT m, p, r::jsonb FROM unnest($1::text[], $2::bytea[], $3::text[]) AS u(m, p, r)
+                 ON CONFLICT (member, patient) DO UPDATE SET results = shown_to.results || EXCLUDED.results",
+            )
+            .await?;
+        let params: [P; 3] = [&member, &patient, &results];
+        tx.execute(&stmt, &params).await
+    }
+}
+
+/// A result's key in a `shown_to` object.
+fn shown_key(publisher: &str, summary_id: &str) -> String {
+    format!("{publisher}/{summary_id}")
+}
+
+/// Reads one `shown_to` entry (`[version, recognised, item_system, item_code, at]`).
+fn consultation_of(text: &str) -> Result<Consultation, StoreError> {
+    let bad = || StoreError::Corrupt(format!("a shown_to entry is malformed: {text}"));
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
+    let [version, recognised, system, code, at] =
+        value.as_array().map(Vec::as_slice).ok_or_else(bad)?
+    else {
+        return Err(bad());
+    };
+    Ok(Consultation {
+        version: version
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(bad)?,
+        recognised: recognised.as_bool().ok_or_else(bad)?,
+        item_system: system.as_str().ok_or_else(bad)?.to_owned(),
+        item_code: code.as_str().ok_or_else(bad)?.to_owned(),
+        at: UnixMillis(at.as_i64().ok_or_else(bad)?),
+    })
+}
 
 /// Columns of the `events` rows a write inserts.
 #[derive(Default)]
@@ -169,43 +238,28 @@ impl PgStore {
             return Ok(());
         }
         // The last consultation of each (member, patient, result) in the batch.
-        let mut shown: HashMap<ShownKey, ShownValue> = HashMap::new();
+        let mut shown = ShownRows::default();
         let mut events = EventRows::default();
         for q in batch {
             for r in &q.shown {
-                shown.insert(
-                    (
-                        q.member.as_str(),
-                        q.access.patient.as_bytes(),
-                        r.publisher.as_str(),
-                        r.summary_id.as_str(),
-                    ),
-                    (
-                        r.version,
-                        r.recognised,
-                        r.item_system.as_str(),
-                        r.item_code.as_str(),
-                        q.access.at.0,
-                    ),
+                let c = Consultation {
+                    version: r.version,
+                    recognised: r.recognised,
+                    item_system: r.item_system.clone(),
+                    item_code: r.item_code.clone(),
+                    at: q.access.at,
+                };
+                shown.push(
+                    q.member.as_str(),
+                    &q.access.patient,
+                    r.publisher.as_str(),
+                    r.summary_id.as_str(),
+                    &c,
                 );
             }
             for e in &q.events {
                 events.push(e);
             }
-        }
-        let (mut s_member, mut s_patient, mut s_pub, mut s_id) = (vec![], vec![], vec![], vec![]);
-        let (mut s_ver, mut s_rec, mut s_sys, mut s_code, mut s_at) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for ((member, patient, p, i), (version, recognised, sys, code, at)) in &shown {
-            s_member.push(*member);
-            s_patient.push(patient.as_slice());
-            s_pub.push(*p);
-            s_id.push(*i);
-            s_ver.push(i32::try_from(*version).unwrap_or(i32::MAX));
-            s_rec.push(*recognised);
-            s_sys.push(*sys);
-            s_code.push(*code);
-            s_at.push(*at);
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
@@ -217,26 +271,16 @@ impl PgStore {
             a_at.push(q.access.at.0);
             a_idx.push(to_i64(index)?);
         }
-        let q_shown = tx.prepare_cached(
-            "INSERT INTO shown (member, patient, publisher, summary_id, version, recognised,
-                item_system, item_code, at)
-             SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::int[],
-                $6::bool[], $7::text[], $8::text[], $9::bigint[])
-             ON CONFLICT (member, patient, publisher, summary_id) DO UPDATE SET
-                version = EXCLUDED.version, recognised = EXCLUDED.recognised,
-                item_system = EXCLUDED.item_system, item_code = EXCLUDED.item_code, at = EXCLUDED.at",
-        );
-        let q_access = tx.prepare_cached(
-            "INSERT INTO access (patient, at, log_index)
-             SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])",
-        );
-        let (q_shown, q_access) = tokio::try_join!(q_shown, q_access).map_err(pg)?;
-        let p_shown: [P; 9] = [
-            &s_member, &s_patient, &s_pub, &s_id, &s_ver, &s_rec, &s_sys, &s_code, &s_at,
-        ];
+        let q_access = tx
+            .prepare_cached(
+                "INSERT INTO access (patient, at, log_index)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])",
+            )
+            .await
+            .map_err(pg)?;
         let p_access: [P; 3] = [&a_patient, &a_at, &a_idx];
         tokio::try_join!(
-            tx.execute(&q_shown, &p_shown),
+            shown.upsert(&tx),
             tx.execute(&q_access, &p_access),
             events.insert(&tx),
         )
@@ -259,27 +303,20 @@ impl PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT version, recognised, item_system, item_code, at FROM shown
-                 WHERE member = $1 AND patient = $2 AND publisher = $3 AND summary_id = $4",
+                "SELECT (results -> $3)::text FROM shown_to WHERE member = $1 AND patient = $2",
                 &[
                     &member.as_str(),
                     &patient.as_bytes().as_slice(),
-                    &publisher,
-                    &id,
+                    &shown_key(publisher, id),
                 ],
             )
             .await
             .map_err(pg)?;
-        let Some(row) = row else { return Ok(None) };
-        let version: i32 = row.try_get(0).map_err(pg)?;
-        Ok(Some(Consultation {
-            version: u32::try_from(version)
-                .map_err(|_| StoreError::Corrupt(format!("version {version} is negative")))?,
-            recognised: row.try_get(1).map_err(pg)?,
-            item_system: row.try_get(2).map_err(pg)?,
-            item_code: row.try_get(3).map_err(pg)?,
-            at: UnixMillis(row.try_get(4).map_err(pg)?),
-        }))
+        let entry: Option<String> = match row {
+            Some(row) => row.try_get(0).map_err(pg)?,
+            None => None,
+        };
+        entry.as_deref().map(consultation_of).transpose()
     }
 
     /// Records a decision with its leaf and event in one transaction, once per

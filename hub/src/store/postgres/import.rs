@@ -15,8 +15,9 @@ use huren_core::merkle::Hash;
 use huren_core::signing::sha256;
 use huren_core::summary::{Summary, UnixMillis};
 
-use super::audit::EventRows;
+use super::audit::{EventRows, ShownRows};
 use super::log::{Growth, P, lock_head};
+use super::schema::FILL_UNAMENDED;
 use super::{PgStore, pg};
 use crate::store::{SledStore, StoreError, TreeHead};
 
@@ -48,7 +49,7 @@ impl PgStore {
         let rows: i64 = tx
             .query_one(
                 "SELECT (SELECT count(*) FROM summaries) + (SELECT count(*) FROM events)
-                    + (SELECT count(*) FROM shown) + (SELECT count(*) FROM decisions)",
+                    + (SELECT count(*) FROM shown_to) + (SELECT count(*) FROM decisions)",
                 &[],
             )
             .await
@@ -175,38 +176,20 @@ impl PgStore {
             rows.push(e);
         }
         rows.insert(&tx).await.map_err(pg)?;
-        let (mut m, mut pat, mut p, mut i, mut v, mut r, mut sys, mut code, mut at) = (
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-        );
+        let mut rows = ShownRows::default();
         for s in &shown {
-            m.push(s.member.as_str());
-            pat.push(s.patient.as_bytes().as_slice());
-            p.push(s.publisher.as_str());
-            i.push(s.summary_id.as_str());
-            v.push(i32::try_from(s.consultation.version).unwrap_or(i32::MAX));
-            r.push(s.consultation.recognised);
-            sys.push(s.consultation.item_system.as_str());
-            code.push(s.consultation.item_code.as_str());
-            at.push(s.consultation.at.0);
+            rows.push(
+                s.member.as_str(),
+                &s.patient,
+                &s.publisher,
+                &s.summary_id,
+                &s.consultation,
+            );
         }
-        let params: [P; 9] = [&m, &pat, &p, &i, &v, &r, &sys, &code, &at];
-        tx.execute(
-            "INSERT INTO shown (member, patient, publisher, summary_id, version, recognised,
-                item_system, item_code, at)
-             SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::int[],
-                $6::bool[], $7::text[], $8::text[], $9::bigint[])",
-            &params,
-        )
-        .await
-        .map_err(pg)?;
+        rows.upsert(&tx).await.map_err(pg)?;
+        // The copy wrote every patient-index row without its leaf; those of results never
+        // amended get it now.
+        tx.execute(FILL_UNAMENDED, &[]).await.map_err(pg)?;
         let head = state.head();
         if head != source_head {
             return Err(StoreError::Corrupt(format!(

@@ -13,7 +13,8 @@
 //! summaries    (publisher, summary_id, version) -> body_sha256, accepted_at, log_index
 //! latest       (publisher, summary_id) -> version, log_index
 //! by_patient   (patient, item_system, item_code, performed_at, publisher, summary_id)
-//! shown        (member, patient, publisher, summary_id) -> what the member was shown
+//!              -> version, log_index of the latest version when it is this row's (else NULL)
+//! shown_to     (member, patient) -> jsonb: publisher/summary_id -> what the member was shown
 //! decisions    (member, decision_id) -> the decision and its leaf
 //! events       seq -> a statistics event (at, member, item, kind, ...)
 //! consent      patient -> opted_out, member, at, log_index
@@ -339,7 +340,7 @@ impl PgStore {
             "summaries",
             "latest",
             "by_patient",
-            "shown",
+            "shown_to",
             "decisions",
             "events",
             "consent",

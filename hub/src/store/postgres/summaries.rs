@@ -57,6 +57,18 @@ fn to_i64(n: u64) -> Result<i64, StoreError> {
 /// A `by_patient` row: (patient, item_system, item_code, performed_at, publisher, summary_id).
 type IndexRow<'a> = (&'a [u8; 32], &'a str, &'a str, i64, &'a str, &'a str);
 
+/// A summary's key in the patient index.
+fn index_key(s: &Summary) -> IndexRow<'_> {
+    (
+        s.patient.as_bytes(),
+        s.item.system.as_str(),
+        s.item.code.as_str(),
+        s.performed_at.0,
+        s.publisher.as_str(),
+        s.id.as_str(),
+    )
+}
+
 /// A row naming a result's version and its leaf: (publisher, summary_id, version, log_index,
 /// leaf).
 type VersionRow = (String, String, u32, u64, Vec<u8>);
@@ -79,17 +91,28 @@ fn version_row_at(row: &tokio_postgres::Row, first: usize) -> Result<VersionRow,
 }
 
 /// The latest versions of a patient's results for some items (`$2`, `$3`: systems and
-/// codes), performed in `[$4, $5]`, each with its leaf.
+/// codes), performed in `[$4, $5]`, each with its leaf. An index row that carries its leaf
+/// (the row of its result's latest version, see migration 3) is read as it is; only the
+/// others go through `latest` (a lateral subquery, kept apart by its LIMIT, so that the
+/// `IS NULL` test gates the lookup instead of filtering after it).
 macro_rules! find_prior_sql {
     () => {
         "WITH hits AS (
-            SELECT DISTINCT b.publisher, b.summary_id
+            SELECT b.publisher, b.summary_id, b.version, b.log_index
             FROM unnest($2::text[], $3::text[]) AS q(sys, code)
             JOIN by_patient b ON b.patient = $1 AND b.item_system = q.sys
-                AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5)
-         SELECT l.publisher, l.summary_id, l.version, l.log_index, lf.leaf
-         FROM hits JOIN latest l ON l.publisher = hits.publisher AND l.summary_id = hits.summary_id
-         JOIN log_leaves lf ON lf.idx = l.log_index"
+                AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5),
+         cur AS (
+            SELECT DISTINCT h.publisher, h.summary_id,
+                coalesce(h.version, l.version) AS version,
+                coalesce(h.log_index, l.log_index) AS log_index
+            FROM hits h LEFT JOIN LATERAL (
+                SELECT l.version, l.log_index FROM latest l
+                WHERE h.log_index IS NULL
+                    AND l.publisher = h.publisher AND l.summary_id = h.summary_id
+                LIMIT 1) l ON true)
+         SELECT cur.publisher, cur.summary_id, cur.version, cur.log_index, lf.leaf
+         FROM cur JOIN log_leaves lf ON lf.idx = cur.log_index"
     };
 }
 
@@ -216,6 +239,7 @@ impl PgStore {
         let mut staged: HashMap<(String, String), (u32, u64, Summary)> = HashMap::new();
         let mut new_certs: Vec<(Hash, &[u8])> = Vec::new();
         let mut rows_summaries = SummaryRows::default();
+        // Every patient-index key this batch writes, of each result.
         let mut rows_index: HashSet<IndexRow> = HashSet::new();
         let mut results: Vec<Result<(Option<i64>, u64), StoreError>> = Vec::new();
         for (v, at) in items {
@@ -294,14 +318,7 @@ impl PgStore {
             .encode();
             let index = growth.push(leaf)?;
             rows_summaries.push(s, &v.body_sha256, at.0, to_i64(index)?);
-            rows_index.insert((
-                s.patient.as_bytes(),
-                s.item.system.as_str(),
-                s.item.code.as_str(),
-                s.performed_at.0,
-                s.publisher.as_str(),
-                s.id.as_str(),
-            ));
+            rows_index.insert(index_key(s));
             existing.insert(vkey, (v.body_sha256, at.0, index));
             staged.insert(key, (s.version, index, s.clone()));
             results.push(Ok((None, index)));
@@ -317,15 +334,34 @@ impl PgStore {
             l_ver.push(i32::try_from(*version).unwrap_or(i32::MAX));
             l_idx.push(to_i64(*index)?);
         }
+        // Each key's leaf: the key of a result's latest version carries it; every other key
+        // the batch wrote for that result, and the key of the version it supersedes, carry
+        // none (NULL: read through `latest`).
+        let mut index_rows: HashMap<IndexRow, Option<(i32, i64)>> =
+            rows_index.iter().map(|k| (*k, None)).collect();
+        for (key, (_, _, _)) in &staged {
+            if let Some((_, _, Some(previous))) = stored_latest.get(key) {
+                index_rows.entry(index_key(previous)).or_insert(None);
+            }
+        }
+        for (version, index, summary) in staged.values() {
+            index_rows.insert(
+                index_key(summary),
+                Some((i32::try_from(*version).unwrap_or(i32::MAX), to_i64(*index)?)),
+            );
+        }
         let (mut b_pat, mut b_sys, mut b_code, mut b_at, mut b_pub, mut b_id) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (pat, sys, code, at, p, i) in &rows_index {
+        let (mut b_ver, mut b_idx) = (vec![], vec![]);
+        for ((pat, sys, code, at, p, i), leaf) in &index_rows {
             b_pat.push(pat.as_slice());
             b_sys.push(*sys);
             b_code.push(*code);
             b_at.push(*at);
             b_pub.push(*p);
             b_id.push(*i);
+            b_ver.push(leaf.map(|(v, _)| v));
+            b_idx.push(leaf.map(|(_, i)| i));
         }
         let q_certs = tx.prepare_cached(
             "INSERT INTO certs (sha256, der) SELECT * FROM unnest($1::bytea[], $2::bytea[])
@@ -342,9 +378,12 @@ impl PgStore {
              DO UPDATE SET version = EXCLUDED.version, log_index = EXCLUDED.log_index",
         );
         let q_index = tx.prepare_cached(
-            "INSERT INTO by_patient (patient, item_system, item_code, performed_at, publisher, summary_id)
-             SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO by_patient (patient, item_system, item_code, performed_at, publisher,
+                summary_id, version, log_index)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                $6::text[], $7::int[], $8::bigint[])
+             ON CONFLICT (patient, item_system, item_code, performed_at, publisher, summary_id)
+             DO UPDATE SET version = EXCLUDED.version, log_index = EXCLUDED.log_index",
         );
         let (q_certs, q_summaries, q_latest, q_index) =
             tokio::try_join!(q_certs, q_summaries, q_latest, q_index).map_err(pg)?;
@@ -352,7 +391,9 @@ impl PgStore {
         let p_certs: [P; 2] = [&c_hash, &c_der];
         let p_summaries: [P; 6] = [&r.publisher, &r.id, &r.version, &r.digest, &r.at, &r.index];
         let p_latest: [P; 4] = [&l_pub, &l_id, &l_ver, &l_idx];
-        let p_index: [P; 6] = [&b_pat, &b_sys, &b_code, &b_at, &b_pub, &b_id];
+        let p_index: [P; 8] = [
+            &b_pat, &b_sys, &b_code, &b_at, &b_pub, &b_id, &b_ver, &b_idx,
+        ];
         tokio::try_join!(
             tx.execute(&q_certs, &p_certs),
             tx.execute(&q_summaries, &p_summaries),
@@ -582,10 +623,18 @@ impl PgStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "WITH hits AS (SELECT DISTINCT publisher, summary_id FROM by_patient WHERE patient = $1)
-                 SELECT l.publisher, l.summary_id, l.version, l.log_index, lf.leaf
-                 FROM hits JOIN latest l ON l.publisher = hits.publisher AND l.summary_id = hits.summary_id
-                 JOIN log_leaves lf ON lf.idx = l.log_index",
+                "WITH cur AS (
+                    SELECT DISTINCT b.publisher, b.summary_id,
+                        coalesce(b.version, l.version) AS version,
+                        coalesce(b.log_index, l.log_index) AS log_index
+                    FROM by_patient b LEFT JOIN LATERAL (
+                        SELECT l.version, l.log_index FROM latest l
+                        WHERE b.log_index IS NULL
+                            AND l.publisher = b.publisher AND l.summary_id = b.summary_id
+                        LIMIT 1) l ON true
+                    WHERE b.patient = $1)
+                 SELECT cur.publisher, cur.summary_id, cur.version, cur.log_index, lf.leaf
+                 FROM cur JOIN log_leaves lf ON lf.idx = cur.log_index",
             )
             .await
             .map_err(pg)?;

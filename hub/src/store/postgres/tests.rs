@@ -6,6 +6,7 @@ use crate::store::{Access, Shown};
 use huren_core::logentry::{Method, Purpose};
 use huren_core::merkle::{self, MemoryTree, verify_consistency, verify_inclusion};
 use huren_core::stats::EventKind;
+use huren_core::summary::Summary;
 
 async fn fresh() -> (PgStore, String) {
     let cluster = cluster::shared().unwrap_or_else(|e| panic!("no PostgreSQL for the tests: {e}"));
@@ -195,13 +196,9 @@ async fn query_records_consultations_events_and_accesses() {
     assert_eq!(store.read_tree_head().await.unwrap().size, 4);
 }
 
-/// A decision is recorded once with its leaf and event; the same id again is the same
-/// decision, or refused when it names another result.
-#[tokio::test]
-async fn decisions_are_recorded_once_and_consent_is_logged() {
-    let (store, _) = fresh().await;
-    let member = InstitutionId::parse("hosp-b").unwrap();
-    let d = DecisionRecord {
+/// An adoption by `member` of hosp-a's R1, version 1.
+fn decision(member: &InstitutionId) -> DecisionRecord {
+    DecisionRecord {
         member: member.clone(),
         decision_id: "d-1".into(),
         publisher: InstitutionId::parse("hosp-a").unwrap(),
@@ -224,7 +221,79 @@ async fn decisions_are_recorded_once_and_consent_is_logged() {
                 consultation: None,
             },
         },
+    }
+}
+
+/// A summary of hosp-a's result `id` for `patient`, as the store receives it once verified
+/// (the store keeps the envelope's bytes; it does not check the signature again).
+fn verified(id: &str, version: u32, patient: Pseudonym, performed_at: i64) -> VerifiedSummary {
+    use huren_core::summary::{
+        AbnormalFlag, Category, Item, LabResult, Outcome, ReportRef, Status, SummaryId,
     };
+    let (status, status_reason) = match version {
+        1 => (Status::Final, String::new()),
+        _ => (Status::Amended, "corrected".to_owned()),
+    };
+    let summary = Summary {
+        id: SummaryId::parse(id).unwrap(),
+        version,
+        publisher: InstitutionId::parse("hosp-a").unwrap(),
+        patient,
+        item: Item {
+            system: "loinc".into(),
+            code: "718-7".into(),
+            display: "血红蛋白".into(),
+            local_code: "HGB".into(),
+        },
+        category: Category::Lab,
+        performed_at: UnixMillis(performed_at),
+        reported_at: UnixMillis(performed_at + 1),
+        outcome: Outcome::Lab(LabResult {
+            value: format!("13{version}"),
+            unit: "g/L".into(),
+            reference_range: "130-175".into(),
+            flag: AbnormalFlag::Normal,
+            specimen: "whole blood".into(),
+        }),
+        report: ReportRef {
+            sha256: [9; 32],
+            locator: format!("huren-report:hosp-a/{id}"),
+            media_type: "application/pdf".into(),
+        },
+        status,
+        status_reason,
+    };
+    let body = summary.to_body_bytes();
+    VerifiedSummary {
+        body_sha256: huren_core::signing::sha256(&body),
+        envelope: huren_core::signing::SignedEnvelope {
+            body,
+            signature: [1; 64],
+            signer_certificate: b"a test certificate".to_vec(),
+        },
+        summary,
+    }
+}
+
+/// Stores summaries one batch at a time, each version following the one before.
+async fn put(store: &PgStore, batch: &[&VerifiedSummary]) {
+    let items: Vec<_> = batch.iter().map(|v| (*v, UnixMillis(50))).collect();
+    let put = store
+        .put_summaries(&items, |s, previous| s.may_follow(previous))
+        .await
+        .unwrap();
+    for r in &put.results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+}
+
+/// A decision is recorded once with its leaf and event; the same id again is the same
+/// decision, or refused when it names another result.
+#[tokio::test]
+async fn decisions_are_recorded_once_and_consent_is_logged() {
+    let (store, _) = fresh().await;
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    let d = decision(&member);
     let (outcome, logged) = store.record_decision_logged(&d).await.unwrap();
     assert_eq!(
         outcome,
@@ -315,6 +384,35 @@ async fn the_log_is_append_only_and_the_hub_role_cannot_change_it() {
         .await
         .unwrap();
     assert_eq!(hub.read_tree_head().await.unwrap().size, 2);
+    // Every kind of write the hub makes: a result and an amendment that moves it, a query,
+    // a decision, a policy.
+    let v1 = verified("R1", 1, p, 1_000);
+    let v2 = verified("R1", 2, p, 2_000);
+    put(&hub, &[&v1]).await;
+    put(&hub, &[&v2]).await;
+    hub.record_query_batch(&[query("hosp-b", p, 3_000, &[("R1", 2, true)])])
+        .await
+        .unwrap();
+    assert!(
+        hub.consultation(&member, &p, "hosp-a", "R1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    hub.record_decision_logged(&decision(&member))
+        .await
+        .unwrap();
+    hub.append_policy(
+        huren_core::logentry::Entry::Policy {
+            at: UnixMillis(4_000),
+            version: "v".into(),
+            text: b"version = \"v\"".to_vec(),
+        }
+        .encode(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hub.read_tree_head().await.unwrap().size, 7);
     let refused = sql(
         &as_hub,
         "ALTER TABLE log_leaves DISABLE TRIGGER log_leaves_append_only",
@@ -334,9 +432,9 @@ async fn the_log_is_append_only_and_the_hub_role_cannot_change_it() {
 fn hub_role_grants(role: &str) -> String {
     format!(
         "GRANT SELECT ON huren_schema TO {role};
-         GRANT SELECT, INSERT ON log_leaves, log_nodes, certs, summaries, by_patient, access, events TO {role};
+         GRANT SELECT, INSERT ON log_leaves, log_nodes, certs, summaries, access, events, policies TO {role};
          GRANT SELECT, UPDATE ON log_head TO {role};
-         GRANT SELECT, INSERT, UPDATE ON latest, shown, decisions, consent TO {role};
+         GRANT SELECT, INSERT, UPDATE ON latest, by_patient, shown_to, decisions, consent TO {role};
          GRANT USAGE ON SEQUENCE events_seq_seq TO {role};"
     )
 }
@@ -374,7 +472,10 @@ async fn a_schema_1_database_is_migrated() {
     drop(store);
     sql(
         &url,
-        "DROP TABLE policies; UPDATE huren_schema SET version = 1",
+        &format!(
+            "{} DROP TABLE policies; UPDATE huren_schema SET version = 1",
+            back_to_schema_2("")
+        ),
     )
     .await
     .unwrap();
@@ -569,4 +670,246 @@ async fn the_gated_read_reports_consent_with_or_without_results() {
         .await
         .unwrap();
     assert_eq!(read().await, (false, 0));
+}
+
+/// Each patient-index row carries its result's latest leaf while that version is the row's,
+/// and none once a later version moved the result (FindPrior then reads through `latest`);
+/// versions superseded within one batch leave no leaf behind either.
+#[tokio::test]
+async fn index_rows_carry_only_the_latest_leaf() {
+    let (store, url) = fresh().await;
+    let p = Pseudonym::from_slice(&[9; 32]).unwrap();
+    let v1 = verified("R1", 1, p, 1_000);
+    let v2 = verified("R1", 2, p, 1_000);
+    let v3 = verified("R1", 3, p, 5_000);
+    let v4 = verified("R1", 4, p, 7_000);
+    let v5 = verified("R1", 5, p, 5_000);
+    let rows = async || {
+        let client = store.client().await.unwrap();
+        let rows = client
+            .query(
+                "SELECT performed_at, version, log_index FROM by_patient ORDER BY performed_at",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0),
+                    r.get::<_, Option<i32>>(1),
+                    r.get::<_, Option<i64>>(2),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let found = async |from: i64, until: i64| {
+        let q = PriorQuery {
+            patient: p,
+            items: vec![("loinc".into(), "718-7".into())],
+            from: UnixMillis(from),
+            until: UnixMillis(until),
+            limit: 10,
+        };
+        let (opted_out, found) = store.find_prior_gated(&q).await.unwrap();
+        assert!(!opted_out);
+        let history = store.history(&q).await.unwrap();
+        let versions = |f: &Found| {
+            f.results
+                .iter()
+                .map(|r| r.summary.version)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            versions(&found),
+            versions(&history),
+            "FindPrior and History differ"
+        );
+        versions(&found)
+    };
+    put(&store, &[&v1]).await;
+    assert_eq!(rows().await, [(1_000, Some(1), Some(0))]);
+    // The same key: the row now carries version 2.
+    put(&store, &[&v2]).await;
+    assert_eq!(rows().await, [(1_000, Some(2), Some(1))]);
+    // Moved to 5,000: the old row keeps no leaf.
+    put(&store, &[&v3]).await;
+    assert_eq!(
+        rows().await,
+        [(1_000, None, None), (5_000, Some(3), Some(2))]
+    );
+    assert_eq!(found(0, 2_000).await, Vec::<u32>::new());
+    assert_eq!(found(0, 10_000).await, [3]);
+    // Versions 4 (at 7,000) and 5 (back at 5,000) in one batch: only 5 keeps a leaf.
+    put(&store, &[&v4, &v5]).await;
+    assert_eq!(
+        rows().await,
+        [
+            (1_000, None, None),
+            (5_000, Some(5), Some(4)),
+            (7_000, None, None)
+        ]
+    );
+    assert_eq!(found(6_000, 10_000).await, Vec::<u32>::new());
+    assert_eq!(found(0, 10_000).await, [5]);
+    // A row without its leaf (as migration 3 leaves an amended result's) is read through
+    // `latest`, and finds the same.
+    sql(
+        &url,
+        "UPDATE by_patient SET version = NULL, log_index = NULL",
+    )
+    .await
+    .unwrap();
+    assert_eq!(found(0, 10_000).await, [5]);
+    assert_eq!(found(6_000, 10_000).await, Vec::<u32>::new());
+}
+
+/// When every hit carries its leaf, FindPrior's read never looks into `latest`.
+#[tokio::test]
+async fn find_prior_skips_latest_for_rows_with_their_leaf() {
+    let (store, _) = fresh().await;
+    let p = Pseudonym::from_slice(&[10; 32]).unwrap();
+    let (a, b) = (verified("R1", 1, p, 1_000), verified("R2", 1, p, 2_000));
+    put(&store, &[&a, &b]).await;
+    let client = store.client().await.unwrap();
+    let plan: Vec<String> = client
+        .query(
+            &format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
+                summaries::FIND_PRIOR
+                    .replace("$1", "'\\x0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a'::bytea")
+                    .replace("$2", "'{loinc}'")
+                    .replace("$3", "'{718-7}'")
+                    .replace("$4", "0")
+                    .replace("$5", "10000")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("rows=2 loops=1"), "{plan}");
+    let latest = plan
+        .lines()
+        .find(|l| l.contains("latest_pkey"))
+        .unwrap_or_else(|| panic!("latest is not in the plan:\n{plan}"));
+    assert!(latest.contains("never executed"), "{plan}");
+}
+
+/// Takes a new database back to schema 2: index rows without leaves, what members were shown
+/// one row per result (`shown`), as `shown_rows` (SQL `VALUES` rows) say.
+fn back_to_schema_2(shown_rows: &str) -> String {
+    let insert = match shown_rows {
+        "" => String::new(),
+        rows => format!("INSERT INTO shown VALUES {rows};"),
+    };
+    format!(
+        "ALTER TABLE by_patient DROP COLUMN version, DROP COLUMN log_index;
+         DROP TABLE shown_to;
+         CREATE TABLE shown (
+            member text NOT NULL, patient bytea NOT NULL, publisher text NOT NULL,
+            summary_id text NOT NULL, version integer NOT NULL, recognised boolean NOT NULL,
+            item_system text NOT NULL, item_code text NOT NULL, at bigint NOT NULL,
+            PRIMARY KEY (member, patient, publisher, summary_id));
+         {insert}
+         UPDATE huren_schema SET version = 2;"
+    )
+}
+
+/// A schema-2 database (what each member was shown as one row per result; index rows without
+/// leaves) is migrated at open: the shown rows become one object per member and patient, and
+/// the rows of results never amended get their leaf.
+#[tokio::test]
+async fn a_schema_2_database_is_migrated() {
+    let (store, url) = fresh().await;
+    let p = Pseudonym::from_slice(&[11; 32]).unwrap();
+    let r1 = verified("R1", 1, p, 1_000);
+    let r2 = verified("R2", 1, p, 2_000);
+    let r2b = verified("R2", 2, p, 2_000);
+    put(&store, &[&r1, &r2, &r2b]).await;
+    drop(store);
+    let patient = "'\\x0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b'";
+    sql(
+        &url,
+        &back_to_schema_2(&format!(
+            "('hosp-b', {patient}, 'hosp-a', 'R1', 1, true, 'loinc', '718-7', 10),
+             ('hosp-b', {patient}, 'hosp-a', 'R2', 2, false, 'loinc', '718-7', 11),
+             ('hosp-c', {patient}, 'hosp-a', 'R1', 1, false, 'loinc', '718-7', 12)"
+        )),
+    )
+    .await
+    .unwrap();
+    let store = PgStore::open(&url).await.unwrap();
+    let seen = async |m: &str, id: &str| {
+        store
+            .consultation(&InstitutionId::parse(m).unwrap(), &p, "hosp-a", id)
+            .await
+            .unwrap()
+            .map(|c| (c.version, c.recognised, c.item_code, c.at.0))
+    };
+    assert_eq!(
+        seen("hosp-b", "R1").await,
+        Some((1, true, "718-7".into(), 10))
+    );
+    assert_eq!(
+        seen("hosp-b", "R2").await,
+        Some((2, false, "718-7".into(), 11))
+    );
+    assert_eq!(
+        seen("hosp-c", "R1").await,
+        Some((1, false, "718-7".into(), 12))
+    );
+    assert_eq!(seen("hosp-c", "R2").await, None);
+    let client = store.client().await.unwrap();
+    let rows: Vec<(String, Option<i64>)> = client
+        .query(
+            "SELECT summary_id, log_index FROM by_patient ORDER BY summary_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [("R1".into(), Some(0)), ("R2".into(), None)]);
+    drop(client);
+    let q = PriorQuery {
+        patient: p,
+        items: vec![("loinc".into(), "718-7".into())],
+        from: UnixMillis(0),
+        until: UnixMillis(10_000),
+        limit: 10,
+    };
+    let found = store.find_prior(&q).await.unwrap();
+    let got: Vec<_> = found
+        .results
+        .iter()
+        .map(|r| (r.summary.id.as_str().to_owned(), r.summary.version))
+        .collect();
+    assert_eq!(got, [("R2".into(), 2), ("R1".into(), 1)]);
+}
+
+/// A `shown_to` entry that is not what the hub writes is reported as corruption, by name.
+#[tokio::test]
+async fn a_malformed_shown_entry_is_corruption() {
+    let (store, url) = fresh().await;
+    let p = Pseudonym::from_slice(&[12; 32]).unwrap();
+    store
+        .record_query_batch(&[query("hosp-b", p, 1_000, &[("R1", 1, true)])])
+        .await
+        .unwrap();
+    sql(
+        &url,
+        "UPDATE shown_to SET results = '{\"hosp-a/R1\": [1, \"yes\"]}'",
+    )
+    .await
+    .unwrap();
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    match store.consultation(&member, &p, "hosp-a", "R1").await {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("shown_to"), "{m}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
 }
