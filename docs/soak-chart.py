@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Draws a soak run's samples (huren-bench --soak … --soak-csv FILE) as one PNG:
-resident memory, open descriptors, store size on disk and each call's p99 latency over time.
+memory (and a bench-started PostgreSQL server's), open descriptors, store size on disk and
+each call's p99 latency over time.
 
     python3 docs/soak-chart.py docs/soak.csv docs/soak.png
 
@@ -26,10 +27,14 @@ def main(src: str, dst: str) -> None:
         return [float(r[name]) for r in rows]
 
     fig, axes = plt.subplots(4, 1, figsize=(10, 10), sharex=True)
+    memory = [("rss_mb", "hub and clients (resident)")]
+    # Runs on a PostgreSQL cluster the bench started also sample the server's memory.
+    if "db_server_mb" in rows[0] and any(float(r["db_server_mb"] or 0) > 0 for r in rows):
+        memory.append(("db_server_mb", "PostgreSQL server (summed PSS)"))
     panels = [
-        ("resident memory (MB)", [("rss_mb", "hub and clients")]),
+        ("memory (MB)", memory),
         ("open file descriptors", [("open_fds", "process")]),
-        ("store on disk (MB)", [("disk_mb", "sled folder")]),
+        ("store on disk (MB)", [("disk_mb", "sled folder or PostgreSQL database")]),
         ("p99 latency per 10 s (ms)", [("publish_p99_ms", "publish"), ("query_p99_ms", "FindPrior")]),
     ]
     for ax, (title, series) in zip(axes, panels):

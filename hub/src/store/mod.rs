@@ -26,6 +26,7 @@
 //! Methods are async: a backend on a networked engine awaits it, the embedded one answers in
 //! place (its reads are short and mostly from its page cache).
 
+mod node_cache;
 pub mod postgres;
 pub mod sled;
 

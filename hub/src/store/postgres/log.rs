@@ -160,41 +160,7 @@ impl Growth {
     }
 }
 
-/// Levels whose nodes are kept once read (a quarter of the tree's leaves in number, shared by
-/// every proof); lower ones are kept up to [`RECENT_NODES`].
-const CACHED_LEVELS: u8 = 3;
-const RECENT_NODES: usize = 1 << 16;
-
-/// Committed subtree hashes once read or written: they never change.
-#[derive(Default)]
-pub(super) struct NodeCache {
-    upper: std::sync::RwLock<HashMap<(u8, u64), Hash>>,
-    recent: std::sync::RwLock<HashMap<(u8, u64), Hash>>,
-}
-
-impl NodeCache {
-    fn map(&self, level: u8) -> &std::sync::RwLock<HashMap<(u8, u64), Hash>> {
-        if level >= CACHED_LEVELS {
-            &self.upper
-        } else {
-            &self.recent
-        }
-    }
-
-    fn get(&self, level: u8, index: u64) -> Option<Hash> {
-        self.map(level).read().ok()?.get(&(level, index)).copied()
-    }
-
-    /// Call only with committed nodes.
-    pub(super) fn insert(&self, level: u8, index: u64, h: Hash) {
-        if let Ok(mut map) = self.map(level).write() {
-            if level < CACHED_LEVELS && map.len() >= RECENT_NODES {
-                map.clear();
-            }
-            map.insert((level, index), h);
-        }
-    }
-}
+pub(super) use crate::store::node_cache::NodeCache;
 
 /// The node reader of one proof: the cache, nodes the caller knows (a batch's own), nodes
 /// fetched for it; in its first pass, a missing node is noted and stands in as zeros. What the
@@ -401,9 +367,7 @@ mod tests {
         };
         assert_eq!(lookup.node(2, 7).ok(), Some([7; 32]));
         assert!(lookup.missing.borrow().is_empty());
-        if let Ok(mut recent) = cache.recent.write() {
-            recent.clear();
-        }
+        cache.clear_recent();
         lookup.strict = true;
         assert_eq!(lookup.node(2, 7).ok(), Some([7; 32]));
         assert!(lookup.node(2, 8).is_err(), "a node never read is missing");
