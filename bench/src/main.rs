@@ -161,9 +161,19 @@ fn prior_request(
     certificates_once: bool,
     with_proofs: bool,
 ) -> pb::FindPriorRequest {
+    prior_request_for(p, 2, certificates_once, with_proofs)
+}
+
+/// A FindPrior for the first `items` of [`ITEMS`].
+fn prior_request_for(
+    p: &Pseudonym,
+    items: usize,
+    certificates_once: bool,
+    with_proofs: bool,
+) -> pb::FindPriorRequest {
     pb::FindPriorRequest {
         patient_pseudonym: p.as_bytes().to_vec(),
-        items: ITEMS[..2]
+        items: ITEMS[..items.min(ITEMS.len())]
             .iter()
             .map(|(code, _)| pb::ItemCode {
                 system: LOINC.into(),
@@ -678,6 +688,48 @@ struct Figures {
 
 /// Signs `count` summaries named `prefix-n` on every core, so measurements see the hub's work
 /// rather than the client's signing.
+/// The store-write part of a unary publish's floor: CPU µs of this process per summary when
+/// summaries are put straight into the store (no hub, no RPC, no signature check) in batches
+/// of `batch` with a commit after each, as the intake groups that many publishes in flight.
+/// The summaries are new ones of new patients, signed before the clock starts.
+async fn store_write_cpu(
+    bench: &Bench,
+    store: &BenchStore,
+    batch: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let batch = batch.max(1);
+    let m = bench.pki.issue_member(&InstitutionId::parse(PUBLISHER)?)?;
+    let signer = SummarySigner::from_pkcs8_pem(&m.signing.key_pem, pem_der(&m.signing.cert_pem)?)?;
+    let count = (batch * 100) as u64;
+    let now = UnixMillis::now().0;
+    let verified = presign(&signer, "FLOOR", count, bench.args.per_patient)?
+        .into_iter()
+        .map(|envelope| {
+            let summary = huren_core::summary::Summary::from_body_bytes(&envelope.body)?;
+            anyhow::Ok(VerifiedSummary {
+                body_sha256: sha256(&envelope.body),
+                envelope,
+                summary,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shared = store.shared();
+    let before = process_cpu().context("this process's CPU time (/proc/self/stat)")?;
+    for chunk in verified.chunks(batch) {
+        let items: Vec<_> = chunk.iter().map(|v| (v, UnixMillis(now))).collect();
+        for r in shared
+            .put_summaries(&items, huren_core::summary::Summary::may_follow)
+            .await?
+            .results
+        {
+            r?;
+        }
+        shared.commit().await?;
+    }
+    let spent = process_cpu().context("this process's CPU time")? - before;
+    Ok((spent.as_secs_f64() * 1e6 / count as f64, count))
+}
+
 fn presign(
     signer: &SummarySigner,
     prefix: &str,
@@ -779,6 +831,12 @@ async fn run(
     store.shared().commit().await?;
     let seeded_disk = store.disk_bytes(&bench.store).await?;
     let trees = store.contents().await?;
+
+    let store_write = if args.measures("publish") {
+        Some(store_write_cpu(&bench, &store, args.concurrency).await?)
+    } else {
+        None
+    };
 
     let tls_files = hub_config.tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -968,6 +1026,23 @@ async fn run(
         Some(load(1, args.seconds, find_prior_op(asker.clone(), false)).await)
     };
 
+    // FindPrior for the five items CheckOrder asks for below: what CheckOrder is compared with.
+    let find_prior_five = if !args.measures("check-order") {
+        None
+    } else {
+        let chans = asker.clone();
+        Some(
+            load(args.concurrency, args.seconds, move |n| {
+                let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+                let p = patient_of(n);
+                async move {
+                    c.find_prior(prior_request_for(&p, 5, true, false)).await?;
+                    Ok(())
+                }
+            })
+            .await,
+        )
+    };
     let check_order = if !args.measures("check-order") {
         None
     } else {
@@ -1029,6 +1104,7 @@ async fn run(
         ("sized echo", sized_echo.as_ref().map(|(_, l)| l)),
         ("latency", find_prior_alone.as_ref()),
         ("check-order", check_order.as_ref()),
+        ("find-prior, 5 items", find_prior_five.as_ref()),
         ("CDS Hooks order-sign", agent.as_ref().map(|a| &a.cds)),
         (
             "CheckOrder, 10 items",
@@ -1050,6 +1126,7 @@ async fn run(
     let _ = stop.send(());
     hub.await??;
     let total_stored = stored
+        + store_write.map_or(0, |(_, count)| count)
         + publish.as_ref().map_or(0, |p| p.ok)
         + publish_batch
             .as_ref()
@@ -1081,7 +1158,7 @@ async fn run(
         publish.line(
             "publish (unary, durable receipt)",
             Some(("raw echo", echo.per_second)),
-            "target >= 60%",
+            "(target: against its floor, below)",
         );
     }
     if let Some(b) = &publish_batch {
@@ -1107,7 +1184,7 @@ async fn run(
         find_prior.line(
             "FindPrior (2 items)",
             Some(("raw echo", echo.per_second)),
-            "target >= 70%, p99 <= 2 ms",
+            "(target: against the sized echo, below)",
         );
     }
     if let Some((size, sized)) = &sized_echo {
@@ -1138,7 +1215,18 @@ async fn run(
         );
     }
     if let Some(alone) = &find_prior_alone {
-        alone.line("FindPrior, one call at a time", None, "p99 <= 2 ms");
+        alone.line(
+            "FindPrior, one call at a time",
+            None,
+            "target p99 <= 1 ms (at 10M)",
+        );
+    }
+    if let Some(five) = &find_prior_five {
+        five.line(
+            "FindPrior (CheckOrder's 5 items)",
+            Some(("raw echo", echo.per_second)),
+            "",
+        );
     }
     if let Some(check_order) = &check_order {
         check_order.line(
@@ -1178,7 +1266,7 @@ async fn run(
     let raw_per = raw_bytes as f64 / stored.max(1) as f64;
     let seeded_per = seeded_disk as f64 / stored.max(1) as f64;
     println!(
-        "disk after seeding: {:.1} MB for {stored} summaries = {seeded_per:.0} bytes each; summary bytes (body + signature) {raw_per:.0}: {:.2}x  (target <= 2x)",
+        "disk after seeding: {:.1} MB for {stored} summaries = {seeded_per:.0} bytes each; summary bytes (body + signature) {raw_per:.0}: {:.2}x  (target <= 3.5x)",
         seeded_disk as f64 / 1e6,
         seeded_per / raw_per
     );
@@ -1198,6 +1286,7 @@ async fn run(
         &find_prior,
         &find_prior_proofs,
         &find_prior_alone,
+        &find_prior_five,
         &check_order,
     ]
     .iter()
@@ -1215,6 +1304,55 @@ async fn run(
             end as f64 / 1e6
         );
     }
+    println!();
+    println!("against the restated targets (issue 22; CPU of this process, hub and clients):");
+    let verify_us = 1e6 / verify_rate.max(1.0);
+    if let (Some(cpu), Some(echo_cpu), Some(write)) = (
+        publish.as_ref().and_then(|l| l.cpu_us(1)),
+        echo.cpu_us(1),
+        store_write.map(|(cpu, _)| cpu),
+    ) {
+        let floor = echo_cpu + verify_us + write;
+        println!(
+            "  unary publish        {cpu:>6.0} us per call; floor {floor:.0} us = echo {echo_cpu:.0} + one Ed25519 verify {verify_us:.0} + one store write {write:.0} (batches of {}): {:.2}x its floor   target <= 1.3x",
+            args.concurrency,
+            cpu / floor
+        );
+    }
+    if let Some(b) = &publish_batch {
+        println!(
+            "  PublishBatch         {:>5.0}% of two-core Ed25519 verify                                              target >= 80%",
+            100.0 * b.per_second * batch_size as f64 / (2.0 * verify_rate)
+        );
+    }
+    if let (Some(fp), Some((_, sized))) = (&find_prior, &sized_echo) {
+        println!(
+            "  FindPrior            {:>5.0}% of the sized echo                                                      target >= 40%",
+            100.0 * fp.per_second / sized.per_second
+        );
+    }
+    if let (Some(plain), Some(proofs)) = (
+        find_prior.as_ref().and_then(|l| l.cpu_us(1)),
+        find_prior_proofs.as_ref().and_then(|l| l.cpu_us(1)),
+    ) {
+        println!(
+            "  FindPrior, proofs    {:>6.2}x FindPrior's CPU per call                                                target <= 1.3x",
+            proofs / plain
+        );
+    }
+    if let (Some(five), Some(order)) = (
+        find_prior_five.as_ref().and_then(|l| l.cpu_us(1)),
+        check_order.as_ref().and_then(|l| l.cpu_us(1)),
+    ) {
+        println!(
+            "  CheckOrder, 5 codes  {:>6.2}x the CPU per call of FindPrior for the same 5 items                      target <= 1.2x",
+            order / five
+        );
+    }
+    println!(
+        "  disk per summary     {:>6.2}x body + signature                                                       target <= 3.5x",
+        seeded_per / raw_per
+    );
     drop(bench.dir);
     Ok(Figures {
         store: if kind.starts_with("postgres") {
