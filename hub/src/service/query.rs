@@ -130,19 +130,47 @@ impl Hub {
         let min_size = results.iter().map(|j| last_index(j) + 1).max().unwrap_or(0);
         let head = self.store.recent_durable_head(min_size).await?;
         let (head, checkpoint) = self.checkpoint_note(head).await?;
-        // Each result and its earlier versions, depth first, without recursing in async.
-        let mut todo = results;
-        while let Some(j) = todo.pop() {
+        // Each result and its earlier versions (depth first): their indexes, then their
+        // proofs from one store call, then each proof to its result in the same order.
+        fn indexes_of(j: &Judged, out: &mut Vec<u64>) {
+            out.push(j.stored.log_index);
+            for e in &j.earlier {
+                indexes_of(e, out);
+            }
+        }
+        fn attach(
+            j: &mut Judged,
+            proofs: &mut std::vec::IntoIter<Vec<Hash>>,
+            size: u64,
+            checkpoint: &str,
+        ) -> Result<(), HubError> {
+            let proof = proofs.next().ok_or_else(|| {
+                HubError::Store(crate::store::StoreError::Tree(
+                    "the store returned fewer proofs than asked".into(),
+                ))
+            })?;
             j.log_proof = Some(LogProof {
                 index: j.stored.log_index,
-                tree_size: head.size,
-                proof: self
-                    .store
-                    .inclusion_proof(j.stored.log_index, head.size)
-                    .await?,
-                checkpoint: checkpoint.clone(),
+                tree_size: size,
+                proof,
+                checkpoint: checkpoint.to_owned(),
             });
-            todo.extend(j.earlier.iter_mut());
+            for e in &mut j.earlier {
+                attach(e, proofs, size, checkpoint)?;
+            }
+            Ok(())
+        }
+        let mut indexes = Vec::new();
+        for j in &results {
+            indexes_of(j, &mut indexes);
+        }
+        let mut proofs = self
+            .store
+            .inclusion_proofs(&indexes, head.size)
+            .await?
+            .into_iter();
+        for j in results {
+            attach(j, &mut proofs, head.size, &checkpoint)?;
         }
         Ok(())
     }

@@ -380,6 +380,19 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// The inclusion proof of leaf `index` in the tree of `size` leaves.
     async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The inclusion proofs of several leaves in one tree, in the order asked (a backend
+    /// whose reads are round trips answers them together).
+    async fn inclusion_proofs(
+        &self,
+        indexes: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        let mut proofs = Vec::with_capacity(indexes.len());
+        for &index in indexes {
+            proofs.push(self.inclusion_proof(index, size).await?);
+        }
+        Ok(proofs)
+    }
     /// The proof that the tree of `old_size` leaves is a prefix of the tree of `new_size`.
     async fn consistency_proof(
         &self,

@@ -312,6 +312,26 @@ impl PgStore {
         .await
     }
 
+    /// Several inclusion proofs in one tree, from one read of the nodes none of them has
+    /// cached.
+    pub(super) async fn inclusions(
+        &self,
+        indexes: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        if indexes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_size(size).await?;
+        self.with_nodes(&HashMap::new(), |node| {
+            indexes
+                .iter()
+                .map(|&index| merkle::inclusion_proof(index, size, &Reader(node)))
+                .collect()
+        })
+        .await
+    }
+
     pub(super) async fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(new).await?;
         self.with_nodes(&HashMap::new(), |node| {

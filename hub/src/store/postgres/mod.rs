@@ -500,6 +500,14 @@ impl Store for PgStore {
         self.inclusion(index, size).await
     }
 
+    async fn inclusion_proofs(
+        &self,
+        indexes: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        self.inclusions(indexes, size).await
+    }
+
     async fn consistency_proof(
         &self,
         old_size: u64,
