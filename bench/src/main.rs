@@ -562,16 +562,7 @@ impl Bench {
                             anyhow::Ok(chunk)
                         })
                         .await??;
-                        let items: Vec<_> = chunk.iter().map(|v| (v, UnixMillis(now))).collect();
-                        let shared = store.shared();
-                        for r in shared
-                            .put_summaries(&items, huren_core::summary::Summary::may_follow)
-                            .await?
-                            .results
-                        {
-                            r?;
-                        }
-                        shared.commit().await?;
+                        put_durably(&store.shared(), &chunk, now).await?;
                         bar.inc(to - from);
                     }
                 }));
@@ -688,6 +679,25 @@ struct Figures {
 
 /// Signs `count` summaries named `prefix-n` on every core, so measurements see the hub's work
 /// rather than the client's signing.
+/// Puts summaries accepted at `now` into the store as one batch and commits it; fails unless
+/// every one is stored.
+async fn put_durably(
+    store: &huren_hub::store::SharedStore,
+    summaries: &[VerifiedSummary],
+    now: i64,
+) -> anyhow::Result<()> {
+    let items: Vec<_> = summaries.iter().map(|v| (v, UnixMillis(now))).collect();
+    for r in store
+        .put_summaries(&items, huren_core::summary::Summary::may_follow)
+        .await?
+        .results
+    {
+        r?;
+    }
+    store.commit().await?;
+    Ok(())
+}
+
 /// The store-write part of a unary publish's floor: CPU µs of this process per summary when
 /// summaries are put straight into the store (no hub, no RPC, no signature check) in batches
 /// of `batch` with a commit after each, as the intake groups that many publishes in flight.
@@ -716,15 +726,7 @@ async fn store_write_cpu(
     let shared = store.shared();
     let before = process_cpu().context("this process's CPU time (/proc/self/stat)")?;
     for chunk in verified.chunks(batch) {
-        let items: Vec<_> = chunk.iter().map(|v| (v, UnixMillis(now))).collect();
-        for r in shared
-            .put_summaries(&items, huren_core::summary::Summary::may_follow)
-            .await?
-            .results
-        {
-            r?;
-        }
-        shared.commit().await?;
+        put_durably(&shared, chunk, now).await?;
     }
     let spent = process_cpu().context("this process's CPU time")? - before;
     Ok((spent.as_secs_f64() * 1e6 / count as f64, count))

@@ -275,6 +275,17 @@ fn verified(id: &str, version: u32, patient: Pseudonym, performed_at: i64) -> Ve
     }
 }
 
+/// A query for `p`'s hemoglobin results performed in `[from, until]`.
+fn hemoglobin(p: Pseudonym, from: i64, until: i64) -> PriorQuery {
+    PriorQuery {
+        patient: p,
+        items: vec![("loinc".into(), "718-7".into())],
+        from: UnixMillis(from),
+        until: UnixMillis(until),
+        limit: 10,
+    }
+}
+
 /// Stores summaries one batch at a time, each version following the one before.
 async fn put(store: &PgStore, batch: &[&VerifiedSummary]) {
     let items: Vec<_> = batch.iter().map(|v| (*v, UnixMillis(50))).collect();
@@ -648,13 +659,7 @@ async fn the_gated_read_reports_consent_with_or_without_results() {
     let (store, _) = fresh().await;
     let p = Pseudonym::from_slice(&[8; 32]).unwrap();
     let member = InstitutionId::parse("hosp-a").unwrap();
-    let q = PriorQuery {
-        patient: p,
-        items: vec![("loinc".into(), "718-7".into())],
-        from: UnixMillis(0),
-        until: UnixMillis(i64::MAX),
-        limit: 10,
-    };
+    let q = hemoglobin(p, 0, i64::MAX);
     let read = async || {
         let (opted_out, found) = store.find_prior_gated(&q).await.unwrap();
         (opted_out, found.results.len())
@@ -704,13 +709,7 @@ async fn index_rows_carry_only_the_latest_leaf() {
             .collect::<Vec<_>>()
     };
     let found = async |from: i64, until: i64| {
-        let q = PriorQuery {
-            patient: p,
-            items: vec![("loinc".into(), "718-7".into())],
-            from: UnixMillis(from),
-            until: UnixMillis(until),
-            limit: 10,
-        };
+        let q = hemoglobin(p, from, until);
         let (opted_out, found) = store.find_prior_gated(&q).await.unwrap();
         assert!(!opted_out);
         let history = store.history(&q).await.unwrap();
@@ -876,13 +875,7 @@ async fn a_schema_2_database_is_migrated() {
         .collect();
     assert_eq!(rows, [("R1".into(), Some(0)), ("R2".into(), None)]);
     drop(client);
-    let q = PriorQuery {
-        patient: p,
-        items: vec![("loinc".into(), "718-7".into())],
-        from: UnixMillis(0),
-        until: UnixMillis(10_000),
-        limit: 10,
-    };
+    let q = hemoglobin(p, 0, 10_000);
     let found = store.find_prior(&q).await.unwrap();
     let got: Vec<_> = found
         .results
