@@ -3,7 +3,7 @@
 memory (and a bench-started PostgreSQL server's), open descriptors, store size on disk and
 each call's p99 latency over time.
 
-    python3 docs/soak-chart.py docs/soak.csv docs/soak.png
+    python3 docs/soak-chart.py docs/soak-postgres.csv docs/soak-postgres.png
 
 Needs matplotlib (pip install matplotlib)."""
 
