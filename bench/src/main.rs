@@ -638,7 +638,12 @@ async fn open_store(
         kind.to_owned()
     } else if kind == "postgres" {
         if cluster.is_none() {
-            *cluster = Some(Cluster::start_with_fsync(true).map_err(|e| anyhow::anyhow!(e))?);
+            let started = Cluster::start_with_fsync(true).map_err(|e| anyhow::anyhow!(e))?;
+            // A bench stopped by a signal must not leave the server running.
+            started
+                .remove_when_this_process_ends()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            *cluster = Some(started);
         }
         let c = cluster.as_ref().context("the cluster")?;
         c.create_database().await.map_err(|e| anyhow::anyhow!(e))?

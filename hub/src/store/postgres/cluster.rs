@@ -265,6 +265,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Leaves a watcher behind that stops this cluster and removes its folder once this
+    /// process has ended, however it ends (a SIGKILL skips `Drop`).
+    pub fn remove_when_this_process_ends(&self) -> Result<(), String> {
+        self.clean_up_after(std::process::id())
+    }
+
     /// Stops a cluster this process started and removes its folder.
     pub fn stop(&self) {
         if let Some(o) = &self.owned {
