@@ -50,7 +50,7 @@ impl<'a> ShownRows<'a> {
         for ((m, p), map) in &self.rows {
             member.push(*m);
             patient.push(p.as_slice());
-            results.push(serde_json::Value::Object(map.clone()).to_string());
+            results.push(serde_json::to_string(map).unwrap_or_default());
         }
         let stmt = tx
             .prepare_cached(

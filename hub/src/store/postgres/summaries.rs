@@ -97,11 +97,23 @@ fn version_row_at(row: &tokio_postgres::Row, first: usize) -> Result<VersionRow,
 /// `IS NULL` test gates the lookup instead of filtering after it).
 macro_rules! find_prior_sql {
     () => {
-        "WITH hits AS (
-            SELECT b.publisher, b.summary_id, b.version, b.log_index
+        latest_leaves_sql!(
+            "SELECT b.publisher, b.summary_id, b.version, b.log_index
             FROM unnest($2::text[], $3::text[]) AS q(sys, code)
             JOIN by_patient b ON b.patient = $1 AND b.item_system = q.sys
-                AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5),
+                AND b.item_code = q.code AND b.performed_at BETWEEN $4 AND $5"
+        )
+    };
+}
+
+/// The latest version and leaf of each result among `$hits` (patient-index rows: publisher,
+/// summary_id, version, log_index), once each.
+macro_rules! latest_leaves_sql {
+    ($hits:literal) => {
+        concat!(
+            "WITH hits AS (",
+            $hits,
+            "),
          cur AS (
             SELECT DISTINCT h.publisher, h.summary_id,
                 coalesce(h.version, l.version) AS version,
@@ -113,6 +125,7 @@ macro_rules! find_prior_sql {
                 LIMIT 1) l ON true)
          SELECT cur.publisher, cur.summary_id, cur.version, cur.log_index, lf.leaf
          FROM cur JOIN log_leaves lf ON lf.idx = cur.log_index"
+        )
     };
 }
 
@@ -622,20 +635,10 @@ impl PgStore {
     pub async fn history(&self, q: &PriorQuery) -> Result<Found, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "WITH cur AS (
-                    SELECT DISTINCT b.publisher, b.summary_id,
-                        coalesce(b.version, l.version) AS version,
-                        coalesce(b.log_index, l.log_index) AS log_index
-                    FROM by_patient b LEFT JOIN LATERAL (
-                        SELECT l.version, l.log_index FROM latest l
-                        WHERE b.log_index IS NULL
-                            AND l.publisher = b.publisher AND l.summary_id = b.summary_id
-                        LIMIT 1) l ON true
-                    WHERE b.patient = $1)
-                 SELECT cur.publisher, cur.summary_id, cur.version, cur.log_index, lf.leaf
-                 FROM cur JOIN log_leaves lf ON lf.idx = cur.log_index",
-            )
+            .prepare_cached(latest_leaves_sql!(
+                "SELECT b.publisher, b.summary_id, b.version, b.log_index
+                     FROM by_patient b WHERE b.patient = $1"
+            ))
             .await
             .map_err(pg)?;
         let rows = client
