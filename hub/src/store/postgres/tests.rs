@@ -181,6 +181,23 @@ async fn query_records_consultations_events_and_accesses() {
     assert_eq!(seen(&b, &p, "R2").await, Some((1, false, 5_000)));
     assert_eq!(seen(&b, &p, "R3").await, None);
     assert_eq!(seen(&c, &p, "R3").await, Some((1, true, 5_001)));
+    // The entry's key joins publisher and id with a '/', which neither may hold: names that
+    // would spell the same key another way find nothing.
+    for (publisher, id) in [
+        ("hosp-a/R1", ""),
+        ("hosp", "a/R1"),
+        ("hosp-a", "R1/"),
+        ("", "hosp-a/R1"),
+    ] {
+        assert!(
+            store
+                .consultation(&b, &p, publisher, id)
+                .await
+                .unwrap()
+                .is_none(),
+            "{publisher:?} {id:?}"
+        );
+    }
     let events = store
         .events(UnixMillis(5_000), UnixMillis(5_002))
         .await
