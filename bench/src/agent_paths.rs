@@ -112,7 +112,7 @@ pub async fn measure(
     );
     let cds = {
         let (ehr, key, body) = (ehr.clone(), ehr_key.clone(), Arc::new(body));
-        load(1, seconds, move |_| {
+        load("CDS Hooks order-sign", 1, seconds, move |_| {
             let (ehr, key, body) = (ehr.clone(), key.clone(), body.clone());
             async move {
                 let (status, answer) = cds_call(&ehr, &key, uri, &body).await?;
@@ -128,7 +128,7 @@ pub async fn measure(
     let check_order = {
         let chan = asker[0].clone();
         let codes: Vec<String> = codes.iter().map(|c| (*c).to_owned()).collect();
-        load(1, seconds, move |_| {
+        load("CheckOrder (10 items, one at a time)", 1, seconds, move |_| {
             let mut c = HubClient::new(chan.clone());
             let items = codes
                 .iter()
@@ -209,7 +209,7 @@ pub async fn measure(
     let browser = Arc::new(browser);
     let timeline = {
         let (browser, path) = (browser.clone(), Arc::new(timeline_path));
-        load(1, seconds, move |_| {
+        load("web timeline page", 1, seconds, move |_| {
             let (browser, path) = (browser.clone(), path.clone());
             async move {
                 let (status, _, _) = browser.get(&path).await?;
@@ -228,7 +228,7 @@ pub async fn measure(
             .into_inner();
         history_results = history_results.max(answer.results.len());
         let chan = asker[0].clone();
-        load(1, seconds, move |_| {
+        load("History (one at a time)", 1, seconds, move |_| {
             let mut c = HubClient::new(chan.clone());
             async move {
                 c.history(history_request(&timeline_patient)).await?;

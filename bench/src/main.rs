@@ -299,12 +299,15 @@ impl Load {
     }
 }
 
-/// Runs `op` with `concurrency` requests in flight for `seconds`.
-async fn load<F, Fut>(concurrency: usize, seconds: f64, op: F) -> Load
+/// Runs `op` with `concurrency` requests in flight for `seconds`. Says on stderr what it
+/// measures as it starts (the table is printed at the end), so that a profiler can be attached
+/// to one path (`perf record -p`, see README "Performance").
+async fn load<F, Fut>(what: &str, concurrency: usize, seconds: f64, op: F) -> Load
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
+    eprintln!("huren-bench: measuring {what}, {concurrency} in flight, {seconds} s");
     let op = Arc::new(op);
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -865,7 +868,7 @@ async fn run(
     // Raw echo: the health check, a unary RPC that does no work, over the same channels.
     let echo = {
         let chans = asker.clone();
-        load(args.concurrency, args.seconds, move |n| {
+        load("raw echo", args.concurrency, args.seconds, move |n| {
             let mut c = tonic_health::pb::health_client::HealthClient::new(
                 chans[n as usize % chans.len()].clone(),
             );
@@ -892,7 +895,7 @@ async fn run(
         let expected = (echo.per_second * args.seconds * 1.5) as u64 + 1000;
         let envelopes = Arc::new(presign(&signer, "PUB", expected, args.per_patient)?);
         let chans = publisher.clone();
-        let load = load(args.concurrency, args.seconds, move |n| {
+        let load = load("publish (unary)", args.concurrency, args.seconds, move |n| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let env = envelopes.get(n as usize).cloned();
             async move {
@@ -922,7 +925,7 @@ async fn run(
         let batches: Arc<Vec<Vec<huren_core::pb::SignedSummary>>> =
             Arc::new(envelopes.chunks(batch_size).map(<[_]>::to_vec).collect());
         let chans = publisher.clone();
-        let load = load(args.batches_in_flight, args.seconds, move |n| {
+        let load = load("PublishBatch", args.batches_in_flight, args.seconds, move |n| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let batch = batches.get(n as usize).cloned();
             async move {
@@ -969,10 +972,10 @@ async fn run(
         (None, None)
     } else {
         let op = |with_proofs| find_prior_op(asker.clone(), with_proofs);
-        let plain = load(args.concurrency, args.seconds, op(false)).await;
+        let plain = load("FindPrior", args.concurrency, args.seconds, op(false)).await;
         // The same with an inclusion proof for every result: what an agent with a log
         // verifier key (every production agent) asks.
-        let proofs = load(args.concurrency, args.seconds, op(true)).await;
+        let proofs = load("FindPrior with proofs", args.concurrency, args.seconds, op(true)).await;
         (Some(plain), Some(proofs))
     };
     // The sized echo: a no-op RPC answering as many bytes as the mean FindPrior answer above
@@ -1003,7 +1006,7 @@ async fn run(
             let _ = echo_stopped.await;
         }));
         let chans = channels(&bench, echo_addr, ASKER).await?;
-        let load = load(args.concurrency, args.seconds, move |n| {
+        let load = load("sized echo", args.concurrency, args.seconds, move |n| {
             echo::call(chans[n as usize % chans.len()].clone(), size)
         })
         .await;
@@ -1030,7 +1033,7 @@ async fn run(
     let find_prior_alone = if !args.measures("latency") {
         None
     } else {
-        Some(load(1, args.seconds, find_prior_op(asker.clone(), false)).await)
+        Some(load("FindPrior one at a time", 1, args.seconds, find_prior_op(asker.clone(), false)).await)
     };
 
     // FindPrior for the five items CheckOrder asks for below: what CheckOrder is compared with.
@@ -1039,7 +1042,7 @@ async fn run(
     } else {
         let chans = asker.clone();
         Some(
-            load(args.concurrency, args.seconds, move |n| {
+            load("FindPrior (5 items)", args.concurrency, args.seconds, move |n| {
                 let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
                 let p = patient_of(n);
                 async move {
@@ -1054,7 +1057,7 @@ async fn run(
         None
     } else {
         let chans = asker.clone();
-        let load = load(args.concurrency, args.seconds, move |n| {
+        let load = load("CheckOrder", args.concurrency, args.seconds, move |n| {
             let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
             let p = patient(SEED, (n * 2_654_435_761) % patients);
             async move {

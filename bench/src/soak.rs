@@ -147,9 +147,9 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
 
     // Peak rates, a few seconds each, as the bench measures them.
     let op = publish_op(&publisher, &signer, &published, &args);
-    let peak_publish = load(64, 3.0, move |n| op(n)).await;
+    let peak_publish = load("peak publish", 64, 3.0, move |n| op(n)).await;
     let op = query_op(&asker, patients);
-    let peak_query = load(64, 3.0, move |n| op(n)).await;
+    let peak_query = load("peak FindPrior", 64, 3.0, move |n| op(n)).await;
     let publish_rate = peak_publish.per_second * args.soak_publish_share;
     let query_rate = peak_query.per_second * args.soak_query_share;
     println!(
