@@ -128,31 +128,36 @@ pub async fn measure(
     let check_order = {
         let chan = asker[0].clone();
         let codes: Vec<String> = codes.iter().map(|c| (*c).to_owned()).collect();
-        load("CheckOrder (10 items, one at a time)", 1, seconds, move |_| {
-            let mut c = HubClient::new(chan.clone());
-            let items = codes
-                .iter()
-                .map(|code| pb::OrderItem {
-                    code: Some(pb::order_item::Code::Catalogue(pb::ItemCode {
-                        system: LOINC.into(),
-                        code: code.clone(),
-                    })),
-                })
-                .collect();
-            async move {
-                c.check_order(pb::CheckOrderRequest {
-                    patient_pseudonym: cds_patient.as_bytes().to_vec(),
-                    items,
-                    as_of_ms: 0,
-                    purpose: pb::Purpose::Treatment as i32,
-                    requester: "staff:S-0042".into(),
-                    with_proofs: false,
-                    certificates_once: true,
-                })
-                .await?;
-                Ok(())
-            }
-        })
+        load(
+            "CheckOrder (10 items, one at a time)",
+            1,
+            seconds,
+            move |_| {
+                let mut c = HubClient::new(chan.clone());
+                let items = codes
+                    .iter()
+                    .map(|code| pb::OrderItem {
+                        code: Some(pb::order_item::Code::Catalogue(pb::ItemCode {
+                            system: LOINC.into(),
+                            code: code.clone(),
+                        })),
+                    })
+                    .collect();
+                async move {
+                    c.check_order(pb::CheckOrderRequest {
+                        patient_pseudonym: cds_patient.as_bytes().to_vec(),
+                        items,
+                        as_of_ms: 0,
+                        purpose: pb::Purpose::Treatment as i32,
+                        requester: "staff:S-0042".into(),
+                        with_proofs: false,
+                        certificates_once: true,
+                    })
+                    .await?;
+                    Ok(())
+                }
+            },
+        )
         .await
     };
 

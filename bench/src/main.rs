@@ -109,6 +109,11 @@ struct Args {
     /// core of this machine, where the throwaway cluster runs too.
     #[arg(long)]
     store_connections: Option<usize>,
+    /// Measure the queries right after the publish measurements, without first letting the
+    /// store write out what those left behind (a flush, and on the throwaway PostgreSQL
+    /// cluster a CHECKPOINT): for comparison with the settled figures.
+    #[arg(long)]
+    no_settle: bool,
     /// Instead of the table: a soak run of this many seconds at a share of the peak publish
     /// and FindPrior rates, on the first --store, sampled every 10 s into --soak-csv.
     #[arg(long)]
@@ -658,6 +663,31 @@ async fn open_store(
     ))
 }
 
+/// Lets the store write out what seeding and the publish measurements left behind before the
+/// queries are measured, so that each query figure is the query's own and not the deferred
+/// writing of the measurement before it: a flush, and on the bench's own PostgreSQL cluster a
+/// CHECKPOINT (the server's checkpointer and background writer otherwise write the publishes'
+/// dirty pages out on the same two cores for minutes). An existing `postgres://` database is
+/// only flushed: the hub's role need not be allowed to checkpoint. Returns what was done and
+/// how long it took.
+async fn settle(
+    store: &BenchStore,
+    cluster: Option<&huren_hub::store::postgres::cluster::Cluster>,
+) -> anyhow::Result<String> {
+    let t = Instant::now();
+    store.shared().commit().await?;
+    let what = match (store, cluster) {
+        (BenchStore::Postgres(_), Some(c)) => {
+            c.execute("CHECKPOINT")
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            "the store committed and PostgreSQL checkpointed"
+        }
+        _ => "the store flushed",
+    };
+    Ok(format!("{what} in {:.1} s", t.elapsed().as_secs_f64()))
+}
+
 /// The figures of one run set side by side at the end.
 #[derive(Clone, Debug, Default)]
 struct Figures {
@@ -895,18 +925,23 @@ async fn run(
         let expected = (echo.per_second * args.seconds * 1.5) as u64 + 1000;
         let envelopes = Arc::new(presign(&signer, "PUB", expected, args.per_patient)?);
         let chans = publisher.clone();
-        let load = load("publish (unary)", args.concurrency, args.seconds, move |n| {
-            let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
-            let env = envelopes.get(n as usize).cloned();
-            async move {
-                let env = env.context("ran out of pre-signed summaries")?;
-                c.publish(pb::PublishRequest {
-                    summary: Some(env.into()),
-                })
-                .await?;
-                Ok(())
-            }
-        })
+        let load = load(
+            "publish (unary)",
+            args.concurrency,
+            args.seconds,
+            move |n| {
+                let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+                let env = envelopes.get(n as usize).cloned();
+                async move {
+                    let env = env.context("ran out of pre-signed summaries")?;
+                    c.publish(pb::PublishRequest {
+                        summary: Some(env.into()),
+                    })
+                    .await?;
+                    Ok(())
+                }
+            },
+        )
         .await;
         Some(load)
     };
@@ -925,33 +960,43 @@ async fn run(
         let batches: Arc<Vec<Vec<huren_core::pb::SignedSummary>>> =
             Arc::new(envelopes.chunks(batch_size).map(<[_]>::to_vec).collect());
         let chans = publisher.clone();
-        let load = load("PublishBatch", args.batches_in_flight, args.seconds, move |n| {
-            let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
-            let batch = batches.get(n as usize).cloned();
-            async move {
-                let summaries = batch.context("ran out of pre-signed batches")?;
-                let want = summaries.len();
-                let answer = c
-                    .publish_batch(pb::PublishBatchRequest { summaries })
-                    .await?
-                    .into_inner();
-                let stored = answer
-                    .outcomes
-                    .iter()
-                    .filter(|o| {
-                        matches!(o.outcome, Some(pb::publish_outcome::Outcome::Published(_)))
-                    })
-                    .count();
-                anyhow::ensure!(
-                    stored == want,
-                    "{} of {want} summaries refused",
-                    want - stored
-                );
-                Ok(())
-            }
-        })
+        let load = load(
+            "PublishBatch",
+            args.batches_in_flight,
+            args.seconds,
+            move |n| {
+                let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+                let batch = batches.get(n as usize).cloned();
+                async move {
+                    let summaries = batch.context("ran out of pre-signed batches")?;
+                    let want = summaries.len();
+                    let answer = c
+                        .publish_batch(pb::PublishBatchRequest { summaries })
+                        .await?
+                        .into_inner();
+                    let stored = answer
+                        .outcomes
+                        .iter()
+                        .filter(|o| {
+                            matches!(o.outcome, Some(pb::publish_outcome::Outcome::Published(_)))
+                        })
+                        .count();
+                    anyhow::ensure!(
+                        stored == want,
+                        "{} of {want} summaries refused",
+                        want - stored
+                    );
+                    Ok(())
+                }
+            },
+        )
         .await;
         Some(load)
+    };
+
+    let settled = match args.no_settle {
+        true => None,
+        false => Some(settle(&store, cluster.as_ref().filter(|_| kind == "postgres")).await?),
     };
 
     let patients = (stored / args.per_patient).max(1);
@@ -975,7 +1020,13 @@ async fn run(
         let plain = load("FindPrior", args.concurrency, args.seconds, op(false)).await;
         // The same with an inclusion proof for every result: what an agent with a log
         // verifier key (every production agent) asks.
-        let proofs = load("FindPrior with proofs", args.concurrency, args.seconds, op(true)).await;
+        let proofs = load(
+            "FindPrior with proofs",
+            args.concurrency,
+            args.seconds,
+            op(true),
+        )
+        .await;
         (Some(plain), Some(proofs))
     };
     // The sized echo: a no-op RPC answering as many bytes as the mean FindPrior answer above
@@ -1033,7 +1084,15 @@ async fn run(
     let find_prior_alone = if !args.measures("latency") {
         None
     } else {
-        Some(load("FindPrior one at a time", 1, args.seconds, find_prior_op(asker.clone(), false)).await)
+        Some(
+            load(
+                "FindPrior one at a time",
+                1,
+                args.seconds,
+                find_prior_op(asker.clone(), false),
+            )
+            .await,
+        )
     };
 
     // FindPrior for the five items CheckOrder asks for below: what CheckOrder is compared with.
@@ -1042,14 +1101,19 @@ async fn run(
     } else {
         let chans = asker.clone();
         Some(
-            load("FindPrior (5 items)", args.concurrency, args.seconds, move |n| {
-                let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
-                let p = patient_of(n);
-                async move {
-                    c.find_prior(prior_request_for(&p, 5, true, false)).await?;
-                    Ok(())
-                }
-            })
+            load(
+                "FindPrior (5 items)",
+                args.concurrency,
+                args.seconds,
+                move |n| {
+                    let mut c = HubClient::new(chans[n as usize % chans.len()].clone());
+                    let p = patient_of(n);
+                    async move {
+                        c.find_prior(prior_request_for(&p, 5, true, false)).await?;
+                        Ok(())
+                    }
+                },
+            )
             .await,
         )
     };
@@ -1190,6 +1254,12 @@ async fn run(
             b.cpu_micros(batch_size as u64)
         );
     }
+    match &settled {
+        Some(done) => println!("before the queries: {done} (--no-settle measures them without)"),
+        None => println!(
+            "before the queries: nothing (--no-settle): they share the machine with the writing out of what seeding and publishing left"
+        ),
+    }
     if let Some(find_prior) = &find_prior {
         find_prior.line(
             "FindPrior (2 items)",
@@ -1309,9 +1379,13 @@ async fn run(
     );
     if let (Some(hub), Some(end)) = (rss_hub, rss) {
         println!(
-            "RSS of the bench process (hub and clients): {:.0} MB with the store just opened, {:.0} MB at the end (sled's page cache, up to 1 GiB by default, fills as queries read; summaries signed ahead for publishing count too)",
+            "RSS of the bench process (hub and clients): {:.0} MB with the store just opened, {:.0} MB at the end ({}summaries signed ahead for publishing count too)",
             hub as f64 / 1e6,
-            end as f64 / 1e6
+            end as f64 / 1e6,
+            match kind {
+                "sled" => "sled's page cache, up to 1 GiB by default, fills as queries read; ",
+                _ => "PostgreSQL's server processes are not counted; ",
+            }
         );
     }
     println!();

@@ -517,17 +517,26 @@ impl PgStore {
                 );
             }
         }
-        let certs = self
-            .inner
-            .certs
-            .read()
-            .map_err(|_| StoreError::Corrupt("the certificate cache is poisoned".into()))?
-            .clone();
+        // Each result's certificate, taken under the lock (not a copy of the whole cache, which
+        // holds every member's certificates).
+        let ders = {
+            let certs = self
+                .inner
+                .certs
+                .read()
+                .map_err(|_| StoreError::Corrupt("the certificate cache is poisoned".into()))?;
+            leaves
+                .iter()
+                .map(|(.., leaf)| {
+                    certs
+                        .get(&leaf.signer_certificate_sha256)
+                        .cloned()
+                        .ok_or_else(|| StoreError::Corrupt("signing certificate missing".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let mut out = Vec::with_capacity(leaves.len());
-        for (publisher, id, version, index, leaf) in leaves {
-            let der = certs
-                .get(&leaf.signer_certificate_sha256)
-                .ok_or_else(|| StoreError::Corrupt("signing certificate missing".into()))?;
+        for ((publisher, id, version, index, leaf), der) in leaves.into_iter().zip(ders) {
             let summary = Summary::from_stored_body_bytes(&leaf.body)
                 .map_err(|e| StoreError::Corrupt(format!("stored body no longer decodes: {e}")))?;
             if summary.version != version
