@@ -1660,6 +1660,16 @@ mod tests {
     /// The benchmark runs end to end on a small data set and measures something.
     #[test]
     fn runs_on_a_small_data_set() -> anyhow::Result<()> {
+        small_run("sled")
+    }
+
+    /// And on its own PostgreSQL cluster, settling it with a CHECKPOINT before the queries.
+    #[test]
+    fn runs_on_a_small_data_set_on_postgres() -> anyhow::Result<()> {
+        small_run("postgres")
+    }
+
+    fn small_run(kind: &str) -> anyhow::Result<()> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let args = Args {
             sizes: vec![400],
@@ -1672,7 +1682,7 @@ mod tests {
             batches_in_flight: 2,
             only: Vec::new(),
             durability: "fsync".into(),
-            store: vec!["sled".into()],
+            store: vec![kind.into()],
             store_connections: None,
             store_cache_mb: None,
             ingest_messages: vec![20],
@@ -1680,11 +1690,14 @@ mod tests {
             soak_csv: "soak.csv".into(),
             soak_publish_share: 0.5,
             soak_query_share: 0.5,
+            no_settle: false,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let figures = rt.block_on(run(args, "sled", &mut None))?;
+        // A cluster the run starts stops when this is dropped, at the end of the test.
+        let mut cluster = None;
+        let figures = rt.block_on(run(args, kind, &mut cluster))?;
         anyhow::ensure!(figures.echo > 0.0, "no echo rate measured");
         anyhow::ensure!(
             figures.find_prior.is_some_and(|r| r > 0.0),
