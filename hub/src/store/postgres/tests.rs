@@ -923,3 +923,28 @@ async fn a_malformed_shown_entry_is_corruption() {
         other => panic!("expected corruption, got {other:?}"),
     }
 }
+
+/// A stored result whose signing certificate is gone from `certs` is reported as corruption
+/// by a hub that has not cached it, not answered without one.
+#[tokio::test]
+async fn a_result_without_its_certificate_is_corruption() {
+    let (store, url) = fresh().await;
+    let p = Pseudonym::from_slice(&[13; 32]).unwrap();
+    put(&store, &[&verified("R1", 1, p, 1_000)]).await;
+    assert_eq!(
+        store
+            .find_prior(&hemoglobin(p, 0, 10_000))
+            .await
+            .unwrap()
+            .results
+            .len(),
+        1
+    );
+    drop(store);
+    sql(&url, "DELETE FROM certs").await.unwrap();
+    let reopened = PgStore::open(&url).await.unwrap();
+    match reopened.find_prior(&hemoglobin(p, 0, 10_000)).await {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("certificate"), "{m}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
