@@ -665,25 +665,25 @@ async fn open_store(
 
 /// Lets the store write out what seeding and the publish measurements left behind before the
 /// queries are measured, so that each query figure is the query's own and not the deferred
-/// writing of the measurement before it: a flush, and on the bench's own PostgreSQL cluster a
-/// CHECKPOINT (the server's checkpointer and background writer otherwise write the publishes'
-/// dirty pages out on the same two cores for minutes). An existing `postgres://` database is
-/// only flushed: the hub's role need not be allowed to checkpoint. Returns what was done and
-/// how long it took.
+/// writing of the measurement before it: a commit, and a CHECKPOINT of `cluster`, the bench's
+/// own PostgreSQL cluster when the store is on it (otherwise its checkpointer and background
+/// writer write the publishes' dirty pages out on the same cores while the queries run). An
+/// existing `postgres://` database is only committed to: the hub's role need not be allowed to
+/// checkpoint. Returns what was done and how long it took.
 async fn settle(
     store: &BenchStore,
     cluster: Option<&huren_hub::store::postgres::cluster::Cluster>,
 ) -> anyhow::Result<String> {
     let t = Instant::now();
     store.shared().commit().await?;
-    let what = match (store, cluster) {
-        (BenchStore::Postgres(_), Some(c)) => {
+    let what = match cluster {
+        Some(c) => {
             c.execute("CHECKPOINT")
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
             "the store committed and PostgreSQL checkpointed"
         }
-        _ => "the store flushed",
+        None => "the store committed",
     };
     Ok(format!("{what} in {:.1} s", t.elapsed().as_secs_f64()))
 }
@@ -996,6 +996,7 @@ async fn run(
 
     let settled = match args.no_settle {
         true => None,
+        // Only the cluster this run's store is on (not one an earlier run started).
         false => Some(settle(&store, cluster.as_ref().filter(|_| kind == "postgres")).await?),
     };
 
