@@ -34,7 +34,7 @@ use crate::policy::PolicyHandle;
 use crate::signers::SignerCache;
 use crate::store::{
     Access, DecisionOutcome, DecisionRecord, PriorQuery, PutOutcome, QueryRecord, SharedStore,
-    Shown, StoredSummary, TreeHead,
+    StoredSummary, TreeHead,
 };
 use crate::verifier::SignatureChecks;
 use crate::witness::client::Witnesses;

@@ -65,18 +65,6 @@ impl Hub {
             })
             .collect();
         let record = QueryRecord {
-            member: caller.clone(),
-            shown: shown
-                .iter()
-                .map(|j| Shown {
-                    publisher: j.stored.receipt.publisher.to_string(),
-                    summary_id: j.stored.receipt.summary_id.to_string(),
-                    version: j.stored.receipt.version,
-                    item_system: j.stored.summary.item.system.clone(),
-                    item_code: j.stored.summary.item.code.clone(),
-                    recognised: j.verdict.recognised(),
-                })
-                .collect(),
             events,
             access: Access {
                 at,

@@ -159,22 +159,40 @@ pub struct Access {
     pub facts: AccessFacts,
 }
 
-/// A result a member was shown, as remembered for its decisions.
-#[derive(Clone, Debug)]
-pub struct Shown {
-    pub publisher: String,
-    pub summary_id: String,
+/// A result a member was shown, as remembered for its decisions: one of an access's
+/// results with its item and verdict ([`Access::shown`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shown<'a> {
+    pub publisher: &'a str,
+    pub summary_id: &'a str,
     pub version: u32,
-    pub item_system: String,
-    pub item_code: String,
+    pub item_system: &'a str,
+    pub item_code: &'a str,
     pub recognised: bool,
 }
 
-/// Everything one answered query leaves behind.
+impl Access {
+    /// Each result shown, with its item and verdict: `results` beside `facts.shown`, which
+    /// holds one entry per result in the same order (the hub builds both from one list).
+    pub fn shown(&self) -> impl Iterator<Item = Shown<'_>> {
+        self.results
+            .iter()
+            .zip(&self.facts.shown)
+            .map(|(r, f)| Shown {
+                publisher: &r.publisher,
+                summary_id: &r.summary_id,
+                version: r.version,
+                item_system: &f.item_system,
+                item_code: &f.item_code,
+                recognised: f.recognised,
+            })
+    }
+}
+
+/// Everything one answered query leaves behind: its statistics events and its access leaf,
+/// which also says what the caller was shown (so it can record decisions on those results).
 #[derive(Clone, Debug)]
 pub struct QueryRecord {
-    pub member: InstitutionId,
-    pub shown: Vec<Shown>,
     pub events: Vec<Event>,
     pub access: Access,
 }

@@ -90,6 +90,13 @@ fn consultation_of(text: &str) -> Result<Consultation, StoreError> {
     })
 }
 
+/// A page of a patient's access leaves before (`at`, `log_index`) = ($2, $3), newest first, at
+/// most $4 of them.
+pub(super) const ACCESS_LEAVES_BEFORE: &str = "SELECT a.at, a.log_index, l.leaf FROM access a
+    JOIN log_leaves l ON l.idx = a.log_index
+    WHERE a.patient = $1 AND (a.at, a.log_index) < ($2, $3)
+    ORDER BY a.at DESC, a.log_index DESC LIMIT $4";
+
 /// Columns of the `events` rows a write inserts.
 #[derive(Default)]
 pub(super) struct EventRows {
@@ -237,29 +244,9 @@ impl PgStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // The last consultation of each (member, patient, result) in the batch.
-        let mut shown = ShownRows::default();
         let mut events = EventRows::default();
-        for q in batch {
-            for r in &q.shown {
-                let c = Consultation {
-                    version: r.version,
-                    recognised: r.recognised,
-                    item_system: r.item_system.clone(),
-                    item_code: r.item_code.clone(),
-                    at: q.access.at,
-                };
-                shown.push(
-                    q.member.as_str(),
-                    &q.access.patient,
-                    r.publisher.as_str(),
-                    r.summary_id.as_str(),
-                    &c,
-                );
-            }
-            for e in &q.events {
-                events.push(e);
-            }
+        for e in batch.iter().flat_map(|q| &q.events) {
+            events.push(e);
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
@@ -279,12 +266,7 @@ impl PgStore {
             .await
             .map_err(pg)?;
         let p_access: [P; 3] = [&a_patient, &a_at, &a_idx];
-        tokio::try_join!(
-            shown.upsert(&tx),
-            tx.execute(&q_access, &p_access),
-            events.insert(&tx),
-        )
-        .map_err(pg)?;
+        tokio::try_join!(tx.execute(&q_access, &p_access), events.insert(&tx)).map_err(pg)?;
         growth.write(&tx).await?;
         tx.commit().await.map_err(pg)?;
         self.saw_head(growth.next.head());
@@ -292,7 +274,10 @@ impl PgStore {
         Ok(())
     }
 
-    /// What `member` was last shown of a result of `patient`, if it consulted it.
+    /// What `member` was last shown of a result of `patient`, if it consulted it: read from
+    /// the patient's access leaves, newest first (by time, then log order), whose facts name
+    /// each shown result's item and verdict; `shown_to` only for consultations those leaves
+    /// cannot answer (leaves older than format 4, and stores from before schema 4).
     pub async fn consultation(
         &self,
         member: &InstitutionId,
@@ -300,7 +285,72 @@ impl PgStore {
         publisher: &str,
         id: &str,
     ) -> Result<Option<Consultation>, StoreError> {
+        const PAGE: i64 = 64;
         let client = self.client().await?;
+        let page = client
+            .prepare_cached(ACCESS_LEAVES_BEFORE)
+            .await
+            .map_err(pg)?;
+        let mut before = (i64::MAX, i64::MAX);
+        'pages: loop {
+            let rows = client
+                .query(
+                    &page,
+                    &[&patient.as_bytes().as_slice(), &before.0, &before.1, &PAGE],
+                )
+                .await
+                .map_err(pg)?;
+            for row in &rows {
+                before = (row.try_get(0).map_err(pg)?, row.try_get(1).map_err(pg)?);
+                let leaf: &[u8] = row.try_get(2).map_err(pg)?;
+                let bad = |why: String| {
+                    StoreError::Corrupt(format!(
+                        "the access row at log index {} points at {why}",
+                        before.1
+                    ))
+                };
+                let entry = Entry::decode(leaf).map_err(|e| bad(format!("a bad leaf: {e}")))?;
+                let Entry::Access {
+                    caller,
+                    results,
+                    facts,
+                    at,
+                    ..
+                } = entry
+                else {
+                    return Err(bad("a leaf that is not an access".into()));
+                };
+                if caller != member.as_str() {
+                    continue;
+                }
+                let Some(i) = results
+                    .iter()
+                    .position(|r| r.publisher == publisher && r.summary_id == id)
+                else {
+                    continue;
+                };
+                let Some(facts) = facts else {
+                    // A leaf from before format 4: its consultation was kept in `shown_to`.
+                    break 'pages;
+                };
+                let Some(fact) = facts.shown.into_iter().nth(i) else {
+                    return Err(bad(format!(
+                        "an access leaf with {} results but fewer verdicts",
+                        results.len()
+                    )));
+                };
+                return Ok(Some(Consultation {
+                    version: results[i].version,
+                    recognised: fact.recognised,
+                    item_system: fact.item_system,
+                    item_code: fact.item_code,
+                    at,
+                }));
+            }
+            if rows.len() < PAGE as usize {
+                break;
+            }
+        }
         let row = client
             .query_opt(
                 "SELECT (results -> $3)::text FROM shown_to WHERE member = $1 AND patient = $2",

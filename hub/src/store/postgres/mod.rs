@@ -14,7 +14,8 @@
 //! latest       (publisher, summary_id) -> version, log_index
 //! by_patient   (patient, item_system, item_code, performed_at, publisher, summary_id)
 //!              -> version, log_index of the latest version when it is this row's (else NULL)
-//! shown_to     (member, patient) -> jsonb: publisher/summary_id -> what the member was shown
+//! shown_to     (member, patient) -> jsonb: publisher/summary_id -> what the member was shown,
+//!              for consultations from before schema 4 (later ones: the access leaves)
 //! decisions    (member, decision_id) -> the decision and its leaf
 //! events       seq -> a statistics event (at, member, item, kind, ...)
 //! consent      patient -> opted_out, member, at, log_index

@@ -12,13 +12,24 @@ use super::{Place, pg};
 use crate::store::StoreError;
 
 /// The schema this code reads and writes: the last migration's version.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The advisory lock migrations run under ("huren" and a 1, as one number).
 const MIGRATION_LOCK: i64 = 0x6875_7265_6e00_0001;
 
 /// Each migration's version and SQL, oldest first.
-const MIGRATIONS: &[(u32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+const MIGRATIONS: &[(u32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
+
+/// Version 4: what a member was shown is read from the patient's access leaves (whose facts,
+/// leaf format 4, name each shown result's item and verdict), so an answered query no longer
+/// writes `shown_to`. The table stays for what those leaves cannot answer: consultations in
+/// older leaves, recorded before this version, and copies from sled. Nothing changes in the
+/// tables; the version stops an older hub, which would look for new consultations in
+/// `shown_to`, from running on this database.
+const V4: &str = r#"
+COMMENT ON TABLE shown_to IS
+    'huren: consultations recorded before schema 4 or copied from sled; later ones are read from the access leaves';
+"#;
 
 /// Version 3: fewer rows touched per answered query.
 ///

@@ -2,8 +2,8 @@
 //! ([`super::cluster::shared`]), a database of its own per test.
 
 use super::*;
-use crate::store::{Access, Shown};
-use huren_core::logentry::{Method, Purpose};
+use crate::store::Access;
+use huren_core::logentry::{Entry, Method, Purpose, ResultRef, ShownFact};
 use huren_core::merkle::{self, MemoryTree, verify_consistency, verify_inclusion};
 use huren_core::stats::EventKind;
 use huren_core::summary::Summary;
@@ -44,18 +44,20 @@ fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)])
     let member = InstitutionId::parse(member).unwrap();
     let mut a = access(0, patient);
     a.at = UnixMillis(at);
+    a.caller = member.clone();
+    for &(id, version, recognised) in shown {
+        a.results.push(ResultRef {
+            publisher: "hosp-a".into(),
+            summary_id: id.into(),
+            version,
+        });
+        a.facts.shown.push(ShownFact {
+            item_system: "loinc".into(),
+            item_code: "718-7".into(),
+            recognised,
+        });
+    }
     QueryRecord {
-        shown: shown
-            .iter()
-            .map(|&(id, version, recognised)| Shown {
-                publisher: "hosp-a".into(),
-                summary_id: id.into(),
-                version,
-                item_system: "loinc".into(),
-                item_code: "718-7".into(),
-                recognised,
-            })
-            .collect(),
         events: vec![Event {
             at: UnixMillis(at),
             member: member.clone(),
@@ -68,7 +70,6 @@ fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)])
             },
         }],
         access: a,
-        member,
     }
 }
 
@@ -610,9 +611,11 @@ async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
     client
         .batch_execute(&format!(
             "PREPARE find_prior (bytea, text[], text[], bigint, bigint) AS {};
-             PREPARE stored_versions (text[], text[], int[]) AS {};",
+             PREPARE stored_versions (text[], text[], int[]) AS {};
+             PREPARE access_leaves (bytea, bigint, bigint, bigint) AS {};",
             summaries::FIND_PRIOR,
             summaries::STORED_VERSIONS,
+            audit::ACCESS_LEAVES_BEFORE,
         ))
         .await
         .unwrap();
@@ -624,6 +627,10 @@ async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
         (
             "stored_versions('{hosp-a}', '{r7}', '{1}')",
             &["summaries"][..],
+        ),
+        (
+            "access_leaves(int8send(7), 9223372036854775807, 9223372036854775807, 64)",
+            &["access", "log_leaves"][..],
         ),
     ];
     // Run once on the empty tables: the plan is made at the first run, and kept until the
@@ -643,7 +650,8 @@ async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
          INSERT INTO summaries SELECT 'hosp-a', 'r' || g, 1, '\\x00', 0, g
              FROM generate_series(1, 20000) g;
          INSERT INTO log_leaves SELECT g, sha256(int8send(g)), '\\x00'
-             FROM generate_series(1, 20000) g;",
+             FROM generate_series(1, 20000) g;
+         INSERT INTO access SELECT int8send(g % 2000), g, g FROM generate_series(1, 20000) g;",
     )
     .await
     .unwrap();
@@ -902,26 +910,122 @@ async fn a_schema_2_database_is_migrated() {
     assert_eq!(got, [("R2".into(), 2), ("R1".into(), 1)]);
 }
 
-/// A `shown_to` entry that is not what the hub writes is reported as corruption, by name.
+/// A `shown_to` entry (kept for consultations from before schema 4) that is not what the hub
+/// wrote is reported as corruption, by name.
 #[tokio::test]
 async fn a_malformed_shown_entry_is_corruption() {
     let (store, url) = fresh().await;
-    let p = Pseudonym::from_slice(&[12; 32]).unwrap();
-    store
-        .record_query_batch(&[query("hosp-b", p, 1_000, &[("R1", 1, true)])])
-        .await
-        .unwrap();
     sql(
         &url,
-        "UPDATE shown_to SET results = '{\"hosp-a/R1\": [1, \"yes\"]}'",
+        &format!(
+            "INSERT INTO shown_to VALUES ('hosp-b', '\\x{}', '{{\"hosp-a/R1\": [1, \"yes\"]}}')",
+            "0c".repeat(32)
+        ),
     )
     .await
     .unwrap();
+    let p = Pseudonym::from_slice(&[12; 32]).unwrap();
     let member = InstitutionId::parse("hosp-b").unwrap();
     match store.consultation(&member, &p, "hosp-a", "R1").await {
         Err(StoreError::Corrupt(m)) => assert!(m.contains("shown_to"), "{m}"),
         other => panic!("expected corruption, got {other:?}"),
     }
+}
+
+/// What a member was shown is read from the patient's access leaves, newest first, past
+/// pages of other members' accesses; an answered query writes no `shown_to` row.
+#[tokio::test]
+async fn consultations_are_read_from_the_access_leaves() {
+    let (store, _) = fresh().await;
+    let p = Pseudonym::from_slice(&[14; 32]).unwrap();
+    let mut batch = vec![
+        query("hosp-b", p, 1_000, &[("R1", 1, true)]),
+        query("hosp-c", p, 1_100, &[("R2", 1, true), ("R1", 1, false)]),
+        query("hosp-b", p, 1_200, &[("R1", 2, false)]),
+    ];
+    // More of hosp-c's later accesses than one page holds, none showing R1.
+    batch.extend((0..150).map(|i| query("hosp-c", p, 2_000 + i, &[("R2", 1, true)])));
+    store.record_query_batch(&batch).await.unwrap();
+    let seen = async |m: &str, id: &str| {
+        store
+            .consultation(&InstitutionId::parse(m).unwrap(), &p, "hosp-a", id)
+            .await
+            .unwrap()
+            .map(|c| (c.version, c.recognised, c.item_code, c.at.0))
+    };
+    assert_eq!(
+        seen("hosp-b", "R1").await,
+        Some((2, false, "718-7".into(), 1_200))
+    );
+    assert_eq!(
+        seen("hosp-c", "R1").await,
+        Some((1, false, "718-7".into(), 1_100))
+    );
+    assert_eq!(
+        seen("hosp-c", "R2").await,
+        Some((1, true, "718-7".into(), 2_149))
+    );
+    assert_eq!(seen("hosp-b", "R2").await, None);
+    assert_eq!(seen("hosp-d", "R1").await, None);
+    let client = store.client().await.unwrap();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM shown_to", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+}
+
+/// A consultation whose newest access leaf is older than leaf format 4 (no verdicts in it)
+/// is read from `shown_to`, where the hub kept it then; a newer format-4 leaf is not
+/// mistaken for it.
+#[tokio::test]
+async fn a_consultation_in_an_older_leaf_is_read_from_shown_to() {
+    let (store, url) = fresh().await;
+    let p = Pseudonym::from_slice(&[15; 32]).unwrap();
+    store
+        .record_query_batch(&[query("hosp-b", p, 1_000, &[("R1", 1, true)])])
+        .await
+        .unwrap();
+    let older = Entry::Access {
+        at: UnixMillis(2_000),
+        caller: "hosp-b".into(),
+        purpose: Purpose::Treatment,
+        method: Method::FindPrior,
+        emergency_override: false,
+        withheld_by_consent: false,
+        pseudonym: *p.as_bytes(),
+        results: vec![ResultRef {
+            publisher: "hosp-a".into(),
+            summary_id: "R1".into(),
+            version: 2,
+        }],
+        policy_version: Some("test".into()),
+        requester: Some(String::new()),
+        facts: None,
+    }
+    .encode();
+    let patient = hex::encode(p.as_bytes());
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO log_leaves VALUES (1000, '\\x{hash}', '\\x{leaf}');
+             INSERT INTO access VALUES ('\\x{patient}', 2000, 1000);
+             INSERT INTO shown_to VALUES ('hosp-b', '\\x{patient}',
+                '{{\"hosp-a/R1\": [2, false, \"loinc\", \"718-7\", 2000]}}');",
+            hash = hex::encode([0u8; 32]),
+            leaf = hex::encode(&older),
+        ),
+    )
+    .await
+    .unwrap();
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    let c = store
+        .consultation(&member, &p, "hosp-a", "R1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.version, c.recognised, c.at.0), (2, false, 2_000));
 }
 
 /// A stored result whose signing certificate is gone from `certs` is reported as corruption

@@ -27,11 +27,11 @@ impl SledStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut shown: Vec<(Vec<u8>, &QueryRecord)> = Vec::new();
+        let mut shown: Vec<(Vec<u8>, &Access)> = Vec::new();
         let mut by_ms: Vec<(i64, Vec<EventV1>)> = Vec::new();
         for q in batch {
-            if !q.shown.is_empty() {
-                shown.push((shown_key(&q.member, &q.access.patient), q));
+            if !q.access.results.is_empty() {
+                shown.push((shown_key(&q.access.caller, &q.access.patient), &q.access));
             }
             for e in &q.events {
                 match by_ms.iter_mut().find(|(at, _)| *at == e.at.0) {
@@ -56,7 +56,7 @@ impl SledStore {
     /// under one hold of the log.
     pub(super) fn write_journal(
         &self,
-        shown: &[(Vec<u8>, &QueryRecord)],
+        shown: &[(Vec<u8>, &Access)],
         events: &[([u8; 16], Vec<u8>)],
         accesses: &[&Access],
     ) -> Result<(), StoreError> {
@@ -67,7 +67,7 @@ impl SledStore {
         let mut ws = WriteSet::new();
         // Each member and patient's record, updated by every query of the batch in order.
         let mut updated: HashMap<&[u8], (ShownV1, Option<sled::IVec>)> = HashMap::new();
-        for (key, q) in shown {
+        for (key, a) in shown {
             let (record, _) = match updated.entry(key.as_slice()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
@@ -79,13 +79,13 @@ impl SledStore {
                     e.insert((stored, raw))
                 }
             };
-            for r in &q.shown {
+            for r in a.shown() {
                 let consultation = Some(ConsultationV1 {
                     version: r.version,
                     recognised: r.recognised,
-                    item_system: r.item_system.clone(),
-                    item_code: r.item_code.clone(),
-                    at_ms: q.access.at.0,
+                    item_system: r.item_system.to_owned(),
+                    item_code: r.item_code.to_owned(),
+                    at_ms: a.at.0,
                 });
                 match record
                     .results
@@ -94,8 +94,8 @@ impl SledStore {
                 {
                     Some(x) => x.consultation = consultation,
                     None => record.results.push(ShownResultV1 {
-                        publisher: r.publisher.clone(),
-                        summary_id: r.summary_id.clone(),
+                        publisher: r.publisher.to_owned(),
+                        summary_id: r.summary_id.to_owned(),
                         consultation,
                     }),
                 }

@@ -1,6 +1,5 @@
 use super::*;
-use crate::store::Shown;
-use huren_core::logentry::{Method, Purpose};
+use huren_core::logentry::{Method, Purpose, ResultRef, ShownFact};
 use huren_core::merkle::{MemoryTree, verify_consistency, verify_inclusion};
 
 fn access(i: u8, patient: Pseudonym) -> Access {
@@ -34,21 +33,22 @@ fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)])
     };
     let mut a = access(0, patient);
     a.at = UnixMillis(at);
+    a.caller = member.clone();
+    for &(id, version, recognised) in shown {
+        a.results.push(ResultRef {
+            publisher: "hosp-a".into(),
+            summary_id: id.into(),
+            version,
+        });
+        a.facts.shown.push(ShownFact {
+            item_system: "loinc".into(),
+            item_code: "718-7".into(),
+            recognised,
+        });
+    }
     QueryRecord {
-        shown: shown
-            .iter()
-            .map(|&(id, version, recognised)| Shown {
-                publisher: "hosp-a".into(),
-                summary_id: id.into(),
-                version,
-                item_system: "loinc".into(),
-                item_code: "718-7".into(),
-                recognised,
-            })
-            .collect(),
         events: vec![event("718-7"), event("2345-7")],
         access: a,
-        member,
     }
 }
 
