@@ -21,7 +21,7 @@
 //!
 //! `--store sled,postgres` runs the whole table once per backend, in that order, in one
 //! process, and ends with the two side by side, PostgreSQL's as a share of sled's.
-//! `postgres` is a throwaway cluster started for the run (`fsync` on, like a real server;
+//! `postgres` is a throwaway cluster started for each size's run (`fsync` on, like a real server;
 //! see `huren_hub::store::postgres::cluster`); `postgres://user:password@host:port/db`
 //! names an existing empty database instead.
 
@@ -626,7 +626,7 @@ impl BenchStore {
 }
 
 /// Opens the store a run measures: `sled` in the bench's folder, `postgres` on a throwaway
-/// cluster (kept for the rest of the process), or an existing `postgres://` database.
+/// cluster (started here unless `cluster` holds one), or an existing `postgres://` database.
 async fn open_store(
     bench: &Bench,
     kind: &str,
@@ -1610,7 +1610,6 @@ fn main() -> anyhow::Result<()> {
                 }
                 println!();
             }
-            let mut cluster = None;
             let mut runs = Vec::new();
             for kind in &args.store {
                 for &size in &args.sizes {
@@ -1619,6 +1618,10 @@ fn main() -> anyhow::Result<()> {
                     }
                     let mut one = args.clone();
                     one.summaries = size;
+                    // Each size on a cluster of its own, stopped (and its folder removed)
+                    // once measured: the database of the size before would otherwise hold
+                    // part of the shared buffers and its files the page cache.
+                    let mut cluster = None;
                     runs.push(run(one, kind, &mut cluster).await?);
                 }
             }
