@@ -189,6 +189,26 @@ impl Access {
     }
 }
 
+#[cfg(test)]
+impl Access {
+    /// Adds results of publisher `hosp-a` shown (`id`, `version`, `recognised`), each of item
+    /// LOINC 718-7, for the stores' tests.
+    pub(crate) fn show(&mut self, shown: &[(&str, u32, bool)]) {
+        for &(id, version, recognised) in shown {
+            self.results.push(huren_core::logentry::ResultRef {
+                publisher: "hosp-a".into(),
+                summary_id: id.into(),
+                version,
+            });
+            self.facts.shown.push(huren_core::logentry::ShownFact {
+                item_system: "loinc".into(),
+                item_code: "718-7".into(),
+                recognised,
+            });
+        }
+    }
+}
+
 /// Everything one answered query leaves behind: its statistics events and its access leaf,
 /// which also says what the caller was shown (so it can record decisions on those results).
 #[derive(Clone, Debug)]

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::store::Access;
-use huren_core::logentry::{Entry, Method, Purpose, ResultRef, ShownFact};
+use huren_core::logentry::{Entry, Method, Purpose, ResultRef};
 use huren_core::merkle::{self, MemoryTree, verify_consistency, verify_inclusion};
 use huren_core::stats::EventKind;
 use huren_core::summary::Summary;
@@ -45,18 +45,7 @@ fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)])
     let mut a = access(0, patient);
     a.at = UnixMillis(at);
     a.caller = member.clone();
-    for &(id, version, recognised) in shown {
-        a.results.push(ResultRef {
-            publisher: "hosp-a".into(),
-            summary_id: id.into(),
-            version,
-        });
-        a.facts.shown.push(ShownFact {
-            item_system: "loinc".into(),
-            item_code: "718-7".into(),
-            recognised,
-        });
-    }
+    a.show(shown);
     QueryRecord {
         events: vec![Event {
             at: UnixMillis(at),
@@ -71,6 +60,22 @@ fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)])
         }],
         access: a,
     }
+}
+
+/// What `member` was last shown of result `hosp-a/id` of `patient`: version, verdict, item
+/// code and time.
+async fn seen(
+    store: &PgStore,
+    member: &str,
+    patient: &Pseudonym,
+    id: &str,
+) -> Option<(u32, bool, String, i64)> {
+    let member = InstitutionId::parse(member).unwrap();
+    store
+        .consultation(&member, patient, "hosp-a", id)
+        .await
+        .unwrap()
+        .map(|c| (c.version, c.recognised, c.item_code, c.at.0))
 }
 
 /// Appends `n` access leaves in batches of 1 to 7 and to `tree`; the head after each batch,
@@ -867,13 +872,7 @@ async fn a_schema_2_database_is_migrated() {
     .await
     .unwrap();
     let store = PgStore::open(&url).await.unwrap();
-    let seen = async |m: &str, id: &str| {
-        store
-            .consultation(&InstitutionId::parse(m).unwrap(), &p, "hosp-a", id)
-            .await
-            .unwrap()
-            .map(|c| (c.version, c.recognised, c.item_code, c.at.0))
-    };
+    let seen = async |m: &str, id: &str| seen(&store, m, &p, id).await;
     assert_eq!(
         seen("hosp-b", "R1").await,
         Some((1, true, "718-7".into(), 10))
@@ -946,13 +945,7 @@ async fn consultations_are_read_from_the_access_leaves() {
     // More of hosp-c's later accesses than one page holds, none showing R1.
     batch.extend((0..150).map(|i| query("hosp-c", p, 2_000 + i, &[("R2", 1, true)])));
     store.record_query_batch(&batch).await.unwrap();
-    let seen = async |m: &str, id: &str| {
-        store
-            .consultation(&InstitutionId::parse(m).unwrap(), &p, "hosp-a", id)
-            .await
-            .unwrap()
-            .map(|c| (c.version, c.recognised, c.item_code, c.at.0))
-    };
+    let seen = async |m: &str, id: &str| seen(&store, m, &p, id).await;
     assert_eq!(
         seen("hosp-b", "R1").await,
         Some((2, false, "718-7".into(), 1_200))

@@ -1,5 +1,5 @@
 use super::*;
-use huren_core::logentry::{Method, Purpose, ResultRef, ShownFact};
+use huren_core::logentry::{Method, Purpose};
 use huren_core::merkle::{MemoryTree, verify_consistency, verify_inclusion};
 
 fn access(i: u8, patient: Pseudonym) -> Access {
@@ -34,18 +34,7 @@ fn query(member: &str, patient: Pseudonym, at: i64, shown: &[(&str, u32, bool)])
     let mut a = access(0, patient);
     a.at = UnixMillis(at);
     a.caller = member.clone();
-    for &(id, version, recognised) in shown {
-        a.results.push(ResultRef {
-            publisher: "hosp-a".into(),
-            summary_id: id.into(),
-            version,
-        });
-        a.facts.shown.push(ShownFact {
-            item_system: "loinc".into(),
-            item_code: "718-7".into(),
-            recognised,
-        });
-    }
+    a.show(shown);
     QueryRecord {
         events: vec![event("718-7"), event("2345-7")],
         access: a,
