@@ -90,12 +90,14 @@ fn consultation_of(text: &str) -> Result<Consultation, StoreError> {
     })
 }
 
-/// A page of a patient's access leaves before (`at`, `log_index`) = ($2, $3), newest first, at
-/// most $4 of them.
+/// A page of the access leaves of patient $1 by member $2 (and those of rows from before
+/// schema 4, which name no member) before (`at`, `log_index`) = ($3, $4), newest first, at
+/// most $5 of them.
 pub(super) const ACCESS_LEAVES_BEFORE: &str = "SELECT a.at, a.log_index, l.leaf FROM access a
     JOIN log_leaves l ON l.idx = a.log_index
-    WHERE a.patient = $1 AND (a.at, a.log_index) < ($2, $3)
-    ORDER BY a.at DESC, a.log_index DESC LIMIT $4";
+    WHERE a.patient = $1 AND (a.member = $2 OR a.member IS NULL)
+        AND (a.at, a.log_index) < ($3, $4)
+    ORDER BY a.at DESC, a.log_index DESC LIMIT $5";
 
 /// Columns of the `events` rows a write inserts.
 #[derive(Default)]
@@ -251,21 +253,22 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         let mut growth = Growth::new(lock_head(&tx).await?);
-        let (mut a_patient, mut a_at, mut a_idx) = (vec![], vec![], vec![]);
+        let (mut a_patient, mut a_at, mut a_idx, mut a_member) = (vec![], vec![], vec![], vec![]);
         for q in batch {
             let index = growth.push(crate::store::sled::access_leaf(&q.access))?;
             a_patient.push(q.access.patient.as_bytes().as_slice());
             a_at.push(q.access.at.0);
             a_idx.push(to_i64(index)?);
+            a_member.push(q.access.caller.as_str());
         }
         let q_access = tx
             .prepare_cached(
-                "INSERT INTO access (patient, at, log_index)
-                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])",
+                "INSERT INTO access (patient, at, log_index, member)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::text[])",
             )
             .await
             .map_err(pg)?;
-        let p_access: [P; 3] = [&a_patient, &a_at, &a_idx];
+        let p_access: [P; 4] = [&a_patient, &a_at, &a_idx, &a_member];
         tokio::try_join!(tx.execute(&q_access, &p_access), events.insert(&tx)).map_err(pg)?;
         growth.write(&tx).await?;
         tx.commit().await.map_err(pg)?;
@@ -296,7 +299,13 @@ impl PgStore {
             let rows = client
                 .query(
                     &page,
-                    &[&patient.as_bytes().as_slice(), &before.0, &before.1, &PAGE],
+                    &[
+                        &patient.as_bytes().as_slice(),
+                        &member.as_str(),
+                        &before.0,
+                        &before.1,
+                        &PAGE,
+                    ],
                 )
                 .await
                 .map_err(pg)?;

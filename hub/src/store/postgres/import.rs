@@ -158,10 +158,16 @@ impl PgStore {
                             .consent
                             .insert(pseudonym.to_vec(), (opted_out, member, at.0, idx));
                     }
-                    Entry::Access { at, pseudonym, .. } => {
+                    Entry::Access {
+                        at,
+                        pseudonym,
+                        caller,
+                        ..
+                    } => {
                         chunk.a_patient.push(pseudonym.to_vec());
                         chunk.a_at.push(at.0);
                         chunk.a_idx.push(idx);
+                        chunk.a_member.push(caller);
                     }
                     Entry::Policy { .. } => chunk.policies.push(idx),
                 }
@@ -243,6 +249,7 @@ struct Chunk {
     a_patient: Vec<Vec<u8>>,
     a_at: Vec<i64>,
     a_idx: Vec<i64>,
+    a_member: Vec<String>,
     policies: Vec<i64>,
 }
 
@@ -341,10 +348,10 @@ impl Chunk {
             .await
             .map_err(e)?;
         }
-        let p: [P; 3] = [&self.a_patient, &self.a_at, &self.a_idx];
+        let p: [P; 4] = [&self.a_patient, &self.a_at, &self.a_idx, &self.a_member];
         tx.execute(
-            "INSERT INTO access (patient, at, log_index)
-             SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])
+            "INSERT INTO access (patient, at, log_index, member)
+             SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::text[])
              ON CONFLICT DO NOTHING",
             &p,
         )

@@ -19,7 +19,8 @@
 //! decisions    (member, decision_id) -> the decision and its leaf
 //! events       seq -> a statistics event (at, member, item, kind, ...)
 //! consent      patient -> opted_out, member, at, log_index
-//! access       (patient, at, log_index)            the access leaves of each patient
+//! access       (patient, at, log_index) -> member  the access leaves of each patient (member:
+//!                                                  NULL in rows from before schema 4)
 //! policies     log_index                           the policy leaves (the latest is in force)
 //! huren_schema one row: the schema version (see schema::SCHEMA_VERSION)
 //! ```

@@ -22,11 +22,13 @@ const MIGRATIONS: &[(u32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
 
 /// Version 4: what a member was shown is read from the patient's access leaves (whose facts,
 /// leaf format 4, name each shown result's item and verdict), so an answered query no longer
-/// writes `shown_to`. The table stays for what those leaves cannot answer: consultations in
-/// older leaves, recorded before this version, and copies from sled. Nothing changes in the
-/// tables; the version stops an older hub, which would look for new consultations in
-/// `shown_to`, from running on this database.
+/// writes `shown_to`. Each access row names its member (NULL in rows from before this
+/// version), so that reading one member's consultation skips the other members' leaves.
+/// `shown_to` stays for what the leaves cannot answer: consultations in older leaves,
+/// recorded before this version, and copies from sled. The version also stops an older hub,
+/// which would look for new consultations in `shown_to`, from running on this database.
 const V4: &str = r#"
+ALTER TABLE access ADD COLUMN member text;
 COMMENT ON TABLE shown_to IS
     'huren: consultations recorded before schema 4 or copied from sled; later ones are read from the access leaves';
 "#;

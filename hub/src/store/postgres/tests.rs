@@ -617,7 +617,7 @@ async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
         .batch_execute(&format!(
             "PREPARE find_prior (bytea, text[], text[], bigint, bigint) AS {};
              PREPARE stored_versions (text[], text[], int[]) AS {};
-             PREPARE access_leaves (bytea, bigint, bigint, bigint) AS {};",
+             PREPARE access_leaves (bytea, text, bigint, bigint, bigint) AS {};",
             summaries::FIND_PRIOR,
             summaries::STORED_VERSIONS,
             audit::ACCESS_LEAVES_BEFORE,
@@ -634,7 +634,7 @@ async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
             &["summaries"][..],
         ),
         (
-            "access_leaves(int8send(7), 9223372036854775807, 9223372036854775807, 64)",
+            "access_leaves(int8send(7), 'hosp-b', 9223372036854775807, 9223372036854775807, 64)",
             &["access", "log_leaves"][..],
         ),
     ];
@@ -656,7 +656,8 @@ async fn a_plan_made_on_empty_tables_stays_an_index_lookup() {
              FROM generate_series(1, 20000) g;
          INSERT INTO log_leaves SELECT g, sha256(int8send(g)), '\\x00'
              FROM generate_series(1, 20000) g;
-         INSERT INTO access SELECT int8send(g % 2000), g, g FROM generate_series(1, 20000) g;",
+         INSERT INTO access SELECT int8send(g % 2000), g, g, 'hosp-b'
+             FROM generate_series(1, 20000) g;",
     )
     .await
     .unwrap();
@@ -828,8 +829,9 @@ async fn find_prior_skips_latest_for_rows_with_their_leaf() {
     assert!(latest.contains("never executed"), "{plan}");
 }
 
-/// Takes a new database back to schema 2: index rows without leaves, what members were shown
-/// one row per result (`shown`), as `shown_rows` (SQL `VALUES` rows) say.
+/// Takes a new database back to schema 2: index rows without leaves, access rows without
+/// their member, what members were shown one row per result (`shown`), as `shown_rows` (SQL
+/// `VALUES` rows) say.
 fn back_to_schema_2(shown_rows: &str) -> String {
     let insert = match shown_rows {
         "" => String::new(),
@@ -837,6 +839,7 @@ fn back_to_schema_2(shown_rows: &str) -> String {
     };
     format!(
         "ALTER TABLE by_patient DROP COLUMN version, DROP COLUMN log_index;
+         ALTER TABLE access DROP COLUMN member;
          DROP TABLE shown_to;
          CREATE TABLE shown (
             member text NOT NULL, patient bytea NOT NULL, publisher text NOT NULL,
@@ -931,11 +934,11 @@ async fn a_malformed_shown_entry_is_corruption() {
     }
 }
 
-/// What a member was shown is read from the patient's access leaves, newest first, past
-/// pages of other members' accesses; an answered query writes no `shown_to` row.
+/// What a member was shown is read from the member's access leaves for the patient, newest
+/// first, past a page; an answered query writes no `shown_to` row.
 #[tokio::test]
 async fn consultations_are_read_from_the_access_leaves() {
-    let (store, _) = fresh().await;
+    let (store, url) = fresh().await;
     let p = Pseudonym::from_slice(&[14; 32]).unwrap();
     let mut batch = vec![
         query("hosp-b", p, 1_000, &[("R1", 1, true)]),
@@ -945,6 +948,17 @@ async fn consultations_are_read_from_the_access_leaves() {
     // More of hosp-c's later accesses than one page holds, none showing R1.
     batch.extend((0..150).map(|i| query("hosp-c", p, 2_000 + i, &[("R2", 1, true)])));
     store.record_query_batch(&batch).await.unwrap();
+    // A newer row of another member, pointing at hosp-b's first leaf: only the member's own
+    // rows are read.
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO access VALUES ('\\x{}', 5000, 0, 'hosp-x')",
+            hex::encode(p.as_bytes())
+        ),
+    )
+    .await
+    .unwrap();
     let seen = async |m: &str, id: &str| seen(&store, m, &p, id).await;
     assert_eq!(
         seen("hosp-b", "R1").await,
@@ -969,9 +983,9 @@ async fn consultations_are_read_from_the_access_leaves() {
     assert_eq!(rows, 0);
 }
 
-/// A consultation whose newest access leaf is older than leaf format 4 (no verdicts in it)
-/// is read from `shown_to`, where the hub kept it then; a newer format-4 leaf is not
-/// mistaken for it.
+/// A consultation whose newest access leaf is older than leaf format 4 (no verdicts in it;
+/// its row from before schema 4 names no member) is read from `shown_to`, where the hub kept
+/// it then; an older format-4 leaf is not mistaken for it.
 #[tokio::test]
 async fn a_consultation_in_an_older_leaf_is_read_from_shown_to() {
     let (store, url) = fresh().await;
@@ -1003,7 +1017,7 @@ async fn a_consultation_in_an_older_leaf_is_read_from_shown_to() {
         &url,
         &format!(
             "INSERT INTO log_leaves VALUES (1000, '\\x{hash}', '\\x{leaf}');
-             INSERT INTO access VALUES ('\\x{patient}', 2000, 1000);
+             INSERT INTO access (patient, at, log_index) VALUES ('\\x{patient}', 2000, 1000);
              INSERT INTO shown_to VALUES ('hosp-b', '\\x{patient}',
                 '{{\"hosp-a/R1\": [2, false, \"loinc\", \"718-7\", 2000]}}');",
             hash = hex::encode([0u8; 32]),
