@@ -1422,8 +1422,9 @@ async fn the_store_check_finds_a_summary_changed_on_disk() -> anyhow::Result<()>
 }
 
 /// `huren-hub migrate` copies a sled store into PostgreSQL: the log's size and root are the
-/// original's, a member's checkpoint from before is proven consistent with the copy's, and
-/// the copy answers queries with proofs and takes new publishes. A database that is not empty
+/// original's, a member's checkpoint from before is proven consistent with the copy's, the
+/// copy answers queries with proofs, checks decisions against what members were shown before
+/// the copy, and takes new publishes. A database that is not empty
 /// is refused.
 #[tokio::test]
 async fn migrate_copies_a_sled_store_into_postgres_with_the_same_log() -> anyhow::Result<()> {
@@ -1510,6 +1511,36 @@ async fn migrate_copies_a_sled_store_into_postgres_with_the_same_log() -> anyhow
     };
     assert_eq!(ids(&after), ids(&before));
     assert_eq!(after.results.len(), 4);
+    // What b was shown on the sled hub is what its decision is checked against on the copy.
+    let shown = &before.results[0].summary;
+    c.record_decision(pb::RecordDecisionRequest {
+        decision_id: "after-migrate".into(),
+        publisher: shown.publisher.to_string(),
+        summary_id: shown.id.to_string(),
+        version: shown.version,
+        decision: pb::DecisionKind::Retested as i32,
+        reason: pb::RetestReason::ConditionChanged as i32,
+        note: String::new(),
+    })
+    .await?;
+    let mut never = hub.client("hosp-c").await?;
+    let err = never
+        .record_decision(pb::RecordDecisionRequest {
+            decision_id: "never-shown".into(),
+            publisher: shown.publisher.to_string(),
+            summary_id: shown.id.to_string(),
+            version: shown.version,
+            decision: pb::DecisionKind::Retested as i32,
+            reason: pb::RetestReason::ConditionChanged as i32,
+            note: String::new(),
+        })
+        .await
+        .expect_err("hosp-c was never shown it");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("not among your query answers"),
+        "{err:?}"
+    );
     // And it goes on: a new publish, and b's next checkpoint is consistent again.
     let a = log_agent(&hub, "hosp-a", "state-a").await?;
     publish_some(&a, "AFTER", p, 1).await?;
