@@ -760,3 +760,64 @@ async fn a_backdated_revocation_reaches_what_the_hub_accepted_after_it() -> anyh
     Ok(())
 }
 }
+
+on_each_store! {
+/// An order check reads every item at once, yet cuts each item's results to `max_results`
+/// on its own: an item whose results are all older than another's many is not crowded out,
+/// and an item ordered twice (by local and by catalogue code) gets the same answer twice.
+#[tokio::test]
+async fn an_order_check_limits_each_item_on_its_own() -> anyhow::Result<()> {
+    let hub = TestHub::start_with(huren_hub::config::Limits {
+        max_results: 2,
+        ..Default::default()
+    })
+    .await?;
+    let p = hub.patient("E10000091");
+    for (id, hours) in [("H-1", 10), ("H-2", 20), ("H-3", 30)] {
+        publish_lab(&hub, TERTIARY, id, p, HGB, hours).await?;
+    }
+    publish_lab(&hub, TERTIARY, "G-OLD", p, "2345-7", 40).await?;
+    let mut county = hub.client(COUNTY).await?;
+    let order = county
+        .check_order(CheckOrderRequest {
+            requester: String::new(),
+            patient_pseudonym: p.as_bytes().to_vec(),
+            items: vec![
+                local("XCG-HB"),
+                local("SH-GLU"),
+                OrderItem {
+                    code: Some(order_item::Code::Catalogue(ItemCode {
+                        system: LOINC.into(),
+                        code: HGB.into(),
+                    })),
+                },
+            ],
+            as_of_ms: 0,
+            purpose: pb::Purpose::Treatment as i32,
+            with_proofs: false,
+            certificates_once: false,
+        })
+        .await?
+        .into_inner();
+    let got: Vec<(Option<&str>, Option<&str>, u32)> = order
+        .items
+        .iter()
+        .map(|c| {
+            (
+                c.item.as_ref().map(|i| i.code.as_str()),
+                c.best.as_ref().map(id_of),
+                c.candidates,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(HGB), Some("H-1"), 2),
+            (Some("2345-7"), Some("G-OLD"), 1),
+            (Some(HGB), Some("H-1"), 2),
+        ]
+    );
+    Ok(())
+}
+}

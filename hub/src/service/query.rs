@@ -316,23 +316,65 @@ impl Hub {
         ask: &Ask,
     ) -> Result<(Vec<OrderAnswer>, String, bool), HubError> {
         let policy = self.member_policy(caller)?;
-        let gate = self.gate(&patient, ask.purpose).await?;
-        let mut answers = Vec::with_capacity(order.len());
+        // Each ordered code's catalogue item (system, code, name), or why it has none.
+        type Item = Result<(String, String, String), String>;
+        let resolved: Vec<(OrderCode, Item)> = order
+            .into_iter()
+            .map(|code| {
+                let item = match &code {
+                    OrderCode::Catalogue { system, code } => policy
+                        .item(system, code)
+                        .map(|i| (i.system.clone(), i.code.clone(), i.name.clone()))
+                        .ok_or_else(|| {
+                            format!("{code} ({system}) is not in the alliance catalogue")
+                        }),
+                    OrderCode::Local(local) => policy
+                        .map_local(caller, local)
+                        .map(|i| (i.system.clone(), i.code.clone(), i.name.clone()))
+                        .ok_or_else(|| {
+                            format!(
+                                "local code {local} is not mapped to a catalogue item for {caller}"
+                            )
+                        }),
+                };
+                (code, item)
+            })
+            .collect();
+        let mut items: Vec<(String, String)> = Vec::new();
+        for (system, code, _) in resolved.iter().filter_map(|(_, i)| i.as_ref().ok()) {
+            if !items.iter().any(|(s, c)| s == system && c == code) {
+                items.push((system.clone(), code.clone()));
+            }
+        }
+        // One read for every item, with the patient's consent (one statement on PostgreSQL).
+        // Unlimited: each item is cut to `max_results` below, as a query of its own would be.
+        let (gate, found) = if items.is_empty() {
+            (self.gate(&patient, ask.purpose).await?, Vec::new())
+        } else {
+            let (opted_out, found) = self
+                .store
+                .find_prior_gated(&PriorQuery {
+                    patient,
+                    items,
+                    from: UnixMillis(0),
+                    until: as_of,
+                    limit: usize::MAX,
+                })
+                .await?;
+            let gate = Self::gate_of(opted_out, ask.purpose);
+            (
+                gate,
+                if gate.withheld {
+                    Vec::new()
+                } else {
+                    found.results
+                },
+            )
+        };
+        let mut answers = Vec::with_capacity(resolved.len());
         let mut shown = Vec::new();
         let mut asked = Vec::new();
-        for code in order {
-            let item = match &code {
-                OrderCode::Catalogue { system, code } => policy
-                    .item(system, code)
-                    .map(|i| (i.system.clone(), i.code.clone(), i.name.clone()))
-                    .ok_or_else(|| format!("{code} ({system}) is not in the alliance catalogue")),
-                OrderCode::Local(local) => policy
-                    .map_local(caller, local)
-                    .map(|i| (i.system.clone(), i.code.clone(), i.name.clone()))
-                    .ok_or_else(|| {
-                        format!("local code {local} is not mapped to a catalogue item for {caller}")
-                    }),
-            };
+        for (code, item) in resolved {
             let (system, code_in_catalogue, name) = match item {
                 Ok(i) => i,
                 Err(explanation) => {
@@ -346,24 +388,16 @@ impl Hub {
                     continue;
                 }
             };
-            let found = if gate.withheld {
-                Default::default()
-            } else {
-                self.store
-                    .find_prior(&PriorQuery {
-                        patient,
-                        items: vec![(system.clone(), code_in_catalogue.clone())],
-                        from: UnixMillis(0),
-                        until: as_of,
-                        limit: self.max_results,
-                    })
-                    .await?
-            };
+            // This item's results, newest performed first (the store's order), at most
+            // `max_results`.
             let judged: Vec<Judged> = found
-                .results
-                .into_iter()
+                .iter()
+                .filter(|s| {
+                    s.summary.item.system == system && s.summary.item.code == code_in_catalogue
+                })
+                .take(self.max_results)
                 .filter(|s| Self::shown_at_all(&policy, s))
-                .map(|s| Self::judge(&policy, caller, s, true, as_of))
+                .map(|s| Self::judge(&policy, caller, s.clone(), true, as_of))
                 .collect();
             let candidates = judged.len();
             let best = judged.iter().find(|j| j.verdict.recognised()).cloned();
