@@ -730,6 +730,41 @@ fn a_big_batch_file_is_read_in_linear_work() {
     );
 }
 
+/// Results are queued several messages to a transaction: a correction later in the same file
+/// gets version 2 both for a result already queued (the first message) and for one still
+/// waiting to be (the last), and every result is queued once, in order.
+#[test]
+fn corrections_in_the_same_file_follow_queued_and_waiting_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let ing = test_ingestor(dir.path());
+    let corrected = String::from_utf8(data("hl7/oru-lab-corrected.hl7")).unwrap();
+    let correct = |k: usize| {
+        corrected
+            .replace("LAB-20261118-00731", &format!("Q{k}-31"))
+            .replace("LAB-20261118-00732", &format!("Q{k}-32"))
+    };
+    let file = format!(
+        "{}{}{}",
+        batch_of_example_messages("Q", 100),
+        correct(0),
+        correct(99)
+    );
+    let out = ing.ingest(file.as_bytes(), None).unwrap();
+    assert_eq!(out.rejected.len(), 0, "{:?}", out.rejected);
+    assert_eq!((out.queued, out.amended, out.duplicates), (402, 2, 6));
+    let pending = ing.store().pending(1000).unwrap();
+    assert_eq!(pending.len(), 402);
+    let tail: Vec<(&str, u32)> = pending[400..]
+        .iter()
+        .map(|p| (p.summary_id.as_str(), p.version))
+        .collect();
+    assert_eq!(tail, [("Q0-31-HGB", 2), ("Q99-31-HGB", 2)]);
+    assert_eq!(
+        (pending[0].summary_id.as_str(), pending[0].version),
+        ("Q0-31-HGB", 1)
+    );
+}
+
 /// Stopped in the middle of a big file (shutdown, Ctrl-C), the ingestor keeps what it queued
 /// and does not mark the file done; reading the file again queues exactly the rest.
 #[test]
