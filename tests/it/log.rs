@@ -1513,27 +1513,19 @@ async fn migrate_copies_a_sled_store_into_postgres_with_the_same_log() -> anyhow
     assert_eq!(after.results.len(), 4);
     // What b was shown on the sled hub is what its decision is checked against on the copy.
     let shown = &before.results[0].summary;
-    c.record_decision(pb::RecordDecisionRequest {
-        decision_id: "after-migrate".into(),
+    let retest = |decision_id: &str| pb::RecordDecisionRequest {
+        decision_id: decision_id.into(),
         publisher: shown.publisher.to_string(),
         summary_id: shown.id.to_string(),
         version: shown.version,
         decision: pb::DecisionKind::Retested as i32,
         reason: pb::RetestReason::ConditionChanged as i32,
         note: String::new(),
-    })
-    .await?;
+    };
+    c.record_decision(retest("after-migrate")).await?;
     let mut never = hub.client("hosp-c").await?;
     let err = never
-        .record_decision(pb::RecordDecisionRequest {
-            decision_id: "never-shown".into(),
-            publisher: shown.publisher.to_string(),
-            summary_id: shown.id.to_string(),
-            version: shown.version,
-            decision: pb::DecisionKind::Retested as i32,
-            reason: pb::RetestReason::ConditionChanged as i32,
-            note: String::new(),
-        })
+        .record_decision(retest("never-shown"))
         .await
         .expect_err("hosp-c was never shown it");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");

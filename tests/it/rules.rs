@@ -222,6 +222,35 @@ fn local(code: &str) -> OrderItem {
     }
 }
 
+/// An order check of `items` for patient `p`, for treatment, each signing certificate once.
+fn order_for(p: &Pseudonym, items: Vec<OrderItem>) -> CheckOrderRequest {
+    CheckOrderRequest {
+        requester: String::new(),
+        patient_pseudonym: p.as_bytes().to_vec(),
+        items,
+        as_of_ms: 0,
+        purpose: pb::Purpose::Treatment as i32,
+        with_proofs: false,
+        certificates_once: true,
+    }
+}
+
+/// Each answer of an order check: the catalogue code it mapped to, the id of the result it
+/// recognised, and how many results it judged.
+fn answered(order: &pb::CheckOrderResponse) -> Vec<(Option<&str>, Option<&str>, u32)> {
+    order
+        .items
+        .iter()
+        .map(|c| {
+            (
+                c.item.as_ref().map(|i| i.code.as_str()),
+                c.best.as_ref().map(id_of),
+                c.candidates,
+            )
+        })
+        .collect()
+}
+
 async fn decide(
     hub: &TestHub,
     who: &str,
@@ -262,20 +291,15 @@ async fn order_check_decisions_and_statistics() -> anyhow::Result<()> {
     // an unmapped code.
     let mut county = hub.client(COUNTY).await?;
     let order = county
-        .check_order(CheckOrderRequest {
-            requester: String::new(),
-            patient_pseudonym: p.as_bytes().to_vec(),
-            items: vec![
+        .check_order(order_for(
+            &p,
+            vec![
                 local("XCG-HB"),
                 local("SH-GLU"),
                 local("SH-CR"),
                 local("NO-SUCH"),
             ],
-            as_of_ms: 0,
-            purpose: huren_proto::hub::Purpose::Treatment as i32,
-            with_proofs: false,
-            certificates_once: true,
-        })
+        ))
         .await?
         .into_inner();
     // Each signing certificate once: one member signed both results shown.
@@ -290,17 +314,7 @@ async fn order_check_decisions_and_statistics() -> anyhow::Result<()> {
         huren_core::signing::SignedEnvelope::try_from(signed)?
             .verify(&ca, huren_core::summary::UnixMillis(accepted))?;
     }
-    let summary: Vec<(Option<&str>, Option<&str>, u32)> = order
-        .items
-        .iter()
-        .map(|c| {
-            (
-                c.item.as_ref().map(|i| i.code.as_str()),
-                c.best.as_ref().map(id_of),
-                c.candidates,
-            )
-        })
-        .collect();
+    let summary = answered(&order);
     assert_eq!(
         summary,
         [
@@ -779,10 +793,9 @@ async fn an_order_check_limits_each_item_on_its_own() -> anyhow::Result<()> {
     publish_lab(&hub, TERTIARY, "G-OLD", p, "2345-7", 40).await?;
     let mut county = hub.client(COUNTY).await?;
     let order = county
-        .check_order(CheckOrderRequest {
-            requester: String::new(),
-            patient_pseudonym: p.as_bytes().to_vec(),
-            items: vec![
+        .check_order(order_for(
+            &p,
+            vec![
                 local("XCG-HB"),
                 local("SH-GLU"),
                 OrderItem {
@@ -792,26 +805,11 @@ async fn an_order_check_limits_each_item_on_its_own() -> anyhow::Result<()> {
                     })),
                 },
             ],
-            as_of_ms: 0,
-            purpose: pb::Purpose::Treatment as i32,
-            with_proofs: false,
-            certificates_once: false,
-        })
+        ))
         .await?
         .into_inner();
-    let got: Vec<(Option<&str>, Option<&str>, u32)> = order
-        .items
-        .iter()
-        .map(|c| {
-            (
-                c.item.as_ref().map(|i| i.code.as_str()),
-                c.best.as_ref().map(id_of),
-                c.candidates,
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        answered(&order),
         [
             (Some(HGB), Some("H-1"), 2),
             (Some("2345-7"), Some("G-OLD"), 1),
