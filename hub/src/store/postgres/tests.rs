@@ -983,6 +983,38 @@ async fn consultations_are_read_from_the_access_leaves() {
     assert_eq!(rows, 0);
 }
 
+/// An access row that points at a leaf that is not an access, or at bytes that are no leaf,
+/// is reported as corruption naming its log index, not read past or answered from.
+#[tokio::test]
+async fn an_access_row_at_a_wrong_leaf_is_corruption() {
+    let (store, url) = fresh().await;
+    let p = Pseudonym::from_slice(&[16; 32]).unwrap();
+    let q = Pseudonym::from_slice(&[17; 32]).unwrap();
+    put(&store, &[&verified("R1", 1, p, 1_000)]).await;
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO access VALUES ('\\x{p}', 2000, 0, 'hosp-b');
+             INSERT INTO log_leaves VALUES (1000, '\\x{hash}', '\\x00ff');
+             INSERT INTO access VALUES ('\\x{q}', 2000, 1000, 'hosp-b');",
+            p = hex::encode(p.as_bytes()),
+            q = hex::encode(q.as_bytes()),
+            hash = hex::encode([0u8; 32]),
+        ),
+    )
+    .await
+    .unwrap();
+    let member = InstitutionId::parse("hosp-b").unwrap();
+    for (patient, why) in [(p, "not an access"), (q, "a bad leaf")] {
+        match store.consultation(&member, &patient, "hosp-a", "R1").await {
+            Err(StoreError::Corrupt(m)) => {
+                assert!(m.contains(why) && m.contains("log index"), "{m}")
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+}
+
 /// A consultation whose newest access leaf is older than leaf format 4 (no verdicts in it;
 /// its row from before schema 4 names no member) is read from `shown_to`, where the hub kept
 /// it then; an older format-4 leaf is not mistaken for it.
