@@ -21,8 +21,8 @@
 //!
 //! `--store sled,postgres` runs the whole table once per backend, in that order, in one
 //! process, and ends with the two side by side, PostgreSQL's as a share of sled's.
-//! `postgres` is a throwaway cluster started for each size's run (`fsync` on, like a real server;
-//! see `huren_hub::store::postgres::cluster`); `postgres://user:password@host:port/db`
+//! `postgres` is a throwaway cluster started for each size's run (`fsync` on, like a real
+//! server; see `huren_hub::store::postgres::cluster`); `postgres://user:password@host:port/db`
 //! names an existing empty database instead.
 
 use std::collections::HashMap;

@@ -583,7 +583,7 @@ impl Ingestor {
         let mut overlay = Overlay::default();
         // Units prepared but not yet queued: written together, one transaction for every
         // QUEUE_BATCH results or so (the overlay knows their versions meanwhile).
-        let mut waiting: Vec<Batch> = Vec::new();
+        let (mut waiting, mut waiting_results): (Vec<Batch>, usize) = (Vec::new(), 0);
         for (raw, unit) in parsed.units {
             if stop() {
                 outcome.interrupted = true;
@@ -604,11 +604,13 @@ impl Ingestor {
             match self.prepare(unit, &mut overlay, &mut outcome, kind)? {
                 Ok(batch) => {
                     if !batch.items.is_empty() {
+                        waiting_results += batch.items.len();
                         waiting.push(batch);
                     }
-                    if waiting.iter().map(|b| b.items.len()).sum::<usize>() >= QUEUE_BATCH {
+                    if waiting_results >= QUEUE_BATCH {
                         self.queue(&waiting)?;
                         waiting.clear();
+                        waiting_results = 0;
                     }
                 }
                 Err(reasons) => outcome.rejected.push(Rejection {
