@@ -152,6 +152,7 @@ pub async fn measure(
                         requester: "staff:S-0042".into(),
                         with_proofs: false,
                         certificates_once: true,
+                        compact_proofs: false,
                     })
                     .await?;
                     Ok(())
@@ -266,6 +267,7 @@ fn history_request(patient: &huren_core::pseudonym::Pseudonym) -> pb::HistoryReq
         with_proofs: false,
         certificates_once: true,
         requester: "staff:S-0042".into(),
+        compact_proofs: false,
     }
 }
 

@@ -192,6 +192,8 @@ fn prior_request_for(
         requester: BENCH_REQUESTER.into(),
         with_proofs,
         certificates_once,
+        // As agents ask: the checkpoint once, each path packed.
+        compact_proofs: with_proofs,
     }
 }
 
@@ -1140,6 +1142,7 @@ async fn run(
                     with_proofs: false,
                     // As the agent asks.
                     certificates_once: true,
+                    compact_proofs: false,
                 })
                 .await?;
                 Ok(())

@@ -96,6 +96,7 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
                 requester: "staff-0042".into(),
                 with_proofs: true,
                 certificates_once: true,
+                compact_proofs: true,
             }
             .encode_to_vec(),
         ),

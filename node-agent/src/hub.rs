@@ -171,6 +171,19 @@ fn proof(p: Option<pb::LogProof>) -> SentProof {
         .map_err(|e| e.to_string())
 }
 
+/// Reads a proof of a query answer (asked with `compact_proofs`): one without a checkpoint of
+/// its own leads to the answer's. A hub that ignores the flag sends full proofs, which read
+/// the same.
+fn answer_proof(p: Option<pb::LogProof>, checkpoint: &str) -> SentProof {
+    let mut p = proof(p)?;
+    if let Some(p) = &mut p
+        && p.checkpoint.is_empty()
+    {
+        p.checkpoint = checkpoint.to_owned();
+    }
+    Ok(p)
+}
+
 fn publish_answer(r: pb::PublishResponse) -> PublishAnswer {
     PublishAnswer {
         receipt: match r.receipt {
@@ -231,18 +244,19 @@ fn unverified(s: pb::StoredSummary) -> Result<Unverified, String> {
     })
 }
 
-/// Reads one result of an answer that may carry each signing certificate once.
-fn returned(mut s: pb::StoredSummary, shared: &[Vec<u8>]) -> Returned {
+/// Reads one result of an answer that may carry each signing certificate once, and the
+/// checkpoint its proofs lead to once.
+fn returned(mut s: pb::StoredSummary, shared: &[Vec<u8>], checkpoint: &str) -> Returned {
     let claimed = s.receipt.as_ref().map(|r| Claimed {
         publisher: r.publisher.clone(),
         summary_id: r.summary_id.clone(),
         version: r.version,
     });
-    let log_proof = proof(s.log_proof.take());
+    let log_proof = answer_proof(s.log_proof.take(), checkpoint);
     let earlier_proofs: Vec<SentProof> = s
         .earlier_versions
         .iter_mut()
-        .map(|e| proof(e.log_proof.take()))
+        .map(|e| answer_proof(e.log_proof.take(), checkpoint))
         .collect();
     let parts = restore_certificate(&mut s, shared)
         .and_then(|()| unverified(s))
@@ -260,11 +274,15 @@ fn returned(mut s: pb::StoredSummary, shared: &[Vec<u8>]) -> Returned {
 fn results_answer(
     results: Vec<pb::StoredSummary>,
     shared: &[Vec<u8>],
+    checkpoint: &str,
     truncated: bool,
     withheld_by_consent: bool,
 ) -> ResultsAnswer {
     ResultsAnswer {
-        results: results.into_iter().map(|s| returned(s, shared)).collect(),
+        results: results
+            .into_iter()
+            .map(|s| returned(s, shared, checkpoint))
+            .collect(),
         truncated,
         withheld_by_consent,
     }
@@ -338,7 +356,7 @@ impl HubApi {
             .collect())
     }
 
-    /// FindPrior, asking for each signing certificate once.
+    /// FindPrior, asking for each signing certificate and the proofs' checkpoint once.
     pub async fn find_prior(
         &self,
         patient: &Pseudonym,
@@ -359,18 +377,20 @@ impl HubApi {
                 with_proofs,
                 certificates_once: true,
                 requester: asking.requester.clone().unwrap_or_default(),
+                compact_proofs: true,
             })
             .await?
             .into_inner();
         Ok(results_answer(
             r.results,
             &r.signer_certificates,
+            &r.checkpoint,
             r.truncated,
             r.withheld_by_consent,
         ))
     }
 
-    /// History, asking for each signing certificate once.
+    /// History, asking for each signing certificate and the proofs' checkpoint once.
     pub async fn history(
         &self,
         patient: &Pseudonym,
@@ -389,19 +409,21 @@ impl HubApi {
                 with_proofs,
                 certificates_once: true,
                 requester: asking.requester.clone().unwrap_or_default(),
+                compact_proofs: true,
             })
             .await?
             .into_inner();
         Ok(results_answer(
             r.results,
             &r.signer_certificates,
+            &r.checkpoint,
             r.truncated,
             r.withheld_by_consent,
         ))
     }
 
-    /// CheckOrder, asking for each signing certificate once: one answer per item the hub
-    /// answered (the caller checks there is one per item asked).
+    /// CheckOrder, asking for each signing certificate and the proofs' checkpoint once: one
+    /// answer per item the hub answered (the caller checks there is one per item asked).
     pub async fn check_order(
         &self,
         patient: &Pseudonym,
@@ -420,16 +442,17 @@ impl HubApi {
                 with_proofs,
                 certificates_once: true,
                 requester: asking.requester.clone().unwrap_or_default(),
+                compact_proofs: true,
             })
             .await?
             .into_inner();
-        let certs = r.signer_certificates;
+        let (certs, checkpoint) = (r.signer_certificates, r.checkpoint);
         Ok(r.items
             .into_iter()
             .map(|c| OrderAnswer {
                 item: c.item.map(|i| (i.system, i.code)),
                 item_name: c.item_name,
-                best: c.best.map(|s| returned(s, &certs)),
+                best: c.best.map(|s| returned(s, &certs, &checkpoint)),
                 explanation: c.explanation,
                 candidates: c.candidates,
             })
@@ -684,6 +707,42 @@ mod tests {
         assert!(restore_certificate(&mut bad_earlier, &shared).is_err());
     }
 
+    /// A compact proof leads to the answer's checkpoint; one with its own (a full proof, from
+    /// a hub that ignored the flag) keeps it; a torn path is an error naming the field.
+    #[test]
+    fn compact_proofs_take_the_answer_checkpoint() {
+        let compact = pb::LogProof {
+            index: 4,
+            tree_size: 7,
+            path: [[1u8; 32], [2; 32]].concat(),
+            ..Default::default()
+        };
+        let p = answer_proof(Some(compact.clone()), "the answer's note")
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.checkpoint, "the answer's note");
+        assert_eq!(p.proof, vec![[1; 32], [2; 32]]);
+        let full = pb::LogProof {
+            index: 4,
+            tree_size: 7,
+            proof: vec![vec![1; 32], vec![2; 32]],
+            checkpoint: "its own note".into(),
+            ..Default::default()
+        };
+        let q = answer_proof(Some(full), "the answer's note")
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.checkpoint, "its own note");
+        assert_eq!(q.proof, p.proof);
+        assert_eq!(answer_proof(None, "the answer's note"), Ok(None));
+        let torn = pb::LogProof {
+            path: vec![0; 40],
+            ..compact
+        };
+        let err = answer_proof(Some(torn), "the answer's note").unwrap_err();
+        assert!(err.contains("LogProof.path"), "{err}");
+    }
+
     #[test]
     fn a_result_that_does_not_read_is_named_by_its_receipt_and_says_why() {
         let mut s = stored(b"cert", 0, vec![]);
@@ -693,7 +752,7 @@ mod tests {
             version: 2,
             ..Default::default()
         });
-        let r = returned(s, &[]);
+        let r = returned(s, &[], "");
         let claimed = r.claimed.unwrap();
         assert_eq!(
             (claimed.publisher.as_str(), claimed.summary_id.as_str()),
@@ -701,7 +760,7 @@ mod tests {
         );
         // A one-byte signature does not read.
         assert!(r.parts.is_err());
-        let r = returned(pb::StoredSummary::default(), &[]);
+        let r = returned(pb::StoredSummary::default(), &[], "");
         assert!(r.claimed.is_none());
         assert_eq!(r.parts.unwrap_err(), "it has no receipt");
     }

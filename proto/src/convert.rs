@@ -249,7 +249,24 @@ impl From<LogProof> for pb::LogProof {
             tree_size: p.tree_size,
             proof: p.proof.iter().map(|h| h.to_vec()).collect(),
             checkpoint: p.checkpoint,
+            path: Vec::new(),
         }
+    }
+}
+
+/// A proof as answers to requests with `compact_proofs` carry it: the path packed in one
+/// field, and no checkpoint when it is the answer's (`answer_checkpoint`), which the answer
+/// carries once. A proof that leads to another checkpoint keeps its own.
+pub fn compact_log_proof(p: LogProof, answer_checkpoint: &str) -> pb::LogProof {
+    pb::LogProof {
+        index: p.index,
+        tree_size: p.tree_size,
+        proof: Vec::new(),
+        checkpoint: match p.checkpoint == answer_checkpoint {
+            true => String::new(),
+            false => p.checkpoint,
+        },
+        path: p.proof.concat(),
     }
 }
 
@@ -265,14 +282,47 @@ pub fn hashes(field: &'static str, raw: &[Vec<u8>]) -> Result<Vec<Hash>, WireErr
         .collect()
 }
 
+/// Hashes packed one after another (32 bytes each) as [`Hash`]es.
+pub fn packed_hashes(field: &'static str, raw: &[u8]) -> Result<Vec<Hash>, WireError> {
+    if !raw.len().is_multiple_of(32) {
+        return Err(WireError {
+            field,
+            reason: format!(
+                "{} bytes are not a whole number of 32-byte hashes",
+                raw.len()
+            ),
+        });
+    }
+    Ok(raw
+        .chunks_exact(32)
+        .map(|h| {
+            let mut hash = [0; 32];
+            hash.copy_from_slice(h);
+            hash
+        })
+        .collect())
+}
+
 impl TryFrom<pb::LogProof> for LogProof {
     type Error = WireError;
 
+    /// Either form of the path; an empty checkpoint stays empty (the caller puts in the
+    /// answer's, see [`compact_log_proof`]).
     fn try_from(p: pb::LogProof) -> Result<Self, WireError> {
+        let proof = match (p.proof.is_empty(), p.path.is_empty()) {
+            (_, true) => hashes("LogProof.proof", &p.proof)?,
+            (true, false) => packed_hashes("LogProof.path", &p.path)?,
+            (false, false) => {
+                return Err(WireError {
+                    field: "LogProof.path",
+                    reason: "a proof carries its path in `proof` or in `path`, not both".into(),
+                });
+            }
+        };
         Ok(LogProof {
             index: p.index,
             tree_size: p.tree_size,
-            proof: hashes("LogProof.proof", &p.proof)?,
+            proof,
             checkpoint: p.checkpoint,
         })
     }
@@ -395,6 +445,55 @@ mod tests {
         };
         let err = LogProof::try_from(short).unwrap_err();
         assert_eq!(err.field, "LogProof.proof");
+    }
+
+    /// A compact proof reads back as the same path; its checkpoint is left out only when it
+    /// is the answer's; a torn or doubled path is refused with the field named.
+    #[test]
+    fn compact_proofs_round_trip_and_refuse_torn_paths() {
+        let proof = LogProof {
+            index: 3,
+            tree_size: 9,
+            proof: vec![[1; 32], [2; 32], [3; 32]],
+            checkpoint: "note".into(),
+        };
+        let compact = compact_log_proof(proof.clone(), "note");
+        assert!(compact.proof.is_empty());
+        assert_eq!(compact.path.len(), 96);
+        assert_eq!(compact.checkpoint, "");
+        let mut back = LogProof::try_from(compact.clone()).unwrap();
+        back.checkpoint = "note".into();
+        assert_eq!(back, proof);
+        // A proof that leads elsewhere keeps its checkpoint.
+        let other = compact_log_proof(proof.clone(), "another note");
+        assert_eq!(LogProof::try_from(other), Ok(proof.clone()));
+        // The empty path of a one-leaf tree.
+        let single = LogProof {
+            proof: vec![],
+            ..proof.clone()
+        };
+        assert_eq!(
+            LogProof::try_from(compact_log_proof(single.clone(), "")),
+            Ok(single)
+        );
+        for torn in [31, 33, 95] {
+            let bad = pb::LogProof {
+                path: vec![0; torn],
+                ..compact.clone()
+            };
+            let err = LogProof::try_from(bad).unwrap_err();
+            assert_eq!(err.field, "LogProof.path");
+            assert!(
+                err.reason.contains(&format!("{torn} bytes")),
+                "{}",
+                err.reason
+            );
+        }
+        let both = pb::LogProof {
+            proof: vec![vec![1; 32]],
+            ..compact
+        };
+        assert_eq!(LogProof::try_from(both).unwrap_err().field, "LogProof.path");
         let row = Row {
             key: "718-7".into(),
             queries: 5,

@@ -120,6 +120,7 @@ async fn is_untouched(
     let history = good
         .history(HistoryRequest {
             requester: String::new(),
+            compact_proofs: false,
             patient_pseudonym: patient.as_bytes().to_vec(),
             since_ms: 0,
             include_earlier_versions: false,
@@ -448,6 +449,7 @@ async fn refused_queries_say_what_is_wrong() -> anyhow::Result<()> {
     };
     let history = |pseudonym: Vec<u8>, since_ms: i64| HistoryRequest {
         requester: String::new(),
+        compact_proofs: false,
         patient_pseudonym: pseudonym,
         since_ms,
         include_earlier_versions: false,

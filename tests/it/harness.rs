@@ -1156,6 +1156,7 @@ pub async fn publish(
 pub fn prior_request(patient: &Pseudonym, items: &[(&str, &str)]) -> FindPriorRequest {
     FindPriorRequest {
         requester: String::new(),
+        compact_proofs: false,
         patient_pseudonym: patient.as_bytes().to_vec(),
         items: items
             .iter()
@@ -1176,6 +1177,7 @@ pub fn prior_request(patient: &Pseudonym, items: &[(&str, &str)]) -> FindPriorRe
 pub fn history_request(patient: &Pseudonym, since_ms: i64) -> HistoryRequest {
     HistoryRequest {
         requester: String::new(),
+        compact_proofs: false,
         patient_pseudonym: patient.as_bytes().to_vec(),
         since_ms,
         include_earlier_versions: false,

@@ -50,7 +50,7 @@ fn proof(p: Option<pb::LogProof>) -> anyhow::Result<LogProof> {
 
 /// The leaf of a published summary: exactly the bytes the publisher signed, its signature and
 /// certificate, and the hub's acceptance time from the receipt.
-fn leaf_of(signed: &SignedSummary, accepted_at_ms: i64) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn leaf_of(signed: &SignedSummary, accepted_at_ms: i64) -> anyhow::Result<Vec<u8>> {
     Ok(summary_leaf(
         &signed.body,
         &signed.signature.as_slice().try_into()?,
@@ -227,7 +227,47 @@ async fn receipts_and_answers_verify_with_only_checkpoint_key_and_bytes() -> any
         let at = r.receipt.as_ref().context("receipt")?.accepted_at_ms;
         verify_leaf(&vkey, &leaf_of(&signed, at)?, &proof(r.log_proof.clone())?)?;
     }
+    assert!(answer.checkpoint.is_empty(), "full proofs carry their own");
 
+    // With compact_proofs (as agents ask) the checkpoint comes once, in the answer, and each
+    // path packed in one field; every proof verifies against that checkpoint. The same for
+    // History (CheckOrder's in rules.rs).
+    let compact_proof = |p: Option<pb::LogProof>, checkpoint: &str| -> anyhow::Result<LogProof> {
+        let p = p.context("no log proof")?;
+        ensure!(p.proof.is_empty() && p.checkpoint.is_empty(), "not compact: {p:?}");
+        ensure!(!p.path.is_empty(), "no path");
+        let mut lp = LogProof::try_from(p)?;
+        lp.checkpoint = checkpoint.to_owned();
+        Ok(lp)
+    };
+    let mut request = with_purpose(prior_request(&p, &[(LOINC, HGB)]), pb::Purpose::Treatment);
+    request.compact_proofs = true;
+    let compact = cb.find_prior(request).await?.into_inner();
+    assert_eq!(compact.results.len(), 12);
+    assert!(!compact.checkpoint.is_empty());
+    for r in &compact.results {
+        let signed = r.summary.clone().context("summary")?;
+        let at = r.receipt.as_ref().context("receipt")?.accepted_at_ms;
+        let lp = compact_proof(r.log_proof.clone(), &compact.checkpoint)?;
+        verify_leaf(&vkey, &leaf_of(&signed, at)?, &lp)?;
+    }
+    assert!(compact.encoded_len() < answer.encoded_len());
+    // A path that is not the leaf's fails against the same checkpoint.
+    let r = &compact.results[0];
+    let mut wrong = compact_proof(compact.results[1].log_proof.clone(), &compact.checkpoint)?;
+    wrong.index = r.log_proof.as_ref().context("proof")?.index;
+    let signed = r.summary.clone().context("summary")?;
+    let at = r.receipt.as_ref().context("receipt")?.accepted_at_ms;
+    assert!(verify_leaf(&vkey, &leaf_of(&signed, at)?, &wrong).is_err());
+
+    let mut request = history_request(&p, 0);
+    (request.with_proofs, request.compact_proofs) = (true, true);
+    request.include_earlier_versions = true;
+    let history = cb.history(request).await?.into_inner();
+    assert_eq!(history.results.len(), 12);
+    for r in &history.results {
+        compact_proof(r.log_proof.clone(), &history.checkpoint)?;
+    }
     // A query without a purpose is refused and says why.
     let mut no_purpose = prior_request(&p, &[(LOINC, HGB)]);
     no_purpose.purpose = 0;
@@ -732,6 +772,7 @@ async fn an_opted_out_patient_is_seen_only_in_an_emergency_and_that_is_flagged()
     let order = cb
         .check_order(pb::CheckOrderRequest {
             requester: String::new(),
+            compact_proofs: false,
             patient_pseudonym: p.as_bytes().to_vec(),
             items: vec![pb::OrderItem {
                 code: Some(pb::order_item::Code::Catalogue(pb::ItemCode {

@@ -190,6 +190,7 @@ async fn amend_and_void_only_by_the_owner_and_history_shows_the_chain() -> anyho
     let h = county
         .history(HistoryRequest {
             requester: String::new(),
+            compact_proofs: false,
             patient_pseudonym: p.as_bytes().to_vec(),
             since_ms: 0,
             include_earlier_versions: true,
@@ -226,6 +227,7 @@ fn local(code: &str) -> OrderItem {
 fn order_for(p: &Pseudonym, items: Vec<OrderItem>) -> CheckOrderRequest {
     CheckOrderRequest {
         requester: String::new(),
+        compact_proofs: false,
         patient_pseudonym: p.as_bytes().to_vec(),
         items,
         as_of_ms: 0,
@@ -290,27 +292,39 @@ async fn order_check_decisions_and_statistics() -> anyhow::Result<()> {
     // The county hospital orders haemoglobin, glucose and creatinine by its local codes, plus
     // an unmapped code.
     let mut county = hub.client(COUNTY).await?;
-    let order = county
-        .check_order(order_for(
-            &p,
-            vec![
-                local("XCG-HB"),
-                local("SH-GLU"),
-                local("SH-CR"),
-                local("NO-SUCH"),
-            ],
-        ))
-        .await?
-        .into_inner();
-    // Each signing certificate once: one member signed both results shown.
+    let mut request = order_for(
+        &p,
+        vec![
+            local("XCG-HB"),
+            local("SH-GLU"),
+            local("SH-CR"),
+            local("NO-SUCH"),
+        ],
+    );
+    // As agents ask: proofs, compact.
+    (request.with_proofs, request.compact_proofs) = (true, true);
+    let order = county.check_order(request).await?.into_inner();
+    // Each signing certificate once: one member signed both results shown; the checkpoint
+    // once, each proof leading to it.
     assert_eq!(order.signer_certificates.len(), 1);
+    assert!(!order.checkpoint.is_empty());
     let ca = huren_core::trust::AllianceCa::from_pem(hub.ca_pem())?;
+    let log_key = crate::log::verifier(&hub)?;
     for best in order.items.iter().filter_map(|i| i.best.clone()) {
         let accepted = best.receipt.as_ref().map_or(0, |r| r.accepted_at_ms);
         let mut signed = anyhow::Context::context(best.summary, "a result without its summary")?;
         assert!(signed.signer_certificate.is_empty());
         signed.signer_certificate =
             order.signer_certificates[best.signer_certificate_index as usize].clone();
+        let proof = anyhow::Context::context(best.log_proof, "a result without its proof")?;
+        assert!(proof.checkpoint.is_empty() && proof.proof.is_empty());
+        let mut proof = huren_core::logentry::LogProof::try_from(proof)?;
+        proof.checkpoint = order.checkpoint.clone();
+        huren_core::logentry::verify_leaf(
+            &log_key,
+            &crate::log::leaf_of(&signed, accepted)?,
+            &proof,
+        )?;
         huren_core::signing::SignedEnvelope::try_from(signed)?
             .verify(&ca, huren_core::summary::UnixMillis(accepted))?;
     }
@@ -667,6 +681,7 @@ async fn one_decision_per_consultation_counts() -> anyhow::Result<()> {
 fn order_hb_now(patient: &Pseudonym) -> pb::CheckOrderRequest {
     pb::CheckOrderRequest {
         requester: String::new(),
+        compact_proofs: false,
         patient_pseudonym: patient.as_bytes().to_vec(),
         items: vec![local("XCG-HB")],
         as_of_ms: 0,

@@ -211,14 +211,41 @@ impl SharedCertificates {
     }
 }
 
-fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
+/// How an answer's proofs travel: in full (each with its checkpoint), or, for a request with
+/// `compact_proofs`, packed and leading to the answer's one checkpoint (`Some`).
+type ProofForm<'a> = Option<&'a str>;
+
+/// The checkpoint an answer's proofs lead to, for a request with `compact_proofs`: the first
+/// proof's (all of one answer are made against one checkpoint, see `attach_proofs`; a proof
+/// that leads elsewhere would keep its own). Empty otherwise, or when nothing was proven.
+fn answer_checkpoint<'a>(asked: bool, judged: impl IntoIterator<Item = &'a Judged>) -> String {
+    fn first(j: &Judged) -> Option<&str> {
+        j.log_proof
+            .as_ref()
+            .map(|p| p.checkpoint.as_str())
+            .or_else(|| j.earlier.iter().find_map(first))
+    }
+    match asked {
+        true => judged
+            .into_iter()
+            .find_map(first)
+            .unwrap_or_default()
+            .to_owned(),
+        false => String::new(),
+    }
+}
+
+fn judged_to_pb(j: Judged, policy_version: &str, form: ProofForm) -> pb::StoredSummary {
     let verdict = convert::verdict_to_pb(&j.verdict, policy_version);
     let earlier = j
         .earlier
         .into_iter()
-        .map(|e| judged_to_pb(e, policy_version))
+        .map(|e| judged_to_pb(e, policy_version, form))
         .collect();
-    let proof = j.log_proof.map(pb::LogProof::from);
+    let proof = j.log_proof.map(|p| match form {
+        Some(checkpoint) => convert::compact_log_proof(p, checkpoint),
+        None => pb::LogProof::from(p),
+    });
     let mut out = stored_to_pb(j.stored);
     out.verdict = Some(verdict);
     out.earlier_versions = earlier;
@@ -226,16 +253,21 @@ fn judged_to_pb(j: Judged, policy_version: &str) -> pb::StoredSummary {
     out
 }
 
-fn answer_parts(a: JudgedAnswer) -> (Vec<pb::StoredSummary>, bool, bool) {
+/// An answer's results, whether it was truncated or withheld, and (with `compact_proofs`)
+/// the checkpoint its proofs lead to.
+fn answer_parts(
+    a: JudgedAnswer,
+    compact_proofs: bool,
+) -> (Vec<pb::StoredSummary>, bool, bool, String) {
     let version = a.policy_version;
-    (
-        a.results
-            .into_iter()
-            .map(|j| judged_to_pb(j, &version))
-            .collect(),
-        a.truncated,
-        a.withheld_by_consent,
-    )
+    let checkpoint = answer_checkpoint(compact_proofs, &a.results);
+    let form = compact_proofs.then_some(checkpoint.as_str());
+    let results = a
+        .results
+        .into_iter()
+        .map(|j| judged_to_pb(j, &version, form))
+        .collect();
+    (results, a.truncated, a.withheld_by_consent, checkpoint)
 }
 
 fn order_code_to_pb(c: &OrderCode) -> pb::OrderItem {

@@ -6,9 +6,11 @@ pub(super) async fn find_prior(
     caller: InstitutionId,
     r: pb::FindPriorRequest,
 ) -> Result<pb::FindPriorResponse, HubError> {
+    let compact_proofs = r.compact_proofs;
     let (ask, certificates_once, query) = requests::find_prior(r, g.hub.max_results())?;
     let answer = g.hub.find_prior(&caller, &query, &ask).await?;
-    let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
+    let (mut results, truncated, withheld_by_consent, checkpoint) =
+        answer_parts(answer, compact_proofs);
     let signer_certificates = SharedCertificates::share(certificates_once, &mut results);
     tracing::info!(
         items = query.items.len(),
@@ -22,6 +24,7 @@ pub(super) async fn find_prior(
         truncated,
         withheld_by_consent,
         signer_certificates,
+        checkpoint,
     })
 }
 
@@ -31,14 +34,18 @@ pub(super) async fn history(
     caller: InstitutionId,
     r: pb::HistoryRequest,
 ) -> Result<pb::HistoryResponse, HubError> {
-    let (include_earlier_versions, certificates_once) =
-        (r.include_earlier_versions, r.certificates_once);
+    let (include_earlier_versions, certificates_once, compact_proofs) = (
+        r.include_earlier_versions,
+        r.certificates_once,
+        r.compact_proofs,
+    );
     let (ask, query) = requests::history(r, g.hub.max_results())?;
     let answer = g
         .hub
         .history(&caller, &query, include_earlier_versions, &ask)
         .await?;
-    let (mut results, truncated, withheld_by_consent) = answer_parts(answer);
+    let (mut results, truncated, withheld_by_consent, checkpoint) =
+        answer_parts(answer, compact_proofs);
     let signer_certificates = SharedCertificates::share(certificates_once, &mut results);
     tracing::info!(
         results = results.len(),
@@ -51,6 +58,7 @@ pub(super) async fn history(
         truncated,
         withheld_by_consent,
         signer_certificates,
+        checkpoint,
     })
 }
 
@@ -63,6 +71,7 @@ pub(super) async fn check_order(
     let requests::OrderRequest {
         ask,
         certificates_once,
+        compact_proofs,
         patient,
         order,
         at,
@@ -71,6 +80,11 @@ pub(super) async fn check_order(
         g.hub.check_order(&caller, patient, order, at, &ask).await?;
     let recognised = answers.iter().filter(|a| a.best.is_some()).count();
     tracing::info!(items = answers.len(), recognised, "order checked");
+    let checkpoint = answer_checkpoint(
+        compact_proofs,
+        answers.iter().filter_map(|a| a.best.as_ref()),
+    );
+    let form = compact_proofs.then_some(checkpoint.as_str());
     let mut items: Vec<pb::OrderCheck> = answers
         .into_iter()
         .map(|a| pb::OrderCheck {
@@ -80,7 +94,7 @@ pub(super) async fn check_order(
                 code: code.clone(),
             }),
             item_name: a.item.map(|(_, _, name)| name).unwrap_or_default(),
-            best: a.best.map(|j| judged_to_pb(j, &version)),
+            best: a.best.map(|j| judged_to_pb(j, &version, form)),
             explanation: a.explanation,
             candidates: u32::try_from(a.candidates).unwrap_or(u32::MAX),
         })
@@ -94,5 +108,6 @@ pub(super) async fn check_order(
         policy_version: version,
         withheld_by_consent,
         signer_certificates,
+        checkpoint,
     })
 }

@@ -176,6 +176,7 @@ pub fn history(mut r: pb::HistoryRequest, limit: usize) -> Result<(Ask, PriorQue
 pub struct OrderRequest {
     pub ask: Ask,
     pub certificates_once: bool,
+    pub compact_proofs: bool,
     pub patient: Pseudonym,
     pub order: Vec<OrderCode>,
     pub at: UnixMillis,
@@ -184,7 +185,7 @@ pub struct OrderRequest {
 /// CheckOrder: 1 to [`MAX_QUERY_ITEMS`] items, each a catalogue or a local code.
 pub fn check_order(mut r: pb::CheckOrderRequest) -> Result<OrderRequest, HubError> {
     let ask = ask(r.purpose, std::mem::take(&mut r.requester), r.with_proofs)?;
-    let certificates_once = r.certificates_once;
+    let (certificates_once, compact_proofs) = (r.certificates_once, r.compact_proofs);
     let patient = pseudonym(&r.patient_pseudonym)?;
     if r.items.is_empty() || r.items.len() > MAX_QUERY_ITEMS {
         return Err(HubError::BadRequest(format!(
@@ -215,6 +216,7 @@ pub fn check_order(mut r: pb::CheckOrderRequest) -> Result<OrderRequest, HubErro
     Ok(OrderRequest {
         ask,
         certificates_once,
+        compact_proofs,
         patient,
         order,
         at,
