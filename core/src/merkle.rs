@@ -177,6 +177,43 @@ pub fn inclusion_proof<R: NodeReader>(
         .collect()
 }
 
+/// The inclusion proofs of leaves `indexes` in the tree of `size` leaves, in the order asked,
+/// each as [`inclusion_proof`] gives it. A proof's sibling on the tree's right edge is, unless
+/// `size` is a power of two, an incomplete subtree: its hash is folded from up to one stored
+/// node per level below it (twenty reads and as many hashes in a tree of a million leaves).
+/// Proofs of one tree share those subtrees, so each is folded once here.
+pub fn inclusion_proofs<R: NodeReader>(
+    indexes: &[u64],
+    size: u64,
+    reader: &R,
+) -> Result<Vec<Vec<Hash>>, TreeError<R::Error>> {
+    // The right-edge subtrees folded so far, by their first leaf: at most one per level.
+    let mut edge: Vec<(u64, Hash)> = Vec::new();
+    let mut proofs = Vec::with_capacity(indexes.len());
+    for &index in indexes {
+        if index >= size {
+            return Err(TreeError::IndexOutOfRange { index, size });
+        }
+        let mut proof = Vec::new();
+        for (begin, end) in inclusion_ranges(index, size) {
+            let incomplete = end == size && !(end - begin).is_power_of_two();
+            let hash = match edge.iter().find(|(b, _)| incomplete && *b == begin) {
+                Some((_, hash)) => *hash,
+                None => {
+                    let hash = subtree_hash(reader, begin, end)?;
+                    if incomplete {
+                        edge.push((begin, hash));
+                    }
+                    hash
+                }
+            };
+            proof.push(hash);
+        }
+        proofs.push(proof);
+    }
+    Ok(proofs)
+}
+
 /// The proof that the tree of `old_size` leaves is a prefix of the tree of `new_size` leaves
 /// (RFC 9162 section 2.1.4.1, `PROOF(old_size, D[new_size])`). Empty when `old_size` is 0 or
 /// equals `new_size`: those need no hashes.
@@ -948,6 +985,61 @@ mod tests {
         let p03 = inclusion_proof(0, 3, &tree).unwrap();
         verify_inclusion(&leaves[0], 0, 4, &p03, &roots[3]).unwrap();
         assert!(verify_inclusion(&leaves[0], 0, 4, &p03, &roots[4]).is_err());
+    }
+
+    /// A tree that counts its node reads.
+    struct Counting<'a>(&'a MemoryTree, std::cell::Cell<usize>);
+
+    impl NodeReader for Counting<'_> {
+        type Error = MissingNode;
+        fn node(&self, level: u8, index: u64) -> Result<Hash, MissingNode> {
+            self.1.set(self.1.get() + 1);
+            self.0.node(level, index)
+        }
+    }
+
+    /// Proofs made together are each the RFC's path, in the order asked (repeats included),
+    /// whatever the tree's shape; the right edge they share is read once, so together they
+    /// read fewer nodes than one at a time whenever the tree has an incomplete subtree on its
+    /// right edge; a leaf outside the tree fails the whole call.
+    #[test]
+    fn proofs_made_together_are_the_same_paths_with_fewer_reads() {
+        let (tree, leaves) = numbered_tree(300);
+        for size in [1u64, 2, 3, 5, 8, 13, 64, 100, 255, 256, 257, 300] {
+            let mut indexes: Vec<u64> = (0..size).rev().step_by(3).collect();
+            indexes.extend([0, size - 1, 0]);
+            let counting = Counting(&tree, std::cell::Cell::new(0));
+            let together = inclusion_proofs(&indexes, size, &counting).unwrap();
+            let together_reads = counting.1.get();
+            counting.1.set(0);
+            let mut one_by_one = Vec::new();
+            for &index in &indexes {
+                one_by_one.push(inclusion_proof(index, size, &counting).unwrap());
+            }
+            assert_eq!(together, one_by_one, "size {size}");
+            for (&index, proof) in indexes.iter().zip(&together) {
+                assert_eq!(
+                    *proof,
+                    naive_path(index as usize, &leaves[..size as usize]),
+                    "PATH({index}, {size})"
+                );
+            }
+            // An incomplete subtree on the right edge needs three subtrees at least (5 = 4 + 1
+            // has none: [4, 5) is a leaf).
+            match size.count_ones() < 3 {
+                true => assert_eq!(together_reads, counting.1.get(), "size {size}"),
+                false => assert!(
+                    together_reads < counting.1.get(),
+                    "size {size}: {together_reads} reads together, {} one by one",
+                    counting.1.get()
+                ),
+            }
+        }
+        assert_eq!(
+            inclusion_proofs(&[1, 7], 5, &tree),
+            Err(TreeError::IndexOutOfRange { index: 7, size: 5 })
+        );
+        assert_eq!(inclusion_proofs(&[], 5, &tree), Ok(vec![]));
     }
 
     #[test]

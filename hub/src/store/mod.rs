@@ -418,8 +418,9 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_policy(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// The inclusion proof of leaf `index` in the tree of `size` leaves.
     async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
-    /// The inclusion proofs of several leaves in one tree, in the order asked (a backend
-    /// whose reads are round trips answers them together).
+    /// The inclusion proofs of several leaves in one tree, in the order asked. The backends
+    /// fold the right edge the proofs share once (`merkle::inclusion_proofs`), and PostgreSQL
+    /// reads the nodes of all of them in one round trip.
     async fn inclusion_proofs(
         &self,
         indexes: &[u64],

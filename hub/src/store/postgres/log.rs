@@ -324,10 +324,7 @@ impl PgStore {
         }
         self.check_size(size).await?;
         self.with_nodes(&HashMap::new(), |node| {
-            indexes
-                .iter()
-                .map(|&index| merkle::inclusion_proof(index, size, &Reader(node)))
-                .collect()
+            merkle::inclusion_proofs(indexes, size, &Reader(node))
         })
         .await
     }

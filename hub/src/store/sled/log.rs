@@ -306,6 +306,17 @@ impl SledStore {
         merkle::inclusion_proof(index, size, &Nodes::of(&self.inner)).map_err(tree_error)
     }
 
+    /// The inclusion proofs of leaves `indexes` in the tree of `size` leaves, in that order,
+    /// the right edge they share folded once ([`merkle::inclusion_proofs`]).
+    pub fn inclusion_proofs(
+        &self,
+        indexes: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        self.check_size(size)?;
+        merkle::inclusion_proofs(indexes, size, &Nodes::of(&self.inner)).map_err(tree_error)
+    }
+
     /// The consistency proof from the tree of `old_size` leaves to the tree of `new_size`.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(new_size)?;

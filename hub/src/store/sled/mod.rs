@@ -713,6 +713,14 @@ impl Store for SledStore {
         SledStore::inclusion_proof(self, index, size)
     }
 
+    async fn inclusion_proofs(
+        &self,
+        indexes: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        SledStore::inclusion_proofs(self, indexes, size)
+    }
+
     async fn consistency_proof(
         &self,
         old_size: u64,

@@ -317,11 +317,19 @@ fn grow(store: &SledStore, tree: &mut MemoryTree, n: u64) -> Vec<TreeHead> {
 /// each of `heads` to it.
 fn check_proofs(store: &SledStore, heads: &[TreeHead]) {
     let last = store.tree_head().unwrap();
+    let all: Vec<u64> = (0..last.size).collect();
+    let together = store.inclusion_proofs(&all, last.size).unwrap();
+    assert_eq!(together.len(), all.len());
     for i in 0..last.size {
         let proof = store.inclusion_proof(i, last.size).unwrap();
         let leaf = merkle::leaf_hash(&store.leaf(i).unwrap());
         verify_inclusion(&leaf, i, last.size, &proof, &last.root)
             .unwrap_or_else(|e| panic!("leaf {i} at size {}: {e}", last.size));
+        assert_eq!(
+            together[i as usize], proof,
+            "leaf {i} at size {}",
+            last.size
+        );
     }
     for old in heads {
         let proof = store.consistency_proof(old.size, last.size).unwrap();
