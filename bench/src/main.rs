@@ -1068,17 +1068,22 @@ async fn run(
         server.await??;
         Some((size, load))
     };
-    // One answer's size, with each summary's certificate and with each certificate once.
+    // One answer's size: with each summary's certificate, with each certificate once, and
+    // with that and proofs, full (each with its checkpoint) and compact (as agents ask).
     let answer_sizes = if !args.measures("find-prior") {
         None
     } else {
         let mut c = HubClient::new(asker[0].clone());
         let mut sizes = Vec::new();
-        for once in [false, true] {
-            let answer = c
-                .find_prior(prior_request(&patient(SEED, 0), once, false))
-                .await?;
-            let answer = answer.into_inner();
+        for (once, proofs, compact) in [
+            (false, false, false),
+            (true, false, false),
+            (true, true, false),
+            (true, true, true),
+        ] {
+            let mut request = prior_request(&patient(SEED, 0), once, proofs);
+            request.compact_proofs = compact;
+            let answer = c.find_prior(request).await?.into_inner();
             sizes.push((answer.results.len(), answer.encoded_len()));
         }
         Some(sizes)
@@ -1292,10 +1297,14 @@ async fn run(
             "as the agent asks",
         );
     }
-    if let Some([(results, each), (_, once)]) = answer_sizes.as_deref() {
+    if let Some([(results, each), (_, once), (_, full), (_, compact)]) = answer_sizes.as_deref() {
         println!(
             "{:<34} {results} results: {each} bytes with each summary's certificate, {once} with each certificate once",
             "FindPrior answer size"
+        );
+        println!(
+            "{:<34} {full} bytes with each proof's own checkpoint, {compact} compact (the checkpoint once, as agents ask)",
+            "  with proofs"
         );
     }
     if let Some(alone) = &find_prior_alone {

@@ -3,9 +3,10 @@
 //! bound, since the tree grows for as long as the hub runs.
 //!
 //! An inclusion proof takes one node per level. The nodes from [`CACHED_LEVELS`] up are shared
-//! by many proofs (a node at level `l` by `2^l` leaves) and are kept up to [`UPPER_NODES`];
-//! when that is reached, the lowest level kept is given up (which halves the count), so the
-//! most shared nodes stay and memory stays flat however long the log grows. Below, a proof's
+//! by many proofs (a node at level `l` by `2^l` leaves) and are kept in one array per level,
+//! indexed by the node's index, up to [`UPPER_NODES`] places in all; when that is reached, the
+//! lowest level kept is given up (which halves the count), so the most shared nodes stay and
+//! memory stays flat however long the log grows. Below, a proof's
 //! few nodes (and leaf hashes) are kept up to [`RECENT_NODES`] and the set is emptied when
 //! full: every proof against a recent size needs the nodes along the tree's right edge, so
 //! those are read once rather than once per proof.
@@ -20,9 +21,14 @@ use huren_core::merkle::Hash;
 /// node was a read of its own); level 1 gained no more than noise.
 pub(crate) const CACHED_LEVELS: u8 = 3;
 
-/// Upper nodes kept at most (about 25 MB with the map's spare room): all of them for a log of
-/// up to two million entries, then the levels above the lowest given up.
+/// Places of upper nodes kept at most (16 MB of hashes, up to twice that while an array
+/// grows): all of them for a log of up to two million entries, then the levels above the
+/// lowest given up.
 pub(crate) const UPPER_NODES: usize = 1 << 19;
+
+/// An empty place of an upper level's array. A node whose hash is all zeros (a SHA-256 output
+/// no one can aim at) would only be read from the store each time, never answered wrongly.
+const ABSENT: Hash = [0; 32];
 
 /// Lower-level nodes and leaf hashes kept at most (about 4 MB); the set is emptied when full.
 pub(crate) const RECENT_NODES: usize = 1 << 16;
@@ -63,10 +69,36 @@ impl std::hash::Hasher for PlaceHasher {
 
 pub(crate) type NodeMap = HashMap<u64, Hash, std::hash::BuildHasherDefault<PlaceHasher>>;
 
-/// The upper nodes and the lowest level they are kept from.
+/// The upper nodes: for each level from `lowest` up, an array of its nodes by index
+/// ([`ABSENT`] where not yet read), `places` in all. An array lookup is one memory access where
+/// the map it replaced took two or three, and proofs at a million entries missed the CPU's
+/// caches at each.
 struct Upper {
     lowest: u8,
-    nodes: NodeMap,
+    levels: Vec<Vec<Hash>>,
+    places: usize,
+}
+
+impl Upper {
+    fn get(&self, level: u8, index: u64) -> Option<Hash> {
+        if level < self.lowest {
+            return None;
+        }
+        let hash = *self
+            .levels
+            .get(usize::from(level))?
+            .get(usize::try_from(index).ok()?)?;
+        (hash != ABSENT).then_some(hash)
+    }
+
+    /// Gives up the lowest level kept.
+    fn give_up_lowest(&mut self) {
+        if let Some(level) = self.levels.get_mut(usize::from(self.lowest)) {
+            self.places -= level.len();
+            *level = Vec::new();
+        }
+        self.lowest += 1;
+    }
 }
 
 /// See the module doc.
@@ -88,7 +120,8 @@ impl NodeCache {
         NodeCache {
             upper: RwLock::new(Upper {
                 lowest: CACHED_LEVELS,
-                nodes: NodeMap::default(),
+                levels: vec![Vec::new(); 64],
+                places: 0,
             }),
             recent: RwLock::new(NodeMap::default()),
             upper_limit: upper_limit.max(1),
@@ -96,33 +129,44 @@ impl NodeCache {
     }
 
     pub(crate) fn get(&self, level: u8, index: u64) -> Option<Hash> {
-        let place = node_place(level, index);
         if level >= CACHED_LEVELS
-            && let Some(h) = self.upper.read().ok()?.nodes.get(&place)
+            && let Some(h) = self.upper.read().ok()?.get(level, index)
         {
-            return Some(*h);
+            return Some(h);
         }
-        self.recent.read().ok()?.get(&place).copied()
+        self.recent
+            .read()
+            .ok()?
+            .get(&node_place(level, index))
+            .copied()
     }
 
     /// Call only with committed nodes.
     pub(crate) fn insert(&self, level: u8, index: u64, hash: Hash) {
         let place = node_place(level, index);
-        if level >= CACHED_LEVELS
+        if (CACHED_LEVELS..64).contains(&level)
+            && let Ok(index) = usize::try_from(index)
             && let Ok(mut upper) = self.upper.write()
             && level >= upper.lowest
         {
-            let before = upper.nodes.len();
-            while upper.nodes.len() >= self.upper_limit && upper.lowest < 64 {
-                upper.lowest += 1;
-                let lowest = upper.lowest;
-                upper.nodes.retain(|place, _| (place >> 56) as u8 >= lowest);
+            let at = usize::from(level);
+            let len = upper.levels.get(at).map_or(0, Vec::len);
+            let grow = index.saturating_add(1).saturating_sub(len);
+            // Room is made before the array grows: a node far along a level (read after a
+            // restart, say) would otherwise allocate its whole level at once.
+            while upper.places.saturating_add(grow) > self.upper_limit && upper.lowest <= level {
+                upper.give_up_lowest();
             }
-            if upper.nodes.len() < before {
-                upper.nodes.shrink_to_fit();
-            }
-            if level >= upper.lowest {
-                upper.nodes.insert(place, hash);
+            if level >= upper.lowest
+                && let Some(nodes) = upper.levels.get_mut(at)
+            {
+                if grow > 0 {
+                    nodes.resize(index + 1, ABSENT);
+                }
+                if let Some(slot) = nodes.get_mut(index) {
+                    *slot = hash;
+                }
+                upper.places += grow;
                 return;
             }
         }
@@ -134,13 +178,10 @@ impl NodeCache {
         }
     }
 
-    /// How many upper and lower nodes are kept, and the lowest upper level.
+    /// How many upper places and lower nodes are kept, and the lowest upper level.
     #[cfg(test)]
     pub(crate) fn counts(&self) -> (usize, usize, u8) {
-        let (upper, lowest) = self
-            .upper
-            .read()
-            .map_or((0, 0), |u| (u.nodes.len(), u.lowest));
+        let (upper, lowest) = self.upper.read().map_or((0, 0), |u| (u.places, u.lowest));
         let recent = self.recent.read().map_or(0, |r| r.len());
         (upper, recent, lowest)
     }
@@ -219,6 +260,17 @@ mod tests {
                 assert_eq!(cache.get(level, index), Some(hash(level, index)));
             }
         }
+        // A node far along a level gives up that level instead of growing its array past the
+        // limit; it is still served, from the lower set.
+        let far = NodeCache::with_limit(100);
+        far.insert(12, 3, hash(12, 3));
+        far.insert(4, 5_000, hash(4, 5_000));
+        let (places, _, lowest) = far.counts();
+        assert_eq!((places, lowest), (4, 5));
+        assert_eq!(far.get(4, 5_000), Some(hash(4, 5_000)));
+        assert_eq!(far.get(12, 3), Some(hash(12, 3)));
+        assert_eq!(far.get(12, 2), None, "an empty place is no node");
+        assert_eq!(far.get(12, 99), None);
         // A level given up is not kept above any more, whatever comes.
         cache.insert(CACHED_LEVELS, 10_000, hash(CACHED_LEVELS, 10_000));
         assert_eq!(cache.counts().0, upper);
