@@ -161,6 +161,7 @@ impl Growth {
 }
 
 pub(super) use crate::store::node_cache::NodeCache;
+use crate::store::node_cache::{NodeMap, node_place};
 
 /// The node reader of one proof: the cache, nodes the caller knows (a batch's own), nodes
 /// fetched for it; in its first pass, a missing node is noted and stands in as zeros. What the
@@ -170,8 +171,10 @@ pub(super) use crate::store::node_cache::NodeCache;
 struct Lookup<'a> {
     cache: &'a NodeCache,
     known: &'a HashMap<(u8, u64), Hash>,
-    fetched: HashMap<(u8, u64), Hash>,
-    from_cache: RefCell<HashMap<(u8, u64), Hash>>,
+    /// Keyed by `node_place`, hashed by `PlaceHasher` (every lookup of both passes goes through
+    /// these maps).
+    fetched: NodeMap,
+    from_cache: RefCell<NodeMap>,
     missing: RefCell<Vec<(u8, u64)>>,
     strict: bool,
 }
@@ -182,14 +185,15 @@ impl merkle::NodeReader for Lookup<'_> {
         if let Some(h) = self.known.get(&(level, index)) {
             return Ok(*h);
         }
-        if let Some(h) = self.fetched.get(&(level, index)) {
+        let place = node_place(level, index);
+        if let Some(h) = self.fetched.get(&place) {
             return Ok(*h);
         }
-        if let Some(h) = self.from_cache.borrow().get(&(level, index)) {
+        if let Some(h) = self.from_cache.borrow().get(&place) {
             return Ok(*h);
         }
         if let Some(h) = self.cache.get(level, index) {
-            self.from_cache.borrow_mut().insert((level, index), h);
+            self.from_cache.borrow_mut().insert(place, h);
             return Ok(h);
         }
         if self.strict {
@@ -223,8 +227,8 @@ impl PgStore {
         let mut lookup = Lookup {
             cache: &self.inner.nodes,
             known,
-            fetched: HashMap::new(),
-            from_cache: RefCell::new(HashMap::new()),
+            fetched: NodeMap::default(),
+            from_cache: RefCell::new(NodeMap::default()),
             missing: RefCell::new(Vec::new()),
             strict: false,
         };
@@ -243,10 +247,7 @@ impl PgStore {
     }
 
     /// Reads nodes (level 0: leaf hashes) in one round trip, and caches them.
-    async fn fetch_nodes(
-        &self,
-        wanted: &[(u8, u64)],
-    ) -> Result<HashMap<(u8, u64), Hash>, StoreError> {
+    async fn fetch_nodes(&self, wanted: &[(u8, u64)]) -> Result<NodeMap, StoreError> {
         let leaves: Vec<i64> = wanted
             .iter()
             .filter(|(l, _)| *l == 0)
@@ -272,22 +273,21 @@ impl PgStore {
             client.query(&q_nodes, &p_nodes),
         )
         .map_err(pg)?;
-        let mut out = HashMap::with_capacity(wanted.len());
+        let mut out = NodeMap::with_capacity_and_hasher(wanted.len(), Default::default());
         for row in leaf_rows {
             let idx: i64 = row.try_get(0).map_err(pg)?;
             let raw: &[u8] = row.try_get(1).map_err(pg)?;
             let h = hash(raw, || format!("the hash of log leaf {idx}"))?;
-            out.insert((0, idx as u64), h);
+            self.inner.nodes.insert(0, idx as u64, h);
+            out.insert(node_place(0, idx as u64), h);
         }
         for row in node_rows {
             let level: i16 = row.try_get(0).map_err(pg)?;
             let idx: i64 = row.try_get(1).map_err(pg)?;
             let raw: &[u8] = row.try_get(2).map_err(pg)?;
             let h = hash(raw, || format!("log node ({level}, {idx})"))?;
-            out.insert((level as u8, idx as u64), h);
-        }
-        for ((l, i), h) in &out {
-            self.inner.nodes.insert(*l, *i, *h);
+            self.inner.nodes.insert(level as u8, idx as u64, h);
+            out.insert(node_place(level as u8, idx as u64), h);
         }
         Ok(out)
     }
@@ -377,8 +377,8 @@ mod tests {
         let mut lookup = Lookup {
             cache: &cache,
             known: &known,
-            fetched: HashMap::new(),
-            from_cache: RefCell::new(HashMap::new()),
+            fetched: NodeMap::default(),
+            from_cache: RefCell::new(NodeMap::default()),
             missing: RefCell::new(Vec::new()),
             strict: false,
         };
