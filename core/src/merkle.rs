@@ -214,6 +214,25 @@ pub fn inclusion_proofs<R: NodeReader>(
     Ok(proofs)
 }
 
+/// The stored nodes `(level, index)` that [`inclusion_proofs`] reads for leaves `indexes` in
+/// the tree of `size` leaves, each once, in the order first read: what a reader whose reads
+/// are round trips fetches before the proofs are made. Leaves outside the tree add nothing
+/// (their proofs fail).
+pub fn inclusion_proof_nodes(indexes: &[u64], size: u64) -> Vec<(u8, u64)> {
+    let mut nodes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for &index in indexes.iter().filter(|&&index| index < size) {
+        for (begin, end) in inclusion_ranges(index, size) {
+            for node in complete_subtrees(begin, end - begin) {
+                if seen.insert(node) {
+                    nodes.push(node);
+                }
+            }
+        }
+    }
+    nodes
+}
+
 /// The proof that the tree of `old_size` leaves is a prefix of the tree of `new_size` leaves
 /// (RFC 9162 section 2.1.4.1, `PROOF(old_size, D[new_size])`). Empty when `old_size` is 0 or
 /// equals `new_size`: those need no hashes.
@@ -1039,6 +1058,41 @@ mod tests {
             inclusion_proofs(&[1, 7], 5, &tree),
             Err(TreeError::IndexOutOfRange { index: 7, size: 5 })
         );
+        assert_eq!(inclusion_proof_nodes(&[7], 5), vec![]);
+    }
+
+    /// A tree that records which nodes are read.
+    struct Recording<'a>(&'a MemoryTree, std::cell::RefCell<Vec<(u8, u64)>>);
+
+    impl NodeReader for Recording<'_> {
+        type Error = MissingNode;
+        fn node(&self, level: u8, index: u64) -> Result<Hash, MissingNode> {
+            self.1.borrow_mut().push((level, index));
+            self.0.node(level, index)
+        }
+    }
+
+    /// The nodes listed for proofs are exactly those the proofs read, each once: a reader that
+    /// fetches the list beforehand has every node the proofs need and none they do not.
+    #[test]
+    fn the_nodes_listed_for_proofs_are_the_nodes_they_read() {
+        let (tree, _) = numbered_tree(300);
+        for size in [1u64, 2, 3, 5, 13, 64, 100, 255, 256, 257, 300] {
+            for indexes in [
+                vec![0],
+                vec![size - 1],
+                (0..size).step_by(5).collect::<Vec<_>>(),
+                vec![size / 2, 0, size / 2, size - 1],
+            ] {
+                let listed = inclusion_proof_nodes(&indexes, size);
+                let recording = Recording(&tree, std::cell::RefCell::new(Vec::new()));
+                inclusion_proofs(&indexes, size, &recording).unwrap();
+                let mut read = recording.1.take();
+                let mut unique = std::collections::HashSet::new();
+                read.retain(|n| unique.insert(*n));
+                assert_eq!(listed, read, "size {size}, leaves {indexes:?}");
+            }
+        }
         assert_eq!(inclusion_proofs(&[], 5, &tree), Ok(vec![]));
     }
 

@@ -224,14 +224,7 @@ impl PgStore {
             &dyn Fn(u8, u64) -> Result<Hash, StoreError>,
         ) -> Result<T, merkle::TreeError<StoreError>>,
     ) -> Result<T, StoreError> {
-        let mut lookup = Lookup {
-            cache: &self.inner.nodes,
-            known,
-            fetched: NodeMap::default(),
-            from_cache: RefCell::new(NodeMap::default()),
-            missing: RefCell::new(Vec::new()),
-            strict: false,
-        };
+        let mut lookup = self.lookup(known);
         let first = {
             let reader = |l, i| merkle::NodeReader::node(&lookup, l, i);
             compute(&reader)
@@ -244,6 +237,48 @@ impl PgStore {
         lookup.strict = true;
         let reader = |l, i| merkle::NodeReader::node(&lookup, l, i);
         compute(&reader).map_err(tree_error)
+    }
+
+    /// Runs `compute` over the log's nodes once, after one fetch of those of `wanted` not at
+    /// hand: for proofs, whose nodes are known beforehand (`merkle::inclusion_proof_nodes`),
+    /// this saves [`Self::with_nodes`]'s first pass, a whole computation of the proofs. A node
+    /// `compute` reads that is neither listed nor cached is an error, never a zero.
+    async fn with_listed_nodes<T>(
+        &self,
+        wanted: &[(u8, u64)],
+        compute: impl Fn(
+            &dyn Fn(u8, u64) -> Result<Hash, StoreError>,
+        ) -> Result<T, merkle::TreeError<StoreError>>,
+    ) -> Result<T, StoreError> {
+        let known = HashMap::new();
+        let mut lookup = self.lookup(&known);
+        for &(level, index) in wanted {
+            // Not yet strict: a node not at hand is noted for the fetch, not an error.
+            if merkle::NodeReader::node(&lookup, level, index).is_err() {
+                return Err(StoreError::Tree(format!(
+                    "node ({level}, {index}) could not be looked up"
+                )));
+            }
+        }
+        let missing = lookup.missing.take();
+        if !missing.is_empty() {
+            lookup.fetched = self.fetch_nodes(&missing).await?;
+        }
+        lookup.strict = true;
+        let reader = |l, i| merkle::NodeReader::node(&lookup, l, i);
+        compute(&reader).map_err(tree_error)
+    }
+
+    /// A node reader over the cache, `known` and (once fetched) the store; not yet strict.
+    fn lookup<'a>(&'a self, known: &'a HashMap<(u8, u64), Hash>) -> Lookup<'a> {
+        Lookup {
+            cache: &self.inner.nodes,
+            known,
+            fetched: NodeMap::default(),
+            from_cache: RefCell::new(NodeMap::default()),
+            missing: RefCell::new(Vec::new()),
+            strict: false,
+        }
     }
 
     /// Reads nodes (level 0: leaf hashes) in one round trip, and caches them.
@@ -306,14 +341,15 @@ impl PgStore {
 
     pub(super) async fn inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(size).await?;
-        self.with_nodes(&HashMap::new(), |node| {
+        let wanted = merkle::inclusion_proof_nodes(&[index], size);
+        self.with_listed_nodes(&wanted, |node| {
             merkle::inclusion_proof(index, size, &Reader(node))
         })
         .await
     }
 
-    /// Several inclusion proofs in one tree, from one read of the nodes none of them has
-    /// cached.
+    /// Several inclusion proofs in one tree, from one read of the nodes they need that are not
+    /// cached, listed beforehand, and one computation.
     pub(super) async fn inclusions(
         &self,
         indexes: &[u64],
@@ -323,7 +359,8 @@ impl PgStore {
             return Ok(Vec::new());
         }
         self.check_size(size).await?;
-        self.with_nodes(&HashMap::new(), |node| {
+        let wanted = merkle::inclusion_proof_nodes(indexes, size);
+        self.with_listed_nodes(&wanted, |node| {
             merkle::inclusion_proofs(indexes, size, &Reader(node))
         })
         .await

@@ -109,11 +109,16 @@ async fn grow(store: &PgStore, tree: &mut MemoryTree, n: u64) -> Vec<TreeHead> {
 
 async fn check_proofs(store: &PgStore, heads: &[TreeHead]) {
     let last = store.read_tree_head().await.unwrap();
+    let all: Vec<u64> = (0..last.size).rev().collect();
+    let together = store.inclusions(&all, last.size).await.unwrap();
+    assert_eq!(together.len(), all.len());
     for i in 0..last.size {
         let proof = store.inclusion(i, last.size).await.unwrap();
         let leaf = merkle::leaf_hash(&store.leaf_bytes(i).await.unwrap());
         verify_inclusion(&leaf, i, last.size, &proof, &last.root)
             .unwrap_or_else(|e| panic!("leaf {i} at size {}: {e}", last.size));
+        let at = (last.size - 1 - i) as usize;
+        assert_eq!(together[at], proof, "leaf {i} at size {}", last.size);
     }
     for old in heads {
         let proof = store.consistency(old.size, last.size).await.unwrap();
