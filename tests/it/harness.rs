@@ -263,13 +263,30 @@ impl TestHub {
     /// Starts a hub in this process with its metrics endpoint on a free local port, returned.
     pub async fn start_with_metrics() -> anyhow::Result<(TestHub, SocketAddr)> {
         let mut hub = Self::prepare(Mode::InProcess, &Limits::default()).await?;
-        // A port the system just gave out; the hub binds it again right after.
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut config = fs::read_to_string(&hub.config_path)?;
-        config.push_str(&format!("\n[metrics]\nlisten = \"{metrics}\"\n"));
-        fs::write(&hub.config_path, config)?;
-        hub.launch().await?;
-        Ok((hub, metrics))
+        let base = fs::read_to_string(&hub.config_path)?;
+        let mut attempts = 0;
+        loop {
+            // A port the system just gave out; the hub binds it again right after. In between,
+            // another test's outgoing connection may be given the same port: then another.
+            let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            fs::write(
+                &hub.config_path,
+                format!("{base}\n[metrics]\nlisten = \"{metrics}\"\n"),
+            )?;
+            attempts += 1;
+            match hub.launch().await {
+                Ok(()) => return Ok((hub, metrics)),
+                Err(e)
+                    if attempts < 5
+                        && e.chain().any(|c| {
+                            matches!(
+                                c.downcast_ref::<ServerError>(),
+                                Some(ServerError::Metrics { .. })
+                            )
+                        }) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts a hub in this process with `more` appended to its configuration file (TOML
