@@ -212,30 +212,37 @@ impl Cluster {
             ]),
             "initdb",
         )?;
-        let port = free_port()?;
         let durability = match fsync {
             true => "-c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=15min",
             false => "-c fsync=off -c full_page_writes=off",
         };
         let extra = std::env::var("HUREN_PG_SERVER_OPTIONS").unwrap_or_default();
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=400 {extra}",
-            o.dir.display()
-        );
-        let started = run(
-            o.command("pg_ctl")
-                .arg("-D")
-                .arg(&o.data)
-                .arg("-l")
-                .arg(o.dir.join("server.log"))
-                .args(["-w", "-t", "60", "-o", &options, "start"]),
-            "pg_ctl start",
-        );
-        if let Err(e) = started {
+        let mut attempts = 0;
+        loop {
+            // A port the system just gave out; another process's connection may be given it
+            // before the server binds it: then another port, a few times.
+            let port = free_port()?;
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=400 {extra}",
+                o.dir.display()
+            );
+            let started = run(
+                o.command("pg_ctl")
+                    .arg("-D")
+                    .arg(&o.data)
+                    .arg("-l")
+                    .arg(o.dir.join("server.log"))
+                    .args(["-w", "-t", "60", "-o", &options, "start"]),
+                "pg_ctl start",
+            );
+            let Err(e) = started else { return Ok(port) };
             let log = std::fs::read_to_string(o.dir.join("server.log")).unwrap_or_default();
+            attempts += 1;
+            if attempts < 3 && log.contains("Address already in use") {
+                continue;
+            }
             return Err(format!("{e}\nserver log:\n{log}"));
         }
-        Ok(port)
     }
 
     /// Leaves a watcher behind that stops the cluster and removes its folder once the process
