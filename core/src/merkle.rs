@@ -250,6 +250,24 @@ pub fn consistency_proof<R: NodeReader>(
         .collect()
 }
 
+/// The stored nodes `(level, index)` that [`consistency_proof`] reads from the tree of
+/// `old_size` to the tree of `new_size`, each once, in the order first read (as
+/// [`inclusion_proof_nodes`] for inclusion proofs). Sizes out of order add nothing.
+pub fn consistency_proof_nodes(old_size: u64, new_size: u64) -> Vec<(u8, u64)> {
+    let mut nodes = Vec::new();
+    if old_size > new_size {
+        return nodes;
+    }
+    for (begin, end) in consistency_ranges(old_size, new_size) {
+        for node in complete_subtrees(begin, end - begin) {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+    nodes
+}
+
 /// Checks that `leaf_hash` is leaf `index` of the tree of `size` leaves with root `root`
 /// (RFC 9162 section 2.1.3.2).
 pub fn verify_inclusion(
@@ -1070,6 +1088,23 @@ mod tests {
             self.1.borrow_mut().push((level, index));
             self.0.node(level, index)
         }
+    }
+
+    /// The same for consistency proofs, between every pair of sizes up to 70.
+    #[test]
+    fn the_nodes_listed_for_consistency_proofs_are_the_nodes_they_read() {
+        let (tree, _) = numbered_tree(70);
+        for new in 0..=70u64 {
+            for old in 0..=new {
+                let recording = Recording(&tree, std::cell::RefCell::new(Vec::new()));
+                consistency_proof(old, new, &recording).unwrap();
+                let mut read = recording.1.take();
+                let mut unique = std::collections::HashSet::new();
+                read.retain(|n| unique.insert(*n));
+                assert_eq!(consistency_proof_nodes(old, new), read, "{old} to {new}");
+            }
+        }
+        assert_eq!(consistency_proof_nodes(9, 5), vec![]);
     }
 
     /// The nodes listed for proofs are exactly those the proofs read, each once: a reader that

@@ -240,8 +240,9 @@ impl PgStore {
     }
 
     /// Runs `compute` over the log's nodes once, after one fetch of those of `wanted` not at
-    /// hand: for proofs, whose nodes are known beforehand (`merkle::inclusion_proof_nodes`),
-    /// this saves [`Self::with_nodes`]'s first pass, a whole computation of the proofs. A node
+    /// hand: for proofs, whose nodes are known beforehand (`merkle::inclusion_proof_nodes`,
+    /// `merkle::consistency_proof_nodes`), this saves [`Self::with_nodes`]'s first pass, a
+    /// whole computation of the proofs. A node
     /// `compute` reads that is neither listed nor cached is an error, never a zero.
     async fn with_listed_nodes<T>(
         &self,
@@ -368,7 +369,8 @@ impl PgStore {
 
     pub(super) async fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(new).await?;
-        self.with_nodes(&HashMap::new(), |node| {
+        let wanted = merkle::consistency_proof_nodes(old, new);
+        self.with_listed_nodes(&wanted, |node| {
             merkle::consistency_proof(old, new, &Reader(node))
         })
         .await

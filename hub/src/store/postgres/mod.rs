@@ -43,7 +43,8 @@
 //!   `log_nodes`, and any change of `log_head` but growth; the hub's own role needs no more
 //!   than SELECT and INSERT on them (README, PostgreSQL).
 //! - **Proofs from stored subtrees.** A proof reads the O(log n) node hashes it needs in one
-//!   round trip ([`PgStore::with_nodes`]), never the leaves; hashes once read are cached
+//!   round trip (listed beforehand for inclusion and consistency proofs, learnt from a first
+//!   pass for a receipt's: [`PgStore::with_nodes`]), never the leaves; hashes once read are cached
 //!   (they never change once committed).
 //! - **Bytes as received.** Body, signature, acceptance time and signer's certificate hash
 //!   come from the leaf, byte for byte; certificates from `certs`.

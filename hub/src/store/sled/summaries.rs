@@ -255,13 +255,22 @@ impl SledStore {
             known: &known,
             store: Nodes::of(i),
         };
+        // The batch's proofs together: the right edge most of them share is folded once.
+        let indexes: Vec<u64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|(_, index)| *index))
+            .collect();
+        let mut proofs = merkle::inclusion_proofs(&indexes, head.size, &reader)
+            .map_err(tree_error)?
+            .into_iter();
         let results = results
             .into_iter()
             .zip(&prepared)
             .map(|(r, p)| {
                 let (earlier, index) = r?;
-                let proof =
-                    merkle::inclusion_proof(index, head.size, &reader).map_err(tree_error)?;
+                let proof = proofs.next().ok_or_else(|| {
+                    StoreError::Tree("fewer proofs were made than summaries stored".into())
+                })?;
                 let receipt = p.receipt(earlier.unwrap_or(p.accepted_at.0));
                 let outcome = match earlier {
                     Some(_) => PutOutcome::AlreadyStored(receipt),
