@@ -38,6 +38,23 @@ pub const LEAF_PREFIX: u8 = 0x00;
 /// Prefix of an inner node hash's input (RFC 6962).
 pub const NODE_PREFIX: u8 = 0x01;
 
+/// The hashes in their concatenation (32 bytes each, as proofs, tiles and stored node lists
+/// carry them); `None` when the length is not a whole number of hashes.
+pub fn split_hashes(raw: &[u8]) -> Option<Vec<Hash>> {
+    if !raw.len().is_multiple_of(32) {
+        return None;
+    }
+    Some(
+        raw.chunks_exact(32)
+            .map(|h| {
+                let mut hash = [0; 32];
+                hash.copy_from_slice(h);
+                hash
+            })
+            .collect(),
+    )
+}
+
 /// `SHA-256(0x00 || data)`: the hash of one leaf.
 pub fn leaf_hash(data: &[u8]) -> Hash {
     let mut h = Sha256::new();
@@ -219,18 +236,12 @@ pub fn inclusion_proofs<R: NodeReader>(
 /// are round trips fetches before the proofs are made. Leaves outside the tree add nothing
 /// (their proofs fail).
 pub fn inclusion_proof_nodes(indexes: &[u64], size: u64) -> Vec<(u8, u64)> {
-    let mut nodes = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for &index in indexes.iter().filter(|&&index| index < size) {
-        for (begin, end) in inclusion_ranges(index, size) {
-            for node in complete_subtrees(begin, end - begin) {
-                if seen.insert(node) {
-                    nodes.push(node);
-                }
-            }
-        }
-    }
-    nodes
+    nodes_of(
+        indexes
+            .iter()
+            .filter(|&&index| index < size)
+            .flat_map(|&index| inclusion_ranges(index, size)),
+    )
 }
 
 /// The proof that the tree of `old_size` leaves is a prefix of the tree of `new_size` leaves
@@ -254,13 +265,20 @@ pub fn consistency_proof<R: NodeReader>(
 /// `old_size` to the tree of `new_size`, each once, in the order first read (as
 /// [`inclusion_proof_nodes`] for inclusion proofs). Sizes out of order add nothing.
 pub fn consistency_proof_nodes(old_size: u64, new_size: u64) -> Vec<(u8, u64)> {
-    let mut nodes = Vec::new();
-    if old_size > new_size {
-        return nodes;
+    match old_size > new_size {
+        true => Vec::new(),
+        false => nodes_of(consistency_ranges(old_size, new_size)),
     }
-    for (begin, end) in consistency_ranges(old_size, new_size) {
+}
+
+/// The complete subtrees the hashes of leaf ranges `ranges` are folded from, each once, in
+/// the order [`subtree_hash`] reads them.
+fn nodes_of(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u8, u64)> {
+    let mut nodes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (begin, end) in ranges {
         for node in complete_subtrees(begin, end - begin) {
-            if !nodes.contains(&node) {
+            if seen.insert(node) {
                 nodes.push(node);
             }
         }

@@ -284,23 +284,13 @@ pub fn hashes(field: &'static str, raw: &[Vec<u8>]) -> Result<Vec<Hash>, WireErr
 
 /// Hashes packed one after another (32 bytes each) as [`Hash`]es.
 pub fn packed_hashes(field: &'static str, raw: &[u8]) -> Result<Vec<Hash>, WireError> {
-    if !raw.len().is_multiple_of(32) {
-        return Err(WireError {
-            field,
-            reason: format!(
-                "{} bytes are not a whole number of 32-byte hashes",
-                raw.len()
-            ),
-        });
-    }
-    Ok(raw
-        .chunks_exact(32)
-        .map(|h| {
-            let mut hash = [0; 32];
-            hash.copy_from_slice(h);
-            hash
-        })
-        .collect())
+    huren_core::merkle::split_hashes(raw).ok_or_else(|| WireError {
+        field,
+        reason: format!(
+            "{} bytes are not a whole number of 32-byte hashes",
+            raw.len()
+        ),
+    })
 }
 
 impl TryFrom<pb::LogProof> for LogProof {

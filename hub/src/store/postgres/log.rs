@@ -47,17 +47,8 @@ impl LogState {
 
 /// 32-byte hashes from their concatenation.
 pub(super) fn hashes(raw: &[u8]) -> Result<Vec<Hash>, StoreError> {
-    if !raw.len().is_multiple_of(32) {
-        return Err(StoreError::Corrupt("a stored hash is not 32 bytes".into()));
-    }
-    Ok(raw
-        .chunks_exact(32)
-        .map(|c| {
-            let mut h = [0; 32];
-            h.copy_from_slice(c);
-            h
-        })
-        .collect())
+    merkle::split_hashes(raw)
+        .ok_or_else(|| StoreError::Corrupt("a stored hash is not 32 bytes".into()))
 }
 
 pub(super) fn hash(raw: &[u8], what: impl Fn() -> String) -> Result<Hash, StoreError> {

@@ -104,13 +104,7 @@ pub(super) fn tile_value(hashes: &[Hash]) -> Vec<u8> {
 /// The hashes in (part of) a tile's stored value; a trailing partial hash is ignored (callers
 /// check the length).
 pub(super) fn tile_hashes(raw: &[u8]) -> Vec<Hash> {
-    raw.chunks_exact(32)
-        .map(|h| {
-            let mut hash = [0; 32];
-            hash.copy_from_slice(h);
-            hash
-        })
-        .collect()
+    merkle::split_hashes(&raw[..raw.len() - raw.len() % 32]).unwrap_or_default()
 }
 
 /// Reads complete-subtree hashes from memory where a batch already has them, from the store
