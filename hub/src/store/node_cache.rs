@@ -2,35 +2,37 @@
 //! subtree's hash never changes, so nothing is ever invalidated; what the cache needs is a
 //! bound, since the tree grows for as long as the hub runs.
 //!
-//! An inclusion proof takes one node per level. The nodes from [`CACHED_LEVELS`] up are shared
-//! by many proofs (a node at level `l` by `2^l` leaves) and are kept in one array per level,
-//! indexed by the node's index, up to [`UPPER_NODES`] places in all; when that is reached, the
-//! lowest level kept is given up (which halves the count), so the most shared nodes stay and
-//! memory stays flat however long the log grows. Below, a proof's
-//! few nodes (and leaf hashes) are kept up to [`RECENT_NODES`] and the set is emptied when
-//! full: every proof against a recent size needs the nodes along the tree's right edge, so
-//! those are read once rather than once per proof.
+//! An inclusion proof takes one node per level. Nodes are kept in one array per level, in
+//! chunks, indexed by the node's index, from the leaf hashes ([`CACHED_LEVELS`]) up, up to
+//! [`UPPER_NODES`] places in all; when a new chunk would pass that, the lowest level kept is
+//! given up (which halves the count), so the most shared nodes stay (a node at level `l` is in
+//! the proofs of `2^l` leaves) and memory stays flat however long the log grows. The nodes of
+//! levels given up are kept up to [`RECENT_NODES`] and that set is emptied when full: every
+//! proof against a recent size needs the nodes along the tree's right edge, so those are read
+//! once rather than once per proof.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
 use huren_core::merkle::Hash;
 
-/// The lowest level kept while the upper set has room. Level 3 rather than 6 made FindPrior
-/// with proofs 15% faster at 100,000 summaries on sled (measured before tiles, when each lower
-/// node was a read of its own); level 1 gained no more than noise.
-pub(crate) const CACHED_LEVELS: u8 = 3;
+/// The lowest level kept while the upper set has room: the leaf hashes themselves, so that once
+/// read, a proof needs nothing from the store. Level 3 rather than 6 made FindPrior with proofs
+/// 15% faster at 100,000 summaries on sled (measured before tiles, when each lower node was a
+/// read of its own); level 0, with a tile's nodes kept whole when one is read, took the tile
+/// reads out of proofs (README, "Where the time goes").
+pub(crate) const CACHED_LEVELS: u8 = 0;
 
-/// Places of upper nodes kept at most (16 MB of hashes, up to twice that while an array
-/// grows): all of them for a log of up to two million entries, then the levels above the
-/// lowest given up.
-pub(crate) const UPPER_NODES: usize = 1 << 19;
+/// Places kept at most in the upper set (128 MiB of hashes): every node of a log of up to two
+/// million entries, then the levels above the lowest given up, one at a time (at ten million,
+/// levels 3 and up; at a hundred million, 6 and up).
+pub(crate) const UPPER_NODES: usize = 1 << 22;
 
 /// An empty place of an upper level's array. A node whose hash is all zeros (a SHA-256 output
 /// no one can aim at) would only be read from the store each time, never answered wrongly.
 const ABSENT: Hash = [0; 32];
 
-/// Lower-level nodes and leaf hashes kept at most (about 4 MB); the set is emptied when full.
+/// Nodes of levels given up kept at most (about 4 MB); the set is emptied when full.
 pub(crate) const RECENT_NODES: usize = 1 << 16;
 
 /// A node's place as one number: its level in the top byte, its index below (a log never
@@ -69,13 +71,23 @@ impl std::hash::Hasher for PlaceHasher {
 
 pub(crate) type NodeMap = HashMap<u64, Hash, std::hash::BuildHasherDefault<PlaceHasher>>;
 
-/// The upper nodes: for each level from `lowest` up, an array of its nodes by index
-/// ([`ABSENT`] where not yet read), `places` in all. An array lookup is one memory access where
-/// the map it replaced took two or three, and proofs at a million entries missed the CPU's
-/// caches at each.
+/// Places in one chunk of a level at most (128 KiB of hashes): a level is allocated a chunk at a
+/// time, so it is never copied whole to grow, and a node far along a level (read after a
+/// restart, say) costs its chunk, not the level up to it. A chunk grows by doubling up to this,
+/// so the small levels near the root cost what they hold.
+const CHUNK: usize = 1 << 12;
+
+/// One level's chunks, by `index / CHUNK`; an empty one where no node of it was kept.
+type Level = Vec<Vec<Hash>>;
+
+/// The upper nodes: for each level from `lowest` up, its nodes by index in chunks ([`ABSENT`]
+/// where not yet read), `places` in all (a chunk counts the places it has allocated, a slot of
+/// a level's chunk list one). A lookup is two memory accesses, the chunk list of a level being
+/// small enough to stay in the CPU's caches; the map this replaced took two or three that
+/// missed them.
 struct Upper {
     lowest: u8,
-    levels: Vec<Vec<Hash>>,
+    levels: Vec<Level>,
     places: usize,
 }
 
@@ -84,17 +96,63 @@ impl Upper {
         if level < self.lowest {
             return None;
         }
+        let index = usize::try_from(index).ok()?;
         let hash = *self
             .levels
             .get(usize::from(level))?
-            .get(usize::try_from(index).ok()?)?;
+            .get(index / CHUNK)?
+            .get(index % CHUNK)?;
         (hash != ABSENT).then_some(hash)
+    }
+
+    /// Keeps `hash` at its place unless its level is not kept (any more). Room is made first:
+    /// the lowest levels are given up while what the place needs allocated would pass
+    /// `limit`. False when not kept.
+    fn put(&mut self, level: u8, index: u64, hash: Hash, limit: usize) -> bool {
+        let (Ok(index), at) = (usize::try_from(index), usize::from(level)) else {
+            return false;
+        };
+        let Some(chunks) = self.levels.get(at).filter(|_| level >= self.lowest) else {
+            return false;
+        };
+        let (c, offset) = (index / CHUNK, index % CHUNK);
+        let (len, capacity) = chunks.get(c).map_or((0, 0), |k| (k.len(), k.capacity()));
+        if offset >= len {
+            let wanted = match offset < capacity {
+                true => capacity,
+                false => (offset + 1).max(capacity * 2).min(CHUNK),
+            };
+            let grow = (wanted - capacity).saturating_add((c + 1).saturating_sub(chunks.len()));
+            while self.places.saturating_add(grow) > limit && self.lowest <= level {
+                self.give_up_lowest();
+            }
+            if level < self.lowest {
+                return false;
+            }
+            let chunks = &mut self.levels[at];
+            if chunks.len() <= c {
+                self.places += c + 1 - chunks.len();
+                chunks.resize_with(c + 1, Vec::new);
+            }
+            let chunk = &mut chunks[c];
+            chunk.reserve_exact(wanted - len);
+            chunk.resize(offset + 1, ABSENT);
+            self.places += chunk.capacity() - capacity;
+        }
+        match self.levels[at].get_mut(c).and_then(|k| k.get_mut(offset)) {
+            Some(slot) => {
+                *slot = hash;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Gives up the lowest level kept.
     fn give_up_lowest(&mut self) {
         if let Some(level) = self.levels.get_mut(usize::from(self.lowest)) {
-            self.places -= level.len();
+            let allocated: usize = level.iter().map(Vec::capacity).sum();
+            self.places -= level.len() + allocated;
             *level = Vec::new();
         }
         self.lowest += 1;
@@ -115,7 +173,7 @@ impl Default for NodeCache {
 }
 
 impl NodeCache {
-    /// A cache that keeps at most `upper_limit` upper nodes (tests use small ones).
+    /// A cache that keeps at most `upper_limit` upper places (tests use small ones).
     pub(crate) fn with_limit(upper_limit: usize) -> Self {
         NodeCache {
             upper: RwLock::new(Upper {
@@ -129,9 +187,7 @@ impl NodeCache {
     }
 
     pub(crate) fn get(&self, level: u8, index: u64) -> Option<Hash> {
-        if level >= CACHED_LEVELS
-            && let Some(h) = self.upper.read().ok()?.get(level, index)
-        {
+        if let Some(h) = self.upper.read().ok()?.get(level, index) {
             return Some(h);
         }
         self.recent
@@ -143,38 +199,33 @@ impl NodeCache {
 
     /// Call only with committed nodes.
     pub(crate) fn insert(&self, level: u8, index: u64, hash: Hash) {
-        let place = node_place(level, index);
-        if (CACHED_LEVELS..64).contains(&level)
-            && let Ok(index) = usize::try_from(index)
-            && let Ok(mut upper) = self.upper.write()
-            && level >= upper.lowest
-        {
-            let at = usize::from(level);
-            let len = upper.levels.get(at).map_or(0, Vec::len);
-            let grow = index.saturating_add(1).saturating_sub(len);
-            // Room is made before the array grows: a node far along a level (read after a
-            // restart, say) would otherwise allocate its whole level at once.
-            while upper.places.saturating_add(grow) > self.upper_limit && upper.lowest <= level {
-                upper.give_up_lowest();
-            }
-            if level >= upper.lowest
-                && let Some(nodes) = upper.levels.get_mut(at)
-            {
-                if grow > 0 {
-                    nodes.resize(index + 1, ABSENT);
+        self.insert_all(&[(level, index, hash)]);
+    }
+
+    /// [`Self::insert`] for several nodes, each lock taken once. Call only with committed
+    /// nodes.
+    pub(crate) fn insert_all(&self, nodes: &[(u8, u64, Hash)]) {
+        let mut rest = Vec::new();
+        match self.upper.write() {
+            Ok(mut upper) => {
+                for &(level, index, hash) in nodes {
+                    if !upper.put(level, index, hash, self.upper_limit) {
+                        rest.push((level, index, hash));
+                    }
                 }
-                if let Some(slot) = nodes.get_mut(index) {
-                    *slot = hash;
-                }
-                upper.places += grow;
-                return;
             }
+            Err(_) => rest.extend_from_slice(nodes),
+        }
+        if rest.is_empty() {
+            return;
         }
         if let Ok(mut recent) = self.recent.write() {
-            if recent.len() >= RECENT_NODES {
-                recent.clear();
+            for (level, index, hash) in rest {
+                if recent.len() >= RECENT_NODES {
+                    recent.clear();
+                }
+                recent.insert(node_place(level, index), hash);
             }
-            recent.insert(place, hash);
         }
     }
 
@@ -223,60 +274,67 @@ mod tests {
     /// what was kept of them stay, and a given-up level's nodes still serve from the lower set.
     #[test]
     fn the_upper_set_gives_up_its_lowest_level_at_the_limit() {
-        let cache = NodeCache::with_limit(100);
+        let limit = 6 * CHUNK + 100;
+        let cache = NodeCache::with_limit(limit);
         let hash = |level: u8, index: u64| {
             let mut h = [0u8; 32];
-            h[0] = level;
+            h[0] = level + 1;
             h[1..9].copy_from_slice(&index.to_be_bytes());
             h
         };
-        // A log growing to 2^12 leaves: each node of levels 3 to 9 as it is completed.
-        for leaves in 1..=(1u64 << 12) {
-            for level in 3..10u8 {
+        // A log growing to 2^15 leaves (eight chunks of leaf hashes, 27 chunks in all): each
+        // node of levels 0 to 15 as it is completed.
+        for leaves in 1..=(1u64 << 15) {
+            for level in 0..16u8 {
                 if leaves % (1 << level) == 0 {
-                    cache.insert(
-                        level,
-                        (leaves >> level) - 1,
-                        hash(level, (leaves >> level) - 1),
-                    );
+                    let index = (leaves >> level) - 1;
+                    cache.insert(level, index, hash(level, index));
                     let (upper, _, _) = cache.counts();
-                    assert!(upper <= 100, "{upper} upper nodes");
+                    assert!(upper <= limit, "{upper} upper places");
                 }
             }
         }
-        // Top down, too (as proofs of an old store might read them).
-        let top_down = NodeCache::with_limit(100);
-        for level in (3..10u8).rev() {
-            for index in 0..(1u64 << (12 - level)) {
-                top_down.insert(level, index, hash(level, index));
-                assert!(top_down.counts().0 <= 100);
-            }
-        }
         let (upper, recent, lowest) = cache.counts();
-        assert!(lowest > CACHED_LEVELS, "lowest level kept: {lowest}");
+        // Levels 0 and 1 (eight and four chunks) cannot stay; level 2 and up (two chunks, one,
+        // and the rest about one between them) can.
+        assert_eq!(lowest, 2, "lowest level kept");
         assert!(upper > 0 && recent > 0);
-        for level in lowest..10 {
-            for index in 0..(1u64 << (12 - level)) {
+        for level in lowest..16 {
+            for index in 0..(1u64 << (15 - level)) {
                 assert_eq!(cache.get(level, index), Some(hash(level, index)));
             }
         }
-        // A node far along a level gives up that level instead of growing its array past the
-        // limit; it is still served, from the lower set.
-        let far = NodeCache::with_limit(100);
+        // Top down, too (as proofs of an old store might read them), in one call.
+        let top_down = NodeCache::with_limit(limit);
+        let nodes: Vec<_> = (0..16u8)
+            .rev()
+            .flat_map(|level| (0..(1u64 << (15 - level))).map(move |i| (level, i, hash(level, i))))
+            .collect();
+        top_down.insert_all(&nodes);
+        let (places, _, lowest) = top_down.counts();
+        assert!(places <= limit, "{places} upper places");
+        assert_eq!(lowest, 2);
+        assert_eq!(top_down.get(2, 8191), Some(hash(2, 8191)));
+        // A node far along a level gives up that level instead of allocating the chunk list up
+        // to it past the limit; it is still served, from the lower set.
+        let far = NodeCache::with_limit(3 * CHUNK + 64);
         far.insert(12, 3, hash(12, 3));
-        far.insert(4, 5_000, hash(4, 5_000));
+        far.insert(4, 500_000_000, hash(4, 500_000_000));
         let (places, _, lowest) = far.counts();
-        assert_eq!((places, lowest), (4, 5));
-        assert_eq!(far.get(4, 5_000), Some(hash(4, 5_000)));
+        assert_eq!((places, lowest), (5, 5), "one slot and four places kept");
+        assert_eq!(far.get(4, 500_000_000), Some(hash(4, 500_000_000)));
         assert_eq!(far.get(12, 3), Some(hash(12, 3)));
         assert_eq!(far.get(12, 2), None, "an empty place is no node");
-        assert_eq!(far.get(12, 99), None);
+        assert_eq!(far.get(12, 99_999), None);
+        // A chunk far along a level that fits costs its chunk and the list's slots only.
+        let sparse = NodeCache::with_limit(3 * CHUNK + 64);
+        sparse.insert(0, 40 * CHUNK as u64 + 5, hash(0, 5));
+        assert_eq!(sparse.counts(), (41 + 6, 0, 0), "41 slots, 6 places");
+        assert_eq!(sparse.get(0, 40 * CHUNK as u64 + 5), Some(hash(0, 5)));
+        assert_eq!(sparse.get(0, 5), None);
         // A level given up is not kept above any more, whatever comes.
-        cache.insert(CACHED_LEVELS, 10_000, hash(CACHED_LEVELS, 10_000));
+        cache.insert(0, 10_000, hash(0, 10_000));
         assert_eq!(cache.counts().0, upper);
-        assert_eq!(
-            cache.get(CACHED_LEVELS, 10_000),
-            Some(hash(CACHED_LEVELS, 10_000))
-        );
+        assert_eq!(cache.get(0, 10_000), Some(hash(0, 10_000)));
     }
 }

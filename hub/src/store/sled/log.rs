@@ -141,6 +141,11 @@ pub(super) struct Nodes<'a> {
     pub(super) cache: &'a NodeCache,
     /// The tile read last: a proof takes up to four nodes from its leaf's tile.
     pub(super) last_tile: std::cell::RefCell<Option<(u64, sled::IVec)>>,
+    /// A size of the log whose writes are applied (0 when the reader has none to go by): a
+    /// tile whose leaves all lie below it is committed whole, and all its nodes are cached
+    /// when one is read. A tile above it may belong to a write still being applied, which a
+    /// failure would undo.
+    pub(super) committed: u64,
 }
 
 impl<'a> Nodes<'a> {
@@ -152,7 +157,43 @@ impl<'a> Nodes<'a> {
             tiles_from: i.tiles_from,
             cache: &i.node_cache,
             last_tile: std::cell::RefCell::new(None),
+            committed: 0,
         }
+    }
+
+    /// A reader for proofs against `size` leaves, at most the applied head.
+    pub(super) fn committed(i: &'a Inner, size: u64) -> Self {
+        Self {
+            committed: size,
+            ..Self::of(i)
+        }
+    }
+
+    /// Every node of tile `block` (its 16 leaf hashes and the 15 nodes above them, up to the
+    /// tile's root), for a tile whose leaves are all committed.
+    fn whole_tile(&self, block: u64) -> Result<Vec<(u8, u64, Hash)>, StoreError> {
+        let raw = self.tile(block)?;
+        let leaves = raw
+            .get(..TILE_LEAVES as usize * 32)
+            .filter(|_| raw.len() == TILE_LEAVES as usize * 32)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "log tile {block} holds {} bytes where a complete tile holds {}",
+                    raw.len(),
+                    TILE_LEAVES * 32
+                ))
+            })?;
+        let mut row = tile_hashes(leaves);
+        let mut nodes = Vec::with_capacity(2 * TILE_LEAVES as usize - 1);
+        for level in 0..=TILE_LEVEL {
+            let first = block << (TILE_LEVEL - level);
+            nodes.extend((first..).zip(&row).map(|(index, h)| (level, index, *h)));
+            row = row
+                .chunks_exact(2)
+                .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        Ok(nodes)
     }
 
     /// Tile `block`'s value, read once for consecutive nodes inside it.
@@ -219,6 +260,19 @@ impl merkle::NodeReader for Nodes<'_> {
             return Ok(hash);
         }
         let in_tiles = level <= TILE_LEVEL && index >> (TILE_LEVEL - level) >= self.tiles_from;
+        let block = index >> (TILE_LEVEL.saturating_sub(level));
+        if in_tiles && block.saturating_add(1).saturating_mul(TILE_LEAVES) <= self.committed {
+            // Each node of the tile is another proof's, and the tile is read anyway.
+            let nodes = self.whole_tile(block)?;
+            self.cache.insert_all(&nodes);
+            return nodes
+                .iter()
+                .find(|(l, i, _)| (*l, *i) == (level, index))
+                .map(|(_, _, h)| *h)
+                .ok_or_else(|| {
+                    StoreError::Tree(format!("node ({level}, {index}) is not in tile {block}"))
+                });
+        }
         let hash = match in_tiles {
             true => self.in_tile(level, index)?,
             false => self.stored(level, index)?,
@@ -297,7 +351,8 @@ impl SledStore {
     /// The inclusion proof of leaf `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(size)?;
-        merkle::inclusion_proof(index, size, &Nodes::of(&self.inner)).map_err(tree_error)
+        merkle::inclusion_proof(index, size, &Nodes::committed(&self.inner, size))
+            .map_err(tree_error)
     }
 
     /// The inclusion proofs of leaves `indexes` in the tree of `size` leaves, in that order,
@@ -308,12 +363,14 @@ impl SledStore {
         size: u64,
     ) -> Result<Vec<Vec<Hash>>, StoreError> {
         self.check_size(size)?;
-        merkle::inclusion_proofs(indexes, size, &Nodes::of(&self.inner)).map_err(tree_error)
+        merkle::inclusion_proofs(indexes, size, &Nodes::committed(&self.inner, size))
+            .map_err(tree_error)
     }
 
     /// The consistency proof from the tree of `old_size` leaves to the tree of `new_size`.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(new_size)?;
-        merkle::consistency_proof(old_size, new_size, &Nodes::of(&self.inner)).map_err(tree_error)
+        merkle::consistency_proof(old_size, new_size, &Nodes::committed(&self.inner, new_size))
+            .map_err(tree_error)
     }
 }

@@ -423,9 +423,59 @@ async fn cached_nodes_give_the_same_proofs_as_the_tree() {
         heads.extend(grown);
     }
     let cache = &store.inner.node_cache;
-    let (upper, recent, _) = cache.counts();
-    assert!(upper > 0, "upper levels cached");
-    assert!(recent > 0, "lower levels cached");
+    let (upper, _, lowest) = cache.counts();
+    assert!(upper > 0, "nodes cached");
+    assert_eq!(lowest, 0, "leaf hashes kept");
+}
+
+/// A proof that reads a tile whose leaves are all within the size it is for caches every node
+/// of that tile; a tile that reaches past that size (whose write another writer may still be
+/// applying, and a failure undo) gives only the nodes the proof asked for. Either way the
+/// proofs equal the tree's.
+#[tokio::test]
+async fn a_tile_is_cached_whole_only_below_the_size_proven() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut tree = MemoryTree::new();
+    grow(&store, &mut tree, 3 * TILE_LEAVES + 8);
+    let cache = &store.inner.node_cache;
+    let cached = |level: u8, index: u64| cache.get(level, index).is_some();
+    // Nothing read yet: writes do not fill the cache.
+    assert!(!cached(0, 5));
+    // Leaf 17 against size 20: tile 1 (leaves 16 to 31) is complete in the store but reaches
+    // past 20, so only what the proof read is kept.
+    let proof = store.inclusion_proof(17, 20).unwrap();
+    assert_eq!(proof, merkle::inclusion_proof(17, 20, &tree).unwrap());
+    assert!(cached(0, 16), "the proof's own sibling");
+    assert!(!cached(0, 30), "a leaf of the tile past the size proven");
+    assert!(!cached(4, 1), "the root of a tile past the size proven");
+    // Leaf 3 against the whole log: tile 0 is below it, and kept whole, up to its root.
+    let size = tree.size();
+    let proof = store.inclusion_proof(3, size).unwrap();
+    assert_eq!(proof, merkle::inclusion_proof(3, size, &tree).unwrap());
+    for index in 0..TILE_LEAVES {
+        assert_eq!(
+            cache.get(0, index),
+            Some(merkle::leaf_hash(&store.leaf(index).unwrap())),
+            "leaf hash {index}"
+        );
+    }
+    assert!(cached(1, 7) && cached(2, 3) && cached(3, 1) && cached(4, 0));
+    // The last, incomplete tile (leaves 48 to 55) is never kept whole.
+    let proof = store.inclusion_proof(49, size).unwrap();
+    assert_eq!(proof, merkle::inclusion_proof(49, size, &tree).unwrap());
+    assert!(cached(0, 48));
+    assert!(
+        !cached(0, 55),
+        "a leaf of the incomplete tile the proof did not read"
+    );
+    // Proofs read back from the cache are still the tree's.
+    for index in [3, 17, 49] {
+        assert_eq!(
+            store.inclusion_proof(index, size).unwrap(),
+            merkle::inclusion_proof(index, size, &tree).unwrap()
+        );
+    }
 }
 
 /// The store records its layout version when it is first opened; a store in a newer layout
