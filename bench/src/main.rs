@@ -102,6 +102,10 @@ struct Args {
     /// sled's page cache in MiB (the hub's `store_cache_mb`; default its default, 1024).
     #[arg(long)]
     store_cache_mb: Option<u64>,
+    /// Memory for the log's Merkle nodes in MiB (the hub's `[log] node_cache_mb`; default its
+    /// default, 128).
+    #[arg(long)]
+    node_cache_mb: Option<u64>,
     /// Messages per file for `--only ingest` (the agent's HL7 ingest; only run when asked).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     ingest_messages: Vec<usize>,
@@ -634,6 +638,7 @@ async fn open_store(
     kind: &str,
     cache_bytes: u64,
     durability: huren_hub::store::Durability,
+    node_cache_bytes: u64,
     cluster: &mut Option<huren_hub::store::postgres::cluster::Cluster>,
 ) -> anyhow::Result<BenchStore> {
     use huren_hub::store::postgres::{cluster::Cluster, is_url};
@@ -642,6 +647,7 @@ async fn open_store(
             &bench.store,
             cache_bytes,
             durability,
+            node_cache_bytes,
         )?));
     }
     let url = if is_url(kind) {
@@ -661,7 +667,8 @@ async fn open_store(
         anyhow::bail!("--store takes sled, postgres or postgres://…, not {kind}");
     };
     Ok(BenchStore::Postgres(
-        huren_hub::store::PgStore::open_with(&url, bench.args.pg_connections()).await?,
+        huren_hub::store::PgStore::open_with(&url, bench.args.pg_connections(), node_cache_bytes)
+            .await?,
     ))
 }
 
@@ -863,6 +870,7 @@ async fn run(
         kind,
         args.store_cache_mb.unwrap_or(hub_config.store_cache_mb) << 20,
         durability,
+        args.node_cache_mb.unwrap_or(hub_config.log.node_cache_mb) << 20,
         cluster,
     )
     .await?;
@@ -1701,6 +1709,7 @@ mod tests {
             store: vec![kind.into()],
             store_connections: None,
             store_cache_mb: None,
+            node_cache_mb: None,
             ingest_messages: vec![20],
             soak: None,
             soak_csv: "soak.csv".into(),

@@ -120,6 +120,7 @@ pub async fn run(args: Args, seconds: u64, csv: std::path::PathBuf) -> anyhow::R
         kind,
         hub_config.store_cache_mb << 20,
         huren_hub::store::Durability::Flush,
+        hub_config.log.node_cache_mb << 20,
         &mut cluster,
     )
     .await?;

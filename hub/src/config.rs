@@ -59,6 +59,11 @@ pub struct LogConfig {
     /// How long the hub waits for a witness's cosignature, in milliseconds (default 3000). A
     /// witness that does not answer in time adds nothing to that checkpoint.
     pub witness_timeout_ms: u64,
+    /// Memory the log's Merkle nodes may take once read, in MiB (default 128, at least 1): with
+    /// every node of the log in memory, an inclusion proof reads nothing from the store. 128
+    /// MiB holds every node of a log of two million entries; a longer log keeps its upper
+    /// levels (the ones most proofs share), about 64 bytes per entry to keep them all.
+    pub node_cache_mb: u64,
 }
 
 impl Default for LogConfig {
@@ -67,6 +72,7 @@ impl Default for LogConfig {
             key: None,
             origin: DEFAULT_LOG_ORIGIN.into(),
             witness_timeout_ms: 3000,
+            node_cache_mb: crate::store::DEFAULT_NODE_CACHE_BYTES >> 20,
         }
     }
 }
@@ -188,6 +194,13 @@ impl HubConfig {
                 ),
             ));
         }
+        if config.log.node_cache_mb == 0 {
+            return Err(ConfigError::invalid(
+                path,
+                "hub",
+                "[log] node_cache_mb is 0: it must be at least 1 (MiB)".to_string(),
+            ));
+        }
         if !(1..=1000).contains(&config.store_connections) {
             return Err(ConfigError::invalid(
                 path,
@@ -265,6 +278,7 @@ mod tests {
             Some("127.0.0.1:9464".parse().unwrap())
         );
         assert_eq!(config.store_cache_mb, 1024);
+        assert_eq!(config.log.node_cache_mb, 128);
         assert_eq!(config.log.origin, "huren.example/alliance-log");
         assert!(config.log_key_path().is_absolute());
     }
@@ -280,6 +294,21 @@ mod tests {
         assert!(err.contains("store_cache_mb is 8"), "{err}");
         std::fs::write(&path, format!("{base}{tls}")).unwrap();
         assert_eq!(HubConfig::load(&path).unwrap().store_cache_mb, 1024);
+    }
+
+    #[test]
+    fn a_node_cache_of_nothing_is_refused_and_a_missing_one_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        let base = "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\n";
+        let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        std::fs::write(&path, format!("{base}{tls}[log]\nnode_cache_mb = 0\n")).unwrap();
+        let err = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("[log] node_cache_mb is 0"), "{err}");
+        std::fs::write(&path, format!("{base}{tls}[log]\nnode_cache_mb = 640\n")).unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().log.node_cache_mb, 640);
+        std::fs::write(&path, format!("{base}{tls}")).unwrap();
+        assert_eq!(HubConfig::load(&path).unwrap().log.node_cache_mb, 128);
     }
 
     #[test]

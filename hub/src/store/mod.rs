@@ -47,6 +47,10 @@ use huren_core::summary::{SuccessionError, Summary, UnixMillis};
 pub use self::postgres::PgStore;
 pub use self::sled::{DEFAULT_CACHE_BYTES, Durability, SledStore, TreeContents};
 
+/// Memory the log's Merkle node hashes may take by default (128 MiB; the hub's `[log]
+/// node_cache_mb`).
+pub const DEFAULT_NODE_CACHE_BYTES: u64 = node_cache::UPPER_NODES as u64 * 32;
+
 /// What a member was shown of a result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Consultation {
@@ -447,9 +451,15 @@ pub async fn open(config: &crate::config::HubConfig) -> Result<SharedStore, Stor
             &config.store,
             config.store_cache_mb << 20,
             config.durability,
+            config.log.node_cache_mb << 20,
         )?),
         crate::config::StoreKind::Postgres => Arc::new(
-            PgStore::open_with(&config.store.to_string_lossy(), config.store_connections).await?,
+            PgStore::open_with(
+                &config.store.to_string_lossy(),
+                config.store_connections,
+                config.log.node_cache_mb << 20,
+            )
+            .await?,
         ),
     })
 }

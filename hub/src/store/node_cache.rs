@@ -23,7 +23,8 @@ use huren_core::merkle::Hash;
 /// reads out of proofs (README, "Where the time goes").
 pub(crate) const CACHED_LEVELS: u8 = 0;
 
-/// Places kept at most in the upper set (128 MiB of hashes): every node of a log of up to two
+/// Places kept at most in the upper set by default (128 MiB of hashes; the hub's `[log]
+/// node_cache_mb` sets it): every node of a log of up to two
 /// million entries, then the levels above the lowest given up, one at a time (at ten million,
 /// levels 3 and up; at a hundred million, 6 and up).
 pub(crate) const UPPER_NODES: usize = 1 << 22;
@@ -173,6 +174,11 @@ impl Default for NodeCache {
 }
 
 impl NodeCache {
+    /// A cache that keeps at most about `bytes` of hashes (the hub's `[log] node_cache_mb`).
+    pub(crate) fn with_bytes(bytes: u64) -> Self {
+        Self::with_limit(usize::try_from(bytes / 32).unwrap_or(usize::MAX))
+    }
+
     /// A cache that keeps at most `upper_limit` upper places (tests use small ones).
     pub(crate) fn with_limit(upper_limit: usize) -> Self {
         NodeCache {
@@ -274,6 +280,8 @@ mod tests {
     /// what was kept of them stay, and a given-up level's nodes still serve from the lower set.
     #[test]
     fn the_upper_set_gives_up_its_lowest_level_at_the_limit() {
+        assert_eq!(NodeCache::with_bytes(128 << 20).upper_limit, UPPER_NODES);
+        assert_eq!(NodeCache::with_bytes(1 << 20).upper_limit, 32_768);
         let limit = 6 * CHUNK + 100;
         let cache = NodeCache::with_limit(limit);
         let hash = |level: u8, index: u64| {

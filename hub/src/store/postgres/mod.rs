@@ -201,11 +201,21 @@ impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/dbname`),
     /// applies the migrations it lacks (refusing a newer schema) and reads the log's head.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with(url, DEFAULT_CONNECTIONS).await
+        Self::open_with(
+            url,
+            DEFAULT_CONNECTIONS,
+            crate::store::DEFAULT_NODE_CACHE_BYTES,
+        )
+        .await
     }
 
-    /// [`PgStore::open`], keeping at most `connections` connections open.
-    pub async fn open_with(url: &str, connections: usize) -> Result<Self, StoreError> {
+    /// [`PgStore::open`], keeping at most `connections` connections open and at most
+    /// `node_cache_bytes` of the log's Merkle nodes in memory.
+    pub async fn open_with(
+        url: &str,
+        connections: usize,
+        node_cache_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("the PostgreSQL URL does not parse: {e}").into())
         })?;
@@ -247,7 +257,7 @@ impl PgStore {
                 pool,
                 place,
                 head: Mutex::new((LogState::default().head(), Instant::now())),
-                nodes: NodeCache::default(),
+                nodes: NodeCache::with_bytes(node_cache_bytes),
                 certs: RwLock::new(HashMap::new()),
             }),
         };

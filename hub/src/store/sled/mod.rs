@@ -282,14 +282,21 @@ impl SledStore {
     /// [`SledStore::open`] with a page cache of at most `cache_bytes`: the memory sled may use to
     /// keep the store's pages (most of the hub's resident memory once queries have read them).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_with(dir, cache_bytes, Durability::Flush)
+        Self::open_with(
+            dir,
+            cache_bytes,
+            Durability::Flush,
+            crate::store::DEFAULT_NODE_CACHE_BYTES,
+        )
     }
 
-    /// [`SledStore::open_with_cache`] with the durability of each commit chosen.
+    /// [`SledStore::open_with_cache`] with the durability of each commit chosen, and at most
+    /// `node_cache_bytes` of the log's Merkle nodes kept in memory.
     pub fn open_with(
         dir: &Path,
         cache_bytes: u64,
         durability: Durability,
+        node_cache_bytes: u64,
     ) -> Result<Self, StoreError> {
         // A store this process has just dropped can stay locked for a moment: sled's own
         // background writes let go of its files a little after the last handle.
@@ -318,7 +325,7 @@ impl SledStore {
             log_nodes: db.open_tree("log_nodes")?,
             log_tiles: db.open_tree("log_tiles")?,
             tiles_from: 0,
-            node_cache: NodeCache::default(),
+            node_cache: NodeCache::with_bytes(node_cache_bytes),
             log_meta: db.open_tree("log_meta")?,
             log: Mutex::new(LogState::default()),
             applied: Mutex::new(LogState::default().head()),

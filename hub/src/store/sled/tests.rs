@@ -587,8 +587,13 @@ async fn fsync_durability_commits_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let p = Pseudonym::from_bytes([8; 32]);
     {
-        let store =
-            SledStore::open_with(dir.path(), DEFAULT_CACHE_BYTES, Durability::Fsync).unwrap();
+        let store = SledStore::open_with(
+            dir.path(),
+            DEFAULT_CACHE_BYTES,
+            Durability::Fsync,
+            crate::store::DEFAULT_NODE_CACHE_BYTES,
+        )
+        .unwrap();
         for i in 0..5u8 {
             store.log_access(&access(i, p)).unwrap();
             store.commit().await.unwrap();
