@@ -235,6 +235,21 @@ impl NodeCache {
         }
     }
 
+    /// Keeps those of `nodes` whose level is kept in the arrays, and drops the others: for
+    /// nodes just written, most of which no proof may ask for soon, so that a log past the
+    /// bound does not churn the set of given-up levels with each write. Call only with
+    /// committed nodes.
+    pub(crate) fn insert_kept(&self, nodes: &[(u8, u64, Hash)]) {
+        if nodes.is_empty() {
+            return;
+        }
+        if let Ok(mut upper) = self.upper.write() {
+            for &(level, index, hash) in nodes {
+                upper.put(level, index, hash, self.upper_limit);
+            }
+        }
+    }
+
     /// How many upper places and lower nodes are kept, and the lowest upper level.
     #[cfg(test)]
     pub(crate) fn counts(&self) -> (usize, usize, u8) {

@@ -311,11 +311,10 @@ impl PgStore {
         Ok(head)
     }
 
-    /// Notes the nodes a committed write completed (they never change).
+    /// Notes the nodes a committed write completed (they never change), in the levels the
+    /// node cache keeps (`NodeCache::insert_kept`).
     pub(super) fn cache_written(&self, written: &[(u8, u64, Hash)]) {
-        for (l, i, h) in written {
-            self.inner.nodes.insert(*l, *i, *h);
-        }
+        self.inner.nodes.insert_kept(written);
     }
 
     /// A durable head of at least `min_size` leaves: the newest known while it is recent.

@@ -119,10 +119,10 @@ impl SledStore {
         for key in access_keys {
             ws.add(TreeId::Access, key, Vec::new());
         }
-        let next = growth.finish(&mut ws);
+        let (next, completed) = growth.finish(&mut ws);
         ws.apply(&**i)?;
         *log = next;
-        self.set_applied(log.head());
+        self.set_applied(log.head(), &completed);
         Ok(())
     }
 
@@ -222,12 +222,12 @@ impl SledStore {
                     let mut growth = Growth::new(&log);
                     let mut ws = WriteSet::new();
                     let index = growth.push(&mut ws, leaf).index;
-                    let next = growth.finish(&mut ws);
+                    let (next, completed) = growth.finish(&mut ws);
                     ws.add(TreeId::Events, event_key, event);
                     ws.add(TreeId::Decisions, key, value);
                     ws.apply(&**i)?;
                     *log = next;
-                    self.set_applied(log.head());
+                    self.set_applied(log.head(), &completed);
                     let logged = Logged {
                         index,
                         head: log.head(),
@@ -287,7 +287,7 @@ impl SledStore {
             };
             let mut ws = WriteSet::new();
             let index = growth.push(&mut ws, leaf).index;
-            let next = growth.finish(&mut ws);
+            let (next, completed) = growth.finish(&mut ws);
             ws.replace(
                 TreeId::Consent,
                 patient.as_bytes().as_slice(),
@@ -297,7 +297,7 @@ impl SledStore {
             ws.apply(&**i)?;
             let changed = before != opted_out;
             *log = next;
-            self.set_applied(log.head());
+            self.set_applied(log.head(), &completed);
             (changed, index, log.head())
         };
         self.commit().await?;
@@ -312,7 +312,7 @@ impl SledStore {
             let mut growth = Growth::new(&log);
             let mut ws = WriteSet::new();
             let index = growth.push(&mut ws, leaf).index;
-            let next = growth.finish(&mut ws);
+            let (next, completed) = growth.finish(&mut ws);
             let before = i.log_meta.get(POLICY_KEY)?;
             ws.replace(
                 TreeId::LogMeta,
@@ -322,7 +322,7 @@ impl SledStore {
             );
             ws.apply(&**i)?;
             *log = next;
-            self.set_applied(log.head());
+            self.set_applied(log.head(), &completed);
             (index, log.head())
         };
         self.commit().await?;

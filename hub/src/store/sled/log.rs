@@ -9,6 +9,9 @@ pub(super) struct Growth {
     /// The incomplete tile as stored when the growth began (what undoing the set restores).
     pub(super) start_tile: Option<Vec<u8>>,
     pub(super) next: LogState,
+    /// Every node the appended leaves completed, leaf hashes included: for the node cache
+    /// once the set is applied.
+    written: Vec<(u8, u64, Hash)>,
 }
 
 /// One leaf appended by a [`Growth`].
@@ -29,6 +32,7 @@ impl Growth {
                 frontier: log.frontier.clone(),
                 tile: log.tile.clone(),
             },
+            written: Vec::new(),
         }
     }
 
@@ -41,6 +45,7 @@ impl Growth {
         let index = self.next.size;
         let hash = merkle::leaf_hash(&leaf);
         let nodes = merkle::append(&mut self.next.frontier, index, hash);
+        self.written.extend_from_slice(&nodes);
         ws.add(TreeId::LogLeaves, index.to_be_bytes(), leaf);
         for (level, at, node) in nodes.iter().filter(|(level, _, _)| *level > TILE_LEVEL) {
             ws.add(TreeId::LogNodes, node_key(*level, *at), node.as_slice());
@@ -69,8 +74,9 @@ impl Growth {
     }
 
     /// Adds the incomplete last tile and the new size (if any leaf was appended) and returns
-    /// the state to keep once the set is applied.
-    pub(super) fn finish(self, ws: &mut WriteSet) -> LogState {
+    /// the state to keep once the set is applied, with the nodes the leaves completed (for
+    /// `SledStore::set_applied`).
+    pub(super) fn finish(self, ws: &mut WriteSet) -> (LogState, Vec<(u8, u64, Hash)>) {
         if self.next.size != self.start_size {
             if !self.next.tile.is_empty() {
                 self.write_tile(ws, self.next.size / TILE_LEAVES);
@@ -84,7 +90,7 @@ impl Growth {
                 before,
             );
         }
-        self.next
+        (self.next, self.written)
     }
 }
 

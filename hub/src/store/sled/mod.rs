@@ -438,10 +438,10 @@ impl SledStore {
             rec.log_index = growth.next_index();
             ws.replace(TreeId::Summaries, key, encode_v1(&rec), Some(&raw));
             growth.push(&mut ws, leaf);
-            let next = growth.finish(&mut ws);
+            let (next, completed) = growth.finish(&mut ws);
             ws.apply(&**i)?;
             *log = next;
-            self.set_applied(log.head());
+            self.set_applied(log.head(), &completed);
         }
         i.db.flush()?;
         tracing::info!(
@@ -489,11 +489,14 @@ impl SledStore {
             .map_err(|_| StoreError::Corrupt("a log append panicked earlier".into()))
     }
 
-    /// Called by every writer, under the log's lock, once its write set is applied.
-    fn set_applied(&self, head: TreeHead) {
+    /// Called by every writer, under the log's lock, once its write set is applied, with the
+    /// nodes its leaves completed: committed now, they go to the node cache, so that proofs of
+    /// recent entries (the ones a validity window keeps asked for) read nothing from sled.
+    fn set_applied(&self, head: TreeHead, completed: &[(u8, u64, Hash)]) {
         if let Ok(mut applied) = self.inner.applied.lock() {
             *applied = head;
         }
+        self.inner.node_cache.insert_kept(completed);
     }
 
     /// A durable tree head of at least `min_size` entries without waiting for a flush when

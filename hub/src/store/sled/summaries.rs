@@ -235,7 +235,7 @@ impl SledStore {
             results.push(Ok((None, pending.index)));
             written.extend(pending.nodes);
         }
-        let next = growth.finish(&mut ws);
+        let (next, completed) = growth.finish(&mut ws);
         ws.extend(references);
         ws.apply(&**i)?;
         for (hash, der) in new_certs {
@@ -249,7 +249,7 @@ impl SledStore {
         known.extend(written.into_iter().map(|(l, i, h)| ((l, i), h)));
         *log = next;
         let head = log.head();
-        self.set_applied(head);
+        self.set_applied(head, &completed);
         drop(log);
         let reader = Layered {
             known: &known,

@@ -428,6 +428,40 @@ async fn cached_nodes_give_the_same_proofs_as_the_tree() {
     assert_eq!(lowest, 0, "leaf hashes kept");
 }
 
+/// The nodes a write completes are cached once it is applied, leaf hashes included, and serve
+/// the proofs; past the bound, the nodes of levels given up are dropped, not churned through
+/// the set of given-up levels.
+#[tokio::test]
+async fn written_nodes_are_cached_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut tree = MemoryTree::new();
+    let heads = grow(&store, &mut tree, 3 * TILE_LEAVES + 8);
+    let cache = &store.inner.node_cache;
+    for index in 0..tree.size() {
+        assert_eq!(
+            cache.get(0, index),
+            Some(merkle::leaf_hash(&store.leaf(index).unwrap())),
+            "leaf hash {index}"
+        );
+    }
+    assert_eq!(cache.get(5, 0), merkle::NodeReader::node(&tree, 5, 0).ok());
+    assert_eq!(cache.get(0, tree.size()), None, "nothing past the log");
+    check_proofs(&store, &heads);
+    // A bound of 40 places: the leaf level is given up on the way, and what is written
+    // after goes nowhere but the arrays of the levels kept.
+    let dir = tempfile::tempdir().unwrap();
+    let small =
+        SledStore::open_with(dir.path(), DEFAULT_CACHE_BYTES, Durability::Flush, 40 * 32).unwrap();
+    let mut tree = MemoryTree::new();
+    let heads = grow(&small, &mut tree, 3 * TILE_LEAVES + 8);
+    let (places, recent, lowest) = small.inner.node_cache.counts();
+    assert!(places <= 40, "{places} places");
+    assert!(lowest > 0, "the leaf level given up");
+    assert_eq!(recent, 0, "written nodes of levels given up are dropped");
+    check_proofs(&small, &heads);
+}
+
 /// A proof that reads a tile whose leaves are all within the size it is for caches every node
 /// of that tile; a tile that reaches past that size (whose write another writer may still be
 /// applying, and a failure undo) gives only the nodes the proof asked for. Either way the
@@ -435,12 +469,15 @@ async fn cached_nodes_give_the_same_proofs_as_the_tree() {
 #[tokio::test]
 async fn a_tile_is_cached_whole_only_below_the_size_proven() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
     let mut tree = MemoryTree::new();
-    grow(&store, &mut tree, 3 * TILE_LEAVES + 8);
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        grow(&store, &mut tree, 3 * TILE_LEAVES + 8);
+    }
+    // Reopened: the cache is empty (writes fill it; a new process starts without it).
+    let store = SledStore::open(dir.path()).unwrap();
     let cache = &store.inner.node_cache;
     let cached = |level: u8, index: u64| cache.get(level, index).is_some();
-    // Nothing read yet: writes do not fill the cache.
     assert!(!cached(0, 5));
     // Leaf 17 against size 20: tile 1 (leaves 16 to 31) is complete in the store but reaches
     // past 20, so only what the proof read is kept.
