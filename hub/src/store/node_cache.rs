@@ -17,16 +17,17 @@ use std::sync::RwLock;
 use huren_core::merkle::Hash;
 
 /// The lowest level kept while the upper set has room: the leaf hashes themselves, so that once
-/// read, a proof needs nothing from the store. Level 3 rather than 6 made FindPrior with proofs
-/// 15% faster at 100,000 summaries on sled (measured before tiles, when each lower node was a
-/// read of its own); level 0, with a tile's nodes kept whole when one is read, took the tile
-/// reads out of proofs (README, "Where the time goes").
+/// read or written, a proof needs nothing from the store. Level 3 rather than 6 made FindPrior
+/// with proofs 15% faster at 100,000 summaries on sled (measured before tiles, when each lower
+/// node was a read of its own); level 0, with a tile's nodes kept whole when one is read and a
+/// write's nodes kept once applied, took the tile reads out of proofs (README, "Where the time
+/// goes").
 pub(crate) const CACHED_LEVELS: u8 = 0;
 
 /// Places kept at most in the upper set by default (128 MiB of hashes; the hub's `[log]
-/// node_cache_mb` sets it): every node of a log of up to two
-/// million entries, then the levels above the lowest given up, one at a time (at ten million,
-/// levels 3 and up; at a hundred million, 6 and up).
+/// node_cache_mb` sets it): every node of a log of up to two million entries, then the levels
+/// above the lowest given up, one at a time (at ten million, levels 3 and up; at a hundred
+/// million, 6 and up).
 pub(crate) const UPPER_NODES: usize = 1 << 22;
 
 /// An empty place of an upper level's array. A node whose hash is all zeros (a SHA-256 output

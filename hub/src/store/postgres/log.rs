@@ -242,6 +242,20 @@ impl PgStore {
             &dyn Fn(u8, u64) -> Result<Hash, StoreError>,
         ) -> Result<T, merkle::TreeError<StoreError>>,
     ) -> Result<T, StoreError> {
+        // Every node at hand in the cache (the usual case once the log's nodes are cached):
+        // computed from it directly, without the maps of the path below. A node whose level
+        // the cache gave up in between fails this computation, which then takes that path.
+        let cache = &self.inner.nodes;
+        if wanted.iter().all(|&(l, i)| cache.get(l, i).is_some()) {
+            let reader = |l, i| {
+                cache
+                    .get(l, i)
+                    .ok_or_else(|| StoreError::Corrupt(format!("log node ({l}, {i}) is missing")))
+            };
+            if let Ok(found) = compute(&reader) {
+                return Ok(found);
+            }
+        }
         let known = HashMap::new();
         let mut lookup = self.lookup(&known);
         for &(level, index) in wanted {
@@ -301,21 +315,22 @@ impl PgStore {
         )
         .map_err(pg)?;
         let mut out = NodeMap::with_capacity_and_hasher(wanted.len(), Default::default());
+        let mut read = Vec::with_capacity(wanted.len());
         for row in leaf_rows {
             let idx: i64 = row.try_get(0).map_err(pg)?;
             let raw: &[u8] = row.try_get(1).map_err(pg)?;
             let h = hash(raw, || format!("the hash of log leaf {idx}"))?;
-            self.inner.nodes.insert(0, idx as u64, h);
-            out.insert(node_place(0, idx as u64), h);
+            read.push((0, idx as u64, h));
         }
         for row in node_rows {
             let level: i16 = row.try_get(0).map_err(pg)?;
             let idx: i64 = row.try_get(1).map_err(pg)?;
             let raw: &[u8] = row.try_get(2).map_err(pg)?;
             let h = hash(raw, || format!("log node ({level}, {idx})"))?;
-            self.inner.nodes.insert(level as u8, idx as u64, h);
-            out.insert(node_place(level as u8, idx as u64), h);
+            read.push((level as u8, idx as u64, h));
         }
+        self.inner.nodes.insert_all(&read);
+        out.extend(read.iter().map(|&(l, i, h)| (node_place(l, i), h)));
         Ok(out)
     }
 
