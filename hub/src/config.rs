@@ -283,52 +283,45 @@ mod tests {
         assert!(config.log_key_path().is_absolute());
     }
 
-    #[test]
-    fn a_page_cache_too_small_is_refused_and_a_missing_one_defaults() {
+    /// Loads a minimal configuration with `top` among its top-level keys and `tail` after its
+    /// `[tls]` table; the error as text.
+    fn load_minimal(top: &str, tail: &str) -> Result<HubConfig, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.toml");
         let base = "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\n";
         let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
-        std::fs::write(&path, format!("{base}store_cache_mb = 8\n{tls}")).unwrap();
-        let err = HubConfig::load(&path).unwrap_err().to_string();
+        std::fs::write(&path, format!("{base}{top}{tls}{tail}")).unwrap();
+        HubConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_page_cache_too_small_is_refused_and_a_missing_one_defaults() {
+        let err = load_minimal("store_cache_mb = 8\n", "").unwrap_err();
         assert!(err.contains("store_cache_mb is 8"), "{err}");
-        std::fs::write(&path, format!("{base}{tls}")).unwrap();
-        assert_eq!(HubConfig::load(&path).unwrap().store_cache_mb, 1024);
+        assert_eq!(load_minimal("", "").unwrap().store_cache_mb, 1024);
     }
 
     #[test]
     fn a_node_cache_of_nothing_is_refused_and_a_missing_one_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.toml");
-        let base = "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\n";
-        let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
-        std::fs::write(&path, format!("{base}{tls}[log]\nnode_cache_mb = 0\n")).unwrap();
-        let err = HubConfig::load(&path).unwrap_err().to_string();
+        let err = load_minimal("", "[log]\nnode_cache_mb = 0\n").unwrap_err();
         assert!(err.contains("[log] node_cache_mb is 0"), "{err}");
-        std::fs::write(&path, format!("{base}{tls}[log]\nnode_cache_mb = 640\n")).unwrap();
-        assert_eq!(HubConfig::load(&path).unwrap().log.node_cache_mb, 640);
-        std::fs::write(&path, format!("{base}{tls}")).unwrap();
-        assert_eq!(HubConfig::load(&path).unwrap().log.node_cache_mb, 128);
+        let config = load_minimal("", "[log]\nnode_cache_mb = 640\n").unwrap();
+        assert_eq!(config.log.node_cache_mb, 640);
+        assert_eq!(load_minimal("", "").unwrap().log.node_cache_mb, 128);
     }
 
     #[test]
     fn store_connections_out_of_range_are_refused_and_a_missing_one_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.toml");
-        let base = "listen = \"127.0.0.1:7443\"\nstore = \"s\"\npolicy = \"p\"\n";
-        let tls = "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
         for bad in [0, 1001] {
-            std::fs::write(&path, format!("{base}store_connections = {bad}\n{tls}")).unwrap();
-            let err = HubConfig::load(&path).unwrap_err().to_string();
+            let err = load_minimal(&format!("store_connections = {bad}\n"), "").unwrap_err();
             assert!(
                 err.contains(&format!("store_connections is {bad}")),
                 "{err}"
             );
         }
-        std::fs::write(&path, format!("{base}store_connections = 4\n{tls}")).unwrap();
-        assert_eq!(HubConfig::load(&path).unwrap().store_connections, 4);
-        std::fs::write(&path, format!("{base}{tls}")).unwrap();
-        assert_eq!(HubConfig::load(&path).unwrap().store_connections, 16);
+        let config = load_minimal("store_connections = 4\n", "").unwrap();
+        assert_eq!(config.store_connections, 4);
+        assert_eq!(load_minimal("", "").unwrap().store_connections, 16);
     }
 
     #[test]

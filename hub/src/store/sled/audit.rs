@@ -109,7 +109,7 @@ impl SledStore {
         }
         let mut access_keys = Vec::with_capacity(accesses.len());
         for (a, leaf) in accesses.iter().zip(leaves) {
-            let index = growth.push(&mut ws, leaf).index;
+            let index = growth.push(&mut ws, leaf);
             let mut key = a.patient.as_bytes().to_vec();
             key.extend_from_slice(&(a.at.0.max(0) as u64).to_be_bytes());
             key.extend_from_slice(&index.to_be_bytes());
@@ -221,7 +221,7 @@ impl SledStore {
                 None => {
                     let mut growth = Growth::new(&log);
                     let mut ws = WriteSet::new();
-                    let index = growth.push(&mut ws, leaf).index;
+                    let index = growth.push(&mut ws, leaf);
                     let (next, completed) = growth.finish(&mut ws);
                     ws.add(TreeId::Events, event_key, event);
                     ws.add(TreeId::Decisions, key, value);
@@ -286,7 +286,7 @@ impl SledStore {
                 None => false,
             };
             let mut ws = WriteSet::new();
-            let index = growth.push(&mut ws, leaf).index;
+            let index = growth.push(&mut ws, leaf);
             let (next, completed) = growth.finish(&mut ws);
             ws.replace(
                 TreeId::Consent,
@@ -311,7 +311,7 @@ impl SledStore {
             let mut log = self.log_state()?;
             let mut growth = Growth::new(&log);
             let mut ws = WriteSet::new();
-            let index = growth.push(&mut ws, leaf).index;
+            let index = growth.push(&mut ws, leaf);
             let (next, completed) = growth.finish(&mut ws);
             let before = i.log_meta.get(POLICY_KEY)?;
             ws.replace(

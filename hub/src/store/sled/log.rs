@@ -9,17 +9,10 @@ pub(super) struct Growth {
     /// The incomplete tile as stored when the growth began (what undoing the set restores).
     pub(super) start_tile: Option<Vec<u8>>,
     pub(super) next: LogState,
-    /// Every node the appended leaves completed, leaf hashes included: for the node cache
-    /// once the set is applied.
+    /// Every node the appended leaves completed, from their own hashes (level 0) up: what a
+    /// proof against the new size needs before the write is applied, and what the node cache
+    /// takes once it is.
     written: Vec<(u8, u64, Hash)>,
-}
-
-/// One leaf appended by a [`Growth`].
-pub(super) struct Appended {
-    pub(super) index: u64,
-    /// Every node the leaf completed, from its own hash (level 0) up: what a proof against
-    /// the new size needs before the write is applied.
-    pub(super) nodes: Vec<(u8, u64, Hash)>,
 }
 
 impl Growth {
@@ -41,11 +34,11 @@ impl Growth {
         self.next.size
     }
 
-    pub(super) fn push(&mut self, ws: &mut WriteSet, leaf: Vec<u8>) -> Appended {
+    /// Appends a leaf; its index.
+    pub(super) fn push(&mut self, ws: &mut WriteSet, leaf: Vec<u8>) -> u64 {
         let index = self.next.size;
         let hash = merkle::leaf_hash(&leaf);
         let nodes = merkle::append(&mut self.next.frontier, index, hash);
-        self.written.extend_from_slice(&nodes);
         ws.add(TreeId::LogLeaves, index.to_be_bytes(), leaf);
         for (level, at, node) in nodes.iter().filter(|(level, _, _)| *level > TILE_LEVEL) {
             ws.add(TreeId::LogNodes, node_key(*level, *at), node.as_slice());
@@ -56,7 +49,8 @@ impl Growth {
             self.write_tile(ws, index / TILE_LEAVES);
             self.next.tile.clear();
         }
-        Appended { index, nodes }
+        self.written.extend(nodes);
+        index
     }
 
     pub(super) fn write_tile(&self, ws: &mut WriteSet, block: u64) {

@@ -91,7 +91,6 @@ impl SledStore {
         // Written after the rest, so a reader never finds an index entry or a latest version
         // before the leaf (or record) it points to.
         let mut references = WriteSet::new();
-        let mut written = Vec::new();
         let mut results = Vec::with_capacity(prepared.len());
         for p in &prepared {
             let s = &p.verified.summary;
@@ -189,7 +188,7 @@ impl SledStore {
                 ));
             }
             staged_certs.insert(p.cert_hash);
-            let pending = growth.push(&mut ws, p.leaf.clone());
+            let index = growth.push(&mut ws, p.leaf.clone());
             // The latest version has no record (its latest-version entry names its leaf); the
             // version it supersedes gets one now, unless it has one (older stores wrote a
             // record for every version).
@@ -211,7 +210,7 @@ impl SledStore {
                     );
                 }
             }
-            let latest = latest_value(s.version, pending.index);
+            let latest = latest_value(s.version, index);
             references.replace(
                 TreeId::Latest,
                 p.rkey.as_slice(),
@@ -226,14 +225,10 @@ impl SledStore {
                 references.add(TreeId::ByPatient, p.index_key.as_slice(), Vec::new());
                 staged_index.insert(&p.index_key);
             }
-            staged_versions.insert(
-                &p.vkey,
-                (p.verified.body_sha256, p.accepted_at.0, pending.index),
-            );
+            staged_versions.insert(&p.vkey, (p.verified.body_sha256, p.accepted_at.0, index));
             staged_latest.insert(&p.rkey, latest);
             staged_summaries.insert(&p.rkey, s);
-            results.push(Ok((None, pending.index)));
-            written.extend(pending.nodes);
+            results.push(Ok((None, index)));
         }
         let (next, completed) = growth.finish(&mut ws);
         ws.extend(references);
@@ -246,7 +241,7 @@ impl SledStore {
         let mut known: HashMap<(u8, u64), Hash> = merkle::frontier_nodes(before_size)
             .zip(log.frontier.iter().copied())
             .collect();
-        known.extend(written.into_iter().map(|(l, i, h)| ((l, i), h)));
+        known.extend(completed.iter().map(|&(l, i, h)| ((l, i), h)));
         *log = next;
         let head = log.head();
         self.set_applied(head, &completed);
