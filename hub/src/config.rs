@@ -18,8 +18,9 @@ pub struct HubConfig {
     /// The alliance policy file (see hub/policy.example.toml). Reloaded when it changes or on
     /// SIGHUP; a policy with an error is refused and the one in force stays.
     pub policy: PathBuf,
-    /// Memory the store may use to cache its pages, in MiB (default 1024). With the queries'
-    /// working set cached, this is most of the hub's resident memory.
+    /// Memory the store may use to cache its pages, in MiB (default 1024, 16 to
+    /// [`MAX_CACHE_MB`]). With the queries' working set cached, this is most of the hub's
+    /// resident memory.
     #[serde(default = "default_store_cache_mb")]
     pub store_cache_mb: u64,
     /// What each commit waits for before anything is acknowledged: "flush" (default: survives
@@ -59,7 +60,7 @@ pub struct LogConfig {
     /// How long the hub waits for a witness's cosignature, in milliseconds (default 3000). A
     /// witness that does not answer in time adds nothing to that checkpoint.
     pub witness_timeout_ms: u64,
-    /// Memory the log's Merkle nodes may take once read, in MiB (default 128, at least 1): with
+    /// Memory the log's Merkle nodes may take, in MiB (default 128, 1 to [`MAX_CACHE_MB`]): with
     /// every node of the log in memory, an inclusion proof reads nothing from the store. 128
     /// MiB holds every node of a log of two million entries; a longer log keeps its upper
     /// levels (the ones most proofs share), about 64 bytes per entry to keep them all.
@@ -87,6 +88,10 @@ fn default_store_cache_mb() -> u64 {
 
 /// The smallest page cache the hub accepts, in MiB.
 pub const MIN_STORE_CACHE_MB: u64 = 16;
+
+/// The largest cache the hub accepts, in MiB (1 TiB): a larger figure is a typing mistake, and
+/// one past 2^44 MiB would not even count its bytes in 64 bits.
+pub const MAX_CACHE_MB: u64 = 1 << 20;
 
 /// The log origin when the configuration names none.
 pub const DEFAULT_LOG_ORIGIN: &str = "huren.example/alliance-log";
@@ -184,21 +189,25 @@ impl HubConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, e))?;
         let mut config: HubConfig = config_file::parse_toml(&text, path, "hub")?;
-        if config.store_cache_mb < MIN_STORE_CACHE_MB {
+        if !(MIN_STORE_CACHE_MB..=MAX_CACHE_MB).contains(&config.store_cache_mb) {
             return Err(ConfigError::invalid(
                 path,
                 "hub",
                 format!(
-                    "store_cache_mb is {}: it must be at least {MIN_STORE_CACHE_MB} (MiB)",
+                    "store_cache_mb is {}: it must be from {MIN_STORE_CACHE_MB} to \
+                     {MAX_CACHE_MB} (MiB)",
                     config.store_cache_mb
                 ),
             ));
         }
-        if config.log.node_cache_mb == 0 {
+        if !(1..=MAX_CACHE_MB).contains(&config.log.node_cache_mb) {
             return Err(ConfigError::invalid(
                 path,
                 "hub",
-                "[log] node_cache_mb is 0: it must be at least 1 (MiB)".to_string(),
+                format!(
+                    "[log] node_cache_mb is {}: it must be from 1 to {MAX_CACHE_MB} (MiB)",
+                    config.log.node_cache_mb
+                ),
             ));
         }
         if !(1..=1000).contains(&config.store_connections) {
@@ -298,6 +307,10 @@ mod tests {
     fn a_page_cache_too_small_is_refused_and_a_missing_one_defaults() {
         let err = load_minimal("store_cache_mb = 8\n", "").unwrap_err();
         assert!(err.contains("store_cache_mb is 8"), "{err}");
+        for huge in [MAX_CACHE_MB + 1, u64::MAX / 2] {
+            let err = load_minimal(&format!("store_cache_mb = {huge}\n"), "").unwrap_err();
+            assert!(err.contains(&format!("store_cache_mb is {huge}")), "{err}");
+        }
         assert_eq!(load_minimal("", "").unwrap().store_cache_mb, 1024);
     }
 
@@ -305,6 +318,16 @@ mod tests {
     fn a_node_cache_of_nothing_is_refused_and_a_missing_one_defaults() {
         let err = load_minimal("", "[log]\nnode_cache_mb = 0\n").unwrap_err();
         assert!(err.contains("[log] node_cache_mb is 0"), "{err}");
+        // A figure whose bytes would wrap past 2^64, and one merely absurd; a negative one is
+        // not a number of MiB at all.
+        for huge in [1u64 << 50, MAX_CACHE_MB + 1] {
+            let err = load_minimal("", &format!("[log]\nnode_cache_mb = {huge}\n")).unwrap_err();
+            assert!(err.contains(&format!("node_cache_mb is {huge}")), "{err}");
+        }
+        let err = load_minimal("", "[log]\nnode_cache_mb = -1\n").unwrap_err();
+        assert!(err.contains("node_cache_mb"), "{err}");
+        let config = load_minimal("", &format!("[log]\nnode_cache_mb = {MAX_CACHE_MB}\n"));
+        assert_eq!(config.unwrap().log.node_cache_mb, MAX_CACHE_MB);
         let config = load_minimal("", "[log]\nnode_cache_mb = 640\n").unwrap();
         assert_eq!(config.log.node_cache_mb, 640);
         assert_eq!(load_minimal("", "").unwrap().log.node_cache_mb, 128);
