@@ -32,7 +32,16 @@ use crate::harness::*;
 use crate::log::{agent_config_with, verifier};
 
 const PUBLISHERS: [&str; 3] = ["hosp-a", "hosp-b", "hosp-c"];
-const PATIENTS: usize = 5;
+/// Patients the load publishes for. Every lane of every member moves to the next one after
+/// [`PER_PATIENT`] summaries, so lanes share patients (their index entries are written by
+/// three hubs at once) while no patient's History can reach the hub's `max_results` (500):
+/// at most 9 lanes × 20 results each. With five patients shared round-robin, a machine fast
+/// enough to publish 2,500 summaries in the load's time cut the oldest from a History and the
+/// check reported them lost.
+const PATIENTS: usize = 400;
+const PER_PATIENT: usize = 20;
+/// The hub's default `max_results`: a History this long may have been cut short.
+const MAX_RESULTS: usize = 500;
 /// How long members publish; the second hub is killed half-way.
 const LOAD: Duration = Duration::from_millis(2400);
 
@@ -51,6 +60,8 @@ struct Acked {
     failed: BTreeMap<SocketAddr, (usize, String)>,
     /// Summaries sent to all three hubs at once.
     sent_thrice: usize,
+    /// How many of the patients the load reached.
+    patients_used: usize,
 }
 
 type Shared = Arc<Mutex<Acked>>;
@@ -154,7 +165,12 @@ async fn three_hubs() -> anyhow::Result<()> {
                         return;
                     }
                     let id = format!("MH-{member}-{lane}-{n}");
-                    let p = patients[n % PATIENTS];
+                    let which = (n / PER_PATIENT) % PATIENTS;
+                    let p = patients[which];
+                    {
+                        let mut a = lock(&acked);
+                        a.patients_used = a.patients_used.max(which + 1);
+                    }
                     let signed = match lab_summary(member, &id, p, HGB, hours(n as i64))
                         .and_then(|s| sign(&creds, &s))
                     {
@@ -201,13 +217,14 @@ async fn three_hubs() -> anyhow::Result<()> {
     let replacement = hub.start_sibling().await?;
     let serving = [hub.addr, third.addr, replacement.addr];
 
-    let (summaries, problems, failed, sent_thrice) = {
+    let (summaries, problems, failed, sent_thrice, patients_used) = {
         let a = lock(&acked);
         (
             a.summaries.clone(),
             a.problems.clone(),
             a.failed.clone(),
             a.sent_thrice,
+            a.patients_used,
         )
     };
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
@@ -235,14 +252,21 @@ async fn three_hubs() -> anyhow::Result<()> {
     for addr in serving {
         let mut reader = hub.client_at(addr, "hosp-c").await?;
         let mut found: BTreeMap<(String, String), pb::Receipt> = BTreeMap::new();
-        for p in &patients {
-            for r in reader
+        for p in &patients[..patients_used] {
+            let results = reader
                 .history(history_request(p, 0))
                 .await
                 .with_context(|| format!("History at {addr}"))?
                 .into_inner()
-                .results
-            {
+                .results;
+            ensure!(
+                results.len() < MAX_RESULTS,
+                "{addr}: a patient's History holds {} results, the hub's limit: it may be cut \
+                 short, so this check cannot tell a lost summary from one left out (more \
+                 patients or fewer results each, PATIENTS and PER_PATIENT)",
+                results.len()
+            );
+            for r in results {
                 let receipt = r.receipt.context("a result without its receipt")?;
                 let key = (receipt.publisher.clone(), receipt.summary_id.clone());
                 ensure!(
