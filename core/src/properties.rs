@@ -407,3 +407,61 @@ proptest! {
         }
     }
 }
+
+/// One signature of a generated batch: which of four keys signs, the message, and what is
+/// done to the signature afterwards (nothing, a bit flipped, or another key named).
+#[derive(Clone, Debug)]
+struct Signed {
+    key: usize,
+    message: Vec<u8>,
+    flip: Option<usize>,
+    named: Option<usize>,
+}
+
+prop_compose! {
+    fn signed()(
+        key in 0usize..4,
+        message in proptest::collection::vec(any::<u8>(), 0..200),
+        flip in proptest::option::weighted(0.1, 0usize..512),
+        named in proptest::option::weighted(0.05, 0usize..4),
+    ) -> Signed {
+        Signed { key, message, flip, named }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A batch equation, which adds up each key's terms, accepts exactly when every signature
+    /// passes alone: batches of up to four keys, some signatures tampered with or put under
+    /// another key.
+    #[test]
+    fn a_batch_passes_exactly_when_each_signature_does(batch in proptest::collection::vec(signed(), 1..24)) {
+        use crate::ed25519::{PublicKey, verify, verify_batch};
+        use ed25519_dalek::Signer;
+        let keys: Vec<_> = (0..4u8)
+            .map(|i| ed25519_dalek::SigningKey::from_bytes(&[i + 40; 32]))
+            .collect();
+        let public: Vec<PublicKey> = keys
+            .iter()
+            .map(|k| PublicKey::from_bytes(k.verifying_key().as_bytes()).unwrap())
+            .collect();
+        let signatures: Vec<[u8; 64]> = batch
+            .iter()
+            .map(|s| {
+                let mut sig = keys[s.key].sign(&s.message).to_bytes();
+                if let Some(bit) = s.flip {
+                    sig[bit / 8] ^= 1 << (bit % 8);
+                }
+                sig
+            })
+            .collect();
+        let items: Vec<(&PublicKey, &[u8], &[u8; 64])> = batch
+            .iter()
+            .zip(&signatures)
+            .map(|(s, sig)| (&public[s.named.unwrap_or(s.key)], s.message.as_slice(), sig))
+            .collect();
+        let each = items.iter().all(|(k, m, s)| verify(k, m, s));
+        prop_assert_eq!(verify_batch(&items), each);
+    }
+}
