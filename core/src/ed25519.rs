@@ -383,7 +383,8 @@ mod tests {
                 .decompress()
                 .is_some_and(|p| p.compress() == compressed && !p.is_small_order())
         }
-        // y as a little-endian 255-bit integer: p + c and p − 1 − c, and small y, for c < 40.
+        // y as a little-endian 255-bit integer: p + c for c < 19 (every y from p to 2^255 − 1),
+        // then p − 1 − c and small y for c < 40.
         let p_minus = |c: u8| {
             let mut e = [0xff; 32];
             e[31] = 0x7f;
