@@ -137,7 +137,7 @@ pub fn verify_batch(items: &[(&PublicKey, &[u8], &[u8; 64])]) -> bool {
     // point with one scalar, so a batch from one signer (a PublishBatch) multiplies about
     // half as many points. A batch holds a few keys; a hostile one of 256 different keys
     // costs 256 × 256 comparisons of 32 bytes, nothing beside the curve arithmetic.
-    let mut keys: Vec<(&[u8; 32], EdwardsPoint, Scalar)> = Vec::new();
+    let mut keys: Vec<(&PublicKey, Scalar)> = Vec::new();
     let mut scalars = Vec::with_capacity(all.len() + 2);
     let mut points = Vec::with_capacity(all.len() + 2);
     for ((t, z), (key, _, _)) in all.iter().zip(&zs).zip(items) {
@@ -145,14 +145,14 @@ pub fn verify_batch(items: &[(&PublicKey, &[u8], &[u8; 64])]) -> bool {
         scalars.push(-z);
         points.push(t.r);
         let zk = z * t.k;
-        match keys.iter_mut().find(|(e, _, _)| *e == &key.encoding) {
-            Some((_, _, sum)) => *sum += zk,
-            None => keys.push((&key.encoding, t.a, zk)),
+        match keys.iter_mut().find(|(k, _)| k.encoding == key.encoding) {
+            Some((_, sum)) => *sum += zk,
+            None => keys.push((key, zk)),
         }
     }
-    for (_, a, sum) in keys {
+    for (key, sum) in keys {
         scalars.push(-sum);
-        points.push(a);
+        points.push(key.point);
     }
     scalars.push(b_coefficient);
     points.push(ED25519_BASEPOINT_POINT);
