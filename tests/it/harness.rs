@@ -63,6 +63,7 @@ use huren_core::summary::{
 };
 use huren_hub::config::Limits;
 use huren_hub::server::ServerError;
+use huren_hub::store::sled::{run_leaves, run_value};
 use huren_proto::hub::hub_client::HubClient;
 use huren_proto::hub::{
     FindPriorRequest, HistoryRequest, ItemCode, PublishRequest, PublishResponse,
@@ -1308,13 +1309,20 @@ impl TestHub {
     pub async fn stored_leaves(&self) -> anyhow::Result<Vec<Vec<u8>>> {
         match self.backend {
             Backend::Sled => {
+                // Leaves kept on their own (stores written before runs), then the runs'.
                 let db = self.open_store_db().await?;
-                let leaves = db.open_tree("log_leaves")?;
-                Ok(leaves
+                let mut leaves: Vec<Vec<u8>> = db
+                    .open_tree("log_leaves")?
                     .iter()
                     .values()
                     .map(|v| v.map(|v| v.to_vec()))
-                    .collect::<Result<_, _>>()?)
+                    .collect::<Result<_, _>>()?;
+                for run in db.open_tree("log_runs")?.iter().values() {
+                    let run = run?;
+                    let ranges = run_leaves(&run).map_err(anyhow::Error::msg)?;
+                    leaves.extend(ranges.into_iter().map(|at| run[at].to_vec()));
+                }
+                Ok(leaves)
             }
             Backend::Postgres => {
                 let client = self.sql_client().await?;
@@ -1342,9 +1350,29 @@ impl TestHub {
         match self.backend {
             Backend::Sled => {
                 let db = self.open_store_db().await?;
-                let tree = db.open_tree("log_leaves")?;
+                let singles = db.open_tree("log_leaves")?;
+                let runs = db.open_tree("log_runs")?;
                 for (i, leaf) in &changes {
-                    tree.insert(i.to_be_bytes(), leaf.as_slice())?;
+                    let key = i.to_be_bytes();
+                    if singles.contains_key(key)? {
+                        singles.insert(key, leaf.as_slice())?;
+                        continue;
+                    }
+                    // The run holding leaf i: the first whose last leaf is at or after it.
+                    let (last, run) = runs.range(key..).next().context("leaf's run")??;
+                    let last = u64::from_be_bytes(last.as_ref().try_into()?);
+                    let mut leaves: Vec<Vec<u8>> = run_leaves(&run)
+                        .map_err(anyhow::Error::msg)?
+                        .into_iter()
+                        .map(|at| run[at].to_vec())
+                        .collect();
+                    let from_end = usize::try_from(last - i)?;
+                    let at = leaves
+                        .len()
+                        .checked_sub(1 + from_end)
+                        .context("leaf in run")?;
+                    leaves[at] = leaf.clone();
+                    runs.insert(last.to_be_bytes(), run_value(&leaves))?;
                 }
                 db.flush()?;
             }
@@ -1389,10 +1417,13 @@ impl TestHub {
                 let meta = db.open_tree("log_meta")?;
                 leaves_tree.clear()?;
                 nodes.clear()?;
-                // Written the way stores before tiles kept the tree (every node in
-                // `log_nodes`), which the hub reads without a tile-by-tile rewrite.
+                // Written the way stores before tiles and runs kept the tree (every node in
+                // `log_nodes`, every leaf under its own index), which the hub reads without a
+                // tile-by-tile rewrite.
                 db.open_tree("log_tiles")?.clear()?;
+                db.open_tree("log_runs")?.clear()?;
                 meta.remove("tiles_from")?;
+                meta.remove("runs_from")?;
                 let mut frontier = Vec::new();
                 for (i, leaf) in leaves.iter().enumerate() {
                     let i = i as u64;

@@ -1038,7 +1038,14 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
     // alone (it names the version's leaf now).
     {
         let db = hub.open_store_db().await?;
-        for tree in ["log_leaves", "log_nodes", "log_tiles", "log_meta", "access"] {
+        for tree in [
+            "log_leaves",
+            "log_runs",
+            "log_nodes",
+            "log_tiles",
+            "log_meta",
+            "access",
+        ] {
             db.drop_tree(tree)?;
         }
         let summaries = db.open_tree("summaries")?;
@@ -1444,14 +1451,18 @@ async fn the_store_check_finds_a_summary_changed_on_disk() -> anyhow::Result<()>
         "{out}"
     );
 
-    let db = hub.open_store_db().await?;
-    let leaves = db.open_tree("log_leaves")?;
-    let mut leaf = leaves.get(0u64.to_be_bytes())?.context("leaf 0")?.to_vec();
-    let last = leaf.len() - 1;
-    leaf[last] ^= 1;
-    leaves.insert(0u64.to_be_bytes(), leaf)?;
-    db.flush()?;
-    drop((leaves, db));
+    let changed = hub
+        .edit_stored_leaves(|index, leaf| {
+            (index == 0).then(|| {
+                let mut leaf = leaf.to_vec();
+                if let Some(last) = leaf.last_mut() {
+                    *last ^= 1;
+                }
+                leaf
+            })
+        })
+        .await?;
+    assert_eq!(changed, 1);
     let (ok, out) = store_check(&hub)?;
     assert!(!ok, "{out}");
     assert!(

@@ -115,11 +115,11 @@ impl SledStore {
             key.extend_from_slice(&index.to_be_bytes());
             access_keys.push(key);
         }
-        // The index after the leaves it points to.
+        // The index after the leaves it points to (the last run is written by `finish`).
+        let (next, completed) = growth.finish(&mut ws);
         for key in access_keys {
             ws.add(TreeId::Access, key, Vec::new());
         }
-        let (next, completed) = growth.finish(&mut ws);
         ws.apply(&**i)?;
         *log = next;
         self.set_applied(log.head(), &completed);

@@ -1,6 +1,7 @@
 //! `huren-hub --check`: the store checked against itself, offline, without changing it.
 //!
-//! The log first: every leaf is there, in order, and decodes; the tree rebuilt from the leaves
+//! The log first: every leaf is there, in order (kept on its own below `runs_from`, in runs
+//! within one tile from there on), and decodes; the tree rebuilt from the leaves
 //! has the stored size and root, and every stored tile and node equals the rebuilt one. Then
 //! what points into the log: each latest-version entry and superseded-version record names a
 //! summary leaf of that very result and version, each access index entry an access leaf of
@@ -55,22 +56,10 @@ impl SledStore {
         let mut summary_leaves: HashMap<(String, String, u32), u64> = HashMap::new();
         let mut patients: HashMap<Vec<u8>, Pseudonym> = HashMap::new();
         let mut entries: HashMap<u64, Entry> = HashMap::new();
-        for kv in i.log_leaves.iter() {
-            let (key, leaf) = kv?;
-            let Some(index) = be_u64(&key) else {
-                report.problem(format!("a log leaf key is {} bytes, not 8", key.len()));
-                continue;
-            };
-            if index != report.leaves {
-                report.problem(format!(
-                    "log leaf {} is missing (the next stored one is {index})",
-                    report.leaves
-                ));
-                break;
-            }
-            tree.push(&leaf);
+        self.walk_leaves(&mut report, |report, index, leaf| {
+            tree.push(leaf);
             report.leaves += 1;
-            match Entry::decode(&leaf) {
+            match Entry::decode(leaf) {
                 Err(e) => report.problem(format!("log leaf {index} does not decode: {e}")),
                 Ok(entry) => {
                     if let Entry::Summary {
@@ -105,7 +94,8 @@ impl SledStore {
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
         if report.leaves != head.size {
             report.problem(format!(
                 "the log's size is {} but {} leaves are stored in order",
@@ -120,6 +110,84 @@ impl SledStore {
         self.check_tree(&tree, &mut report)?;
         self.check_references(&summary_leaves, &patients, &entries, &mut report)?;
         Ok(report)
+    }
+
+    /// Gives `visit` every stored leaf in index order: those kept singly in `log_leaves`
+    /// (below `runs_from`), then each run's in `log_runs`. A key out of place, a run that is
+    /// not one, or a run reaching past its tile is a problem; the walk stops at the first leaf
+    /// it cannot find.
+    fn walk_leaves(
+        &self,
+        report: &mut CheckReport,
+        mut visit: impl FnMut(&mut CheckReport, u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let mut next = 0u64;
+        for kv in i.log_leaves.iter() {
+            let (key, leaf) = kv?;
+            let Some(index) = be_u64(&key) else {
+                report.problem(format!("a log leaf key is {} bytes, not 8", key.len()));
+                continue;
+            };
+            if index >= i.runs_from {
+                report.problem(format!(
+                    "log leaf {index} is kept on its own, but leaves from {} on are kept in runs",
+                    i.runs_from
+                ));
+                break;
+            }
+            if index != next {
+                report.problem(format!(
+                    "log leaf {next} is missing (the next stored one is {index})"
+                ));
+                return Ok(());
+            }
+            visit(report, index, &leaf)?;
+            next += 1;
+        }
+        if next != i.runs_from {
+            report.problem(format!(
+                "log leaf {next} is missing (the leaves kept on their own end there, runs begin at {})",
+                i.runs_from
+            ));
+            return Ok(());
+        }
+        for kv in i.log_runs.iter() {
+            let (key, raw) = kv?;
+            let Some(last) = be_u64(&key) else {
+                report.problem(format!("a log run key is {} bytes, not 8", key.len()));
+                continue;
+            };
+            let ranges = match run_leaves(&raw) {
+                Ok(ranges) => ranges,
+                Err(why) => {
+                    report.problem(format!(
+                        "the log run ending at leaf {last} is not one: {why}"
+                    ));
+                    return Ok(());
+                }
+            };
+            let first = last
+                .checked_add(1)
+                .and_then(|end| end.checked_sub(ranges.len() as u64));
+            if first != Some(next) {
+                report.problem(format!(
+                    "log leaf {next} is missing (the next run holds {} leaves ending at {last})",
+                    ranges.len()
+                ));
+                return Ok(());
+            }
+            if next / TILE_LEAVES != last / TILE_LEAVES {
+                report.problem(format!(
+                    "the log run of leaves {next} to {last} reaches past its tile"
+                ));
+            }
+            for (index, at) in (next..).zip(ranges) {
+                visit(report, index, &raw[at])?;
+            }
+            next = last + 1;
+        }
+        Ok(())
     }
 
     /// Every stored tile and node equals the one rebuilt from the leaves.

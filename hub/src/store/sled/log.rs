@@ -1,9 +1,11 @@
 use super::*;
 
-/// Leaves appended, in order, to a copy of the log's state, each written into the caller's
-/// [`WriteSet`] as it comes: the leaf, the nodes above the tiles it completes, and its tile if
-/// it fills one. [`Growth::finish`] adds the last, incomplete tile and the new size, after
-/// everything they make reachable. The real state moves only once the set is applied.
+use std::ops::Range;
+
+/// Leaves appended, in order, to a copy of the log's state, written into the caller's
+/// [`WriteSet`] as they come: the nodes above the tiles each completes, and, when a leaf fills
+/// its tile, that tile and the run of leaves appended in it. [`Growth::finish`] adds the last
+/// run, the last, incomplete tile and the new size, after everything they make reachable. The real state moves only once the set is applied.
 pub(super) struct Growth {
     pub(super) start_size: u64,
     /// The incomplete tile as stored when the growth began (what undoing the set restores).
@@ -13,6 +15,8 @@ pub(super) struct Growth {
     /// proof against the new size needs before the write is applied, and what the node cache
     /// takes once it is.
     written: Vec<(u8, u64, Hash)>,
+    /// Leaves appended since the last run was written: the next run's (see [`run_value`]).
+    run: Vec<Vec<u8>>,
 }
 
 impl Growth {
@@ -26,6 +30,7 @@ impl Growth {
                 tile: log.tile.clone(),
             },
             written: Vec::new(),
+            run: Vec::new(),
         }
     }
 
@@ -34,12 +39,17 @@ impl Growth {
         self.next.size
     }
 
-    /// Appends a leaf; its index.
+    /// Appends a leaf; its index. The leaf itself is written with the others of its run, when
+    /// its tile fills or at [`Growth::finish`]: whatever points at the leaf goes into the set
+    /// after `finish`, so that a reader never finds it before the leaf.
     pub(super) fn push(&mut self, ws: &mut WriteSet, leaf: Vec<u8>) -> u64 {
         let index = self.next.size;
         let hash = merkle::leaf_hash(&leaf);
         let nodes = merkle::append(&mut self.next.frontier, index, hash);
-        ws.add(TreeId::LogLeaves, index.to_be_bytes(), leaf);
+        self.run.push(leaf);
+        if (index + 1).is_multiple_of(TILE_LEAVES) {
+            self.write_run(ws, index);
+        }
         for (level, at, node) in nodes.iter().filter(|(level, _, _)| *level > TILE_LEVEL) {
             ws.add(TreeId::LogNodes, node_key(*level, *at), node.as_slice());
         }
@@ -51,6 +61,15 @@ impl Growth {
         }
         self.written.extend(nodes);
         index
+    }
+
+    /// Writes the leaves appended since the last run, the last of them at `last`, as one run.
+    fn write_run(&mut self, ws: &mut WriteSet, last: u64) {
+        if self.run.is_empty() {
+            return;
+        }
+        ws.add(TreeId::LogRuns, last.to_be_bytes(), run_value(&self.run));
+        self.run.clear();
     }
 
     pub(super) fn write_tile(&self, ws: &mut WriteSet, block: u64) {
@@ -70,7 +89,9 @@ impl Growth {
     /// Adds the incomplete last tile and the new size (if any leaf was appended) and returns
     /// the state to keep once the set is applied, with the nodes the leaves completed (for
     /// `SledStore::set_applied`).
-    pub(super) fn finish(self, ws: &mut WriteSet) -> (LogState, Vec<(u8, u64, Hash)>) {
+    pub(super) fn finish(mut self, ws: &mut WriteSet) -> (LogState, Vec<(u8, u64, Hash)>) {
+        let last = self.next.size.saturating_sub(1);
+        self.write_run(ws, last);
         if self.next.size != self.start_size {
             if !self.next.tile.is_empty() {
                 self.write_tile(ws, self.next.size / TILE_LEAVES);
@@ -107,6 +128,126 @@ pub(super) fn tile_hashes(raw: &[u8]) -> Vec<Hash> {
     merkle::split_hashes(&raw[..raw.len() - raw.len() % 32]).unwrap_or_default()
 }
 
+/// First byte of a run's stored value: its layout.
+const RUN_V1: u8 = 1;
+/// Bytes of a run's value before its leaves: layout, count, and a length per leaf.
+fn run_header_len(count: usize) -> usize {
+    2 + 4 * count
+}
+
+/// A run's stored value: `RUN_V1 || count:u8 || count × length:u32 || the leaves, in order`.
+/// A run holds 1 to [`TILE_LEAVES`] leaves appended by one write, all in one tile.
+pub fn run_value(leaves: &[Vec<u8>]) -> Vec<u8> {
+    let body: usize = leaves.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(run_header_len(leaves.len()) + body);
+    out.push(RUN_V1);
+    // At most a tile's leaves, and each far below 4 GiB (the hub refuses larger messages).
+    out.push(leaves.len() as u8);
+    for leaf in leaves {
+        out.extend_from_slice(&(leaf.len() as u32).to_be_bytes());
+    }
+    for leaf in leaves {
+        out.extend_from_slice(leaf);
+    }
+    out
+}
+
+/// Where each leaf of a run's stored value lies in it, in order; why not, for a value that is
+/// not a run.
+pub fn run_leaves(raw: &[u8]) -> Result<Vec<Range<usize>>, String> {
+    let (&layout, rest) = raw.split_first().ok_or("it is empty")?;
+    if layout != RUN_V1 {
+        return Err(format!("its layout is {layout}, not {RUN_V1}"));
+    }
+    let count = usize::from(*rest.first().ok_or("it has no count")?);
+    if count == 0 || count as u64 > TILE_LEAVES {
+        return Err(format!("it holds {count} leaves (1 to {TILE_LEAVES})"));
+    }
+    let header = run_header_len(count);
+    let lengths = raw
+        .get(2..header)
+        .ok_or_else(|| format!("it ends inside its {count} lengths"))?;
+    let mut at = header;
+    let mut ranges = Vec::with_capacity(count);
+    for len in lengths.chunks_exact(4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let end = at.checked_add(len).filter(|end| *end <= raw.len());
+        let end = end.ok_or_else(|| format!("it ends inside leaf {} of {count}", ranges.len()))?;
+        ranges.push(at..end);
+        at = end;
+    }
+    if at != raw.len() {
+        return Err(format!("{} bytes follow its last leaf", raw.len() - at));
+    }
+    Ok(ranges)
+}
+
+/// One leaf's bytes, inside the stored value that holds them.
+pub(super) struct LeafBytes {
+    raw: sled::IVec,
+    at: Range<usize>,
+}
+
+impl std::ops::Deref for LeafBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // `at` was checked against `raw` when the value was read.
+        self.raw.get(self.at.clone()).unwrap_or_default()
+    }
+}
+
+/// Reads leaves by index: below `runs_from` each from its own key in `log_leaves` (stores
+/// written before runs), from there on from the run in `log_runs` that holds it, the first run
+/// whose key (its last leaf's index) is at or after the leaf's: one ordered lookup.
+#[derive(Clone, Copy)]
+pub(super) struct Leaves<'a> {
+    pub(super) singles: &'a sled::Tree,
+    pub(super) runs: &'a sled::Tree,
+    pub(super) runs_from: u64,
+}
+
+impl<'a> Leaves<'a> {
+    pub(super) fn of(i: &'a Inner) -> Self {
+        Self {
+            singles: &i.log_leaves,
+            runs: &i.log_runs,
+            runs_from: i.runs_from,
+        }
+    }
+
+    /// The leaf at `index`.
+    pub(super) fn get(&self, index: u64) -> Result<LeafBytes, StoreError> {
+        let missing = || StoreError::Corrupt(format!("log leaf {index} is missing"));
+        if index < self.runs_from {
+            let raw = self.singles.get(index.to_be_bytes())?.ok_or_else(missing)?;
+            let at = 0..raw.len();
+            return Ok(LeafBytes { raw, at });
+        }
+        let (key, raw) = self
+            .runs
+            .range(index.to_be_bytes()..)
+            .next()
+            .ok_or_else(missing)??;
+        let last = <[u8; 8]>::try_from(key.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                StoreError::Corrupt(format!("a log run key is {} bytes, not 8", key.len()))
+            })?;
+        let mut ranges = run_leaves(&raw).map_err(|why| {
+            StoreError::Corrupt(format!(
+                "the log run ending at leaf {last} is not one: {why}"
+            ))
+        })?;
+        // The run's leaves end at `last`; `index` is at most `last`.
+        let from_end = (last - index) as usize;
+        if from_end >= ranges.len() {
+            return Err(missing());
+        }
+        let at = ranges.swap_remove(ranges.len() - 1 - from_end);
+        Ok(LeafBytes { raw, at })
+    }
+}
+
 /// Reads complete-subtree hashes from memory where a batch already has them, from the store
 /// otherwise.
 pub(super) struct Layered<'a> {
@@ -136,7 +277,7 @@ pub(super) use crate::store::node_cache::NodeCache;
 pub(super) struct Nodes<'a> {
     pub(super) nodes: &'a sled::Tree,
     pub(super) tiles: &'a sled::Tree,
-    pub(super) leaves: &'a sled::Tree,
+    pub(super) leaves: Leaves<'a>,
     pub(super) tiles_from: u64,
     pub(super) cache: &'a NodeCache,
     /// The tile read last: a proof takes up to four nodes from its leaf's tile.
@@ -153,7 +294,7 @@ impl<'a> Nodes<'a> {
         Self {
             nodes: &i.log_nodes,
             tiles: &i.log_tiles,
-            leaves: &i.log_leaves,
+            leaves: Leaves::of(i),
             tiles_from: i.tiles_from,
             cache: &i.node_cache,
             last_tile: std::cell::RefCell::new(None),
@@ -238,11 +379,7 @@ impl<'a> Nodes<'a> {
     /// `log_nodes`.
     pub(super) fn stored(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
         if level == 0 {
-            let leaf = self
-                .leaves
-                .get(index.to_be_bytes())?
-                .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
-            return Ok(merkle::leaf_hash(&leaf));
+            return Ok(merkle::leaf_hash(&self.leaves.get(index)?));
         }
         let raw = self.nodes.get(node_key(level, index))?.ok_or_else(|| {
             StoreError::Corrupt(format!("log node ({level}, {index}) is missing"))
@@ -330,14 +467,34 @@ pub(super) fn start_tiles(inner: &Inner, size: u64) -> Result<u64, StoreError> {
     Ok(from)
 }
 
+/// The first leaf of the log kept in `log_runs`, from `log_meta`. A store written before runs
+/// kept each leaf under its own key in `log_leaves` and has no such key: its runs begin with
+/// the next leaf appended. Nothing is rewritten: the earlier leaves stay where they are.
+pub(super) fn start_runs(inner: &Inner, size: u64) -> Result<u64, StoreError> {
+    if let Some(raw) = inner.log_meta.get(RUNS_FROM_KEY)? {
+        let raw: [u8; 8] = raw
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("the log's first run is not 8 bytes".into()))?;
+        return Ok(u64::from_be_bytes(raw));
+    }
+    let mut ws = WriteSet::new();
+    ws.add(TreeId::LogMeta, RUNS_FROM_KEY, size.to_be_bytes());
+    ws.apply(inner)?;
+    inner.db.flush()?;
+    if size > 0 {
+        tracing::info!(
+            first_leaf = size,
+            "the log stores its leaves in runs from here on"
+        );
+    }
+    Ok(size)
+}
+
 impl SledStore {
     /// The leaf bytes at `index`.
     pub fn leaf(&self, index: u64) -> Result<Vec<u8>, StoreError> {
-        self.inner
-            .log_leaves
-            .get(index.to_be_bytes())?
-            .map(|v| v.to_vec())
-            .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))
+        Ok(Leaves::of(&self.inner).get(index)?.to_vec())
     }
 
     pub(super) fn check_size(&self, size: u64) -> Result<(), StoreError> {

@@ -14,18 +14,28 @@
 //! events      at_ms:u64 seq:u64                                  -> 0x01 || EventV1, or 0x02 || EventGroupV1 (events at the same ms)
 //! consent     pseudonym[32]                                      -> 0x01 || ConsentV1
 //! access      pseudonym[32] at_ms:u64 log_index:u64              -> ()
-//! log_leaves  index:u64                                          -> leaf bytes (huren_core::logentry)
+//! log_runs    index of its last leaf:u64                         -> 0x01 count:u8 count × length:u32 leaves (huren_core::logentry), from runs_from on
+//! log_leaves  index:u64                                          -> leaf bytes (stores written before runs: leaves below runs_from)
 //! log_tiles   tile:u64                                           -> hash[32] of each of its leaves (16, fewer in the last tile)
 //! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree (level >= 5; older stores: >= 1)
 //! (default)   "huren-store-layout"                               -> layout version:u32 (STORE_LAYOUT)
 //! log_meta    "size"                                             -> tree size:u64
 //!             "tiles_from"                                       -> first tile:u64 in log_tiles
+//!             "runs_from"                                        -> first leaf:u64 in log_runs
 //!             "policy"                                           -> latest policy leaf:u64
 //! ```
 //!
-//! The log (RFC 6962 tree, see `huren_core::merkle`): `log_leaves` holds every leaf, `log_meta`
-//! the size. Tile t holds the hashes of leaves 16t to 16t + 15, so one read gives every node
-//! of levels 0 to 4 inside it (at most 15 hashes to fold); `log_nodes` holds the complete
+//! The log (RFC 6962 tree, see `huren_core::merkle`): `log_runs` holds the leaves, `log_meta`
+//! the size. A run is the leaves one write appended within one tile (so at most 16), stored
+//! under the index of its last leaf: a leaf is read from the first run whose key is at or
+//! after its index, one ordered lookup, and a batch of 250 appends writes about 16 keys where
+//! it wrote 250 (PublishBatch about a fifth faster, disk per summary 5.7x → 4.8x). Runs are
+//! written once and never rewritten. Stores written before runs kept each leaf under its own
+//! index in `log_leaves`; those leaves stay there, below `runs_from`, the size of the log when
+//! the store was first opened with runs.
+//!
+//! Tile t holds the hashes of leaves 16t to 16t + 15, so one read gives every node of levels
+//! 0 to 4 inside it (at most 15 hashes to fold); `log_nodes` holds the complete
 //! subtrees above. A full tile is written once; the last, incomplete one is rewritten by each
 //! write that appends to it. So a batch of appends writes a tile per 16 leaves and a node per 32
 //! where it wrote a node per leaf (PublishBatch about a tenth faster). Stores written before
@@ -104,6 +114,8 @@ use super::{
 use crate::batch::{Worker, next_batch};
 pub use audit::ShownRecord;
 pub use check::CheckReport;
+/// The layout of a run of leaves in `log_runs`, for tools that read a stopped hub's store.
+pub use log::{run_leaves, run_value};
 #[allow(unused_imports)]
 use {audit::*, log::*, records::*, summaries::*};
 
@@ -127,7 +139,12 @@ struct Inner {
     events: sled::Tree,
     consent: sled::Tree,
     access: sled::Tree,
+    /// Leaves of stores written before runs, each under its own index (below `runs_from`).
     log_leaves: sled::Tree,
+    /// Leaves from `runs_from` on, in runs (see [`log::Leaves`]).
+    log_runs: sled::Tree,
+    /// The first leaf kept in `log_runs` (see [`start_runs`]).
+    runs_from: u64,
     log_nodes: sled::Tree,
     log_tiles: sled::Tree,
     /// The first tile with a value in `log_tiles`: the nodes of the tiles before it are in
@@ -165,6 +182,7 @@ impl Trees for Inner {
             TreeId::Consent => &self.consent,
             TreeId::Access => &self.access,
             TreeId::LogLeaves => &self.log_leaves,
+            TreeId::LogRuns => &self.log_runs,
             TreeId::LogNodes => &self.log_nodes,
             TreeId::LogTiles => &self.log_tiles,
             TreeId::LogMeta => &self.log_meta,
@@ -198,6 +216,8 @@ impl LogState {
 const LOG_SIZE_KEY: &[u8] = b"size";
 /// The first tile of the log whose value is in `log_tiles` (see [`start_tiles`]).
 const TILES_FROM_KEY: &[u8] = b"tiles_from";
+/// The first leaf of the log kept in `log_runs` (see [`start_runs`]).
+const RUNS_FROM_KEY: &[u8] = b"runs_from";
 /// `log_meta` key of the latest policy leaf's index.
 const POLICY_KEY: &[u8] = b"policy";
 
@@ -217,35 +237,47 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
 
 /// The layout this code reads and writes. Bump it when a change would make an older hub
 /// misread the store; an older hub then refuses the store by name instead of misreading it.
-/// Layout 1 covers every store written so far (their older key forms are still read).
-pub const STORE_LAYOUT: u32 = 1;
+/// Layout 1 covers every store written before 2026-12-05 (their older key forms are still
+/// read); layout 2 keeps new leaves in runs (`log_runs`), which a layout-1 hub would not find.
+/// A store in an older layout is marked with this one when it is opened, before anything is
+/// written in the new form.
+pub const STORE_LAYOUT: u32 = 2;
 
 /// Where the layout version lives: sled's default tree.
 const LAYOUT_KEY: &[u8] = b"huren-store-layout";
 
-/// Refuses a store in a newer layout than [`STORE_LAYOUT`], and marks a store that has no
-/// layout yet (new, or written before the key existed) with this one.
+/// Refuses a store in a newer layout than [`STORE_LAYOUT`], and marks a store in an older
+/// one, or with no layout yet (new, or written before the key existed), with this one.
 fn check_layout(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
-    match db.get(LAYOUT_KEY)? {
+    let found = match db.get(LAYOUT_KEY)? {
         Some(raw) => {
             let raw: [u8; 4] = raw.as_ref().try_into().map_err(|_| {
                 StoreError::Corrupt("the store's layout version is not 4 bytes".into())
             })?;
-            let found = u32::from_be_bytes(raw);
-            if found > STORE_LAYOUT {
-                return Err(StoreError::NewerLayout {
-                    path: dir.to_owned(),
-                    found,
-                    supported: STORE_LAYOUT,
-                });
-            }
+            Some(u32::from_be_bytes(raw))
         }
-        None => {
+        None => None,
+    };
+    match found {
+        Some(found) if found > STORE_LAYOUT => Err(StoreError::NewerLayout {
+            path: dir.to_owned(),
+            found,
+            supported: STORE_LAYOUT,
+        }),
+        Some(STORE_LAYOUT) => Ok(()),
+        older => {
             db.insert(LAYOUT_KEY, &STORE_LAYOUT.to_be_bytes())?;
             db.flush()?;
+            if let Some(found) = older {
+                tracing::info!(
+                    from = found,
+                    to = STORE_LAYOUT,
+                    "the store is now marked with this hub's layout; older hubs refuse it"
+                );
+            }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 /// What a commit waits for before the hub acknowledges.
@@ -322,6 +354,8 @@ impl SledStore {
             consent: db.open_tree("consent")?,
             access: db.open_tree("access")?,
             log_leaves: db.open_tree("log_leaves")?,
+            log_runs: db.open_tree("log_runs")?,
+            runs_from: 0,
             log_nodes: db.open_tree("log_nodes")?,
             log_tiles: db.open_tree("log_tiles")?,
             tiles_from: 0,
@@ -357,6 +391,8 @@ impl SledStore {
                     .map_err(|_| StoreError::Corrupt("log size is not 8 bytes".into()))?,
             ),
         };
+        // Runs first: a store written before tiles builds its last tile from its leaves.
+        inner.runs_from = start_runs(&inner, size)?;
         inner.tiles_from = start_tiles(&inner, size)?;
         let tile = match size % TILE_LEAVES {
             0 => Vec::new(),

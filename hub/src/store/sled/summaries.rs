@@ -311,11 +311,7 @@ impl SledStore {
 
     /// The summary leaf at `index`, decoded.
     pub(super) fn summary_leaf(&self, index: u64) -> Result<SummaryLeaf, StoreError> {
-        let leaf = self
-            .inner
-            .log_leaves
-            .get(index.to_be_bytes())?
-            .ok_or_else(|| StoreError::Corrupt(format!("log leaf {index} is missing")))?;
+        let leaf = Leaves::of(&self.inner).get(index)?;
         match Entry::decode(&leaf) {
             Ok(Entry::Summary {
                 accepted_at,

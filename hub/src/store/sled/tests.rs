@@ -191,18 +191,29 @@ async fn a_write_cut_short_is_undone_on_open() {
         writeset::CUT_SHORT.with(|c| c.set(false));
         assert!(cut.is_err());
         assert_eq!(store.tree_head().unwrap().size, 1);
-        // Half of it is on disk: the first leaf, not the access index.
-        let leaf_1 = store.inner.log_leaves.get(1u64.to_be_bytes()).unwrap();
-        assert!(leaf_1.is_some());
+        // Half of it is on disk: the run of its two leaves, not the access index.
+        let run = store.inner.log_runs.get(2u64.to_be_bytes()).unwrap();
+        assert_eq!(run_leaves(&run.unwrap()).unwrap().len(), 2);
         store.commit().await.unwrap();
     }
     // Dropping the store released its files.
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.tree_head().unwrap().size, 1);
     for i in 1..3u64 {
-        let leaf = store.inner.log_leaves.get(i.to_be_bytes()).unwrap();
-        assert!(leaf.is_none(), "leaf {i} is still there");
+        let leaf = store.leaf(i);
+        assert!(
+            matches!(&leaf, Err(StoreError::Corrupt(why)) if why == &format!("log leaf {i} is missing")),
+            "leaf {i} is still there"
+        );
     }
+    assert!(
+        store
+            .inner
+            .log_runs
+            .get(2u64.to_be_bytes())
+            .unwrap()
+            .is_none()
+    );
     store.log_access(&access(3, p)).unwrap();
     let mut tree = MemoryTree::new();
     for i in 0..2 {
@@ -355,7 +366,7 @@ async fn a_reopened_store_goes_on_filling_its_last_tile() {
     check_proofs(&store, &heads);
 }
 
-/// A store written before tiles (every node of level 1 and up in `log_nodes`, no
+/// A store written before tiles and runs (every node of level 1 and up in `log_nodes`, no
 /// `tiles_from`) reads as before, and grows with tiles from the tile it was filling.
 #[tokio::test]
 async fn a_store_written_before_tiles_is_read_and_grown() {
@@ -364,7 +375,7 @@ async fn a_store_written_before_tiles_is_read_and_grown() {
     let mut heads = {
         let store = SledStore::open(dir.path()).unwrap();
         let heads = grow(&store, &mut tree, 45);
-        // Rewrite the tree as those stores kept it.
+        // Rewrite the tree as those stores kept it, and their leaves.
         let i = &store.inner;
         i.log_tiles.clear().unwrap();
         i.log_nodes.clear().unwrap();
@@ -378,12 +389,13 @@ async fn a_store_written_before_tiles_is_read_and_grown() {
                 }
             }
         }
-        i.db.flush().unwrap();
+        rewrite_as_before_runs(&store);
         heads
     };
     let store = SledStore::open(dir.path()).unwrap();
-    // Tiles begin with the one the log was filling (leaves 32 to 44).
+    // Tiles begin with the one the log was filling (leaves 32 to 44), runs with leaf 45.
     assert_eq!(store.inner.tiles_from, 2);
+    assert_eq!(store.inner.runs_from, 45);
     assert_eq!(store.tree_head().unwrap(), *heads.last().unwrap());
     check_proofs(&store, &heads);
     heads.extend(grow(&store, &mut tree, 40));
@@ -402,6 +414,192 @@ async fn a_store_written_before_tiles_is_read_and_grown() {
     assert_eq!(store.inner.tiles_from, 2);
     assert_eq!(store.tree_head().unwrap().root, tree.root());
     check_proofs(&store, &heads);
+}
+
+/// Rewrites the store's leaves as stores written before runs kept them: each under its own
+/// index in `log_leaves`, no `runs_from`, layout 1.
+fn rewrite_as_before_runs(store: &SledStore) {
+    let i = &store.inner;
+    for kv in i.log_runs.iter() {
+        let (key, raw) = kv.unwrap();
+        let last = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+        let ranges = run_leaves(&raw).unwrap();
+        let first = last + 1 - ranges.len() as u64;
+        for (index, at) in (first..).zip(ranges) {
+            i.log_leaves.insert(index.to_be_bytes(), &raw[at]).unwrap();
+        }
+    }
+    i.log_runs.clear().unwrap();
+    i.log_meta.remove(RUNS_FROM_KEY).unwrap();
+    i.db.insert(LAYOUT_KEY, &1u32.to_be_bytes()).unwrap();
+    i.db.flush().unwrap();
+}
+
+/// The keys of `log_runs` with the number of leaves each run holds.
+fn runs(store: &SledStore) -> Vec<(u64, usize)> {
+    store
+        .inner
+        .log_runs
+        .iter()
+        .map(|kv| {
+            let (key, raw) = kv.unwrap();
+            let last = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+            (last, run_leaves(&raw).unwrap().len())
+        })
+        .collect()
+}
+
+/// Each write's leaves are stored as runs that end where a tile ends or the write does, each
+/// under its last leaf's index, and every leaf reads back as written.
+#[tokio::test]
+async fn a_write_stores_its_leaves_in_runs_within_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_bytes([4; 32]);
+    let all: Vec<Access> = (0..41).map(|i| access(i, p)).collect();
+    store.log_access(&all[0]).unwrap();
+    store
+        .log_accesses(&all[1..].iter().collect::<Vec<_>>())
+        .unwrap();
+    // Leaf 0 alone, then 1 to 15 (the rest of tile 0), 16 to 31 (tile 1), 32 to 40.
+    assert_eq!(runs(&store), [(0, 1), (15, 15), (31, 16), (40, 9)]);
+    for (index, a) in (0..).zip(&all) {
+        assert_eq!(store.leaf(index).unwrap(), access_leaf(a), "leaf {index}");
+    }
+    let beyond = store.leaf(41).err().unwrap();
+    assert!(
+        matches!(&beyond, StoreError::Corrupt(why) if why == "log leaf 41 is missing"),
+        "{beyond}"
+    );
+    assert!(store.inner.log_leaves.is_empty());
+    let report = store.check().unwrap();
+    assert_eq!(report.leaves, 41);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// A store written before runs (layout 1: every leaf under its own index in `log_leaves`) is
+/// marked with the new layout when opened, reads its old leaves where they are, and stores the
+/// leaves it appends from then on in runs; `check` finds both in order.
+#[tokio::test]
+async fn a_store_written_before_runs_is_read_and_grown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tree = MemoryTree::new();
+    let mut heads = {
+        let store = SledStore::open(dir.path()).unwrap();
+        let heads = grow(&store, &mut tree, 45);
+        rewrite_as_before_runs(&store);
+        heads
+    };
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.inner.db.get(LAYOUT_KEY).unwrap().unwrap().as_ref(),
+        STORE_LAYOUT.to_be_bytes()
+    );
+    assert_eq!(store.inner.runs_from, 45);
+    assert_eq!(store.inner.log_leaves.len(), 45);
+    assert!(store.inner.log_runs.is_empty());
+    assert_eq!(store.tree_head().unwrap(), *heads.last().unwrap());
+    check_proofs(&store, &heads);
+    heads.extend(grow(&store, &mut tree, 40));
+    check_proofs(&store, &heads);
+    assert_eq!(store.inner.log_leaves.len(), 45);
+    assert!(runs(&store).iter().all(|(last, _)| *last >= 45));
+    let report = store.check().unwrap();
+    assert_eq!(report.leaves, 85);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.inner.runs_from, 45);
+    assert_eq!(store.tree_head().unwrap().root, tree.root());
+    check_proofs(&store, &heads);
+}
+
+/// A run's value that is not one (cut anywhere, a wrong layout or count, bytes left over) is
+/// refused by name, never read past its end; read through the store it is a corrupt store,
+/// and `check` names it. A run reaching past its tile is named by `check` too.
+#[tokio::test]
+async fn a_run_that_is_not_one_is_refused_by_name() {
+    let leaves = vec![b"first".to_vec(), Vec::new(), b"third leaf".to_vec()];
+    let good = run_value(&leaves);
+    let ranges = run_leaves(&good).unwrap();
+    let back: Vec<&[u8]> = ranges.into_iter().map(|at| &good[at]).collect();
+    assert_eq!(back, leaves);
+    for cut in 0..good.len() {
+        assert!(run_leaves(&good[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    assert_eq!(
+        run_leaves(&longer).unwrap_err(),
+        "1 bytes follow its last leaf"
+    );
+    let mut layout = good.clone();
+    layout[0] = 2;
+    assert_eq!(run_leaves(&layout).unwrap_err(), "its layout is 2, not 1");
+    for count in [0u8, 17, 255] {
+        let mut bad = good.clone();
+        bad[1] = count;
+        assert_eq!(
+            run_leaves(&bad).unwrap_err(),
+            format!("it holds {count} leaves (1 to 16)")
+        );
+    }
+    let mut huge = good.clone();
+    huge[2..6].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(run_leaves(&huge).unwrap_err(), "it ends inside leaf 0 of 3");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_bytes([9; 32]);
+    let all: Vec<Access> = (0..41).map(|i| access(i, p)).collect();
+    store.log_accesses(&all.iter().collect::<Vec<_>>()).unwrap();
+    assert_eq!(runs(&store), [(15, 16), (31, 16), (40, 9)]);
+    let i = &store.inner;
+    // Leaves 0 to 31 regrouped as 0 to 7, 8 to 22 (reaching from tile 0 into tile 1) and 23
+    // to 31. Every leaf is still where a read looks for it.
+    let leaf = |index: u64| store.leaf(index).unwrap();
+    let first: Vec<Vec<u8>> = (0..8).map(leaf).collect();
+    let across: Vec<Vec<u8>> = (8..23).map(leaf).collect();
+    let rest: Vec<Vec<u8>> = (23..32).map(leaf).collect();
+    i.log_runs.remove(15u64.to_be_bytes()).unwrap();
+    i.log_runs
+        .insert(7u64.to_be_bytes(), run_value(&first))
+        .unwrap();
+    i.log_runs
+        .insert(22u64.to_be_bytes(), run_value(&across))
+        .unwrap();
+    i.log_runs
+        .insert(31u64.to_be_bytes(), run_value(&rest))
+        .unwrap();
+    for (index, a) in (0..).zip(&all) {
+        assert_eq!(store.leaf(index).unwrap(), access_leaf(a), "leaf {index}");
+    }
+    let report = store.check().unwrap();
+    assert_eq!(report.leaves, 41);
+    assert_eq!(
+        report.problems,
+        ["the log run of leaves 8 to 22 reaches past its tile"]
+    );
+    // The last run cut short.
+    let raw = i.log_runs.get(40u64.to_be_bytes()).unwrap().unwrap();
+    i.log_runs
+        .insert(40u64.to_be_bytes(), &raw[..raw.len() - 1])
+        .unwrap();
+    let err = store.leaf(35).err().unwrap();
+    assert!(
+        matches!(&err, StoreError::Corrupt(why) if why.starts_with("the log run ending at leaf 40 is not one: it ends inside leaf 8 of 9")),
+        "{err}"
+    );
+    let report = store.check().unwrap();
+    assert_eq!(report.leaves, 32);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with("the log run ending at leaf 40 is not one")),
+        "{:?}",
+        report.problems
+    );
 }
 
 /// Proofs read through the node cache stay right as the tree grows past the cached
@@ -589,17 +787,18 @@ async fn check_finds_a_changed_leaf_and_a_wrong_index_entry() {
     assert_eq!(clean.leaves, 24);
     assert!(clean.problems.is_empty(), "{:?}", clean.problems);
 
-    // A leaf changed on disk: the rebuilt root and the leaf's tile no longer match.
+    // A leaf changed on disk: the rebuilt root and the leaf's tile no longer match. Each
+    // access above was a write of its own, so leaf 3 is a run of one.
     let i = &store.inner;
-    let mut leaf = i
-        .log_leaves
+    let mut run = i
+        .log_runs
         .get(3u64.to_be_bytes())
         .unwrap()
         .unwrap()
         .to_vec();
-    let last = leaf.len() - 1;
-    leaf[last] ^= 1;
-    i.log_leaves.insert(3u64.to_be_bytes(), leaf).unwrap();
+    let last = run.len() - 1;
+    run[last] ^= 1;
+    i.log_runs.insert(3u64.to_be_bytes(), run).unwrap();
     // The first access index entry (leaf 0) made to name leaf 1, the first consent change.
     let first_access = i.access.iter().next().unwrap().unwrap().0;
     let mut moved = first_access.to_vec();

@@ -57,6 +57,7 @@ pub(super) enum TreeId {
     LogMeta = 12,
     Shown = 13,
     LogTiles = 14,
+    LogRuns = 15,
 }
 
 impl TreeId {
@@ -64,7 +65,7 @@ impl TreeId {
         use TreeId::*;
         [
             Summaries, Latest, ByPatient, Certs, Consulted, Decisions, Events, Consent, Access,
-            LogLeaves, LogNodes, LogMeta, Shown, LogTiles,
+            LogLeaves, LogNodes, LogMeta, Shown, LogTiles, LogRuns,
         ]
         .into_iter()
         .find(|t| *t as u8 == tag)
