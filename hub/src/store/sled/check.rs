@@ -1,7 +1,7 @@
 //! `huren-hub --check`: the store checked against itself, offline, without changing it.
 //!
 //! The log first: every leaf is there, in order (kept on its own below `runs_from`, in runs
-//! within one tile from there on), and decodes; the tree rebuilt from the leaves
+//! within one group of four from there on), and decodes; the tree rebuilt from the leaves
 //! has the stored size and root, and every stored tile and node equals the rebuilt one. Then
 //! what points into the log: each latest-version entry and superseded-version record names a
 //! summary leaf of that very result and version, each access index entry an access leaf of
@@ -114,8 +114,8 @@ impl SledStore {
 
     /// Gives `visit` every stored leaf in index order: those kept singly in `log_leaves`
     /// (below `runs_from`), then each run's in `log_runs`. A key out of place, a run that is
-    /// not one, or a run reaching past its tile is a problem; the walk stops at the first leaf
-    /// it cannot find.
+    /// not one, or a run reaching past its group of [`RUN_LEAVES`] is a problem; the walk
+    /// stops at the first leaf it cannot find.
     fn walk_leaves(
         &self,
         report: &mut CheckReport,
@@ -177,9 +177,9 @@ impl SledStore {
                 ));
                 return Ok(());
             }
-            if next / TILE_LEAVES != last / TILE_LEAVES {
+            if next / RUN_LEAVES != last / RUN_LEAVES {
                 report.problem(format!(
-                    "the log run of leaves {next} to {last} reaches past its tile"
+                    "the log run of leaves {next} to {last} reaches past its group of {RUN_LEAVES}"
                 ));
             }
             for (index, at) in (next..).zip(ranges) {

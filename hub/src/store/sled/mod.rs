@@ -14,7 +14,7 @@
 //! events      at_ms:u64 seq:u64                                  -> 0x01 || EventV1, or 0x02 || EventGroupV1 (events at the same ms)
 //! consent     pseudonym[32]                                      -> 0x01 || ConsentV1
 //! access      pseudonym[32] at_ms:u64 log_index:u64              -> ()
-//! log_runs    index of its last leaf:u64                         -> 0x01 count:u8 count × length:u32 leaves (huren_core::logentry), from runs_from on
+//! log_runs    index of its last leaf:u64                         -> 0x01 count:u8 (1-4) count × length:u32 leaves (huren_core::logentry), from runs_from on
 //! log_leaves  index:u64                                          -> leaf bytes (stores written before runs: leaves below runs_from)
 //! log_tiles   tile:u64                                           -> hash[32] of each of its leaves (16, fewer in the last tile)
 //! log_nodes   level:u8 index:u64                                 -> hash[32] of a complete subtree (level >= 5; older stores: >= 1)
@@ -26,11 +26,11 @@
 //! ```
 //!
 //! The log (RFC 6962 tree, see `huren_core::merkle`): `log_runs` holds the leaves, `log_meta`
-//! the size. A run is the leaves one write appended within one tile (so at most 16), stored
-//! under the index of its last leaf: a leaf is read from the first run whose key is at or
-//! after its index, one ordered lookup, and a batch of 250 appends writes about 16 keys where
-//! it wrote 250 (PublishBatch about a fifth faster, disk per summary 5.7x → 4.8x). Runs are
-//! written once and never rewritten. Stores written before runs kept each leaf under its own
+//! the size. A run is the leaves one write appended within one aligned group of four
+//! (`RUN_LEAVES`), stored under the index of its last leaf: a leaf is read from the first run
+//! whose key is at or after its index, one ordered lookup, and a batch of 250 appends writes
+//! about 63 keys where it wrote 250 (disk per summary 5.8x → 5.0x). Runs are written once and
+//! never rewritten. Stores written before runs kept each leaf under its own
 //! index in `log_leaves`; those leaves stay there, below `runs_from`, the size of the log when
 //! the store was first opened with runs.
 //!

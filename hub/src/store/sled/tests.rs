@@ -449,10 +449,10 @@ fn runs(store: &SledStore) -> Vec<(u64, usize)> {
         .collect()
 }
 
-/// Each write's leaves are stored as runs that end where a tile ends or the write does, each
-/// under its last leaf's index, and every leaf reads back as written.
+/// Each write's leaves are stored as runs that end where a group of four ends or the write
+/// does, each under its last leaf's index, and every leaf reads back as written.
 #[tokio::test]
-async fn a_write_stores_its_leaves_in_runs_within_tiles() {
+async fn a_write_stores_its_leaves_in_runs_of_up_to_four() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let p = Pseudonym::from_bytes([4; 32]);
@@ -461,8 +461,11 @@ async fn a_write_stores_its_leaves_in_runs_within_tiles() {
     store
         .log_accesses(&all[1..].iter().collect::<Vec<_>>())
         .unwrap();
-    // Leaf 0 alone, then 1 to 15 (the rest of tile 0), 16 to 31 (tile 1), 32 to 40.
-    assert_eq!(runs(&store), [(0, 1), (15, 15), (31, 16), (40, 9)]);
+    // Leaf 0 alone, then 1 to 3 (the rest of its group), 4 to 7, … 36 to 39, and 40.
+    let mut expected = vec![(0, 1), (3, 3)];
+    expected.extend((7..40).step_by(4).map(|last| (last, 4)));
+    expected.push((40, 1));
+    assert_eq!(runs(&store), expected);
     for (index, a) in (0..).zip(&all) {
         assert_eq!(store.leaf(index).unwrap(), access_leaf(a), "leaf {index}");
     }
@@ -516,7 +519,7 @@ async fn a_store_written_before_runs_is_read_and_grown() {
 
 /// A run's value that is not one (cut anywhere, a wrong layout or count, bytes left over) is
 /// refused by name, never read past its end; read through the store it is a corrupt store,
-/// and `check` names it. A run reaching past its tile is named by `check` too.
+/// and `check` names it. A run reaching past its group of four is named by `check` too.
 #[tokio::test]
 async fn a_run_that_is_not_one_is_refused_by_name() {
     let leaves = vec![b"first".to_vec(), Vec::new(), b"third leaf".to_vec()];
@@ -536,12 +539,12 @@ async fn a_run_that_is_not_one_is_refused_by_name() {
     let mut layout = good.clone();
     layout[0] = 2;
     assert_eq!(run_leaves(&layout).unwrap_err(), "its layout is 2, not 1");
-    for count in [0u8, 17, 255] {
+    for count in [0u8, 5, 255] {
         let mut bad = good.clone();
         bad[1] = count;
         assert_eq!(
             run_leaves(&bad).unwrap_err(),
-            format!("it holds {count} leaves (1 to 16)")
+            format!("it holds {count} leaves (1 to 4)")
         );
     }
     let mut huge = good.clone();
@@ -553,23 +556,25 @@ async fn a_run_that_is_not_one_is_refused_by_name() {
     let p = Pseudonym::from_bytes([9; 32]);
     let all: Vec<Access> = (0..41).map(|i| access(i, p)).collect();
     store.log_accesses(&all.iter().collect::<Vec<_>>()).unwrap();
-    assert_eq!(runs(&store), [(15, 16), (31, 16), (40, 9)]);
+    let mut expected: Vec<(u64, usize)> = (3..40).step_by(4).map(|last| (last, 4)).collect();
+    expected.push((40, 1));
+    assert_eq!(runs(&store), expected);
     let i = &store.inner;
-    // Leaves 0 to 31 regrouped as 0 to 7, 8 to 22 (reaching from tile 0 into tile 1) and 23
-    // to 31. Every leaf is still where a read looks for it.
+    // Leaves 0 to 7 regrouped as 0 and 1, 2 to 5 (reaching from one group into the next), 6
+    // and 7. Every leaf is still where a read looks for it.
     let leaf = |index: u64| store.leaf(index).unwrap();
-    let first: Vec<Vec<u8>> = (0..8).map(leaf).collect();
-    let across: Vec<Vec<u8>> = (8..23).map(leaf).collect();
-    let rest: Vec<Vec<u8>> = (23..32).map(leaf).collect();
-    i.log_runs.remove(15u64.to_be_bytes()).unwrap();
+    let first: Vec<Vec<u8>> = (0..2).map(leaf).collect();
+    let across: Vec<Vec<u8>> = (2..6).map(leaf).collect();
+    let rest: Vec<Vec<u8>> = (6..8).map(leaf).collect();
+    i.log_runs.remove(3u64.to_be_bytes()).unwrap();
     i.log_runs
-        .insert(7u64.to_be_bytes(), run_value(&first))
+        .insert(1u64.to_be_bytes(), run_value(&first))
         .unwrap();
     i.log_runs
-        .insert(22u64.to_be_bytes(), run_value(&across))
+        .insert(5u64.to_be_bytes(), run_value(&across))
         .unwrap();
     i.log_runs
-        .insert(31u64.to_be_bytes(), run_value(&rest))
+        .insert(7u64.to_be_bytes(), run_value(&rest))
         .unwrap();
     for (index, a) in (0..).zip(&all) {
         assert_eq!(store.leaf(index).unwrap(), access_leaf(a), "leaf {index}");
@@ -578,25 +583,23 @@ async fn a_run_that_is_not_one_is_refused_by_name() {
     assert_eq!(report.leaves, 41);
     assert_eq!(
         report.problems,
-        ["the log run of leaves 8 to 22 reaches past its tile"]
+        ["the log run of leaves 2 to 5 reaches past its group of 4"]
     );
-    // The last run cut short.
-    let raw = i.log_runs.get(40u64.to_be_bytes()).unwrap().unwrap();
+    // A later run cut short.
+    let raw = i.log_runs.get(35u64.to_be_bytes()).unwrap().unwrap();
     i.log_runs
-        .insert(40u64.to_be_bytes(), &raw[..raw.len() - 1])
+        .insert(35u64.to_be_bytes(), &raw[..raw.len() - 1])
         .unwrap();
-    let err = store.leaf(35).err().unwrap();
+    let cut = "the log run ending at leaf 35 is not one: it ends inside leaf 3 of 4";
+    let err = store.leaf(33).err().unwrap();
     assert!(
-        matches!(&err, StoreError::Corrupt(why) if why.starts_with("the log run ending at leaf 40 is not one: it ends inside leaf 8 of 9")),
+        matches!(&err, StoreError::Corrupt(why) if why == cut),
         "{err}"
     );
     let report = store.check().unwrap();
     assert_eq!(report.leaves, 32);
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.starts_with("the log run ending at leaf 40 is not one")),
+        report.problems.iter().any(|p| p == cut),
         "{:?}",
         report.problems
     );
