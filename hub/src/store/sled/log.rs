@@ -442,12 +442,8 @@ pub(super) fn tree_error(e: merkle::TreeError<StoreError>) -> StoreError {
 /// filling, whose value is built here from its leaves (at most 15 reads), once. Nothing is
 /// rewritten: the nodes of earlier tiles stay where they are and are read from there.
 pub(super) fn start_tiles(inner: &Inner, size: u64) -> Result<u64, StoreError> {
-    if let Some(raw) = inner.log_meta.get(TILES_FROM_KEY)? {
-        let raw: [u8; 8] = raw
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("the log's first tile is not 8 bytes".into()))?;
-        return Ok(u64::from_be_bytes(raw));
+    if let Some(from) = meta_u64(inner, TILES_FROM_KEY, "the log's first tile")? {
+        return Ok(from);
     }
     let from = size / TILE_LEAVES;
     let mut ws = WriteSet::new();
@@ -478,16 +474,24 @@ pub(super) fn start_tiles(inner: &Inner, size: u64) -> Result<u64, StoreError> {
     Ok(from)
 }
 
+/// A number kept in `log_meta` under `key` (`what` names it in an error).
+fn meta_u64(inner: &Inner, key: &[u8], what: &str) -> Result<Option<u64>, StoreError> {
+    let Some(raw) = inner.log_meta.get(key)? else {
+        return Ok(None);
+    };
+    let raw: [u8; 8] = raw
+        .as_ref()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what} is not 8 bytes")))?;
+    Ok(Some(u64::from_be_bytes(raw)))
+}
+
 /// The first leaf of the log kept in `log_runs`, from `log_meta`. A store written before runs
 /// kept each leaf under its own key in `log_leaves` and has no such key: its runs begin with
 /// the next leaf appended. Nothing is rewritten: the earlier leaves stay where they are.
 pub(super) fn start_runs(inner: &Inner, size: u64) -> Result<u64, StoreError> {
-    if let Some(raw) = inner.log_meta.get(RUNS_FROM_KEY)? {
-        let raw: [u8; 8] = raw
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("the log's first run is not 8 bytes".into()))?;
-        return Ok(u64::from_be_bytes(raw));
+    if let Some(from) = meta_u64(inner, RUNS_FROM_KEY, "the log's first run")? {
+        return Ok(from);
     }
     let mut ws = WriteSet::new();
     ws.add(TreeId::LogMeta, RUNS_FROM_KEY, size.to_be_bytes());
