@@ -550,6 +550,22 @@ async fn a_run_that_is_not_one_is_refused_by_name() {
     let mut huge = good.clone();
     huge[2..6].copy_from_slice(&u32::MAX.to_be_bytes());
     assert_eq!(run_leaves(&huge).unwrap_err(), "it ends inside leaf 0 of 3");
+    // Any byte changed: refused, or leaves that tile the value exactly after its header.
+    for at in 0..good.len() {
+        for byte in [0u8, 1, 3, 4, 0x7f, 0xff] {
+            let mut changed = good.clone();
+            changed[at] = byte;
+            if let Ok(ranges) = run_leaves(&changed) {
+                let header = 2 + 4 * ranges.len();
+                let mut end = header;
+                for r in &ranges {
+                    assert_eq!(r.start, end, "byte {at} set to {byte}");
+                    end = r.end;
+                }
+                assert_eq!(end, changed.len(), "byte {at} set to {byte}");
+            }
+        }
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
