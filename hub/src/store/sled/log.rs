@@ -488,9 +488,16 @@ fn meta_u64(inner: &Inner, key: &[u8], what: &str) -> Result<Option<u64>, StoreE
 
 /// The first leaf of the log kept in `log_runs`, from `log_meta`. A store written before runs
 /// kept each leaf under its own key in `log_leaves` and has no such key: its runs begin with
-/// the next leaf appended. Nothing is rewritten: the earlier leaves stay where they are.
+/// the next leaf appended. Nothing is rewritten: the earlier leaves stay where they are. A
+/// first run past the log's size is refused: the leaves appended up to it would be looked for
+/// where they were never written.
 pub(super) fn start_runs(inner: &Inner, size: u64) -> Result<u64, StoreError> {
     if let Some(from) = meta_u64(inner, RUNS_FROM_KEY, "the log's first run")? {
+        if from > size {
+            return Err(StoreError::Corrupt(format!(
+                "the log's first run is leaf {from}, past the log's size {size}"
+            )));
+        }
         return Ok(from);
     }
     let mut ws = WriteSet::new();

@@ -517,6 +517,58 @@ async fn a_store_written_before_runs_is_read_and_grown() {
     check_proofs(&store, &heads);
 }
 
+/// A damaged `runs_from` (not 8 bytes, or past the log's size) is refused by name when the
+/// store opens, and the store is left as it was: fixed, it opens with every leaf readable.
+#[tokio::test]
+async fn a_damaged_first_run_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pseudonym::from_bytes([10; 32]);
+    let all: Vec<Access> = (0..6).map(|i| access(i, p)).collect();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.log_accesses(&all.iter().collect::<Vec<_>>()).unwrap();
+        store.commit().await.unwrap();
+    }
+    let set = |value: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        db.open_tree("log_meta")
+            .unwrap()
+            .insert(RUNS_FROM_KEY, value)
+            .unwrap();
+        db.flush().unwrap();
+    };
+    for (value, why) in [
+        (
+            &b"\x00\x01"[..],
+            "the log's first run is not 8 bytes".to_owned(),
+        ),
+        (
+            &7u64.to_be_bytes()[..],
+            "the log's first run is leaf 7, past the log's size 6".to_owned(),
+        ),
+    ] {
+        set(value);
+        let err = SledStore::open(dir.path()).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt(found) if *found == why),
+            "{err}"
+        );
+    }
+    set(&0u64.to_be_bytes());
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.tree_head().unwrap().size, 6);
+    for (index, a) in (0..).zip(&all) {
+        assert_eq!(store.leaf(index).unwrap(), access_leaf(a), "leaf {index}");
+    }
+}
+
 /// A run's value that is not one (cut anywhere, a wrong layout or count, bytes left over) is
 /// refused by name, never read past its end; read through the store it is a corrupt store,
 /// and `check` names it. A run reaching past its group of four is named by `check` too.
