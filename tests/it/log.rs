@@ -1034,10 +1034,16 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
     hub.stop().await?;
     // What a store written before the log existed looks like: no log trees at all, a record
     // for every version holding its body, signature and signer (now the log leaf holds them,
-    // and the latest version has no record), and a latest-version entry that is the version
-    // alone (it names the version's leaf now).
+    // and the latest version has no record), a latest-version entry that is the version
+    // alone (it names the version's leaf now), and patient index entries that name no leaf.
     {
         let db = hub.open_store_db().await?;
+        let by_patient = db.open_tree("by_patient")?;
+        for kv in by_patient.iter() {
+            let (key, value) = kv?;
+            ensure!(value.len() == 8, "a patient index entry names its leaf");
+            by_patient.insert(key, Vec::<u8>::new())?;
+        }
         for tree in [
             "log_leaves",
             "log_runs",

@@ -29,6 +29,8 @@
 mod node_cache;
 pub mod postgres;
 pub mod sled;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 

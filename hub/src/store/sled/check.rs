@@ -6,8 +6,10 @@
 //! what points into the log: each latest-version entry and superseded-version record names a
 //! summary leaf of that very result and version, each access index entry an access leaf of
 //! that patient, each consent record a consent leaf of that patient, and each summary leaf's
-//! signing certificate is stored. Patient index entries may be stale by design (a query
-//! re-checks them), so only an entry whose result is unknown altogether is reported.
+//! signing certificate is stored. A patient index entry that names a leaf (layout 3) names
+//! its result's latest version, written under that very key; entries that name none may be
+//! stale by design (a query re-checks them), so of those only an entry whose result is
+//! unknown altogether is reported.
 
 use super::*;
 
@@ -36,10 +38,6 @@ impl CheckReport {
             self.problems.push(what);
         }
     }
-}
-
-fn be_u64(raw: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(raw.try_into().ok()?))
 }
 
 impl SledStore {
@@ -288,12 +286,48 @@ impl SledStore {
             }
         }
         for kv in i.by_patient.iter() {
-            let (key, _) = kv?;
+            let (key, value) = kv?;
             let rkey = indexed_result(&key)?;
-            if !patients.contains_key(rkey) && !i.latest.contains_key(rkey)? {
+            let name = || String::from_utf8_lossy(rkey).replace('\0', "/");
+            let latest = i.latest.get(rkey)?;
+            if !patients.contains_key(rkey) && latest.is_none() {
                 report.problem(format!(
                     "a patient index entry names a result that is not stored ({})",
-                    String::from_utf8_lossy(rkey).replace('\0', "/")
+                    name()
+                ));
+            }
+            let index = match read_index_value(&value) {
+                Ok(Some(index)) => index,
+                Ok(None) => continue,
+                Err(StoreError::Corrupt(why)) => {
+                    report.problem(format!("the patient index entry of {}: {why}", name()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let latest_leaf = latest
+                .as_deref()
+                .map(read_latest)
+                .transpose()
+                .ok()
+                .flatten();
+            if latest_leaf.and_then(|(_, leaf)| leaf) != Some(index) {
+                report.problem(format!(
+                    "a patient index entry of {} names log leaf {index}, which is not its latest version",
+                    name()
+                ));
+                continue;
+            }
+            // The latest-version check above has found that leaf to be a summary.
+            let indexed = self
+                .summary_leaf(index)
+                .ok()
+                .and_then(|leaf| Summary::from_stored_body_bytes(&leaf.body).ok())
+                .map(|s| patient_index_key(&s));
+            if indexed.as_deref() != Some(&key[..]) {
+                report.problem(format!(
+                    "a patient index entry of {} names log leaf {index}, whose patient, item or time is not the entry's",
+                    name()
                 ));
             }
         }

@@ -6,7 +6,7 @@
 //! ```text
 //! summaries   publisher 0x00 summary_id 0x00 version:u32        -> 0x01 || RecordV1 of a superseded version (protobuf; older stores: every version)
 //! latest      publisher 0x00 summary_id                         -> version:u32 log_index:u64 (older stores: version:u32 alone)
-//! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> ()
+//! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> log_index:u64 of the latest version's leaf, or empty
 //! certs       sha256(certificate DER)[32]                        -> certificate DER
 //! consulted   member 0x00 publisher 0x00 summary_id                -> 0x01 || ConsultationV1 (older stores; read, no longer written)
 //! shown       member 0x00 pseudonym[32]                          -> 0x01 || ShownV1
@@ -47,8 +47,13 @@
 //! same atomic write** as the write itself, so the data and the log cannot diverge. Appends
 //! (and every other write) are serialised by one mutex that also holds the frontier (the right edge of the tree, one
 //! hash per set bit of the size): an append is O(log n). `access` indexes access leaves by
-//! patient for the access report. A `latest` entry names the latest version's leaf, so a query
-//! reads two keys per result (latest entry, leaf) and takes what it returns from the log alone;
+//! patient for the access report. A `latest` entry names the latest version's leaf, and so
+//! does the patient index entry of that version (layout 3): a query reads the index entries
+//! and then one leaf per result, taking what it returns from the log alone. An index entry
+//! names no leaf when a later version moved its result (to another item or time) or when it
+//! was written before layout 3; the query then reads the `latest` entry first. Each write of
+//! a version sets its key's leaf and empties the key of the version it moved from, in the
+//! same atomic write;
 //! a version gets a record (`RecordV1.log_index` pointing at its leaf) only once a newer one
 //! supersedes it, so publishing a new result writes one key less. Versions arrive in order,
 //! so a result whose latest version is v has exactly v versions stored.
@@ -88,7 +93,7 @@ mod tests;
 mod writeset;
 
 use prost::Message;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -238,10 +243,12 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
 /// The layout this code reads and writes. Bump it when a change would make an older hub
 /// misread the store; an older hub then refuses the store by name instead of misreading it.
 /// Layout 1 covers every store written before 2026-12-05 (their older key forms are still
-/// read); layout 2 keeps new leaves in runs (`log_runs`), which a layout-1 hub would not find.
+/// read); layout 2 keeps new leaves in runs (`log_runs`), which a layout-1 hub would not find;
+/// layout 3 has patient index entries name their latest version's leaf, which a layout-2 hub
+/// would leave naming an older version when it stored a new one under the same key.
 /// A store in an older layout is marked with this one when it is opened, before anything is
 /// written in the new form.
-pub const STORE_LAYOUT: u32 = 2;
+pub const STORE_LAYOUT: u32 = 3;
 
 /// Where the layout version lives: sled's default tree.
 const LAYOUT_KEY: &[u8] = b"huren-store-layout";

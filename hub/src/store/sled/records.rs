@@ -146,6 +146,14 @@ pub(super) fn result_key(publisher: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// Whether `rkey` is [`result_key`]`(publisher, id)`, without building it.
+pub(super) fn is_result_key(rkey: &[u8], publisher: &str, id: &str) -> bool {
+    rkey.len() == publisher.len() + 1 + id.len()
+        && rkey.starts_with(publisher.as_bytes())
+        && rkey[publisher.len()] == 0
+        && rkey.ends_with(id.as_bytes())
+}
+
 pub(super) fn version_key(publisher: &str, id: &str, version: u32) -> Vec<u8> {
     let mut k = result_key(publisher, id);
     k.push(0);
@@ -181,6 +189,36 @@ pub(super) fn item_prefix(patient: &Pseudonym, system: &str, code: &str) -> Vec<
 
 pub(super) fn inv_time(t: UnixMillis) -> [u8; 8] {
     (u64::MAX - t.0.max(0) as u64).to_be_bytes()
+}
+
+/// An 8-byte big-endian number, or `None` for any other length.
+pub(super) fn be_u64(raw: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(raw.try_into().ok()?))
+}
+
+/// A summary version's key in the patient index: its patient, item and time, then its result.
+pub(super) fn patient_index_key(s: &Summary) -> Vec<u8> {
+    let mut key = item_prefix(&s.patient, &s.item.system, &s.item.code);
+    key.extend_from_slice(&inv_time(s.performed_at));
+    key.extend_from_slice(s.publisher.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(s.id.as_str().as_bytes());
+    key
+}
+
+/// A patient index value: the log index of the leaf of the result's latest version, while
+/// that version is the one the key was written for (layout 3); empty otherwise (the key of a
+/// version a later one moved, and every key written before layout 3): read through `latest`.
+pub(super) fn read_index_value(bytes: &[u8]) -> Result<Option<u64>, StoreError> {
+    match bytes.len() {
+        0 => Ok(None),
+        _ => be_u64(bytes).map(Some).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "a patient index value is {} bytes, neither empty nor 8",
+                bytes.len()
+            ))
+        }),
+    }
 }
 
 /// A `latest` value: the version and, in values written since bodies live in the log, the

@@ -24,9 +24,7 @@ impl<'a> PreparedPut<'a> {
             body: v.envelope.body.clone(),
         }
         .encode();
-        let mut index_key = item_prefix(&s.patient, &s.item.system, &s.item.code);
-        index_key.extend_from_slice(&inv_time(s.performed_at));
-        index_key.extend_from_slice(&rkey);
+        let index_key = patient_index_key(s);
         Self {
             verified: v,
             accepted_at,
@@ -50,15 +48,69 @@ impl<'a> PreparedPut<'a> {
     }
 }
 
+/// What a read found in the patient index ([`SledStore::resolve`]).
+#[derive(Default)]
+pub(super) struct Hits {
+    /// Results whose key named the leaf of their latest version: (result key, leaf index).
+    leaves: Vec<(Vec<u8>, u64)>,
+    /// Results to look up in `latest`: keys written before layout 3, or of a version a later
+    /// one moved.
+    unresolved: Vec<Vec<u8>>,
+}
+
+impl Hits {
+    /// A patient index entry of the result `rkey`, holding `value`.
+    pub(super) fn push(&mut self, rkey: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        match read_index_value(value)? {
+            Some(index) => self.leaves.push((rkey.to_vec(), index)),
+            None => self.unresolved.push(rkey.to_vec()),
+        }
+        Ok(())
+    }
+}
+
 /// The fields of a summary version's log leaf ([`Entry::Summary`]).
 pub(super) struct SummaryLeaf {
-    accepted_at: UnixMillis,
-    signer_certificate_sha256: Hash,
-    signature: [u8; 64],
-    body: Vec<u8>,
+    pub(super) accepted_at: UnixMillis,
+    pub(super) signer_certificate_sha256: Hash,
+    pub(super) signature: [u8; 64],
+    pub(super) body: Vec<u8>,
+}
+
+/// A patient index key a batch writes ([`SledStore::stage_index_write`]).
+pub(super) struct IndexWrite {
+    /// The leaf it names once written, if any.
+    value: Option<u64>,
+    /// What it held before the batch (`None`: it was not there), for the undo list.
+    before: Option<Vec<u8>>,
 }
 
 impl SledStore {
+    /// Notes that the batch sets the patient index key `key` to name `value`'s leaf (or none).
+    /// What the key held before is read from the store the first time the batch writes it, and
+    /// only when it `may_exist`. A key to be emptied (`value` `None`) that is neither stored
+    /// nor written earlier in the batch is left out.
+    fn stage_index_write(
+        &self,
+        writes: &mut BTreeMap<Vec<u8>, IndexWrite>,
+        key: Vec<u8>,
+        value: Option<u64>,
+        may_exist: bool,
+    ) -> Result<(), StoreError> {
+        if let Some(write) = writes.get_mut(&key) {
+            write.value = value;
+            return Ok(());
+        }
+        let before = match may_exist {
+            true => self.inner.by_patient.get(&key)?.map(|v| v.to_vec()),
+            false => None,
+        };
+        if before.is_some() || value.is_some() {
+            writes.insert(key, IndexWrite { value, before });
+        }
+        Ok(())
+    }
+
     /// Stores summary versions in one atomic write, in order, each with its own outcome: a
     /// refused version (a conflict, a version out of order) refuses only itself. Versions of one
     /// result may follow each other in the same batch. Returns each stored version's inclusion
@@ -84,7 +136,9 @@ impl SledStore {
         let mut staged_latest: HashMap<&[u8], [u8; 12]> = HashMap::new();
         let mut staged_certs: HashSet<Hash> = HashSet::new();
         let mut new_certs: Vec<(&Hash, &[u8])> = Vec::new();
-        let mut staged_index: HashSet<&[u8]> = HashSet::new();
+        // The patient index keys this batch writes: each one's new value (the leaf of the
+        // result's latest version, or none) and what it held before.
+        let mut index_writes: BTreeMap<Vec<u8>, IndexWrite> = BTreeMap::new();
         // The latest version of each result this batch stores, for a later version's check.
         let mut staged_summaries: HashMap<&[u8], &Summary> = HashMap::new();
         let mut ws = WriteSet::new();
@@ -156,15 +210,17 @@ impl SledStore {
                 continue;
             }
             // A new version never moves a result to another patient nor revives a void.
+            let mut previous_key = None;
             if let Some((previous_version, previous_index)) = stored_latest {
-                let follows = match staged_summaries.get(p.rkey.as_slice()) {
-                    Some(&previous) => follows(s, previous),
-                    None => follows(
-                        s,
-                        &self.stored_version(s, previous_version, previous_index)?,
-                    ),
+                let read;
+                let previous = match staged_summaries.get(p.rkey.as_slice()) {
+                    Some(&previous) => previous,
+                    None => {
+                        read = self.stored_version(s, previous_version, previous_index)?;
+                        &read
+                    }
                 };
-                if let Err(reason) = follows {
+                if let Err(reason) = follows(s, previous) {
                     results.push(Err(StoreError::Succession {
                         key: s.result_key(),
                         version: s.version,
@@ -172,6 +228,7 @@ impl SledStore {
                     }));
                     continue;
                 }
+                previous_key = Some(patient_index_key(previous));
             }
             if !staged_certs.contains(&p.cert_hash)
                 && !self.certificate_cached(&p.cert_hash)
@@ -217,18 +274,31 @@ impl SledStore {
                 latest,
                 stored_raw.as_deref(),
             );
-            // An amendment with the same patient, item and time has its entry already (and
-            // undoing it must not remove it).
-            let indexed = staged_index.contains(p.index_key.as_slice())
-                || (stored.is_some() && i.by_patient.contains_key(&p.index_key)?);
-            if !indexed {
-                references.add(TreeId::ByPatient, p.index_key.as_slice(), Vec::new());
-                staged_index.insert(&p.index_key);
+            // The new version's key names its leaf; the key of the version it supersedes, if
+            // the new one moved the result, names none from now on. A first version's key is
+            // new (the key holds the result's name); an amendment's may be there already.
+            if let Some(key) = previous_key.filter(|k| *k != p.index_key) {
+                self.stage_index_write(&mut index_writes, key, None, true)?;
             }
+            self.stage_index_write(
+                &mut index_writes,
+                p.index_key.clone(),
+                Some(index),
+                stored.is_some(),
+            )?;
             staged_versions.insert(&p.vkey, (p.verified.body_sha256, p.accepted_at.0, index));
             staged_latest.insert(&p.rkey, latest);
             staged_summaries.insert(&p.rkey, s);
             results.push(Ok((None, index)));
+        }
+        for (key, write) in index_writes {
+            let value = write
+                .value
+                .map_or_else(Vec::new, |i| i.to_be_bytes().to_vec());
+            match write.before {
+                Some(before) if before == value => {}
+                before => references.replace(TreeId::ByPatient, key, value, before.as_deref()),
+            }
         }
         let (next, completed) = growth.finish(&mut ws);
         ws.extend(references);
@@ -290,7 +360,7 @@ impl SledStore {
         if let Some(index) = log_index {
             let stored = self.summary_at_leaf(index)?;
             let s = &stored.summary;
-            if s.version != version || result_key(s.publisher.as_str(), s.id.as_str()) != rkey {
+            if s.version != version || !is_result_key(rkey, s.publisher.as_str(), s.id.as_str()) {
                 return Err(StoreError::Corrupt(format!(
                     "log leaf {index} is not version {version} of the result its latest-version entry names"
                 )));
@@ -476,7 +546,7 @@ impl SledStore {
     /// Latest versions of a patient's results for some items, performed within the window,
     /// newest first.
     pub fn find_prior(&self, q: &PriorQuery) -> Result<Found, StoreError> {
-        let mut hits = Vec::new();
+        let mut hits = Hits::default();
         for (system, code) in &q.items {
             let prefix = item_prefix(&q.patient, system, code);
             let mut start = prefix.clone();
@@ -485,8 +555,8 @@ impl SledStore {
             end.extend_from_slice(&inv_time(q.from));
             end.push(0xff);
             for entry in self.inner.by_patient.range(start..end) {
-                let (key, _) = entry?;
-                hits.push(key[prefix.len() + 8..].to_vec());
+                let (key, value) = entry?;
+                hits.push(&key[prefix.len() + 8..], &value)?;
             }
         }
         self.resolve(hits, q, |s| {
@@ -498,10 +568,10 @@ impl SledStore {
 
     /// Latest versions of all of a patient's results performed at or after `from`, newest first.
     pub fn history(&self, q: &PriorQuery) -> Result<Found, StoreError> {
-        let mut hits = Vec::new();
+        let mut hits = Hits::default();
         for entry in self.inner.by_patient.scan_prefix(q.patient.as_bytes()) {
-            let (key, _) = entry?;
-            hits.push(indexed_result(&key)?.to_vec());
+            let (key, value) = entry?;
+            hits.push(indexed_result(&key)?, &value)?;
         }
         self.resolve(hits, q, |_| true)
     }
@@ -525,17 +595,42 @@ impl SledStore {
     }
 
     /// Turns index hits into the latest versions that still match, deduplicated and sorted.
+    /// A hit that names its leaf is read from it; the others go through `latest`.
     pub(super) fn resolve(
         &self,
-        mut rkeys: Vec<Vec<u8>>,
+        hits: Hits,
         q: &PriorQuery,
         matches: impl Fn(&Summary) -> bool,
     ) -> Result<Found, StoreError> {
-        rkeys.sort();
-        rkeys.dedup();
+        let Hits {
+            mut leaves,
+            mut unresolved,
+        } = hits;
+        // One leaf per result, the newest: two keys of a result name different leaves only
+        // while a new version is being written beside the read.
+        leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        leaves.dedup_by(|later, kept| later.0 == kept.0);
+        unresolved.sort_unstable();
+        unresolved.dedup();
+        unresolved.retain(|rkey| {
+            leaves
+                .binary_search_by(|(named, _)| named.as_slice().cmp(rkey))
+                .is_err()
+        });
+        let named = leaves.into_iter().map(|(rkey, index)| {
+            let stored = self.summary_at_leaf(index)?;
+            let s = &stored.summary;
+            if !is_result_key(&rkey, s.publisher.as_str(), s.id.as_str()) {
+                return Err(StoreError::Corrupt(format!(
+                    "log leaf {index} is not of the result its patient index entry names"
+                )));
+            }
+            Ok(Some(stored))
+        });
+        let looked_up = unresolved.iter().map(|rkey| self.load_latest(rkey));
         let mut results = Vec::new();
-        for rkey in rkeys {
-            let Some(stored) = self.load_latest(&rkey)? else {
+        for stored in named.chain(looked_up) {
+            let Some(stored) = stored? else {
                 continue;
             };
             let summary = &stored.summary;

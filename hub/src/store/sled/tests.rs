@@ -909,3 +909,277 @@ async fn fsync_durability_commits_and_reopens() {
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.tree_head().unwrap().size, 5);
 }
+
+/// Stores summaries as one batch; every one must be stored.
+fn put(store: &SledStore, batch: &[&VerifiedSummary]) {
+    let items: Vec<_> = batch.iter().map(|v| (*v, UnixMillis(50))).collect();
+    let put = store.put_summaries(&items, Summary::may_follow).unwrap();
+    for r in &put.results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+}
+
+/// The patient index entries of `p`'s hemoglobin results: (performed at, leaf named).
+fn index_entries(store: &SledStore, p: Pseudonym) -> Vec<(i64, Option<u64>)> {
+    let prefix = item_prefix(&p, "loinc", "718-7");
+    store
+        .inner
+        .by_patient
+        .scan_prefix(&prefix)
+        .map(|kv| {
+            let (key, value) = kv.unwrap();
+            let inv = be_u64(&key[prefix.len()..prefix.len() + 8]).unwrap();
+            let at = i64::try_from(u64::MAX - inv).unwrap();
+            (at, read_index_value(&value).unwrap())
+        })
+        .rev()
+        .collect()
+}
+
+/// The versions FindPrior finds of `p`'s hemoglobin results in `[from, until]`, checked to be
+/// what History finds in the same window.
+fn found(store: &SledStore, p: Pseudonym, from: i64, until: i64) -> Vec<u32> {
+    let q = crate::store::testing::hemoglobin(p, from, until);
+    let versions = |f: Found| {
+        f.results
+            .iter()
+            .map(|r| r.summary.version)
+            .collect::<Vec<_>>()
+    };
+    let prior = versions(store.find_prior(&q).unwrap());
+    assert_eq!(
+        prior,
+        versions(store.history(&q).unwrap()),
+        "FindPrior and History differ"
+    );
+    prior
+}
+
+fn assert_clean(store: &SledStore) {
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// Each patient index entry names its result's latest leaf while that version is the entry's,
+/// and none once a later version moved the result (FindPrior then reads through `latest`);
+/// versions superseded within one batch leave no leaf behind either. The same walk as the
+/// PostgreSQL backend's `index_rows_carry_only_the_latest_leaf`.
+#[tokio::test]
+async fn index_entries_name_only_the_latest_leaf() {
+    use crate::store::testing::verified;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_bytes([9; 32]);
+    let v1 = verified("R1", 1, p, 1_000);
+    let v2 = verified("R1", 2, p, 1_000);
+    let v3 = verified("R1", 3, p, 5_000);
+    let v4 = verified("R1", 4, p, 7_000);
+    let v5 = verified("R1", 5, p, 5_000);
+    put(&store, &[&v1]);
+    assert_eq!(index_entries(&store, p), [(1_000, Some(0))]);
+    // The same key: the entry now names version 2's leaf.
+    put(&store, &[&v2]);
+    assert_eq!(index_entries(&store, p), [(1_000, Some(1))]);
+    assert_eq!(found(&store, p, 0, 2_000), [2]);
+    // Moved to 5,000: the old entry names no leaf.
+    put(&store, &[&v3]);
+    assert_eq!(index_entries(&store, p), [(1_000, None), (5_000, Some(2))]);
+    assert_eq!(found(&store, p, 0, 2_000), Vec::<u32>::new());
+    assert_eq!(found(&store, p, 0, 10_000), [3]);
+    assert_clean(&store);
+    // Versions 4 (at 7,000) and 5 (back at 5,000) in one batch: only 5 names a leaf.
+    put(&store, &[&v4, &v5]);
+    assert_eq!(
+        index_entries(&store, p),
+        [(1_000, None), (5_000, Some(4)), (7_000, None)]
+    );
+    assert_eq!(found(&store, p, 6_000, 10_000), Vec::<u32>::new());
+    assert_eq!(found(&store, p, 0, 10_000), [5]);
+    assert_clean(&store);
+    // A republished version changes nothing.
+    put(&store, &[&v5]);
+    assert_eq!(index_entries(&store, p).len(), 3);
+    // Entries without their leaf (as a store written before layout 3 has them) are read
+    // through `latest`, and find the same.
+    for kv in store.inner.by_patient.iter() {
+        let (key, _) = kv.unwrap();
+        store
+            .inner
+            .by_patient
+            .insert(key, Vec::<u8>::new())
+            .unwrap();
+    }
+    assert_eq!(found(&store, p, 0, 10_000), [5]);
+    assert_eq!(found(&store, p, 6_000, 10_000), Vec::<u32>::new());
+    assert_clean(&store);
+}
+
+/// A read that finds every result's leaf in the index never looks into `latest`: with the
+/// `latest` tree emptied, FindPrior and History still answer the latest versions (and
+/// `versions`, which needs it, finds only the superseded one's record).
+#[tokio::test]
+async fn find_prior_reads_named_leaves_without_latest() {
+    use crate::store::testing::verified;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_bytes([10; 32]);
+    let (a, b) = (verified("R1", 1, p, 1_000), verified("R2", 1, p, 2_000));
+    let a2 = verified("R1", 2, p, 1_000);
+    put(&store, &[&a, &b]);
+    put(&store, &[&a2]);
+    store.inner.latest.clear().unwrap();
+    assert_eq!(found(&store, p, 0, 10_000), [1, 2]);
+    let q = crate::store::testing::hemoglobin(p, 0, 10_000);
+    let ids: Vec<String> = store
+        .find_prior(&q)
+        .unwrap()
+        .results
+        .iter()
+        .map(|r| r.summary.id.to_string())
+        .collect();
+    assert_eq!(ids, ["R2", "R1"]);
+    let versions: Vec<u32> = store
+        .versions("hosp-a", "R1")
+        .unwrap()
+        .iter()
+        .map(|s| s.summary.version)
+        .collect();
+    assert_eq!(versions, [1]);
+}
+
+/// A store written in layout 2 (patient index entries name no leaf) is marked layout 3 when
+/// opened and answers as before; a new version of an old result names its leaf from then on,
+/// and the store checks clean with both kinds of entry.
+#[tokio::test]
+async fn a_store_written_before_index_leaves_is_read_and_grown() {
+    use crate::store::testing::verified;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pseudonym::from_bytes([11; 32]);
+    let old: Vec<VerifiedSummary> = (0..6)
+        .map(|n| verified(&format!("R{n}"), 1, p, 1_000 + n))
+        .collect();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        put(&store, &old.iter().collect::<Vec<_>>());
+        for kv in store.inner.by_patient.iter() {
+            let (key, _) = kv.unwrap();
+            store
+                .inner
+                .by_patient
+                .insert(key, Vec::<u8>::new())
+                .unwrap();
+        }
+        store
+            .inner
+            .db
+            .insert(LAYOUT_KEY, &2u32.to_be_bytes())
+            .unwrap();
+        store.commit().await.unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.inner.db.get(LAYOUT_KEY).unwrap().unwrap().as_ref(),
+        3u32.to_be_bytes()
+    );
+    assert_eq!(found(&store, p, 0, 10_000), [1; 6]);
+    assert!(
+        index_entries(&store, p)
+            .iter()
+            .all(|(_, leaf)| leaf.is_none())
+    );
+    // R2 amended in place, R4 moved to 9,000.
+    let r2 = verified("R2", 2, p, 1_002);
+    let r4 = verified("R4", 2, p, 9_000);
+    put(&store, &[&r2, &r4]);
+    assert_eq!(
+        index_entries(&store, p),
+        [
+            (1_000, None),
+            (1_001, None),
+            (1_002, Some(6)),
+            (1_003, None),
+            (1_004, None),
+            (1_005, None),
+            (9_000, Some(7)),
+        ]
+    );
+    assert_eq!(found(&store, p, 0, 10_000), [2, 1, 1, 2, 1, 1]);
+    assert_eq!(found(&store, p, 1_004, 1_004), Vec::<u32>::new());
+    assert_clean(&store);
+}
+
+/// A patient index value that is not one, or that names a leaf not of its result, is refused
+/// by name when read; `check` names one that names an older version of its result, or its
+/// result's latest leaf under another item or time.
+#[tokio::test]
+async fn a_wrong_index_leaf_is_refused_and_checked() {
+    use crate::store::testing::verified;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let p = Pseudonym::from_bytes([12; 32]);
+    let (a, b) = (verified("R1", 1, p, 1_000), verified("R2", 1, p, 2_000));
+    put(&store, &[&a, &b]);
+    put(&store, &[&verified("R2", 2, p, 2_000)]);
+    let key_of = |at: i64| {
+        let mut key = item_prefix(&p, "loinc", "718-7");
+        key.extend_from_slice(&inv_time(UnixMillis(at)));
+        key
+    };
+    let (k1, k2) = (
+        [key_of(1_000), b"hosp-a\0R1".to_vec()].concat(),
+        [key_of(2_000), b"hosp-a\0R2".to_vec()].concat(),
+    );
+    let i = &store.inner;
+    assert_eq!(
+        read_index_value(&i.by_patient.get(&k2).unwrap().unwrap()).unwrap(),
+        Some(2)
+    );
+    let q = crate::store::testing::hemoglobin(p, 0, 10_000);
+    let refused = |why: &str| {
+        let err = store.find_prior(&q).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt(found) if found == why),
+            "{err}"
+        );
+        let err = store.history(&q).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt(found) if found == why),
+            "{err}"
+        );
+    };
+    i.by_patient.insert(&k1, &[0, 0, 1][..]).unwrap();
+    refused("a patient index value is 3 bytes, neither empty nor 8");
+    let report = store.check().unwrap();
+    assert!(
+        report.problems.iter().any(|p| p
+            == "the patient index entry of hosp-a/R1: a patient index value is 3 bytes, neither empty nor 8"),
+        "{:?}",
+        report.problems
+    );
+    // R1's entry names R2's leaf.
+    i.by_patient.insert(&k1, &2u64.to_be_bytes()).unwrap();
+    refused("log leaf 2 is not of the result its patient index entry names");
+    i.by_patient.insert(&k1, &0u64.to_be_bytes()).unwrap();
+    assert_clean(&store);
+    // R2's entry names its first version.
+    i.by_patient.insert(&k2, &1u64.to_be_bytes()).unwrap();
+    let report = store.check().unwrap();
+    assert_eq!(
+        report.problems,
+        ["a patient index entry of hosp-a/R2 names log leaf 1, which is not its latest version"]
+    );
+    i.by_patient.insert(&k2, &2u64.to_be_bytes()).unwrap();
+    // R2's latest leaf named from another time too.
+    let k3 = [key_of(3_000), b"hosp-a\0R2".to_vec()].concat();
+    i.by_patient.insert(&k3, &2u64.to_be_bytes()).unwrap();
+    let report = store.check().unwrap();
+    assert_eq!(
+        report.problems,
+        [
+            "a patient index entry of hosp-a/R2 names log leaf 2, whose patient, item or time is not the entry's"
+        ]
+    );
+    i.by_patient.remove(&k3).unwrap();
+    assert_clean(&store);
+    assert_eq!(found(&store, p, 0, 10_000), [2, 1]);
+}
