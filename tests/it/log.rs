@@ -1041,7 +1041,7 @@ async fn a_store_from_before_the_log_gets_its_summaries_logged_at_start() -> any
         let by_patient = db.open_tree("by_patient")?;
         for kv in by_patient.iter() {
             let (key, value) = kv?;
-            ensure!(value.len() == 8, "a patient index entry names its leaf");
+            ensure!(!value.is_empty(), "a patient index entry names its leaf");
             by_patient.insert(key, Vec::<u8>::new())?;
         }
         for tree in [

@@ -6,7 +6,7 @@
 //! ```text
 //! summaries   publisher 0x00 summary_id 0x00 version:u32        -> 0x01 || RecordV1 of a superseded version (protobuf; older stores: every version)
 //! latest      publisher 0x00 summary_id                         -> version:u32 log_index:u64 (older stores: version:u32 alone)
-//! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> log_index:u64 of the latest version's leaf, or empty
+//! by_patient  pseudonym[32] system 0x00 code 0x00 inv_performed:u64 publisher 0x00 summary_id -> log_index of the latest version's leaf (1-8 bytes, big-endian, no leading zero byte), or empty
 //! certs       sha256(certificate DER)[32]                        -> certificate DER
 //! consulted   member 0x00 publisher 0x00 summary_id                -> 0x01 || ConsultationV1 (older stores; read, no longer written)
 //! shown       member 0x00 pseudonym[32]                          -> 0x01 || ShownV1
@@ -93,7 +93,7 @@ mod tests;
 mod writeset;
 
 use prost::Message;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};

@@ -207,17 +207,39 @@ pub(super) fn patient_index_key(s: &Summary) -> Vec<u8> {
 }
 
 /// A patient index value: the log index of the leaf of the result's latest version, while
-/// that version is the one the key was written for (layout 3); empty otherwise (the key of a
-/// version a later one moved, and every key written before layout 3): read through `latest`.
+/// that version is the one the key was written for (layout 3), big-endian without its leading
+/// zero bytes (1 to 8 bytes: three up to 16.7 million entries, for the index is most of the
+/// disk each byte costs); empty otherwise (the key of a version a later one moved, and every
+/// key written before layout 3): read through `latest`.
+pub(super) fn index_value(leaf: Option<u64>) -> Vec<u8> {
+    match leaf {
+        None => Vec::new(),
+        Some(index) => {
+            let bytes = index.to_be_bytes();
+            let skip = (index.leading_zeros() / 8).min(7) as usize;
+            bytes[skip..].to_vec()
+        }
+    }
+}
+
+/// Reads an [`index_value`]. A value with a leading zero byte (other than the index 0) is
+/// refused: each index has one encoding.
 pub(super) fn read_index_value(bytes: &[u8]) -> Result<Option<u64>, StoreError> {
-    match bytes.len() {
-        0 => Ok(None),
-        _ => be_u64(bytes).map(Some).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "a patient index value is {} bytes, neither empty nor 8",
-                bytes.len()
-            ))
-        }),
+    let corrupt = |why: &str| {
+        StoreError::Corrupt(format!(
+            "a patient index value of {} bytes {why}",
+            bytes.len()
+        ))
+    };
+    match bytes {
+        [] => Ok(None),
+        [0, _, ..] => Err(corrupt("has a leading zero byte")),
+        _ if bytes.len() > 8 => Err(corrupt("is longer than 8")),
+        _ => {
+            let mut raw = [0; 8];
+            raw[8 - bytes.len()..].copy_from_slice(bytes);
+            Ok(Some(u64::from_be_bytes(raw)))
+        }
     }
 }
 

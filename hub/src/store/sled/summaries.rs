@@ -77,40 +77,99 @@ pub(super) struct SummaryLeaf {
     pub(super) body: Vec<u8>,
 }
 
-/// A patient index key a batch writes ([`SledStore::stage_index_write`]).
-pub(super) struct IndexWrite {
+/// A patient index key a batch writes ([`References`]).
+struct IndexWrite {
+    key: Vec<u8>,
     /// The leaf it names once written, if any.
     value: Option<u64>,
     /// What it held before the batch (`None`: it was not there), for the undo list.
     before: Option<Vec<u8>>,
 }
 
-impl SledStore {
-    /// Notes that the batch sets the patient index key `key` to name `value`'s leaf (or none).
-    /// What the key held before is read from the store the first time the batch writes it, and
-    /// only when it `may_exist`. A key to be emptied (`value` `None`) that is neither stored
-    /// nor written earlier in the batch is left out.
-    fn stage_index_write(
-        &self,
-        writes: &mut BTreeMap<Vec<u8>, IndexWrite>,
+enum Reference {
+    Latest {
+        rkey: Vec<u8>,
+        value: [u8; 12],
+        before: Option<Vec<u8>>,
+    },
+    Index(IndexWrite),
+}
+
+/// What a batch writes that points at its leaves, latest-version entries and patient index
+/// entries, in the order it first writes each: a summary's `latest` entry, then its index
+/// keys. Added to the write set after the leaves. (All `latest` entries first and the index
+/// keys after them, or the index keys in key order, took 4-9% more disk after seeding a
+/// million summaries, the same keys and values: sled's garbage.)
+#[derive(Default)]
+pub(super) struct References {
+    writes: Vec<Reference>,
+    /// Where each patient index key is in `writes`.
+    index_at: HashMap<Vec<u8>, usize>,
+}
+
+impl References {
+    /// Sets the latest-version entry of `rkey`, which held `before`.
+    fn latest(&mut self, rkey: &[u8], value: [u8; 12], before: Option<&[u8]>) {
+        self.writes.push(Reference::Latest {
+            rkey: rkey.to_vec(),
+            value,
+            before: before.map(<[u8]>::to_vec),
+        });
+    }
+
+    /// Sets the patient index key `key` to name `value`'s leaf (or none). What the key held
+    /// before is read from `tree` the first time the batch writes it, and only when it
+    /// `may_exist`. A key to be emptied (`value` `None`) that is neither stored nor written
+    /// earlier in the batch is left out.
+    fn index(
+        &mut self,
+        tree: &sled::Tree,
         key: Vec<u8>,
         value: Option<u64>,
         may_exist: bool,
     ) -> Result<(), StoreError> {
-        if let Some(write) = writes.get_mut(&key) {
-            write.value = value;
+        if let Some(&n) = self.index_at.get(&key)
+            && let Some(Reference::Index(w)) = self.writes.get_mut(n)
+        {
+            w.value = value;
             return Ok(());
         }
         let before = match may_exist {
-            true => self.inner.by_patient.get(&key)?.map(|v| v.to_vec()),
+            true => tree.get(&key)?.map(|v| v.to_vec()),
             false => None,
         };
         if before.is_some() || value.is_some() {
-            writes.insert(key, IndexWrite { value, before });
+            self.index_at.insert(key.clone(), self.writes.len());
+            self.writes
+                .push(Reference::Index(IndexWrite { key, value, before }));
         }
         Ok(())
     }
 
+    /// Adds the writes to `ws`, leaving out index keys that already hold their new value.
+    fn write_into(self, ws: &mut WriteSet) {
+        for w in self.writes {
+            match w {
+                Reference::Latest {
+                    rkey,
+                    value,
+                    before,
+                } => {
+                    ws.replace(TreeId::Latest, rkey, value, before.as_deref());
+                }
+                Reference::Index(w) => {
+                    let value = index_value(w.value);
+                    match w.before {
+                        Some(before) if before == value => {}
+                        before => ws.replace(TreeId::ByPatient, w.key, value, before.as_deref()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SledStore {
     /// Stores summary versions in one atomic write, in order, each with its own outcome: a
     /// refused version (a conflict, a version out of order) refuses only itself. Versions of one
     /// result may follow each other in the same batch. Returns each stored version's inclusion
@@ -136,15 +195,12 @@ impl SledStore {
         let mut staged_latest: HashMap<&[u8], [u8; 12]> = HashMap::new();
         let mut staged_certs: HashSet<Hash> = HashSet::new();
         let mut new_certs: Vec<(&Hash, &[u8])> = Vec::new();
-        // The patient index keys this batch writes: each one's new value (the leaf of the
-        // result's latest version, or none) and what it held before.
-        let mut index_writes: BTreeMap<Vec<u8>, IndexWrite> = BTreeMap::new();
         // The latest version of each result this batch stores, for a later version's check.
         let mut staged_summaries: HashMap<&[u8], &Summary> = HashMap::new();
         let mut ws = WriteSet::new();
         // Written after the rest, so a reader never finds an index entry or a latest version
         // before the leaf (or record) it points to.
-        let mut references = WriteSet::new();
+        let mut references = References::default();
         let mut results = Vec::with_capacity(prepared.len());
         for p in &prepared {
             let s = &p.verified.summary;
@@ -268,20 +324,15 @@ impl SledStore {
                 }
             }
             let latest = latest_value(s.version, index);
-            references.replace(
-                TreeId::Latest,
-                p.rkey.as_slice(),
-                latest,
-                stored_raw.as_deref(),
-            );
+            references.latest(&p.rkey, latest, stored_raw.as_deref());
             // The new version's key names its leaf; the key of the version it supersedes, if
             // the new one moved the result, names none from now on. A first version's key is
             // new (the key holds the result's name); an amendment's may be there already.
             if let Some(key) = previous_key.filter(|k| *k != p.index_key) {
-                self.stage_index_write(&mut index_writes, key, None, true)?;
+                references.index(&i.by_patient, key, None, true)?;
             }
-            self.stage_index_write(
-                &mut index_writes,
+            references.index(
+                &i.by_patient,
                 p.index_key.clone(),
                 Some(index),
                 stored.is_some(),
@@ -291,17 +342,8 @@ impl SledStore {
             staged_summaries.insert(&p.rkey, s);
             results.push(Ok((None, index)));
         }
-        for (key, write) in index_writes {
-            let value = write
-                .value
-                .map_or_else(Vec::new, |i| i.to_be_bytes().to_vec());
-            match write.before {
-                Some(before) if before == value => {}
-                before => references.replace(TreeId::ByPatient, key, value, before.as_deref()),
-            }
-        }
         let (next, completed) = growth.finish(&mut ws);
-        ws.extend(references);
+        references.write_into(&mut ws);
         ws.apply(&**i)?;
         for (hash, der) in new_certs {
             self.cache_certificate(hash, der.into());

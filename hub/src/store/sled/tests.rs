@@ -1147,31 +1147,33 @@ async fn a_wrong_index_leaf_is_refused_and_checked() {
             "{err}"
         );
     };
+    i.by_patient.insert(&k1, &[1; 9][..]).unwrap();
+    refused("a patient index value of 9 bytes is longer than 8");
     i.by_patient.insert(&k1, &[0, 0, 1][..]).unwrap();
-    refused("a patient index value is 3 bytes, neither empty nor 8");
+    refused("a patient index value of 3 bytes has a leading zero byte");
     let report = store.check().unwrap();
     assert!(
         report.problems.iter().any(|p| p
-            == "the patient index entry of hosp-a/R1: a patient index value is 3 bytes, neither empty nor 8"),
+            == "the patient index entry of hosp-a/R1: a patient index value of 3 bytes has a leading zero byte"),
         "{:?}",
         report.problems
     );
     // R1's entry names R2's leaf.
-    i.by_patient.insert(&k1, &2u64.to_be_bytes()).unwrap();
+    i.by_patient.insert(&k1, index_value(Some(2))).unwrap();
     refused("log leaf 2 is not of the result its patient index entry names");
-    i.by_patient.insert(&k1, &0u64.to_be_bytes()).unwrap();
+    i.by_patient.insert(&k1, index_value(Some(0))).unwrap();
     assert_clean(&store);
     // R2's entry names its first version.
-    i.by_patient.insert(&k2, &1u64.to_be_bytes()).unwrap();
+    i.by_patient.insert(&k2, index_value(Some(1))).unwrap();
     let report = store.check().unwrap();
     assert_eq!(
         report.problems,
         ["a patient index entry of hosp-a/R2 names log leaf 1, which is not its latest version"]
     );
-    i.by_patient.insert(&k2, &2u64.to_be_bytes()).unwrap();
+    i.by_patient.insert(&k2, index_value(Some(2))).unwrap();
     // R2's latest leaf named from another time too.
     let k3 = [key_of(3_000), b"hosp-a\0R2".to_vec()].concat();
-    i.by_patient.insert(&k3, &2u64.to_be_bytes()).unwrap();
+    i.by_patient.insert(&k3, index_value(Some(2))).unwrap();
     let report = store.check().unwrap();
     assert_eq!(
         report.problems,
@@ -1182,4 +1184,31 @@ async fn a_wrong_index_leaf_is_refused_and_checked() {
     i.by_patient.remove(&k3).unwrap();
     assert_clean(&store);
     assert_eq!(found(&store, p, 0, 10_000), [2, 1]);
+}
+
+/// A patient index value is the leaf index in as few bytes as it takes, one encoding each:
+/// every length from 1 to 8 bytes round-trips, and a value with a leading zero byte is
+/// refused.
+#[test]
+fn index_values_are_short_and_have_one_encoding() {
+    assert_eq!(index_value(None), Vec::<u8>::new());
+    assert_eq!(read_index_value(&[]).unwrap(), None);
+    for (index, len) in [
+        (0, 1),
+        (1, 1),
+        (255, 1),
+        (256, 2),
+        ((1 << 24) - 1, 3),
+        (1 << 24, 4),
+        (10_000_000_000, 5),
+        (u64::MAX >> 8, 7),
+        (u64::MAX, 8),
+    ] {
+        let value = index_value(Some(index));
+        assert_eq!(value.len(), len, "{index}");
+        assert_eq!(read_index_value(&value).unwrap(), Some(index), "{index}");
+        let mut padded = vec![0];
+        padded.extend_from_slice(&value);
+        assert!(read_index_value(&padded).is_err(), "{index}");
+    }
 }

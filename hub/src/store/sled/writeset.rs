@@ -122,13 +122,6 @@ impl WriteSet {
         self.ops.push((tree, key, value));
     }
 
-    /// Appends another set's writes after this one's.
-    pub(super) fn extend(&mut self, other: WriteSet) {
-        self.undo_len += other.undo_len;
-        self.ops.extend(other.ops);
-        self.before.extend(other.before);
-    }
-
     /// The undo list, encoded (layout at [`decode_undo`]).
     fn encode_undo(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + self.undo_len);
