@@ -99,7 +99,8 @@ enum Reference {
 /// entries, in the order it first writes each: a summary's `latest` entry, then its index
 /// keys. Added to the write set after the leaves. (All `latest` entries first and the index
 /// keys after them, or the index keys in key order, took 4-9% more disk after seeding a
-/// million summaries, the same keys and values: sled's garbage.)
+/// million summaries with the same keys and values; what sled does differently was not
+/// looked into.)
 #[derive(Default)]
 pub(super) struct References {
     writes: Vec<Reference>,
