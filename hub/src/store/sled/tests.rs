@@ -955,6 +955,18 @@ fn found(store: &SledStore, p: Pseudonym, from: i64, until: i64) -> Vec<u32> {
     prior
 }
 
+/// Empties every patient index value, as a store written before layout 3 has them.
+fn empty_index_values(store: &SledStore) {
+    for kv in store.inner.by_patient.iter() {
+        let (key, _) = kv.unwrap();
+        store
+            .inner
+            .by_patient
+            .insert(key, Vec::<u8>::new())
+            .unwrap();
+    }
+}
+
 fn assert_clean(store: &SledStore) {
     let report = store.check().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -1001,14 +1013,7 @@ async fn index_entries_name_only_the_latest_leaf() {
     assert_eq!(index_entries(&store, p).len(), 3);
     // Entries without their leaf (as a store written before layout 3 has them) are read
     // through `latest`, and find the same.
-    for kv in store.inner.by_patient.iter() {
-        let (key, _) = kv.unwrap();
-        store
-            .inner
-            .by_patient
-            .insert(key, Vec::<u8>::new())
-            .unwrap();
-    }
+    empty_index_values(&store);
     assert_eq!(found(&store, p, 0, 10_000), [5]);
     assert_eq!(found(&store, p, 6_000, 10_000), Vec::<u32>::new());
     assert_clean(&store);
@@ -1061,14 +1066,7 @@ async fn a_store_written_before_index_leaves_is_read_and_grown() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         put(&store, &old.iter().collect::<Vec<_>>());
-        for kv in store.inner.by_patient.iter() {
-            let (key, _) = kv.unwrap();
-            store
-                .inner
-                .by_patient
-                .insert(key, Vec::<u8>::new())
-                .unwrap();
-        }
+        empty_index_values(&store);
         store
             .inner
             .db
